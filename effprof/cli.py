@@ -1,0 +1,215 @@
+"""The command line: parse, look up, call, show. No measurement logic lives here."""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from effprof.errors import EffprofError, UsageError
+from effprof.registry import get_component, list_components
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Profile the efficiency of vision-language and state-space model components.")
+console = Console()
+err_console = Console(stderr=True)
+
+# Common measurement options: declared once, used by `run` and `compare`. None = not given.
+Batch = Annotated[Optional[int], typer.Option("--batch", help="Batch size (items per call = batch × items per sample).")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto | cuda | cpu (auto = cuda when available).")]
+Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up time in seconds (at least one call).")]
+MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Seconds of timed work per configuration.")]
+MaxTime = Annotated[Optional[float], typer.Option("--max-time", help="Upper bound on timing seconds (default 10 × min-time).")]
+MaxCv = Annotated[Optional[float], typer.Option("--max-cv", help="Keep timing until the CV of block medians is at most this.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random weights and inputs.")]
+Cold = Annotated[Optional[bool], typer.Option("--cold/--warm", help="Flush the L2 cache and rotate input sets between calls.")]
+Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flops-crosscheck",
+                                                     help="Add fvcore's and thop's counts (flops extra).")]
+CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
+JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+
+
+def _options(**given: Any) -> dict[str, Any]:
+    names = {"crosscheck": "flops_crosscheck"}
+    return {names.get(k, k): v for k, v in given.items() if v is not None}
+
+
+def _component_args(component: str, args: list[str]) -> dict[str, str]:
+    """Parse `--name VALUE` / `--name=VALUE` pairs against the component's declared parameters."""
+    declared = {p.option: p for p in get_component(component).params}
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        option, sep, value = token.partition("=")
+        if option not in declared:
+            known = " ".join(sorted(declared)) or "none"
+            raise UsageError(f"{component}: unknown option {option!r} (component options: {known})")
+        if not sep:
+            if i + 1 >= len(args):
+                raise UsageError(f"{option} needs a value ({declared[option].range_text()})")
+            i += 1
+            value = args[i]
+        values[declared[option].name] = value
+        i += 1
+    return values
+
+
+@app.command("list")
+def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name pattern.")] = "*"):
+    """Every registered component with its parameters (type, default, allowed range, help)."""
+    from effprof.profiles import available_profiles
+    from effprof.report.listing import components_table
+
+    components = list_components(pattern)
+    if not components:
+        raise UsageError(f"no component matches {pattern!r}")
+    console.print(components_table(components))
+    console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
+
+
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_command(ctx: typer.Context,
+                component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
+                batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
+                min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
+                cold: Cold = None, crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+    """Measure one component in one configuration. Component parameters follow as --name VALUE."""
+    from effprof.report.files import write_records
+    from effprof.report.table import print_records
+    from effprof.runner import Config, RunOptions, measure
+
+    params = _component_args(component, list(ctx.args))
+    options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
+                                    max_time=max_time, max_cv=max_cv, seed=seed, cold=cold,
+                                    crosscheck=crosscheck))
+    config = Config(component, params, options.validate())
+    config.resolved()
+    with console.status(f"measuring {component} ..."):
+        record = measure(config)
+    print_records([record], title=f"effprof run {component}", console=console)
+    write_records([record], csv, json)
+
+
+@app.command("compare")
+def compare_command(target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid.")],
+                    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
+                    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
+                    plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
+                    batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
+                    min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
+                    cold: Cold = None, crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+    """Measure many configurations into one table with ratios against a baseline row."""
+    from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
+    from effprof.report.files import write_records
+    from effprof.report.table import print_records
+    from effprof.runner import RunOptions, add_ratios, measure_many
+
+    overrides = _options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
+                         max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, crosscheck=crosscheck)
+    if grid:
+        options = replace(RunOptions(), **overrides)
+        configs = expand_grid(target, {}, parse_grid(grid), options)
+        profile = Profile(f"{target} over {' × '.join(parse_grid(grid))}", configs, 0, list(parse_grid(grid)))
+    else:
+        profile = load_profile(target, RunOptions(), overrides)
+    labels = [c.label or c.component for c in profile.configs]
+    if baseline is not None:
+        if baseline not in labels:
+            raise UsageError(f"--baseline: {baseline!r} is not a row ({', '.join(labels)})")
+        profile.baseline = labels.index(baseline)
+    if plot:
+        from effprof.report.plot import require_matplotlib
+
+        require_matplotlib()
+
+    done: list[dict[str, Any]] = []
+
+    def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
+        done.append(record)
+        write_records(done, csv, json)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True, disable=len(profile.configs) < 2)
+    try:
+        with progress:
+            task = progress.add_task("comparing", total=len(profile.configs))
+
+            def step(record):
+                keep(record)
+                progress.update(task, advance=1, description=f"done: {record['label']}")
+
+            records = measure_many(profile.configs, on_record=step)
+    except KeyboardInterrupt:
+        if done:
+            print_records(done, title=f"{profile.title} (interrupted)", console=console)
+        where = " and ".join(p for p in (csv, json) if p)
+        raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
+                          + (f"; finished rows are in {where}" if where else "")) from None
+    add_ratios(records, profile.baseline)
+    write_records(records, csv, json)
+    print_records(records, title=profile.title, console=console)
+    if plot:
+        from effprof.report.plot import plot_records
+
+        plot_records(records, plot, profile.varied, profile.title)
+        console.print(f"plot written to {plot}", highlight=False)
+    if any(r.get("status") == "error" for r in records):
+        raise typer.Exit(1)
+
+
+@app.command("env")
+def env_command(device: Device = None):
+    """Device, driver, CUDA and torch versions; which optional kernels and counters are importable."""
+    from effprof.measure.env import OPTIONAL_MODULES, environment, module_available, resolve_device
+    from effprof.report.listing import facts_table
+
+    facts = environment(resolve_device(device or "auto"))
+    facts.pop("timestamp_utc", None)
+    facts["cuda_available"] = str(__import__("torch").cuda.is_available())
+    for module, what in OPTIONAL_MODULES.items():
+        facts[module] = ("importable" if module_available(module) else "not installed") + f"  ({what})"
+    console.print(facts_table(facts))
+
+
+class Interrupted(EffprofError):
+    exit_code = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every error becomes one line on stderr and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        err_console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False)
+        return 0
+    except click.UsageError as exc:
+        err_console.print(f"effprof: error: {exc.format_message()}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("effprof: interrupted", highlight=False)
+        return 130
+    except EffprofError as exc:
+        err_console.print(f"effprof: error: {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("effprof: interrupted", highlight=False)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,37 @@
+"""Error types. The CLI turns each into one line on stderr and a non-zero exit code."""
+
+
+class EffprofError(Exception):
+    """Base class of every error effprof reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(EffprofError):
+    """Bad input from the user: an unknown name, a value out of range, a malformed grid."""
+
+    exit_code = 2
+
+
+class ParamError(UsageError):
+    """A component parameter was given a value it does not accept."""
+
+
+class UnknownComponent(UsageError):
+    """No component is registered under the requested name."""
+
+
+class ProfileError(UsageError):
+    """A YAML profile could not be read or does not validate."""
+
+
+class PretrainedNotFound(UsageError):
+    """`--pretrained` names a checkpoint that is not on disk or in the cache."""
+
+
+class BackendUnavailable(UsageError):
+    """An explicitly requested implementation (kernel, extra) is not importable here."""
+
+
+class MissingExtra(UsageError):
+    """An optional dependency group is needed for this feature but is not installed."""

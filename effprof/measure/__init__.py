@@ -1,0 +1,1 @@
+"""What is measured: timing, memory, FLOPs/bytes, device facts. Knows nothing of components or tables."""

@@ -1,0 +1,75 @@
+"""Facts about the machine a measurement ran on, for every record."""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import platform
+from functools import lru_cache
+
+import torch
+
+OPTIONAL_MODULES = {
+    "fvcore": "flops extra: fvcore FLOP counter",
+    "thop": "flops extra: thop MAC counter",
+    "mamba_ssm": "mamba extra: mamba-ssm selective-scan CUDA kernel",
+    "causal_conv1d": "mamba extra: causal-conv1d CUDA kernel",
+    "triton": "Triton (effprof's own kernels)",
+    "timm": "timm extra",
+    "matplotlib": "plot extra",
+    "pynvml": "NVML (nvidia-ml-py): clocks, power, energy",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when a GPU is visible, else cpu."""
+    from effprof.errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cpu")
+    return torch.device(name)
+
+
+def module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@lru_cache(maxsize=None)
+def nvidia_driver() -> str:
+    """Driver version through NVML, or '' when NVML is not usable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # NVML missing or no driver: the field stays empty
+        return ""
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Columns that let two result files from different days be compared."""
+    from effprof import __version__
+
+    return {
+        "device_name": device_name(device),
+        "device_type": device.type,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "driver_version": nvidia_driver() if device.type == "cuda" else "",
+        "effprof_version": __version__,
+        "python_version": platform.python_version(),
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }

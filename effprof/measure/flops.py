@@ -1,0 +1,27 @@
+"""FLOP counting with `torch.utils.flop_counter.FlopCounterMode`.
+
+Convention: FLOPs = 2 × multiply-accumulates (a matmul of (m, k) by (k, n) is 2·m·n·k), the convention
+of FlopCounterMode itself and of the GPU vendors' TFLOP/s figures. FlopCounterMode sees aten ops, so
+`scaled_dot_product_attention` is counted (fvcore skips it and reports MACs; thop counts only
+nn.Linear/nn.Conv modules: see the README). Ops without a registered formula (elementwise ops,
+normalisations, softmax) count zero, as in every analyser of this kind; custom ops such as the selective
+scan register their own formula with `torch.utils.flop_counter.register_flop_formula`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """Run `fn()` once under FlopCounterMode; return total FLOPs and FLOPs per module path.
+
+    The per-module dict maps FlopCounterMode's module names ("Global", "Global.encoder", ...) to the
+    FLOPs counted inside that module, children included.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    per_module = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+    return int(counter.get_total_flops()), per_module

@@ -1,0 +1,192 @@
+"""Latency measurement on CUDA and CPU.
+
+The method follows the two timers engineers in this field trust:
+
+- `triton.testing.do_bench`: warm up, estimate the time of one call, size the repetition count from a
+  time budget, optionally flush the L2 cache between calls, and time each call with a pair of CUDA
+  events recorded back to back *without* synchronising in between (one synchronisation per block).
+- `torch.utils.benchmark.Timer.blocked_autorange`: group calls into blocks so that per-block overheads
+  vanish, and keep going until the time budget is spent.
+
+Each call is timed with its own event pair; calls are grouped into blocks of about `min_time / 10`
+seconds and the host synchronises once per block, so a sub-millisecond call is never inflated by a
+per-call `synchronize()` (ANCHORS.md: naive per-call event timing reads ~20% high on a 0.2 ms matmul).
+On CPU the same schedule uses `time.perf_counter`.
+
+All times are in milliseconds.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class TimingResult:
+    """Per-call latencies (ms) grouped in blocks, plus how they were taken."""
+
+    samples_ms: list[float]
+    calls_per_block: int
+    block_medians_ms: list[float]
+    method: str
+    warmup_calls: int
+
+    @property
+    def n_calls(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.samples_ms)
+
+    def quantile_ms(self, q: float) -> float:
+        return quantile(self.samples_ms, q)
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (std / mean) of the per-call latencies; 0 for a single call."""
+        return coefficient_of_variation(self.samples_ms)
+
+    @property
+    def block_cv(self) -> float:
+        """Coefficient of variation of the block medians: the stopping criterion of `max_cv`."""
+        return coefficient_of_variation(self.block_medians_ms)
+
+    def median_ci95_ms(self) -> tuple[float, float]:
+        """Distribution-free 95% confidence interval of the median (binomial order statistics)."""
+        xs = sorted(self.samples_ms)
+        n = len(xs)
+        half = 1.96 * math.sqrt(n) / 2
+        lo = max(0, math.floor(n / 2 - half))
+        hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+        return xs[lo], xs[max(lo, hi)]
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default), q in [0, 1]."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no samples")
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def coefficient_of_variation(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def estimate_call_ms(fn: Callable[[], Any], device: torch.device, setup: Callable[[], None] | None = None,
+                     max_calls: int = 5, max_s: float = 0.2) -> float:
+    """Mean wall time of a few synchronised calls: enough to size the blocks, not a measurement."""
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < max_calls:
+        if setup is not None:
+            setup()
+        fn()
+        calls += 1
+        _sync(device)
+        if time.perf_counter() - start > max_s:
+            break
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.2, min_time_s: float = 1.0,
+                  max_time_s: float | None = None, max_cv: float | None = None, min_blocks: int = 3,
+                  setup: Callable[[], None] | None = None) -> TimingResult:
+    """Time `fn()` on `device`.
+
+    - warm-up: at least one call, then calls until `warmup_s` seconds have passed;
+    - blocks of `ceil((min_time_s / 10) / estimate)` calls, each call between its own pair of events,
+      one synchronisation per block;
+    - stop once `min_time_s` of timed work and `min_blocks` blocks are done and, when `max_cv` is given,
+      the coefficient of variation of the block medians is at most `max_cv`, or when `max_time_s`
+      (default: 10 × min_time_s) has passed.
+
+    `setup()`, when given, runs before every call outside the timed region (L2 flush, input rotation).
+    """
+    if min_time_s <= 0:
+        raise ValueError("min_time_s must be positive")
+    max_time_s = max(max_time_s if max_time_s is not None else 10 * min_time_s, min_time_s)
+    on_cuda = device.type == "cuda"
+
+    warmup_calls, start = 0, time.perf_counter()
+    while warmup_calls < 1 or time.perf_counter() - start < warmup_s:
+        if setup is not None:
+            setup()
+        fn()
+        warmup_calls += 1
+        _sync(device)
+
+    est_ms = max(estimate_call_ms(fn, device, setup), 1e-4)
+    calls_per_block = max(1, min(10_000, math.ceil(min_time_s * 1e3 / 10 / est_ms)))
+
+    samples: list[float] = []
+    block_medians: list[float] = []
+    timed_s = 0.0
+    wall_start = time.perf_counter()
+    while True:
+        block = _cuda_block(fn, calls_per_block, setup) if on_cuda else _cpu_block(fn, calls_per_block, setup)
+        samples.extend(block)
+        block_medians.append(statistics.median(block))
+        timed_s += sum(block) / 1e3
+        enough = timed_s >= min_time_s and len(block_medians) >= min_blocks
+        steady = max_cv is None or coefficient_of_variation(block_medians) <= max_cv
+        if (enough and steady) or (enough and time.perf_counter() - wall_start >= max_time_s):
+            break
+    method = "cuda-events" if on_cuda else "perf_counter"
+    return TimingResult(samples, calls_per_block, block_medians, method, warmup_calls)
+
+
+def _cuda_block(fn, n: int, setup) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        if setup is not None:
+            setup()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def _cpu_block(fn, n: int, setup) -> list[float]:
+    out = []
+    for _ in range(n):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+class L2Flusher:
+    """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does)."""
+
+    def __init__(self, device: torch.device):
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 * 2**20
+        self.buffer = torch.empty(max(2 * l2, 256 * 2**20) // 4, dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self.buffer.zero_()

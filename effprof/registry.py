@@ -1,0 +1,146 @@
+"""The component registry: one decorator, one function, found by name.
+
+Modelled on timm's `@register_model`/`create_model`/`list_models`: a component is a factory function
+decorated with `@register_component`, which declares its typed parameters once. The factory receives
+validated keyword arguments plus a `BuildContext` (device, dtype, seed) and returns a `Built`: the
+module, an input maker and the unit of one item. It knows nothing of timing or tables.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from effprof.errors import UnknownComponent, UsageError
+from effprof.params import Param, resolve
+
+UNITS = ("img", "tok", "seq")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Where and how a component is built: the runner fills this, the factory reads it."""
+
+    device: torch.device
+    dtype: torch.dtype
+    seed: int = 0
+
+
+@dataclass
+class Built:
+    """What a component factory returns.
+
+    - `module`: the nn.Module whose parameters are counted and which is moved to the device.
+    - `make_inputs(batch)`: returns the positional arguments of one call, already on the device.
+    - `unit`: what one item is ("img", "tok", "seq"); throughput is items per second.
+    - `items_per_sample`: items in one batch element (e.g. 576 tokens per image for a projector).
+    - `forward(module, inputs)`: how one call is made; defaults to `module(*inputs)`.
+    - `info`: static facts for the record (tokens in/out, which kernel runs, ...).
+    - `extras(module, inputs)`: facts computed once on real inputs (e.g. a fidelity figure); may be None.
+    """
+
+    module: torch.nn.Module
+    make_inputs: Callable[[int], tuple]
+    unit: str
+    items_per_sample: int = 1
+    forward: Callable[[torch.nn.Module, tuple], Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    extras: Callable[[torch.nn.Module, tuple], dict[str, Any]] | None = None
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+
+    def call(self, inputs: tuple) -> Any:
+        if self.forward is not None:
+            return self.forward(self.module, inputs)
+        return self.module(*inputs)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: its name, declared parameters and factory."""
+
+    name: str
+    factory: Callable[..., Built]
+    params: tuple[Param, ...]
+    unit: str
+    description: str
+    family: str
+
+    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Validated parameter values with defaults filled in."""
+        return resolve(self.params, given, self.name)
+
+    def build(self, values: dict[str, Any], ctx: BuildContext) -> Built:
+        return self.factory(ctx, **values)
+
+
+_REGISTRY: dict[str, Component] = {}
+
+
+def register_component(name: str, *, unit: str, params: Sequence[Param] = (), description: str = "",
+                       family: str = "misc"):
+    """Register `factory(ctx, **params) -> Built` under `name`.
+
+    The first line of the factory's docstring is used when `description` is empty.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name}: duplicate parameter names {names}")
+
+    def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"component {name!r} is registered twice")
+        doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
+        text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        _REGISTRY[name] = Component(name, factory, tuple(params), unit, text, family)
+        return factory
+
+    return decorate
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in component modules and any plugins named in EFFPROF_PLUGINS (comma-separated)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("effprof.components")
+    for plugin in filter(None, os.environ.get("EFFPROF_PLUGINS", "").split(",")):
+        try:
+            importlib.import_module(plugin.strip())
+        except ImportError as exc:
+            raise UsageError(f"EFFPROF_PLUGINS: cannot import {plugin!r}: {exc}") from None
+
+
+def get_component(name: str) -> Component:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = [n for n in _REGISTRY if n.startswith(name.split("-")[0])] or sorted(_REGISTRY)
+        raise UnknownComponent(f"unknown component {name!r}; known: {', '.join(close)}") from None
+
+
+def list_components(pattern: str = "*") -> list[Component]:
+    """Registered components whose names match the shell-style `pattern`, sorted by family then name."""
+    _load_builtin()
+    found = [c for n, c in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)]
+    return sorted(found, key=lambda c: (c.family, c.name))
+
+
+def create(name: str, ctx: BuildContext | None = None, **given) -> Built:
+    """Build a component by name with keyword parameters, like timm's `create_model`."""
+    component = get_component(name)
+    ctx = ctx or BuildContext(torch.device("cpu"), torch.float32)
+    return component.build(component.resolve(given), ctx)

@@ -1,0 +1,1 @@
+"""What is shown: rich tables, CSV/JSON files, plots. Receives plain records, knows nothing of torch."""

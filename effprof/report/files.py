@@ -1,0 +1,97 @@
+"""CSV and JSON output, written atomically (temporary file in the same folder, then rename)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from effprof.errors import UsageError
+
+# Leading columns in this order; every other key follows in first-seen order.
+LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "status",
+           "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latency_cv", "throughput_per_s",
+           "peak_mem_mib", "weights_mib", "params_total", "params_trainable", "gflops", "tflops_per_s"]
+
+
+def columns(records: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for key in LEADING:
+        if any(key in r for r in records):
+            seen[key] = None
+    for r in records:
+        for key in r:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_csv(records: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(records), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: "" if _clean(v) is None else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+    doc = {"effprof": meta or {}, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def write_records(records: list[dict[str, Any]], csv_path: str | None = None, json_path: str | None = None,
+                  meta: dict[str, Any] | None = None) -> None:
+    if csv_path:
+        write_atomic(csv_path, to_csv(records))
+    if json_path:
+        write_atomic(json_path, to_json(records, meta))
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a CSV written by effprof back, converting numbers (the inverse of `to_csv`)."""
+    with open(path, newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_json(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return json.load(fh)["records"]
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)

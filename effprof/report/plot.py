@@ -1,0 +1,54 @@
+"""Plots of records (the `plot` extra: matplotlib). Imported only when a plot is asked for."""
+from __future__ import annotations
+
+from typing import Any
+
+from effprof.errors import MissingExtra
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingExtra("--plot needs matplotlib: pip install 'effprof[plot]'") from None
+    return plt
+
+
+def plot_records(records: list[dict[str, Any]], path: str, varied: list[str] | None, title: str) -> None:
+    """Latency and peak memory against the varied parameter (or the row label)."""
+    from effprof.report.files import write_atomic  # noqa: F401  (same folder check below)
+
+    plt = require_matplotlib()
+    ok = [r for r in records if r.get("status") == "ok"]
+    key = f"param_{varied[0]}" if varied and len(varied) == 1 and f"param_{varied[0]}" in (ok[0] if ok else {}) else None
+    xs = [r[key] for r in ok] if key else list(range(len(ok)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.errorbar(xs, [r["latency_ms_median"] for r in ok],
+                 yerr=[[r["latency_ms_median"] - r["latency_ms_p10"] for r in ok],
+                       [r["latency_ms_p90"] - r["latency_ms_median"] for r in ok]], marker="o", capsize=3)
+    ax1.set_ylabel("latency, ms (median, p10–p90)")
+    mem = [r.get("peak_mem_mib") for r in ok]
+    if all(m is not None for m in mem) and mem:
+        ax2.plot(xs, mem, marker="o")
+        ax2.set_ylabel("peak activation memory, MiB")
+    else:
+        ax2.text(0.5, 0.5, "peak memory not measured on this device", ha="center", va="center")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(varied[0] if key else "row")
+        if not key:
+            ax.set_xticks(xs, [r["label"] for r in ok], rotation=30, ha="right")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""Rich tables of records: every column names its unit."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _params_m(r):
+    total, trainable = r.get("params_total"), r.get("params_trainable")
+    if total is None:
+        return "-"
+    text = f"{total / 1e6:.3f}"
+    if trainable is not None and trainable != total:
+        text += f" ({trainable / 1e6:.3f} train.)"
+    return text
+
+
+def _latency(r):
+    if r.get("latency_ms_median") is None:
+        return "-"
+    return f"{r['latency_ms_median']:.4g} [{r['latency_ms_p10']:.4g}, {r['latency_ms_p90']:.4g}]"
+
+
+def _throughput(r):
+    value = r.get("throughput_per_s")
+    return "-" if value is None else f"{_num(value)} {UNIT_RATE.get(r.get('unit'), '/s')}"
+
+
+# (header, function of a record) pairs; a column is shown when any record has a value for it.
+COLUMNS = [
+    ("row", lambda r: r.get("label")),
+    ("params", lambda r: r.get("params") or "-"),
+    ("batch", lambda r: _num(r.get("batch"))),
+    ("dtype", lambda r: r.get("dtype")),
+    ("device", lambda r: r.get("device")),
+    ("status", lambda r: None if r.get("status") == "ok" else r.get("status")),
+    ("latency ms\nmedian [p10, p90]", _latency),
+    ("CV %", lambda r: None if r.get("latency_cv") is None else f"{100 * r['latency_cv']:.1f}"),
+    ("throughput", _throughput),
+    ("peak act.\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
+    ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
+    ("params M", _params_m),
+    ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
+    ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
+    ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
+    ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
+    ("scan", lambda r: r.get("scan_backend")),
+    ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
+    ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
+    ("speedup\n×", lambda r: None if r.get("speedup") is None else f"{r['speedup']:.2f}"),
+    ("params\nratio", lambda r: None if r.get("params_ratio") is None else f"{r['params_ratio']:.3f}"),
+    ("GFLOP\nratio", lambda r: None if r.get("gflops_ratio") is None else f"{r['gflops_ratio']:.3f}"),
+    ("mem\nratio", lambda r: None if r.get("peak_mem_ratio") is None else f"{r['peak_mem_ratio']:.3f}"),
+]
+
+
+def records_table(records: list[dict[str, Any]], title: str = "") -> Table:
+    cells = [[fn(r) for _, fn in COLUMNS] for r in records]
+    shown = [i for i in range(len(COLUMNS)) if any(row[i] not in (None, "-") for row in cells)]
+    table = Table(title=title or None, title_justify="left")
+    for i in shown:
+        table.add_column(COLUMNS[i][0], justify="left" if i < 6 else "right")
+    for row in cells:
+        table.add_row(*["-" if row[i] is None else str(row[i]) for i in shown])
+    return table
+
+
+def footer(records: list[dict[str, Any]]) -> str:
+    """Notes that apply to the whole table (environment, conventions)."""
+    if not records:
+        return ""
+    r = records[0]
+    bits = [f"{r.get('device_name', '?')}", f"torch {r.get('torch_version', '?')}"]
+    if r.get("timing_method"):
+        bits.append(f"timing: {r['timing_method']}, {r.get('timing_mode', 'warm')}")
+    notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
+    errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
+    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
+    lines += sorted(notes) + errors
+    return "\n".join(lines)
+
+
+def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(records_table(records, title))
+    text = footer(records)
+    if text:
+        console.print(text, style="dim", highlight=False)
