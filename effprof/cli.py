@@ -11,10 +11,11 @@ from rich.console import Console
 
 from effprof.errors import EffprofError, UsageError
 from effprof.registry import get_component, list_components
+from effprof.report.table import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile the efficiency of vision-language and state-space model components.")
-console = Console()
+console = make_console()
 err_console = Console(stderr=True)
 
 # Common measurement options: declared once, used by `run` and `compare`. None = not given.

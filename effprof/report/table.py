@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
@@ -74,14 +75,27 @@ COLUMNS = [
 ]
 
 
+HOISTED = ("batch", "dtype", "device")  # shown once in the title when every row agrees
+
+
 def records_table(records: list[dict[str, Any]], title: str = "") -> Table:
     cells = [[fn(r) for _, fn in COLUMNS] for r in records]
+    headers = [h for h, _ in COLUMNS]
     shown = [i for i in range(len(COLUMNS)) if any(row[i] not in (None, "-") for row in cells)]
+    common = []
+    for name in HOISTED:
+        i = headers.index(name)
+        values = {row[i] for row in cells}
+        if len(records) > 0 and len(values) == 1 and i in shown:
+            shown.remove(i)
+            common.append(f"{name} {values.pop()}")
+    if common:
+        title = f"{title}  ({', '.join(common)})" if title else ", ".join(common)
     table = Table(title=title or None, title_justify="left")
     for i in shown:
-        table.add_column(COLUMNS[i][0], justify="left" if i < 6 else "right")
+        table.add_column(escape(COLUMNS[i][0]), justify="left" if i < 6 else "right")
     for row in cells:
-        table.add_row(*["-" if row[i] is None else str(row[i]) for i in shown])
+        table.add_row(*["-" if row[i] is None else escape(str(row[i])) for i in shown])
     return table
 
 
@@ -100,9 +114,15 @@ def footer(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def make_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when writing to a file or pipe."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=220)
+
+
 def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(records_table(records, title))
+    console = console or make_console()
+    console.print(records_table(records, escape(title)))
     text = footer(records)
     if text:
-        console.print(text, style="dim", highlight=False)
+        console.print(escape(text), style="dim", highlight=False)
