@@ -5,7 +5,6 @@ import sys
 from dataclasses import replace
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -179,6 +178,13 @@ def env_command(device: Device = None):
     console.print(facts_table(facts))
 
 
+# typer >= 0.20 vendors click as typer._click; older typer uses click itself. Take the exception classes
+# from wherever typer's own BadParameter lives so that both work.
+_click_errors = sys.modules[typer.BadParameter.__module__]
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
+
+
 class Interrupted(EffprofError):
     exit_code = 130
 
@@ -189,15 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:
-        err_console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False)
+    except _NoArgsIsHelp as exc:
+        console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False)
         return 0
-    except click.UsageError as exc:
-        err_console.print(f"effprof: error: {exc.format_message()}", highlight=False, soft_wrap=True)
+    except _UsageError as exc:
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"effprof: error: {message}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("effprof: interrupted", highlight=False)
         return 130
     except EffprofError as exc:

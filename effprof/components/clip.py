@@ -1,1 +1,262 @@
-"""placeholder, replaced below"""
+"""CLIP vision towers: the plain tower (`clip-vision`) and the tower with visual token pruning (`clip-vtp`).
+
+Both use Hugging Face `transformers.CLIPVisionModel` with SDPA attention. By default the weights are
+random, drawn from a `CLIPVisionConfig` that matches the published OpenAI CLIP architectures exactly
+(Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021):
+quick_gelu MLPs, LayerNorm eps 1e-5, a bias-free patch convolution, a class token, learned positions and
+pre/post LayerNorms. Efficiency does not depend on weight values. `--pretrained DIR` loads a real
+checkpoint (a `CLIPVisionModel` or a full `CLIPModel` directory, e.g. a local copy of
+openai/clip-vit-base-patch16); the architecture then comes from the checkpoint's config and `--preset`
+is ignored.
+
+Parameter counts (vision tower without the projection to the joint embedding) equal the released towers:
+ViT-B/16 85,799,424; ViT-L/14 303,179,776; ViT-L/14-336 303,507,456 (checked against a closed-form count
+in tests/test_clip.py).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effprof.errors import ParamError, PretrainedNotFound
+from effprof.modules.token_pruning import NormTopKPruner
+from effprof.params import Param
+from effprof.registry import BuildContext, Built, register_component
+
+
+@dataclass(frozen=True)
+class ClipVisionPreset:
+    """One published CLIP vision architecture. Sizes in pixels (image, patch) and channels (widths)."""
+
+    image_size: int
+    patch_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_size: int
+
+
+PRESETS = {
+    "vit-b-16": ClipVisionPreset(224, 16, 768, 12, 12, 3072),
+    "vit-l-14": ClipVisionPreset(224, 14, 1024, 24, 16, 4096),
+    "vit-l-14-336": ClipVisionPreset(336, 14, 1024, 24, 16, 4096),
+}
+
+TOWER_PARAMS = [
+    Param("preset", str, "vit-b-16", "Published OpenAI CLIP vision architecture (ignored with --pretrained).",
+          choices=tuple(PRESETS)),
+    Param("img_size", int, None, "Input side in pixels, a multiple of the patch size (none = the preset's or "
+          "the checkpoint's).", low=1, optional=True),
+    Param("pretrained", str, None, "Local checkpoint directory (or cached hub id) to load real weights from; "
+          "none = random weights.", optional=True),
+]
+
+
+@dataclass
+class Tower:
+    """A built CLIP vision tower and the facts the record reports about it."""
+
+    model: nn.Module                 # transformers.CLIPVisionModel
+    image_size: int                  # input side in pixels
+    patch_size: int
+    interpolate_positions: bool      # position embeddings resized to image_size on every call (HF bicubic)
+    architecture: str                # preset name, or "checkpoint" with its sizes
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def vision_trunk(model: nn.Module) -> nn.Module:
+    """The object holding embeddings / pre_layrnorm / encoder / post_layernorm.
+
+    transformers 5.x puts them on `CLIPVisionModel` itself; older versions on `model.vision_model`."""
+    return getattr(model, "vision_model", model)
+
+
+def vision_config(preset: ClipVisionPreset, image_size: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=preset.hidden_size, intermediate_size=preset.mlp_size,
+                            num_hidden_layers=preset.num_layers, num_attention_heads=preset.num_heads,
+                            image_size=image_size, patch_size=preset.patch_size, num_channels=3,
+                            hidden_act="quick_gelu", layer_norm_eps=1e-5, attn_implementation="sdpa")
+
+
+def _check_multiple(img_size: int, patch_size: int, where: str) -> None:
+    if img_size % patch_size != 0:
+        raise ParamError(f"--img-size: {img_size} is not a multiple of the patch size {patch_size} ({where})")
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report and progress bars (unused text weights of a CLIPModel)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None) -> Tower:
+    """Random-weight tower from a preset, or a checkpoint's tower; on ctx.device in ctx.dtype, eval mode."""
+    from transformers import CLIPVisionModel
+
+    if pretrained is None:
+        arch = PRESETS[preset]
+        size = arch.image_size if img_size is None else img_size
+        _check_multiple(size, arch.patch_size, preset)
+        with ctx.device:  # initialise on the target device: ViT-L init on CPU alone takes seconds
+            model = CLIPVisionModel(vision_config(arch, size))
+        tower = Tower(model, size, arch.patch_size, False, preset)
+    else:
+        from effprof.pretrained import find_checkpoint
+
+        directory = find_checkpoint(pretrained, ("config.json",))
+        try:
+            with _quiet_transformers():
+                model, loading = CLIPVisionModel.from_pretrained(str(directory), attn_implementation="sdpa",
+                                                                 output_loading_info=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise PretrainedNotFound(f"--pretrained {pretrained}: not a loadable CLIP vision checkpoint "
+                                     f"({str(exc).splitlines()[0][:160]})") from None
+        if loading.get("missing_keys"):
+            missing = sorted(loading["missing_keys"])
+            raise PretrainedNotFound(f"--pretrained {pretrained}: {len(missing)} vision weights missing "
+                                     f"(first: {missing[0]})")
+        cfg = model.config
+        size = cfg.image_size if img_size is None else img_size
+        _check_multiple(size, cfg.patch_size, f"checkpoint {directory.name}")
+        interpolate = size != cfg.image_size
+        if interpolate:
+            embed_forward = vision_trunk(model).embeddings.forward
+            if "interpolate_pos_encoding" not in inspect.signature(embed_forward).parameters:
+                raise ParamError(f"--img-size: {size} differs from the checkpoint's {cfg.image_size} and this "
+                                 "transformers version cannot interpolate CLIP position embeddings")
+        arch = (f"checkpoint {directory.name} (width {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+                f"patch {cfg.patch_size}, trained at {cfg.image_size}px)")
+        tower = Tower(model, size, cfg.patch_size, interpolate, arch)
+    tower.model.to(device=ctx.device, dtype=ctx.dtype).eval()
+    return tower
+
+
+def tower_info(tower: Tower) -> dict[str, Any]:
+    return {"architecture": tower.architecture, "image_size": tower.image_size, "patch_size": tower.patch_size,
+            "pos_interpolated": tower.interpolate_positions,
+            "attention": getattr(tower.model.config, "_attn_implementation", None)}
+
+
+def pixel_maker(ctx: BuildContext, image_size: int):
+    def make_inputs(batch: int) -> tuple:
+        return (torch.randn(batch, 3, image_size, image_size, device=ctx.device, dtype=ctx.dtype),)
+
+    return make_inputs
+
+
+@register_component("clip-vision", unit="img", family="vision", params=TOWER_PARAMS)
+def clip_vision(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None) -> Built:
+    """CLIP vision tower (HF CLIPVisionModel, SDPA), pooled class-token output."""
+    tower = build_tower(ctx, preset, img_size, pretrained)
+    interpolate = tower.interpolate_positions
+
+    def forward(module, inputs):
+        return module(pixel_values=inputs[0], interpolate_pos_encoding=interpolate).pooler_output
+
+    tokens = 1 + tower.num_patches
+    return Built(tower.model, pixel_maker(ctx, tower.image_size), "img", forward=forward,
+                 info={**tower_info(tower), "tokens_in": tokens, "tokens_out": tokens})
+
+
+class PrunedCLIPVision(nn.Module):
+    """A CLIP vision tower that prunes patch tokens between its embedding layer and its encoder.
+
+    `forward(pixel_values)` is exactly `CLIPVisionModel.forward` with `pruner` inserted after the
+    embeddings: embeddings -> pruner -> pre_layrnorm -> encoder -> post_layernorm of the class token. It
+    reuses the tower's own submodules (no attention is reimplemented) and returns the pooled output,
+    shape (batch, hidden). `unpruned(pixel_values)` is the same tower without pruning.
+    """
+
+    def __init__(self, tower: nn.Module, pruner: NormTopKPruner, interpolate_positions: bool = False):
+        super().__init__()
+        self.tower = tower
+        self.pruner = pruner
+        self.interpolate_positions = interpolate_positions
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        trunk = vision_trunk(self.tower)
+        hidden = trunk.embeddings(pixel_values, interpolate_pos_encoding=self.interpolate_positions)
+        hidden = trunk.pre_layrnorm(self.pruner(hidden))
+        encoded = trunk.encoder(inputs_embeds=hidden)
+        last = encoded.last_hidden_state if hasattr(encoded, "last_hidden_state") else encoded[0]
+        return trunk.post_layernorm(last[:, 0, :])
+
+    def unpruned(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate_positions).pooler_output
+
+
+FIDELITY_CHUNK = 64  # images per fp32 forward when computing fidelity (bounds its memory)
+
+
+def pooled_fidelity(module: PrunedCLIPVision, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Per-image cosine similarity between pruned and unpruned pooled outputs, in float32 math.
+
+    A module held in bf16/fp16 is copied to float32 for this (the measured module is left untouched);
+    the bf16 weights convert exactly, so the figure isolates the effect of pruning from rounding."""
+    reference = module if next(module.parameters()).dtype == torch.float32 else copy.deepcopy(module).float()
+    sims = []
+    for chunk in pixel_values.split(FIDELITY_CHUNK):
+        x = chunk.float()
+        sims.append(F.cosine_similarity(reference(x).float(), reference.unpruned(x).float(), dim=-1))
+    del reference
+    return torch.cat(sims)
+
+
+@register_component("clip-vtp", unit="img", family="vision", params=[
+    Param("keep", float, 0.5, "Fraction of patch tokens kept, by L2 norm of the patch embedding "
+          "(⌈keep·N⌉ kept).", low=0.0, high=1.0, low_open=True),
+    *TOWER_PARAMS,
+    Param("summary_token", bool, True, "Add one token = mean of all patch embeddings (also at keep=1.0)."),
+])
+def clip_vtp(ctx: BuildContext, keep: float, preset: str, img_size: int | None, pretrained: str | None,
+             summary_token: bool) -> Built:
+    """CLIP vision tower with visual token pruning (patch-embedding L2 norm top-k + mean summary token).
+
+    Tokens entering the encoder: 1 (class) + 1 (summary, unless --summary-token false) + ⌈keep·N⌉ for N
+    patches. At keep=1.0 the summary token is still added (1 + 1 + N tokens), matching the anchor in
+    ANCHORS.md, so the keep=1.0 row costs slightly more than the plain `clip-vision` tower. The anchor
+    rounds keep·N to the nearest integer; effprof rounds up (keep 0.9 of 196 = 177 here, 176 there).
+
+    `fidelity_cos` is the batch mean of the cosine similarity between the pooled output with pruning and
+    without it (same weights, same inputs, float32 math). With random weights and random pixels it says
+    only how much pruning perturbs this network, not how accuracy changes; load real weights with
+    --pretrained for a meaningful figure (the inputs are still random pixels, not images).
+    """
+    tower = build_tower(ctx, preset, img_size, pretrained)
+    pruner = NormTopKPruner(keep, summary_token)
+    module = PrunedCLIPVision(tower.model, pruner, tower.interpolate_positions).eval()
+    n = tower.num_patches
+    note = ("random weights and random pixels: how much pruning perturbs this network, not accuracy"
+            if pretrained is None else "pretrained weights on random pixels, not images")
+
+    def extras(module, inputs):
+        cos = pooled_fidelity(module, inputs[0])
+        return {"fidelity_cos": float(cos.mean()), "fidelity_cos_min": float(cos.min()),
+                "fidelity_dtype": "fp32", "fidelity_note": note}
+
+    info = {**tower_info(tower), "tokens_in": 1 + n, "tokens_out": pruner.output_tokens(n),
+            "patches_kept": pruner.kept_count(n), "pruning": "norm-topk (torch.topk + gather)"}
+    return Built(module, pixel_maker(ctx, tower.image_size), "img", info=info, extras=extras)

@@ -12,7 +12,30 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+
+def _register_cpu_attention() -> None:
+    """Count SDPA on CPU too.
+
+    On CPU, `scaled_dot_product_attention` dispatches to `aten._scaled_dot_product_flash_attention_for_cpu`,
+    for which FlopCounterMode has no formula: attention would silently count zero (as fvcore's does on
+    every device). Register the same count torch uses for the CUDA kernels: 2·B·H·Tq·Tk·(d_qk + d_v).
+    """
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return
+    from torch.utils.flop_counter import flop_registry
+
+    if op in flop_registry or op.default in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_register_cpu_attention()
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:

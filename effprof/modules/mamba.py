@@ -1,0 +1,396 @@
+"""Mamba (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces"): the block,
+the language model and the decoding cache, in the layout of the `mamba-ssm` package.
+
+- `MambaBlock` is `mamba_ssm.modules.mamba_simple.Mamba` (Fig. 3 of the paper): in_proj to x and gate z,
+  causal depthwise conv1d + SiLU on x, x_proj to (dt, B, C), dt_proj, the selective scan with D skip and
+  SiLU(z) gate fused, out_proj. Parameter names and shapes are mamba-ssm's, so its state dicts load as is.
+- `MambaLM` is `mamba_ssm.models.mixer_seq_simple.MambaLMHeadModel` without the fused add+norm kernels:
+  embedding, n_layer pre-norm residual blocks (`norm` = RMSNorm, `mixer` = MambaBlock, residual kept in
+  fp32), `norm_f`, and an `lm_head` tied to the embedding. State-dict keys `backbone.embedding.weight`,
+  `backbone.layers.{i}.mixer.*`, `backbone.layers.{i}.norm.weight`, `backbone.norm_f.weight`, `lm_head.weight`.
+- Decoding keeps per layer a conv state (batch, d_inner, d_conv) in the model dtype and an SSM state
+  (batch, d_inner, d_state) in fp32 (mamba-ssm keeps the latter in the model dtype; fp32 is what the
+  effprof state-update op takes): constant memory whatever the context length.
+
+Two paths for the causal depthwise conv, chosen explicitly (`conv_backend`) and reported:
+`causal_conv1d_ref` (F.conv1d on the left-padded input: the definition) and "causal-conv1d", the CUDA
+kernels of the `causal-conv1d` package (`causal_conv1d_fn` / `causal_conv1d_update`), imported lazily.
+The scan runs through `effprof.ops.selective_scan` with `scan_backend` (ref | triton | mamba-ssm).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from effprof.errors import BackendUnavailable, UsageError
+from effprof.ops.selective_scan import selective_scan, selective_state_update
+
+CONV_BACKENDS = ("ref", "causal-conv1d")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Causal depthwise conv1d: reference and fast path
+# ---------------------------------------------------------------------------------------------------
+def causal_conv1d_ref(x, weight, bias=None, activation=None):
+    """Causal depthwise conv: y[b, c, t] = act(bias[c] + sum_k weight[c, k] · x[b, c, t - (width-1) + k]).
+
+    x (batch, channels, L), weight (channels, width), bias (channels,) -> y (batch, channels, L).
+    The input is padded with width-1 zeros on the left only, so the output has exactly L steps (and
+    FlopCounterMode counts 2·batch·channels·width·L, no wasted padded outputs).
+    """
+    width = weight.shape[-1]
+    y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
+    return F.silu(y) if activation == "silu" else y
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
+    """One decoding step of the causal conv. x (batch, channels); conv_state (batch, channels, width) holds
+    the last `width` inputs and is shifted in place. Returns (batch, channels) in conv_state's dtype."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x
+    y = F.conv1d(conv_state, weight.unsqueeze(1), bias, groups=x.shape[1]).squeeze(-1)  # counted like the scan
+    return F.silu(y) if activation == "silu" else y
+
+
+def _causal_conv1d_reason(device: torch.device) -> str | None:
+    if torch.device(device).type != "cuda":
+        return "the causal-conv1d kernels need a CUDA device"
+    try:
+        import causal_conv1d  # noqa: F401
+    except Exception as exc:
+        return f"causal-conv1d does not import ({type(exc).__name__}: {exc}); pip install 'effprof[mamba]'"
+    return None
+
+
+def resolve_conv_backend(name: str, device: torch.device) -> str:
+    """auto|ref|causal-conv1d -> the path that will run. auto = causal-conv1d when it imports on CUDA, else
+    ref; an explicit causal-conv1d that cannot run raises BackendUnavailable (never replaced silently)."""
+    if name == "auto":
+        return "causal-conv1d" if _causal_conv1d_reason(device) is None else "ref"
+    if name not in CONV_BACKENDS:
+        raise UsageError(f"unknown conv backend {name!r}; choose from auto, {', '.join(CONV_BACKENDS)}")
+    reason = _causal_conv1d_reason(device) if name == "causal-conv1d" else None
+    if reason is not None:
+        raise BackendUnavailable(f"conv backend 'causal-conv1d' is unavailable: {reason}")
+    return name
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, backend="ref"):
+    if backend == "causal-conv1d":
+        from causal_conv1d import causal_conv1d_fn
+
+        return causal_conv1d_fn(x, weight, bias, activation=activation)
+    return causal_conv1d_ref(x, weight, bias, activation)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="ref"):
+    if backend == "causal-conv1d":
+        from causal_conv1d import causal_conv1d_update as fast_update
+
+        return fast_update(x, conv_state, weight, bias, activation)
+    return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The block
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class MambaLayerState:
+    """Decoding state of one block: conv_state (batch, d_inner, d_conv) model dtype, ssm_state
+    (batch, d_inner, d_state) fp32."""
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.conv_state, self.ssm_state))
+
+
+class MambaBlock(nn.Module):
+    """mamba-ssm's `Mamba` mixer: (batch, L, d_model) -> (batch, L, d_model). d_inner = expand·d_model,
+    dt_rank "auto" = ceil(d_model / 16). A_log and D are fp32 whatever `dtype` (as in mamba-ssm)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
+                 conv_bias: bool = True, bias: bool = False, scan_backend: str = "ref", conv_backend: str = "ref",
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend, self.conv_backend = scan_backend, conv_backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **kw)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias, **kw)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **kw)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **kw)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state, device=device, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(self.d_inner, device=device, dtype=torch.float32))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **kw)
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """mamba-ssm's init: S4D-real A = -(1..N), D = 1, dt_proj weight U(±dt_rank^-0.5) and bias =
+        softplus⁻¹(dt) with dt log-uniform in [dt_min, dt_max] (paper §3.6 and Appendix)."""
+        std = self.dt_rank ** -0.5
+        self.dt_proj.weight.uniform_(-std, std)
+        device = self.dt_proj.bias.device
+        dt = torch.exp(torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device)
+        self.A_log.copy_(torch.log(A).expand(self.d_inner, -1))
+        self.D.fill_(1.0)
+
+    def allocate_state(self, batch: int, device=None) -> MambaLayerState:
+        device = device or self.in_proj.weight.device
+        return MambaLayerState(
+            torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=self.conv1d.weight.dtype),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32))
+
+    def _ssm_inputs(self, x_dbl: torch.Tensor):
+        return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    def forward(self, hidden_states: torch.Tensor, state: MambaLayerState | None = None) -> torch.Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_model). With `state`, also writes the conv and
+        SSM states after the last step into it (prefill before decoding)."""
+        batch, seqlen, _ = hidden_states.shape
+        # (2·d_inner, batch·L) straight from the matmul, as mamba-ssm does: no transposed copy of xz
+        xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
+        xz = xz.view(-1, batch, seqlen).transpose(0, 1)                       # (batch, 2·d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        if state is not None:
+            state.conv_state.copy_(F.pad(x, (self.d_conv - seqlen, 0)))       # the last d_conv inputs
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend)
+        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)                # (batch, L, dt_rank + 2N)
+        dt, B, C = self._ssm_inputs(x_dbl)
+        delta = (self.dt_proj.weight @ dt.reshape(batch * seqlen, -1).t()).view(-1, batch, seqlen).transpose(0, 1)
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           return_last_state=state is not None, backend=self.scan_backend)
+        if state is not None:
+            y, last_state = y
+            state.ssm_state.copy_(last_state)
+        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+
+    def step(self, hidden_states: torch.Tensor, state: MambaLayerState) -> torch.Tensor:
+        """One decoding step: hidden_states (batch, 1, d_model) -> (batch, 1, d_model); `state` updated in place."""
+        xz = F.linear(hidden_states.squeeze(1), self.in_proj.weight, self.in_proj.bias)   # (batch, 2·d_inner)
+        x, z = xz.chunk(2, dim=-1)
+        x = causal_conv1d_update(x, state.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                 self.conv_backend).to(hidden_states.dtype)
+        dt, B, C = self._ssm_inputs(F.linear(x, self.x_proj.weight))
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(state.ssm_state, x, dt, A, B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=self.scan_backend)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The language model
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MambaLMConfig:
+    """Architecture of a Mamba LM (mamba-ssm's MambaConfig, Mamba-1 layers, RMSNorm, no MLP or attention)."""
+
+    d_model: int
+    n_layer: int
+    vocab_size: int = 50277
+    pad_vocab_size_multiple: int = 8
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    conv_bias: bool = True
+    bias: bool = False
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    tie_embeddings: bool = True
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return self.vocab_size + (-self.vocab_size) % m
+
+    @classmethod
+    def from_checkpoint_config(cls, doc: dict[str, Any], where: str = "config.json") -> "MambaLMConfig":
+        """Read mamba-ssm's config.json (d_model, n_layer, ssm_cfg, ...) or transformers' MambaConfig
+        (hidden_size, num_hidden_layers, state_size, ...). Refuses what this model does not implement."""
+        if "hidden_size" in doc:  # transformers' MambaConfig: vocab already padded
+            return cls(d_model=doc["hidden_size"], n_layer=doc["num_hidden_layers"], vocab_size=doc["vocab_size"],
+                       pad_vocab_size_multiple=1, d_state=doc.get("state_size", 16), d_conv=doc.get("conv_kernel", 4),
+                       expand=doc.get("expand", 2), dt_rank=doc.get("time_step_rank", "auto"),
+                       conv_bias=doc.get("use_conv_bias", True), bias=doc.get("use_bias", False),
+                       norm_eps=doc.get("layer_norm_epsilon", 1e-5),
+                       residual_in_fp32=doc.get("residual_in_fp32", True),
+                       tie_embeddings=doc.get("tie_word_embeddings", True))
+        missing = [k for k in ("d_model", "n_layer", "vocab_size") if k not in doc]
+        if missing:
+            raise UsageError(f"{where}: not a mamba-ssm config (missing {', '.join(missing)})")
+        ssm = dict(doc.get("ssm_cfg") or {})
+        if ssm.get("layer", "Mamba1") != "Mamba1":
+            raise UsageError(f"{where}: {ssm['layer']} layers are not supported (Mamba-1 only)")
+        if doc.get("d_intermediate", 0) or doc.get("attn_layer_idx"):
+            raise UsageError(f"{where}: MLP or attention layers (d_intermediate, attn_layer_idx) are not supported")
+        if not doc.get("rms_norm", True):
+            raise UsageError(f"{where}: rms_norm=false (LayerNorm) is not supported")
+        return cls(d_model=doc["d_model"], n_layer=doc["n_layer"], vocab_size=doc["vocab_size"],
+                   pad_vocab_size_multiple=doc.get("pad_vocab_size_multiple", 8), d_state=ssm.get("d_state", 16),
+                   d_conv=ssm.get("d_conv", 4), expand=ssm.get("expand", 2), dt_rank=ssm.get("dt_rank", "auto"),
+                   conv_bias=ssm.get("conv_bias", True), bias=ssm.get("bias", False),
+                   residual_in_fp32=doc.get("residual_in_fp32", True),
+                   tie_embeddings=doc.get("tie_embeddings", True))
+
+
+# The released state-spaces/mamba-* checkpoints (Gu & Dao 2023, Table 12): d_model, n_layer; vocab 50277 -> 50280.
+MAMBA_PRESETS = {
+    "130m": MambaLMConfig(768, 24), "370m": MambaLMConfig(1024, 48), "790m": MambaLMConfig(1536, 48),
+    "1.4b": MambaLMConfig(2048, 48), "2.8b": MambaLMConfig(2560, 64),
+}
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x²) + eps) · weight, computed in fp32, returned in x's dtype."""
+
+    def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class MambaResidualBlock(nn.Module):
+    """mamba-ssm's `Block`: residual += previous output; hidden = mixer(norm(residual)); residual in fp32."""
+
+    def __init__(self, config: MambaLMConfig, mixer: MambaBlock, device=None, dtype=None):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.d_model, config.norm_eps, device=device, dtype=dtype)
+        self.mixer = mixer
+
+    def forward(self, hidden_states, residual, state: MambaLayerState | None = None, step: bool = False):
+        residual = hidden_states if residual is None else hidden_states + residual
+        hidden_states = self.norm(residual.to(self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        out = self.mixer.step(hidden_states, state) if step else self.mixer(hidden_states, state)
+        return out, residual
+
+
+@dataclass
+class MambaCache:
+    """Decoding cache of a MambaLM: one MambaLayerState per layer; its size does not depend on context length."""
+
+    layers: list[MambaLayerState]
+    seqlen_offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+
+class MambaBackbone(nn.Module):
+    """mamba-ssm's `MixerModel`: input ids (batch, L) -> final-normed hidden states (batch, L, d_model)."""
+
+    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)
+        self.layers = nn.ModuleList(
+            MambaResidualBlock(config, MambaBlock(config.d_model, config.d_state, config.d_conv, config.expand,
+                                                  config.dt_rank, config.conv_bias, config.bias, scan_backend,
+                                                  conv_backend, **kw), **kw)
+            for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps, **kw)
+
+    def forward(self, input_ids, cache: MambaCache | None = None, step: bool = False):
+        hidden_states, residual = self.embedding(input_ids), None
+        for i, layer in enumerate(self.layers):
+            hidden_states, residual = layer(hidden_states, residual, None if cache is None else cache.layers[i], step)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        residual = hidden_states + residual
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def step(self, input_ids, cache: MambaCache):
+        """One token per sequence: input_ids (batch, 1) -> (batch, 1, d_model); `cache` updated in place."""
+        return self.forward(input_ids, cache, step=True)
+
+
+class MambaLM(nn.Module):
+    """mamba-ssm's `MambaLMHeadModel`: input ids (batch, L) -> logits (batch, L, padded vocab)."""
+
+    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.backbone = MambaBackbone(config, scan_backend, conv_backend, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        with torch.no_grad():  # mamba-ssm's _init_weights: embedding N(0, 0.02), out_proj scaled by 1/sqrt(n_layer)
+            nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+            for layer in self.backbone.layers:
+                layer.mixer.out_proj.weight.div_(math.sqrt(config.n_layer))
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @property
+    def mixers(self) -> list[MambaBlock]:
+        return [layer.mixer for layer in self.backbone.layers]
+
+    def set_backends(self, scan_backend: str | None = None, conv_backend: str | None = None) -> None:
+        for mixer in self.mixers:
+            mixer.scan_backend = scan_backend or mixer.scan_backend
+            mixer.conv_backend = conv_backend or mixer.conv_backend
+
+    def allocate_cache(self, batch: int, device=None) -> MambaCache:
+        return MambaCache([mixer.allocate_state(batch, device) for mixer in self.mixers])
+
+    def forward(self, input_ids, cache: MambaCache | None = None, num_last_tokens: int = 0):
+        """Logits (batch, L, vocab), or of the last `num_last_tokens` positions only (generation needs 1)."""
+        hidden_states = self.backbone(input_ids, cache)
+        if num_last_tokens > 0:
+            hidden_states = hidden_states[:, -num_last_tokens:]
+        return self.lm_head(hidden_states)
+
+    def step(self, input_ids, cache: MambaCache):
+        """Logits (batch, 1, vocab) of one new token per sequence; `cache` updated in place."""
+        return self.lm_head(self.backbone.step(input_ids, cache))
+
+
+def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", device=None, dtype=None) -> MambaLM:
+    """Build a MambaLM from a checkpoint directory as mamba-ssm's `save_pretrained` writes it (config.json +
+    pytorch_model.bin) or as transformers saves MambaForCausalLM (model.safetensors, `backbone.embeddings`)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"--pretrained {directory}: no config.json")
+    config = MambaLMConfig.from_checkpoint_config(json.loads(config_path.read_text()), str(config_path))
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(directory / "model.safetensors"))
+    else:
+        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()}
+    model = MambaLM(config, scan_backend, conv_backend, device=device, dtype=dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UsageError(f"--pretrained {directory}: state dict does not match the Mamba layout ({what}, "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    return model

@@ -1,0 +1,204 @@
+"""Selective scan: reference vs an independent closed form, every backend vs the reference, the decode
+step vs the scan, backend resolution, and the FLOP formula as FlopCounterMode sees it.
+
+The triton backend runs on CPU tensors under TRITON_INTERPRET=1 (set by a fixture for this module only,
+before `effprof.ops.selective_scan_triton` first imports triton), at small sizes: the interpreter is slow.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from effprof.errors import BackendUnavailable, UsageError
+from effprof.ops.selective_scan import (BACKENDS, available_backends, resolve_backend, selective_scan,
+                                        selective_scan_flops, selective_scan_ref, selective_state_update)
+
+CPU = torch.device("cpu")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def make_inputs(batch, d_inner, L, d_state, *, dtype=torch.float32, with_D=True, with_z=True, with_bias=True,
+                seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    return dict(
+        u=rnd(batch, d_inner, L).to(dtype),
+        delta=(0.5 * torch.rand(batch, d_inner, L, generator=g) - 0.1).to(dtype),
+        A=-torch.exp(0.5 * rnd(d_inner, d_state)),  # negative real, as Mamba's A = -exp(A_log)
+        B=rnd(batch, d_state, L).to(dtype),
+        C=rnd(batch, d_state, L).to(dtype),
+        D=rnd(d_inner) if with_D else None,
+        z=rnd(batch, d_inner, L).to(dtype) if with_z else None,
+        delta_bias=0.3 * rnd(d_inner) if with_bias else None,
+    )
+
+
+def closed_form_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """h_t = sum_{s<=t} exp(A (S_t - S_s)) delta_s B_s u_s with S the inclusive cumulative sum of delta,
+    in float64: the unrolled recurrence, written independently of the step-by-step reference."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = torch.nn.functional.softplus(delta)
+    S = delta.cumsum(-1)                                                      # (b, d, L)
+    L = u.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()                         # [t, s]: s <= t
+    gap = (S[..., :, None] - S[..., None, :]).masked_fill(~causal, 0)           # (b, d, t, s)
+    weight = torch.exp(gap[..., None] * A[None, :, None, None, :]) * causal[..., None]  # (b, d, t, s, n)
+    drive = (delta * u)[..., None] * B.transpose(1, 2)[:, None]                # (b, d, s, n)
+    h = torch.einsum("bdtsn,bdsn->bdtn", weight, drive)
+    y = torch.einsum("bdtn,bnt->bdt", h, C)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.double())
+    return y, h[..., -1, :]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 4), (1, 2, 1, 1), (2, 4, 17, 7)])
+@pytest.mark.parametrize("softplus", [False, True])
+def test_reference_matches_closed_form(shape, softplus):
+    inputs = make_inputs(*shape)
+    y, last = selective_scan_ref(**inputs, delta_softplus=softplus, return_last_state=True)
+    y_closed, last_closed = closed_form_scan(**inputs, delta_softplus=softplus)
+    assert y.shape == shape[:3] and last.shape == (shape[0], shape[1], shape[3]) and last.dtype == torch.float32
+    assert rel_err(y, y_closed) < 1e-5 and rel_err(last, last_closed) < 1e-5
+
+
+# (batch, d_inner, L, d_state, with_D, with_z, with_bias, softplus); odd L, L = 1, d_state 1..64
+TRITON_CASES = [
+    (2, 5, 37, 3, True, True, True, True),
+    (1, 4, 1, 16, False, False, False, False),
+    (2, 3, 70, 1, True, False, True, False),
+    (1, 6, 19, 64, False, True, False, True),
+    (1, 9, 130, 16, True, True, False, True),
+]
+
+
+def _check_backend(backend, case, dtype, tol, config=None):
+    batch, d_inner, L, d_state, with_D, with_z, with_bias, softplus = case
+    inputs = make_inputs(batch, d_inner, L, d_state, dtype=dtype, with_D=with_D, with_z=with_z,
+                         with_bias=with_bias, seed=L * 100 + d_state)
+    ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=softplus, return_last_state=True)
+    if config is None:
+        y, last = selective_scan(**inputs, delta_softplus=softplus, return_last_state=True, backend=backend)
+    else:
+        from effprof.ops.selective_scan_triton import selective_scan_triton
+        y, last = selective_scan_triton(**inputs, delta_softplus=softplus, config=config)
+    assert y.shape == ref_y.shape and y.dtype == dtype and last.dtype == torch.float32
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y, ref_y) < tol, rel_err(y, ref_y)
+    assert rel_err(last, ref_last) < 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_triton_matches_reference_float32(case):
+    assert "triton" in available_backends(CPU)  # interpret mode + CPU tensors
+    _check_backend("triton", case, torch.float32, 1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", TRITON_CASES[:2])
+def test_triton_matches_reference_bf16(case):
+    # The reference reads the same bf16 inputs; the gap is the final rounding to bf16 (the interpreter
+    # truncates float32 -> bf16 where the GPU rounds to nearest).
+    _check_backend("triton", case, torch.bfloat16, 1e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize("config", [{"variant": "perstate", "BLOCK_D": 4, "CHUNK": 16},
+                                    {"variant": "tile3d", "BLOCK_D": 2, "CHUNK": 32}])
+def test_triton_variants_match_reference(config):
+    _check_backend("triton", TRITON_CASES[0], torch.float32, 1e-5, config=config)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_available_backend_matches_reference(backend):
+    if backend not in available_backends(CPU):
+        pytest.skip(f"{backend} is not available on CPU here")
+    _check_backend(backend, (2, 3, 11, 5, True, True, True, True), torch.float32, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ref", pytest.param("triton", marks=needs_triton)])
+def test_state_update_steps_equal_the_scan(backend):
+    batch, d_inner, L, d_state = 2, 5, 13, 6
+    inputs = make_inputs(batch, d_inner, L, d_state, seed=7)
+    ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    state = torch.zeros(batch, d_inner, d_state)
+    ys = [selective_state_update(state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"],
+                                 inputs["B"][..., t], inputs["C"][..., t], inputs["D"], inputs["z"][..., t],
+                                 dt_bias=inputs["delta_bias"], dt_softplus=True, backend=backend)
+          for t in range(L)]
+    assert rel_err(torch.stack(ys, -1), ref_y) < 1e-5
+    assert rel_err(state, ref_last) < 1e-5  # updated in place
+
+
+def test_backend_resolution(monkeypatch):
+    assert resolve_backend("auto", CPU) == "ref" and resolve_backend("ref", CPU) == "ref"
+    with pytest.raises(BackendUnavailable, match="mamba-ssm"):
+        resolve_backend("mamba-ssm", CPU)
+    with pytest.raises(BackendUnavailable):
+        selective_scan(**make_inputs(1, 2, 3, 2), backend="mamba-ssm")
+    with pytest.raises(UsageError, match="unknown scan backend"):
+        resolve_backend("cuda-magic", CPU)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert available_backends(CPU) == ["ref"]
+    with pytest.raises(BackendUnavailable, match="CUDA device"):
+        resolve_backend("triton", CPU)
+
+
+@pytest.mark.parametrize("with_D,with_z", [(False, False), (True, False), (True, True)])
+def test_flop_counter_sees_the_formula_once(with_D, with_z):
+    batch, d_inner, L, d_state = 2, 4, 7, 3
+    inputs = make_inputs(batch, d_inner, L, d_state, with_D=with_D, with_z=with_z)
+    with FlopCounterMode(display=False) as counter:
+        selective_scan(**inputs, delta_softplus=True, backend="ref")
+    expected = 9 * batch * L * d_inner * d_state + (with_D + with_z) * batch * d_inner * L  # VMamba's count
+    assert selective_scan_flops(batch, d_inner, L, d_state, with_D, with_z) == expected
+    assert counter.get_total_flops() == expected
+    ops = counter.get_flop_counts()["Global"]
+    assert [str(op) for op in ops] == ["effprof.selective_scan"]  # inner aten ops of the ref not counted
+
+    state = torch.zeros(batch, d_inner, d_state)
+    with FlopCounterMode(display=False) as counter:
+        for t in range(L):
+            selective_state_update(state, inputs["u"][..., t], inputs["delta"][..., t], inputs["A"],
+                                   inputs["B"][..., t], inputs["C"][..., t], inputs["D"],
+                                   None if inputs["z"] is None else inputs["z"][..., t])
+    assert counter.get_total_flops() == expected  # L steps of 9·B·D·N (+D, +z) = one scan
+
+
+def test_custom_op_under_inference_mode_bf16_and_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    inputs = make_inputs(2, 3, 8, 4, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        y, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    ref_y = selective_scan_ref(**inputs, delta_softplus=True)
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32 and torch.equal(y, ref_y)
+    with FakeTensorMode():
+        fake = make_inputs(2, 3, 8, 4, dtype=torch.bfloat16)
+        y, last = selective_scan(**fake, return_last_state=True)
+        assert y.shape == (2, 3, 8) and y.dtype == torch.bfloat16
+        assert last.shape == (2, 3, 4) and last.dtype == torch.float32
+
+
+def test_bad_shapes_raise_one_clear_error():
+    inputs = make_inputs(2, 3, 8, 4)
+    inputs["B"] = inputs["B"][:, None]  # grouped B (batch, groups, d_state, L) is not supported
+    with pytest.raises(ValueError, match="B must have shape"):
+        selective_scan(**inputs)

@@ -1,0 +1,59 @@
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from effprof.measure.timing import TimingResult, coefficient_of_variation, quantile, time_callable
+
+
+def test_quantile_matches_numpy_linear_interpolation():
+    rng = np.random.default_rng(0)
+    xs = list(rng.exponential(size=37))
+    for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert abs(quantile(xs, q) - np.quantile(xs, q)) < 1e-12
+
+
+def test_sleep_is_timed_in_milliseconds_with_ordered_statistics():
+    result = time_callable(lambda: time.sleep(0.002), torch.device("cpu"), warmup_s=0, min_time_s=0.06)
+    assert result.method == "perf_counter"
+    assert 2.0 <= result.median_ms < 20.0
+    assert result.quantile_ms(0.1) <= result.median_ms <= result.quantile_ms(0.9)
+    assert len(result.block_medians_ms) >= 3
+    assert result.n_calls == len(result.samples_ms) >= 3
+    lo, hi = result.median_ci95_ms()
+    assert lo <= result.median_ms <= hi
+    assert sum(result.samples_ms) / 1e3 >= 0.06
+
+
+def test_blocks_are_sized_from_the_time_budget():
+    calls = []
+    result = time_callable(lambda: calls.append(1), torch.device("cpu"), warmup_s=0, min_time_s=0.01)
+    # a call of ~1 µs and a budget of 10 ms: blocks of many calls, not one call per block
+    assert result.calls_per_block > 100
+    assert result.n_calls == result.calls_per_block * len(result.block_medians_ms)
+    assert len(calls) >= result.n_calls + result.warmup_calls
+
+
+def test_setup_runs_outside_the_timed_region():
+    result = time_callable(lambda: None, torch.device("cpu"), warmup_s=0, min_time_s=0.005,
+                           setup=lambda: time.sleep(0.001))
+    assert result.median_ms < 0.5  # the 1 ms setup never lands in a sample
+
+
+def test_max_cv_keeps_timing_until_steady_or_budget():
+    state = {"n": 0}
+
+    def jittery():
+        state["n"] += 1
+        time.sleep(0.004 if state["n"] % 7 == 0 else 0.001)
+
+    result = time_callable(jittery, torch.device("cpu"), warmup_s=0, min_time_s=0.02, max_time_s=0.3, max_cv=1e-9)
+    assert result.block_cv > 1e-9  # never steady enough, so the budget ended it
+    assert sum(result.samples_ms) / 1e3 >= 0.02
+
+
+def test_cv_definition():
+    r = TimingResult([1.0, 2.0, 3.0], 3, [2.0], "perf_counter", 1)
+    assert abs(r.cv - statistics.stdev([1, 2, 3]) / 2) < 1e-12
+    assert coefficient_of_variation([5.0]) == 0.0
