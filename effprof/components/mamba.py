@@ -1,1 +1,260 @@
-"""Placeholder: being written."""
+"""Mamba components (family "ssm"): one block (`mamba`), the language model (`mamba-lm`) and a Transformer
+language model of the same size class to compare with (`transformer-lm`).
+
+`mamba` and `mamba-lm` build `effprof.modules.mamba` (mamba-ssm's layout) with random weights, or for
+`mamba-lm` a real checkpoint with `--pretrained DIR` (config.json + pytorch_model.bin / model.safetensors,
+as mamba-ssm's `save_pretrained` or transformers' MambaForCausalLM write them; the architecture then comes
+from the checkpoint and `--preset` is ignored). Every record says which scan and conv paths ran
+(`scan_backend`, `conv_backend`: resolved names, never "auto").
+
+Modes: `prefill` times one forward over seq_len tokens (throughput in tokens/s = batch·seq_len / latency);
+`decode` times one generated token per sequence with a cache already holding a context of seq_len tokens
+(throughput = batch / latency). `head` adds the tied LM head: on the last position only in prefill (all a
+generator needs; the (batch, L, 50280) logits of every position are never materialised) and on the new
+token in decode. The default, head off, times the backbone, which is what `transformers.MambaModel`'s
+forward (the ANCHORS measurement) returns. The state a generator keeps after prefill is reported in MiB:
+`state_mib` for Mamba (conv + SSM states, constant in seq_len), `kv_cache_mib` for the Transformer.
+
+`transformer-lm` is transformers' `GPTNeoXModel` (SDPA attention) in the Pythia architecture (Biderman et
+al. 2023) that the Mamba paper compares against at each size (Gu & Dao 2023, §4.2): same width, half the
+layers (a Transformer layer holds ~12·d² parameters, a Mamba block ~6·d², so parameters match), MLP 4·d,
+rotary on 25% of each head, parallel residual; vocabulary 50280 and a tied head, as Mamba's. `--n-layer 24`
+gives the same depth instead. Its decode step uses transformers' DynamicCache (the default of `generate`),
+cut back to seq_len tokens before every timed step; that cache appends by concatenation, so each step also
+copies the KV cache once, as it does in `generate` (a static or paged cache would not).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effprof.errors import ParamError
+from effprof.modules.mamba import MAMBA_PRESETS, MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend
+from effprof.ops.selective_scan import resolve_backend
+from effprof.params import Param
+from effprof.registry import BuildContext, Built, register_component
+
+MIB = 2**20
+MODES = ("prefill", "decode")
+
+MODE = Param("mode", str, "prefill", "prefill = one forward over seq_len tokens; decode = one new token per sequence "
+             "with a cache holding seq_len tokens of context.", choices=MODES)
+SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm if importable on CUDA, else triton "
+             "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))
+CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else ref.",
+             choices=("auto", "ref", "causal-conv1d"))
+HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
+             "off = backbone only, like transformers' MambaModel.")
+PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
+               choices=tuple(MAMBA_PRESETS))
+
+
+def _prefilled(fn):
+    """Run a prefill that fills a cache (outside the timed region) without building autograd graphs."""
+    with torch.no_grad():
+        fn()
+
+
+# ---------------------------------------------------------------------------------------------------
+# mamba: one block
+# ---------------------------------------------------------------------------------------------------
+@register_component("mamba", unit="tok", family="ssm", params=[
+    Param("d_model", int, 512, "Model width (d_inner = expand · d_model).", low=1),
+    Param("d_state", int, 16, "SSM state size N per channel.", low=1),
+    Param("d_conv", int, 4, "Causal depthwise conv width.", low=1),
+    Param("expand", int, 2, "Inner expansion factor.", low=1),
+    Param("seq_len", int, 8192, "Tokens per sequence (prefill) or context length held in the state (decode).",
+          low=1),
+    MODE, SCAN, CONV,
+])
+def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mode, scan_backend, conv_backend):
+    """One Mamba block (mamba-ssm's Mamba mixer), (batch, seq_len, d_model) -> same."""
+    scan = resolve_backend(scan_backend, ctx.device)
+    conv = resolve_conv_backend(conv_backend, ctx.device)
+    block = MambaBlock(d_model, d_state, d_conv, expand, scan_backend=scan, conv_backend=conv,
+                       device=ctx.device, dtype=ctx.dtype).eval()
+
+    def hidden(batch, length):
+        return torch.randn(batch, length, d_model, device=ctx.device, dtype=ctx.dtype)
+
+    if mode == "prefill":
+        def make_inputs(batch):
+            return (hidden(batch, seq_len),)
+        forward = None
+    else:
+        def make_inputs(batch):
+            state = block.allocate_state(batch)
+            _prefilled(lambda: block(hidden(batch, seq_len), state))
+            return hidden(batch, 1), state
+
+        def forward(module, inputs):
+            return module.step(*inputs)
+
+    def extras(module, inputs):
+        state = module.allocate_state(inputs[0].shape[0]) if mode == "prefill" else inputs[1]
+        return {"state_mib": state.nbytes / MIB}
+
+    info = {"scan_backend": scan, "conv_backend": conv, "d_inner": block.d_inner, "dt_rank": block.dt_rank,
+            "context_len": seq_len}
+    return Built(block, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
+                 forward=forward, info=info, extras=extras)
+
+
+# ---------------------------------------------------------------------------------------------------
+# mamba-lm: the language model
+# ---------------------------------------------------------------------------------------------------
+@register_component("mamba-lm", unit="tok", family="ssm", params=[
+    PRESET,
+    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the cache (decode).", low=1),
+    MODE, HEAD, SCAN, CONV,
+    Param("pretrained", str, None, "Checkpoint directory (mamba-ssm or transformers layout) or cached hub id; "
+          "none = random weights.", optional=True),
+    Param("d_model", int, None, "Override the preset's width (none = the preset's).", low=1, optional=True),
+    Param("n_layer", int, None, "Override the preset's number of layers (none = the preset's).", low=1,
+          optional=True),
+])
+def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, pretrained, d_model,
+             n_layer):
+    """Mamba language model (mamba-ssm's MambaLMHeadModel), token ids -> hidden states or next-token logits."""
+    scan = resolve_backend(scan_backend, ctx.device)
+    conv = resolve_conv_backend(conv_backend, ctx.device)
+    if pretrained is not None:
+        from effprof.pretrained import find_checkpoint
+
+        if d_model is not None or n_layer is not None:
+            raise ParamError("--d-model/--n-layer cannot be combined with --pretrained (the checkpoint sets them)")
+
+        directory = find_checkpoint(pretrained, ("pytorch_model.bin", "model.safetensors"))
+        model = load_mamba_lm(directory, scan, conv, device=ctx.device, dtype=ctx.dtype)
+    else:
+        config = replace(MAMBA_PRESETS[preset], **{k: v for k, v in (("d_model", d_model), ("n_layer", n_layer))
+                                                    if v is not None})
+        model = MambaLM(config, scan, conv, device=ctx.device, dtype=ctx.dtype)
+    model.eval()
+    vocab = model.config.padded_vocab_size
+
+    def ids(batch, length):
+        return torch.randint(0, vocab, (batch, length), device=ctx.device)
+
+    if mode == "prefill":
+        def make_inputs(batch):
+            return (ids(batch, seq_len),)
+
+        def forward(module, inputs):
+            return module(inputs[0], num_last_tokens=1) if head else module.backbone(inputs[0])
+    else:
+        def make_inputs(batch):
+            cache = model.allocate_cache(batch)
+            _prefilled(lambda: model.backbone(ids(batch, seq_len), cache))
+            return ids(batch, 1), cache
+
+        def forward(module, inputs):
+            return module.step(*inputs) if head else module.backbone.step(*inputs)
+
+    def extras(module, inputs):
+        cache = module.allocate_cache(inputs[0].shape[0]) if mode == "prefill" else inputs[1]
+        return {"state_mib": cache.nbytes / MIB}
+
+    cfg = model.config
+    info = {"scan_backend": scan, "conv_backend": conv, "weights": "pretrained" if pretrained else "random",
+            "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
+    return Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
+                 forward=forward, info=info, extras=extras)
+
+
+# ---------------------------------------------------------------------------------------------------
+# transformer-lm: the comparator
+# ---------------------------------------------------------------------------------------------------
+# Pythia's architecture at Mamba's widths (d_model, layers, heads); 790m has no Pythia of its width:
+# 12 heads of 128 as Pythia-1.4b's head size.
+TRANSFORMER_PRESETS = {"130m": (768, 12, 12), "370m": (1024, 24, 16), "790m": (1536, 24, 12),
+                       "1.4b": (2048, 24, 16), "2.8b": (2560, 32, 32)}
+
+
+class TransformerLM(nn.Module):
+    """A GPTNeoXModel with an optional tied LM head: ids (batch, L) -> hidden (batch, L, d) or logits (batch, 1, V)."""
+
+    def __init__(self, model: nn.Module, head: bool):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, input_ids, past_key_values=None):
+        hidden = self.model(input_ids=input_ids, past_key_values=past_key_values,
+                            use_cache=past_key_values is not None).last_hidden_state
+        if not self.head:
+            return hidden
+        return F.linear(hidden[:, -1:], self.model.embed_in.weight)
+
+
+def kv_cache_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def truncate_kv_cache(cache, length: int) -> None:
+    """Cut a transformers DynamicCache back to `length` tokens (views, no copy)."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+
+
+@register_component("transformer-lm", unit="tok", family="ssm", params=[
+    PRESET,
+    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the KV cache (decode).", low=1),
+    MODE, HEAD,
+    Param("n_layer", int, None, "Layers (none = half of Mamba's: Pythia's depth, parameter-matched; e.g. 24 for "
+          "the same depth as mamba-130m).", low=1, optional=True),
+    Param("d_model", int, None, "Override the width (none = the preset's; heads = d_model / 64).", low=1,
+          optional=True),
+])
+def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_model):
+    """Transformer LM of Mamba's size class (transformers GPTNeoXModel, Pythia layout, SDPA) to compare with."""
+    from transformers import GPTNeoXConfig, GPTNeoXModel
+
+    width, layers, heads = TRANSFORMER_PRESETS[preset]
+    if d_model is not None:
+        width, heads = d_model, max(1, d_model // 64)
+        if width % heads:
+            raise ParamError(f"--d-model: {width} is not a multiple of 64 (heads of 64)")
+    layers = n_layer or layers
+    config = GPTNeoXConfig(vocab_size=MAMBA_PRESETS[preset].padded_vocab_size, hidden_size=width,
+                           num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width,
+                           max_position_embeddings=max(2048, seq_len + 1), tie_word_embeddings=True,
+                           use_parallel_residual=True, attn_implementation="sdpa")
+    with torch.device(ctx.device):
+        model = GPTNeoXModel(config)
+    module = TransformerLM(model.to(dtype=ctx.dtype), head).eval()
+
+    def ids(batch, length):
+        return torch.randint(0, config.vocab_size, (batch, length), device=ctx.device)
+
+    if mode == "prefill":
+        def make_inputs(batch):
+            return (ids(batch, seq_len),)
+        forward = None
+    else:
+        def make_inputs(batch):
+            with torch.no_grad():
+                cache = model(input_ids=ids(batch, seq_len), use_cache=True).past_key_values
+            return ids(batch, 1), cache
+
+        def forward(module, inputs):
+            truncate_kv_cache(inputs[1], seq_len)
+            return module(*inputs)
+
+    def extras(module, inputs):
+        batch = inputs[0].shape[0]
+        if mode == "decode":
+            truncate_kv_cache(inputs[1], seq_len)
+            return {"kv_cache_mib": kv_cache_bytes(inputs[1]) / MIB}
+        elem = torch.empty((), dtype=ctx.dtype).element_size()
+        return {"kv_cache_mib": 2 * layers * batch * seq_len * width * elem / MIB}
+
+    info: dict[str, Any] = {"scan_backend": None, "conv_backend": None,
+                            "attention": getattr(model.config, "_attn_implementation", None), "d_model": width,
+                            "n_layer": layers, "n_head": heads, "vocab_size": config.vocab_size,
+                            "context_len": seq_len}
+    return Built(module, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
+                 forward=forward, info=info, extras=extras)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME [NAME ...]
+# NAME is a benchmarks/bench_NAME.py script or "cli" (effprof compare projectors / clip-vtp through the
+# command line). effprof is not installed there: `python -m effprof` from the repo root imports it.
+# Every script writes its JSON to $OUT; logs go to $OUT/NAME.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+FINAL=${OUT:-/tmp/effprof-bench}
+OUT=$(mktemp -d)  # the device tool brings back at most 8 files: everything goes into one archive
+export OUT
+mkdir -p "$FINAL"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+status=0
+for name in "$@"; do
+  start=$(date +%s)
+  if [ "$name" = cli ]; then
+    { python3 -m effprof compare projectors --json "$OUT/cli_projectors.json" &&
+      python3 -m effprof compare clip-vtp --json "$OUT/cli_clip_vtp.json"; } > "$OUT/cli.log" 2>&1
+  else
+    python3 "benchmarks/bench_$name.py" > "$OUT/$name.log" 2>&1
+  fi
+  rc=$?
+  [ $rc -eq 0 ] || status=1
+  echo "== $name: $(( $(date +%s) - start )) s, exit $rc"; tail -n 40 "$OUT/$name.log"
+done
+tar -czf "$FINAL/results-$(date -u +%Y%m%dT%H%M%S).tgz" -C "$OUT" .
+exit $status
