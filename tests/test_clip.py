@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from effprof.cli import main
+from effprof.errors import ParamError
 from effprof.measure.flops import count_flops
 from effprof.modules.token_pruning import NormTopKPruner, kept_patch_count, norm_topk_prune_reference
 from effprof.profiles import load_profile
@@ -266,7 +267,7 @@ def test_pretrained_at_another_size_interpolates_positions(tmp_path):
     assert built.info["pos_interpolated"] is True and built.info["tokens_in"] == 1 + 36
     with torch.inference_mode():
         assert built.call(built.make_inputs(2)).shape == (2, 32)
-    with pytest.raises(Exception, match="patch size 8"):
+    with pytest.raises(ParamError, match="patch size 8"):
         create("clip-vision", ctx=CPU, pretrained=str(tmp_path / "tiny"), img_size=36)
 
 

@@ -92,17 +92,16 @@ def op_bytes(func, args: tuple, kwargs: dict, out: Any) -> int:
     name = func._schema.name.split("::")[-1]
     if name in ZERO_BYTE_OPS or is_view_op(func):
         return 0
-    skip: set[int] = set()  # ids of write-only arguments: not read
-    schema_args = func._schema.arguments
-    for i, arg in enumerate(schema_args):
-        value = kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
-        if isinstance(value, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write:
-            if getattr(arg, "is_out", False) or (i == 0 and name in WRITE_ONLY_DESTINATION_OPS):
-                skip.add(id(value))
     read: dict[int, torch.Tensor] = {}
-    for t in tree_flatten((args, kwargs))[0]:
-        if isinstance(t, torch.Tensor) and id(t) not in skip:
-            read.setdefault(id(t), t)
+    for i, arg in enumerate(func._schema.arguments):
+        value = kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
+        written_only = arg.alias_info is not None and arg.alias_info.is_write and (
+            getattr(arg, "is_out", False) or (i == 0 and name in WRITE_ONLY_DESTINATION_OPS))
+        if written_only:
+            continue
+        for t in tree_flatten(value)[0]:
+            if isinstance(t, torch.Tensor):
+                read.setdefault(id(t), t)
     written: dict[int, torch.Tensor] = {}
     for t in tree_flatten(out)[0]:
         if isinstance(t, torch.Tensor):

@@ -20,8 +20,8 @@ number of added tokens is `padded_tokens(T)` and the output is cropped back to T
 Upsampling back to T: "nearest" repeats each low-resolution output r times (repeat_interleave);
 "linear" is F.interpolate(mode="linear", align_corners=False).
 
-Causality: only strided + nearest is causal. Token t then receives the low branch's output for window
-⌊t/r⌋, which has seen tokens up to ⌊t/r⌋·r ≤ t. Average or learned pooling mixes every token of a window
+Causality: only strided + nearest (or r = 1) is causal. Token t then receives the low branch's output
+for window ⌊t/r⌋, which has seen tokens up to ⌊t/r⌋·r ≤ t. Average or learned pooling mixes every token of a window
 into its summary, so token t sees up to r − 1 future tokens; linear upsampling interpolates with the next
 window's output, which sees further ahead. `is_causal` says which case a module is.
 
@@ -90,7 +90,7 @@ class MRSS(nn.Module):
 
     @property
     def is_causal(self) -> bool:
-        return self.downsample_mode == "strided" and self.upsample_mode == "nearest"
+        return self.ratio == 1 or (self.downsample_mode == "strided" and self.upsample_mode == "nearest")
 
     def padded_tokens(self, seq_len: int) -> int:
         """Tokens added to reach a multiple of the ratio (0 when r divides T)."""

@@ -1,7 +1,7 @@
 """Visual token pruning before a ViT encoder: keep the patch tokens with the largest L2 norm.
 
-The idea (visual token pruning, VTP): patch embeddings that carry little signal have small norms, so a
-vision tower can drop them before the transformer and run its quadratic attention and its MLPs on fewer
+The idea (visual token pruning, VTP): if patch embeddings of small norm carry little signal, a vision
+tower can drop them before the transformer and run its quadratic attention and its MLPs on fewer
 tokens. One extra *summary token*, the mean of all patch embeddings, keeps a trace of what was dropped.
 The score here is the L2 norm of each patch embedding after positions are added (the output of the ViT
 embedding layer): it needs no attention map, so pruning happens before the first encoder layer. Related

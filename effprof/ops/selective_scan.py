@@ -160,6 +160,14 @@ def _import_error(module: str) -> Optional[str]:
     return None
 
 
+def _triton_was_imported_interpreted() -> bool:
+    """True if triton's own jit functions (tl.zeros, ...) were built for the interpreter: triton reads
+    TRITON_INTERPRET when it is first imported, so setting it later breaks every kernel."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(tl.zeros, InterpretedFunction)
+
+
 def _unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     """None if `backend` can run on `device`, else one line saying why not."""
     device = torch.device(device)
@@ -170,6 +178,9 @@ def _unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
             return "the triton scan needs a CUDA device (or TRITON_INTERPRET=1 with CPU tensors)"
         if _import_error("triton") is not None:
             return "triton is not installed: pip install triton"
+        if device.type == "cpu" and not _triton_was_imported_interpreted():
+            return ("TRITON_INTERPRET=1 was set after triton was imported (torch.utils.flop_counter imports "
+                    "it): set it before starting Python")
         return None
     if backend == "mamba-ssm":
         if device.type != "cuda":

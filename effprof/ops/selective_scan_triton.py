@@ -192,7 +192,7 @@ _fix_interpreter_scalar_index()
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys (variant, BLOCK_D, CHUNK, num_warps) for tuning.
+    `config` overrides `DEFAULT_CONFIG` keys (variant, BLOCK_D, CHUNK, num_warps, num_stages) for tuning.
     """
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     batch, d_inner, L = u.shape
@@ -210,7 +210,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L, N,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=cfg["BLOCK_D"], N_PAD=triton.next_power_of_2(N),
-        CHUNK=min(cfg["CHUNK"], max(16, triton.next_power_of_2(L))), num_warps=cfg["num_warps"])
+        CHUNK=min(cfg["CHUNK"], max(16, triton.next_power_of_2(L))), num_warps=cfg["num_warps"],
+        **({"num_stages": cfg["num_stages"]} if cfg.get("num_stages") else {}))
     return y, last_state
 
 

@@ -1,0 +1,86 @@
+"""Roofline plot of records (the `plot` extra): achieved TFLOP/s against arithmetic intensity, log-log.
+
+Plain data in: records carry `arithmetic_intensity_flop_per_byte`, `tflops_per_s`, `dtype`, `label`
+and `verdict` (see `effprof.measure.roofline`); `ceilings` is a mapping (or an object with
+`as_dict()`) with `device_name`, `source`, `matmul_tflops` {dtype: TFLOP/s} and `bandwidth_gb_per_s`.
+One roof is drawn per dtype of the records: min(peak, intensity × bandwidth)
+(Williams, Waterman & Patterson, CACM 2009).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+from effprof.errors import UsageError
+from effprof.report.plot import require_matplotlib
+
+VERDICT_COLOURS = {"compute": "tab:blue", "memory": "tab:orange", "overhead": "tab:red", None: "tab:gray"}
+
+
+def plottable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with a positive arithmetic intensity and achieved TFLOP/s."""
+    return [r for r in records if r.get("status", "ok") == "ok"
+            and (r.get("arithmetic_intensity_flop_per_byte") or 0) > 0 and (r.get("tflops_per_s") or 0) > 0]
+
+
+def roof_points(peak_tflops: float, bandwidth_gb_per_s: float, x_min: float, x_max: float) -> tuple[list, list]:
+    """The roof min(peak, AI × bandwidth) as a polyline over [x_min, x_max] (TFLOP/s against FLOP/byte)."""
+    ridge = peak_tflops * 1e3 / bandwidth_gb_per_s  # FLOP/byte where the two ceilings meet
+    xs = [x_min] + ([ridge] if x_min < ridge < x_max else []) + [x_max]
+    return xs, [min(peak_tflops, x * bandwidth_gb_per_s / 1e3) for x in xs]
+
+
+def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title: str = "") -> None:
+    """Draw the device roofline with one point per record to `path` (PNG, written atomically)."""
+    data = ceilings.as_dict() if hasattr(ceilings, "as_dict") else dict(ceilings or {})
+    bandwidth = data.get("bandwidth_gb_per_s")
+    peaks = {k: v for k, v in (data.get("matmul_tflops") or {}).items() if v}
+    points = plottable(records)
+    if not points:
+        raise UsageError("roofline: no record has both arithmetic intensity and TFLOP/s "
+                         "(were bytes and FLOPs counted?)")
+    plt = require_matplotlib()
+    dtypes = sorted({r.get("dtype") for r in points if r.get("dtype") in peaks}) or sorted(peaks)[:1]
+    intensities = [r["arithmetic_intensity_flop_per_byte"] for r in points]
+    ridges = [peaks[d] * 1e3 / bandwidth for d in dtypes] if bandwidth else []
+    x_min = 10 ** math.floor(math.log10(min(intensities + ridges) / 4))
+    x_max = 10 ** math.ceil(math.log10(max(intensities + ridges) * 4))
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if bandwidth:
+        for dtype in dtypes:
+            xs, ys = roof_points(peaks[dtype], bandwidth, x_min, x_max)
+            ax.plot(xs, ys, linewidth=2, label=f"{dtype} roof: {peaks[dtype]:.0f} TFLOP/s, {bandwidth:,.0f} GB/s")
+    for verdict, colour in VERDICT_COLOURS.items():
+        chosen = [r for r in points if r.get("verdict") == verdict]
+        if chosen:
+            ax.scatter([r["arithmetic_intensity_flop_per_byte"] for r in chosen], [r["tflops_per_s"] for r in chosen],
+                       color=colour, zorder=3, label=f"{verdict}-bound" if verdict else "no verdict")
+    for r in points:
+        ax.annotate(str(r.get("label", "")), (r["arithmetic_intensity_flop_per_byte"], r["tflops_per_s"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_min, x_max)
+    ax.set_xlabel("arithmetic intensity, FLOP/byte (bytes: lower bound)")
+    ax.set_ylabel("achieved TFLOP/s (FLOPs = 2×MAC)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    source = data.get("source", "unknown")
+    ax.set_title(title or f"{data.get('device_name', 'device')} roofline (ceilings: {source})")
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        plt.close(fig)
+        raise UsageError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
