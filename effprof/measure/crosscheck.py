@@ -68,7 +68,9 @@ def _reason(exc: BaseException) -> str:
 def fvcore_macs(built: "Built", inputs: tuple) -> tuple[int | None, str]:
     """(MACs counted by fvcore's FlopCountAnalysis, note)."""
     try:
-        from fvcore.nn import FlopCountAnalysis
+        with warnings.catch_warnings():  # fvcore decorates helpers with the deprecated torch.jit.script
+            warnings.simplefilter("ignore")
+            from fvcore.nn import FlopCountAnalysis
     except ImportError:
         return None, "fvcore not installed (pip install 'effprof[flops]')"
     module, args = _copy(built, inputs)

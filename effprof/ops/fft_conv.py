@@ -18,7 +18,9 @@ The FFT length is n = 2·length (zero padding to twice the length makes the circ
 and exact); F = n/2 + 1 = length + 1 frequency bins.
 
 The FFT ops compute in float32 (float64 for float64 inputs): cuFFT has no bfloat16 transform, so a
-bf16 input is upcast, convolved and cast back. References (`direct_causal_conv`) sit beside them.
+bf16 input is upcast, convolved and cast back. The ops are forward-only (no autograd formula), as
+profiling needs. References (`direct_causal_conv`, and `s4d_recurrence` in effprof/modules/ssm_conv.py)
+sit beside them and are tested against them.
 """
 from __future__ import annotations
 
