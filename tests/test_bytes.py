@@ -117,4 +117,6 @@ def test_attention_reads_q_k_v_and_writes_output():
     n = q.numel() * F32
     with torch.inference_mode():
         moved = count_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
-    assert moved >= 4 * n  # at least q, k, v read and the output written; backends add intermediates
+        counts = count_flops_and_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert moved == counts.bytes >= 4 * n  # at least q, k, v read and the output written
+    assert counts.flops == 2 * 2 * 4 * 16 * 16 * (8 + 8)  # 2·B·H·Tq·Tk·(d_qk + d_v), as count_flops

@@ -43,6 +43,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from effprof.measure import flops as _flops  # noqa: F401  (registers the CPU attention formula)
+
 aten = torch.ops.aten
 
 # Ops that touch no tensor data although their schema does not mark them as views.

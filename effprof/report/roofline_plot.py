@@ -50,9 +50,9 @@ def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title
 
     fig, ax = plt.subplots(figsize=(7, 5))
     if bandwidth:
-        for dtype in dtypes:
+        for dtype, style in zip(dtypes, ("-", "--", ":", "-.")):
             xs, ys = roof_points(peaks[dtype], bandwidth, x_min, x_max)
-            ax.plot(xs, ys, linewidth=2, label=f"{dtype} roof: {peaks[dtype]:.0f} TFLOP/s, {bandwidth:,.0f} GB/s")
+            ax.plot(xs, ys, color="0.25", linestyle=style, linewidth=2, label=f"{dtype} roof: {peaks[dtype]:.0f} TFLOP/s, {bandwidth:,.0f} GB/s")
     for verdict, colour in VERDICT_COLOURS.items():
         chosen = [r for r in points if r.get("verdict") == verdict]
         if chosen:
