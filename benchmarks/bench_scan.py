@@ -32,20 +32,14 @@ from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import (available_backends, selective_scan, selective_scan_flops,  # noqa: E402
                                         selective_scan_ref, selective_state_update)
 
-TUNE_CONFIGS = [
-    {"variant": "tile3d", "BLOCK_D": 4, "CHUNK": 64, "num_warps": 4},
-    {"variant": "tile3d", "BLOCK_D": 2, "CHUNK": 64, "num_warps": 2},
-    {"variant": "tile3d", "BLOCK_D": 4, "CHUNK": 32, "num_warps": 2},
-    {"variant": "tile3d", "BLOCK_D": 8, "CHUNK": 32, "num_warps": 4},
-    {"variant": "tile3d", "BLOCK_D": 4, "CHUNK": 128, "num_warps": 8},
-    {"variant": "tile3d", "BLOCK_D": 8, "CHUNK": 64, "num_warps": 8},
-    {"variant": "tile3d", "BLOCK_D": 4, "CHUNK": 64, "num_warps": 4, "num_stages": 1},
-    {"variant": "perstate", "BLOCK_D": 16, "CHUNK": 64, "num_warps": 4},
-    {"variant": "perstate", "BLOCK_D": 32, "CHUNK": 64, "num_warps": 4},
-    {"variant": "perstate", "BLOCK_D": 32, "CHUNK": 128, "num_warps": 8},
-    {"variant": "perstate", "BLOCK_D": 64, "CHUNK": 64, "num_warps": 8},
-    {"variant": "perstate", "BLOCK_D": 8, "CHUNK": 128, "num_warps": 4},
-]
+# (BLOCK_D, CHUNK, num_warps, bc_fp32): CHUNK 8 keeps a chunk inside one thread (sequential, fewest
+# instructions, fewest threads); 16/32/64 put 2/4/8 threads on the time axis (warp shuffles, more threads)
+TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, bc_fp32=bool(bc)) for bd, ch, nw, bc in [
+    (64, 16, 4, 1), (64, 16, 4, 0), (32, 16, 2, 1), (128, 16, 8, 1), (128, 16, 4, 1),
+    (32, 32, 4, 1), (32, 32, 4, 0), (64, 32, 8, 1), (64, 32, 4, 1), (16, 32, 2, 1),
+    (32, 64, 8, 1), (16, 64, 4, 1),
+    (128, 8, 4, 1), (32, 8, 1, 1), (64, 8, 2, 1),
+]] + [dict(BLOCK_D=64, CHUNK=16, num_warps=4, bc_fp32=True, fast_math=False)]
 
 
 def scan_inputs(batch, d_inner, L, d_state, dtype, device, seed=0):
@@ -92,30 +86,34 @@ def copy_bandwidth_gbs(device) -> tuple[float, str]:
 
 
 def time_both(fn, device, min_time_s=1.0, slow=False) -> dict:
-    """Median ms from effprof's timer and from triton's do_bench (or None when triton is missing)."""
+    """Median ms from effprof's timer and from triton's do_bench (None when triton is missing or on CPU)."""
     if slow:  # a few calls only
         timing = time_callable(fn, device, warmup_s=0.0, min_time_s=0.01, min_blocks=3)
         return {"effprof_ms": timing.median_ms, "do_bench_ms": None, "calls": timing.n_calls}
     timing = time_callable(fn, device, warmup_s=0.2, min_time_s=min_time_s)
     result = {"effprof_ms": timing.median_ms, "effprof_cv": timing.cv, "calls": timing.n_calls, "do_bench_ms": None}
-    try:
-        from triton.testing import do_bench
-        result["do_bench_ms"] = do_bench(fn, warmup=100, rep=500, return_mode="median")
-    except ImportError:
-        pass
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+            result["do_bench_ms"] = do_bench(fn, warmup=100, rep=500, return_mode="median")
+        except ImportError:
+            pass
     return result
 
 
 def tune(inputs, ref_y, ref_last, device, nbytes, floor_ms) -> list[dict]:
     from effprof.ops.selective_scan_triton import selective_scan_triton
     from triton.testing import do_bench
+    if device.type != "cuda":  # smoke test of this script on CPU (TRITON_INTERPRET=1)
+        do_bench = lambda fn, **_: time_callable(fn, device, warmup_s=0, min_time_s=0.01).median_ms  # noqa: E731
     rows = []
     for config in TUNE_CONFIGS:
         row = dict(config)
         try:
             t0 = time.perf_counter()
             y, last = selective_scan_triton(**inputs, delta_softplus=True, config=config)
-            torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             row["compile_s"] = time.perf_counter() - t0
             row["rel_err_y"], row["rel_err_last"] = rel_err(y, ref_y), rel_err(last, ref_last)
             ms = do_bench(lambda: selective_scan_triton(**inputs, delta_softplus=True, config=config),
@@ -135,11 +133,17 @@ def main() -> int:
     parser.add_argument("--d-inner", type=int, default=1536)
     parser.add_argument("--seqlen", type=int, default=4096)
     parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="check this script on CPU at a tiny size (run with TRITON_INTERPRET=1)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_scan.py needs a CUDA device", file=sys.stderr)
+    if args.cpu_smoke:
+        device = torch.device("cpu")
+        args.batch, args.d_inner, args.seqlen, args.d_state = 1, 8, 32, 4
+    elif not torch.cuda.is_available():
+        print("bench_scan.py needs a CUDA device (or --cpu-smoke)", file=sys.stderr)
         return 2
-    device = torch.device("cuda")
+    else:
+        device = torch.device("cuda")
     shape = (args.batch, args.d_inner, args.seqlen, args.d_state)
     inputs = scan_inputs(*shape, torch.bfloat16, device)
     nbytes = scan_bytes(inputs)
@@ -147,7 +151,8 @@ def main() -> int:
     bandwidth, bandwidth_method = copy_bandwidth_gbs(device)
     floor_ms = nbytes / (bandwidth * 1e9) * 1e3
     backends = available_backends(device)
-    result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "shape": dict(
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"device": device_name, "torch": torch.__version__, "shape": dict(
         zip(("batch", "d_inner", "L", "d_state"), shape)), "dtype": "bfloat16", "bytes": nbytes, "flops": flops,
         "copy_bandwidth_gbs": bandwidth, "copy_bandwidth_method": bandwidth_method, "floor_ms": floor_ms,
         "backends": backends, "rows": []}
@@ -195,13 +200,13 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_scan.json").write_text(json.dumps(result, indent=2))
     if "tune" in result:
-        print("\nvariant   BLOCK_D CHUNK warps stages   ms   GB/s  x floor  rel_err_y")
+        print("\nBLOCK_D CHUNK warps bc_fp32 fast     ms   GB/s  x_floor  rel_err_y")
         for r in sorted(result["tune"], key=lambda r: r.get("ms", float("inf"))):
+            head = f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {str(r['bc_fp32']):7} {str(r.get('fast_math', True)):5}"
             if "error" in r:
-                print(f"{r['variant']:9} {r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} ERROR {r['error'][:60]}")
+                print(f"{head} ERROR {r['error'][:60]}")
                 continue
-            print(f"{r['variant']:9} {r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {str(r.get('num_stages', '-')):6}"
-                  f" {r['ms']:.3f} {r['gbs']:6.0f} {r['x_floor']:7.2f}  {r['rel_err_y']:.1e}")
+            print(f"{head} {r['ms']:6.3f} {r['gbs']:6.0f} {r['x_floor']:8.2f}  {r['rel_err_y']:.1e}")
     print(f"\n{result['device']}, batch {args.batch} d_inner {args.d_inner} L {args.seqlen} d_state {args.d_state} "
           f"bf16; floor {floor_ms:.3f} ms at {bandwidth:.0f} GB/s copy")
     print("backend    effprof_ms  do_bench_ms   GB/s  x_floor  vs_ref  rel_err_y  rel_err_last")

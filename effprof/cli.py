@@ -27,6 +27,9 @@ MaxTime = Annotated[Optional[float], typer.Option("--max-time", help="Upper boun
 MaxCv = Annotated[Optional[float], typer.Option("--max-cv", help="Keep timing until the CV of block medians is at most this.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random weights and inputs.")]
 Cold = Annotated[Optional[bool], typer.Option("--cold/--warm", help="Flush the L2 cache and rotate input sets between calls.")]
+Graphs = Annotated[Optional[bool], typer.Option("--graphs/--no-graphs", help="Time replays of a CUDA graph of the call.")]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
+                                                 help="Time the torch.compile'd module (compile time reported apart).")]
 Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flops-crosscheck",
                                                      help="Add fvcore's and thop's counts (flops extra).")]
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
@@ -77,7 +80,8 @@ def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                 batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                 min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
-                cold: Cold = None, crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                cold: Cold = None, graphs: Graphs = None, compile: Compile = None, crosscheck: Crosscheck = None,
+                csv: CsvPath = None, json: JsonPath = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
@@ -85,8 +89,8 @@ def run_command(ctx: typer.Context,
 
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
-                                    max_time=max_time, max_cv=max_cv, seed=seed, cold=cold,
-                                    crosscheck=crosscheck))
+                                    max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs,
+                                    compile=compile, crosscheck=crosscheck))
     config = Config(component, params, options.validate())
     config.resolved()
     with console.status(f"measuring {component} ..."):
@@ -102,38 +106,58 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
                     batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                     min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
-                    cold: Cold = None, crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                    cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
+                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
     """Measure many configurations into one table with ratios against a baseline row."""
-    from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
-    from effprof.report.files import write_records
-    from effprof.report.table import print_records
-    from effprof.runner import RunOptions, add_ratios, measure_many
+    if plot:
+        from effprof.report.plot import require_matplotlib
 
+        require_matplotlib()
     overrides = _options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
-                         max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, crosscheck=crosscheck)
+                         max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
+                         crosscheck=crosscheck)
+    profile = _profile(target, grid, overrides)
+    records = _measure_profile(profile, baseline, csv, json)
+    if plot:
+        from effprof.report.plot import plot_records
+
+        plot_records(records, plot, profile.varied, profile.title)
+        console.print(f"plot written to {plot}", highlight=False)
+    if any(r.get("status") == "error" for r in records):
+        raise typer.Exit(1)
+
+
+def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
+    from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
+    from effprof.runner import RunOptions
+
     if grid:
         options = replace(RunOptions(), **overrides)
         configs = expand_grid(target, {}, parse_grid(grid), options)
         profile = Profile(f"{target} over {' × '.join(parse_grid(grid))}", configs, 0, list(parse_grid(grid)))
     else:
         profile = load_profile(target, RunOptions(), overrides)
+    return profile
+
+
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:
+    """Measure a profile's rows with a progress bar, rewriting the files after every row."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from effprof.report.files import write_records
+    from effprof.report.table import print_records
+    from effprof.runner import add_ratios, measure_many
+
     labels = [c.label or c.component for c in profile.configs]
     if baseline is not None:
         if baseline not in labels:
             raise UsageError(f"--baseline: {baseline!r} is not a row ({', '.join(labels)})")
         profile.baseline = labels.index(baseline)
-    if plot:
-        from effprof.report.plot import require_matplotlib
-
-        require_matplotlib()
-
     done: list[dict[str, Any]] = []
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
         write_records(done, csv, json)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=len(profile.configs) < 2)
@@ -155,13 +179,70 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
     add_ratios(records, profile.baseline)
     write_records(records, csv, json)
     print_records(records, title=profile.title, console=console)
-    if plot:
-        from effprof.report.plot import plot_records
+    return records
 
-        plot_records(records, plot, profile.varied, profile.title)
-        console.print(f"plot written to {plot}", highlight=False)
-    if any(r.get("status") == "error" for r in records):
-        raise typer.Exit(1)
+
+@app.command("calibrate")
+def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measure again, replacing the cache.")] = False,
+                      device: Device = None):
+    """Measure this device's matmul (bf16, fp16, tf32, fp32) and copy-bandwidth ceilings; cache them."""
+    from effprof.measure.calibrate import cache_path, calibrate, datasheet_ceilings
+    from effprof.measure.env import resolve_device
+    from effprof.report.listing import ceilings_table
+
+    target = resolve_device(device or "auto")
+    if target.type != "cuda":
+        raise UsageError("calibrate measures GPU ceilings: no CUDA device here")
+    with console.status("measuring matmul and copy ceilings ..."):
+        measured = calibrate(target, force=force)
+    console.print(ceilings_table(measured, datasheet_ceilings(measured.device_name)))
+    console.print(f"cache: {cache_path(target)}", highlight=False)
+
+
+@app.command("roofline")
+def roofline_command(target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid.")],
+                     plot: Annotated[str, typer.Option("--plot", help="Write the roofline chart to PATH.png.")],
+                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
+                     batch: Batch = None, dtype: Dtype = None, device: Device = None, min_time: MinTime = None,
+                     csv: CsvPath = None, json: JsonPath = None):
+    """Measure a profile and draw its rows on the device's roofline."""
+    from effprof.measure.calibrate import ceilings
+    from effprof.measure.env import resolve_device
+    from effprof.report.plot import require_matplotlib
+    from effprof.report.roofline_plot import plot_roofline
+
+    require_matplotlib()
+    overrides = _options(batch=batch, dtype=dtype, device=device, min_time=min_time)
+    target_device = resolve_device(overrides.get("device", "auto"))
+    if target_device.type != "cuda":
+        raise UsageError("roofline needs a CUDA device: the ceilings are a GPU's")
+    profile = _profile(target, grid, overrides)
+    records = _measure_profile(profile, None, csv, json)
+    plot_roofline(records, ceilings(target_device), plot, profile.title)
+    console.print(f"roofline written to {plot}", highlight=False)
+
+
+@app.command("breakdown", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def breakdown_command(ctx: typer.Context,
+                      component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
+                      depth: Annotated[int, typer.Option("--depth", min=0, help="Levels of modules to show.")] = 2,
+                      table: Annotated[bool, typer.Option("--table", help="A flat table instead of a tree.")] = False,
+                      batch: Batch = None, dtype: Dtype = None, device: Device = None, seed: Seed = None):
+    """Where the time goes: each module's params, FLOPs, time and share of the total."""
+    import torch
+
+    from effprof.measure.breakdown import breakdown
+    from effprof.report.tree import print_breakdown
+    from effprof.runner import Config, RunOptions, build
+
+    params = _component_args(component, list(ctx.args))
+    options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, seed=seed)).validate()
+    built, _, build_ctx = build(Config(component, params, options))
+    inputs = built.make_inputs(options.batch)
+    with torch.inference_mode(), console.status(f"timing the modules of {component} ..."):
+        nodes = breakdown(built.module, lambda: built.call(inputs), build_ctx.device, depth=depth)
+    print_breakdown(nodes, f"effprof breakdown {component} (batch {options.batch}, {options.dtype_name()}, "
+                           f"{build_ctx.device.type})", console, as_table=table)
 
 
 @app.command("env")

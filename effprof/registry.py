@@ -55,10 +55,12 @@ class Built:
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
 
-    def call(self, inputs: tuple) -> Any:
+    def call(self, inputs: tuple, module: torch.nn.Module | None = None) -> Any:
+        """One call on `inputs`; `module` replaces `self.module` (e.g. its torch.compile'd version)."""
+        module = self.module if module is None else module
         if self.forward is not None:
-            return self.forward(self.module, inputs)
-        return self.module(*inputs)
+            return self.forward(module, inputs)
+        return module(*inputs)
 
 
 @dataclass(frozen=True)

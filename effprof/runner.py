@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
@@ -14,7 +15,11 @@ import torch
 
 from effprof.errors import EffprofError, UsageError
 from effprof.measure.env import environment, resolve_device
-from effprof.measure.flops import count_flops
+from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.calibrate import ceilings, tf32_enabled
+from effprof.measure.modes import compiled_module, graphed_callable
+from effprof.measure.nvml import CallCounter, NvmlSampler
+from effprof.measure.roofline import roofline_fields
 from effprof.measure.timing import L2Flusher, TimingResult, time_callable
 from effprof.registry import BuildContext, Built, get_component
 
@@ -37,6 +42,8 @@ class RunOptions:
     seed: int = 0
     cold: bool = False           # flush L2 and rotate inputs between calls
     input_sets: int = 4          # how many input sets --cold rotates through
+    graphs: bool = False         # time replays of a CUDA graph of the call
+    compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
 
@@ -51,6 +58,10 @@ class RunOptions:
             raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
         if self.input_sets < 1:
             raise UsageError("--input-sets must be at least 1")
+        if self.graphs and self.compile:
+            raise UsageError("--graphs and --compile are separate modes; choose one")
+        if self.graphs and resolve_device(self.device).type != "cuda":
+            raise UsageError("--graphs needs a CUDA device (CUDA graphs do not exist on cpu)")
         resolve_device(self.device)
         return self
 
@@ -122,8 +133,9 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     """Measure one configuration and return its record.
 
     Peak memory on CUDA is the maximum allocated during the timed calls minus what was allocated
-    before them (weights, inputs): the activations and workspaces of one call. On CPU, torch keeps no
-    allocator statistics, so the column is left empty and `peak_mem_note` says why.
+    before them (weights, inputs): the activations and workspaces of one call. With `--graphs` the
+    window starts before the capture, because the graph's private pool holds the activations. On
+    CPU, torch keeps no allocator statistics, so the column is left empty and `peak_mem_note` says why.
     """
     opts = config.options.validate()
     built, values, ctx = build(config)
@@ -137,42 +149,105 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     torch.manual_seed(opts.seed + 1)
     n_sets = opts.input_sets if opts.cold else 1
     input_sets = [built.make_inputs(opts.batch) for _ in range(n_sets)]
-    state = {"i": 0}
-    flush = L2Flusher(device) if opts.cold and device.type == "cuda" else None
-
-    def setup():
-        state["i"] = (state["i"] + 1) % n_sets
-        if flush is not None:
-            flush()
-
-    def call():
-        return built.call(input_sets[state["i"]])
-
+    items_per_call = opts.batch * built.items_per_sample
+    counted_bytes = None
     with torch.inference_mode():
         if opts.count_flops:
-            flops, _ = count_flops(call)
-            record["gflops"] = flops / 1e9
+            counts = count_flops_and_bytes(lambda: built.call(input_sets[0]))
+            record["gflops"] = counts.flops / 1e9
+            counted_bytes = counts.bytes
         if built.extras is not None:
             record.update(built.extras(built.module, input_sets[0]))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        timing = timer(call, device, warmup_s=opts.warmup, min_time_s=opts.min_time, max_time_s=opts.max_time,
-                       max_cv=opts.max_cv, setup=setup if (opts.cold or n_sets > 1) else None)
-        if device.type == "cuda":
-            record["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - before) / MIB
-            if flush is not None:
-                record["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
-        else:
-            record["peak_mem_mib"] = None
-            record["peak_mem_note"] = "not measured on cpu (torch keeps no cpu allocator statistics)"
+        memory = PeakMemory(device)
+        if opts.graphs:
+            memory.start()
+        call, setup, mode_fields = execution_mode(built, input_sets, opts, device)
+        record.update(mode_fields)
+        if not opts.graphs:
+            memory.start()
+        counter = CallCounter(call)
+        with NvmlSampler(device) if device.type == "cuda" else nullcontext() as sampler:
+            timing = timer(counter, device, warmup_s=opts.warmup, min_time_s=opts.min_time,
+                           max_time_s=opts.max_time, max_cv=opts.max_cv, setup=setup)
+        record.update(memory.fields())
+    if sampler is not None:
+        record.update(sampler.fields(counter.calls * items_per_call))
     if opts.flops_crosscheck:
         from effprof.measure.crosscheck import crosscheck
 
         record.update(crosscheck(built, input_sets[0]))
-    record.update(timing_fields(timing, opts.batch * built.items_per_sample, record.get("gflops")))
+    record.update(timing_fields(timing, items_per_call, record.get("gflops")))
+    if device.type == "cuda":
+        record.update(roofline_fields(record.get("gflops"), counted_bytes, timing.median_ms, ceilings(device),
+                                      record["dtype"], allow_tf32=tf32_enabled()))
+    elif counted_bytes is not None:
+        record.update(roofline_fields(record.get("gflops"), counted_bytes, timing.median_ms, None, record["dtype"]))
     return record
+
+
+class PeakMemory:
+    """Peak CUDA memory allocated above a starting point (activations, workspaces, graph pools)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.before = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def fields(self) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return {"peak_mem_mib": None,
+                    "peak_mem_note": "not measured on cpu (torch keeps no cpu allocator statistics)"}
+        torch.cuda.synchronize(self.device)
+        return {"peak_mem_mib": (torch.cuda.max_memory_allocated(self.device) - self.before) / MIB}
+
+
+def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, device: torch.device):
+    """The zero-argument call to time, the per-call setup (outside the timed region) and record fields.
+
+    eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
+    into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
+    call) reported apart and never inside the latency.
+    """
+    state = {"i": 0}
+    fields: dict[str, Any] = {"exec_mode": "graphs" if opts.graphs else "compile" if opts.compile else "eager"}
+    flush = L2Flusher(device) if opts.cold and device.type == "cuda" else None
+    if opts.graphs:
+        static = input_sets[0]
+        call = graphed_callable(built.call, static, device)
+
+        def rotate():
+            state["i"] = (state["i"] + 1) % len(input_sets)
+            for dst, src in zip(static, input_sets[state["i"]]):
+                if isinstance(dst, torch.Tensor):
+                    dst.copy_(src)
+    else:
+        module = built.module
+        if opts.compile:
+            module, seconds = compiled_module(built.module, lambda m: built.call(input_sets[0], m), device)
+            fields["compile_s"] = seconds
+
+        def call():
+            return built.call(input_sets[state["i"]], module)
+
+        def rotate():
+            state["i"] = (state["i"] + 1) % len(input_sets)
+
+    if len(input_sets) == 1 and flush is None:
+        return call, None, fields
+
+    def setup():
+        rotate()
+        if flush is not None:
+            flush()
+
+    if flush is not None:
+        fields["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
+    return call, setup, fields
 
 
 def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildContext) -> dict[str, Any]:

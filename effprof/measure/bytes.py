@@ -74,8 +74,12 @@ class OpCounts(NamedTuple):
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes of the distinct elements a tensor addresses: stride-0 (broadcast) dimensions count once."""
+    try:
+        strides = t.stride()
+    except (RuntimeError, NotImplementedError):  # sparse / nested layouts have no strides
+        return t.numel() * t.element_size()
     unique = 1
-    for size, stride in zip(t.shape, t.stride()):
+    for size, stride in zip(t.shape, strides):
         if stride != 0:
             unique *= size
     if t.numel() == 0:

@@ -17,6 +17,10 @@ Verdict (the three regimes of H. He, "Making Deep Learning Go Brrrr From First P
   10× leaves room for the bytes counted being a lower bound (real kernels move 2-3× more).
 - otherwise `compute` when the compute floor is the larger floor, else `memory`.
 
+The memory floor assumes the bytes come from device memory. In warm timing a working set smaller
+than the L2 cache is served from it, so `achieved_gb_per_s` can exceed the DRAM ceiling
+(`pct_of_bandwidth_ceiling` > 100): read memory-side figures from cold (`--cold`) measurements.
+
 Pure functions on plain numbers (no torch): FLOPs in GFLOP, bytes in bytes, times in ms,
 compute ceilings in TFLOP/s (dense, no sparsity), bandwidth in GB/s (1e9 bytes/s).
 """

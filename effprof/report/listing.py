@@ -21,3 +21,21 @@ def facts_table(facts: dict[str, str]) -> Table:
     for key, value in facts.items():
         table.add_row(key, str(value))
     return table
+
+
+def ceilings_table(measured, datasheet=None) -> Table:
+    """Measured ceilings beside the datasheet's (either may be None): TFLOP/s per dtype, copy GB/s."""
+    table = Table(title=f"ceilings of {getattr(measured, 'device_name', '?')}", title_justify="left")
+    table.add_column("what")
+    table.add_column(f"measured ({getattr(measured, 'source', '?')})", justify="right")
+    table.add_column("datasheet", justify="right")
+
+    def fmt(value):
+        return "-" if value is None else f"{value:,.1f}"
+
+    for dtype in ("bf16", "fp16", "tf32", "fp32"):
+        table.add_row(f"dense {dtype} matmul, TFLOP/s", fmt(measured.matmul_tflops.get(dtype)),
+                      fmt(datasheet.matmul_tflops.get(dtype)) if datasheet else "-")
+    table.add_row("device copy, GB/s (read + write)", fmt(measured.bandwidth_gb_per_s),
+                  fmt(datasheet.bandwidth_gb_per_s) if datasheet else "-")
+    return table

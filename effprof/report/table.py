@@ -63,6 +63,15 @@ COLUMNS = [
     ("params M", _params_m),
     ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
     ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
+    ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
+    ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
+     else _num(r["achieved_gb_per_s"])),
+    ("bound", lambda r: r.get("verdict")),
+    ("J/item", lambda r: None if r.get("energy_j_per_item") is None else f"{r['energy_j_per_item']:.3g}"),
+    ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
+     else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
+    ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
+     r["exec_mode"] + (f" ({r['compile_s']:.1f} s compile)" if r.get("compile_s") is not None else "")),
     ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
     ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
     ("scan", lambda r: r.get("scan_backend")),
