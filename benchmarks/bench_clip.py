@@ -17,9 +17,7 @@ Writes everything to $OUT/bench_clip.json (OUT defaults to /tmp). About a minute
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,34 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.common import anchor_time_ms, run_meta, write_result  # noqa: E402
+
 from effprof.profiles import load_profile  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, free_memory, measure, measure_many  # noqa: E402
 
 KEEPS = (1.0, 0.9, 0.7, 0.5, 0.25)
-
-
-def anchor_time_ms(fn, device: str, warmup: int, iters: int) -> dict:
-    """anchor_gpu.py's `cuda_time`: per-call event pairs with a sync after each call; median, p5, p95."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return {"ms": times[len(times) // 2], "p5": times[int(len(times) * 0.05)], "p95": times[int(len(times) * 0.95)]}
 
 
 def run_anchor(device: str, dtype: torch.dtype, image: int, batch: int, warmup: int, iters: int, with_vtp: bool) -> dict:
@@ -151,18 +128,14 @@ def main() -> int:
     wall = time.perf_counter() - started
     print(f"wall time {wall:.1f} s")
 
-    doc = {
-        "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "smoke": args.smoke, "batch": batch, "dtype": dtype_name, "image_size": image, "wall_s": wall,
-        "anchor_before": anchor_before, "anchor_after": anchor_after,
-        "anchor_note": "anchor_gpu.py method: per-call CUDA events, sync after each call, 10 warm-up, 50 timed; "
-                       "its pruning rounds keep·N to nearest and skips post_layernorm",
-        "clip_vision": vision, "effprof_over_anchor_latency": ratio, "clip_vtp": vtp_records,
-    }
-    path = Path(os.environ.get("OUT", "/tmp")) / "bench_clip.json"
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"wrote {path}")
+    doc = run_meta(
+        smoke=args.smoke, batch=batch, dtype=dtype_name, image_size=image, wall_s=wall,
+        anchor_before=anchor_before, anchor_after=anchor_after,
+        anchor_note="anchor_gpu.py method: per-call CUDA events, sync after each call, 10 warm-up, 50 timed; "
+                    "its pruning rounds keep·N to nearest and skips post_layernorm",
+        clip_vision=vision, effprof_over_anchor_latency=ratio, clip_vtp=vtp_records,
+    )
+    write_result("bench_clip", doc)
     return 0
 
 

@@ -24,18 +24,16 @@ the ref rows of (a); `--skip-hf` / `--skip-ref` leave them out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
-import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+
+from benchmarks.common import anchor_time_ms, run_meta, write_result  # noqa: E402
 
 from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import available_backends  # noqa: E402
@@ -51,29 +49,6 @@ KEEP = ("label", "component", "param_seq_len", "param_mode", "scan_backend", "co
 
 def slim(record: dict) -> dict:
     return {k: record.get(k) for k in KEEP if k in record}
-
-
-def anchor_time_ms(fn, device: str, warmup: int, iters: int) -> dict:
-    """anchor_gpu.py's `cuda_time`: per-call event pairs with a sync after each call; median, p5, p95."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-    for _ in range(iters):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return {"ms": times[len(times) // 2], "p5": times[int(len(times) * 0.05)], "p95": times[int(len(times) * 0.95)]}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,12 +94,7 @@ def main() -> int:
     slow = replace(fast, warmup=0, min_time=0.01, count_flops=False)
     slow_timer = functools.partial(time_callable, min_blocks=1)
 
-    import transformers
-
-    out: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "smoke": smoke,
-                 "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                 "torch": torch.__version__, "transformers": transformers.__version__,
-                 "scan_backends": available_backends(torch.device(device))}
+    out: dict = run_meta(smoke=smoke, scan_backends=available_backends(torch.device(device)))
     print("backends:", out["scan_backends"], flush=True)
 
     # (a) prefill through effprof, every backend
@@ -192,8 +162,6 @@ def main() -> int:
     print_records(records, title="decode: one token with the LM head, batch 1")
     out["decode"] = [slim(r) for r in records]
 
-    path = Path(os.environ.get("OUT", "/tmp")) / "bench_mamba.json"
-    path.write_text(json.dumps(out, indent=1, default=str))
     print("\nsummary (ms; tok/s)")
     for row in out["prefill"]:
         print(f"  {row['label']:<28} {row['latency_ms_median']:10.2f}  {row['throughput_per_s']:>12,.0f}")
@@ -204,7 +172,7 @@ def main() -> int:
         mem = row.get("state_mib") if row.get("state_mib") is not None else row.get("kv_cache_mib")
         print(f"  {row['label']:<34} {row.get('latency_ms_median') or float('nan'):8.3f} ms/token, "
               f"state {mem if mem is not None else float('nan'):9.2f} MiB")
-    print(f"wrote {path}")
+    write_result("bench_mamba", out)
     return 0
 
 

@@ -17,9 +17,6 @@ Every row names its scan backend / convolution path. Writes $OUT/bench_mrss.json
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -28,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+
+from benchmarks.common import run_meta, write_result  # noqa: E402
 
 from effprof.profiles import load_profile  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
@@ -98,15 +97,8 @@ def main() -> int:
         opts = RunOptions(batch=8, dtype="bf16", device="cuda", warmup=0.3, min_time=1.0)
         seq_len, mrss_params, distill_params = 8192, {}, {}
     device = opts.torch_device()
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    versions = {"torch": torch.__version__}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = None
-    print(f"device {name}; {versions}", flush=True)
+    meta = run_meta()
+    print(f"device {meta['device']}; torch {meta['torch']}; triton {meta['triton']}", flush=True)
     started = time.perf_counter()
 
     mrss_title, mrss_records = run_profile("mrss", opts, mrss_params, drop_streams=device.type != "cuda")
@@ -132,14 +124,10 @@ def main() -> int:
     distill_summary(distill_records)
     print(f"wall time {wall:.1f} s")
 
-    doc = {"device": name, **versions,
-           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "smoke": args.smoke, "batch": opts.batch, "dtype": opts.dtype, "wall_s": wall,
+    doc = {**meta, "smoke": args.smoke, "batch": opts.batch, "dtype": opts.dtype, "wall_s": wall,
            "research_proxy_ms_t4": {"baseline": 30.5, "r=1": 62.8, "r=2": 51.3, "r=4": 45.7},
            "mrss": mrss_records, "mrss_block_parts": part_records, "distill": distill_records}
-    path = Path(os.environ.get("OUT", "/tmp")) / "bench_mrss.json"
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"wrote {path}")
+    write_result("bench_mrss", doc)
     return 0
 
 

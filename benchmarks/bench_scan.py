@@ -32,14 +32,15 @@ from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import (available_backends, selective_scan, selective_scan_flops,  # noqa: E402
                                         selective_scan_ref, selective_state_update)
 
-# (BLOCK_D, CHUNK, num_warps, bc_fp32): CHUNK 8 keeps a chunk inside one thread (sequential, fewest
-# instructions, fewest threads); 16/32/64 put 2/4/8 threads on the time axis (warp shuffles, more threads)
-TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, bc_fp32=bool(bc)) for bd, ch, nw, bc in [
-    (64, 16, 4, 1), (64, 16, 4, 0), (32, 16, 2, 1), (128, 16, 8, 1), (128, 16, 4, 1),
-    (32, 32, 4, 1), (32, 32, 4, 0), (64, 32, 8, 1), (64, 32, 4, 1), (16, 32, 2, 1),
-    (32, 64, 8, 1), (16, 64, 4, 1),
-    (128, 8, 4, 1), (32, 8, 1, 1), (64, 8, 2, 1),
-]] + [dict(BLOCK_D=64, CHUNK=16, num_warps=4, bc_fp32=True, fast_math=False)]
+# (BLOCK_D, CHUNK, num_warps, prefetch, bc_fp32). Triton gives each thread 8 consecutive steps of a row,
+# so CHUNK 16/32/64 puts 2/4/8 threads on the time axis and rows per thread = BLOCK_D·CHUNK / (256·warps).
+TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, prefetch=bool(pf), bc_fp32=bool(bc)) for bd, ch, nw, pf, bc in [
+    (32, 32, 4, 0, 0), (32, 32, 4, 1, 0),                     # 1 row per thread: call 1's best, + prefetch
+    (32, 32, 2, 0, 0), (32, 32, 2, 1, 0), (32, 32, 2, 1, 1),  # 2 rows per thread
+    (64, 32, 4, 1, 0), (16, 32, 1, 1, 0), (64, 32, 2, 1, 0),
+    (64, 16, 4, 1, 0), (32, 16, 1, 1, 0), (64, 16, 2, 1, 0),
+    (16, 64, 2, 1, 0), (8, 64, 1, 1, 0),
+]]
 
 
 def scan_inputs(batch, d_inner, L, d_state, dtype, device, seed=0):
@@ -200,9 +201,9 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_scan.json").write_text(json.dumps(result, indent=2))
     if "tune" in result:
-        print("\nBLOCK_D CHUNK warps bc_fp32 fast     ms   GB/s  x_floor  rel_err_y")
+        print("\nBLOCK_D CHUNK warps prefetch bc_fp32     ms   GB/s  x_floor  rel_err_y")
         for r in sorted(result["tune"], key=lambda r: r.get("ms", float("inf"))):
-            head = f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {str(r['bc_fp32']):7} {str(r.get('fast_math', True)):5}"
+            head = f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {str(r['prefetch']):8} {str(r['bc_fp32']):7}"
             if "error" in r:
                 print(f"{head} ERROR {r['error'][:60]}")
                 continue

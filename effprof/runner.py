@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 import torch

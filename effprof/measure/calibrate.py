@@ -15,13 +15,13 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from effprof.errors import EffprofError, UsageError
+from effprof.fileio import write_atomic
 from effprof.measure.env import device_name, nvidia_driver
 from effprof.measure.roofline import DTYPE_KEYS, Ceilings
 from effprof.measure.timing import time_callable
@@ -158,19 +158,8 @@ def read_cached(path: Path) -> Ceilings | None:
 
 
 def write_cached(path: Path, ceilings: Ceilings) -> None:
-    """Atomic write (temporary file in the same folder, then rename): readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(ceilings.as_dict(), fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic write: readers never see half a file."""
+    write_atomic(path, json.dumps(ceilings.as_dict(), indent=1) + "\n", make_parents=True)
 
 
 def calibrate(device: torch.device, force: bool = False, dtypes: tuple[str, ...] | None = None,

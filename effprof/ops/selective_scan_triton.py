@@ -25,7 +25,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 # Measured on an H100 (benchmarks/scan_notes.md); overridable per call for tuning.
-DEFAULT_CONFIG = {"BLOCK_D": 64, "CHUNK": 16, "num_warps": 4, "num_stages": 3, "bc_fp32": False}
+DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 2, "bc_fp32": False, "prefetch": True}
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
                          N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                          HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
                          BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_L: tl.constexpr,
-                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr):
+                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr, PREFETCH: tl.constexpr):
     """One program: batch pid(0), channels pid(1)*BLOCK_D + [0, BLOCK_D), the whole sequence.
 
     Per chunk of CHUNK steps and per state n (unrolled, N is a compile-time constant), the recurrence
@@ -94,10 +94,26 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
     C_rows = C_ptr + pid_b.to(tl.int64) * N * L + t_local
     is_first = (t_local == 0)[None, :]
     is_last = (t_local == CHUNK - 1)[None, :]
+    offs = rows[:, None] * L + t_local[None, :]  # this chunk's [BLOCK_D, CHUNK] offsets into u, delta, z, y
+    if PREFETCH:  # registers hold the next chunk's u, delta, z while this one computes (EVEN_L, EVEN_D only)
+        u_raw = tl.load(u_ptr + offs)
+        delta_raw = tl.load(delta_ptr + offs)
+        z_raw = u_raw
+        if HAS_Z:
+            z_raw = tl.load(z_ptr + offs)
     for start in range(0, L, CHUNK):
         t_offs = start + t_local
-        offs = rows[:, None] * L + t_offs[None, :]
-        if EVEN_L and EVEN_D:
+        if PREFETCH:
+            has_next = start + CHUNK < L
+            u = u_raw.to(tl.float32)
+            delta = delta_raw.to(tl.float32)
+            z_cur = z_raw
+            u_raw = tl.load(u_ptr + offs + CHUNK, mask=has_next)
+            delta_raw = tl.load(delta_ptr + offs + CHUNK, mask=has_next)
+            if HAS_Z:
+                z_raw = tl.load(z_ptr + offs + CHUNK, mask=has_next)
+            mask_dt = None
+        elif EVEN_L and EVEN_D:
             mask_dt = None
             u = tl.load(u_ptr + offs).to(tl.float32)
             delta = tl.load(delta_ptr + offs).to(tl.float32)
@@ -133,12 +149,15 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         if HAS_D:
             y = y + Dv[:, None] * u
         if HAS_Z:
-            if mask_dt is None:
+            if PREFETCH:
+                z = z_cur.to(tl.float32)
+            elif mask_dt is None:
                 z = tl.load(z_ptr + offs).to(tl.float32)
             else:
                 z = tl.load(z_ptr + offs, mask=mask_dt, other=0.0).to(tl.float32)
             y = y * _silu(z, FAST_MATH)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask_dt)
+        offs += CHUNK
     for n in tl.static_range(N):
         tl.store(last_ptr + rows * N + n, h[n], mask=mask_d)
 
@@ -197,7 +216,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
         N=N, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, CHUNK=chunk, EVEN_L=L % chunk == 0,
-        EVEN_D=d_inner % block_d == 0, FAST_MATH=fast_math, num_warps=cfg["num_warps"],
+        EVEN_D=d_inner % block_d == 0, FAST_MATH=fast_math,
+        PREFETCH=bool(cfg["prefetch"]) and L % chunk == 0 and d_inner % block_d == 0, num_warps=cfg["num_warps"],
         **({"num_stages": cfg["num_stages"]} if cfg.get("num_stages") else {}))
     return y, last_state
 

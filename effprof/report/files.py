@@ -5,12 +5,10 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from effprof.errors import UsageError
+from effprof.fileio import write_atomic
 
 # Leading columns in this order; every other key follows in first-seen order.
 LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "status",
@@ -27,24 +25,6 @@ def columns(records: list[dict[str, Any]]) -> list[str]:
         for key in r:
             seen.setdefault(key, None)
     return list(seen)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _clean(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from effprof.errors import MissingExtra
+from effprof.fileio import atomic_path
 
 
 def require_matplotlib():
@@ -19,8 +20,6 @@ def require_matplotlib():
 
 def plot_records(records: list[dict[str, Any]], path: str, varied: list[str] | None, title: str) -> None:
     """Latency and peak memory against the varied parameter (or the row label)."""
-    from effprof.report.files import write_atomic  # noqa: F401  (same folder check below)
-
     plt = require_matplotlib()
     ok = [r for r in records if r.get("status") == "ok"]
     key = f"param_{varied[0]}" if varied and len(varied) == 1 and f"param_{varied[0]}" in (ok[0] if ok else {}) else None
@@ -43,12 +42,6 @@ def plot_records(records: list[dict[str, Any]], path: str, varied: list[str] | N
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

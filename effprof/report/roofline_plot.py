@@ -9,11 +9,10 @@ One roof is drawn per dtype of the records: min(peak, intensity × bandwidth)
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Any
 
 from effprof.errors import UsageError
+from effprof.fileio import atomic_path
 from effprof.report.plot import require_matplotlib
 
 VERDICT_COLOURS = {"compute": "tab:blue", "memory": "tab:orange", "overhead": "tab:red", None: "tab:gray"}
@@ -71,16 +70,8 @@ def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title
     source = data.get("source", "unknown")
     ax.set_title(title or f"{data.get('device_name', 'device')} roofline (ceilings: {source})")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        plt.close(fig)
-        raise UsageError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,0 +1,68 @@
+"""Helpers shared by the GPU benchmark scripts (not part of the effprof package).
+
+Each script does `sys.path.insert(0, repo_root)` first: effprof is not installed on the device machine.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def anchor_time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> dict:
+    """The plain-PyTorch anchor of ../shared/anchors/anchor_gpu.py (`cuda_time`): one pair of CUDA events
+    per call with a synchronize after each call; median, p5 and p95 in ms. On CPU, perf_counter."""
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"ms": times[len(times) // 2], "p5": times[int(len(times) * 0.05)], "p95": times[int(len(times) * 0.95)]}
+
+
+def run_meta(**extra: Any) -> dict:
+    """Device, versions and date for a result file."""
+    import transformers
+
+    meta = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    meta.update(extra)
+    return meta
+
+
+def write_result(name: str, doc: dict) -> Path:
+    """Write `doc` as JSON to $OUT/NAME.json (default /tmp) and say where."""
+    path = Path(os.environ.get("OUT", "/tmp")) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+    return path
