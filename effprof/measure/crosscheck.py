@@ -101,7 +101,13 @@ def thop_macs(built: "Built", inputs: tuple) -> tuple[int | None, str]:
             macs, _params = profile(module, inputs=args, verbose=False)
     except Exception as exc:
         return None, f"thop failed: {_reason(exc)}"
-    return int(macs), "MACs of known module types only"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = f"ultralytics-thop {version('ultralytics-thop')}"
+    except PackageNotFoundError:
+        release = "thop"
+    return int(macs), f"MACs ({release}: module rules, plus functional matmuls and SDPA from ultralytics-thop 2.x)"
 
 
 def crosscheck(built: "Built", inputs: tuple) -> dict[str, Any]:
