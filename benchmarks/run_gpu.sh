@@ -16,8 +16,15 @@ status=0
 for name in "$@"; do
   start=$(date +%s)
   if [ "$name" = cli ]; then
-    { python3 -m effprof compare projectors --json "$OUT/cli_projectors.json" &&
-      python3 -m effprof compare clip-vtp --json "$OUT/cli_clip_vtp.json"; } > "$OUT/cli.log" 2>&1
+    # the README's commands on the GPU: the tables committed under benchmarks/ come from here
+    { python3 -m effprof env &&
+      python3 -m effprof calibrate &&
+      python3 -m effprof compare projectors --json "$OUT/cli_projectors.json" &&
+      python3 -m effprof compare projectors --graphs --min-time 0.5 --json "$OUT/cli_projectors_graphs.json" &&
+      python3 -m effprof compare clip-vtp --json "$OUT/cli_clip_vtp.json" --plot "$OUT/clip_vtp.png" &&
+      python3 -m effprof breakdown clip-vision --batch 64 --depth 3 &&
+      python3 -m effprof roofline projectors --plot "$OUT/roofline_projectors.png" --min-time 0.3 &&
+      python3 -m effprof run clip-vision --batch 1 --graphs --json "$OUT/cli_vit_b1_graphs.json"; } > "$OUT/cli.log" 2>&1
   else
     python3 "benchmarks/bench_$name.py" > "$OUT/$name.log" 2>&1
   fi

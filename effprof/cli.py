@@ -251,11 +251,17 @@ def env_command(device: Device = None):
     from effprof.measure.env import OPTIONAL_MODULES, environment, module_available, resolve_device
     from effprof.report.listing import facts_table
 
-    facts = environment(resolve_device(device or "auto"))
+    from effprof.ops.selective_scan import BACKENDS, available_backends
+
+    target = resolve_device(device or "auto")
+    facts = environment(target)
     facts.pop("timestamp_utc", None)
     facts["cuda_available"] = str(__import__("torch").cuda.is_available())
     for module, what in OPTIONAL_MODULES.items():
         facts[module] = ("importable" if module_available(module) else "not installed") + f"  ({what})"
+    usable = available_backends(target)
+    facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
+        f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
     console.print(facts_table(facts))
 
 

@@ -19,7 +19,7 @@ def facts_table(facts: dict[str, str]) -> Table:
     table.add_column("what")
     table.add_column("value")
     for key, value in facts.items():
-        table.add_row(key, str(value))
+        table.add_row(key, "-" if value is None else str(value))
     return table
 
 
