@@ -32,14 +32,12 @@ from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import (available_backends, selective_scan, selective_scan_flops,  # noqa: E402
                                         selective_scan_ref, selective_state_update)
 
-# (BLOCK_D, CHUNK, num_warps, prefetch, bc_fp32). Triton gives each thread 8 consecutive steps of a row,
-# so CHUNK 16/32/64 puts 2/4/8 threads on the time axis and rows per thread = BLOCK_D·CHUNK / (256·warps).
-TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, prefetch=bool(pf), bc_fp32=bool(bc)) for bd, ch, nw, pf, bc in [
-    (32, 32, 4, 0, 0), (32, 32, 4, 1, 0),                     # 1 row per thread: call 1's best, + prefetch
-    (32, 32, 2, 0, 0), (32, 32, 2, 1, 0), (32, 32, 2, 1, 1),  # 2 rows per thread
-    (64, 32, 4, 1, 0), (16, 32, 1, 1, 0), (64, 32, 2, 1, 0),
-    (64, 16, 4, 1, 0), (32, 16, 1, 1, 0), (64, 16, 2, 1, 0),
-    (16, 64, 2, 1, 0), (8, 64, 1, 1, 0),
+# (BLOCK_D, CHUNK, num_warps, num_stages). Triton gives each thread 8 consecutive steps of a row, so
+# CHUNK 16/32/64 puts 2/4/8 threads on the time axis; rows per thread = BLOCK_D·CHUNK / (256·warps).
+# num_stages > 1 software-pipelines the chunk loop's loads through shared memory (not measured yet).
+TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=ns) for bd, ch, nw, ns in [
+    (32, 32, 4, 1), (32, 32, 4, 2), (32, 32, 4, 3), (32, 32, 2, 1),
+    (16, 32, 2, 2), (64, 32, 4, 2), (64, 16, 4, 2), (16, 64, 4, 2),
 ]]
 
 
@@ -104,8 +102,9 @@ def time_both(fn, device, min_time_s=1.0, slow=False) -> dict:
 
 def tune(inputs, ref_y, ref_last, device, nbytes, floor_ms) -> list[dict]:
     from effprof.ops.selective_scan_triton import selective_scan_triton
-    from triton.testing import do_bench
-    if device.type != "cuda":  # smoke test of this script on CPU (TRITON_INTERPRET=1)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+    else:  # smoke test of this script on CPU (TRITON_INTERPRET=1)
         do_bench = lambda fn, **_: time_callable(fn, device, warmup_s=0, min_time_s=0.01).median_ms  # noqa: E731
     rows = []
     for config in TUNE_CONFIGS:
@@ -201,9 +200,9 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_scan.json").write_text(json.dumps(result, indent=2))
     if "tune" in result:
-        print("\nBLOCK_D CHUNK warps prefetch bc_fp32     ms   GB/s  x_floor  rel_err_y")
+        print("\nBLOCK_D CHUNK warps stages     ms   GB/s  x_floor  rel_err_y")
         for r in sorted(result["tune"], key=lambda r: r.get("ms", float("inf"))):
-            head = f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {str(r['prefetch']):8} {str(r['bc_fp32']):7}"
+            head = f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {r['num_stages']:6}"
             if "error" in r:
                 print(f"{head} ERROR {r['error'][:60]}")
                 continue

@@ -18,6 +18,12 @@ else
   echo "setup: no importable torch; installing torch==2.13.0"
   "$PY" -m pip install -q torch==2.13.0
 fi
+# The test suite runs effprof's Triton kernels under TRITON_INTERPRET=1 on CPU. Like torch, an importable
+# triton (the one a CUDA torch ships with) is kept; only where none imports is 3.6.0 installed.
+if [ "$EXTRAS" = dev ] && ! "$PY" -c "import triton" >/dev/null 2>&1; then
+  echo "setup: no importable triton; installing triton==3.6.0 for the interpreter tests"
+  "$PY" -m pip install -q triton==3.6.0
+fi
 SPEC="."
 [ -n "$EXTRAS" ] && SPEC=".[$EXTRAS]"
 "$PY" -m pip install -q -e "$SPEC"

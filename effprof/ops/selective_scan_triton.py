@@ -25,7 +25,7 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 # Measured on an H100 (benchmarks/scan_notes.md); overridable per call for tuning.
-DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 2, "bc_fp32": False, "prefetch": True}
+DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 1}
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
                          N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                          HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
                          BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_L: tl.constexpr,
-                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr, PREFETCH: tl.constexpr):
+                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One program: batch pid(0), channels pid(1)*BLOCK_D + [0, BLOCK_D), the whole sequence.
 
     Per chunk of CHUNK steps and per state n (unrolled, N is a compile-time constant), the recurrence
@@ -95,25 +95,11 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
     is_first = (t_local == 0)[None, :]
     is_last = (t_local == CHUNK - 1)[None, :]
     offs = rows[:, None] * L + t_local[None, :]  # this chunk's [BLOCK_D, CHUNK] offsets into u, delta, z, y
-    if PREFETCH:  # registers hold the next chunk's u, delta, z while this one computes (EVEN_L, EVEN_D only)
-        u_raw = tl.load(u_ptr + offs)
-        delta_raw = tl.load(delta_ptr + offs)
-        z_raw = u_raw
-        if HAS_Z:
-            z_raw = tl.load(z_ptr + offs)
-    for start in range(0, L, CHUNK):
+    # NUM_STAGES > 1 lets Triton software-pipeline the loads (cp.async into shared memory): more
+    # instructions, but B/C and u/delta/z latency off the critical path (not measured yet, see notes)
+    for start in tl.range(0, L, CHUNK, num_stages=NUM_STAGES):
         t_offs = start + t_local
-        if PREFETCH:
-            has_next = start + CHUNK < L
-            u = u_raw.to(tl.float32)
-            delta = delta_raw.to(tl.float32)
-            z_cur = z_raw
-            u_raw = tl.load(u_ptr + offs + CHUNK, mask=has_next)
-            delta_raw = tl.load(delta_ptr + offs + CHUNK, mask=has_next)
-            if HAS_Z:
-                z_raw = tl.load(z_ptr + offs + CHUNK, mask=has_next)
-            mask_dt = None
-        elif EVEN_L and EVEN_D:
+        if EVEN_L and EVEN_D:
             mask_dt = None
             u = tl.load(u_ptr + offs).to(tl.float32)
             delta = tl.load(delta_ptr + offs).to(tl.float32)
@@ -149,9 +135,7 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         if HAS_D:
             y = y + Dv[:, None] * u
         if HAS_Z:
-            if PREFETCH:
-                z = z_cur.to(tl.float32)
-            elif mask_dt is None:
+            if mask_dt is None:
                 z = tl.load(z_ptr + offs).to(tl.float32)
             else:
                 z = tl.load(z_ptr + offs, mask=mask_dt, other=0.0).to(tl.float32)
@@ -189,9 +173,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
     `config` overrides `DEFAULT_CONFIG` keys for tuning: BLOCK_D (channels per program), CHUNK (time
-    steps per iteration), num_warps, num_stages, bc_fp32 (convert B and C to float32 first: saves the
-    kernel one bf16 unpack per (state, step) at the price of a small conversion kernel), fast_math
-    (approximate log2 in softplus; default on unless interpreting, where inline PTX cannot run).
+    steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
+    fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
+    inline PTX cannot run).
     """
     import os
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
@@ -200,8 +184,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     batch, d_inner, L = u.shape
     N = A.shape[1]
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-    if cfg["bc_fp32"]:
-        B, C = B.float(), C.float()
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
     last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
@@ -216,9 +198,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
         N=N, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, CHUNK=chunk, EVEN_L=L % chunk == 0,
-        EVEN_D=d_inner % block_d == 0, FAST_MATH=fast_math,
-        PREFETCH=bool(cfg["prefetch"]) and L % chunk == 0 and d_inner % block_d == 0, num_warps=cfg["num_warps"],
-        **({"num_stages": cfg["num_stages"]} if cfg.get("num_stages") else {}))
+        EVEN_D=d_inner % block_d == 0, FAST_MATH=fast_math, NUM_STAGES=cfg["num_stages"],
+        num_warps=cfg["num_warps"])
     return y, last_state
 
 
