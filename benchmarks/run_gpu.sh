@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME [NAME ...]
-# NAME is a benchmarks/bench_NAME.py script or "cli" (effprof compare projectors / clip-vtp through the
+# Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME[:ARGS] [...]
+# NAME is a benchmarks/bench_NAME.py script (ARGS: comma-separated arguments, e.g. scan:--tune) or "cli" (effprof compare projectors / clip-vtp through the
 # command line). effprof is not installed there: `python -m effprof` from the repo root imports it.
 # Every script writes its JSON to $OUT; logs go to $OUT/NAME.log.
 set -uo pipefail
@@ -13,7 +13,10 @@ mkdir -p "$FINAL"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
-for name in "$@"; do
+for spec in "$@"; do
+  name=${spec%%:*}
+  args=()
+  [ "$spec" != "$name" ] && IFS=, read -r -a args <<< "${spec#*:}"
   start=$(date +%s)
   if [ "$name" = cli ]; then
     # the README's commands on the GPU: the tables committed under benchmarks/ come from here
@@ -26,7 +29,7 @@ for name in "$@"; do
       python3 -m effprof roofline projectors --plot "$OUT/roofline_projectors.png" --min-time 0.3 &&
       python3 -m effprof run clip-vision --batch 1 --graphs --json "$OUT/cli_vit_b1_graphs.json"; } > "$OUT/cli.log" 2>&1
   else
-    python3 "benchmarks/bench_$name.py" > "$OUT/$name.log" 2>&1
+    python3 "benchmarks/bench_$name.py" "${args[@]}" > "$OUT/$name.log" 2>&1
   fi
   rc=$?
   [ $rc -eq 0 ] || status=1
