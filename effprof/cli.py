@@ -227,12 +227,14 @@ def breakdown_command(ctx: typer.Context,
                       component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                       depth: Annotated[int, typer.Option("--depth", min=0, help="Levels of modules to show.")] = 2,
                       table: Annotated[bool, typer.Option("--table", help="A flat table instead of a tree.")] = False,
+                      kernels: Annotated[int, typer.Option("--kernels", min=0,
+                                                           help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
                       batch: Batch = None, dtype: Dtype = None, device: Device = None, seed: Seed = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total."""
     import torch
 
-    from effprof.measure.breakdown import breakdown
-    from effprof.report.tree import print_breakdown
+    from effprof.measure.breakdown import breakdown, top_kernels
+    from effprof.report.tree import kernels_table, print_breakdown
     from effprof.runner import Config, RunOptions, build
 
     params = _component_args(component, list(ctx.args))
@@ -241,8 +243,12 @@ def breakdown_command(ctx: typer.Context,
     inputs = built.make_inputs(options.batch)
     with torch.inference_mode(), console.status(f"timing the modules of {component} ..."):
         nodes = breakdown(built.module, lambda: built.call(inputs), build_ctx.device, depth=depth)
-    print_breakdown(nodes, f"effprof breakdown {component} (batch {options.batch}, {options.dtype_name()}, "
-                           f"{build_ctx.device.type})", console, as_table=table)
+    title = f"effprof breakdown {component} (batch {options.batch}, {options.dtype_name()}, {build_ctx.device.type})"
+    print_breakdown(nodes, title, console, as_table=table)
+    if kernels:
+        with torch.inference_mode():
+            rows = top_kernels(lambda: built.call(inputs), build_ctx.device, top=kernels)
+        console.print(kernels_table(rows, f"top {kernels} per call"))
 
 
 @app.command("env")

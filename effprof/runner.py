@@ -281,6 +281,7 @@ def timing_fields(timing: TimingResult, items_per_call: int, gflops: float | Non
         "latency_ms_ci95_high": hi,
         "n_calls": timing.n_calls,
         "calls_per_block": timing.calls_per_block,
+        "calls_per_sample": timing.calls_per_sample,
         "timing_method": timing.method,
         "items_per_call": items_per_call,
         "throughput_per_s": items_per_call / (median / 1e3),

@@ -138,3 +138,18 @@ def test_rendering():
     console.print(breakdown_table(nodes))
     table = console.export_text()
     assert "    2.0" in table and "100.0" in table
+
+
+def test_top_kernels_per_call_sorted_with_shares_summing_to_one():
+    from effprof.measure.breakdown import top_kernels
+
+    layers = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    x = torch.randn(32, 64)
+    with torch.inference_mode():
+        rows = top_kernels(lambda: layers(x), torch.device("cpu"), top=3, repeats=4)
+    assert len(rows) <= 4 and rows[-1]["name"].startswith("(other")
+    times = [r["time_ms"] for r in rows[:-1]]
+    assert times == sorted(times, reverse=True)
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
+    names = {r["name"]: r for r in top_kernels(lambda: layers(x), torch.device("cpu"), top=50, repeats=4)}
+    assert names["aten::addmm"]["calls"] == 2  # two Linear layers per call, whatever the repeat count

@@ -16,21 +16,32 @@ def test_quantile_matches_numpy_linear_interpolation():
 
 def test_sleep_is_timed_in_milliseconds_with_ordered_statistics():
     result = time_callable(lambda: time.sleep(0.002), torch.device("cpu"), warmup_s=0, min_time_s=0.06)
-    assert result.method == "perf_counter"
+    assert result.method == "perf_counter-blocked"
     assert 2.0 <= result.median_ms < 20.0
     assert result.quantile_ms(0.1) <= result.median_ms <= result.quantile_ms(0.9)
-    assert len(result.block_medians_ms) >= 3
-    assert result.n_calls == len(result.samples_ms) >= 3
+    assert len(result.block_medians_ms) >= 5
+    assert result.n_calls == len(result.samples_ms) * result.calls_per_sample >= 5
     lo, hi = result.median_ci95_ms()
     assert lo <= result.median_ms <= hi
-    assert sum(result.samples_ms) / 1e3 >= 0.06
+    assert sum(result.samples_ms) * result.calls_per_sample / 1e3 >= 0.06
+
+
+def test_warm_samples_are_block_means_and_setup_gives_per_call_samples():
+    warm = time_callable(lambda: time.sleep(0.001), torch.device("cpu"), warmup_s=0, min_time_s=0.1)
+    assert warm.calls_per_block > 1 and warm.calls_per_sample == warm.calls_per_block
+    assert len(warm.samples_ms) == len(warm.block_medians_ms)  # one sample (the mean) per block
+    assert all(1.0 <= s < 10.0 for s in warm.samples_ms)
+    cold = time_callable(lambda: time.sleep(0.001), torch.device("cpu"), warmup_s=0, min_time_s=0.1,
+                         setup=lambda: None)
+    assert cold.method == "perf_counter-per-call" and cold.calls_per_sample == 1
+    assert len(cold.samples_ms) == cold.calls_per_block * len(cold.block_medians_ms)
 
 
 def test_blocks_are_sized_from_the_time_budget():
     calls = []
     result = time_callable(lambda: calls.append(1), torch.device("cpu"), warmup_s=0, min_time_s=0.01)
     # a call of ~1 µs and a budget of 10 ms: blocks of many calls, not one call per block
-    assert result.calls_per_block > 100
+    assert result.calls_per_block > 50
     assert result.n_calls == result.calls_per_block * len(result.block_medians_ms)
     assert len(calls) >= result.n_calls + result.warmup_calls
 
@@ -50,7 +61,7 @@ def test_max_cv_keeps_timing_until_steady_or_budget():
 
     result = time_callable(jittery, torch.device("cpu"), warmup_s=0, min_time_s=0.02, max_time_s=0.3, max_cv=1e-9)
     assert result.block_cv > 1e-9  # never steady enough, so the budget ended it
-    assert sum(result.samples_ms) / 1e3 >= 0.02
+    assert sum(result.samples_ms) * result.calls_per_sample / 1e3 >= 0.02
 
 
 def test_cv_definition():

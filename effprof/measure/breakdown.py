@@ -211,3 +211,44 @@ def _called_descendants(name: str, children: dict[str, list[str]], timed: dict[s
         else:
             found.extend(_called_descendants(child, children, timed))
     return found
+
+
+def top_kernels(call: Callable[[], Any], device: torch.device, top: int = 15, repeats: int = 5,
+                warmup: int = 2) -> list[dict[str, Any]]:
+    """The costliest kernels (CUDA) or aten ops (CPU) of `call()`, per call, most expensive first.
+
+    This sees what the module tree cannot: functional code inside one module (a scan, a convolution,
+    dtype casts and copies). On CUDA each row is a kernel name with its device time
+    (`self_device_time_total` of the profiler's averages); on CPU an aten op with its self CPU time.
+    `time_ms` and `calls` are per call of `call()` (totals over `repeats` calls divided by `repeats`);
+    `share` is of the summed time of all rows, the last row `(other)` holds what is past `top`.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    for _ in range(warmup):
+        call()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            call()
+        _sync(device)
+    rows = []
+    for event in prof.key_averages():
+        is_kernel = getattr(event.device_type, "name", str(event.device_type)).upper().endswith("CUDA")
+        if on_cuda != is_kernel:
+            continue
+        total_us = event.self_device_time_total if on_cuda else event.self_cpu_time_total
+        if total_us > 0:
+            rows.append({"name": event.key, "calls": event.count / repeats, "time_ms": total_us / 1e3 / repeats})
+    rows.sort(key=lambda r: -r["time_ms"])
+    total = sum(r["time_ms"] for r in rows) or 1.0
+    shown, rest = rows[:top], rows[top:]
+    if rest:
+        shown.append({"name": f"(other: {len(rest)} kinds)", "calls": sum(r["calls"] for r in rest),
+                      "time_ms": sum(r["time_ms"] for r in rest)})
+    for r in shown:
+        r["share"] = r["time_ms"] / total
+        r["method"] = "profiler-device (kernels)" if on_cuda else "profiler-cpu (aten ops, self time)"
+    return shown

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -72,3 +73,15 @@ def print_breakdown(nodes: list[dict[str, Any]], title: str = "", console: Conso
     if nodes:
         console.print(f"time: {nodes[0].get('method')}; self = time - children's time; "
                       "share = of the root's time", style="dim", highlight=False)
+
+
+def kernels_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    """The `top_kernels` rows: name, calls per call, time per call (ms) and share of the total."""
+    method = rows[0]["method"] if rows else ""
+    table = Table(title=f"{title}  ({method})" if title else method, title_justify="left")
+    for header, justify in (("kernel / op", "left"), ("calls", "right"), ("time ms", "right"), ("share %", "right")):
+        table.add_column(header, justify=justify)
+    for r in rows:
+        name = r["name"] if len(r["name"]) <= 100 else r["name"][:97] + "..."
+        table.add_row(escape(name), f"{r['calls']:g}", f"{r['time_ms']:.4g}", f"{100 * r['share']:.1f}")
+    return table
