@@ -162,15 +162,24 @@ def run(args) -> dict:
                 module, make_call, shape = make()
                 fn = make_call(module)
                 counts = count_flops_and_bytes(fn)
-                warm = [bench.effprof_ms(fn, cold=False) for _ in range(bench.repeats)]
-                cold = [bench.effprof_ms(fn, cold=True) for _ in range(bench.repeats)]
-                db, db_how = bench.do_bench_ms(fn)
-                tub = bench.torch_benchmark_ms(fn)
+                # interleaved rounds (effprof warm, effprof cold, do_bench, torch.utils.benchmark), so
+                # that clock drift between phases cannot pass for a difference of method
+                warm, cold, dbs, tubs = [], [], [], []
+                for _ in range(bench.repeats):
+                    warm.append(bench.effprof_ms(fn, cold=False))
+                    cold.append(bench.effprof_ms(fn, cold=True))
+                    db_one, db_how = bench.do_bench_ms(fn)
+                    dbs.append(db_one)
+                    tubs.append(bench.torch_benchmark_ms(fn))
+                db = statistics.median(dbs) if all(x is not None for x in dbs) else None
+                tub = statistics.median(tubs)
                 row = {"workload": name, "shape": shape, "gflops": counts.flops / 1e9, "bytes": counts.bytes,
                        "effprof_warm_ms": statistics.median(warm), "effprof_cold_ms": statistics.median(cold),
                        "effprof_warm_runs_ms": warm, "effprof_cold_runs_ms": cold,
                        "cv_of_5_warm_medians": cv(warm), "cv_of_5_cold_medians": cv(cold),
-                       "do_bench_ms": db, "do_bench_how": db_how, "torch_benchmark_warm_ms": tub,
+                       "do_bench_ms": db, "do_bench_runs_ms": dbs, "do_bench_how": db_how,
+                       "cv_of_5_do_bench": cv(dbs) if db else None, "torch_benchmark_warm_ms": tub,
+                       "torch_benchmark_runs_ms": tubs,
                        "ratio_cold_to_do_bench": statistics.median(cold) / db if db else None,
                        "ratio_warm_to_do_bench": statistics.median(warm) / db if db else None,
                        "ratio_warm_to_torch_benchmark": statistics.median(warm) / tub}

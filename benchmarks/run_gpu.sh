@@ -27,13 +27,19 @@ for spec in "$@"; do
       python3 -m effprof compare clip-vtp --json "$OUT/cli_clip_vtp.json" --plot "$OUT/clip_vtp.png" &&
       python3 -m effprof breakdown clip-vision --batch 64 --depth 3 &&
       python3 -m effprof roofline projectors --plot "$OUT/roofline_projectors.png" --min-time 0.3 &&
-      python3 -m effprof run clip-vision --batch 1 --graphs --json "$OUT/cli_vit_b1_graphs.json"; } > "$OUT/cli.log" 2>&1
+      python3 -m effprof run clip-vision --batch 1 --graphs --json "$OUT/cli_vit_b1_graphs.json" &&
+      python3 -m effprof breakdown mamba --batch 8 --depth 1 --kernels 12 &&
+      python3 -m effprof breakdown mamba-lm --seq-len 16384 --depth 1 --kernels 15 &&
+      python3 -m effprof compare mamba-lm --grid mode=decode --grid head=true --grid seq_len=1024,16384 --graphs \
+        --json "$OUT/cli_mamba_decode_graphs.json" &&
+      { python3 -m effprof run transformer-lm --mode decode --head true --seq-len 4096 --graphs ||
+        echo "(transformer-lm decode under --graphs refused, as printed above)"; }; } > "$OUT/cli.log" 2>&1
   else
     python3 "benchmarks/bench_$name.py" "${args[@]}" > "$OUT/$name.log" 2>&1
   fi
   rc=$?
   [ $rc -eq 0 ] || status=1
   echo "== $name: $(( $(date +%s) - start )) s, exit $rc"; tail -n 40 "$OUT/$name.log"
+  tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a later time-out loses nothing done
 done
-tar -czf "$FINAL/results-$(date -u +%Y%m%dT%H%M%S).tgz" -C "$OUT" .
 exit $status
