@@ -38,7 +38,7 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 # second sweep (0.481 ms against 0.664 with 1, H100, 2026-11-23); this sweep is around that point.
 TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=ns) for bd, ch, nw, ns in [
     (32, 32, 4, 1), (32, 32, 4, 3), (32, 32, 4, 4), (32, 32, 4, 5), (16, 32, 2, 3), (16, 32, 2, 4),
-    (32, 64, 4, 3), (16, 64, 4, 3), (32, 32, 8, 3), (64, 32, 8, 3),
+    (32, 64, 4, 3), (16, 64, 4, 3), (32, 32, 8, 3), (64, 32, 8, 3), (8, 32, 1, 3), (8, 32, 2, 3),
 ]]
 
 

@@ -225,3 +225,17 @@ def test_bad_shapes_raise_one_clear_error():
     inputs["B"] = inputs["B"][:, None]  # grouped B (batch, groups, d_state, L) is not supported
     with pytest.raises(ValueError, match="B must have shape"):
         selective_scan(**inputs)
+
+
+def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_the_gpu(monkeypatch):
+    pytest.importorskip("triton")
+    from types import SimpleNamespace
+
+    from effprof.ops import selective_scan_triton as kernels
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    assert kernels.occupancy_config(8, 1536, cuda) == {"BLOCK_D": 32, "num_warps": 4}  # 384 programs
+    assert kernels.occupancy_config(4, 1536, cuda) == {"BLOCK_D": 16, "num_warps": 2}  # 192 at 32 is too few
+    assert kernels.occupancy_config(1, 1536, cuda) == {"BLOCK_D": 8, "num_warps": 1}   # the smallest block
+    assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}

@@ -27,6 +27,22 @@ LN2 = 0.6931471805599453
 # Measured on an H100 (benchmarks/scan_notes.md): 3 pipeline stages on the chunk loop took the
 # reference shape from 0.664 to 0.481 ms (2026-11-23). Overridable per call for tuning.
 DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3}
+# Parallelism is batch × channel blocks (time is walked inside a program), so at batch 1 a block of
+# 32 channels leaves most SMs idle (d_inner 1536: 48 programs for 132 SMs). Without an explicit
+# BLOCK_D, the first of these that gives at least PROGRAMS_PER_SM programs per SM is used.
+SMALL_BLOCKS = ((32, 4), (16, 2), (8, 1))  # (BLOCK_D, num_warps)
+PROGRAMS_PER_SM = 2
+
+
+def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
+    """BLOCK_D and num_warps for this shape: the largest block that still fills the GPU."""
+    if device.type != "cuda":
+        return {}
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for block_d, warps in SMALL_BLOCKS:
+        if batch * triton.cdiv(d_inner, block_d) >= PROGRAMS_PER_SM * sms:
+            break
+    return {"BLOCK_D": block_d, "num_warps": warps}
 
 
 @triton.jit
@@ -173,16 +189,18 @@ _fix_interpreter_scalar_index()
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys for tuning: BLOCK_D (channels per program), CHUNK (time
+    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` sizes the
+    channel block to the GPU): BLOCK_D (channels per program), CHUNK (time
     steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
     fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
     inline PTX cannot run).
     """
     import os
-    cfg = dict(DEFAULT_CONFIG, **(config or {}))
+    batch, d_inner, L = u.shape
+    config = config or {}
+    cfg = dict(DEFAULT_CONFIG, **({} if "BLOCK_D" in config else occupancy_config(batch, d_inner, u.device)), **config)
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
-    batch, d_inner, L = u.shape
     N = A.shape[1]
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
