@@ -235,7 +235,8 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    assert kernels.occupancy_config(8, 1536, cuda) == {"BLOCK_D": 32, "num_warps": 4}  # 384 programs
-    assert kernels.occupancy_config(4, 1536, cuda) == {"BLOCK_D": 16, "num_warps": 2}  # 192 at 32 is too few
-    assert kernels.occupancy_config(1, 1536, cuda) == {"BLOCK_D": 8, "num_warps": 1}   # the smallest block
+    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
+    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
+    assert kernels.occupancy_config(4, 1536, cuda) == small  # 192 programs < 2 per SM
+    assert kernels.occupancy_config(1, 1536, cuda) == small
     assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}

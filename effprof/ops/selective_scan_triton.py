@@ -28,21 +28,24 @@ LN2 = 0.6931471805599453
 # reference shape from 0.664 to 0.481 ms (2026-11-23). Overridable per call for tuning.
 DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3}
 # Parallelism is batch × channel blocks (time is walked inside a program), so at batch 1 a block of
-# 32 channels leaves most SMs idle (d_inner 1536: 48 programs for 132 SMs). Without an explicit
-# BLOCK_D, the first of these that gives at least PROGRAMS_PER_SM programs per SM is used.
-SMALL_BLOCKS = ((32, 4), (16, 2), (8, 1))  # (BLOCK_D, num_warps)
+# 32 channels leaves most SMs idle (d_inner 1536: 48 programs for 132 SMs). Measured on an H100
+# (2026-11-23, benchmarks/results/h100-2026-11-23/run4-small-batch), batch 1 × 1536 × 16384, d_state 16:
+# DEFAULT_CONFIG 0.804 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.434 ms; BLOCK_D 8 with 2 warps 0.667 ms,
+# with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the default (0.477 ms) beats 16/64/4 (0.502 ms). So
+# when the default's blocks cannot give PROGRAMS_PER_SM programs per SM, the small-batch config is used.
+SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
 PROGRAMS_PER_SM = 2
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """BLOCK_D and num_warps for this shape: the largest block that still fills the GPU."""
+    """Block sizes for this shape: DEFAULT_CONFIG's when its channel blocks fill the GPU, else the
+    small-batch config (both measured; see above). Empty (= defaults) off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    for block_d, warps in SMALL_BLOCKS:
-        if batch * triton.cdiv(d_inner, block_d) >= PROGRAMS_PER_SM * sms:
-            break
-    return {"BLOCK_D": block_d, "num_warps": warps}
+    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= PROGRAMS_PER_SM * sms:
+        return {}
+    return dict(SMALL_BATCH_CONFIG)
 
 
 @triton.jit
@@ -198,7 +201,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     import os
     batch, d_inner, L = u.shape
     config = config or {}
-    cfg = dict(DEFAULT_CONFIG, **({} if "BLOCK_D" in config else occupancy_config(batch, d_inner, u.device)), **config)
+    shape_config = {} if "BLOCK_D" in config else occupancy_config(batch, d_inner, u.device)
+    cfg = {**DEFAULT_CONFIG, **shape_config, **config}
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
     N = A.shape[1]
