@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -24,7 +24,6 @@ from effprof.measure.timing import L2Flusher, TimingResult, time_callable
 from effprof.registry import BuildContext, Built, get_component
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-UNIT_WORDS = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
 MIB = 2**20
 
 
@@ -358,7 +357,3 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
                 r[name] = b / a if a > 0 else None
             else:
                 r[name] = a / b if b > 0 else None
-
-
-def with_options(config: Config, **changes) -> Config:
-    return replace(config, options=replace(config.options, **changes))
