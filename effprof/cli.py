@@ -41,6 +41,16 @@ def _options(**given: Any) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in given.items() if v is not None}
 
 
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse an output path whose folder does not exist before any time is spent measuring."""
+    from pathlib import Path
+
+    for path in filter(None, paths):
+        folder = Path(path).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"{path}: folder {folder} does not exist")
+
+
 def _component_args(component: str, args: list[str]) -> dict[str, str]:
     """Parse `--name VALUE` / `--name=VALUE` pairs against the component's declared parameters."""
     declared = {p.option: p for p in get_component(component).params}
@@ -87,6 +97,7 @@ def run_command(ctx: typer.Context,
     from effprof.report.table import print_records
     from effprof.runner import Config, RunOptions, measure
 
+    _check_outputs(csv, json)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
                                     max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs,
@@ -109,6 +120,7 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
                     crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
     """Measure many configurations into one table with ratios against a baseline row."""
+    _check_outputs(csv, json, plot)
     if plot:
         from effprof.report.plot import require_matplotlib
 
@@ -212,6 +224,7 @@ def roofline_command(target: Annotated[str, typer.Argument(help="A profile name/
     from effprof.report.roofline_plot import plot_roofline
 
     require_matplotlib()
+    _check_outputs(plot, csv, json)
     overrides = _options(batch=batch, dtype=dtype, device=device, min_time=min_time)
     target_device = resolve_device(overrides.get("device", "auto"))
     if target_device.type != "cuda":

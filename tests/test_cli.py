@@ -166,3 +166,13 @@ def test_env_lists_optional_modules(capsys):
     out = capsys.readouterr().out
     for name in ("torch_version", "fvcore", "mamba_ssm", "triton", "pynvml"):
         assert name in out
+
+
+def test_missing_output_folder_is_refused_before_measuring(tmp_path, capsys):
+    missing = tmp_path / "no" / "such"
+    for argv in (["run", "linear", "--csv", str(missing / "r.csv")],
+                 ["compare", "projectors", "--json", str(missing / "r.json")],
+                 ["compare", "projectors", "--plot", str(missing / "p.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr()
+        assert "does not exist" in err.err and err.out == ""  # nothing was measured or printed
