@@ -212,23 +212,41 @@ def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measu
 
 
 @app.command("roofline")
-def roofline_command(target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid.")],
-                     plot: Annotated[str, typer.Option("--plot", help="Write the roofline chart to PATH.png.")],
+def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A profile name/path, or a component with --grid.")] = None,
+                     plot: Annotated[str, typer.Option("--plot", help="Write the roofline chart to PATH.png.")] = "roofline.png",
+                     from_json: Annotated[Optional[str], typer.Option("--from-json", help="Plot records saved with --json "
+                                                                      "instead of measuring.")] = None,
                      grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                      batch: Batch = None, dtype: Dtype = None, device: Device = None, min_time: MinTime = None,
                      csv: CsvPath = None, json: JsonPath = None):
-    """Measure a profile and draw its rows on the device's roofline."""
-    from effprof.measure.calibrate import ceilings
-    from effprof.measure.env import resolve_device
+    """Draw a profile's rows (measured now, or saved with --json) on the device's roofline."""
     from effprof.report.plot import require_matplotlib
-    from effprof.report.roofline_plot import plot_roofline
+    from effprof.report.roofline_plot import ceilings_from_records, plot_roofline
 
     require_matplotlib()
     _check_outputs(plot, csv, json)
+    if (target is None) == (from_json is None):
+        raise UsageError("roofline: give either a profile/component to measure or --from-json FILE")
+    if from_json is not None:
+        from effprof.report.files import read_json
+
+        try:
+            records = read_json(from_json)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"--from-json {from_json}: cannot read effprof records ({exc})") from None
+        from pathlib import Path
+
+        plot_roofline(records, ceilings_from_records(records), plot,
+                      f"{records[0].get('device_name', 'device')}: {Path(from_json).stem}" if records else "")
+        console.print(f"roofline written to {plot}", highlight=False)
+        return
+    from effprof.measure.calibrate import ceilings
+    from effprof.measure.env import resolve_device
+
     overrides = _options(batch=batch, dtype=dtype, device=device, min_time=min_time)
     target_device = resolve_device(overrides.get("device", "auto"))
     if target_device.type != "cuda":
-        raise UsageError("roofline needs a CUDA device: the ceilings are a GPU's")
+        raise UsageError("roofline needs a CUDA device to measure on (or --from-json with saved GPU records)")
     profile = _profile(target, grid, overrides)
     records = _measure_profile(profile, None, csv, json)
     plot_roofline(records, ceilings(target_device), plot, profile.title)

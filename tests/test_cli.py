@@ -176,3 +176,24 @@ def test_missing_output_folder_is_refused_before_measuring(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr()
         assert "does not exist" in err.err and err.out == ""  # nothing was measured or printed
+
+
+def test_compare_plot_and_roofline_from_saved_records(tmp_path, fast, capsys):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "g.json", tmp_path / "g.png"
+    assert main(["compare", "lowrank", "--grid", "rank=4,8", "--grid", "tokens=16", *fast,
+                 "--json", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # CPU records carry no device ceilings: refused in one line
+    assert main(["roofline", "--from-json", str(out), "--plot", str(tmp_path / "r.png")]) == 2
+    assert "no device ceilings" in capsys.readouterr().err
+    # records as a GPU run writes them (peak columns, intensity, verdict) plot without measuring
+    records = [{"label": f"row{i}", "dtype": "bf16", "status": "ok", "device_name": "NVIDIA H100 80GB HBM3",
+                "ceilings_source": "measured", "peak_tflops": 700.0, "peak_gb_per_s": 3000.0,
+                "arithmetic_intensity_flop_per_byte": ai, "tflops_per_s": tf, "verdict": v}
+               for i, (ai, tf, v) in enumerate([(50.0, 120.0, "memory"), (900.0, 600.0, "compute")])]
+    saved = tmp_path / "gpu.json"
+    saved.write_text(json.dumps({"effprof": {}, "records": records}))
+    assert main(["roofline", "--from-json", str(saved), "--plot", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["roofline", "--from-json", str(tmp_path / "missing.json"), "--plot", str(tmp_path / "r.png")]) == 2

@@ -31,6 +31,18 @@ def roof_points(peak_tflops: float, bandwidth_gb_per_s: float, x_min: float, x_m
     return xs, [min(peak_tflops, x * bandwidth_gb_per_s / 1e3) for x in xs]
 
 
+def ceilings_from_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ceilings a set of saved records were measured against (their `peak_*` columns), as plain data."""
+    peaks = {r["dtype"]: r["peak_tflops"] for r in records if r.get("peak_tflops") and r.get("dtype")}
+    bandwidth = next((r["peak_gb_per_s"] for r in records if r.get("peak_gb_per_s")), None)
+    if not peaks or bandwidth is None:
+        raise UsageError("roofline: these records carry no device ceilings (peak_tflops, peak_gb_per_s): "
+                         "were they measured on a GPU?")
+    first = records[0]
+    return {"device_name": first.get("device_name", "device"), "source": first.get("ceilings_source", "unknown"),
+            "matmul_tflops": peaks, "bandwidth_gb_per_s": bandwidth}
+
+
 def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title: str = "") -> None:
     """Draw the device roofline with one point per record to `path` (PNG, written atomically)."""
     data = ceilings.as_dict() if hasattr(ceilings, "as_dict") else dict(ceilings or {})
@@ -47,7 +59,7 @@ def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title
     x_min = 10 ** math.floor(math.log10(min(intensities + ridges) / 4))
     x_max = 10 ** math.ceil(math.log10(max(intensities + ridges) * 4))
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     if bandwidth:
         for dtype, style in zip(dtypes, ("-", "--", ":", "-.")):
             xs, ys = roof_points(peaks[dtype], bandwidth, x_min, x_max)
@@ -57,9 +69,13 @@ def plot_roofline(records: list[dict[str, Any]], ceilings: Any, path: str, title
         if chosen:
             ax.scatter([r["arithmetic_intensity_flop_per_byte"] for r in chosen], [r["tflops_per_s"] for r in chosen],
                        color=colour, zorder=3, label=f"{verdict}-bound" if verdict else "no verdict")
-    for r in points:
-        ax.annotate(str(r.get("label", "")), (r["arithmetic_intensity_flop_per_byte"], r["tflops_per_s"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # each point carries a number and a key beside the plot names it: labels written next to close
+    # points overprint one another, numbers of two characters rarely do
+    for number, r in enumerate(points, start=1):
+        ax.annotate(str(number), (r["arithmetic_intensity_flop_per_byte"], r["tflops_per_s"]),
+                    textcoords="offset points", xytext=(4, 3), fontsize=8)
+    key = "\n".join(f"{number}  {r.get('label', '')}" for number, r in enumerate(points, start=1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=8, family="monospace")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_min, x_max)
