@@ -9,7 +9,8 @@ def components_table(components) -> Table:
     for header in ("component", "unit", "what", "parameters: --name type = default  range  help"):
         table.add_column(header)
     for c in components:
-        lines = [f"{p.option} {p.type_name} = {p.default}  {p.range_text()}  {p.help}" for p in c.params]
+        lines = [f"{p.option} {p.type_name} = {'none' if p.default is None else p.default}  {p.range_text()}  {p.help}"
+                 for p in c.params]
         table.add_row(c.name, c.unit, c.description, "\n".join(lines) or "-")
     return table
 
