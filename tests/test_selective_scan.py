@@ -237,6 +237,7 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
     cuda = torch.device("cuda")
     assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
     small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
-    assert kernels.occupancy_config(4, 1536, cuda) == small  # 192 programs < 2 per SM
+    assert kernels.occupancy_config(8, 1024, cuda) == {}  # MRSS's shape: 256 programs, still the default
+    assert kernels.occupancy_config(2, 1536, cuda) == small  # 96 programs: SMs left idle
     assert kernels.occupancy_config(1, 1536, cuda) == small
     assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}

@@ -32,9 +32,11 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3}
 # (2026-11-23, benchmarks/results/h100-2026-11-23/run4-small-batch), batch 1 × 1536 × 16384, d_state 16:
 # DEFAULT_CONFIG 0.804 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.434 ms; BLOCK_D 8 with 2 warps 0.667 ms,
 # with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the default (0.477 ms) beats 16/64/4 (0.502 ms). So
-# when the default's blocks cannot give PROGRAMS_PER_SM programs per SM, the small-batch config is used.
+# only when the default's blocks cannot give every SM a program (48 for 132 SMs at batch 1) is the
+# small-batch config used; shapes in between (e.g. MRSS's 8 × 1024: 256 programs) keep the default
+# they were measured with.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
-PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 1
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
