@@ -135,6 +135,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
 
         plot_records(records, plot, profile.varied, profile.title)
         console.print(f"plot written to {plot}", highlight=False)
+    if any(r.get("status") == "refused" for r in records):
+        raise typer.Exit(2)
     if any(r.get("status") == "error" for r in records):
         raise typer.Exit(1)
 

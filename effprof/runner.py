@@ -312,7 +312,8 @@ def is_oom(exc: BaseException) -> bool:
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
                  timer: Callable[..., TimingResult] = time_callable) -> list[dict[str, Any]]:
-    """Measure each configuration in turn. An OOM or a failure marks that row and the rest go on.
+    """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
+    factory can make (a combination of values) marks that row and the rest go on.
 
     `on_record` is called after every row (the CLI rewrites its CSV/JSON there), so an interrupted
     comparison keeps every finished row.
@@ -325,6 +326,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
         start = time.perf_counter()
         try:
             record = measure(config, timer)
+        except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
+            record = failed_record(config, "refused", str(exc))
         except EffprofError:
             raise
         except Exception as exc:  # a row fails, the comparison goes on

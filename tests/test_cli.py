@@ -10,6 +10,7 @@ import torch
 
 from effprof.cli import main
 from effprof.registry import Built, register_component
+from effprof.errors import ParamError
 from effprof.params import Param
 from effprof.report.files import read_csv, read_json
 from effprof.runner import Config, RunOptions, add_ratios, measure_many
@@ -108,9 +109,11 @@ def test_bad_profile_is_refused_before_running(tmp_path, capsys):
 
 
 @register_component("test-fails", unit="seq", params=[Param("mode", str, "ok", "what happens",
-                                                              choices=("ok", "oom", "crash"))])
+                                                              choices=("ok", "oom", "crash", "refuse"))])
 def _failing(ctx, mode):
-    """A component that runs out of memory or crashes on demand."""
+    """A component that runs out of memory, crashes or refuses its parameters on demand."""
+    if mode == "refuse":
+        raise ParamError("--mode: refuse cannot be combined with this device")
     if mode == "oom":
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
     if mode == "crash":
@@ -121,16 +124,24 @@ def _failing(ctx, mode):
 
 def test_oom_row_is_marked_and_the_comparison_goes_on():
     opts = RunOptions(device="cpu", min_time=0.01, warmup=0)
-    configs = [Config("test-fails", {"mode": m}, opts, m) for m in ("ok", "oom", "crash", "ok")]
+    configs = [Config("test-fails", {"mode": m}, opts, m) for m in ("ok", "oom", "crash", "refuse", "ok")]
     rows = measure_many(configs)
-    assert [r["status"] for r in rows] == ["ok", "OOM", "error", "ok"]
+    assert [r["status"] for r in rows] == ["ok", "OOM", "error", "refused", "ok"]
+    assert "cannot be combined" in rows[3]["error"]
     assert rows[2]["error"] == "ValueError: something broke"
     add_ratios(rows)
-    assert rows[1]["speedup"] is None and rows[3]["speedup"] > 0
+    assert rows[1]["speedup"] is None and rows[4]["speedup"] > 0
+
+
+def test_a_refused_row_keeps_the_others_and_exits_2(tmp_path, fast):
+    out = tmp_path / "r.csv"
+    assert main(["compare", "test-fails", "--grid", "mode=ok,refuse,ok", *fast, "--csv", str(out)]) == 2
+    assert [r["status"] for r in read_csv(out)] == ["ok", "refused", "ok"]
 
 
 PLUGIN = '''
 import torch
+from effprof.errors import ParamError
 from effprof.params import Param
 from effprof.registry import Built, register_component
 
