@@ -18,6 +18,8 @@ for spec in "$@"; do
   args=()
   [ "$spec" != "$name" ] && IFS=, read -r -a args <<< "${spec#*:}"
   start=$(date +%s)
+  log="$OUT/$name.log"
+  [ -e "$log" ] && log="$OUT/$name.$start.log"  # a second run of the same script keeps the first log
   if [ "$name" = cli ]; then
     # the README's commands on the GPU: the tables committed under benchmarks/ come from here
     { python3 -m effprof env &&
@@ -33,13 +35,15 @@ for spec in "$@"; do
       python3 -m effprof compare mamba-lm --grid mode=decode --grid head=true --grid seq_len=1024,16384 --graphs \
         --json "$OUT/cli_mamba_decode_graphs.json" &&
       { python3 -m effprof run transformer-lm --mode decode --head true --seq-len 4096 --graphs ||
-        echo "(transformer-lm decode under --graphs refused, as printed above)"; }; } > "$OUT/cli.log" 2>&1
+        echo "(transformer-lm decode under --graphs refused, as printed above)"; }; } > "$log" 2>&1
   else
-    python3 "benchmarks/bench_$name.py" "${args[@]}" > "$OUT/$name.log" 2>&1
+    script="benchmarks/bench_$name.py"
+    [ -e "$script" ] || script="benchmarks/$name.py"  # diag_timing and other non-bench scripts
+    python3 "$script" "${args[@]}" > "$log" 2>&1
   fi
   rc=$?
   [ $rc -eq 0 ] || status=1
-  echo "== $name: $(( $(date +%s) - start )) s, exit $rc"; tail -n 40 "$OUT/$name.log"
+  echo "== $name: $(( $(date +%s) - start )) s, exit $rc"; tail -n 40 "$log"
   tar -czf "$FINAL/results.tgz" -C "$OUT" .  # after every step: a later time-out loses nothing done
 done
 exit $status

@@ -198,7 +198,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     channel block to the GPU): BLOCK_D (channels per program), CHUNK (time
     steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
     fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
-    inline PTX cannot run).
+    inline PTX cannot run), bc_fp32 (B and C converted to float32 before the kernel).
     """
     import os
     batch, d_inner, L = u.shape
@@ -208,7 +208,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
     N = A.shape[1]
-    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+    u, delta, A = (t.contiguous() for t in (u, delta, A))
+    if cfg.get("bc_fp32", False):
+        # B and C upcast once here rather than per state inside the loop (see DEFAULT_CONFIG): one
+        # small copy kernel, which the Mamba block's B/C (strided slices of x_proj's output) pay anyway
+        B, C = (torch.empty(t.shape, device=t.device, dtype=torch.float32).copy_(t) for t in (B, C))
+    else:
+        B, C = B.contiguous(), C.contiguous()
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
     last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Why do µs-scale and host-bound timings flip between runs? Three measurements on one GPU.
+
+bench_timing.py (2026-11-23) found the 1024³ matmul at 9.3 or 10.0 µs and the 4M add at 13.9 or 14.6 µs
+from one run to the next, and ViT-B/16 at batch 1 (eager, host-bound) varying by 18-32% between runs in
+every timer. This script looks at the raw samples instead of their medians:
+
+  (1) the resolution of CUDA event timestamps: elapsed times of event pairs with nothing, or one tiny
+      kernel, between them; the distinct values show the tick;
+  (2) per-call samples of the add and the matmul with the L2 flushed before each call (effprof --cold,
+      do_bench's method): their distinct values and how the median and the mean of each run move;
+  (3) the host: ViT-B/16 batch 1 eager, 0.25 s windows over ~24 s alternating the Python garbage
+      collector on and off, with the CPU facts (cores, affinity, load, frequency) beside them.
+
+    python benchmarks/diag_timing.py          # on the GPU machine, about 1 minute; JSON to $OUT/diag_timing.json
+"""
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import run_meta, write_result  # noqa: E402
+from effprof.measure.timing import L2Flusher  # noqa: E402
+
+
+def histogram(values_ms: list[float], digits: int = 3) -> list[tuple[float, int]]:
+    """(value in µs rounded to `digits`, count), most common first."""
+    return collections.Counter(round(v * 1e3, digits) for v in values_ms).most_common(12)
+
+
+def event_resolution() -> dict:
+    out = {}
+    tiny = torch.zeros(1, device="cuda")
+    for label, body in (("empty", lambda: None), ("one tiny kernel", lambda: tiny.add_(1))):
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(4000)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(4000)]
+        torch.cuda.synchronize()
+        for s, e in zip(starts, ends):
+            s.record()
+            body()
+            e.record()
+        torch.cuda.synchronize()
+        values = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        distinct = sorted({round(v * 1e3, 4) for v in values})
+        steps = [b - a for a, b in zip(distinct, distinct[1:])]
+        out[label] = {"distinct_us": distinct[:20], "smallest_step_us": min(steps) if steps else None,
+                      "histogram_us": histogram(values)}
+        print(label, out[label], flush=True)
+    return out
+
+
+def cold_samples(fn, flush, calls: int) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    for i in range(calls):
+        flush()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def micro_workloads(rounds: int = 6) -> dict:
+    import triton.testing
+
+    flush = L2Flusher(torch.device("cuda"))
+    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = {}
+    for name, fn in (("add_4M", lambda: a4 + b4), ("matmul_1024", lambda: m1 @ m2)):
+        for _ in range(50):
+            fn()
+        rows = []
+        for r in range(rounds):
+            samples = cold_samples(fn, flush, 2000)
+            row = {"round": r, "median_us": 1e3 * statistics.median(samples), "mean_us": 1e3 * statistics.fmean(samples),
+                   "trimmed_mean_us": 1e3 * statistics.fmean(sorted(samples)[len(samples) // 10: -len(samples) // 10]),
+                   "histogram_us": histogram(samples, 2),
+                   "do_bench_median_us": 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"),
+                   "do_bench_mean_us": 1e3 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="mean"),
+                   "output_ptr_mod_2MiB": fn().data_ptr() % 2**21}
+            rows.append(row)
+            print(name, row, flush=True)
+        out[name] = rows
+    return out
+
+
+def host_facts() -> dict:
+    facts = {"os_cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+             "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads()}
+    try:
+        mhz = [float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")]
+        facts["cpu_mhz_min_median_max"] = (min(mhz), statistics.median(mhz), max(mhz))
+        facts["cpu_model"] = next(line.split(":")[1].strip() for line in open("/proc/cpuinfo")
+                                  if line.startswith("model name"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return facts
+
+
+def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=16, attn_implementation="sdpa")
+    model = CLIPVisionModel(cfg).to("cuda", torch.bfloat16).eval()
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    windows = []
+    facts_before = host_facts()
+    with torch.inference_mode():
+        for _ in range(20):
+            model(pixel_values=x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            gc_on = int((time.perf_counter() - start) / 2.0) % 2 == 0  # 2 s on, 2 s off
+            (gc.enable if gc_on else gc.disable)()
+            begin_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            calls, t0 = 0, time.perf_counter()
+            begin_event.record()
+            while time.perf_counter() - t0 < window_s:
+                model(pixel_values=x)
+                calls += 1
+            end_event.record()
+            end_event.synchronize()
+            windows.append({"t_s": round(t0 - start, 3), "gc": gc_on, "calls": calls,
+                            "ms_per_call": begin_event.elapsed_time(end_event) / calls})
+        gc.enable()
+    per_call = [w["ms_per_call"] for w in windows]
+    summary = {"gc_on_median_ms": statistics.median(w["ms_per_call"] for w in windows if w["gc"]),
+               "gc_off_median_ms": statistics.median(w["ms_per_call"] for w in windows if not w["gc"]),
+               "min_ms": min(per_call), "max_ms": max(per_call), "cv": statistics.stdev(per_call) / statistics.fmean(per_call)}
+    print("host series", summary, flush=True)
+    print(" ".join(f"{w['ms_per_call']:.2f}" for w in windows), flush=True)
+    return {"facts_before": facts_before, "facts_after": host_facts(), "summary": summary, "windows": windows}
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("diag_timing.py needs a CUDA device", file=sys.stderr)
+        return 2
+    result = {"meta": run_meta(command=" ".join(sys.argv))}
+    result["event_resolution"] = event_resolution()
+    result["micro"] = micro_workloads()
+    result["host"] = host_series()
+    write_result("diag_timing", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
