@@ -4,11 +4,13 @@ In one process, on one GPU:
   (1) ceilings: `effprof.measure.calibrate.calibrate(force=True)` (bf16/fp16/tf32/fp32 8192³ matmul,
       1 GiB copy) beside the datasheet peaks;
   (2) six workloads from ~10 µs to ~30 ms (elementwise add of 4M bf16, bf16 matmuls 1024² and 8192²,
-      the `linear` projector 16×576×1024→4096, HF CLIPVisionModel ViT-B/16 SDPA bf16 at batch 1 and 256):
-      effprof's median (`time_callable`) warm and cold (L2 flushed before each call) against
-      `triton.testing.do_bench(return_mode="median")` (which flushes L2: compare it with cold) and
-      torch.utils.benchmark's blocked_autorange (warm), five repeated effprof runs each with the CV of
-      their medians (target ≤ 2%), and bytes, FLOPs and the roofline verdict of each;
+      the `linear` projector 16×576×1024→4096, HF CLIPVisionModel ViT-B/16 SDPA bf16 at batch 1 and 256),
+      and ViT-B/16 batch 1 replayed from a CUDA graph: five interleaved rounds of one effprof cold run
+      (`time_callable`, L2 flushed before each call) and one `triton.testing.do_bench(return_mode=
+      "median")` run (which flushes L2 the same way) with the same time budget, the SM clock NVML saw
+      during each, the CV of effprof's five medians (target ≤ 2%), the ratio of the medians of five
+      (target within 3%); then one warm effprof run beside torch.utils.benchmark's blocked_autorange;
+      bytes, FLOPs and the roofline verdict of each;
   (3) the foundation check: 4096² bf16 matmul, `linear` and `mlp` projectors, effprof vs do_bench (≤ 5%);
   (4) ViT-B/16 batch 256: % of the measured bf16 matmul ceiling, and NVML clocks, power, energy per image;
   (5) CUDA graphs and torch.compile for the projectors and ViT-B/16 at batch 1: eager, graph replay,
@@ -63,16 +65,22 @@ class Bench:
         self.ctx = BuildContext(self.device, self.dtype, 0)
 
     # -- timers ------------------------------------------------------------------------------------
-    def effprof_ms(self, fn, cold: bool) -> float:
+    def effprof_timing(self, fn, cold: bool):
         setup = self.flush if cold and self.flush is not None else None
-        return time_callable(fn, self.device, warmup_s=0.1, min_time_s=self.min_time, setup=setup).median_ms
+        return time_callable(fn, self.device, warmup_s=0.1, min_time_s=self.min_time, setup=setup)
+
+    def effprof_ms(self, fn, cold: bool) -> float:
+        return self.effprof_timing(fn, cold).median_ms
 
     def do_bench_ms(self, fn) -> tuple[float | None, str]:
+        """do_bench with the same time budget as one effprof run (median of per-call samples)."""
         if self.device.type != "cuda":
             return None, "triton do_bench needs CUDA"
         import triton.testing
 
-        return triton.testing.do_bench(fn, warmup=25, rep=500, return_mode="median"), "do_bench(rep=500 ms)"
+        rep_ms = round(self.min_time * 1e3)
+        return (triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"),
+                f"do_bench(warmup=25, rep={rep_ms}, return_mode='median')")
 
     def torch_benchmark_ms(self, fn) -> float:
         import torch.utils.benchmark as tb
@@ -87,7 +95,7 @@ class Bench:
         forward = built.forward or (lambda module, args: module(*args))
         return built.module, (lambda m: lambda: forward(m, inputs)), f"{name} {tuple(inputs[0].shape)}"
 
-    def vit(self, batch: int):
+    def vit(self, batch: int, graphs: bool = False):
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
@@ -98,6 +106,8 @@ class Bench:
         model = CLIPVisionModel(CLIPVisionConfig(**size, attn_implementation="sdpa")).to(self.device, self.dtype).eval()
         x = torch.randn(batch, 3, size["image_size"], size["image_size"], device=self.device, dtype=self.dtype)
         shape = f"CLIPVisionModel ViT-B/16 sdpa b{batch}" if not self.smoke else f"tiny CLIP b{batch}"
+        if graphs:  # replays of one captured CUDA graph: the host's launch work leaves the timed call
+            return model, (lambda m: graphed_callable(lambda: m(pixel_values=x), device=self.device)), shape + " graphs"
         return model, (lambda m: lambda: m(pixel_values=x)), shape
 
     def matmul(self, n: int):
@@ -117,7 +127,8 @@ class Bench:
                 ("matmul_8192", lambda: self.matmul(256 if s else 8192)),
                 ("linear_projector", lambda: self.projector("linear")),
                 ("vit_b16_b1", lambda: self.vit(1)),
-                ("vit_b16_b256", lambda: self.vit(4 if s else 256))]
+                ("vit_b16_b256", lambda: self.vit(4 if s else 256))] + (
+                [] if s else [("vit_b16_b1_graphs", lambda: self.vit(1, graphs=True))])
 
 
 def section(results: dict, name: str, fn):
@@ -155,6 +166,9 @@ def run(args) -> dict:
     section(results, "ceilings", ceilings_section)
     ceilings = ceilings_holder.get("c")
 
+    def sm_clock(sampler) -> float | None:
+        return sampler.fields().get("sm_clock_mhz_median")
+
     def workloads_section():
         rows = []
         with torch.inference_mode():
@@ -162,32 +176,37 @@ def run(args) -> dict:
                 module, make_call, shape = make()
                 fn = make_call(module)
                 counts = count_flops_and_bytes(fn)
-                # interleaved rounds (effprof warm, effprof cold, do_bench, torch.utils.benchmark), so
-                # that clock drift between phases cannot pass for a difference of method
-                warm, cold, dbs, tubs = [], [], [], []
+                # interleaved rounds (effprof cold, do_bench: both flush L2 before every call), so that
+                # the device's state (its SM clock moves between boost levels under the power cap) is
+                # shared by both timers; the SM clock NVML saw is kept beside every run
+                cold, dbs, cold_mean, cold_clock, db_clock = [], [], [], [], []
                 for _ in range(bench.repeats):
-                    warm.append(bench.effprof_ms(fn, cold=False))
-                    cold.append(bench.effprof_ms(fn, cold=True))
-                    db_one, db_how = bench.do_bench_ms(fn)
+                    with NvmlSampler(device if device.type == "cuda" else 0) as sampler:
+                        timing = bench.effprof_timing(fn, cold=True)
+                    cold.append(timing.median_ms)
+                    cold_mean.append(timing.mean_ms)
+                    cold_clock.append(sm_clock(sampler))
+                    with NvmlSampler(device if device.type == "cuda" else 0) as sampler:
+                        db_one, db_how = bench.do_bench_ms(fn)
                     dbs.append(db_one)
-                    tubs.append(bench.torch_benchmark_ms(fn))
+                    db_clock.append(sm_clock(sampler))
+                warm = bench.effprof_ms(fn, cold=False)
+                tub = bench.torch_benchmark_ms(fn)
                 db = statistics.median(dbs) if all(x is not None for x in dbs) else None
-                tub = statistics.median(tubs)
                 row = {"workload": name, "shape": shape, "gflops": counts.flops / 1e9, "bytes": counts.bytes,
-                       "effprof_warm_ms": statistics.median(warm), "effprof_cold_ms": statistics.median(cold),
-                       "effprof_warm_runs_ms": warm, "effprof_cold_runs_ms": cold,
-                       "cv_of_5_warm_medians": cv(warm), "cv_of_5_cold_medians": cv(cold),
-                       "do_bench_ms": db, "do_bench_runs_ms": dbs, "do_bench_how": db_how,
-                       "cv_of_5_do_bench": cv(dbs) if db else None, "torch_benchmark_warm_ms": tub,
-                       "torch_benchmark_runs_ms": tubs,
+                       "effprof_cold_ms": statistics.median(cold), "effprof_cold_runs_ms": cold,
+                       "effprof_cold_run_means_ms": cold_mean, "effprof_cold_runs_sm_mhz": cold_clock,
+                       "cv_of_5_cold_medians": cv(cold), "do_bench_ms": db, "do_bench_runs_ms": dbs,
+                       "do_bench_runs_sm_mhz": db_clock, "do_bench_how": db_how,
+                       "cv_of_5_do_bench": cv(dbs) if db else None,
                        "ratio_cold_to_do_bench": statistics.median(cold) / db if db else None,
-                       "ratio_warm_to_do_bench": statistics.median(warm) / db if db else None,
-                       "ratio_warm_to_torch_benchmark": statistics.median(warm) / tub}
+                       "effprof_warm_ms": warm, "torch_benchmark_warm_ms": tub, "ratio_warm_to_torch_benchmark": warm / tub}
                 row.update(roofline_fields(row["gflops"], counts.bytes, row["effprof_cold_ms"], ceilings,
                                            "fp32" if args.smoke else "bf16"))
                 rows.append(row)
-                print(name, {k: row[k] for k in ("effprof_warm_ms", "effprof_cold_ms", "do_bench_ms",
-                                                 "cv_of_5_warm_medians", "verdict")}, flush=True)
+                print(name, {k: row[k] for k in ("effprof_cold_ms", "do_bench_ms", "ratio_cold_to_do_bench",
+                                                 "cv_of_5_cold_medians", "verdict")}, flush=True)
+                print("   runs", [round(x, 5) for x in cold], dbs, cold_clock, db_clock, flush=True)
                 del module, fn
         return rows
 
@@ -277,14 +296,15 @@ def table(results: dict) -> str:
     if c:
         tf = ", ".join(f"{k} {v:.4g}" for k, v in c["matmul_tflops"].items() if v)
         lines.append(f"ceilings (measured): {tf} TFLOP/s; copy {c['bandwidth_gb_per_s']:.4g} GB/s")
-    lines.append(f"{'workload':18} {'warm ms':>9} {'cold ms':>9} {'do_bench':>9} {'cold/db':>7} {'warm/db':>7} "
-                 f"{'CV5 warm':>8} {'CV5 cold':>8} {'verdict':>8}")
+    lines.append(f"{'workload':18} {'cold ms':>9} {'do_bench':>9} {'cold/db':>7} {'CV5 cold':>8} {'CV5 db':>7} "
+                 f"{'warm ms':>9} {'t.u.b':>9} {'SM MHz (runs)':>24} {'verdict':>8}")
     for r in results.get("workloads", []) if isinstance(results.get("workloads"), list) else []:
         f = lambda v, d=4: "-" if v is None else f"{v:.{d}g}"  # noqa: E731
-        lines.append(f"{r['workload']:18} {f(r['effprof_warm_ms']):>9} {f(r['effprof_cold_ms']):>9} "
-                     f"{f(r['do_bench_ms']):>9} {f(r['ratio_cold_to_do_bench'], 3):>7} "
-                     f"{f(r['ratio_warm_to_do_bench'], 3):>7} {100 * r['cv_of_5_warm_medians']:>7.2f}% "
-                     f"{100 * r['cv_of_5_cold_medians']:>7.2f}% {str(r.get('verdict')):>8}")
+        clocks = "/".join("-" if c is None else f"{c:.0f}" for c in r.get("effprof_cold_runs_sm_mhz", []))
+        lines.append(f"{r['workload']:18} {f(r['effprof_cold_ms']):>9} {f(r['do_bench_ms']):>9} "
+                     f"{f(r['ratio_cold_to_do_bench'], 3):>7} {100 * r['cv_of_5_cold_medians']:>7.2f}% "
+                     f"{100 * (r['cv_of_5_do_bench'] or 0):>6.2f}% {f(r['effprof_warm_ms']):>9} "
+                     f"{f(r['torch_benchmark_warm_ms']):>9} {clocks:>24} {str(r.get('verdict')):>8}")
     for r in results.get("foundation_check", []) if isinstance(results.get("foundation_check"), list) else []:
         ratio = r["ratio_cold_to_do_bench"]
         lines.append(f"5% check {r['workload']:10} effprof cold {r['effprof_cold_ms']:.4g} ms vs do_bench "
@@ -317,7 +337,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeated effprof runs per workload")
     args = parser.parse_args(argv)
     if args.min_time is None:
-        args.min_time = 0.05 if args.smoke else 0.5
+        args.min_time = 0.05 if args.smoke else 1.0
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA device: use --smoke on a CPU machine", file=sys.stderr)
         return 2

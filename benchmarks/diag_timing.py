@@ -10,9 +10,12 @@ every timer. This script looks at the raw samples instead of their medians:
   (2) per-call samples of the add and the matmul with the L2 flushed before each call (effprof --cold,
       do_bench's method): their distinct values and how the median and the mean of each run move;
   (3) the host: ViT-B/16 batch 1 eager, 0.25 s windows over ~24 s alternating the Python garbage
-      collector on and off, with the CPU facts (cores, affinity, load, frequency) beside them.
+      collector on and off, with the CPU facts (cores, affinity, load, frequency) beside them;
+  (4) clocks: 4 s of cold per-call samples of the 1024³ matmul and the 4M add, cut into 100 ms windows
+      of GPU time, each beside the SM clock NVML reported in it, once with do_bench's 256 MiB L2 flush
+      and once with a flush of twice the L2 size.
 
-    python benchmarks/diag_timing.py          # on the GPU machine, about 1 minute; JSON to $OUT/diag_timing.json
+    python benchmarks/diag_timing.py [--only clock,micro,host,events]   # on the GPU; JSON to $OUT/diag_timing.json
 """
 from __future__ import annotations
 
@@ -145,15 +148,74 @@ def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
     return {"facts_before": facts_before, "facts_after": host_facts(), "summary": summary, "windows": windows}
 
 
+def clock_windows(seconds: float = 4.0, window_s: float = 0.1) -> dict:
+    from effprof.measure.nvml import NvmlSampler
+
+    device = torch.device("cuda")
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = {}
+    for flush_bytes in (256 * 2**20, 2 * l2):
+        flush_buffer = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
+        for name, fn in (("matmul_1024", lambda: m1 @ m2), ("add_4M", lambda: a4 + b4)):
+            calls = 1000
+            origin = torch.cuda.Event(enable_timing=True)
+            samples, starts_ms = [], []
+            with NvmlSampler(device, interval_s=0.005) as sampler:
+                torch.cuda.synchronize()
+                origin.record()
+                origin.synchronize()
+                t0 = time.perf_counter()  # GPU time 0 ~ host time t0 (the queue was empty)
+                while time.perf_counter() - t0 < seconds:
+                    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+                    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+                    for i in range(calls):
+                        flush_buffer.zero_()
+                        starts[i].record()
+                        fn()
+                        ends[i].record()
+                    torch.cuda.synchronize()
+                    samples += [s.elapsed_time(e) for s, e in zip(starts, ends)]
+                    starts_ms += [origin.elapsed_time(s) for s in starts]
+            clocks = [(smp["t"] - t0, smp.get("sm_mhz")) for smp in sampler.samples if smp.get("sm_mhz")]
+            windows = []
+            for w in range(int(max(starts_ms) / 1e3 / window_s)):
+                lo, hi = w * window_s, (w + 1) * window_s
+                in_w = [v for v, st in zip(samples, starts_ms) if lo <= st / 1e3 < hi]
+                mhz = [c for t, c in clocks if lo <= t < hi]
+                if in_w and mhz:
+                    windows.append({"t_s": lo, "median_us": 1e3 * statistics.median(in_w),
+                                    "sm_mhz": statistics.fmean(mhz), "calls": len(in_w)})
+            xs = [w["sm_mhz"] for w in windows]
+            ys = [w["median_us"] for w in windows]
+            corr = statistics.correlation(xs, ys) if len(windows) > 2 and len(set(xs)) > 1 else None
+            key = f"{name} flush {flush_bytes // 2**20} MiB"
+            out[key] = {"windows": windows, "correlation_clock_time": corr,
+                        "median_us": 1e3 * statistics.median(samples), "mean_us": 1e3 * statistics.fmean(samples),
+                        "clock_levels_mhz": collections.Counter(round(x) for x in xs).most_common(6)}
+            print(key, {k: v for k, v in out[key].items() if k != "windows"}, flush=True)
+            print("   ", " ".join(f"{w['median_us']:.2f}@{w['sm_mhz']:.0f}" for w in windows), flush=True)
+        del flush_buffer
+    return out
+
+
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="events,micro,host,clock", help="comma-separated sections to run")
+    args = parser.parse_args()
     if not torch.cuda.is_available():
         print("diag_timing.py needs a CUDA device", file=sys.stderr)
         return 2
+    sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
+                "host": ("host", host_series), "clock": ("clock", clock_windows)}
     result = {"meta": run_meta(command=" ".join(sys.argv))}
-    result["event_resolution"] = event_resolution()
-    result["micro"] = micro_workloads()
-    result["host"] = host_series()
-    write_result("diag_timing", result)
+    for key in args.only.split(","):
+        name, fn = sections[key]
+        result[name] = fn()
+    write_result("diag_timing_" + args.only.replace(",", "_"), result)
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME[:ARGS] [...]
-# NAME is a benchmarks/bench_NAME.py script (ARGS: comma-separated arguments, e.g. scan:--tune) or "cli" (effprof compare projectors / clip-vtp through the
+# NAME is a benchmarks/bench_NAME.py script (ARGS: comma-separated arguments, e.g. scan:--tune), another
+# benchmarks/NAME.py script (diag_timing), "ncu" (Nsight Compute on the scan kernel; ARGS: JSON configs) or "cli" (effprof compare projectors / clip-vtp through the
 # command line). effprof is not installed there: `python -m effprof` from the repo root imports it.
 # Every script writes its JSON to $OUT; logs go to $OUT/NAME.log.
 set -uo pipefail
@@ -36,6 +37,13 @@ for spec in "$@"; do
         --json "$OUT/cli_mamba_decode_graphs.json" &&
       { python3 -m effprof run transformer-lm --mode decode --head true --seq-len 4096 --graphs ||
         echo "(transformer-lm decode under --graphs refused, as printed above)"; }; } > "$log" 2>&1
+  elif [ "$name" = ncu ]; then
+    # Nsight Compute on the scan kernel: the default config and each ARGS entry (a JSON config)
+    for config in '{}' "${args[@]}"; do
+      ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 --section SchedulerStats \
+        --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+        python3 benchmarks/ncu_scan.py "$config"
+    done > "$log" 2>&1
   else
     script="benchmarks/bench_$name.py"
     [ -e "$script" ] || script="benchmarks/$name.py"  # diag_timing and other non-bench scripts

@@ -56,6 +56,23 @@ def _scan_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _scan_combine_pair(a1, b1, c1, d1, a2, b2, c2, d2):
+    return a1 * a2, a2 * b1 + b2, c1 * c2, c2 * d1 + d2
+
+
+@triton.jit
+def _to_float32(x, FAST_UNPACK: tl.constexpr):
+    """bf16 -> float32. FAST_UNPACK: two values per 32-bit register with one shift and one mask (the
+    compiler's own conversion spends a byte permute and a shift on the high half: 3 instructions per
+    pair instead of 2; B and C are unpacked once per state, ~1 of the loop's 14 instructions per element)."""
+    if FAST_UNPACK:
+        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def _log2(x, FAST_MATH: tl.constexpr):
     if FAST_MATH:  # one MUFU.LG2 instead of libm's ~20-instruction polynomial
         return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
@@ -82,12 +99,25 @@ def _silu(z, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
+def _load_bc(B_rows, C_rows, bc_offs, t_offs, L, EVEN_L: tl.constexpr, FAST_UNPACK: tl.constexpr):
+    """Row n of this batch's B and C over this chunk (bc_offs = n * L + start), as float32 [CHUNK]."""
+    if EVEN_L:
+        Bn = tl.load(B_rows + bc_offs)
+        Cn = tl.load(C_rows + bc_offs)
+    else:
+        Bn = tl.load(B_rows + bc_offs, mask=t_offs < L, other=0.0)
+        Cn = tl.load(C_rows + bc_offs, mask=t_offs < L, other=0.0)
+    return _to_float32(Bn, FAST_UNPACK), _to_float32(Cn, FAST_UNPACK)
+
+
+@triton.jit
 def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
                          d_inner, L,
                          N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                          HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
                          BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_L: tl.constexpr,
-                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr, NUM_STAGES: tl.constexpr):
+                         EVEN_D: tl.constexpr, FAST_MATH: tl.constexpr, NUM_STAGES: tl.constexpr,
+                         FAST_UNPACK: tl.constexpr, PAIR_STATES: tl.constexpr):
     """One program: batch pid(0), channels pid(1)*BLOCK_D + [0, BLOCK_D), the whole sequence.
 
     Per chunk of CHUNK steps and per state n (unrolled, N is a compile-time constant), the recurrence
@@ -139,20 +169,30 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         du = delta * u
         y = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         h_next = ()
-        for n in tl.static_range(N):
-            bc_offs = n * L + start  # scalar: row n of this batch's B and C, this chunk
-            if EVEN_L:
-                Bn = tl.load(B_rows + bc_offs).to(tl.float32)
-                Cn = tl.load(C_rows + bc_offs).to(tl.float32)
-            else:
-                Bn = tl.load(B_rows + bc_offs, mask=t_offs < L, other=0.0).to(tl.float32)
-                Cn = tl.load(C_rows + bc_offs, mask=t_offs < L, other=0.0).to(tl.float32)
-            a = tl.exp2(delta * A2[n][:, None])                                # [BLOCK_D, CHUNK]
-            b = du * Bn[None, :]
-            b = tl.where(is_first, a * h[n][:, None] + b, b)                   # the state entering the chunk
-            _, hs = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)  # hs[:, t] = h_t
-            y += hs * Cn[None, :]
-            h_next = h_next + (tl.max(tl.where(is_last, hs, float("-inf")), axis=1),)
+        if PAIR_STATES:  # two states per associative_scan: their shuffles and combines interleave
+            for m in tl.static_range(N // 2):
+                Bn0, Cn0 = _load_bc(B_rows, C_rows, 2 * m * L + start, t_offs, L, EVEN_L, FAST_UNPACK)
+                Bn1, Cn1 = _load_bc(B_rows, C_rows, (2 * m + 1) * L + start, t_offs, L, EVEN_L, FAST_UNPACK)
+                a0 = tl.exp2(delta * A2[2 * m][:, None])
+                a1 = tl.exp2(delta * A2[2 * m + 1][:, None])
+                b0 = du * Bn0[None, :]
+                b1 = du * Bn1[None, :]
+                b0 = tl.where(is_first, a0 * h[2 * m][:, None] + b0, b0)
+                b1 = tl.where(is_first, a1 * h[2 * m + 1][:, None] + b1, b1)
+                _, hs0, _, hs1 = tl.associative_scan((a0, b0, a1, b1), axis=1, combine_fn=_scan_combine_pair)
+                y += hs0 * Cn0[None, :]
+                y += hs1 * Cn1[None, :]
+                h_next = h_next + (tl.max(tl.where(is_last, hs0, float("-inf")), axis=1),
+                                   tl.max(tl.where(is_last, hs1, float("-inf")), axis=1))
+        else:
+            for n in tl.static_range(N):
+                Bn, Cn = _load_bc(B_rows, C_rows, n * L + start, t_offs, L, EVEN_L, FAST_UNPACK)
+                a = tl.exp2(delta * A2[n][:, None])                                # [BLOCK_D, CHUNK]
+                b = du * Bn[None, :]
+                b = tl.where(is_first, a * h[n][:, None] + b, b)                   # the state entering the chunk
+                _, hs = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)  # hs[:, t] = h_t
+                y += hs * Cn[None, :]
+                h_next = h_next + (tl.max(tl.where(is_last, hs, float("-inf")), axis=1),)
         h = h_next
         if HAS_D:
             y = y + Dv[:, None] * u
@@ -198,7 +238,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     channel block to the GPU): BLOCK_D (channels per program), CHUNK (time
     steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
     fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
-    inline PTX cannot run), bc_fp32 (B and C converted to float32 before the kernel).
+    inline PTX cannot run).
     """
     import os
     batch, d_inner, L = u.shape
@@ -208,13 +248,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
     N = A.shape[1]
-    u, delta, A = (t.contiguous() for t in (u, delta, A))
-    if cfg.get("bc_fp32", False):
-        # B and C upcast once here rather than per state inside the loop (see DEFAULT_CONFIG): one
-        # small copy kernel, which the Mamba block's B/C (strided slices of x_proj's output) pay anyway
-        B, C = (torch.empty(t.shape, device=t.device, dtype=torch.float32).copy_(t) for t in (B, C))
-    else:
-        B, C = B.contiguous(), C.contiguous()
+    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
     last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
@@ -230,7 +264,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         N=N, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d, CHUNK=chunk, EVEN_L=L % chunk == 0,
         EVEN_D=d_inner % block_d == 0, FAST_MATH=fast_math, NUM_STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"])
+        FAST_UNPACK=fast_math and cfg.get("fast_unpack", False) and B.dtype == C.dtype == torch.bfloat16,
+        PAIR_STATES=cfg.get("pair_states", False) and N % 2 == 0, num_warps=cfg["num_warps"])
     return y, last_state
 
 

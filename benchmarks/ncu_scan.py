@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Run the Triton selective scan a few times at the benchmark shape, for Nsight Compute to profile.
+
+    ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 \\
+        --section SchedulerStats --section WarpStateStats --section Occupancy \\
+        python benchmarks/ncu_scan.py [CONFIG_JSON]
+
+CONFIG_JSON overrides the kernel's config (see selective_scan_triton), e.g. '{"pair_states": true}'.
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.bench_scan import scan_inputs  # noqa: E402
+from effprof.ops.selective_scan_triton import selective_scan_triton  # noqa: E402
+
+config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+inputs = scan_inputs(8, 1536, 4096, 16, torch.bfloat16, torch.device("cuda"))
+for _ in range(4):
+    selective_scan_triton(**inputs, delta_softplus=True, config=config)
+torch.cuda.synchronize()
+print("config", config or "default")
