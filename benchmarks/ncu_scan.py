@@ -3,9 +3,10 @@
 
     ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 \\
         --section SchedulerStats --section WarpStateStats --section Occupancy \\
-        python benchmarks/ncu_scan.py [CONFIG_JSON]
+        python benchmarks/ncu_scan.py [KEY=VALUE+KEY=VALUE...]
 
-CONFIG_JSON overrides the kernel's config (see selective_scan_triton), e.g. '{"pair_states": true}'.
+The argument overrides the kernel's config (see selective_scan_triton), e.g. fast_unpack=1+pair_states=1
+(no commas: run_gpu.sh splits its arguments on them).
 """
 import json
 import sys
@@ -18,7 +19,8 @@ import torch  # noqa: E402
 from benchmarks.bench_scan import scan_inputs  # noqa: E402
 from effprof.ops.selective_scan_triton import selective_scan_triton  # noqa: E402
 
-config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+config = {key: json.loads(value) for key, value in (item.split("=") for item in sys.argv[1].split("+") if item)} \
+    if len(sys.argv) > 1 else {}
 inputs = scan_inputs(8, 1536, 4096, 16, torch.bfloat16, torch.device("cuda"))
 for _ in range(4):
     selective_scan_triton(**inputs, delta_softplus=True, config=config)

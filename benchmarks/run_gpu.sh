@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME[:ARGS] [...]
 # NAME is a benchmarks/bench_NAME.py script (ARGS: comma-separated arguments, e.g. scan:--tune), another
-# benchmarks/NAME.py script (diag_timing), "ncu" (Nsight Compute on the scan kernel; ARGS: JSON configs) or "cli" (effprof compare projectors / clip-vtp through the
+# benchmarks/NAME.py script (diag_timing), "ncu" (Nsight Compute on the scan kernel; ARGS: configs as KEY=VALUE+KEY=VALUE) or "cli" (effprof compare projectors / clip-vtp through the
 # command line). effprof is not installed there: `python -m effprof` from the repo root imports it.
 # Every script writes its JSON to $OUT; logs go to $OUT/NAME.log.
 set -uo pipefail
@@ -39,7 +39,7 @@ for spec in "$@"; do
         echo "(transformer-lm decode under --graphs refused, as printed above)"; }; } > "$log" 2>&1
   elif [ "$name" = ncu ]; then
     # Nsight Compute on the scan kernel: the default config and each ARGS entry (a JSON config)
-    for config in '{}' "${args[@]}"; do
+    for config in '' "${args[@]}"; do
       ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 --section SchedulerStats \
         --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
         python3 benchmarks/ncu_scan.py "$config"
