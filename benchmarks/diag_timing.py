@@ -13,7 +13,10 @@ every timer. This script looks at the raw samples instead of their medians:
       collector on and off, with the CPU facts (cores, affinity, load, frequency) beside them;
   (4) clocks: 4 s of cold per-call samples of the 1024³ matmul and the 4M add, cut into 100 ms windows
       of GPU time, each beside the SM clock NVML reported in it, once with do_bench's 256 MiB L2 flush
-      and once with a flush of twice the L2 size.
+      and once with a flush of twice the L2 size;
+  (5) placement: ten cold runs each of the 1024³ matmul and the 4M add, each run after a spacer tensor of
+      a random size has been allocated (and kept), with the address of the call's output beside the
+      run's median: does the run-to-run flip follow where the caching allocator put the output?
 
     python benchmarks/diag_timing.py [--only clock,micro,host,events]   # on the GPU; JSON to $OUT/diag_timing.json
 """
@@ -200,6 +203,30 @@ def clock_windows(seconds: float = 4.0, window_s: float = 0.1) -> dict:
     return out
 
 
+def placement(runs: int = 10) -> dict:
+    import random
+
+    rng = random.Random(0)
+    flush = L2Flusher(torch.device("cuda"))
+    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = {}
+    for name, fn in (("matmul_1024", lambda: m1 @ m2), ("add_4M", lambda: a4 + b4)):
+        rows, spacers = [], []
+        for _ in range(runs):
+            spacers.append(torch.empty(rng.randrange(1, 64) * 2**20, dtype=torch.uint8, device="cuda"))
+            for _ in range(20):
+                fn()
+            samples = cold_samples(fn, flush, 1500)
+            ptr = fn().data_ptr()
+            rows.append({"median_us": 1e3 * statistics.median(samples), "output_ptr_mib": ptr / 2**20,
+                         "spacer_mib": spacers[-1].numel() / 2**20})
+        out[name] = rows
+        print(name, " ".join(f"{r['median_us']:.2f}@{r['output_ptr_mib']:.0f}" for r in rows), flush=True)
+        del spacers
+    return out
+
+
 def main() -> int:
     import argparse
 
@@ -210,7 +237,7 @@ def main() -> int:
         print("diag_timing.py needs a CUDA device", file=sys.stderr)
         return 2
     sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
-                "host": ("host", host_series), "clock": ("clock", clock_windows)}
+                "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement)}
     result = {"meta": run_meta(command=" ".join(sys.argv))}
     for key in args.only.split(","):
         name, fn = sections[key]

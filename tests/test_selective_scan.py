@@ -144,10 +144,15 @@ def test_triton_matches_reference_bf16(case):
 
 
 @needs_triton
-@pytest.mark.parametrize("config", [{"BLOCK_D": 4, "CHUNK": 8, "num_warps": 1},
-                                    {"BLOCK_D": 2, "CHUNK": 32, "num_stages": 2}])
-def test_triton_variants_match_reference(config):
-    _check_backend("triton", TRITON_CASES[0], torch.float32, 1e-5, config=config)
+@pytest.mark.parametrize("config, case", [
+    ({"BLOCK_D": 4, "CHUNK": 8, "num_warps": 1}, TRITON_CASES[0]),
+    ({"BLOCK_D": 2, "CHUNK": 32, "num_stages": 2}, TRITON_CASES[0]),
+    ({"BLOCK_D": 4, "CHUNK": 16, "pair_states": True}, (2, 5, 37, 4, True, True, True, True)),  # two states per scan
+    ({"BLOCK_D": 4, "CHUNK": 16, "pair_states": True}, TRITON_CASES[0]),  # odd d_state: one state per scan
+])
+def test_triton_variants_match_reference(config, case):
+    # (fast_unpack is inline PTX: the interpreter cannot run it; bench_scan.py checks it on the GPU)
+    _check_backend("triton", case, torch.float32, 1e-5, config=config)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -236,7 +241,7 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
     assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
-    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
+    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True}
     assert kernels.occupancy_config(8, 1024, cuda) == {}  # MRSS's shape: 256 programs, still the default
     assert kernels.occupancy_config(2, 1536, cuda) == small  # 96 programs: SMs left idle
     assert kernels.occupancy_config(1, 1536, cuda) == small

@@ -25,17 +25,18 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 # Measured on an H100 (benchmarks/scan_notes.md): 3 pipeline stages on the chunk loop took the
-# reference shape from 0.664 to 0.481 ms (2026-11-23). Overridable per call for tuning.
-DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3}
+# reference shape from 0.664 to 0.481 ms; unpacking B and C with a shift and a mask (fast_unpack) to
+# 0.449 ms (2026-11-23). Overridable per call for tuning.
+DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "fast_unpack": True}
 # Parallelism is batch × channel blocks (time is walked inside a program), so at batch 1 a block of
 # 32 channels leaves most SMs idle (d_inner 1536: 48 programs for 132 SMs). Measured on an H100
-# (2026-11-23, benchmarks/results/h100-2026-11-23/run4-small-batch), batch 1 × 1536 × 16384, d_state 16:
-# DEFAULT_CONFIG 0.804 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.434 ms; BLOCK_D 8 with 2 warps 0.667 ms,
-# with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the default (0.477 ms) beats 16/64/4 (0.502 ms). So
-# only when the default's blocks cannot give every SM a program (48 for 132 SMs at batch 1) is the
-# small-batch config used; shapes in between (e.g. MRSS's 8 × 1024: 256 programs) keep the default
-# they were measured with.
-SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4}
+# (2026-11-23, benchmarks/results/h100-2026-11-23/), batch 1 × 1536 × 16384, d_state 16:
+# DEFAULT_CONFIG 0.80 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.433 ms, 0.408 with fast_unpack and two
+# states per scan; BLOCK_D 8 with 2 warps 0.667 ms, with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the
+# default (0.449 ms) beats 16/64/4 (0.471 ms). So only when the default's blocks cannot give every SM
+# a program (48 for 132 SMs at batch 1) is the small-batch config used; shapes in between (e.g.
+# MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
+SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True}
 PROGRAMS_PER_SM = 1
 
 
@@ -238,7 +239,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     channel block to the GPU): BLOCK_D (channels per program), CHUNK (time
     steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
     fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
-    inline PTX cannot run).
+    inline PTX cannot run), fast_unpack (bf16 B/C to float32 by shift and mask, inline PTX: with
+    fast_math only), pair_states (two states per associative_scan; N even).
     """
     import os
     batch, d_inner, L = u.shape
