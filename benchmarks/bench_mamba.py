@@ -80,6 +80,9 @@ def main() -> int:
     parser.add_argument("--skip-hf", action="store_true", help="leave out transformers' MambaModel (b)")
     parser.add_argument("--skip-ref", action="store_true", help="leave out the ref scan rows of (a)")
     parser.add_argument("--hf-iters", type=int, default=5)
+    parser.add_argument("--graphs", action="store_true",
+                        help="time effprof's rows (not ref, not transformers) as CUDA graph replays: the GPU's "
+                             "time without the host's launch overhead, which varies between host machines")
     args = parser.parse_args()
     smoke = args.smoke
     device = "cpu" if smoke else "cuda"
@@ -92,9 +95,11 @@ def main() -> int:
     fast = RunOptions(batch=1, dtype=dtype_name, device=device, warmup=0.2 if not smoke else 0,
                       min_time=0.5 if not smoke else 0.02)
     slow = replace(fast, warmup=0, min_time=0.01, count_flops=False)
+    if args.graphs:
+        fast = replace(fast, graphs=True)
     slow_timer = functools.partial(time_callable, min_blocks=1)
 
-    out: dict = run_meta(smoke=smoke, scan_backends=available_backends(torch.device(device)))
+    out: dict = run_meta(smoke=smoke, graphs=args.graphs, scan_backends=available_backends(torch.device(device)))
     print("backends:", out["scan_backends"], flush=True)
 
     # (a) prefill through effprof, every backend
@@ -144,7 +149,8 @@ def main() -> int:
 
     # (c) the scaling profile
     profile = load_profile("mamba-scaling", RunOptions(), {"device": device, "dtype": dtype_name,
-                                                            "warmup": fast.warmup, "min_time": fast.min_time})
+                                                            "warmup": fast.warmup, "min_time": fast.min_time,
+                                                            **({"graphs": True} if args.graphs else {})})
     configs = [replace(c, params={**c.params, "seq_len": c.params["seq_len"] // scale,
                                   **(tiny if c.component == "mamba-lm" else tiny_tf)}) for c in profile.configs]
     records = measure_many(configs)
@@ -172,7 +178,7 @@ def main() -> int:
         mem = row.get("state_mib") if row.get("state_mib") is not None else row.get("kv_cache_mib")
         print(f"  {row['label']:<34} {row.get('latency_ms_median') or float('nan'):8.3f} ms/token, "
               f"state {mem if mem is not None else float('nan'):9.2f} MiB")
-    write_result("bench_mamba", out)
+    write_result("bench_mamba_graphs" if args.graphs else "bench_mamba", out)
     return 0
 
 
