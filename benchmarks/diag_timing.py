@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.common import run_meta, write_result  # noqa: E402
-from effprof.measure.timing import L2Flusher  # noqa: E402
+from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
 
 
 def histogram(values_ms: list[float], digits: int = 3) -> list[tuple[float, int]]:
@@ -65,15 +65,8 @@ def event_resolution() -> dict:
 
 
 def cold_samples(fn, flush, calls: int) -> list[float]:
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
-    for i in range(calls):
-        flush()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    """Per-call ms with `flush()` before each call: effprof's own cold-mode block."""
+    return _cuda_block_per_call(fn, calls, flush)
 
 
 def micro_workloads(rounds: int = 6) -> dict:
