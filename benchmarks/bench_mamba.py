@@ -85,6 +85,9 @@ def main() -> int:
                              "time without the host's launch overhead, which varies between host machines")
     args = parser.parse_args()
     smoke = args.smoke
+    if args.graphs and (smoke or not torch.cuda.is_available()):
+        print("bench_mamba.py: --graphs needs a CUDA device (CUDA graphs do not exist on cpu)", file=sys.stderr)
+        return 2
     device = "cpu" if smoke else "cuda"
     dtype_name, dtype = ("fp32", torch.float32) if smoke else ("bf16", torch.bfloat16)
     tiny = {"d_model": 32, "n_layer": 2} if smoke else {}
