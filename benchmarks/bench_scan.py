@@ -32,20 +32,17 @@ from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import (available_backends, selective_scan, selective_scan_flops,  # noqa: E402
                                         selective_scan_ref, selective_state_update)
 
-# (BLOCK_D, CHUNK, num_warps, num_stages, fast_unpack, pair_states). Triton gives each thread 8
-# consecutive steps of a row, so CHUNK 16/32/64 puts 2/4/8 threads on the time axis; rows per thread =
-# BLOCK_D·CHUNK / (256·warps). num_stages > 1 software-pipelines the chunk loop's loads through shared
-# memory (3 stages: 0.481 ms against 0.664 with 1, H100, 2026-11-23). fast_unpack: B and C bf16 -> fp32
-# with a shift and a mask per pair (13.5 SASS instructions per (channel, state, step) element instead of
-# 14.4 at 32/32/4); pair_states: two states per associative_scan. Earlier sweeps (scan_notes.md): CHUNK
-# 8 or 16, 2 rows per thread and float32 B/C (0.495 against 0.477 ms) all lost.
-TUNE_CONFIGS = [dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=ns, fast_unpack=fu, pair_states=ps)
-                for bd, ch, nw, ns, fu, ps in [
-    (32, 32, 4, 3, False, False), (32, 32, 4, 3, True, False), (32, 32, 4, 3, False, True),
-    (32, 32, 4, 3, True, True), (32, 32, 4, 4, True, True), (32, 32, 4, 2, True, True), (16, 32, 2, 3, True, True),
-    (64, 32, 8, 3, True, True), (64, 32, 4, 3, True, False), (16, 64, 4, 3, False, False),
-    (16, 64, 4, 3, True, False), (16, 64, 4, 3, True, True), (8, 64, 2, 3, True, True), (32, 64, 8, 3, True, True),
-]]
+# The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
+# thread, CHUNK / 8 threads on time).
+TUNE_CONFIGS = [dict(CHUNK=ch, num_warps=nw) for ch, nw in [(32, 4), (32, 2), (64, 4), (16, 4)]]
+# The `tl` kernel (CPU interpreter; triton without Gluon), its best configs of the second session:
+# (BLOCK_D, CHUNK, num_warps, pair_states) with 3 pipeline stages and shift-and-mask B/C unpacking.
+# Earlier sweeps (scan_notes.md): CHUNK 8 or 16, 2 rows per thread and float32 B/C all lost.
+TUNE_CONFIGS += [dict(gluon=False, BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=3, fast_unpack=True, pair_states=ps)
+                 for bd, ch, nw, ps in [(32, 32, 4, False), (32, 32, 4, True), (16, 64, 4, True)]]
+
+
+TUNE_KEYS = {k for config in TUNE_CONFIGS for k in config}
 
 
 def scan_inputs(batch, d_inner, L, d_state, dtype, device, seed=0):
@@ -208,10 +205,9 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"bench_scan{args.tag}.json").write_text(json.dumps(result, indent=2))
     if "tune" in result:
-        print("\nBLOCK_D CHUNK warps stages unpack  pair     ms   GB/s  x_floor  rel_err_y")
+        print(f"\n{'config':96}     ms   GB/s  x_floor  rel_err_y")
         for r in sorted(result["tune"], key=lambda r: r.get("ms", float("inf"))):
-            head = (f"{r['BLOCK_D']:7} {r['CHUNK']:5} {r['num_warps']:5} {r['num_stages']:6} "
-                    f"{str(r['fast_unpack']):>6} {str(r['pair_states']):>5}")
+            head = f"{json.dumps({k: v for k, v in r.items() if k in TUNE_KEYS}):96}"
             if "error" in r:
                 print(f"{head} ERROR {r['error'][:60]}")
                 continue

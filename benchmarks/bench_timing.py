@@ -72,15 +72,30 @@ class Bench:
     def effprof_ms(self, fn, cold: bool) -> float:
         return self.effprof_timing(fn, cold).median_ms
 
-    def do_bench_ms(self, fn) -> tuple[float | None, str]:
-        """do_bench with the same time budget as one effprof run (median of per-call samples)."""
+    def do_bench_ms(self, fn, own_buffer: bool = False) -> tuple[float | None, str]:
+        """do_bench with the same time budget as one effprof run (median of per-call samples).
+
+        own_buffer: do_bench as shipped allocates its 256 MiB flush buffer on every call, which flips
+        µs kernels between two states ~0.6 µs apart for the whole next run (diag_timing.py, section
+        toggle); with own_buffer it flushes with the bench's one buffer instead (the same 256 MiB int32
+        buffer, the same zero_(), allocated once), like effprof."""
         if self.device.type != "cuda":
             return None, "triton do_bench needs CUDA"
         import triton.testing
+        from triton import runtime
 
         rep_ms = round(self.min_time * 1e3)
-        return (triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"),
-                f"do_bench(warmup=25, rep={rep_ms}, return_mode='median')")
+        how = f"do_bench(warmup=25, rep={rep_ms}, return_mode='median')"
+        if not own_buffer:
+            return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"), how
+        driver = runtime.driver.active
+        original = driver.get_empty_cache_for_benchmark
+        driver.get_empty_cache_for_benchmark = lambda: self.flush.buffer
+        try:
+            return (triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"),
+                    how + " flushing with one buffer allocated once")
+        finally:
+            driver.get_empty_cache_for_benchmark = original
 
     def torch_benchmark_ms(self, fn) -> float:
         import torch.utils.benchmark as tb
@@ -176,9 +191,11 @@ def run(args) -> dict:
                 module, make_call, shape = make()
                 fn = make_call(module)
                 counts = count_flops_and_bytes(fn)
-                # interleaved rounds (effprof cold, do_bench: both flush L2 before every call), so that
-                # the device's state (its SM clock moves between boost levels under the power cap) is
-                # shared by both timers; the SM clock NVML saw is kept beside every run
+                # interleaved rounds (effprof cold, do_bench flushing with the same one buffer: both
+                # flush L2 before every call), so that the device's state (its SM clock moves between
+                # boost levels under the power cap) is shared by both timers; the SM clock NVML saw is
+                # kept beside every run. Then do_bench as shipped, five times (a fresh flush buffer per
+                # call), after the interleaved rounds: its allocations flip the state of the next run.
                 cold, dbs, cold_mean, cold_clock, db_clock = [], [], [], [], []
                 for _ in range(bench.repeats):
                     with NvmlSampler(device if device.type == "cuda" else 0) as sampler:
@@ -187,9 +204,11 @@ def run(args) -> dict:
                     cold_mean.append(timing.mean_ms)
                     cold_clock.append(sm_clock(sampler))
                     with NvmlSampler(device if device.type == "cuda" else 0) as sampler:
-                        db_one, db_how = bench.do_bench_ms(fn)
+                        db_one, db_how = bench.do_bench_ms(fn, own_buffer=True)
                     dbs.append(db_one)
                     db_clock.append(sm_clock(sampler))
+                stock = [bench.do_bench_ms(fn)[0] for _ in range(bench.repeats)]
+                stock_ms = statistics.median(stock) if all(x is not None for x in stock) else None
                 warm = bench.effprof_ms(fn, cold=False)
                 tub = bench.torch_benchmark_ms(fn)
                 db = statistics.median(dbs) if all(x is not None for x in dbs) else None
@@ -200,13 +219,16 @@ def run(args) -> dict:
                        "do_bench_runs_sm_mhz": db_clock, "do_bench_how": db_how,
                        "cv_of_5_do_bench": cv(dbs) if db else None,
                        "ratio_cold_to_do_bench": statistics.median(cold) / db if db else None,
+                       "do_bench_stock_ms": stock_ms, "do_bench_stock_runs_ms": stock,
+                       "cv_of_5_do_bench_stock": cv(stock) if stock_ms else None,
+                       "ratio_cold_to_do_bench_stock": statistics.median(cold) / stock_ms if stock_ms else None,
                        "effprof_warm_ms": warm, "torch_benchmark_warm_ms": tub, "ratio_warm_to_torch_benchmark": warm / tub}
                 row.update(roofline_fields(row["gflops"], counts.bytes, row["effprof_cold_ms"], ceilings,
                                            "fp32" if args.smoke else "bf16"))
                 rows.append(row)
                 print(name, {k: row[k] for k in ("effprof_cold_ms", "do_bench_ms", "ratio_cold_to_do_bench",
                                                  "cv_of_5_cold_medians", "verdict")}, flush=True)
-                print("   runs", [round(x, 5) for x in cold], dbs, cold_clock, db_clock, flush=True)
+                print("   runs", [round(x, 5) for x in cold], dbs, stock, cold_clock, db_clock, flush=True)
                 del module, fn
         return rows
 
@@ -297,13 +319,16 @@ def table(results: dict) -> str:
         tf = ", ".join(f"{k} {v:.4g}" for k, v in c["matmul_tflops"].items() if v)
         lines.append(f"ceilings (measured): {tf} TFLOP/s; copy {c['bandwidth_gb_per_s']:.4g} GB/s")
     lines.append(f"{'workload':18} {'cold ms':>9} {'do_bench':>9} {'cold/db':>7} {'CV5 cold':>8} {'CV5 db':>7} "
+                 f"{'db stock':>9} {'cold/st':>7} {'CV5 st':>7} "
                  f"{'warm ms':>9} {'t.u.b':>9} {'SM MHz (runs)':>24} {'verdict':>8}")
     for r in results.get("workloads", []) if isinstance(results.get("workloads"), list) else []:
         f = lambda v, d=4: "-" if v is None else f"{v:.{d}g}"  # noqa: E731
         clocks = "/".join("-" if c is None else f"{c:.0f}" for c in r.get("effprof_cold_runs_sm_mhz", []))
         lines.append(f"{r['workload']:18} {f(r['effprof_cold_ms']):>9} {f(r['do_bench_ms']):>9} "
                      f"{f(r['ratio_cold_to_do_bench'], 3):>7} {100 * r['cv_of_5_cold_medians']:>7.2f}% "
-                     f"{100 * (r['cv_of_5_do_bench'] or 0):>6.2f}% {f(r['effprof_warm_ms']):>9} "
+                     f"{100 * (r['cv_of_5_do_bench'] or 0):>6.2f}% {f(r.get('do_bench_stock_ms')):>9} "
+                     f"{f(r.get('ratio_cold_to_do_bench_stock'), 3):>7} {100 * (r.get('cv_of_5_do_bench_stock') or 0):>6.2f}% "
+                     f"{f(r['effprof_warm_ms']):>9} "
                      f"{f(r['torch_benchmark_warm_ms']):>9} {clocks:>24} {str(r.get('verdict')):>8}")
     for r in results.get("foundation_check", []) if isinstance(results.get("foundation_check"), list) else []:
         ratio = r["ratio_cold_to_do_bench"]

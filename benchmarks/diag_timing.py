@@ -17,6 +17,11 @@ every timer. This script looks at the raw samples instead of their medians:
   (5) placement: ten cold runs each of the 1024³ matmul and the 4M add, each run after a spacer tensor of
       a random size has been allocated (and kept), with the address of the call's output beside the
       run's median: does the run-to-run flip follow where the caching allocator put the output?
+  (6) toggle: eight consecutive 1000-call cold runs of each workload per arm, one arm per suspect of
+      what flips the state between runs: fresh CUDA events per run (the baseline), one pool of events
+      reused by every run, a 256 MiB tensor allocated and freed between runs (do_bench's cache buffer),
+      50 ms of idle GPU between runs, no flush at all (warm), and the kernel's own duration from
+      the profiler (CUPTI) instead of events.
 
     python benchmarks/diag_timing.py [--only clock,micro,host,events]   # on the GPU; JSON to $OUT/diag_timing.json
 """
@@ -220,6 +225,56 @@ def placement(runs: int = 10) -> dict:
     return out
 
 
+def toggle(runs: int = 8, calls: int = 1000) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    flush = L2Flusher(torch.device("cuda"))
+    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    pool = ([torch.cuda.Event(enable_timing=True) for _ in range(calls)],
+            [torch.cuda.Event(enable_timing=True) for _ in range(calls)])
+
+    def pooled(fn):
+        starts, ends = pool
+        for i in range(calls):
+            flush()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+    def kernel_us(fn):  # mean device time per call of the workload's kernels (CUPTI), flush excluded
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(200):
+                flush()
+                fn()
+            torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and "zero" not in e.key.lower()
+                  and "fill" not in e.key.lower()]
+        return sum(e.self_device_time_total for e in events) / 200
+
+    arms = {
+        "fresh_events": lambda fn: 1e3 * statistics.median(cold_samples(fn, flush, calls)),
+        "pooled_events": lambda fn: 1e3 * statistics.median(pooled(fn)),
+        "alloc_256MiB_between": lambda fn: (torch.empty(64 * 2**20, dtype=torch.int32, device="cuda").zero_(),
+                                            1e3 * statistics.median(cold_samples(fn, flush, calls)))[1],
+        "idle_50ms_between": lambda fn: (torch.cuda.synchronize(), time.sleep(0.05),
+                                         1e3 * statistics.median(cold_samples(fn, flush, calls)))[2],
+        "warm_no_flush": lambda fn: 1e3 * statistics.median(_cuda_block_per_call(fn, calls, lambda: None)),
+        "cupti_kernel": kernel_us,
+    }
+    out = {}
+    for name, fn in (("matmul_1024", lambda: m1 @ m2), ("add_4M", lambda: a4 + b4)):
+        for _ in range(50):
+            fn()
+        for arm, run in arms.items():
+            values = [run(fn) for _ in range(runs)]
+            out[f"{name}/{arm}"] = values
+            print(f"{name:12s} {arm:22s}", " ".join(f"{v:.2f}" for v in values), flush=True)
+    return out
+
+
 def main() -> int:
     import argparse
 
@@ -230,7 +285,8 @@ def main() -> int:
         print("diag_timing.py needs a CUDA device", file=sys.stderr)
         return 2
     sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
-                "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement)}
+                "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement),
+                "toggle": ("toggle", toggle)}
     result = {"meta": run_meta(command=" ".join(sys.argv))}
     for key in args.only.split(","):
         name, fn = sections[key]

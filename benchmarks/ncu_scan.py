@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the Triton selective scan a few times at the benchmark shape, for Nsight Compute to profile.
 
-    ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 \\
+    ncu --kernel-name regex:_scan_ --launch-skip 2 --launch-count 1 \\
         --section SchedulerStats --section WarpStateStats --section Occupancy \\
         python benchmarks/ncu_scan.py [KEY=VALUE+KEY=VALUE...]
 

@@ -40,7 +40,7 @@ for spec in "$@"; do
   elif [ "$name" = ncu ]; then
     # Nsight Compute on the scan kernel: the default config and each ARGS entry (a JSON config)
     for config in '' "${args[@]}"; do
-      ncu --kernel-name regex:_scan_chunked --launch-skip 2 --launch-count 1 --section SchedulerStats \
+      ncu --kernel-name regex:_scan_ --launch-skip 2 --launch-count 1 --section SchedulerStats \
         --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
         python3 benchmarks/ncu_scan.py "$config"
     done > "$log" 2>&1

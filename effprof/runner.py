@@ -214,7 +214,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": "graphs" if opts.graphs else "compile" if opts.compile else "eager"}
-    flush = L2Flusher(device) if opts.cold and device.type == "cuda" else None
+    flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if opts.graphs:
         static = input_sets[0]
         call = graphed_callable(built.call, static, device)

@@ -207,11 +207,25 @@ def _cpu_block_per_call(fn, n: int, setup) -> list[float]:
 
 
 class L2Flusher:
-    """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does)."""
+    """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does).
+
+    `shared(device)` keeps one per device for the process. Measured on an H100 (benchmarks/diag_timing.py,
+    section toggle, 2026-11-23): allocating and writing a fresh 256 MiB buffer between two runs flips µs
+    kernels between two states ~0.6 µs apart for the whole next run (do_bench does that on every call),
+    while runs that reuse one buffer stay within 0.3%."""
+
+    _per_device: dict = {}
 
     def __init__(self, device: torch.device):
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 * 2**20
         self.buffer = torch.empty(max(2 * l2, 256 * 2**20) // 4, dtype=torch.int32, device=device)
+
+    @classmethod
+    def shared(cls, device: torch.device) -> "L2Flusher":
+        key = (device.type, device.index if device.index is not None else torch.cuda.current_device())
+        if key not in cls._per_device:
+            cls._per_device[key] = cls(device)
+        return cls._per_device[key]
 
     def __call__(self) -> None:
         self.buffer.zero_()

@@ -17,6 +17,8 @@ sizes measured fastest on an H100 (benchmarks/scan_notes.md).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -36,7 +38,8 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # default (0.449 ms) beats 16/64/4 (0.471 ms). So only when the default's blocks cannot give every SM
 # a program (48 for 132 SMs at batch 1) is the small-batch config used; shapes in between (e.g.
 # MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
-SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True}
+SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
+                      "gluon": False}
 PROGRAMS_PER_SM = 1
 
 
@@ -232,6 +235,17 @@ def _fix_interpreter_scalar_index() -> None:
 _fix_interpreter_scalar_index()
 
 
+@functools.cache
+def gluon_available() -> bool:
+    """Whether this triton has Gluon (3.5+), whose kernel is used on CUDA devices (see
+    `selective_scan_gluon`); the `tl` kernel below runs everywhere else (and under TRITON_INTERPRET)."""
+    try:
+        import triton.experimental.gluon  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
@@ -240,7 +254,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
     fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
     inline PTX cannot run), fast_unpack (bf16 B/C to float32 by shift and mask, inline PTX: with
-    fast_math only), pair_states (two states per associative_scan; N even).
+    fast_math only), pair_states (two states per associative_scan; N even), gluon (default on: CUDA
+    tensors run the Gluon kernel of `selective_scan_gluon`, whose channel block follows from CHUNK and
+    num_warps; BLOCK_D, num_stages, fast_unpack and pair_states are the `tl` kernel's).
     """
     import os
     batch, d_inner, L = u.shape
@@ -257,6 +273,11 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if L == 0:
         return y, last_state.zero_()
     chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
+    if cfg.get("gluon", True) and u.is_cuda and gluon_available() and chunk <= 64:
+        from effprof.ops import selective_scan_gluon
+        selective_scan_gluon.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk,
+                                    cfg["num_warps"], fast_math)
+        return y, last_state
     block_d = min(cfg["BLOCK_D"], max(1, triton.next_power_of_2(d_inner)))
     dummy = u  # never read: the matching HAS_* flag is off
     grid = (batch, triton.cdiv(d_inner, block_d))
