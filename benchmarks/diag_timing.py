@@ -23,7 +23,7 @@ every timer. This script looks at the raw samples instead of their medians:
       50 ms of idle GPU between runs, no flush at all (warm), and the kernel's own duration from
       the profiler (CUPTI) instead of events.
 
-    python benchmarks/diag_timing.py [--only clock,micro,host,events]   # on the GPU; JSON to $OUT/diag_timing.json
+    python benchmarks/diag_timing.py [--only events,micro,host,clock,placement,toggle]   # on the GPU; JSON to $OUT/diag_timing.json
 """
 from __future__ import annotations
 
@@ -281,12 +281,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="events,micro,host,clock", help="comma-separated sections to run")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("diag_timing.py needs a CUDA device", file=sys.stderr)
-        return 2
     sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
                 "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement),
                 "toggle": ("toggle", toggle)}
+    unknown = [key for key in args.only.split(",") if key not in sections]
+    if unknown:
+        print(f"diag_timing.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("diag_timing.py needs a CUDA device", file=sys.stderr)
+        return 2
     result = {"meta": run_meta(command=" ".join(sys.argv))}
     for key in args.only.split(","):
         name, fn = sections[key]
