@@ -254,14 +254,24 @@ def toggle(runs: int = 8, calls: int = 1000) -> dict:
                   and "fill" not in e.key.lower()]
         return sum(e.self_device_time_total for e in events) / 200
 
+    def median_us(samples_ms):
+        return 1e3 * statistics.median(samples_ms)
+
+    def after_fresh_buffer(fn):  # what do_bench does on every call: a new 256 MiB buffer, written once
+        torch.empty(64 * 2**20, dtype=torch.int32, device="cuda").zero_()
+        return median_us(cold_samples(fn, flush, calls))
+
+    def after_idle(fn):
+        torch.cuda.synchronize()
+        time.sleep(0.05)
+        return median_us(cold_samples(fn, flush, calls))
+
     arms = {
-        "fresh_events": lambda fn: 1e3 * statistics.median(cold_samples(fn, flush, calls)),
-        "pooled_events": lambda fn: 1e3 * statistics.median(pooled(fn)),
-        "alloc_256MiB_between": lambda fn: (torch.empty(64 * 2**20, dtype=torch.int32, device="cuda").zero_(),
-                                            1e3 * statistics.median(cold_samples(fn, flush, calls)))[1],
-        "idle_50ms_between": lambda fn: (torch.cuda.synchronize(), time.sleep(0.05),
-                                         1e3 * statistics.median(cold_samples(fn, flush, calls)))[2],
-        "warm_no_flush": lambda fn: 1e3 * statistics.median(_cuda_block_per_call(fn, calls, lambda: None)),
+        "fresh_events": lambda fn: median_us(cold_samples(fn, flush, calls)),
+        "pooled_events": lambda fn: median_us(pooled(fn)),
+        "alloc_256MiB_between": after_fresh_buffer,
+        "idle_50ms_between": after_idle,
+        "warm_no_flush": lambda fn: median_us(_cuda_block_per_call(fn, calls, lambda: None)),
         "cupti_kernel": kernel_us,
     }
     out = {}
