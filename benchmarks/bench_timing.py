@@ -7,8 +7,9 @@ In one process, on one GPU:
       the `linear` projector 16×576×1024→4096, HF CLIPVisionModel ViT-B/16 SDPA bf16 at batch 1 and 256),
       and ViT-B/16 batch 1 replayed from a CUDA graph: five interleaved rounds of one effprof cold run
       (`time_callable`, L2 flushed before each call) and one `triton.testing.do_bench(return_mode=
-      "median")` run (which flushes L2 the same way) with the same time budget, the SM clock NVML saw
-      during each, the CV of effprof's five medians (target ≤ 2%), the ratio of the medians of five
+      "median")` run flushing with the same L2Flusher (one buffer; launch phases staggered) with the
+      same time budget, the SM clock NVML saw during each and a pure-Python canary of the host's speed
+      before each, the CV of effprof's five medians (target ≤ 2%), the ratio of the medians of five
       (target within 3%); then one warm effprof run beside torch.utils.benchmark's blocked_autorange;
       bytes, FLOPs and the roofline verdict of each;
   (3) the foundation check: 4096² bf16 matmul, `linear` and `mlp` projectors, effprof vs do_bench (≤ 5%);
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.common import host_canary_ms  # noqa: E402
 from effprof.measure.breakdown import breakdown  # noqa: E402
 from effprof.measure.bytes import count_flops_and_bytes  # noqa: E402
 from effprof.measure.calibrate import calibrate, datasheet_ceilings  # noqa: E402
@@ -75,10 +77,11 @@ class Bench:
     def do_bench_ms(self, fn, own_buffer: bool = False) -> tuple[float | None, str]:
         """do_bench with the same time budget as one effprof run (median of per-call samples).
 
-        own_buffer: do_bench as shipped allocates its 256 MiB flush buffer on every call, which flips
-        µs kernels between two states ~0.6 µs apart for the whole next run (diag_timing.py, section
-        toggle); with own_buffer it flushes with the bench's one buffer instead (the same 256 MiB int32
-        buffer, the same zero_(), allocated once), like effprof."""
+        own_buffer: do_bench as shipped allocates its 256 MiB flush buffer on every call (which flips µs
+        kernels between two states ~0.6 µs apart for the next run: diag_timing.py, section toggle) and
+        flushes with one kernel per call, so that a run keeps whichever launch phase it starts in
+        (sections state and spacer). With own_buffer it flushes with the bench's L2Flusher instead: the
+        same buffer, allocated once, and the same staggering of launch phases as effprof."""
         if self.device.type != "cuda":
             return None, "triton do_bench needs CUDA"
         import triton.testing
@@ -90,10 +93,10 @@ class Bench:
             return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"), how
         driver = runtime.driver.active
         original = driver.get_empty_cache_for_benchmark
-        driver.get_empty_cache_for_benchmark = lambda: self.flush.buffer
+        driver.get_empty_cache_for_benchmark = lambda: self.flush  # do_bench calls its zero_()
         try:
             return (triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"),
-                    how + " flushing with one buffer allocated once")
+                    how + " flushing with effprof's L2Flusher (one buffer, launch phases staggered)")
         finally:
             driver.get_empty_cache_for_benchmark = original
 
@@ -196,8 +199,9 @@ def run(args) -> dict:
                 # boost levels under the power cap) is shared by both timers; the SM clock NVML saw is
                 # kept beside every run. Then do_bench as shipped, five times (a fresh flush buffer per
                 # call), after the interleaved rounds: its allocations flip the state of the next run.
-                cold, dbs, cold_mean, cold_clock, db_clock = [], [], [], [], []
+                cold, dbs, cold_mean, cold_clock, db_clock, canary = [], [], [], [], [], []
                 for _ in range(bench.repeats):
+                    canary.append(host_canary_ms())
                     with NvmlSampler(device if device.type == "cuda" else 0) as sampler:
                         timing = bench.effprof_timing(fn, cold=True)
                     cold.append(timing.median_ms)
@@ -215,6 +219,7 @@ def run(args) -> dict:
                 row = {"workload": name, "shape": shape, "gflops": counts.flops / 1e9, "bytes": counts.bytes,
                        "effprof_cold_ms": statistics.median(cold), "effprof_cold_runs_ms": cold,
                        "effprof_cold_run_means_ms": cold_mean, "effprof_cold_runs_sm_mhz": cold_clock,
+                       "host_canary_ms_before_runs": canary,
                        "cv_of_5_cold_medians": cv(cold), "do_bench_ms": db, "do_bench_runs_ms": dbs,
                        "do_bench_runs_sm_mhz": db_clock, "do_bench_how": db_how,
                        "cv_of_5_do_bench": cv(dbs) if db else None,
@@ -228,7 +233,8 @@ def run(args) -> dict:
                 rows.append(row)
                 print(name, {k: row[k] for k in ("effprof_cold_ms", "do_bench_ms", "ratio_cold_to_do_bench",
                                                  "cv_of_5_cold_medians", "verdict")}, flush=True)
-                print("   runs", [round(x, 5) for x in cold], dbs, stock, cold_clock, db_clock, flush=True)
+                print("   runs", [round(x, 5) for x in cold], dbs, stock, cold_clock, db_clock,
+                      "host canary ms", [round(x, 2) for x in canary], flush=True)
                 del module, fn
         return rows
 
@@ -320,16 +326,18 @@ def table(results: dict) -> str:
         lines.append(f"ceilings (measured): {tf} TFLOP/s; copy {c['bandwidth_gb_per_s']:.4g} GB/s")
     lines.append(f"{'workload':18} {'cold ms':>9} {'do_bench':>9} {'cold/db':>7} {'CV5 cold':>8} {'CV5 db':>7} "
                  f"{'db stock':>9} {'cold/st':>7} {'CV5 st':>7} "
-                 f"{'warm ms':>9} {'t.u.b':>9} {'SM MHz (runs)':>24} {'verdict':>8}")
+                 f"{'warm ms':>9} {'t.u.b':>9} {'SM MHz (runs)':>24} {'canary ms':>10} {'verdict':>8}")
     for r in results.get("workloads", []) if isinstance(results.get("workloads"), list) else []:
         f = lambda v, d=4: "-" if v is None else f"{v:.{d}g}"  # noqa: E731
         clocks = "/".join("-" if c is None else f"{c:.0f}" for c in r.get("effprof_cold_runs_sm_mhz", []))
+        canary = r.get("host_canary_ms_before_runs") or [0.0]
+        canary_range = f"{min(canary):.2f}-{max(canary):.2f}"
         lines.append(f"{r['workload']:18} {f(r['effprof_cold_ms']):>9} {f(r['do_bench_ms']):>9} "
                      f"{f(r['ratio_cold_to_do_bench'], 3):>7} {100 * r['cv_of_5_cold_medians']:>7.2f}% "
                      f"{100 * (r['cv_of_5_do_bench'] or 0):>6.2f}% {f(r.get('do_bench_stock_ms')):>9} "
                      f"{f(r.get('ratio_cold_to_do_bench_stock'), 3):>7} {100 * (r.get('cv_of_5_do_bench_stock') or 0):>6.2f}% "
                      f"{f(r['effprof_warm_ms']):>9} "
-                     f"{f(r['torch_benchmark_warm_ms']):>9} {clocks:>24} {str(r.get('verdict')):>8}")
+                     f"{f(r['torch_benchmark_warm_ms']):>9} {clocks:>24} {canary_range:>10} {str(r.get('verdict')):>8}")
     for r in results.get("foundation_check", []) if isinstance(results.get("foundation_check"), list) else []:
         ratio = r["ratio_cold_to_do_bench"]
         lines.append(f"5% check {r['workload']:10} effprof cold {r['effprof_cold_ms']:.4g} ms vs do_bench "

@@ -38,6 +38,20 @@ def anchor_time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) 
     return {"ms": times[len(times) // 2], "p5": times[int(len(times) * 0.05)], "p95": times[int(len(times) * 0.95)]}
 
 
+def host_canary_ms(loops: int = 5) -> float:
+    """Median ms of a fixed pure-Python loop: how fast the host runs Python right now. A host-bound
+    timing (eager batch 1) that moves between runs while this moves with it is the host, not the timer
+    (diag_timing.py, section host: this loop took 0.9 to 5.9 ms on one H100 machine within 24 s)."""
+    times = []
+    for _ in range(loops):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(20_000):
+            total += i * i
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 def run_meta(**extra: Any) -> dict:
     """Device, versions and date for a result file."""
     import transformers

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Why do µs-scale and host-bound timings flip between runs? Three measurements on one GPU.
+"""Why do µs-scale and host-bound timings flip between runs? Measurements on one GPU.
 
 bench_timing.py (2026-11-23) found the 1024³ matmul at 9.3 or 10.0 µs and the 4M add at 13.9 or 14.6 µs
 from one run to the next, and ViT-B/16 at batch 1 (eager, host-bound) varying by 18-32% between runs in
@@ -9,8 +9,10 @@ every timer. This script looks at the raw samples instead of their medians:
       kernel, between them; the distinct values show the tick;
   (2) per-call samples of the add and the matmul with the L2 flushed before each call (effprof --cold,
       do_bench's method): their distinct values and how the median and the mean of each run move;
-  (3) the host: ViT-B/16 batch 1 eager, 0.25 s windows over ~24 s alternating the Python garbage
-      collector on and off, with the CPU facts (cores, affinity, load, frequency) beside them;
+  (3) the host: ViT-B/16 batch 1 eager, 0.25 s windows over ~24 s alternating 2 s pinned to one CPU
+      and 2 s free, each with the CPU time stolen by the hypervisor, the thread's involuntary context
+      switches and a pure-Python canary loop, with the CPU facts (cores, affinity, load) beside them
+      (the second session's run alternated the garbage collector instead: no effect);
   (4) clocks: 4 s of cold per-call samples of the 1024³ matmul and the 4M add, cut into 100 ms windows
       of GPU time, each beside the SM clock NVML reported in it, once with do_bench's 256 MiB L2 flush
       and once with a flush of twice the L2 size;
@@ -21,14 +23,15 @@ every timer. This script looks at the raw samples instead of their medians:
       what flips the state between runs: fresh CUDA events per run (the baseline), one pool of events
       reused by every run, a 256 MiB tensor allocated and freed between runs (do_bench's cache buffer),
       50 ms of idle GPU between runs, no flush at all (warm), and the kernel's own duration from
-      the profiler (CUPTI) instead of events.
+      the profiler (CUPTI) instead of events (what the state is: diag_launch_phase.py);
+  (7) host_runs: eager ViT-B/16 batch 1 timed as effprof does, five 1 s runs and five 5 s runs, each
+      after a pure-Python canary of the host's speed.
 
-    python benchmarks/diag_timing.py [--only events,micro,host,clock,placement,toggle]   # on the GPU; JSON to $OUT/diag_timing.json
+    python benchmarks/diag_timing.py [--only events,micro,host,clock,placement,toggle,host_runs]   # on the GPU; JSON to $OUT/diag_timing.json
 """
 from __future__ import annotations
 
 import collections
-import gc
 import os
 import statistics
 import sys
@@ -77,7 +80,7 @@ def cold_samples(fn, flush, calls: int) -> list[float]:
 def micro_workloads(rounds: int = 6) -> dict:
     import triton.testing
 
-    flush = L2Flusher(torch.device("cuda"))
+    flush = L2Flusher(torch.device("cuda"), stagger=False)
     a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     out = {}
@@ -112,7 +115,18 @@ def host_facts() -> dict:
     return facts
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: steal is time the hypervisor ran someone else."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
 def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
+    """ViT-B/16 batch 1 eager in 0.25 s windows, alternating 2 s pinned to one CPU and 2 s free to move,
+    with, per window, the share of CPU time stolen by the hypervisor, the thread's involuntary context
+    switches, and a fixed pure-Python loop timed as a canary of the host's speed."""
+    import resource
+
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -121,14 +135,27 @@ def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
     x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
     windows = []
     facts_before = host_facts()
+    all_cpus = os.sched_getaffinity(0)
+    one_cpu = {sorted(all_cpus)[len(all_cpus) // 2]}
+
+    def canary_ms() -> float:
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(20_000):
+            total += i * i
+        return (time.perf_counter() - t0) * 1e3
+
     with torch.inference_mode():
         for _ in range(20):
             model(pixel_values=x)
         torch.cuda.synchronize()
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            gc_on = int((time.perf_counter() - start) / 2.0) % 2 == 0  # 2 s on, 2 s off
-            (gc.enable if gc_on else gc.disable)()
+            pinned = int((time.perf_counter() - start) / 2.0) % 2 == 0  # 2 s pinned, 2 s free
+            os.sched_setaffinity(0, one_cpu if pinned else all_cpus)
+            canary = canary_ms()
+            steal0, total0 = cpu_times()
+            switches0 = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
             begin_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             calls, t0 = 0, time.perf_counter()
             begin_event.record()
@@ -137,15 +164,21 @@ def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
                 calls += 1
             end_event.record()
             end_event.synchronize()
-            windows.append({"t_s": round(t0 - start, 3), "gc": gc_on, "calls": calls,
-                            "ms_per_call": begin_event.elapsed_time(end_event) / calls})
-        gc.enable()
+            steal1, total1 = cpu_times()
+            windows.append({"t_s": round(t0 - start, 3), "pinned": pinned, "calls": calls,
+                            "ms_per_call": begin_event.elapsed_time(end_event) / calls, "canary_ms": canary,
+                            "steal_pct": 100 * (steal1 - steal0) / max(1, total1 - total0),
+                            "involuntary_switches": resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - switches0})
+        os.sched_setaffinity(0, all_cpus)
     per_call = [w["ms_per_call"] for w in windows]
-    summary = {"gc_on_median_ms": statistics.median(w["ms_per_call"] for w in windows if w["gc"]),
-               "gc_off_median_ms": statistics.median(w["ms_per_call"] for w in windows if not w["gc"]),
-               "min_ms": min(per_call), "max_ms": max(per_call), "cv": statistics.stdev(per_call) / statistics.fmean(per_call)}
+    summary = {"pinned_median_ms": statistics.median(w["ms_per_call"] for w in windows if w["pinned"]),
+               "free_median_ms": statistics.median(w["ms_per_call"] for w in windows if not w["pinned"]),
+               "min_ms": min(per_call), "max_ms": max(per_call), "cv": statistics.stdev(per_call) / statistics.fmean(per_call),
+               "correlation_canary_latency": statistics.correlation([w["canary_ms"] for w in windows], per_call),
+               "max_steal_pct": max(w["steal_pct"] for w in windows)}
     print("host series", summary, flush=True)
-    print(" ".join(f"{w['ms_per_call']:.2f}" for w in windows), flush=True)
+    print(" ".join(f"{w['ms_per_call']:.2f}{'p' if w['pinned'] else ''}/{w['canary_ms']:.2f}/{w['steal_pct']:.0f}%"
+                   f"/{w['involuntary_switches']}" for w in windows), flush=True)
     return {"facts_before": facts_before, "facts_after": host_facts(), "summary": summary, "windows": windows}
 
 
@@ -205,7 +238,7 @@ def placement(runs: int = 10) -> dict:
     import random
 
     rng = random.Random(0)
-    flush = L2Flusher(torch.device("cuda"))
+    flush = L2Flusher(torch.device("cuda"), stagger=False)
     a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     out = {}
@@ -228,7 +261,7 @@ def placement(runs: int = 10) -> dict:
 def toggle(runs: int = 8, calls: int = 1000) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    flush = L2Flusher(torch.device("cuda"))
+    flush = L2Flusher(torch.device("cuda"), stagger=False)
     a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     pool = ([torch.cuda.Event(enable_timing=True) for _ in range(calls)],
@@ -285,6 +318,36 @@ def toggle(runs: int = 8, calls: int = 1000) -> dict:
     return out
 
 
+def host_runs(runs: int = 5) -> dict:
+    """Eager ViT-B/16 batch 1 (host-bound) timed the way effprof times it, five runs of 1 s and five of
+    5 s of timed work, each after a pure-Python canary of the host's speed: does a longer run average
+    the host's slow spells out, and do the runs follow the canary?"""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from benchmarks.common import host_canary_ms
+    from effprof.measure.timing import time_callable
+
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=16, attn_implementation="sdpa")
+    model = CLIPVisionModel(cfg).to("cuda", torch.bfloat16).eval()
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    out = {}
+    with torch.inference_mode():
+        for min_time_s in (1.0, 5.0):
+            rows = []
+            for _ in range(runs):
+                canary = host_canary_ms()
+                timing = time_callable(lambda: model(pixel_values=x), torch.device("cuda"), warmup_s=0.1,
+                                       min_time_s=min_time_s)
+                rows.append({"median_ms": timing.median_ms, "block_cv": timing.block_cv, "canary_ms": canary})
+            medians = [r["median_ms"] for r in rows]
+            out[f"min_time_{min_time_s:g}s"] = {"runs": rows, "cv": statistics.stdev(medians) / statistics.fmean(medians)}
+            print(f"vit_b16_b1 eager, {min_time_s:g} s runs:", " ".join(f"{r['median_ms']:.3f}" for r in rows),
+                  f"CV {100 * out[f'min_time_{min_time_s:g}s']['cv']:.1f}%; canary ms",
+                  " ".join(f"{r['canary_ms']:.2f}" for r in rows), flush=True)
+    return out
+
+
 def main() -> int:
     import argparse
 
@@ -293,7 +356,7 @@ def main() -> int:
     args = parser.parse_args()
     sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
                 "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement),
-                "toggle": ("toggle", toggle)}
+                "toggle": ("toggle", toggle), "host_runs": ("host_runs", host_runs)}
     unknown = [key for key in args.only.split(",") if key not in sections]
     if unknown:
         print(f"diag_timing.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})", file=sys.stderr)

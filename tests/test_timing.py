@@ -1,7 +1,9 @@
 import statistics
 import time
+from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 
 from effprof.measure.timing import TimingResult, coefficient_of_variation, quantile, time_callable
@@ -68,3 +70,65 @@ def test_cv_definition():
     r = TimingResult([1.0, 2.0, 3.0], 3, [2.0], "perf_counter", 1)
     assert abs(r.cv - statistics.stdev([1, 2, 3]) / 2) < 1e-12
     assert coefficient_of_variation([5.0]) == 0.0
+
+
+def test_l2_flusher_is_one_buffer_per_device(monkeypatch):
+    # a fresh 256 MiB buffer between runs flips µs kernels between two states (RESULTS.md, issue 3)
+    from effprof.measure.timing import L2Flusher
+
+    made = []
+    monkeypatch.setattr(L2Flusher, "__init__", lambda self, device: made.append(device))
+    monkeypatch.setattr(L2Flusher, "_per_device", {})
+    first = L2Flusher.shared(torch.device("cuda", 0))
+    assert L2Flusher.shared(torch.device("cuda", 0)) is first
+    assert L2Flusher.shared(torch.device("cuda", 1)) is not first
+    assert len(made) == 2
+
+
+class LaunchCounter:
+    """Stands in for a CUDA tensor: every zero_() is one kernel launch on the stream."""
+
+    def __init__(self, stream: list):
+        self.stream = stream
+
+    def zero_(self):
+        self.stream.append("kernel")
+
+
+def flusher_on(stream: list, stagger: bool):
+    from effprof.measure.timing import L2Flusher
+
+    flusher = L2Flusher.__new__(L2Flusher)  # no GPU here: the buffers only count launches
+    flusher.buffer, flusher.spacer = LaunchCounter(stream), LaunchCounter(stream)
+    flusher.stagger, flusher.calls = stagger, 0
+    return flusher
+
+
+@pytest.mark.parametrize("kernels_per_call", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("period", [2, 4, 8])
+def test_staggered_flush_visits_every_launch_phase_equally(kernels_per_call, period):
+    # the timed call's event overhead depends on its launch count modulo a small power of two
+    # (diag_timing.py, sections state and spacer): each phase must come up equally often in a run
+    stream: list = []
+    flush = flusher_on(stream, stagger=True)
+    phases = []
+    for _ in range(8 * period):
+        flush()
+        phases.append(len(stream) % period)  # the phase the timed call's first kernel launches at
+        stream.extend(["kernel"] * kernels_per_call)
+    for window in range(4):  # every window of 2 × period consecutive calls, not only the whole run
+        counts = Counter(phases[window * 2 * period:(window + 1) * 2 * period])
+        assert sorted(counts) == list(range(period)) and set(counts.values()) == {2}
+
+
+def test_plain_flush_keeps_one_launch_phase_for_a_whole_run():
+    # the failure the stagger removes: one flush and one kernel per call never leave the start phase
+    stream: list = ["kernel"]  # whatever ran before the run sets its phase
+    flush = flusher_on(stream, stagger=False)
+    phases = []
+    for _ in range(16):
+        flush()
+        phases.append(len(stream) % 2)
+        stream.append("kernel")
+    assert set(phases) == {0}
+

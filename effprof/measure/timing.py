@@ -207,18 +207,33 @@ def _cpu_block_per_call(fn, n: int, setup) -> list[float]:
 
 
 class L2Flusher:
-    """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does).
+    """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does), and
+    staggers the calls across launch phases.
 
-    `shared(device)` keeps one per device for the process. Measured on an H100 (benchmarks/diag_timing.py,
-    section toggle, 2026-11-23): allocating and writing a fresh 256 MiB buffer between two runs flips µs
-    kernels between two states ~0.6 µs apart for the whole next run (do_bench does that on every call),
-    while runs that reuse one buffer stay within 0.3%."""
+    One buffer per device per process (`shared(device)`): allocating and writing a fresh 256 MiB buffer
+    between two runs flips µs kernels between two states ~0.6 µs apart (benchmarks/diag_timing.py,
+    section toggle, H100, 2026-11-23).
+
+    Launch phase (sections state and spacer, fourth session): what flips is where the timed call falls in
+    the stream's sequence of kernel launches. The kernel's own duration (CUPTI) does not move; the time
+    between the events around it does, by 0.5-1 µs: one extra kernel launched between two runs flips the
+    next run to the other state and two do not on one machine (a period of 2 launches), four launches per
+    call hold one state and two alternate on another (a period of 4). With one flush kernel and one
+    kernel per call, every call of a run sits at the same phase, so a run reads the fast or the slow
+    state depending on what ran before it (1024³ matmul: runs at 9.3 or 9.9 µs, CV 3.8%). Hence every
+    other call one more one-element kernel goes before the flush: two consecutive calls then launch an odd
+    number of kernels whatever the timed call launches, so the timed call visits every phase of a
+    power-of-two period equally often and every run samples the same mixture of phases.
+    `stagger=False` gives the plain flush (do_bench's)."""
 
     _per_device: dict = {}
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, stagger: bool = True):
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 * 2**20
         self.buffer = torch.empty(max(2 * l2, 256 * 2**20) // 4, dtype=torch.int32, device=device)
+        self.spacer = torch.empty(1, dtype=torch.int32, device=device)
+        self.stagger = stagger
+        self.calls = 0
 
     @classmethod
     def shared(cls, device: torch.device) -> "L2Flusher":
@@ -228,4 +243,11 @@ class L2Flusher:
         return cls._per_device[key]
 
     def __call__(self) -> None:
+        if self.stagger and self.calls % 2:
+            self.spacer.zero_()
         self.buffer.zero_()
+        self.calls += 1
+
+    def zero_(self) -> None:
+        """The same, under the name do_bench calls on its cache buffer (to time do_bench with this flush)."""
+        self()
