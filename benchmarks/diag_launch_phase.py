@@ -35,6 +35,16 @@ def cold_samples(fn, flush, calls: int) -> list[float]:
     return _cuda_block_per_call(fn, calls, flush)
 
 
+def four_workloads() -> dict:
+    """The 1024³ bf16 matmul, the 4M bf16 add, a one-element add (launch and events, next to no memory
+    traffic) and a call of two kernels."""
+    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    t1, t2 = (torch.randn(1, device="cuda") for _ in range(2))
+    return {"matmul_1024": lambda: m1 @ m2, "add_1": lambda: t1 + t2, "add_4M": lambda: a4 + b4,
+            "two_kernels": lambda: (t1 + t2).mul_(2)}
+
+
 def state(runs: int = 6, calls: int = 400) -> dict:
     """Is the 0.6 µs state inside the kernel or outside it, and what sets it?
 
@@ -103,9 +113,6 @@ def spacer(runs: int = 6, calls: int = 400) -> dict:
     flush = L2Flusher(torch.device("cuda"), stagger=False)
     other = torch.empty_like(flush.buffer)
     tiny = torch.zeros(1, device="cuda")
-    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    t1, t2 = (torch.randn(1, device="cuda") for _ in range(2))
 
     def flush_then(spacers: int):
         def setup():
@@ -121,10 +128,8 @@ def spacer(runs: int = 6, calls: int = 400) -> dict:
         def zero_(self):
             self.setup()
 
-    workloads = {"matmul_1024": lambda: m1 @ m2, "add_1": lambda: t1 + t2, "add_4M": lambda: a4 + b4,
-                 "two_kernels": lambda: (t1 + t2).mul_(2)}
     out = {}
-    for name, fn in workloads.items():
+    for name, fn in four_workloads().items():
         for _ in range(50):
             fn()
         for spacers in (0, 1, 2):
@@ -162,13 +167,8 @@ def stagger(runs: int = 6, calls: int = 400) -> dict:
     plain, staggered = L2Flusher(device, stagger=False), L2Flusher(device)
     staggered.buffer = plain.buffer
     flip = torch.zeros(1, device="cuda")
-    m1, m2 = (torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    a4, b4 = (torch.randn(4 * 2**20, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    t1, t2 = (torch.randn(1, device="cuda") for _ in range(2))
-    workloads = {"matmul_1024": lambda: m1 @ m2, "add_1": lambda: t1 + t2, "add_4M": lambda: a4 + b4,
-                 "two_kernels": lambda: (t1 + t2).mul_(2)}
     out = {}
-    for name, fn in workloads.items():
+    for name, fn in four_workloads().items():
         for _ in range(50):
             fn()
         for label, flush in (("plain", plain), ("staggered", staggered)):
