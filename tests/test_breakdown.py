@@ -103,18 +103,8 @@ def test_module_list_children_hang_from_the_parent():
     assert nodes[""]["gflops"] == pytest.approx(3 * 2 * 4 * 16 * 16 / 1e9)
 
 
-def test_shared_module_counts_each_call():
-    lin = torch.nn.Linear(8, 8)
-
-    class Twice(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = lin
-
-        def forward(self, x):
-            return self.lin(self.lin(x))
-
-    model, x = Twice(), torch.randn(2, 8)
+def test_shared_module_counts_each_call(linear_applied_twice):
+    model, x = linear_applied_twice(8), torch.randn(2, 8)
     nodes = by_name(breakdown(model, lambda: model(x), CPU, repeats=2))
     assert nodes["lin"]["calls"] == 2 and nodes["lin"]["gflops"] == pytest.approx(2 * 2 * 2 * 8 * 8 / 1e9)
 

@@ -86,18 +86,8 @@ def test_flops_match_flop_counter_and_per_module_counts():
     assert counts.bytes == counts.bytes_per_module[""]
 
 
-def test_module_called_twice_counts_twice():
-    lin = torch.nn.Linear(4, 4)
-
-    class Twice(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = lin
-
-        def forward(self, x):
-            return self.lin(self.lin(x))
-
-    model, x = Twice(), torch.randn(3, 4)
+def test_module_called_twice_counts_twice(linear_applied_twice):
+    model, x = linear_applied_twice(4), torch.randn(3, 4)
     counts = count_flops_and_bytes(lambda: model(x), model)
     once = F32 * (12 + 16 + 4 + 12)
     assert counts.bytes_per_module["lin"] == 2 * once == counts.bytes
