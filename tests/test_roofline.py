@@ -107,3 +107,15 @@ def test_plot_roofline_writes_png(tmp_path):
     plot_roofline(records, H100.as_dict(), str(path))  # plain data works too
     with pytest.raises(UsageError):
         plot_roofline([{"label": "x", "status": "ok"}], H100, str(tmp_path / "none.png"))
+
+
+def test_overhead_bound_eager_rows_get_a_footer_note_and_graphed_rows_do_not():
+    from effprof.report.table import footer
+
+    rows = [{"label": "vit-b1", "verdict": "overhead", "exec_mode": "eager"},
+            {"label": "vit-b1-graphs", "verdict": "overhead", "exec_mode": "graphs"},
+            {"label": "vit-b256", "verdict": "compute", "exec_mode": "eager"}]
+    lines = footer(rows).splitlines()
+    notes = [line for line in lines if "overhead-bound" in line]
+    assert len(notes) == 1 and notes[0].startswith("vit-b1: ") and "--graphs" in notes[0]
+    assert not any("overhead-bound" in line for line in footer(rows[1:]).splitlines())

@@ -119,8 +119,19 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + errors
+    lines += sorted(notes) + host_bound_notes(records) + errors
     return "\n".join(lines)
+
+
+def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One line for the eager rows whose verdict is `overhead`: their latency is the host's launch work,
+    so it moves with the host's speed between runs and machines (benchmarks/RESULTS.md, issue 3)."""
+    rows = [r for r in records if r.get("verdict") == "overhead" and r.get("exec_mode", "eager") == "eager"]
+    if not rows:
+        return []
+    names = ", ".join(str(r.get("label", "?")) for r in rows)
+    return [f"{names}: overhead-bound (launch and host work, not the device, set the time): the latency follows "
+            "the host's speed and may not repeat on a shared machine; --graphs times the device's work"]
 
 
 def make_console(stderr: bool = False) -> Console:
