@@ -80,3 +80,25 @@ def write_result(name: str, doc: dict) -> Path:
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def run_sections(script: str, sections: dict[str, tuple[str, Callable[[], Any]]], only: str) -> int:
+    """Run the comma-separated `only` sections of a diagnostic script (key -> (result key, function)) on
+    the GPU and write their results, with run_meta, to $OUT/SCRIPT_SECTIONS.json. An unknown section or
+    no CUDA device: one line on stderr and exit code 2."""
+    import sys
+
+    unknown = [key for key in only.split(",") if key not in sections]
+    if unknown:
+        print(f"{script}.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print(f"{script}.py needs a CUDA device", file=sys.stderr)
+        return 2
+    result = {"meta": run_meta(command=" ".join(sys.argv))}
+    for key in only.split(","):
+        name, fn = sections[key]
+        result[name] = fn()
+    write_result(f"{script}_" + only.replace(",", "_"), result)
+    return 0
+

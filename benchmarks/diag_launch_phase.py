@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import run_meta, write_result  # noqa: E402
+from benchmarks.common import run_sections  # noqa: E402
 from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
 
 
@@ -189,21 +189,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="state,spacer,stagger", help="comma-separated sections to run")
     args = parser.parse_args()
-    sections = {"state": state, "spacer": spacer, "stagger": stagger}
-    unknown = [key for key in args.only.split(",") if key not in sections]
-    if unknown:
-        print(f"diag_launch_phase.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})",
-              file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available():
-        print("diag_launch_phase.py needs a CUDA device", file=sys.stderr)
-        return 2
-    result = {"meta": run_meta(command=" ".join(sys.argv))}
-    for key in args.only.split(","):
-        result[key] = sections[key]()
-    write_result("diag_launch_phase_" + args.only.replace(",", "_"), result)
-    return 0
-
+    sections = {"state": ("state", state), "spacer": ("spacer", spacer), "stagger": ("stagger", stagger)}
+    return run_sections("diag_launch_phase", sections, args.only)
 
 if __name__ == "__main__":
     sys.exit(main())

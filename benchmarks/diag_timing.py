@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import run_meta, write_result  # noqa: E402
+from benchmarks.common import run_sections  # noqa: E402
 from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
 
 
@@ -357,20 +357,7 @@ def main() -> int:
     sections = {"events": ("event_resolution", event_resolution), "micro": ("micro", micro_workloads),
                 "host": ("host", host_series), "clock": ("clock", clock_windows), "placement": ("placement", placement),
                 "toggle": ("toggle", toggle), "host_runs": ("host_runs", host_runs)}
-    unknown = [key for key in args.only.split(",") if key not in sections]
-    if unknown:
-        print(f"diag_timing.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available():
-        print("diag_timing.py needs a CUDA device", file=sys.stderr)
-        return 2
-    result = {"meta": run_meta(command=" ".join(sys.argv))}
-    for key in args.only.split(","):
-        name, fn = sections[key]
-        result[name] = fn()
-    write_result("diag_timing_" + args.only.replace(",", "_"), result)
-    return 0
-
+    return run_sections("diag_timing", sections, args.only)
 
 if __name__ == "__main__":
     sys.exit(main())
