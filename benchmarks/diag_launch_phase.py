@@ -27,12 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.common import run_sections  # noqa: E402
+from benchmarks.diag_timing import cold_samples  # noqa: E402
 from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
-
-
-def cold_samples(fn, flush, calls: int) -> list[float]:
-    """Per-call ms with `flush()` before each call: effprof's own cold-mode block."""
-    return _cuda_block_per_call(fn, calls, flush)
 
 
 def four_workloads() -> dict:

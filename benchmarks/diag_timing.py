@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import run_sections  # noqa: E402
+from benchmarks.common import host_canary_ms, run_sections  # noqa: E402
 from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
 
 
@@ -138,13 +138,6 @@ def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
     all_cpus = os.sched_getaffinity(0)
     one_cpu = {sorted(all_cpus)[len(all_cpus) // 2]}
 
-    def canary_ms() -> float:
-        t0 = time.perf_counter()
-        total = 0
-        for i in range(20_000):
-            total += i * i
-        return (time.perf_counter() - t0) * 1e3
-
     with torch.inference_mode():
         for _ in range(20):
             model(pixel_values=x)
@@ -153,7 +146,7 @@ def host_series(seconds: float = 24.0, window_s: float = 0.25) -> dict:
         while time.perf_counter() - start < seconds:
             pinned = int((time.perf_counter() - start) / 2.0) % 2 == 0  # 2 s pinned, 2 s free
             os.sched_setaffinity(0, one_cpu if pinned else all_cpus)
-            canary = canary_ms()
+            canary = host_canary_ms(loops=1)
             steal0, total0 = cpu_times()
             switches0 = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
             begin_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -324,7 +317,6 @@ def host_runs(runs: int = 5) -> dict:
     the host's slow spells out, and do the runs follow the canary?"""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from benchmarks.common import host_canary_ms
     from effprof.measure.timing import time_callable
 
     cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
