@@ -345,5 +345,11 @@ def entry() -> None:
     sys.exit(main())
 
 
+# Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
+COMMAND_MODULES: tuple[str, ...] = ()
+for _name in COMMAND_MODULES:
+    __import__(f"effprof.commands.{_name}")
+
+
 if __name__ == "__main__":
     entry()

@@ -1,6 +1,7 @@
 """YAML profiles and parameter grids: many configurations, one table.
 
-A profile is a YAML file in `profiles/` (or any path):
+A profile is a built-in name (a YAML file in `effprof/data/profiles/`, shipped in the package) or a path
+to a YAML file:
 
     title: LLaVA projectors, 576 tokens, 1024 -> 4096
     options: {batch: 16}            # any RunOptions field (batch, dtype, device, min_time, ...)
@@ -32,7 +33,9 @@ from effprof.runner import Config, RunOptions
 
 OPTION_FIELDS = {f.name: f.type for f in fields(RunOptions)}
 GRID_OPTIONS = {"batch": int, "dtype": str}
-PROFILE_DIRS = [Path("profiles"), Path(__file__).resolve().parent.parent / "profiles"]
+# Built-in profiles ship inside the package; a `profiles/` folder in the working directory never shadows them
+# (a local file is used only when named as a path, e.g. `./profiles/mine.yaml`).
+PROFILE_DIRS = [Path(__file__).resolve().parent / "data" / "profiles"]
 
 
 @dataclass

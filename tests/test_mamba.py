@@ -344,7 +344,7 @@ def test_scan_backend_refusals(monkeypatch, capsys):
 
 
 def test_scaling_profile_validates():
-    profile = load_profile("profiles/mamba-scaling.yaml", RunOptions(), {})
+    profile = load_profile("mamba-scaling", RunOptions(), {})
     assert [c.component for c in profile.configs] == ["mamba-lm"] * 5 + ["transformer-lm"] * 5
     assert [c.resolved()["seq_len"] for c in profile.configs[:5]] == [1024, 2048, 4096, 8192, 16384]
     assert profile.configs[0].options.dtype == "bf16" and profile.baseline == 0
