@@ -13,27 +13,72 @@ from effprof.registry import get_component, list_components
 from effprof.report.table import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Profile the efficiency of vision-language and state-space model components.")
 console = make_console()
 err_console = Console(stderr=True)
 
+# The defaults of effprof.runner.RunOptions as --help shows them (runner imports torch, which --help must not;
+# tests/test_cli_basics.py checks that the two agree).
+DEFAULTS = {"batch": "1", "dtype": "auto", "device": "auto", "warmup": "0.1 s", "min_time": "0.1 s",
+            "max_time": "none: cap at 10 × min-time", "max_cv": "0.02", "seed": "0", "cold": "warm",
+            "graphs": "no-graphs", "compile": "no-compile", "crosscheck": "no-flops-crosscheck"}
+
+
+def _opt(*names: str, key: str, help: str, **kw: Any):
+    return typer.Option(*names, help=help, show_default=DEFAULTS[key], **kw)
+
+
 # Common measurement options: declared once, used by `run` and `compare`. None = not given.
-Batch = Annotated[Optional[int], typer.Option("--batch", help="Batch size (items per call = batch × items per sample).")]
-Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu).")]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto | cuda | cpu (auto = cuda when available).")]
-Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up time in seconds (at least one call).")]
-MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Seconds of timed work per configuration.")]
-MaxTime = Annotated[Optional[float], typer.Option("--max-time", help="Upper bound on timing seconds (default 10 × min-time).")]
-MaxCv = Annotated[Optional[float], typer.Option("--max-cv", help="Keep timing until the CV of block medians is at most this.")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random weights and inputs.")]
-Cold = Annotated[Optional[bool], typer.Option("--cold/--warm", help="Flush the L2 cache and rotate input sets between calls.")]
-Graphs = Annotated[Optional[bool], typer.Option("--graphs/--no-graphs", help="Time replays of a CUDA graph of the call.")]
-Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
-                                                 help="Time the torch.compile'd module (compile time reported apart).")]
-Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flops-crosscheck",
-                                                     help="Add fvcore's and thop's counts (flops extra).")]
+Batch = Annotated[Optional[int], _opt("--batch", key="batch", help="Batch size (items per call = batch × items per sample).")]
+Dtype = Annotated[Optional[str], _opt("--dtype", key="dtype", help="bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu).")]
+Device = Annotated[Optional[str], _opt("--device", key="device", help="auto | cuda | cpu (auto = cuda when available).")]
+Warmup = Annotated[Optional[float], _opt("--warmup", key="warmup", help="Warm-up seconds (at least one call).")]
+MinTime = Annotated[Optional[float], _opt("--min-time", key="min_time",
+                                          help="At least this many seconds of timed calls, then stop once steady.")]
+MaxTime = Annotated[Optional[float], _opt("--max-time", key="max_time",
+                                          help="Hard bound on a row's timing seconds, warm-up and L2 flushes included.")]
+MaxCv = Annotated[Optional[float], _opt("--max-cv", key="max_cv", help="Steady = CV of the block medians at most this "
+                                        "(a fraction; a large value such as 1 stops at --min-time).")]
+Seed = Annotated[Optional[int], _opt("--seed", key="seed", help="Seed for random weights and inputs.")]
+Cold = Annotated[Optional[bool], _opt("--cold/--warm", key="cold", help="Flush the L2 cache and rotate input sets between calls.")]
+Graphs = Annotated[Optional[bool], _opt("--graphs/--no-graphs", key="graphs", help="Time replays of a CUDA graph of the call.")]
+Compile = Annotated[Optional[bool], _opt("--compile/--no-compile", key="compile",
+                                         help="Time the torch.compile'd module (compile time reported apart).")]
+Crosscheck = Annotated[Optional[bool], _opt("--flops-crosscheck/--no-flops-crosscheck", key="crosscheck",
+                                            help="Add fvcore's and thop's counts (flops extra).")]
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from effprof import __version__
+
+        console.print(f"effprof {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True,
+                                                          help="Print effprof's version and exit.")] = None):
+    """Profile the efficiency of vision-language and state-space model components."""
+
+
+# The command line of this invocation, as records and file metadata carry it (set by `main`).
+COMMAND_LINE: str = ""
+
+
+def _stamp(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for record in records:
+        record.setdefault("command_line", COMMAND_LINE)
+    return records
+
+
+def _meta() -> dict[str, Any]:
+    from effprof.report.files import metadata
+
+    return metadata(COMMAND_LINE)
 
 
 def _options(**given: Any) -> dict[str, Any]:
@@ -104,14 +149,17 @@ def run_command(ctx: typer.Context,
                                     compile=compile, crosscheck=crosscheck))
     config = Config(component, params, options.validate())
     config.resolved()
-    with console.status(f"measuring {component} ..."):
-        record = measure(config)
+    with console.status(f"{component}: build ...") as status:
+        record = measure(config, on_phase=lambda phase: status.update(f"{component}: {phase} ..."))
+    _stamp([record])
     print_records([record], title=f"effprof run {component}", console=console)
-    write_records([record], csv, json)
+    write_records([record], csv, json, _meta())
 
 
-@app.command("compare")
-def compare_command(target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid.")],
+@app.command("compare", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def compare_command(ctx: typer.Context,
+                    target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid "
+                                                           "(fixed component parameters may follow as --name VALUE).")],
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
@@ -121,6 +169,11 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     _check_outputs(csv, json, plot)
+    fixed = list(ctx.args)
+    if fixed and not grid:
+        raise UsageError(f"compare {target}: {fixed[0]} is not an option of compare; component parameters "
+                         "beside a profile are not taken (a profile's rows set their own): use --grid NAME=V1,V2 "
+                         "with a component, or edit a copy of the profile")
     if plot:
         from effprof.report.plot import require_matplotlib
 
@@ -128,7 +181,7 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
     overrides = _options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
                          max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
                          crosscheck=crosscheck)
-    profile = _profile(target, grid, overrides)
+    profile = _profile(target, grid, overrides, _component_args(target, fixed) if fixed else None)
     records = _measure_profile(profile, baseline, csv, json)
     if plot:
         from effprof.report.plot import plot_records
@@ -141,14 +194,23 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
         raise typer.Exit(1)
 
 
-def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
+def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any], fixed: dict[str, str] | None = None):
     from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
     from effprof.runner import RunOptions
 
     if grid:
         options = replace(RunOptions(), **overrides)
-        configs = expand_grid(target, {}, parse_grid(grid), options)
-        profile = Profile(f"{target} over {' × '.join(parse_grid(grid))}", configs, 0, list(parse_grid(grid)))
+        axes = parse_grid(grid)
+        both = sorted(set(axes) & set(fixed or {}))
+        if both:
+            raise UsageError(f"--{both[0].replace('_', '-')} is both fixed and a --grid axis; give it once")
+        configs = expand_grid(target, dict(fixed or {}), axes, options)
+        for config in configs:
+            config.resolved()
+        title = f"{target} over {' × '.join(axes)}"
+        if fixed:
+            title += " (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")"
+        profile = Profile(title, configs, 0, list(axes))
     else:
         profile = load_profile(target, RunOptions(), overrides)
     return profile
@@ -171,7 +233,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
-        write_records(done, csv, json)
+        write_records(_stamp(done), csv, json, _meta())
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=len(profile.configs) < 2)
@@ -183,7 +245,10 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 keep(record)
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
-            records = measure_many(profile.configs, on_record=step)
+            def phase(config, name):  # where the time goes: build, count, warm-up, timing
+                progress.update(task, description=f"{config.label or config.component}: {name}")
+
+            records = measure_many(profile.configs, on_record=step, on_phase=phase)
     except KeyboardInterrupt:
         if done:
             print_records(done, title=f"{profile.title} (interrupted)", console=console)
@@ -191,7 +256,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
         raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
                           + (f"; finished rows are in {where}" if where else "")) from None
     add_ratios(records, profile.baseline)
-    write_records(records, csv, json)
+    write_records(_stamp(records), csv, json, _meta())
     print_records(records, title=profile.title, console=console)
     return records
 
@@ -315,10 +380,33 @@ class Interrupted(EffprofError):
     exit_code = 130
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+def _component_help(argv: list[str]) -> str | None:
+    """The component of `effprof run|breakdown COMPONENT ... --help`, else None."""
+    if len(argv) < 2 or argv[0] not in ("run", "breakdown") or not any(a in HELP_FLAGS for a in argv[1:]):
+        return None
+    return next((a for a in argv[1:] if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every error becomes one line on stderr and an exit code."""
+    global COMMAND_LINE
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    COMMAND_LINE = shlex.join(["effprof", *argv])
     command = typer.main.get_command(app)
+    component = _component_help(argv)
     try:
+        if component is not None:  # the command's options, then the component's parameters
+            from effprof.report.listing import params_table
+
+            params_table_ = params_table(get_component(component))
+            command.main(args=[argv[0], "--help"], prog_name="effprof", standalone_mode=False)
+            console.print(params_table_)
+            return 0
         result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:

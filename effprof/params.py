@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from effprof.errors import ParamError
 
 _TYPES = {int: "int", float: "float", str: "str", bool: "bool"}
-_NONE_WORDS = {"none", "null", "full", ""}
+_NONE_WORDS = {"none", "null", ""}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -24,7 +24,8 @@ class Param:
 
     `low`/`high` bound numeric values; `low_open`/`high_open` make a bound exclusive. `choices`
     restricts to a fixed set. `optional` admits None (written `none` on the command line), which a
-    component reads as "not set" (e.g. `--rank none` = the full kernel).
+    component reads as "not set" (e.g. `--rank none` = the full kernel). `none_aliases` are further words
+    that mean None for this parameter only (e.g. `--rank full`); any other string stays a string.
     """
 
     name: str
@@ -37,10 +38,13 @@ class Param:
     high_open: bool = False
     choices: Sequence[Any] | None = None
     optional: bool = False
+    none_aliases: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.type not in _TYPES:
             raise TypeError(f"Param {self.name}: unsupported type {self.type}")
+        if self.none_aliases and not self.optional:
+            raise TypeError(f"Param {self.name}: none_aliases need optional=True")
         if self.default is not None or not self.optional:
             self.validate(self.default)
 
@@ -65,11 +69,12 @@ class Param:
             text = f"{lo}{low}, {high}{hi}"
         else:
             text = "any " + _TYPES[self.type]
-        return text + (" or none" if self.optional else "")
+        return text + (" or " + "/".join(("none", *self.none_aliases)) if self.optional else "")
 
     def parse(self, text: Any) -> Any:
         """Convert a command-line or YAML value to this parameter's type and validate it."""
-        if text is None or (isinstance(text, str) and text.strip().lower() in _NONE_WORDS):
+        if text is None or (isinstance(text, str)
+                            and text.strip().lower() in _NONE_WORDS.union(self.none_aliases)):
             if self.optional:
                 return None
             raise ParamError(f"{self.option}: a value is required ({self.range_text()})")

@@ -6,6 +6,7 @@ measured). Records are flat dicts of str/int/float/None, ready for tables, CSV a
 from __future__ import annotations
 
 import gc
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ import torch
 from effprof.errors import EffprofError, UsageError
 from effprof.measure.env import environment, resolve_device
 from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure import rss
 from effprof.measure.calibrate import ceilings, tf32_enabled
 from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter, NvmlSampler
 from effprof.measure.roofline import roofline_fields
-from effprof.measure.timing import L2Flusher, TimingResult, time_callable
+from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
 from effprof.registry import BuildContext, Built, get_component
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -34,10 +36,10 @@ class RunOptions:
     batch: int = 1
     dtype: str = "auto"          # auto = bf16 on cuda, fp32 on cpu
     device: str = "auto"
-    warmup: float = 0.2
-    min_time: float = 1.0
-    max_time: float | None = None
-    max_cv: float | None = None
+    warmup: float = 0.1
+    min_time: float = 0.1        # at least this much timed work, then stop once steady
+    max_time: float | None = None  # hard bound on the whole timing (warm-up and setup included)
+    max_cv: float | None = 0.02  # steady = CV of the block medians at most this (a fraction)
     seed: int = 0
     cold: bool = False           # flush L2 and rotate inputs between calls
     input_sets: int = 4          # how many input sets --cold rotates through
@@ -53,8 +55,10 @@ class RunOptions:
             raise UsageError(f"--dtype: {self.dtype!r} is not one of auto, bf16, fp16, fp32")
         if self.min_time <= 0 or self.warmup < 0:
             raise UsageError("--min-time must be positive and --warmup not negative")
-        if self.max_cv is not None and not 0 < self.max_cv < 1:
-            raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
+        if self.max_time is not None and self.max_time <= 0:
+            raise UsageError(f"--max-time: {self.max_time} must be positive")
+        if self.max_cv is not None and not self.max_cv > 0:
+            raise UsageError(f"--max-cv: {self.max_cv} must be positive (a fraction: 0.02 = 2%)")
         if self.input_sets < 1:
             raise UsageError("--input-sets must be at least 1")
         if self.graphs and self.compile:
@@ -125,18 +129,40 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     torch.manual_seed(opts.seed)
     built = component.build(values, ctx)
     built.module.eval()
+    refuse_interpreted_triton(built, ctx)
     return built, values, ctx
 
 
-def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) -> dict[str, Any]:
+def refuse_interpreted_triton(built: Built, ctx: BuildContext) -> None:
+    """Refuse to time a Triton kernel that runs in triton's CPU interpreter (TRITON_INTERPRET=1): its time
+    measures the interpreter, not the kernel. Which kernels run is read from the `*backend` facts."""
+    if ctx.device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return
+    kernels = [f"{k}={v}" for k, v in built.info.items() if k.endswith("backend") and "triton" in str(v).lower()]
+    if kernels:
+        raise UsageError(f"TRITON_INTERPRET=1: {', '.join(kernels)} would run in triton's CPU interpreter, whose "
+                         "time is not a benchmark of the kernel; unset TRITON_INTERPRET and time it on a GPU "
+                         "(the interpreter is for correctness tests)")
+
+
+def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
+            on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure one configuration and return its record.
 
-    Peak memory on CUDA is the maximum allocated during the timed calls minus what was allocated
-    before them (weights, inputs): the activations and workspaces of one call. With `--graphs` the
-    window starts before the capture, because the graph's private pool holds the activations. On
-    CPU, torch keeps no allocator statistics, so the column is left empty and `peak_mem_note` says why.
+    Peak memory (`peak_mem_mib`, `peak_mem_method` says how): on CUDA the maximum allocated during the
+    timed calls minus what was allocated before them (weights, inputs): the activations and workspaces of
+    one call. With `--graphs` the window starts before the capture, because the graph's private pool holds
+    the activations. On CPU torch keeps no allocator statistics: the process's resident-set high-water
+    mark (Linux VmHWM, reset at the start of the window) minus its resident set at the start.
+
+    `on_phase(name)` is told when each phase begins: build, count, warm-up, timing (progress display);
+    the record gets each phase's wall seconds (`phase_build_s`, `phase_count_s`, `phase_warmup_s`,
+    `phase_timing_s`).
     """
     opts = config.options.validate()
+    tell = on_phase or (lambda name: None)
+    tell("build")
+    t_build = time.perf_counter()
     built, values, ctx = build(config)
     component = get_component(config.component)
     device = ctx.device
@@ -150,6 +176,8 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     input_sets = [built.make_inputs(opts.batch) for _ in range(n_sets)]
     items_per_call = opts.batch * built.items_per_sample
     counted_bytes = None
+    t_count = time.perf_counter()
+    tell("count")
     with torch.inference_mode():
         if opts.count_flops:
             counts = count_flops_and_bytes(lambda: built.call(input_sets[0]))
@@ -165,10 +193,13 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
         if not opts.graphs:
             memory.start()
         counter = CallCounter(call)
+        t_timer = time.perf_counter()
         with NvmlSampler(device) if device.type == "cuda" else nullcontext() as sampler:
             timing = timer(counter, device, warmup_s=opts.warmup, min_time_s=opts.min_time,
-                           max_time_s=opts.max_time, max_cv=opts.max_cv, setup=setup)
-        record.update(memory.fields())
+                           max_time_s=opts.max_time, max_cv=opts.max_cv, setup=setup, on_phase=tell)
+        record.update(memory.fields(call))
+    record.update(phase_build_s=t_count - t_build, phase_count_s=t_timer - t_count,
+                  phase_warmup_s=timing.warmup_s, phase_timing_s=timing.timing_s)
     if sampler is not None:
         record.update(sampler.fields(counter.calls * items_per_call))
     if opts.flops_crosscheck:
@@ -185,7 +216,9 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
 
 
 class PeakMemory:
-    """Peak CUDA memory allocated above a starting point (activations, workspaces, graph pools)."""
+    """Peak memory above a starting point: on CUDA what the caching allocator allocated during the timed
+    calls (activations, workspaces, graph pools); on CPU the growth of the process's resident set during
+    one more call after the timing (`effprof.measure.rss.peak_of`)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -197,12 +230,16 @@ class PeakMemory:
             self.before = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self, call: Callable[[], Any]) -> dict[str, Any]:
         if self.device.type != "cuda":
-            return {"peak_mem_mib": None,
-                    "peak_mem_note": "not measured on cpu (torch keeps no cpu allocator statistics)"}
+            peak = rss.peak_of(call)
+            if peak is None:
+                return {"peak_mem_mib": None, "peak_mem_method": None,
+                        "peak_mem_note": "not measured on cpu: /proc/self (VmHWM, clear_refs) is not usable here"}
+            return {"peak_mem_mib": peak / MIB, "peak_mem_method": rss.METHOD}
         torch.cuda.synchronize(self.device)
-        return {"peak_mem_mib": (torch.cuda.max_memory_allocated(self.device) - self.before) / MIB}
+        return {"peak_mem_mib": (torch.cuda.max_memory_allocated(self.device) - self.before) / MIB,
+                "peak_mem_method": "cuda allocator: max allocated during the timed calls above the start"}
 
 
 def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, device: torch.device):
@@ -263,6 +300,9 @@ def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildCon
     }
     record.update({f"param_{k}": v for k, v in values.items() if k != "pretrained"})
     record["timing_mode"] = "cold" if opts.cold else "warm"
+    # what reproduces the row: the options that shape the timing and the inputs
+    record.update(seed=opts.seed, warmup_s=opts.warmup, min_time_s=opts.min_time, max_time_s=opts.max_time,
+                  max_cv=opts.max_cv, input_sets=opts.input_sets if opts.cold else 1)
     record.update(environment(ctx.device))
     return record
 
@@ -276,12 +316,14 @@ def timing_fields(timing: TimingResult, items_per_call: int, gflops: float | Non
         "latency_ms_p90": timing.quantile_ms(0.90),
         "latency_ms_mean": timing.mean_ms,
         "latency_cv": timing.cv,
+        "latency_unsteady": timing.cv > UNSTEADY_CV,
         "latency_ms_ci95_low": lo,
         "latency_ms_ci95_high": hi,
         "n_calls": timing.n_calls,
         "calls_per_block": timing.calls_per_block,
         "calls_per_sample": timing.calls_per_sample,
         "timing_method": timing.method,
+        "timing_stop": timing.stop,
         "items_per_call": items_per_call,
         "throughput_per_s": items_per_call / (median / 1e3),
     }
@@ -311,12 +353,13 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
-                 timer: Callable[..., TimingResult] = time_callable) -> list[dict[str, Any]]:
+                 timer: Callable[..., TimingResult] = time_callable,
+                 on_phase: Callable[[Config, str], None] | None = None) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
     `on_record` is called after every row (the CLI rewrites its CSV/JSON there), so an interrupted
-    comparison keeps every finished row.
+    comparison keeps every finished row; `on_phase(config, phase)` when a row enters a phase (see `measure`).
     """
     for config in configs:  # refuse bad rows before spending any time
         config.resolved()
@@ -325,7 +368,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
     for config in configs:
         start = time.perf_counter()
         try:
-            record = measure(config, timer)
+            record = measure(config, timer, None if on_phase is None else
+                             (lambda name, config=config: on_phase(config, name)))
         except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
             record = failed_record(config, "refused", str(exc))
         except EffprofError:
@@ -345,12 +389,14 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
 
 def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
     """Add ratio columns against `records[baseline]`: speedup (baseline latency / latency) and
-    row / baseline for params, FLOPs and peak memory."""
+    row / baseline for params, FLOPs and peak memory. `speedup_unsteady` is True when the row's or the
+    baseline's latency CV is above UNSTEADY_CV (the ratio then carries that noise)."""
     if not records:
         return
     base = records[baseline]
     for r in records:
         r["baseline"] = base["label"]
+        r["speedup_unsteady"] = bool(r.get("latency_unsteady") or base.get("latency_unsteady"))
         for key, name, invert in (("latency_ms_median", "speedup", True), ("params_total", "params_ratio", False),
                                   ("gflops", "gflops_ratio", False), ("peak_mem_mib", "peak_mem_ratio", False)):
             a, b = r.get(key), base.get(key)

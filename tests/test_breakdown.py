@@ -69,8 +69,8 @@ def test_counts_per_module_and_additivity(method):
     assert named["2"]["params"] == 256 * 32 + 32
     assert named["0"]["gflops"] == pytest.approx(2 * 8 * 64 * 256 / 1e9)
     assert named[""]["gflops"] == pytest.approx(2 * 8 * (64 * 256 + 256 * 32) / 1e9)
-    assert named["0"]["mbytes"] == pytest.approx(4 * (8 * 64 + 64 * 256 + 256 + 8 * 256) / 1e6)
-    assert named["1"]["mbytes"] == pytest.approx(4 * 2 * 8 * 256 / 1e6)
+    assert named["0"]["moved_mib"] == pytest.approx(4 * (8 * 64 + 64 * 256 + 256 + 8 * 256) / 2**20)
+    assert named["1"]["moved_mib"] == pytest.approx(4 * 2 * 8 * 256 / 2**20)
     for node in nodes:
         assert node["method"] == method and node["calls"] == 1
         assert node["additivity_ok"], node

@@ -15,7 +15,7 @@ def test_compute_bound_record():
     assert f["memory_floor_ms"] == pytest.approx(0.2)
     assert f["tflops_per_s"] == pytest.approx(800.0)
     assert f["pct_of_compute_ceiling"] == pytest.approx(80.0)
-    assert f["mbytes_lower_bound"] == pytest.approx(400.0)
+    assert f["moved_mib_lower_bound"] == pytest.approx(400e6 / 2**20)
     assert f["achieved_gb_per_s"] == pytest.approx(320.0)
     assert f["pct_of_bandwidth_ceiling"] == pytest.approx(16.0)
     assert f["arithmetic_intensity_flop_per_byte"] == pytest.approx(2500.0)

@@ -175,6 +175,21 @@ TRANSFORMER_PRESETS = {"130m": (768, 12, 12), "370m": (1024, 24, 16), "790m": (1
                        "1.4b": (2048, 24, 16), "2.8b": (2560, 32, 32)}
 
 
+def transformer_shape(preset: str, d_model: int | None, n_head: int | None) -> tuple[int, int, int]:
+    """(width, layers, heads) of a transformer-lm row; refuses a width its head count does not divide."""
+    width, layers, heads = TRANSFORMER_PRESETS[preset]
+    if d_model is not None:
+        width, heads = d_model, max(1, d_model // 64)
+    if n_head is not None:
+        heads = n_head
+    if width % heads:
+        given = "--d-model" if d_model is not None else f"preset {preset}'s width"
+        raise ParamError(f"{given} {width} is not divisible by {heads} attention heads "
+                         f"(head size {width / heads:g}); choose a width that is a multiple of the head count "
+                         "or set --n-head")
+    return width, layers, heads
+
+
 class TransformerLM(nn.Module):
     """A GPTNeoXModel with an optional tied LM head: ids (batch, L) -> hidden (batch, L, d) or logits (batch, 1, V)."""
 
@@ -206,18 +221,16 @@ def truncate_kv_cache(cache, length: int) -> None:
     MODE, HEAD,
     Param("n_layer", int, None, "Layers (none = half of Mamba's: Pythia's depth, parameter-matched; e.g. 24 for "
           "the same depth as mamba-130m).", low=1, optional=True),
-    Param("d_model", int, None, "Override the width (none = the preset's; heads = d_model / 64).", low=1,
+    Param("d_model", int, None, "Override the width (none = the preset's); heads must divide it.", low=1,
           optional=True),
+    Param("n_head", int, None, "Attention heads (none = the preset's, or d_model / 64 with --d-model); must "
+          "divide the width.", low=1, optional=True),
 ])
-def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_model):
+def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_model, n_head):
     """Transformer LM of Mamba's size class (transformers GPTNeoXModel, Pythia layout, SDPA) to compare with."""
+    width, layers, heads = transformer_shape(preset, d_model, n_head)
     from transformers import GPTNeoXConfig, GPTNeoXModel
 
-    width, layers, heads = TRANSFORMER_PRESETS[preset]
-    if d_model is not None:
-        width, heads = d_model, max(1, d_model // 64)
-        if width % heads:
-            raise ParamError(f"--d-model: {width} is not a multiple of 64 (heads of 64)")
     layers = n_layer or layers
     config = GPTNeoXConfig(vocab_size=MAMBA_PRESETS[preset].padded_vocab_size, hidden_size=width,
                            num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width,

@@ -23,8 +23,8 @@ from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
 PARAMS = [
-    Param("rank", int, None, "Rank of the distilled kernel (truncated SVD); none = the full kernel.", low=1,
-          optional=True),
+    Param("rank", int, None, "Rank of the distilled kernel (truncated SVD); none (or full) = the full kernel.",
+          low=1, optional=True, none_aliases=("full",)),
     Param("sparse_taps", int, None, "Keep only this many highest-energy delays (shared by all channels), "
           "applied directly; none = off. Exclusive with --rank.", low=1, optional=True),
     Param("length", int, 8192, "Sequence and kernel length L (tokens).", low=2),

@@ -133,7 +133,7 @@ def breakdown(module: torch.nn.Module, call: Callable[[], Any], device: torch.de
     """Per-module time, params, FLOPs and bytes of `call()` (which runs `module`), pre-order, down to `depth`.
 
     Each node: `name` (qualified name, "" = root), `path` (root class + name, as FlopCounterMode
-    names modules), `type`, `depth` (root 0), `params`, `gflops`, `mbytes` (bytes lower bound in MB),
+    names modules), `type`, `depth` (root 0), `params`, `gflops`, `moved_mib` (bytes moved, lower bound, in MiB),
     `calls`, `time_ms` (per call), `share_of_total` (of the root's time), `children_ms` (sum over
     the direct children), `self_ms` (residual), `additivity_ok`, `method`. Modules never called are left
     out. Run under `torch.inference_mode()` for inference figures.
@@ -189,7 +189,7 @@ def breakdown(module: torch.nn.Module, call: Callable[[], Any], device: torch.de
             "depth": level,
             "params": _count_params(sub),
             "gflops": counts.flops_per_module.get(name, 0) / 1e9 if counts else None,
-            "mbytes": counts.bytes_per_module.get(name, 0) / 1e6 if counts else None,
+            "moved_mib": counts.bytes_per_module.get(name, 0) / 2**20 if counts else None,
             "calls": called_counts.get(name, 0),
             "time_ms": time_ms,
             "share_of_total": time_ms / root_ms if root_ms > 0 else None,

@@ -5,6 +5,7 @@ import datetime as _dt
 import importlib.util
 import platform
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -53,13 +54,37 @@ def nvidia_driver() -> str:
         return ""
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+@lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name ("model name" in /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
-def environment(device: torch.device) -> dict[str, str]:
+def package_version(name: str) -> str | None:
+    """An installed distribution's version without importing it (None when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
     """Columns that let two result files from different days be compared."""
     from effprof import __version__
 
@@ -67,7 +92,11 @@ def environment(device: torch.device) -> dict[str, str]:
         "device_name": device_name(device),
         "device_type": device.type,
         "torch_version": torch.__version__,
+        "cpu_model": cpu_model(),
+        "torch_num_threads": torch.get_num_threads(),
         "cuda_version": torch.version.cuda,
+        "transformers_version": package_version("transformers"),
+        "triton_version": package_version("triton"),
         "driver_version": (nvidia_driver() or None) if device.type == "cuda" else None,
         "effprof_version": __version__,
         "python_version": platform.python_version(),

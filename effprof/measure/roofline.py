@@ -103,7 +103,7 @@ def roofline_fields(gflops: float | None, bytes_moved: int | None, latency_ms: f
     """Record fields placing one measurement on the device roofline.
 
     - `tflops_per_s`: achieved GFLOP / ms; `pct_of_compute_ceiling`: 100 × that / peak of `dtype`;
-    - `mbytes_lower_bound`: bytes moved (lower bound, see `effprof.measure.bytes`) in MB (1e6);
+    - `moved_mib_lower_bound`: bytes moved (lower bound, see `effprof.measure.bytes`) in MiB (2^20 B);
       `achieved_gb_per_s`: those bytes / latency (so a lower bound on the bandwidth achieved);
       `pct_of_bandwidth_ceiling`: 100 × that / bandwidth ceiling;
     - `arithmetic_intensity_flop_per_byte`: FLOPs / bytes;
@@ -115,7 +115,7 @@ def roofline_fields(gflops: float | None, bytes_moved: int | None, latency_ms: f
     if gflops is not None and latency_ms > 0:
         fields["tflops_per_s"] = gflops / latency_ms
     if bytes_moved is not None:
-        fields["mbytes_lower_bound"] = bytes_moved / 1e6
+        fields["moved_mib_lower_bound"] = bytes_moved / 2**20
         if latency_ms > 0:
             fields["achieved_gb_per_s"] = bytes_moved / 1e6 / latency_ms  # MB / ms = GB/s
         if gflops is not None and bytes_moved > 0:

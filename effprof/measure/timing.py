@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from effprof.measure import UNSTEADY_CV  # noqa: F401  (re-exported)
+
 
 @dataclass
 class TimingResult:
@@ -40,6 +42,9 @@ class TimingResult:
     method: str
     warmup_calls: int
     calls_per_sample: int = 1  # calls_per_block when whole blocks are timed, else 1
+    warmup_s: float = 0.0       # wall seconds of warm-up and block sizing
+    timing_s: float = 0.0       # wall seconds of the timed blocks (setup and synchronisation included)
+    stop: str = ""              # why timing ended: steady | min-time | cap | max-time
 
     @property
     def n_calls(self) -> int:
@@ -115,56 +120,87 @@ def estimate_call_ms(fn: Callable[[], Any], device: torch.device, setup: Callabl
     return (time.perf_counter() - start) / calls * 1e3
 
 
-def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.2, min_time_s: float = 1.0,
+def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.1, min_time_s: float = 0.1,
                   max_time_s: float | None = None, max_cv: float | None = None, min_blocks: int = 5,
-                  setup: Callable[[], None] | None = None) -> TimingResult:
+                  setup: Callable[[], None] | None = None,
+                  on_phase: Callable[[str], None] | None = None) -> TimingResult:
     """Time `fn()` on `device` (see the module docstring for the method).
 
     - warm-up: at least one call, then calls until `warmup_s` seconds have passed;
-    - blocks of `ceil((min_time_s / 25) / estimate)` calls, one synchronisation per block; without
-      `setup` a block is one sample (its mean), with `setup` every call is a sample;
-    - stop once `min_time_s` of timed work and `min_blocks` blocks are done and, when `max_cv` is given,
-      the coefficient of variation of the block medians is at most `max_cv`, or when `max_time_s`
-      (default: 10 × min_time_s) has passed.
+    - blocks of `ceil((budget / 25) / estimate)` calls (budget = min_time_s, or max_time_s if smaller),
+      one synchronisation per block; without `setup` a block is one sample (its mean), with `setup`
+      every call is a sample;
+    - stop ("steady") once `min_time_s` of timed work and `min_blocks` blocks are done and, when `max_cv`
+      is given, the coefficient of variation of the block medians is at most `max_cv` (without `max_cv`:
+      "min-time" at that point). A row that never gets that steady stops at the cap ("cap"): `max_time_s`
+      when given, else 10 × min_time_s of blocks.
+    - `max_time_s` bounds the whole call: warm-up, the estimate, setup/flush and timed calls all count
+      against it, and it ends the timing as soon as it is reached once one block is done ("max-time"),
+      even before `min_time_s` or `min_blocks`.
 
     `setup()`, when given, runs before every call outside the timed region (L2 flush, input rotation).
+    `on_phase(name)` is told when "warm-up" and "timing" begin (progress display).
     """
     if min_time_s <= 0:
         raise ValueError("min_time_s must be positive")
-    max_time_s = max(max_time_s if max_time_s is not None else 10 * min_time_s, min_time_s)
+    if max_time_s is not None and max_time_s <= 0:
+        raise ValueError("max_time_s must be positive")
     on_cuda = device.type == "cuda"
+    t0 = time.perf_counter()
+    deadline = None if max_time_s is None else t0 + max_time_s
 
-    warmup_calls, start = 0, time.perf_counter()
-    while warmup_calls < 1 or time.perf_counter() - start < warmup_s:
+    def past(limit: float | None) -> bool:
+        return limit is not None and time.perf_counter() >= limit
+
+    if on_phase is not None:
+        on_phase("warm-up")
+    warmup_end = t0 + warmup_s if deadline is None else min(t0 + warmup_s, t0 + max_time_s / 4)
+    warmup_calls = 0
+    while warmup_calls < 1 or time.perf_counter() < warmup_end:
         if setup is not None:
             setup()
         fn()
         warmup_calls += 1
         _sync(device)
-
-    est_ms = max(estimate_call_ms(fn, device, setup), 1e-4)
-    calls_per_block = max(1, min(100_000, math.ceil(min_time_s * 1e3 / 25 / est_ms)))
+    budget_s = min_time_s if max_time_s is None else min(min_time_s, max_time_s)
+    est_max_s = 0.2 if deadline is None else max(0.0, min(0.2, (deadline - time.perf_counter()) / 4))
+    est_ms = max(estimate_call_ms(fn, device, setup, max_s=est_max_s), 1e-4)
+    calls_per_block = max(1, min(100_000, math.ceil(budget_s * 1e3 / 25 / est_ms)))
     if setup is None:
         run_block = _cuda_block_mean if on_cuda else _cpu_block_mean
     else:
         run_block = _cuda_block_per_call if on_cuda else _cpu_block_per_call
 
+    if on_phase is not None:
+        on_phase("timing")
     samples: list[float] = []
     block_medians: list[float] = []
     timed_s = 0.0
     wall_start = time.perf_counter()
+    cap = deadline if deadline is not None else wall_start + 10 * min_time_s
     while True:
         block = run_block(fn, calls_per_block, setup)
         samples.extend(block)
         block_medians.append(statistics.median(block))
         timed_s += sum(block) / 1e3 * (calls_per_block if setup is None else 1)
-        enough = timed_s >= min_time_s and len(block_medians) >= min_blocks
-        steady = max_cv is None or coefficient_of_variation(block_medians) <= max_cv
-        if (enough and steady) or (enough and time.perf_counter() - wall_start >= max_time_s):
+        if past(deadline):
+            stop = "max-time"
             break
+        enough = timed_s >= min_time_s and len(block_medians) >= min_blocks
+        if enough and max_cv is None:
+            stop = "min-time"
+            break
+        if enough and coefficient_of_variation(block_medians) <= max_cv:
+            stop = "steady"
+            break
+        if enough and past(cap):
+            stop = "cap"
+            break
+    end = time.perf_counter()
     method = ("cuda-events" if on_cuda else "perf_counter") + ("-blocked" if setup is None else "-per-call")
     return TimingResult(samples, calls_per_block, block_medians, method, warmup_calls,
-                        calls_per_block if setup is None else 1)
+                        calls_per_block if setup is None else 1, warmup_s=wall_start - t0,
+                        timing_s=end - wall_start, stop=stop)
 
 
 def _cuda_block_mean(fn, n: int, setup) -> list[float]:

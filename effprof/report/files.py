@@ -1,4 +1,14 @@
-"""CSV and JSON output, written atomically (temporary file in the same folder, then rename)."""
+"""CSV and JSON output, written atomically (temporary file in the same folder, then rename).
+
+The JSON file is `{"effprof": METADATA, "records": [flat records]}`; METADATA says what wrote it (version,
+command line, time), the environment the rows share and the units of the columns. The records load into
+pandas in one call:
+
+    import json, pandas as pd
+    df = pd.json_normalize(json.load(open("out.json"))["records"])
+
+(or `pd.read_csv("out.csv")` for the CSV, which holds the same columns).
+"""
 from __future__ import annotations
 
 import csv
@@ -42,8 +52,52 @@ def to_csv(records: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# Units and conventions of the columns, written into every JSON file's metadata.
+CONVENTIONS = {
+    "time": "*_ms columns in milliseconds; *_s columns in seconds",
+    "latency_cv": "coefficient of variation std/mean of the latency samples, a fraction (0.02 = 2%)",
+    "max_cv": "a fraction, as latency_cv",
+    "memory": "*_mib columns in MiB (2^20 bytes); bandwidth *_gb_per_s in GB/s (1e9 bytes per second)",
+    "flops": "gflops = GFLOP (1e9) per call for the whole batch, FLOP = 2 x multiply-accumulate; "
+             "tflops_per_s = gflops / latency_ms",
+    "throughput_per_s": "items (unit column: img, tok, seq) per second at the median latency",
+    "peak_mem_mib": "see peak_mem_method: CUDA allocator peak above the start, or the process resident set on CPU",
+    "latency_unsteady": "True when latency_cv is above the unsteady threshold; ratios against such a row carry it",
+}
+LOAD_WITH = 'pandas: pd.json_normalize(json.load(open(PATH))["records"])'
+SHARED = ("device_name", "device_type", "cpu_model", "torch_num_threads", "torch_version", "cuda_version",
+          "driver_version", "transformers_version", "triton_version", "python_version", "effprof_version")
+
+
+def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON metadata block: who wrote the file, how to load it, the units, and the environment facts
+    that every record agrees on (a fact that differs between rows stays in the rows only)."""
+    import datetime as dt
+    import platform
+
+    from effprof import __version__
+
+    meta: dict[str, Any] = {
+        "effprof_version": __version__,
+        "written_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command_line": command_line or None,
+        "hostname": platform.node(),
+        "load_with": LOAD_WITH,
+        "conventions": CONVENTIONS,
+    }
+    for key in SHARED:
+        values = {r.get(key) for r in records or [] if key in r}
+        if len(values) == 1:
+            meta[key] = values.pop()
+    return meta
+
+
 def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
-    doc = {"effprof": meta or {}, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
+    """The JSON document; `meta` (e.g. from `metadata`) is completed with the facts the records share."""
+    full = metadata(records=records)
+    full.update(meta or {})
+    full.update({k: v for k, v in metadata(records=records).items() if k in SHARED})
+    doc = {"effprof": full, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
     return json.dumps(doc, indent=1) + "\n"
 
 

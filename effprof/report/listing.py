@@ -15,6 +15,17 @@ def components_table(components) -> Table:
     return table
 
 
+def params_table(component) -> Table:
+    """One component's parameters: option, type, default, allowed values, help."""
+    table = Table(title=f"{component.name} parameters ({component.unit}; {component.description})",
+                  title_justify="left")
+    for header in ("option", "type", "default", "allowed", "help"):
+        table.add_column(header)
+    for p in component.params:
+        table.add_row(p.option, p.type_name, "none" if p.default is None else str(p.default), p.range_text(), p.help)
+    return table
+
+
 def facts_table(facts: dict[str, str]) -> Table:
     table = Table(show_header=False)
     table.add_column("what")

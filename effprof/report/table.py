@@ -1,6 +1,7 @@
 """Rich tables of records: every column names its unit."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -8,6 +9,16 @@ from rich.markup import escape
 from rich.table import Table
 
 UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
+
+
+def plain(value: float, digits: int = 3) -> str:
+    """`value` with `digits` significant digits in plain notation (0.0000123, 12.3, 1,235), never 1.23e-05."""
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    if abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    decimals = min(12, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -18,11 +29,7 @@ def _num(value: Any, digits: int = 3) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}g}"
+        return plain(value, digits)
     return str(value)
 
 
@@ -36,10 +43,28 @@ def _params_m(r):
     return text
 
 
+UNSTEADY = "!"  # marks a latency whose CV is above UNSTEADY_CV, and the ratios computed from it
+
+
 def _latency(r):
     if r.get("latency_ms_median") is None:
         return "-"
-    return f"{r['latency_ms_median']:.4g} [{r['latency_ms_p10']:.4g}, {r['latency_ms_p90']:.4g}]"
+    text = f"{plain(r['latency_ms_median'], 4)} [{plain(r['latency_ms_p10'], 4)}, {plain(r['latency_ms_p90'], 4)}]"
+    return text + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")
+
+
+def _cv(r):
+    if r.get("latency_cv") is None:
+        return None
+    return f"{r['latency_cv']:.3f}" + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")
+
+
+def _ratio(key: str, digits: int, flagged: bool = False):
+    def cell(r):
+        if r.get(key) is None:
+            return None
+        return f"{r[key]:.{digits}f}" + (f" {UNSTEADY}" if flagged and r.get("speedup_unsteady") else "")
+    return cell
 
 
 def _throughput(r):
@@ -56,9 +81,9 @@ COLUMNS = [
     ("device", lambda r: r.get("device")),
     ("status", lambda r: None if r.get("status") == "ok" else r.get("status")),
     ("latency ms\nmedian [p10, p90]", _latency),
-    ("CV %", lambda r: None if r.get("latency_cv") is None else f"{100 * r['latency_cv']:.1f}"),
+    ("CV\n(fraction)", _cv),
     ("throughput", _throughput),
-    ("peak act.\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
+    ("peak mem\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
     ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
     ("params M", _params_m),
     ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
@@ -67,7 +92,7 @@ COLUMNS = [
     ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
      else _num(r["achieved_gb_per_s"])),
     ("bound", lambda r: r.get("verdict")),
-    ("J/item", lambda r: None if r.get("energy_j_per_item") is None else f"{r['energy_j_per_item']:.3g}"),
+    ("J/item", lambda r: None if r.get("energy_j_per_item") is None else plain(r["energy_j_per_item"])),
     ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
      else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
     ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
@@ -77,10 +102,10 @@ COLUMNS = [
     ("scan", lambda r: r.get("scan_backend")),
     ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
     ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
-    ("speedup\n×", lambda r: None if r.get("speedup") is None else f"{r['speedup']:.2f}"),
-    ("params\nratio", lambda r: None if r.get("params_ratio") is None else f"{r['params_ratio']:.3f}"),
-    ("GFLOP\nratio", lambda r: None if r.get("gflops_ratio") is None else f"{r['gflops_ratio']:.3f}"),
-    ("mem\nratio", lambda r: None if r.get("peak_mem_ratio") is None else f"{r['peak_mem_ratio']:.3f}"),
+    ("speedup\n×", _ratio("speedup", 2, flagged=True)),
+    ("params\nratio", _ratio("params_ratio", 3)),
+    ("GFLOP\nratio", _ratio("gflops_ratio", 3)),
+    ("mem\nratio", _ratio("peak_mem_ratio", 3)),
 ]
 
 
@@ -117,10 +142,28 @@ def footer(records: list[dict[str, Any]]) -> str:
     if r.get("timing_method"):
         bits.append(f"timing: {r['timing_method']}, {r.get('timing_mode', 'warm')}")
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
+    methods = sorted({x["peak_mem_method"] for x in records if x.get("peak_mem_method")})
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
-    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + host_bound_notes(records) + errors
+    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes; "
+             "CV = std/mean of the samples, a fraction"]
+    lines += [f"peak mem = {m}" for m in methods]
+    phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records) for name in ("build", "count", "warmup", "timing")}
+    if any(phases.values()):
+        lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
+                                                           for name, seconds in phases.items()))
+    lines += sorted(notes) + unsteady_notes(records) + host_bound_notes(records) + errors
     return "\n".join(lines)
+
+
+def unsteady_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One line naming the rows whose CV is above the threshold (marked `!`), and what it means for ratios."""
+    from effprof.measure import UNSTEADY_CV
+
+    rows = [str(r.get("label", "?")) for r in records if r.get("latency_unsteady")]
+    if not rows:
+        return []
+    return [f"{UNSTEADY} unsteady (CV > {UNSTEADY_CV:g}): {', '.join(rows)}: the latency varied between samples "
+            "(a loaded host?); ratios against such a row carry that noise; rerun or raise --min-time"]
 
 
 def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:
