@@ -27,13 +27,16 @@ LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "
 
 
 def columns(records: list[dict[str, Any]]) -> list[str]:
+    """CSV columns: the leading ones, then every other key in first-seen order; lists (the raw timing
+    samples) are left to the JSON."""
     seen: dict[str, None] = {}
     for key in LEADING:
         if any(key in r for r in records):
             seen[key] = None
     for r in records:
-        for key in r:
-            seen.setdefault(key, None)
+        for key, value in r.items():
+            if not isinstance(value, (list, tuple, dict)):
+                seen.setdefault(key, None)
     return list(seen)
 
 
@@ -94,9 +97,7 @@ def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None
 
 def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """The JSON document; `meta` (e.g. from `metadata`) is completed with the facts the records share."""
-    full = metadata(records=records)
-    full.update(meta or {})
-    full.update({k: v for k, v in metadata(records=records).items() if k in SHARED})
+    full = {**metadata(records=records), **{k: v for k, v in (meta or {}).items() if v is not None}}
     doc = {"effprof": full, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
     return json.dumps(doc, indent=1) + "\n"
 
