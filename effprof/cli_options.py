@@ -58,7 +58,7 @@ def run_option_defaults() -> dict[str, Any]:
 
 
 def annotation(option: CommonOption, default: Any = "?") -> Any:
-    shown = "" if default == "?" else f" [default: {'none' if default is None else default}]"
+    shown = "" if default == "?" else f" (default: {'none' if default is None else default})"
     return Annotated[Optional[option.type], typer.Option(*option.flags, help=option.help + shown,
                                                          show_default=False)]
 

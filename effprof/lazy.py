@@ -3,7 +3,8 @@
 Component modules are imported to list their declared parameters; they must not import torch (or any
 module that does) when they are imported, only when a factory runs. `lazy_import("torch")` returns a
 stand-in whose first attribute access imports the real module (then cached in `sys.modules` as usual);
-`lazy_attr("effprof.modules.mamba", "MambaBlock")` a callable that imports and calls the real one.
+`MambaBlock, MambaLM = lazy_from("effprof.modules.mamba", "MambaBlock", "MambaLM")` stand-ins that import
+the real objects when first called or read (`isinstance` needs the real class: import it in the function).
 `tests/test_cli_fast.py` checks that importing every component module leaves torch unimported.
 """
 from __future__ import annotations
@@ -32,11 +33,34 @@ def lazy_import(name: str) -> Any:
     return LazyModule(name)
 
 
-def lazy_attr(module: str, name: str) -> Any:
-    """A stand-in for `from module import name` (a callable) that imports it when first called."""
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+class LazyAttr:
+    """An attribute of a module (a class or function) imported on first call or attribute access."""
 
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = f"{module}.{name}, imported when first called."
-    return call
+    __slots__ = ("_module", "_name")
+
+    def __init__(self, module: str, name: str):
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_name", name)
+
+    def _resolve(self) -> Any:
+        return getattr(importlib.import_module(object.__getattribute__(self, "_module")),
+                       object.__getattribute__(self, "_name"))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._resolve()(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._resolve(), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy {object.__getattribute__(self, '_module')}.{object.__getattribute__(self, '_name')}>"
+
+
+def lazy_attr(module: str, name: str) -> Any:
+    """A stand-in for `from module import name` that imports it when first called or read."""
+    return LazyAttr(module, name)
+
+
+def lazy_from(module: str, *names: str) -> tuple[Any, ...]:
+    """`A, B = lazy_from("pkg.mod", "A", "B")`: the deferred form of `from pkg.mod import A, B`."""
+    return tuple(LazyAttr(module, name) for name in names)

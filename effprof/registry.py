@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
-
 from effprof.errors import UnknownComponent, UsageError
 from effprof.params import Param, resolve
 
@@ -170,5 +168,8 @@ def list_components(pattern: str = "*") -> list[Component]:
 def create(name: str, ctx: BuildContext | None = None, **given) -> Built:
     """Build a component by name with keyword parameters, like timm's `create_model`."""
     component = get_component(name)
-    ctx = ctx or BuildContext(torch.device("cpu"), torch.float32)
+    if ctx is None:
+        import torch
+
+        ctx = BuildContext(torch.device("cpu"), torch.float32)
     return component.build(component.resolve(given), ctx)

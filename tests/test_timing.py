@@ -132,3 +132,73 @@ def test_plain_flush_keeps_one_launch_phase_for_a_whole_run():
         stream.append("kernel")
     assert set(phases) == {0}
 
+
+
+class FakeClock:
+    """perf_counter for the timer: each call of `work` advances it by the next duration (seconds)."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 100.0, durations, 0
+
+    def perf_counter(self):
+        return self.now
+
+    def work(self):
+        self.now += self.durations(self.calls)
+        self.calls += 1
+
+
+def fake_timer(monkeypatch, durations):
+    import effprof.measure.timing as timing
+
+    clock = FakeClock(durations)
+    monkeypatch.setattr(timing.time, "perf_counter", clock.perf_counter)
+    return clock
+
+
+def test_a_steady_row_stops_at_min_time_once_its_cv_is_below_target(monkeypatch):
+    clock = fake_timer(monkeypatch, lambda i: 1e-4)  # 0.1 ms per call, no noise
+    result = time_callable(clock.work, torch.device("cpu"), warmup_s=0.01, min_time_s=0.05, max_cv=0.02)
+    assert result.stop == "steady"
+    timed_s = sum(result.samples_ms) * result.calls_per_sample / 1e3
+    assert 0.05 <= timed_s < 0.05 + 0.05 / 25 + 1e-9  # stops at the first block after min_time
+    assert result.median_ms == pytest.approx(0.1)
+    # the block size is sized from the estimate: min_time / 25 of calls of 0.1 ms = 20 calls
+    assert result.calls_per_block == 20 and result.warmup_s == pytest.approx(0.01 + 5e-4)
+
+
+def test_a_noisy_row_keeps_timing_until_the_cap_and_says_so(monkeypatch):
+    # alternating slow and fast blocks: block CV about 0.5, never below 0.02
+    clock = fake_timer(monkeypatch, lambda i: 3e-4 if (i // 20) % 2 else 1e-4)
+    result = time_callable(clock.work, torch.device("cpu"), warmup_s=0.0, min_time_s=0.05, max_cv=0.02)
+    assert result.stop == "cap" and result.block_cv > 0.02
+    assert 0.5 <= result.timing_s < 0.5 + 0.05  # the cap: 10 × min_time of blocks
+    # without a CV target the same row stops at min_time
+    plain = time_callable(clock.work, torch.device("cpu"), warmup_s=0.0, min_time_s=0.05, max_cv=None)
+    assert plain.stop == "min-time" and plain.timing_s < 0.1
+
+
+def test_max_time_bounds_warmup_setup_and_calls(monkeypatch):
+    clock = fake_timer(monkeypatch, lambda i: 1e-3)
+
+    def flush():  # 5 ms of setup per call: outside the samples, inside the bound
+        clock.now += 5e-3
+
+    start = clock.now
+    result = time_callable(clock.work, torch.device("cpu"), warmup_s=1.0, min_time_s=1.0, max_time_s=0.05,
+                           max_cv=0.02, setup=flush)
+    elapsed = clock.now - start
+    assert result.stop == "max-time"
+    # warm-up stops at a quarter of the bound and block sizing takes at most a quarter of the rest, so
+    # timing starts well inside it; it ends within one block (here one call of 6 ms) past the bound
+    assert result.calls_per_block == 1 and result.warmup_s < 0.05 * 0.75
+    assert elapsed <= 0.05 + 0.006 + 1e-9
+    assert all(s == pytest.approx(1.0) for s in result.samples_ms)  # the flush never lands in a sample
+
+
+def test_max_time_bounds_a_real_cold_run_on_cpu():
+    start = time.perf_counter()
+    result = time_callable(lambda: time.sleep(0.001), torch.device("cpu"), warmup_s=0.5, min_time_s=2.0,
+                           max_time_s=0.1, setup=lambda: time.sleep(0.004))
+    assert time.perf_counter() - start < 0.1 + 0.15  # the bound plus at most one block on a loaded host
+    assert result.stop == "max-time" and result.n_calls >= 1

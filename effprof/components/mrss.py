@@ -18,13 +18,17 @@ Both are 0 for the baseline and, for the second, for r = 1.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from effprof.errors import ParamError
-from effprof.modules.mrss import DOWNSAMPLE, MRSS, UPSAMPLE, is_power_of_two, pad_to_multiple
+from effprof.lazy import lazy_from, lazy_import
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
+
+# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+torch = lazy_import("torch")
+F = lazy_import("torch.nn.functional")
+MRSS, is_power_of_two, pad_to_multiple = lazy_from("effprof.modules.mrss", "MRSS", "is_power_of_two", "pad_to_multiple")
+DOWNSAMPLE = ("avg", "strided", "learned")  # = effprof.modules.mrss.DOWNSAMPLE / UPSAMPLE (tests/test_cli_fast.py)
+UPSAMPLE = ("nearest", "linear")
 
 SMOOTH_WINDOW = 64  # tokens of the moving average that makes the "smooth" fidelity input
 FIDELITY_SEQUENCES = 2

@@ -9,11 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from effprof.errors import ParamError, PretrainedNotFound
-from effprof.modules import projectors as P
+from effprof.lazy import lazy_import
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -26,6 +23,11 @@ COMMON = (TOKENS, IN_DIM, OUT_DIM, PRETRAINED)
 RANK = Param("rank", int, 256, "rank of the factorisation", low=1)
 LORA_RANK = Param("rank", int, 8, "LoRA adapter rank", low=1)
 LORA_ALPHA = Param("alpha", float, 16.0, "LoRA scaling numerator (scale = alpha / rank)", low=0, low_open=True)
+
+# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+P = lazy_import("effprof.modules.projectors")
 
 PROJECTOR_FILES = ("mm_projector.bin", "mm_projector.safetensors", "projector.safetensors", "projector.pt")
 

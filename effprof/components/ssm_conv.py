@@ -13,14 +13,19 @@ transform); inputs and outputs are in the run dtype. `kernel_dtype` records this
 """
 from __future__ import annotations
 
-import torch
-
 from effprof.errors import ParamError
-from effprof.modules.ssm_conv import (LowRankSSMConv, S4D_INITS, SparseTapSSMConv, SSMConv, lowrank_kernel_rel_error,
-                                      relative_error, s4d_kernel, s4d_parameters)
-from effprof.ops.fft_conv import fft_causal_conv, fft_conv_flops, sparse_tap_flops
+from effprof.lazy import lazy_from, lazy_import
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
+
+# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+torch = lazy_import("torch")
+(LowRankSSMConv, SparseTapSSMConv, SSMConv, lowrank_kernel_rel_error, relative_error, s4d_kernel,
+ s4d_parameters) = lazy_from("effprof.modules.ssm_conv", "LowRankSSMConv", "SparseTapSSMConv", "SSMConv",
+                             "lowrank_kernel_rel_error", "relative_error", "s4d_kernel", "s4d_parameters")
+fft_causal_conv, fft_conv_flops, sparse_tap_flops = lazy_from("effprof.ops.fft_conv", "fft_causal_conv",
+                                                              "fft_conv_flops", "sparse_tap_flops")
+S4D_INITS = ("lin", "inv")  # = effprof.modules.ssm_conv.S4D_INITS (tests/test_cli_fast.py)
 
 PARAMS = [
     Param("rank", int, None, "Rank of the distilled kernel (truncated SVD); none (or full) = the full kernel.",
