@@ -65,9 +65,9 @@ def _check_outputs(*paths: str | None) -> None:
             raise UsageError(f"{path}: folder {folder} does not exist")
 
 
-def _component_args(component: str, args: list[str]) -> dict[str, str]:
-    """Parse `--name VALUE` / `--name=VALUE` pairs against the component's declared parameters."""
-    declared = {p.option: p for p in get_component(component).params}
+def _component_args(component: str, args: list[str], params=None) -> dict[str, str]:
+    """Parse `--name VALUE` / `--name=VALUE` pairs against the component's declared parameters (or `params`)."""
+    declared = {p.option: p for p in (get_component(component).params if params is None else params)}
     values: dict[str, str] = {}
     i = 0
     while i < len(args):
@@ -138,15 +138,11 @@ def compare_command(ctx: typer.Context,
                     csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     _check_outputs(csv, json, plot)
-    fixed = list(ctx.args)
-    if fixed and not grid:
-        raise UsageError(f"compare {target}: {fixed[0]} is not an option of compare; component parameters "
-                         "are taken beside --grid only (a profile's rows set their own: edit a copy of the profile)")
     if plot:
         from effprof.report.plot import require_matplotlib
 
         require_matplotlib()
-    profile = _profile(target, grid, overrides, _component_args(target, fixed) if fixed else None)
+    profile = _profile(target, grid, overrides, list(ctx.args))
     records = _measure_profile(profile, baseline, csv, json)
     if plot:
         from effprof.report.plot import plot_records
@@ -159,10 +155,12 @@ def compare_command(ctx: typer.Context,
         raise typer.Exit(1)
 
 
-def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any], fixed: dict[str, str] | None = None):
-    """The rows to measure: a profile, or a component over `grid` with the `fixed` parameters on every row."""
+def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any], extra: list[str] | None = None):
+    """The rows to measure: a component over `grid`, or a profile; component parameters in `extra`
+    (`--name VALUE`) are set on every row (of a profile: every row whose component declares them)."""
     from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
 
+    fixed = _component_args(target, extra) if grid and extra else None
     if grid:
         options = replace(RunOptions(), **overrides)
         axes = parse_grid(grid)
@@ -178,7 +176,23 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any], fix
         profile = Profile(title, configs, 0, list(axes))
     else:
         profile = load_profile(target, RunOptions(), overrides)
+        if extra:
+            _set_on_rows(profile, extra)
     return profile
+
+
+def _set_on_rows(profile, extra: list[str]) -> None:
+    """Set component parameters given beside a profile on every row whose component declares them
+    (e.g. `compare projectors --tokens 16 --in-dim 32` shrinks every projector)."""
+    declared = {p.name: p for c in profile.configs for p in get_component(c.component).params}
+    fixed = _component_args(profile.title, extra, declared.values())
+    configs = []
+    for config in profile.configs:
+        names = {p.name for p in get_component(config.component).params}
+        configs.append(replace(config, params={**config.params, **{k: v for k, v in fixed.items() if k in names}}))
+        configs[-1].resolved()  # refuse a value a row's component does not accept, before anything runs
+    profile.configs = configs
+    profile.title += " (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + " on every row)"
 
 
 def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:

@@ -80,7 +80,8 @@ def test_compare_grid_takes_fixed_component_parameters(tmp_path, fast):
     (["compare", "linear", "--grid", "tokens=4,8", "--tokens", "4"], "both a fixed parameter and a --grid axis"),
     (["compare", "linear", "--grid", "tokens=4", "--in-dim", "0"], "outside the allowed range"),
     (["compare", "linear", "--grid", "tokens=4", "--bogus", "1"], "unknown option '--bogus'"),
-    (["compare", "projectors", "--tokens", "4"], "beside --grid only"),
+    (["compare", "projectors", "--bogus", "4"], "unknown option '--bogus'"),
+    (["compare", "projectors", "--tokens", "0"], "outside the allowed range"),
 ])
 def test_compare_refuses_fixed_parameters_it_cannot_use(argv, says, capsys, fast):
     assert main(argv + fast) == 2

@@ -1,0 +1,141 @@
+"""How long `effprof compare projectors` takes, old-style (a fixed second of timing per row) against the default
+(timing sized by the CV it reaches), and whether the two agree.
+
+Runs the command line twice as a user would (`python -m effprof compare projectors --json ...`, each in a fresh
+process, so Python and torch start-up and CUDA initialisation count): first the default, then old-style with
+`--warmup 0.2 --min-time 1 --max-cv 1` (the defaults before: 0.2 s of warm-up, then one second of timed calls
+whatever the CV). For each it records the wall time of the whole command, where the time went (start-up =
+wall minus the rows' own wall; per phase: build, count, warm-up, timing, summed over rows) and each row's
+median latency with its 95% confidence interval. A row agrees when the two intervals overlap; the verdict
+needs every row to agree and the default run under `--target-s` (10 s on an H200).
+
+    python3 benchmarks/bench_compare_speed.py --out DIR          # GPU machine: about 40 s
+    python3 benchmarks/bench_compare_speed.py --out DIR --smoke  # CPU, tiny projectors: checks the script
+
+Writes DIR/bench_compare_speed.json and DIR/bench_compare_speed.md; the table is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_STYLE = ["--warmup", "0.2", "--min-time", "1", "--max-cv", "1"]
+# The CPU smoke: the projectors at tiny widths, two rows (a CPU is too slow and too noisy for the real sizes).
+SMOKE_TARGET = ["linear", "--grid", "tokens=8,16", "--in-dim", "32", "--out-dim", "48", "--device", "cpu"]
+PHASES = ("build", "count", "warmup", "timing")
+
+
+def run_compare(target: list[str], extra: list[str], json_path: Path, timeout: int) -> dict:
+    """One `effprof compare` in a fresh process: wall seconds, exit code, records."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "effprof", "compare", *target, *extra, "--json", str(json_path)]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    records = json.loads(json_path.read_text())["records"] if json_path.is_file() else []
+    rows_s = sum(r.get("wall_s") or 0.0 for r in records)
+    return {"command": "effprof compare " + " ".join(target + extra), "exit_code": proc.returncode,
+            "wall_s": wall, "startup_s": wall - rows_s,
+            "phases_s": {p: sum(r.get(f"phase_{p}_s") or 0.0 for r in records) for p in PHASES},
+            "rows": [{k: r.get(k) for k in ("label", "status", "latency_ms_median", "latency_ms_ci95_low",
+                                            "latency_ms_ci95_high", "latency_cv", "n_calls", "timing_stop",
+                                            "wall_s", "device_name")} for r in records],
+            "stderr_tail": proc.stderr[-1500:] if proc.returncode else ""}
+
+
+def agreement(new: dict, old: dict) -> list[dict]:
+    """Per row: both medians, both CIs, the ratio new/old, and whether the 95% intervals overlap."""
+    rows = []
+    for a, b in zip(new["rows"], old["rows"]):
+        ok = a["status"] == b["status"] == "ok"
+        overlap = ok and a["latency_ms_ci95_low"] <= b["latency_ms_ci95_high"] and \
+            b["latency_ms_ci95_low"] <= a["latency_ms_ci95_high"]
+        rows.append({"label": a["label"], "new_ms": a["latency_ms_median"], "old_ms": b["latency_ms_median"],
+                     "new_ci": [a["latency_ms_ci95_low"], a["latency_ms_ci95_high"]],
+                     "old_ci": [b["latency_ms_ci95_low"], b["latency_ms_ci95_high"]],
+                     "ratio": a["latency_ms_median"] / b["latency_ms_median"] if ok else None,
+                     "new_calls": a["n_calls"], "old_calls": b["n_calls"], "new_stop": a["timing_stop"],
+                     "cis_overlap": bool(overlap)})
+    return rows
+
+
+def markdown(doc: dict) -> str:
+    new, old = doc["default"], doc["old_style"]
+    lines = [f"`effprof compare {doc['target']}` on {doc['device']} ({doc['date_utc']})", "",
+             "| run | wall s | start-up s | build s | count s | warm-up s | timing s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, run in (("default (CV-sized)", new), ("old-style (--min-time 1)", old)):
+        p = run["phases_s"]
+        lines.append(f"| {name} | {run['wall_s']:.1f} | {run['startup_s']:.1f} | {p['build']:.2f} | {p['count']:.2f} | "
+                     f"{p['warmup']:.2f} | {p['timing']:.2f} |")
+    lines += ["", "| row | default ms [95% CI] | old-style ms [95% CI] | ratio | calls (default / old) | stop | CIs overlap |",
+              "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in doc["rows"]:
+        if r["ratio"] is None:
+            lines.append(f"| {r['label']} | - | - | - | - | - | no (a row failed) |")
+            continue
+        lines.append(f"| {r['label']} | {r['new_ms']:.4f} [{r['new_ci'][0]:.4f}, {r['new_ci'][1]:.4f}] | "
+                     f"{r['old_ms']:.4f} [{r['old_ci'][0]:.4f}, {r['old_ci'][1]:.4f}] | {r['ratio']:.4f} | "
+                     f"{r['new_calls']} / {r['old_calls']} | {r['new_stop']} | {'yes' if r['cis_overlap'] else 'NO'} |")
+    lines += ["", f"verdict: {doc['verdict']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compare-speed"),
+                        help="folder for bench_compare_speed.json and .md")
+    parser.add_argument("--smoke", action="store_true", help="CPU, two tiny projector rows")
+    parser.add_argument("--target-s", type=float, default=10.0, help="wall-time target of the default run")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = SMOKE_TARGET if args.smoke else ["projectors"]
+    timeout = 300 if args.smoke else 240
+    new = run_compare(target, ["--min-time", "0.02", "--warmup", "0"] if args.smoke else [], out / "default.json",
+                      timeout)
+    old = run_compare(target, ["--min-time", "0.1", "--max-cv", "1", "--warmup", "0"] if args.smoke else OLD_STYLE,
+                      out / "old_style.json", timeout)
+    rows = agreement(new, old)
+    all_agree = bool(rows) and all(r["cis_overlap"] for r in rows)
+    fast = new["wall_s"] <= args.target_s
+    failed = new["exit_code"] or old["exit_code"]
+    verdict = ("a run failed (see stderr_tail)" if failed else
+               f"default {new['wall_s']:.1f} s vs old-style {old['wall_s']:.1f} s "
+               f"({'within' if fast else 'ABOVE'} the {args.target_s:g} s target); medians "
+               f"{'agree within their 95% CIs on every row' if all_agree else 'DISAGREE on some row'}")
+    device = next((r["device_name"] for r in new["rows"] if r.get("device_name")), platform.processor() or "?")
+    doc = {"benchmark": "bench_compare_speed", "target": " ".join(target), "smoke": args.smoke, "device": device,
+           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command_line": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+           "versions": versions(), "default": new, "old_style": old, "rows": rows, "all_agree": all_agree,
+           "default_within_target": fast, "verdict": verdict}
+    (out / "bench_compare_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
+    table = markdown(doc)
+    (out / "bench_compare_speed.md").write_text(table)
+    print(table)
+    return 1 if failed else 0
+
+
+def versions() -> dict:
+    """torch, transformers, triton versions without importing them (this process only starts the runs)."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("torch", "transformers", "triton"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
