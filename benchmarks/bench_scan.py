@@ -37,7 +37,7 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 TUNE_CONFIGS = [dict(CHUNK=ch, num_warps=nw) for ch, nw in [(32, 4), (32, 2), (64, 4), (16, 4)]]
 # The `tl` kernel (CPU interpreter; triton without Gluon), its best configs of the second session:
 # (BLOCK_D, CHUNK, num_warps, pair_states) with 3 pipeline stages and shift-and-mask B/C unpacking.
-# Earlier sweeps (scan_notes.md): CHUNK 8 or 16, 2 rows per thread and float32 B/C all lost.
+# Earlier sweeps (diagnostics/scan_notes.md): CHUNK 8 or 16, 2 rows per thread and float32 B/C all lost.
 TUNE_CONFIGS += [dict(gluon=False, BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=3, fast_unpack=True, pair_states=ps)
                  for bd, ch, nw, ps in [(32, 32, 4, False), (32, 32, 4, True), (16, 64, 4, True)]]
 

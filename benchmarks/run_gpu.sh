@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run GPU benchmarks on the device machine in one call: bash benchmarks/run_gpu.sh NAME[:ARGS] [...]
 # NAME is a benchmarks/bench_NAME.py script (ARGS: comma-separated arguments, e.g. scan:--tune), another
-# benchmarks/NAME.py script (diag_timing), "ncu" (Nsight Compute on the scan kernel; ARGS: configs as KEY=VALUE+KEY=VALUE) or "cli" (effprof compare projectors / clip-vtp through the
+# benchmarks/diagnostics/NAME.py script (diag_timing), "ncu" (Nsight Compute on the scan kernel; ARGS: configs as KEY=VALUE+KEY=VALUE) or "cli" (effprof compare projectors / clip-vtp through the
 # command line). effprof is not installed there: `python -m effprof` from the repo root imports it.
 # Every script writes its JSON to $OUT; logs go to $OUT/NAME.log.
 set -uo pipefail
@@ -42,11 +42,11 @@ for spec in "$@"; do
     for config in '' "${args[@]}"; do
       ncu --kernel-name regex:_scan_ --launch-skip 2 --launch-count 1 --section SchedulerStats \
         --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
-        python3 benchmarks/ncu_scan.py "$config"
+        python3 benchmarks/diagnostics/ncu_scan.py "$config"
     done > "$log" 2>&1
   else
     script="benchmarks/bench_$name.py"
-    [ -e "$script" ] || script="benchmarks/$name.py"  # diag_timing and other non-bench scripts
+    [ -e "$script" ] || script="benchmarks/diagnostics/$name.py"  # diag_timing and the other finished diagnostics
     python3 "$script" "${args[@]}" > "$log" 2>&1
   fi
   rc=$?

@@ -3,6 +3,7 @@ so the CLI can show them (and their defaults) without loading torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from effprof.errors import UsageError
 
@@ -72,3 +73,18 @@ class RunOptions:
         return self.dtype
 
 
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row to measure: a component, its (unparsed) parameters, options and a display label."""
+
+    component: str
+    params: dict[str, Any]
+    options: RunOptions
+    label: str = ""
+
+    def resolved(self) -> dict[str, Any]:
+        from effprof.registry import get_component
+
+        return get_component(self.component).resolve(self.params)

@@ -29,7 +29,7 @@ import yaml
 
 from effprof.errors import EffprofError, ProfileError, UsageError
 from effprof.registry import get_component
-from effprof.runner import Config, RunOptions
+from effprof.options import Config, RunOptions
 
 OPTION_FIELDS = {f.name: f.type for f in fields(RunOptions)}
 GRID_OPTIONS = {"batch": int, "dtype": str}

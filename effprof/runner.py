@@ -24,24 +24,11 @@ from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re
 from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
-from effprof.options import RunOptions  # noqa: F401  (re-exported)
+from effprof.options import Config, RunOptions  # noqa: F401  (re-exported)
 from effprof.registry import BuildContext, Built, get_component
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
-
-
-@dataclass(frozen=True)
-class Config:
-    """One row to measure: a component, its (unparsed) parameters, options and a display label."""
-
-    component: str
-    params: dict[str, Any]
-    options: RunOptions
-    label: str = ""
-
-    def resolved(self) -> dict[str, Any]:
-        return get_component(self.component).resolve(self.params)
 
 
 @dataclass

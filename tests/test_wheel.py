@@ -2,6 +2,7 @@
 `effprof compare projectors` from another folder, and a `profiles/` folder there does not shadow the built-in
 profiles."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,9 +25,14 @@ def run(command, **kw):
 
 def test_wheel_installed_in_a_fresh_venv_runs_built_in_profiles_from_elsewhere(tmp_path):
     pytest.importorskip("setuptools")
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ and *.egg-info there
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "effprof", source / "effprof", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-         str(ROOT)], cwd=tmp_path)
+         str(source)], cwd=tmp_path)
     (wheel,) = wheels.glob("effprof-*.whl")
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])

@@ -12,10 +12,16 @@ The method follows the two timers engineers in this field trust:
 Warm timing (no per-call setup): each block of `calls_per_block` calls runs between one pair of CUDA
 events (one `perf_counter` pair on CPU); a sample is the block's time divided by its calls. Recording
 an event pair per call would add host work to every call, and on work of a few microseconds the GPU
-then waits on the host: a 1024³ matmul read 21.7 µs with per-call events against 9.9 µs of kernel
-time (H100, 2026-11-23). With a per-call `setup` (L2 flush, input rotation) each call gets its own
-event pair, as in do_bench, and a sample is one call. Blocks last about `min_time / 25` seconds and
-the host synchronises once per block.
+then waits on the host (an H100 1024³ matmul reads 21.7 µs that way against 9.9 µs of kernel time).
+With a per-call `setup` (L2 flush, input rotation) each call gets its own event pair, as in do_bench,
+and a sample is one call. Blocks last about `min_time / 25` seconds and the host synchronises once per
+block.
+
+How long: timing is sized by the steadiness it reaches, not by a fixed budget. After `min_time` seconds
+of timed calls (and at least 5 blocks) it stops as soon as the coefficient of variation of the block
+medians is at most `max_cv`: a quiet sub-millisecond row is done in a tenth of a second, a noisy one
+keeps going until the cap (`max_time`, or 10 × `min_time`), and `max_time` bounds everything, warm-up
+and flushes included. The result says why it stopped (`stop`).
 
 All times are in milliseconds.
 """
@@ -246,21 +252,17 @@ class L2Flusher:
     """Evicts the GPU's L2 cache between calls by writing a buffer larger than it (as do_bench does), and
     staggers the calls across launch phases.
 
-    One buffer per device per process (`shared(device)`): allocating and writing a fresh 256 MiB buffer
-    between two runs flips µs kernels between two states ~0.6 µs apart (benchmarks/diag_timing.py,
-    section toggle, H100, 2026-11-23).
+    - One buffer per device per process (`shared(device)`): a freshly allocated buffer between two runs
+      moves µs kernels between two states about 0.6 µs apart (H100).
+    - Launch phase: the time between the CUDA events around a µs call depends, by 0.5-1 µs, on where the
+      call falls in the stream's sequence of kernel launches (modulo a small power of two, 2 or 4 on the
+      machines measured), while the kernel's own duration does not. Before every other flush one more
+      one-element kernel is launched, so two consecutive calls launch an odd number of kernels whatever the
+      timed call launches: the timed call visits every phase equally often and every run samples the same
+      mixture. `stagger=False` gives the plain flush (do_bench's).
 
-    Launch phase (sections state and spacer, fourth session): what flips is where the timed call falls in
-    the stream's sequence of kernel launches. The kernel's own duration (CUPTI) does not move; the time
-    between the events around it does, by 0.5-1 µs: one extra kernel launched between two runs flips the
-    next run to the other state and two do not on one machine (a period of 2 launches), four launches per
-    call hold one state and two alternate on another (a period of 4). With one flush kernel and one
-    kernel per call, every call of a run sits at the same phase, so a run reads the fast or the slow
-    state depending on what ran before it (1024³ matmul: runs at 9.3 or 9.9 µs, CV 3.8%). Hence every
-    other call one more one-element kernel goes before the flush: two consecutive calls then launch an odd
-    number of kernels whatever the timed call launches, so the timed call visits every phase of a
-    power-of-two period equally often and every run samples the same mixture of phases.
-    `stagger=False` gives the plain flush (do_bench's)."""
+    The measurements behind both are in benchmarks/diagnostics/ (diag_timing.py, diag_launch_phase.py)
+    and benchmarks/results/ARCHIVE.md."""
 
     _per_device: dict = {}
 

@@ -2,7 +2,7 @@
 
 Same math and shapes as `selective_scan_triton._scan_chunked_kernel` (one program per batch and block
 of channels, the sequence walked in chunks of CHUNK steps, a linear recurrence per state), written with
-what Triton's `tl` cannot express (benchmarks/scan_notes.md, third session):
+what Triton's `tl` cannot express (the sweeps behind these choices: benchmarks/diagnostics/scan_notes.md):
 - **B and C go through shared memory once per chunk, as float32.** The chunk's [N, CHUNK] tiles are
   loaded coalesced (four values per thread), converted once and stored; each state then reads its two
   rows with 128-bit shared loads. The `tl` kernel has every thread unpack its own copy of every row

@@ -13,7 +13,7 @@ Triton lays a tile out with 8 consecutive steps per thread, so a chunk of 8 is a
 inside each thread (one FMA per element), and a chunk of 16/32 adds 1/2 levels of warp shuffles.
 exp is exp2 with A pre-scaled by log2(e); arithmetic is float32; softplus(delta + bias), the D skip and
 the silu(z) gate are fused, and the last state is written (float32). `DEFAULT_CONFIG` holds the block
-sizes measured fastest on an H100 (benchmarks/scan_notes.md).
+sizes measured fastest on an H100 (benchmarks/diagnostics/scan_notes.md).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-# Measured on an H100 (benchmarks/scan_notes.md): 3 pipeline stages on the chunk loop took the
+# Measured on an H100 (benchmarks/diagnostics/scan_notes.md): 3 pipeline stages on the chunk loop took the
 # reference shape from 0.664 to 0.481 ms; unpacking B and C with a shift and a mask (fast_unpack) to
 # 0.449 ms (2026-11-23). Overridable per call for tuning.
 DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "fast_unpack": True}

@@ -22,12 +22,12 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
 from benchmarks.common import run_sections  # noqa: E402
-from benchmarks.diag_timing import cold_samples  # noqa: E402
+from benchmarks.diagnostics.diag_timing import cold_samples  # noqa: E402
 from effprof.measure.timing import L2Flusher, _cuda_block_per_call  # noqa: E402
 
 
