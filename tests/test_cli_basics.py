@@ -122,3 +122,26 @@ def test_records_carry_what_reproduces_them_and_load_into_pandas_in_one_call(tmp
     assert row["torch_num_threads"] >= 1 and row["command_line"] == meta["command_line"]
     assert row["timing_stop"] in ("steady", "min-time", "cap", "max-time")
     assert not [c for c in df.columns if c.endswith("_mb") or "mbytes" in c]  # MiB everywhere
+
+
+def test_tables_use_plain_numbers_and_mark_unsteady_rows_and_their_ratios():
+    from rich.console import Console
+
+    from effprof.report.table import plain, print_records
+    from effprof.runner import add_ratios
+
+    assert [plain(v) for v in (1.23e-5, 0.000983, 12.345, 1234.5)] == ["0.0000123", "0.000983", "12.3", "1,234"]
+    steady = {"label": "steady", "status": "ok", "latency_ms_median": 0.1, "latency_ms_p10": 0.099,
+              "latency_ms_p90": 0.101, "latency_cv": 0.004, "latency_unsteady": False, "gflops": 0.0000983}
+    noisy = {**steady, "label": "noisy", "latency_ms_median": 0.2, "latency_cv": 0.3, "latency_unsteady": True}
+    records = [steady, noisy]
+    add_ratios(records)
+    assert records[0]["speedup_unsteady"] is False and records[1]["speedup_unsteady"] is True
+    console = Console(width=250, record=True)
+    print_records(records, console=console)
+    text = console.export_text()
+    assert "e-0" not in text and "0.0000983" in text
+    noisy_line = next(line for line in text.splitlines() if "noisy" in line and "│" in line)
+    assert noisy_line.count("!") == 3  # latency, CV and speedup
+    assert "!" not in next(line for line in text.splitlines() if "steady" in line and "│" in line)
+    assert "unsteady (CV > 0.05): noisy" in text and "CV = std/mean of the samples, a fraction" in text

@@ -17,8 +17,8 @@ def plain(value: float, digits: int = 3) -> str:
         return "0" if value == 0 else str(value)
     if abs(value) >= 10 ** (digits - 1):
         return f"{value:,.0f}"
-    decimals = min(12, digits - 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{decimals}f}"
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    return f"{value:.{decimals}f}" if decimals <= 9 else f"{value:.{digits}g}"  # 1e-12 fits no plain column
 
 
 def _num(value: Any, digits: int = 3) -> str:

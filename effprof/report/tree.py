@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from effprof.report.table import plain
+
 
 def _parent(name: str) -> str | None:
     if not name:
@@ -20,7 +22,7 @@ def _parent(name: str) -> str | None:
 
 
 def _gflop(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else plain(value, 4)
 
 
 def _share(value: Any) -> str:
@@ -31,8 +33,8 @@ def node_text(node: dict[str, Any]) -> str:
     """One line: `name (Type)  time ms  share  params  GFLOP`, flagged when children exceed the parent."""
     name = node["name"].rsplit(".", 1)[-1] if node["name"] else node["path"]
     flag = "  [red]children exceed parent[/red]" if node.get("additivity_ok") is False else ""
-    return (f"[bold]{name}[/bold] ({node['type']})  {node['time_ms']:.4g} ms  {_share(node.get('share_of_total'))}"
-            f"  self {node['self_ms']:.3g} ms  {node['params']:,} params  {_gflop(node.get('gflops'))} GFLOP{flag}")
+    return (f"[bold]{name}[/bold] ({node['type']})  {plain(node['time_ms'], 4)} ms  {_share(node.get('share_of_total'))}"
+            f"  self {plain(node['self_ms'])} ms  {node['params']:,} params  {_gflop(node.get('gflops'))} GFLOP{flag}")
 
 
 def breakdown_tree(nodes: list[dict[str, Any]], title: str = "") -> Tree:
@@ -61,8 +63,8 @@ def breakdown_table(nodes: list[dict[str, Any]], title: str = "") -> Table:
     for node in nodes:
         label = node["name"] or node["path"]
         table.add_row("  " * node["depth"] + label, node["type"], f"{node['params']:,}", _gflop(node.get("gflops")),
-                      f"{node['time_ms']:.4g}", _share(node.get("share_of_total")).rstrip("%"),
-                      f"{node['self_ms']:.3g}" + (" !" if node.get("additivity_ok") is False else ""))
+                      plain(node['time_ms'], 4), _share(node.get("share_of_total")).rstrip("%"),
+                      plain(node['self_ms']) + (" !" if node.get("additivity_ok") is False else ""))
     return table
 
 
@@ -83,5 +85,5 @@ def kernels_table(rows: list[dict[str, Any]], title: str = "") -> Table:
         table.add_column(header, justify=justify)
     for r in rows:
         name = r["name"] if len(r["name"]) <= 100 else r["name"][:97] + "..."
-        table.add_row(escape(name), f"{r['calls']:g}", f"{r['time_ms']:.4g}", f"{100 * r['share']:.1f}")
+        table.add_row(escape(name), f"{r['calls']:g}", plain(r['time_ms'], 4), f"{100 * r['share']:.1f}")
     return table
