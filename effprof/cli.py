@@ -106,25 +106,24 @@ def run_command(ctx: typer.Context,
                 csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.table import print_records
-    from effprof.runner import Config, measure
+    from effprof.runner import Config, measure_many
 
     _check_outputs(csv, json)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
-    try:
-        with console.status(f"{component}: build ...") as status:
-            record = measure(config, on_phase=lambda phase: status.update(f"{component}: {phase} ..."))
-    except EffprofError:
-        raise
-    except Exception:
-        if options.debug:
-            err_console.print_exception()
-        raise
-    _stamp([record])
-    print_records([record], title=f"effprof run {component}", console=console)
+    with console.status(f"{component}: build ...") as status:
+        # a failure is a row with its reason, as in a comparison
+        record = measure_many([config], on_phase=lambda _, phase: status.update(f"{component}: {phase} ..."))[0]
     _write([record], csv, json)
+    print_records([record], title=f"effprof run {component}", console=console)
+    if record.get("traceback"):
+        err_console.print(record["traceback"], highlight=False)
+    if record["status"] == "refused":
+        raise typer.Exit(2)
+    if record["status"] != "ok":
+        raise typer.Exit(1)
 
 
 @app.command("compare", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -4,7 +4,7 @@ Component modules are imported to list their declared parameters; they must not 
 module that does) when they are imported, only when a factory runs. `lazy_import("torch")` returns a
 stand-in whose first attribute access imports the real module (then cached in `sys.modules` as usual);
 `MambaBlock, MambaLM = lazy_from("effprof.modules.mamba", "MambaBlock", "MambaLM")` stand-ins that import
-the real objects when first called or read (`isinstance` needs the real class: import it in the function).
+the real objects when first called, read, indexed or used in `isinstance`.
 `tests/test_cli_fast.py` checks that importing every component module leaves torch unimported.
 """
 from __future__ import annotations
@@ -51,6 +51,15 @@ class LazyAttr:
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._resolve(), attr)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._resolve()[key]
+
+    def __iter__(self):
+        return iter(self._resolve())
+
+    def __instancecheck__(self, instance: Any) -> bool:  # isinstance(x, stand_in) checks the real class
+        return isinstance(instance, self._resolve())
 
     def __repr__(self) -> str:
         return f"<lazy {object.__getattribute__(self, '_module')}.{object.__getattribute__(self, '_name')}>"

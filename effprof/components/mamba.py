@@ -28,15 +28,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from effprof.errors import ParamError
-from effprof.modules.mamba import MAMBA_PRESETS, MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend
-from effprof.ops.selective_scan import resolve_backend
+from effprof.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
+
+# Imported when a factory runs, not when the components are listed (effprof/lazy.py).
+torch = lazy_import("torch")
+TransformerLM, kv_cache_bytes, truncate_kv_cache = lazy_from("effprof.models.transformer_lm", "TransformerLM",
+                                                             "kv_cache_bytes", "truncate_kv_cache")
+MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend = lazy_from("effprof.modules.mamba", "MambaBlock", "MambaLM",
+                                                                     "load_mamba_lm", "resolve_conv_backend")
+resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
+MAMBA_PRESETS = lazy_attr("effprof.modules.mamba", "MAMBA_PRESETS")
+PRESET_NAMES = ("130m", "370m", "790m", "1.4b", "2.8b")  # = tuple(MAMBA_PRESETS) (tests/test_cli_fast.py)
 
 MIB = 2**20
 MODES = ("prefill", "decode")
@@ -50,7 +55,7 @@ CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-con
 HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
              "off = backbone only, like transformers' MambaModel.")
 PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
-               choices=tuple(MAMBA_PRESETS))
+               choices=PRESET_NAMES)
 
 
 def _prefilled(fn):
@@ -188,31 +193,6 @@ def transformer_shape(preset: str, d_model: int | None, n_head: int | None) -> t
                          f"(head size {width / heads:g}); choose a width that is a multiple of the head count "
                          "or set --n-head")
     return width, layers, heads
-
-
-class TransformerLM(nn.Module):
-    """A GPTNeoXModel with an optional tied LM head: ids (batch, L) -> hidden (batch, L, d) or logits (batch, 1, V)."""
-
-    def __init__(self, model: nn.Module, head: bool):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, input_ids, past_key_values=None):
-        hidden = self.model(input_ids=input_ids, past_key_values=past_key_values,
-                            use_cache=past_key_values is not None).last_hidden_state
-        if not self.head:
-            return hidden
-        return F.linear(hidden[:, -1:], self.model.embed_in.weight)
-
-
-def kv_cache_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-
-
-def truncate_kv_cache(cache, length: int) -> None:
-    """Cut a transformers DynamicCache back to `length` tokens (views, no copy)."""
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
 
 
 @register_component("transformer-lm", unit="tok", family="ssm", params=[
