@@ -90,8 +90,8 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compare-speed"),
-                        help="folder for bench_compare_speed.json and .md")
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results" / "compare-speed"),
+                        help="folder for bench_compare_speed.json and .md (default: $OUT, else benchmarks/results/)")
     parser.add_argument("--smoke", action="store_true", help="CPU, two tiny projector rows")
     parser.add_argument("--target-s", type=float, default=10.0, help="wall-time target of the default run")
     args = parser.parse_args(argv)

@@ -88,14 +88,17 @@ def test_compare_refuses_fixed_parameters_it_cannot_use(argv, says, capsys, fast
     assert says in err and "\n" not in err
 
 
-def test_a_triton_kernel_under_triton_interpret_is_refused_not_timed():
+def test_a_triton_kernel_under_triton_interpret_is_refused_not_timed(tmp_path):
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-m", "effprof", "run", "mamba", "--scan-backend", "triton", "--device", "cpu",
-                           "--d-model", "8", "--seq-len", "8"], capture_output=True, text=True, env=env, timeout=300)
+                           "--d-model", "8", "--seq-len", "8", "--json", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-800:]
-    assert "TRITON_INTERPRET=1" in proc.stderr and "not a benchmark" in proc.stderr
-    assert "latency" not in proc.stdout
+    (record,) = read_json(out)
+    assert record["status"] == "refused" and record.get("latency_ms_median") is None
+    assert "TRITON_INTERPRET=1" in record["error"] and "not a benchmark" in record["error"]
 
 
 def test_records_carry_what_reproduces_them_and_load_into_pandas_in_one_call(tmp_path, fast):
