@@ -1,10 +1,12 @@
 """The transformers that pyproject.toml admits has the KV-cache API effprof uses.
 
 The minimum was found by running effprof's cache code on released versions: DynamicCache's per-layer
-`layers[i].keys/.values` (transformer-lm decode) first runs on 4.54.0 (4.53.3 has no `layers`), and the
-static cache of the `llava` decode (`StaticLayer.lazy_initialization(keys, values)`) on 5.0.0 (4.57.6
-takes keys only). This test checks that the installed version is at least the declared minimum and that
-both calls exist and behave as effprof assumes.
+`layers[i].keys/.values` (transformer-lm decode) first runs on 4.54.0 (4.53.3 has no `layers`); the
+`llava` component's static cache needs `StaticLayer.lazy_initialization(keys, values)` (5.0; 4.57.6 takes
+keys only) and its prefill and decode (`effprof run llava --preset tiny --mode prefill|decode`) first run on
+5.4.0 (5.0.0, 5.2.0, 5.3.0: "index_copy_(): index 80 is out of bounds", the cache update writes past its
+end). This test checks that the installed version is at least the declared minimum and that both calls
+exist and behave as effprof assumes.
 """
 import inspect
 import re
@@ -23,7 +25,7 @@ def declared_minimum() -> Version:
 
 
 def test_installed_transformers_meets_the_declared_minimum():
-    assert declared_minimum() >= Version("5.0")  # the oldest version both cache paths run on (module docstring)
+    assert declared_minimum() >= Version("5.4")  # the oldest version both cache paths run on (module docstring)
     assert Version(metadata.version("transformers")) >= declared_minimum()
 
 
