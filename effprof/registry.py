@@ -41,6 +41,8 @@ class Built:
     - `forward(module, inputs)`: how one call is made; defaults to `module(*inputs)`.
     - `info`: static facts for the record (tokens in/out, which kernel runs, ...).
     - `extras(module, inputs)`: facts computed once on real inputs (e.g. a fidelity figure); may be None.
+    - `loss(output, inputs)`: the scalar a training step (`--train`) backpropagates; None = the mean of
+      the output (see effprof.measure.training). Trainable parameters are those with requires_grad.
     """
 
     module: torch.nn.Module
@@ -50,6 +52,7 @@ class Built:
     forward: Callable[[torch.nn.Module, tuple], Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     extras: Callable[[torch.nn.Module, tuple], dict[str, Any]] | None = None
+    loss: Callable[[Any, tuple], torch.Tensor] | None = None
 
     def __post_init__(self):
         if self.unit not in UNITS:
