@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from effprof.components.clip_dual import DualEncoder, clip_config, contrastive_loss
+from effprof.modules.clip_dual import DualEncoder, clip_config, contrastive_loss
 from effprof.errors import ParamError, UsageError
 from effprof.measure.training import TrainingStep, memory_split, param_counts
 from effprof.modules import lora as L

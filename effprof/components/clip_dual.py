@@ -17,85 +17,17 @@ weights. One call embeds a batch of images and as many captions of `seq_len` tok
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from effprof.components.clip import PRESETS as VISION_PRESETS, _check_multiple, vision_config
 from effprof.errors import ParamError
-from effprof.modules import lora as L
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
-
-@dataclass(frozen=True)
-class ClipTextPreset:
-    width: int
-    layers: int
-    heads: int
-    projection_dim: int
-
-
-TEXT_PRESETS = {"vit-b-16": ClipTextPreset(512, 12, 8, 512), "vit-l-14": ClipTextPreset(768, 12, 12, 768)}
-VOCAB, CONTEXT = 49408, 77
-LORA_TARGETS = {"projections": ("visual_projection", "text_projection"), "qv": ("q_proj", "v_proj"),
-                "projections+qv": ("visual_projection", "text_projection", "q_proj", "v_proj")}
-
-
-def clip_config(preset: str, img_size: int, layers: int | None):
-    from transformers import CLIPConfig
-
-    vision = VISION_PRESETS[preset]
-    text = TEXT_PRESETS[preset]
-    v = vision_config(vision, img_size).to_dict()
-    if layers is not None:
-        v["num_hidden_layers"] = layers
-    t = dict(vocab_size=VOCAB, hidden_size=text.width, intermediate_size=4 * text.width,
-             num_hidden_layers=layers or text.layers, num_attention_heads=text.heads, max_position_embeddings=CONTEXT,
-             hidden_act="quick_gelu", layer_norm_eps=1e-5)
-    return CLIPConfig(text_config=t, vision_config=v, projection_dim=text.projection_dim,
-                      attn_implementation="sdpa")
-
-
-class DualEncoder(nn.Module):
-    """CLIPModel's call as one module: (pixel_values, input_ids) -> logits_per_image (images × captions)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image
-
-
-def contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE loss: mean of the image->text and text->image cross-entropies, in fp32."""
-    logits = logits_per_image.float()
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
-def adapt_model(model: nn.Module, adapt: str, rank: int, alpha: float, targets: str, backend: str) -> dict:
-    """Mark what trains (and inject adapters for `lora`); returns record facts."""
-    if adapt == "full":
-        model.requires_grad_(True)
-        return {"adapt": "full"}
-    if adapt == "projections":
-        model.requires_grad_(False)
-        for name in LORA_TARGETS["projections"]:
-            getattr(model, name).requires_grad_(True)
-        return {"adapt": "projections"}
-    if backend == "auto":
-        backend = "peft" if L.peft_available() else "builtin"
-    apply = L.apply_lora_peft if backend == "peft" else L.apply_lora
-    names = apply(model, LORA_TARGETS[targets], rank, alpha)
-    return {"adapt": "lora", "lora_backend": backend, "lora_layers": len(names)}
+PRESET_NAMES = ("vit-b-16", "vit-l-14")
+TARGET_NAMES = ("projections", "qv", "projections+qv")
+CONTEXT = 77
 
 
 @register_component("clip-dual", unit="img", family="vision", params=[
-    Param("preset", str, "vit-b-16", "Published OpenAI CLIP architecture (both towers).", choices=tuple(TEXT_PRESETS)),
+    Param("preset", str, "vit-b-16", "Published OpenAI CLIP architecture (both towers).", choices=PRESET_NAMES),
     Param("img_size", int, None, "Image side in pixels (none = the preset's 224).", low=1, optional=True),
     Param("seq_len", int, CONTEXT, "Caption length in tokens (CLIP's context is 77).", low=1, high=CONTEXT),
     Param("layers", int, None, "Layers per tower instead of the preset's (none = published depth).", low=1,
@@ -105,7 +37,7 @@ def adapt_model(model: nn.Module, adapt: str, rank: int, alpha: float, targets: 
     Param("rank", int, 8, "LoRA rank r (with --adapt lora).", low=1),
     Param("alpha", float, 16.0, "LoRA scale numerator: adapters are scaled by alpha / rank.", low=0, low_open=True),
     Param("lora_targets", str, "projections", "Layers that get adapters: projections | qv (attention q/v, both "
-          "towers) | projections+qv.", choices=tuple(LORA_TARGETS)),
+          "towers) | projections+qv.", choices=TARGET_NAMES),
     Param("lora_backend", str, "auto", "auto (peft when installed) | peft | builtin (effprof.modules.lora).",
           choices=("auto", "peft", "builtin")),
     Param("merged", bool, False, "Fold the LoRA adapters into the weights (inference rows)."),
@@ -113,10 +45,16 @@ def adapt_model(model: nn.Module, adapt: str, rank: int, alpha: float, targets: 
 def clip_dual(ctx: BuildContext, preset, img_size, seq_len, layers, adapt, rank, alpha, lora_targets,
               lora_backend, merged) -> Built:
     """CLIP dual encoder (HF CLIPModel): images + captions -> similarity; contrastive loss; LoRA."""
+    import torch
     from transformers import CLIPModel
 
+    from effprof.components.clip import PRESETS as VISION_PRESETS, _check_multiple
+    from effprof.modules import lora as L
+    from effprof.modules.clip_dual import VOCAB, DualEncoder, adapt_model, clip_config, contrastive_loss
+
+    patch = VISION_PRESETS[preset].patch_size
     size = VISION_PRESETS[preset].image_size if img_size is None else img_size
-    _check_multiple(size, VISION_PRESETS[preset].patch_size, preset)
+    _check_multiple(size, patch, preset)
     if merged and adapt != "lora":
         raise ParamError("--merged: only adapters can be merged (needs --adapt lora)")
     with ctx.device:
@@ -133,6 +71,5 @@ def clip_dual(ctx: BuildContext, preset, img_size, seq_len, layers, adapt, rank,
         ids = torch.randint(0, VOCAB, (batch, seq_len), device=ctx.device)
         return pixels, ids
 
-    patches = (size // VISION_PRESETS[preset].patch_size) ** 2
-    info.update(architecture=preset, image_size=size, caption_tokens=seq_len, tokens_in=1 + patches)
+    info.update(architecture=preset, image_size=size, caption_tokens=seq_len, tokens_in=1 + (size // patch) ** 2)
     return Built(module, make_inputs, "img", info=info, loss=lambda output, inputs: contrastive_loss(output))
