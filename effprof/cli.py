@@ -32,6 +32,11 @@ Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                  help="Time the torch.compile'd module (compile time reported apart).")]
 Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flops-crosscheck",
                                                      help="Add fvcore's and thop's counts (flops extra).")]
+Train = Annotated[Optional[bool], typer.Option("--train/--no-train", help="Time training steps: forward, loss, "
+                                              "backward, optimizer step, zero_grad (trainable params only).")]
+Optimizer = Annotated[Optional[str], typer.Option("--optimizer", help="With --train: adamw (default) | sgd (momentum 0.9).")]
+GradCkpt = Annotated[Optional[bool], typer.Option("--grad-checkpointing/--no-grad-checkpointing",
+                                                  help="With --train: activation checkpointing (transformers models).")]
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
 
@@ -91,6 +96,7 @@ def run_command(ctx: typer.Context,
                 batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                 min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                 cold: Cold = None, graphs: Graphs = None, compile: Compile = None, crosscheck: Crosscheck = None,
+                train: Train = None, optimizer: Optimizer = None, grad_checkpointing: GradCkpt = None,
                 csv: CsvPath = None, json: JsonPath = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
@@ -101,7 +107,8 @@ def run_command(ctx: typer.Context,
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
                                     max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs,
-                                    compile=compile, crosscheck=crosscheck))
+                                    compile=compile, crosscheck=crosscheck, train=train, optimizer=optimizer,
+                                    grad_checkpointing=grad_checkpointing))
     config = Config(component, params, options.validate())
     config.resolved()
     with console.status(f"measuring {component} ..."):
@@ -118,7 +125,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                     min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
-                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                    crosscheck: Crosscheck = None, train: Train = None, optimizer: Optimizer = None,
+                    grad_checkpointing: GradCkpt = None, csv: CsvPath = None, json: JsonPath = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     _check_outputs(csv, json, plot)
     if plot:
@@ -127,7 +135,7 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
         require_matplotlib()
     overrides = _options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
                          max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
-                         crosscheck=crosscheck)
+                         crosscheck=crosscheck, train=train, optimizer=optimizer, grad_checkpointing=grad_checkpointing)
     profile = _profile(target, grid, overrides)
     records = _measure_profile(profile, baseline, csv, json)
     if plot:

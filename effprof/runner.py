@@ -45,6 +45,9 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
+    train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
+    optimizer: str = "adamw"     # --train: adamw | sgd
+    grad_checkpointing: bool = False
 
     def validate(self) -> "RunOptions":
         if self.batch < 1:
@@ -61,6 +64,10 @@ class RunOptions:
             raise UsageError("--graphs and --compile are separate modes; choose one")
         if self.graphs and resolve_device(self.device).type != "cuda":
             raise UsageError("--graphs needs a CUDA device (CUDA graphs do not exist on cpu)")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
+        if self.grad_checkpointing and not self.train:
+            raise UsageError("--grad-checkpointing needs --train")
         resolve_device(self.device)
         return self
 
@@ -150,12 +157,12 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     input_sets = [built.make_inputs(opts.batch) for _ in range(n_sets)]
     items_per_call = opts.batch * built.items_per_sample
     counted_bytes = None
-    with torch.inference_mode():
-        if opts.count_flops:
+    with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
+        if opts.count_flops and not opts.train:  # --train counts forward+backward in its own mode
             counts = count_flops_and_bytes(lambda: built.call(input_sets[0]))
             record["gflops"] = counts.flops / 1e9
             counted_bytes = counts.bytes
-        if built.extras is not None:
+        if built.extras is not None and not opts.train:
             record.update(built.extras(built.module, input_sets[0]))
         memory = PeakMemory(device)
         if opts.graphs:
@@ -214,6 +221,12 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": "graphs" if opts.graphs else "compile" if opts.compile else "eager"}
+    if opts.train:  # each call is a training step; the modes below apply to the step as to a forward
+        from effprof.measure.training import TrainOptions, train_mode
+
+        built, train_fields = train_mode(built, input_sets[0], TrainOptions(opts.optimizer, grad_checkpointing=
+                                         opts.grad_checkpointing), graphs=opts.graphs, name=type(built.module).__name__)
+        fields.update(train_fields, exec_mode="train-" + fields["exec_mode"])
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if opts.graphs:
         static = input_sets[0]

@@ -71,5 +71,5 @@ def clip_dual(ctx: BuildContext, preset, img_size, seq_len, layers, adapt, rank,
         ids = torch.randint(0, VOCAB, (batch, seq_len), device=ctx.device)
         return pixels, ids
 
-    info.update(architecture=preset, image_size=size, caption_tokens=seq_len, tokens_in=1 + (size // patch) ** 2)
+    info.update(architecture=preset, image_size=size, caption_tokens=seq_len, patches=(size // patch) ** 2)
     return Built(module, make_inputs, "img", info=info, loss=lambda output, inputs: contrastive_loss(output))

@@ -309,3 +309,37 @@ def step_phases(step: TrainingStep, inputs: tuple, repeats: int = 5, warmup: int
     out["step_ms"] = sum(out.values())
     out["method"] = "cuda-events" if device.type == "cuda" else "perf_counter"
     return out
+
+
+class StepCall:
+    """A training step shaped like a `Built` for the runner's execution modes: `call(inputs, module)` runs one
+    step (on `module`, e.g. the compiled one, when given); `module` is the module stepped."""
+
+    def __init__(self, step: TrainingStep, graphs: bool = False):
+        self.step = step
+        self.module = step.built.module
+        self.graphs = graphs
+
+    def call(self, inputs: tuple, module: nn.Module | None = None) -> torch.Tensor:
+        if module is not None:
+            self.step.module = module
+        return self.step.graph_body(inputs) if self.graphs else self.step(inputs)
+
+
+def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False,
+               name: str = "component") -> tuple[StepCall, dict[str, Any]]:
+    """Set up `--train`: a fresh step, its memory split (first step) and FLOPs; returns what to time and
+    the record fields. With `graphs` the optimizer is capturable (its step counter lives on the device)."""
+    from dataclasses import replace
+
+    step = TrainingStep(built, replace(options, capturable=graphs), name=name)
+    trainable, frozen = param_counts(built.module)
+    split = memory_split(step, inputs)
+    forward, total = train_flops(step, inputs)
+    fields: dict[str, Any] = {
+        "train": True, "train_optimizer": options.optimizer, "train_lr": options.lr,
+        "train_loss": "component" if getattr(built, "loss", None) is not None else "mean of output",
+        "grad_checkpointing": options.grad_checkpointing, "params_trainable": trainable, "params_frozen": frozen,
+        "gflops": total / 1e9, "gflops_forward": forward / 1e9, "flops_scope": "forward+backward",
+        **split.fields()}
+    return StepCall(step, graphs), fields
