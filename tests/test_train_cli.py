@@ -54,3 +54,12 @@ def test_profile_rows_may_train(tmp_path):
     assert not infer.get("train") and train["train"] is True
     assert train["params_trainable"] == 2 * (IN + OUT)  # LoRA A and B only: r·(in + out)
     assert train["train_grads_mib"] == pytest.approx(4 * 2 * (IN + OUT) / MIB)
+
+
+def test_breakdown_train_splits_the_step(fast, capsys):
+    assert main(["breakdown", *LINEAR, "--device", "cpu", "--train"]) == 0
+    text = capsys.readouterr().out
+    for phase in ("forward", "backward", "optimizer", "step", "perf_counter"):
+        assert phase in text
+    assert main(["run", *LINEAR, "--device", "meta", "--train"]) == 2
+    assert "--device meta only counts" in capsys.readouterr().err

@@ -1,12 +1,12 @@
 """`effprof quality projectors`: each projector's reconstruction quality (test MSE) beside its cost."""
-from __future__ import annotations
 
 from dataclasses import replace
 from typing import Annotated, Any, Optional
 
 import typer
 
-from effprof.cli import CsvPath, Device, JsonPath, MinTime, _check_outputs, app, console, err_console
+from effprof.cli import CsvPath, JsonPath, _check_outputs, app, console, err_console
+from effprof.cli_options import common_options
 from effprof.errors import UsageError
 
 quality_app = typer.Typer(no_args_is_help=True, help="Quality beside cost (projectors: reconstruction MSE).")
@@ -41,6 +41,7 @@ def _with_params(configs, given: dict[str, Any]):
 
 
 @quality_app.command("projectors")
+@common_options("device", "min_time")
 def projectors_command(
         profile: Annotated[str, typer.Option("--profile", help="Profile whose rows are the projectors.")] = "projectors",
         features: Annotated[Optional[str], typer.Option("--features", help="Tensor file (samples, tokens, channels): "
@@ -59,7 +60,7 @@ def projectors_command(
         set_params: Annotated[Optional[list[str]], typer.Option("--set", help="NAME=VALUE for every row that has "
                                                                 "that parameter, e.g. --set out_dim=256.")] = None,
         cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Also measure each row's inference cost.")] = True,
-        device: Device = None, min_time: MinTime = None, csv: CsvPath = None, json: JsonPath = None):
+        csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Train each projector of a profile with a small decoder back to the feature space; test MSE beside cost."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -73,8 +74,7 @@ def projectors_command(
         raise UsageError("--images-dir and --pretrained go together (a CLIP tower extracts the features)")
     if features is not None and images_dir is not None:
         raise UsageError("give --features or --images-dir, not both")
-    overrides = {k: v for k, v in {"device": device, "min_time": min_time}.items() if v is not None}
-    loaded = load_profile(profile, RunOptions(min_time=0.2), overrides)
+    loaded = load_profile(profile, RunOptions(min_time=0.2), overrides or {})
     given = _overrides(set_params)
     target = loaded.configs[0].options.torch_device()
     if features is not None:

@@ -326,8 +326,8 @@ class StepCall:
         return self.step.graph_body(inputs) if self.graphs else self.step(inputs)
 
 
-def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False,
-               name: str = "component") -> tuple[StepCall, dict[str, Any]]:
+def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False, name: str = "component",
+               count_flops: bool = True) -> tuple[StepCall, dict[str, Any]]:
     """Set up `--train`: a fresh step, its memory split (first step) and FLOPs; returns what to time and
     the record fields. With `graphs` the optimizer is capturable (its step counter lives on the device)."""
     from dataclasses import replace
@@ -335,11 +335,12 @@ def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False
     step = TrainingStep(built, replace(options, capturable=graphs), name=name)
     trainable, frozen = param_counts(built.module)
     split = memory_split(step, inputs)
-    forward, total = train_flops(step, inputs)
+    forward, total = train_flops(step, inputs) if count_flops else (None, None)
     fields: dict[str, Any] = {
         "train": True, "train_optimizer": options.optimizer, "train_lr": options.lr,
         "train_loss": "component" if getattr(built, "loss", None) is not None else "mean of output",
         "grad_checkpointing": options.grad_checkpointing, "params_trainable": trainable, "params_frozen": frozen,
-        "gflops": total / 1e9, "gflops_forward": forward / 1e9, "flops_scope": "forward+backward",
+        "gflops": None if total is None else total / 1e9, "flops_scope": "forward+backward",
+        "gflops_forward": None if forward is None else forward / 1e9,
         **split.fields()}
     return StepCall(step, graphs), fields
