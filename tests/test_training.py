@@ -121,3 +121,23 @@ def test_step_phases_add_up():
     assert all(phases[k] > 0 for k in ("forward_ms", "backward_ms", "optimizer_ms"))
     assert phases["step_ms"] == pytest.approx(phases["forward_ms"] + phases["backward_ms"] + phases["optimizer_ms"])
     assert phases["method"] == "perf_counter"
+
+
+def test_selective_scan_op_backpropagates_like_its_reference():
+    from effprof.ops.autograd import ensure_registered
+    from effprof.ops.selective_scan import selective_scan, selective_scan_ref
+
+    ensure_registered()
+    torch.manual_seed(0)
+    b, d, n, length = 2, 3, 4, 5
+    leaves = [torch.randn(b, d, length), torch.rand(b, d, length), -torch.rand(d, n), torch.randn(b, n, length),
+              torch.randn(b, n, length), torch.randn(d), torch.randn(b, d, length), torch.randn(d)]
+    grads = []
+    for fn in (lambda *a: selective_scan(*a, delta_softplus=True, return_last_state=True, backend="ref"),
+               lambda *a: selective_scan_ref(*a, delta_softplus=True, return_last_state=True)):
+        args = [t.clone().requires_grad_(True) for t in leaves]
+        y, state = fn(*args)
+        (y.square().sum() + state.sum()).backward()
+        grads.append([a.grad for a in args])
+    for via_op, direct in zip(*grads):
+        torch.testing.assert_close(via_op, direct)

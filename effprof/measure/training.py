@@ -122,6 +122,9 @@ class TrainingStep:
 
     def __init__(self, built, options: TrainOptions = TrainOptions(), module: nn.Module | None = None,
                  name: str = "component"):
+        from effprof.ops.autograd import ensure_registered
+
+        ensure_registered()  # custom ops (selective scan, causal conv) backpropagate through their references
         self.built = built
         self.options = options.validate()
         self.module = built.module if module is None else module
@@ -334,7 +337,13 @@ def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False
 
     step = TrainingStep(built, replace(options, capturable=graphs), name=name)
     trainable, frozen = param_counts(built.module)
-    split = memory_split(step, inputs)
+    try:
+        split = memory_split(step, inputs)
+    except RuntimeError as exc:  # an op without a backward, a dtype an optimizer refuses, ...
+        if "out of memory" in str(exc).lower():
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"--train: {name} cannot take a training step: {first}") from None
     forward, total = train_flops(step, inputs) if count_flops else (None, None)
     fields: dict[str, Any] = {
         "train": True, "train_optimizer": options.optimizer, "train_lr": options.lr,
