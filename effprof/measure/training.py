@@ -318,6 +318,8 @@ class StepCall:
     """A training step shaped like a `Built` for the runner's execution modes: `call(inputs, module)` runs one
     step (on `module`, e.g. the compiled one, when given); `module` is the module stepped."""
 
+    handles_exec_mode = False  # the runner applies graphs / compile to the step
+
     def __init__(self, step: TrainingStep, graphs: bool = False):
         self.step = step
         self.module = step.built.module
