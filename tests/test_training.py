@@ -141,3 +141,20 @@ def test_selective_scan_op_backpropagates_like_its_reference():
         grads.append([a.grad for a in args])
     for via_op, direct in zip(*grads):
         torch.testing.assert_close(via_op, direct)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="allocator deltas need CUDA")
+def test_cuda_allocator_deltas_match_the_tensor_sizes():
+    from effprof.measure.training import train_mode
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)).cuda()
+    built = Built(module, lambda b: (torch.randn(b, 256, device="cuda"),), "tok")
+    _, fields = train_mode(built, built.make_inputs(64), TrainOptions())
+    n = sum(p.numel() for p in module.parameters())
+    slack = 4 * 512 / 2**20  # the caching allocator rounds each block up to 512 bytes
+    assert fields["train_grads_mib"] == pytest.approx(4 * n / 2**20, abs=slack)
+    assert fields["train_optimizer_mib"] == pytest.approx(2 * 4 * n / 2**20, abs=2 * slack)
+    assert fields["train_grads_tensors_mib"] == pytest.approx(4 * n / 2**20)
+    assert fields["train_activations_mib"] >= fields["train_saved_activations_mib"]
+    assert fields["train_peak_mib"] >= fields["train_weights_mib"] + fields["train_optimizer_mib"]

@@ -212,6 +212,9 @@ class MemorySplit:
                "train_optimizer_mib": mib(self.optimizer), "train_activations_mib": mib(self.activations),
                "train_saved_activations_mib": mib(self.saved_activations), "train_inputs_mib": mib(self.inputs),
                "train_peak_mib": mib(self.peak), "train_memory_method": self.method}
+        if "grads_tensor_bytes" in self.extra:  # CUDA: the live tensors' sizes beside the allocator deltas
+            out["train_grads_tensors_mib"] = mib(self.extra["grads_tensor_bytes"])
+            out["train_optimizer_tensors_mib"] = mib(self.extra["optimizer_tensor_bytes"])
         if self.peak is not None and self.activations is not None:
             parts = self.weights + self.gradients + self.optimizer + self.activations + self.inputs
             out["train_peak_other_mib"] = (self.peak - parts) / MIB  # workspaces, allocator rounding, temporaries
@@ -273,6 +276,12 @@ def train_flops(step: TrainingStep, inputs: tuple) -> tuple[int, int]:
     total, _ = count_flops(lambda: step.loss(inputs).backward())
     step.optimizer.zero_grad(set_to_none=True)
     return forward, total
+
+
+def warm_up(step: TrainingStep, inputs: tuple) -> None:
+    """One forward + backward without an optimizer step; the gradients are dropped."""
+    step.loss(inputs).backward()
+    step.optimizer.zero_grad(set_to_none=True)
 
 
 def step_phases(step: TrainingStep, inputs: tuple, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -339,14 +348,15 @@ def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False
 
     step = TrainingStep(built, replace(options, capturable=graphs), name=name)
     trainable, frozen = param_counts(built.module)
-    try:
+    try:  # forward + backward once before the split: cuBLAS workspaces and autograd's device threads
+        # are created on the first pass and would otherwise read as activations and gradients
+        forward, total = train_flops(step, inputs) if count_flops else (None, warm_up(step, inputs))
         split = memory_split(step, inputs)
     except RuntimeError as exc:  # an op without a backward, a dtype an optimizer refuses, ...
         if "out of memory" in str(exc).lower():
             raise
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"--train: {name} cannot take a training step: {first}") from None
-    forward, total = train_flops(step, inputs) if count_flops else (None, None)
     fields: dict[str, Any] = {
         "train": True, "train_optimizer": options.optimizer, "train_lr": options.lr,
         "train_loss": "component" if getattr(built, "loss", None) is not None else "mean of output",
