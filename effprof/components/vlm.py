@@ -22,6 +22,7 @@ from torch import nn
 
 from effprof.components.mamba import CONV, SCAN
 from effprof.models.cobra import PRESETS as COBRA_PRESETS, build_cobra
+from effprof.measure.estimate import LlamaShape
 from effprof.models.generation import Generator
 from effprof.models.llava import PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava
 from effprof.modules.mamba import resolve_conv_backend
@@ -42,6 +43,12 @@ CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the time
                 low=1, high=1_000_000)
 PRETRAINED = Param("pretrained", str, None, "Local checkpoint directory (llava-hf layout for llava); none = random "
                    "weights from the preset.", optional=True)
+
+
+def llama_shape(text) -> LlamaShape:
+    """The cost model's view of a transformers LlamaConfig."""
+    return LlamaShape(text.num_hidden_layers, text.hidden_size, text.num_attention_heads,
+                      text.num_key_value_heads or text.num_attention_heads, text.intermediate_size, text.vocab_size)
 
 
 def _tokens(vocab: int, batch: int, length: int, device) -> torch.Tensor:
@@ -135,8 +142,11 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             kv = inputs[2]
             return {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
 
-        return Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
-                     extras=extras)
+        built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
+                      extras=extras)
+        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "prefill", "tokens": prompt_len,
+                                   "measured_field": "stage_prefill_ms"}
+        return built
 
     if mode == "decode":
         def make_inputs(batch):
@@ -155,7 +165,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             kv = inputs[1]
             return {"kv_cache_mib": kv.bytes_for(context + 1) / MIB, "context_len": context}
 
-        return Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
+        built = Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
+        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "decode", "tokens": context,
+                                   "measured_field": "latency_ms_median"}
+        return built
 
     def stages_of(inputs, kv):
         carry = (*inputs, kv)
