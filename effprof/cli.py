@@ -34,6 +34,8 @@ Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flo
                                                      help="Add fvcore's and thop's counts (flops extra).")]
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
+                                           "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 
 
 def _options(**given: Any) -> dict[str, Any]:
@@ -91,8 +93,9 @@ def run_command(ctx: typer.Context,
                 batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                 min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                 cold: Cold = None, graphs: Graphs = None, compile: Compile = None, crosscheck: Crosscheck = None,
-                csv: CsvPath = None, json: JsonPath = None):
+                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
+    from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, RunOptions, measure
@@ -104,10 +107,15 @@ def run_command(ctx: typer.Context,
                                     compile=compile, crosscheck=crosscheck))
     config = Config(component, params, options.validate())
     config.resolved()
+    configs = expand_tp([config], tp)
     with console.status(f"measuring {component} ..."):
-        record = measure(config)
-    print_records([record], title=f"effprof run {component}", console=console)
-    write_records([record], csv, json)
+        records = [measure(c) for c in configs]
+    if tp:
+        add_tp_scaling(records)
+    if secondary_rank():  # under torchrun, rank 0 reports
+        return
+    print_records(records, title=f"effprof run {component}", console=console)
+    write_records(records, csv, json)
 
 
 @app.command("compare")
@@ -118,8 +126,18 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                     min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
-                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None,
+                    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Fan the rows out over N GPUs (or "
+                                                                "'all'): one worker process per GPU.")] = None,
+                    workers: Annotated[Optional[int], typer.Option("--workers", help="Fan the rows out over N worker "
+                                                                   "processes on the one device (cpu: cores split).")] = None,
+                    isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
+                                                          "(a crash or leftover memory stays with its row).")] = False,
+                    tp: Tp = None):
     """Measure many configurations into one table with ratios against a baseline row."""
+    from effprof.distributed import expand_tp, tp_degrees
+    from effprof.parallel import plan_slots
+
     _check_outputs(csv, json, plot)
     if plot:
         from effprof.report.plot import require_matplotlib
@@ -129,7 +147,11 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                          max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
                          crosscheck=crosscheck)
     profile = _profile(target, grid, overrides)
-    records = _measure_profile(profile, baseline, csv, json)
+    if tp:
+        profile.configs = expand_tp(profile.configs, tp)
+        profile.baseline *= len(tp_degrees(tp))
+    slots = plan_slots(gpus, workers, isolate, device)
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate)
     if plot:
         from effprof.report.plot import plot_records
 
@@ -154,13 +176,21 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     return profile
 
 
-def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:
-    """Measure a profile's rows with a progress bar, rewriting the files after every row."""
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
+                     isolate: bool = False) -> list[dict[str, Any]]:
+    """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
+    when `slots` is given: effprof/parallel.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from effprof.distributed import add_tp_scaling, secondary_rank
+    from effprof.parallel import add_ratios_same_device, host_summary, measure_parallel
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import add_ratios, measure_many
+    from effprof.runner import measure_many
+
+    if secondary_rank():  # under torchrun, rank 0 reports
+        csv = json = None
+        console.quiet = err_console.quiet = True
 
     labels = [c.label or c.component for c in profile.configs]
     if baseline is not None:
@@ -171,6 +201,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
+        done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
         write_records(done, csv, json)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -183,16 +214,24 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 keep(record)
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
-            records = measure_many(profile.configs, on_record=step)
+            if slots:
+                records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
+            else:
+                records = measure_many(profile.configs, on_record=step)
     except KeyboardInterrupt:
         if done:
             print_records(done, title=f"{profile.title} (interrupted)", console=console)
         where = " and ".join(p for p in (csv, json) if p)
         raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
                           + (f"; finished rows are in {where}" if where else "")) from None
-    add_ratios(records, profile.baseline)
+    warnings = add_ratios_same_device(records, profile.baseline)
+    if any("tp" in r for r in records):
+        add_tp_scaling(records)
     write_records(records, csv, json)
     print_records(records, title=profile.title, console=console)
+    for line in warnings + ([host_summary(records)] if slots else []):
+        if line:
+            err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
 
 

@@ -45,6 +45,7 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
+    tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
 
     def validate(self) -> "RunOptions":
         if self.batch < 1:
@@ -57,6 +58,8 @@ class RunOptions:
             raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
         if self.input_sets < 1:
             raise UsageError("--input-sets must be at least 1")
+        if self.tp < 1:
+            raise UsageError(f"--tp: {self.tp} must be at least 1")
         if self.graphs and self.compile:
             raise UsageError("--graphs and --compile are separate modes; choose one")
         if self.graphs and resolve_device(self.device).type != "cuda":
@@ -125,6 +128,11 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     torch.manual_seed(opts.seed)
     built = component.build(values, ctx)
     built.module.eval()
+    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/tensor_parallel.py)
+        from effprof.tensor_parallel import shard
+
+        shard(config.component, built, torch.distributed.get_rank(), opts.tp)
+        free_memory()
     return built, values, ctx
 
 
@@ -137,6 +145,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     CPU, torch keeps no allocator statistics, so the column is left empty and `peak_mem_note` says why.
     """
     opts = config.options.validate()
+    if opts.tp > 1:
+        from effprof import distributed
+
+        if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
+            return distributed.measure_tp(config)
     built, values, ctx = build(config)
     component = get_component(config.component)
     device = ctx.device
