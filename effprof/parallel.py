@@ -89,6 +89,8 @@ def plan_slots(gpus: str | None, workers: int | None, isolate: bool, device: str
     """The worker slots a `compare` asked for, or None for the plain serial loop in this process."""
     if gpus is None and workers is None and not isolate:
         return None
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: {workers} must be at least 1")
     if gpus is not None and workers is not None:
         raise UsageError("--gpus and --workers are two ways to size the pool; give one")
     if gpus is not None:
