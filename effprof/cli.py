@@ -79,7 +79,7 @@ def run_command(ctx: typer.Context,
     from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import Config, measure
+    from effprof.runner import Config, measure_many
 
     _check_outputs(csv, json)
     params = _component_args(component, list(ctx.args))
@@ -87,21 +87,21 @@ def run_command(ctx: typer.Context,
     config = Config(component, params, options.validate())
     config.resolved()
     configs = expand_tp([config], tp)
-    try:
-        with console.status(f"measuring {component} ..."):
-            records = [measure(c) for c in configs]
-    except EffprofError:
-        raise
-    except Exception:
-        if options.debug:
-            err_console.print_exception()
-        raise
+    with console.status(f"measuring {component} ..."):
+        records = measure_many(configs)  # a failure is a row with its reason, as in a comparison
     if tp:
         add_tp_scaling(records)
     if secondary_rank():  # under torchrun, rank 0 reports
         return
-    print_records(records, title=f"effprof run {component}", console=console)
     write_records(records, csv, json)
+    print_records(records, title=f"effprof run {component}", console=console)
+    for record in records:
+        if record.get("traceback"):
+            err_console.print(record["traceback"], highlight=False)
+    if any(r["status"] == "refused" for r in records):
+        raise typer.Exit(2)
+    if any(r["status"] != "ok" for r in records):
+        raise typer.Exit(1)
 
 
 @app.command("compare")
