@@ -13,6 +13,7 @@ from effprof.models.vmamba import VMAMBA_PRESETS, VMAMBA_PUBLISHED, build_vmamba
 from effprof.modules.ss2d import SS2D
 from effprof.ops.cross_scan import cross_merge_ref, cross_scan_ref
 from effprof.ops.grouped_scan import selective_scan_grouped_ref
+from effprof.report.files import read_json
 
 
 def n_params(module):
@@ -56,12 +57,17 @@ def test_vmamba_parameter_counts_match_published(preset):
     assert n_params(build_vmamba(preset, "v052d", device="meta")) == count
 
 
-def test_vmamba_t_paper_flops_equal_vmambas_own_figure():
+def test_vmamba_t_paper_flops_equal_vmambas_own_figure(tmp_path):
+    out = tmp_path / "vmamba.json"
+    assert main(["run", "vmamba", "--device", "meta", "--batch", "2", "--json", str(out)]) == 0
+    record = read_json(out)[0]
+    # VMamba's fvcore count with its scan handle, per image (analyze/tp.py: "GFlops: 4.905609984")
+    assert record["paper_gmacs_per_img"] == pytest.approx(4.905609984, abs=1e-12)
+    assert (record["published_gmacs"], record["published_params_m"]) == (4.9, 30)
+    assert (record["scan_sequences"], record["tokens_in"], record["tokens_out"]) == (4, 56 * 56, 7 * 7)
     model = build_vmamba("t", device="meta").eval()
-    images = torch.empty(1, 3, 224, 224, device="meta")
-    with torch.inference_mode():
-        macs = paper_macs(lambda: model(images))
-    assert macs == 4_905_609_984  # VMamba's fvcore count with its scan handle (analyze/tp.py)
+    with torch.inference_mode():  # the same through the counting function directly
+        assert paper_macs(lambda: model(torch.empty(1, 3, 224, 224, device="meta"))) == 4_905_609_984
 
 
 def test_mambavision_parameter_counts_match_published():

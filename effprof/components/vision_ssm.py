@@ -3,9 +3,11 @@
 Random weights from the published configurations (effprof/models/vmamba.py, effprof/models/mambavision.py).
 Every row names the scan backend that ran (`scan_backend`), how many routes and how many sequences the
 2-D scan runs (`scan_directions`, `scan_sequences`: VMamba's own "2-direction" v052d runs 2 routes but
-4 sequences), the tokens at the first stage (`tokens` = (img/4)², H·W/patch² with patch 4) and the
-papers' FLOP convention beside effprof's (`paper_gmacs_per_img`: fvcore-style MACs with VMamba's scan
-count, the figure VMamba and MambaVision print; effprof's `gflops` is 2 × MAC for the whole batch).
+4 sequences), the tokens at the first stage (`tokens_in` = (img/4)², H·W/patch² with patch 4) and at the last
+(`tokens_out` = (img/32)²) and the
+papers' FLOP convention beside effprof's (`paper_gmacs_per_img`, by the paper_flops tracker: fvcore-style
+MACs with VMamba's scan count, the figure VMamba and MambaVision print, next to `published_gmacs` at the
+published configuration; effprof's `gflops` is 2 × MAC for the whole batch).
 
 Torch and the models are imported inside the factories, so listing components stays fast.
 """
@@ -65,22 +67,9 @@ def _images(ctx: BuildContext, img_size: int):
     return make_inputs
 
 
-def _paper_extras(published: tuple[float, float] | None = None):
-    """extras(): the papers' MAC convention on one image of the inputs (one extra forward, not timed)."""
-    def extras(module, inputs) -> dict[str, Any]:
-        import torch
-
-        from effprof.measure.paper_flops import PAPER_CONVENTION, paper_macs
-
-        one = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in inputs)
-        with torch.inference_mode():
-            macs = paper_macs(lambda: module(*one))
-        fields: dict[str, Any] = {"paper_gmacs_per_img": macs / 1e9, "paper_gmacs_convention": PAPER_CONVENTION}
-        if published is not None:
-            fields.update(published_params_m=published[0], published_gmacs=published[1])
-        return fields
-
-    return extras
+def _published(figures: tuple[float, float] | None) -> dict[str, Any]:
+    """The paper's own parameter count (M) and GFLOPs (its MAC convention) for the row, when comparable."""
+    return {} if figures is None else {"published_params_m": figures[0], "published_gmacs": figures[1]}
 
 
 def _scan_info(mode: str, backend: str) -> dict[str, Any]:
@@ -108,12 +97,12 @@ def vmamba(ctx: BuildContext, preset, img_size, directions, vmamba_v052d, scan_b
     backend = resolve_backend(scan_backend, ctx.device)
     model = build_vmamba(preset, mode, backend, num_classes, device=ctx.device, dtype=ctx.dtype, dim=dim,
                          depths=_depths(depths)).eval()
-    info = {**_scan_info(mode, backend), "image_size": img_size, "tokens": (img_size // PATCH) ** 2,
+    info = {**_scan_info(mode, backend), "image_size": img_size, "tokens_in": (img_size // PATCH) ** 2,
             "tokens_out": (img_size // 32) ** 2, "d_state": model.config.d_state,
             "scan_gflops_per_img": scan_flops_per_image(model.config, img_size, mode) / 1e9}
     as_published = mode == "cross4" and img_size == 224 and num_classes == 1000 and dim is None and depths is None
     published = VMAMBA_PUBLISHED[preset] if as_published else None
-    return Built(model, _images(ctx, img_size), "img", info=info, extras=_paper_extras(published))
+    return Built(model, _images(ctx, img_size), "img", info={**info, **_published(published)})
 
 
 @register_component("ss2d", unit="img", family="vision", params=[
@@ -143,7 +132,8 @@ def ss2d(ctx: BuildContext, d_model, d_state, ssm_ratio, img_size, directions, v
 
     length = side * side
     scan_flops = block.k_group * (9 * length * block.d_inner * d_state + length * block.d_inner)
-    info = {**_scan_info(mode, backend), "image_size": img_size, "tokens": length, "d_inner": block.d_inner,
+    info = {**_scan_info(mode, backend), "image_size": img_size, "tokens_in": length,
+            "tokens_out": length, "d_inner": block.d_inner,
             "scan_gflops_per_img": scan_flops / 1e9}
     return Built(block, make_inputs, "img", info=info)
 
@@ -163,8 +153,8 @@ def mambavision(ctx: BuildContext, preset, img_size, scan_backend, num_classes, 
         raise ParamError(f"--dim: {dim} is not a multiple of 4 (the attention heads split 4·dim and 8·dim)")
     model = build_mambavision(preset, num_classes, backend, device=ctx.device, dtype=ctx.dtype, dim=dim,
                               depths=_depths(depths)).eval()
-    info = {"scan_backend": backend, "image_size": img_size, "tokens": (img_size // PATCH) ** 2,
-            "tokens_out": MambaVisionTower.num_tokens(img_size)}
+    info = {"scan_backend": backend, "image_size": img_size,
+            "tokens_in": (img_size // PATCH) ** 2, "tokens_out": MambaVisionTower.num_tokens(img_size)}
     as_published = img_size == 224 and num_classes == 1000 and dim is None and depths is None
     published = MAMBAVISION_PUBLISHED[preset] if as_published else None
-    return Built(model, _images(ctx, img_size), "img", info=info, extras=_paper_extras(published))
+    return Built(model, _images(ctx, img_size), "img", info={**info, **_published(published)})

@@ -75,6 +75,9 @@ COLUMNS = [
     ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
     ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
     ("scan", lambda r: r.get("scan_backend")),
+    ("scan K\n(seqs)", lambda r: r.get("scan_sequences")),
+    ("paper G/img\n(MAC, fvcore)", lambda r: None if r.get("paper_gmacs_per_img") is None
+     else _num(r["paper_gmacs_per_img"], 4)),
     ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
     ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
     ("speedup\n×", lambda r: None if r.get("speedup") is None else f"{r['speedup']:.2f}"),
