@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from effprof.errors import ParamError
+from effprof.evaluate import Preprocess
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -97,6 +98,7 @@ def vmamba(ctx: BuildContext, preset, img_size, directions, vmamba_v052d, scan_b
     backend = resolve_backend(scan_backend, ctx.device)
     model = build_vmamba(preset, mode, backend, num_classes, device=ctx.device, dtype=ctx.dtype, dim=dim,
                          depths=_depths(depths)).eval()
+    model.preprocess = Preprocess(img_size, crop_pct=0.875)  # VMamba evaluates as Swin: resize 256, crop 224
     info = {**_scan_info(mode, backend), "image_size": img_size, "tokens_in": (img_size // PATCH) ** 2,
             "tokens_out": (img_size // 32) ** 2, "d_state": model.config.d_state,
             "scan_gflops_per_img": scan_flops_per_image(model.config, img_size, mode) / 1e9}
@@ -153,6 +155,7 @@ def mambavision(ctx: BuildContext, preset, img_size, scan_backend, num_classes, 
         raise ParamError(f"--dim: {dim} is not a multiple of 4 (the attention heads split 4·dim and 8·dim)")
     model = build_mambavision(preset, num_classes, backend, device=ctx.device, dtype=ctx.dtype, dim=dim,
                               depths=_depths(depths)).eval()
+    model.preprocess = Preprocess(img_size, crop_pct=model.config.crop_pct)  # NVlabs' default_cfgs
     info = {"scan_backend": backend, "image_size": img_size,
             "tokens_in": (img_size // PATCH) ** 2, "tokens_out": MambaVisionTower.num_tokens(img_size)}
     as_published = img_size == 224 and num_classes == 1000 and dim is None and depths is None
