@@ -168,7 +168,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def apply_checkpoint(module, state: dict[str, Any], path: str) -> list[str]:
     """Load `state` into `module`; head tensors whose shape differs (a fresh head, --num-classes) are left
-    out and returned; any other missing, unexpected or mis-shaped tensor is refused with one line."""
+    out and returned; any other missing, unexpected or mis-shaped tensor is refused with one line. A module
+    with `convert_state_dict` first maps its paper's own key names (VMamba, MambaVision) to effprof's."""
+    convert = getattr(module, "convert_state_dict", None)
+    if convert is not None:
+        state = convert(state)
     own = module.state_dict()
     fresh = [k for k, v in state.items() if k in own and own[k].shape != v.shape and k.split(".")[-2:-1] == ["head"]]
     state = {k: v for k, v in state.items() if k not in fresh}

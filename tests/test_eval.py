@@ -128,3 +128,52 @@ def test_bad_folders_get_one_line(tmp_path, capsys, case, expected):
     code, _ = run_eval(tmp_path, "--data", str(data), *args)
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def _official_vmamba_keys(state, depths):
+    """effprof names -> VMamba's (classification/models/vmamba.py, v2 channel-first layout)."""
+    stem = {"0": "0", "1": "2", "3": "5", "4": "7"}
+    out = {}
+    for key, value in state.items():
+        p = key.split(".")
+        if p[0] == "patch_embed":
+            p[1] = stem[p[1]]
+        elif p[0] in ("norm", "head"):
+            p = ["classifier"] + p
+        elif p[0] == "layers" and int(p[2]) == depths[int(p[1])]:
+            p = p[:2] + ["downsample", {"conv": "1", "norm": "3"}[p[3]]] + p[4:]
+        elif p[0] == "layers":
+            p = p[:2] + ["blocks"] + p[2:]
+        if p[-2] in ("in_proj", "out_proj", "fc1", "fc2") and p[-1] == "weight":
+            value = value[:, :, None, None]  # Linear2d as a 1x1 conv
+        out[".".join(p)] = value
+    return out
+
+
+def test_checkpoints_in_the_papers_own_key_names_load(tmp_path):
+    from effprof.evaluate import apply_checkpoint
+    from effprof.models.mambavision import build_mambavision
+    from effprof.models.vmamba import build_vmamba
+
+    torch.manual_seed(0)
+    source = build_vmamba("t", dim=16, depths=(1, 1, 2, 1)).eval()
+    target = build_vmamba("t", dim=16, depths=(1, 1, 2, 1)).eval()
+    assert apply_checkpoint(target, _official_vmamba_keys(source.state_dict(), (1, 1, 2, 1)), "x") == []
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images))
+    source = build_mambavision("t", dim=16, depths=(1, 1, 2, 1)).eval()
+    official = {}
+    for key, value in source.state_dict().items():
+        p = key.split(".")
+        if p[0] == "patch_embed":
+            p = ["patch_embed", "conv_down"] + p[1:]
+        elif p[0] == "levels" and p[2] == "1":
+            p = p[:2] + ["downsample", "reduction", "0", p[-1]]
+        elif p[0] == "levels":
+            p = p[:2] + ["blocks"] + p[4 if p[3] == "blocks" else 3:]
+        official[".".join(p)] = value
+    target = build_mambavision("t", dim=16, depths=(1, 1, 2, 1)).eval()
+    assert apply_checkpoint(target, official, "x") == []
+    with torch.no_grad():
+        torch.testing.assert_close(target(images), source(images))

@@ -113,6 +113,26 @@ class MambaVision(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images).mean(dim=(2, 3)))
 
+    def convert_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint of NVlabs' code (mamba_vision.py key names) in this module's names; a state dict
+        already in effprof's names is returned as it is. NVlabs: `patch_embed.conv_down.k`,
+        `levels.i.blocks.j.*`, `levels.i.downsample.reduction.0.weight`; here `patch_embed.k`,
+        `levels.i.0.j.*` (conv stages) or `levels.i.0.blocks.j.*` (hybrid), `levels.i.1.weight`."""
+        if not any(k.startswith("patch_embed.conv_down.") for k in state):
+            return state
+        out = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[:2] == ["patch_embed", "conv_down"]:
+                parts = ["patch_embed"] + parts[2:]
+            elif parts[0] == "levels" and parts[2] == "blocks":
+                hybrid = int(parts[1]) >= 2
+                parts = parts[:2] + (["0", "blocks"] if hybrid else ["0"]) + parts[3:]
+            elif parts[0] == "levels" and parts[2] == "downsample":
+                parts = parts[:2] + ["1"] + parts[-1:]
+            out[".".join(parts)] = value
+        return out
+
 
 def build_mambavision(preset: str, num_classes: int = 1000, scan_backend: str = "ref", device=None,
                       dtype=None, **overrides) -> MambaVision:

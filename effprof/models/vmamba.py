@@ -138,6 +138,37 @@ class VMamba(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images).mean(dim=(1, 2)))
 
+    def convert_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint of VMamba's own code (classification/models/vmamba.py key names) in this module's
+        names; a state dict already in effprof's names is returned as it is.
+
+        VMamba's stems are Sequentials with Identity/Permute slots (v2: conv 0, norm 2, conv 5, norm 7; v1:
+        conv 0, norm 2), its stages `layers.i.blocks.j` + `layers.i.downsample` (v3: conv 1, norm 3), its
+        head `classifier.norm` / `classifier.head`; Linear2d weights (out, in, 1, 1) become (out, in).
+        """
+        if "classifier.head.weight" not in state and "classifier.norm.weight" not in state:
+            return state
+        stem = {"0": "0", "2": "1", "5": "3", "7": "4"}
+        own = self.state_dict()
+        out = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[0] == "patch_embed" and parts[1] in stem:
+                parts[1] = stem[parts[1]]
+            elif parts[0] == "classifier":
+                parts = parts[1:]
+            elif parts[0] == "layers" and parts[2] == "blocks":
+                parts = parts[:2] + parts[3:]
+            elif parts[0] == "layers" and parts[2] == "downsample":
+                index = str(self.config.depths[int(parts[1])])
+                slot = {"1": "conv", "3": "norm"}.get(parts[3], parts[3])  # v3 Sequential; v1 names as is
+                parts = parts[:2] + [index, slot] + parts[4:]
+            name = ".".join(parts)
+            if name in own and value.dim() == 4 and own[name].dim() == 2:
+                value = value.flatten(1)
+            out[name] = value
+        return out
+
 
 def vmamba_config(preset: str, num_classes: int = 1000, **overrides) -> VMambaConfig:
     """A preset's config; `overrides` (dim, depths, d_state, ...) that are None keep the preset's value."""
