@@ -45,8 +45,8 @@ MODE = Param("mode", str, "prefill", "prefill = one forward over seq_len tokens;
              "with a cache holding seq_len tokens of context.", choices=MODES)
 SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm if importable on CUDA, else triton "
              "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))
-CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else ref.",
-             choices=("auto", "ref", "causal-conv1d"))
+CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else "
+             "triton on CUDA, else ref.", choices=("auto", "ref", "triton", "causal-conv1d"))
 HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
              "off = backbone only, like transformers' MambaModel.")
 PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
