@@ -76,24 +76,23 @@ def run_command(ctx: typer.Context,
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import Config, measure
+    from effprof.runner import Config, measure_many
 
     _check_outputs(csv, json)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
-    try:
-        with console.status(f"measuring {component} ..."):
-            record = measure(config)
-    except EffprofError:
-        raise
-    except Exception:
-        if options.debug:
-            err_console.print_exception()
-        raise
-    print_records([record], title=f"effprof run {component}", console=console)
+    with console.status(f"measuring {component} ..."):
+        record = measure_many([config])[0]  # a failure is a row with its reason, as in a comparison
     write_records([record], csv, json)
+    print_records([record], title=f"effprof run {component}", console=console)
+    if record.get("traceback"):
+        err_console.print(record["traceback"], highlight=False)
+    if record["status"] == "refused":
+        raise typer.Exit(2)
+    if record["status"] != "ok":
+        raise typer.Exit(1)
 
 
 @app.command("compare")
