@@ -78,6 +78,12 @@ COLUMNS = [
     ("scan K\n(seqs)", lambda r: r.get("scan_sequences")),
     ("paper G/img\n(MAC, fvcore)", lambda r: None if r.get("paper_gmacs_per_img") is None
      else _num(r["paper_gmacs_per_img"], 4)),
+    ("GPU", lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}"),
+    ("tp", lambda r: None if not r.get("tp") else str(r["tp"])),
+    ("peak act. MiB\nper rank", lambda r: r.get("peak_mem_mib_per_rank") or None),
+    ("comm %\n(profiler)", lambda r: None if r.get("comm_share") is None else f"{100 * r['comm_share']:.1f}"),
+    ("tp scaling\neff. %", lambda r: None if r.get("tp_scaling_efficiency") is None
+     else f"{100 * r['tp_scaling_efficiency']:.0f}"),
     ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
     ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
     ("top-1 %", lambda r: None if r.get("top1_pct") is None else f"{r['top1_pct']:.2f}"),
