@@ -160,9 +160,31 @@ def markdown(result: dict) -> str:
                      f"{fmt(r.get('latency_ms_median'))} | {fmt(r.get('gflops'))} | "
                      f"{fmt(r.get('paper_gmacs_per_img'))} | {fmt(r.get('peak_mem_mib'))} | "
                      f"{fmt((r.get('params_total') or 0) / 1e6)} |")
+    lines += directions_note(result["records"])
     if result.get("skipped"):
         lines += ["", f"Skipped (time budget): {', '.join(result['skipped'])}"]
     return "\n".join(lines) + "\n"
+
+
+def directions_note(records: list[dict]) -> list[str]:
+    """What 2 (true), 2 (v052d) and 1 directions cost against 4, per resolution, from the measured rows."""
+    by_size: dict = {}
+    for r in records:
+        if r.get("component") == "vmamba" and r.get("status") == "ok" and r.get("profile") != "vision-ssm":
+            key = "v052d" if r.get("scan_mode") == "v052d" else str(r.get("scan_sequences"))
+            by_size.setdefault(r.get("image_size"), {})[key] = r
+    lines = []
+    for size, rows in sorted(by_size.items(), key=lambda kv: -(kv[0] or 0)):
+        base = rows.get("4")
+        if base is None:
+            continue
+        parts = []
+        for key, name in (("2", "2 directions (true, K=2)"), ("v052d", "VMamba's v052d (K=4)"), ("1", "1 direction")):
+            if key in rows:
+                parts.append(f"{name} {rows[key]['throughput_per_s'] / base['throughput_per_s']:.2f}× the img/s, "
+                             f"{rows[key]['gflops'] / base['gflops']:.3f}× the FLOPs")
+        lines.append(f"- {size} px, against 4 directions ({base['throughput_per_s']:.0f} img/s): " + "; ".join(parts))
+    return (["", "## 4 vs 2 directions, measured", ""] + lines) if lines else []
 
 
 def main() -> int:
