@@ -13,6 +13,7 @@ import gc
 import os
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -79,6 +80,11 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     built = component.build(values, ctx)
     built.module.eval()
     refuse_interpreted_triton(built, ctx)
+    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/tensor_parallel.py)
+        from effprof.tensor_parallel import shard
+
+        shard(config.component, built, torch.distributed.get_rank(), opts.tp)
+        free_memory()
     return built, values, ctx
 
 
@@ -109,6 +115,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     from effprof.trackers import enabled_trackers
 
     opts = config.options.validate()
+    if opts.tp > 1:
+        from effprof import distributed
+
+        if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
+            return distributed.measure_tp(config)
     tell = on_phase or (lambda name: None)
     tell("build")
     t_build = time.perf_counter()
@@ -123,14 +134,15 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     trackers = enabled_trackers(run)
     t_count = time.perf_counter()
     tell("count")
-    with torch.inference_mode():
+    with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
         for tracker in trackers:
             tracker.before(run)
         record.update(phase_build_s=t_count - t_build, phase_count_s=time.perf_counter() - t_count)
         if run.count_only:
             record["exec_mode"] = "count-only (meta device)"
         else:
-            call, setup, mode_fields = execution_mode(built, run.input_sets, opts, ctx.device)
+            call, setup, mode_fields = execution_mode(run.shared.get("train_step", built), run.input_sets, opts,
+                                                      ctx.device)
             record.update(mode_fields)
             counter = CallCounter(call)
             run.call = counter
@@ -150,6 +162,8 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
 
 
 def exec_mode(opts: RunOptions) -> str:
+    if opts.graphs and opts.compile:
+        return "compile+graphs"
     return "graphs" if opts.graphs else "compile" if opts.compile else "eager"
 
 
@@ -157,11 +171,15 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     """The zero-argument call to time, the per-call setup (outside the timed region) and record fields.
 
     eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
-    into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
-    call) reported apart and never inside the latency.
+    into the captured tensors); compile: the `torch.compile`d module (or the compiled call, or each compiled
+    stage), its compile time (the first call) reported apart and never inside the latency; compile+graphs:
+    the compiled call captured in a CUDA graph (Inductor's fused kernels, replayed without launches). With --train, `built` is the training tracker's
+    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
+    if opts.train:
+        fields["exec_mode"] = "train-" + fields["exec_mode"]
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if built.handles_exec_mode:  # the call applies the mode itself (e.g. a graph per decode step)
         fields["exec_mode"] += " (by the component)"
@@ -173,7 +191,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        call = graphed_callable(built.call, static, device)
+        step = compiled_call(built, static, device, fields) if opts.compile else built.call
+        call = graphed_callable(step, static, device)
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)
@@ -181,7 +200,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 if isinstance(dst, torch.Tensor):
                     dst.copy_(src)
     else:
-        module = built.module
+        module, step = built.module, None
         if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
             staged = Built(built.module, built.make_inputs, built.unit, stages=[
                 Stage(s.name, torch.compile(s.run), s.module) for s in built.stages])
@@ -191,11 +210,15 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 torch.cuda.synchronize(device)
             fields["compile_s"] = time.perf_counter() - start
             built = staged
+        elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
+            step = compiled_call(built, input_sets[0], device, fields)
         elif opts.compile:
             module, seconds = compiled_module(built.module, lambda m: built.call(input_sets[0], m), device)
             fields["compile_s"] = seconds
 
         def call():
+            if step is not None:
+                return step(input_sets[state["i"]])
             return built.call(input_sets[state["i"]], module)
 
         def rotate():
@@ -212,6 +235,24 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     if flush is not None:
         fields["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
     return call, setup, fields
+
+
+def compiled_call(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Callable:
+    """`torch.compile` of the whole call (a component's `forward` may do more than call its module, e.g. a
+    decode step that sets its cache's length); the first call compiles and its seconds go to `compile_s`."""
+    from effprof.measure.modes import CompileError
+
+    step = torch.compile(built.call)
+    start = time.perf_counter()
+    try:
+        step(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CompileError(f"torch.compile failed: {type(exc).__name__}: {first}") from None
+    fields["compile_s"] = time.perf_counter() - start
+    return step
 
 
 def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildContext) -> dict[str, Any]:
@@ -285,7 +326,8 @@ def is_oom(exc: BaseException) -> bool:
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
                  timer: Callable[..., TimingResult] = time_callable,
-                 on_phase: Callable[[Config, str], None] | None = None) -> list[dict[str, Any]]:
+                 on_phase: Callable[[Config, str], None] | None = None,
+                 raise_refusals: bool = False) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
@@ -302,6 +344,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             record = measure(config, timer, None if on_phase is None else
                              (lambda name, config=config: on_phase(config, name)))
         except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
+            if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets
+                raise
             record = failed_record(config, "refused", str(exc))
         except EffprofError:
             raise
@@ -365,6 +409,19 @@ def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> Breakd
     return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
 
 
+def train_breakdown_config(config: Config, repeats: int = 5) -> tuple[dict[str, Any], str]:
+    """The training step's time split into forward (with the loss), backward and optimizer (step + zero_grad),
+    mean ms over `repeats` steps after one warm-up step (`effprof.measure.training.step_phases`)."""
+    from effprof.measure.training import TrainingStep, TrainOptions, step_phases
+
+    opts = config.options.validate()
+    built, _, ctx = build(config)
+    step = TrainingStep(built, TrainOptions(opts.optimizer, grad_checkpointing=opts.grad_checkpointing),
+                        name=config.component)
+    phases = step_phases(step, built.make_inputs(opts.batch), repeats=repeats)
+    return phases, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}, {opts.optimizer}"
+
+
 def environment_facts(device: str = "auto") -> dict[str, str]:
     """What `effprof env` shows: versions, the optional modules that import, the usable scan backends."""
     from effprof.measure.env import OPTIONAL_MODULES, module_available
@@ -380,3 +437,17 @@ def environment_facts(device: str = "auto") -> dict[str, str]:
     facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
         f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
     return facts
+
+
+def estimate_ceilings(gpu: str | None, device: str = "auto"):
+    """Ceilings for `effprof estimate`: a named GPU's datasheet, else this machine's GPU (measured or
+    datasheet), else None."""
+    from effprof.measure.calibrate import ceilings, datasheet_ceilings
+
+    if gpu:
+        sheet = datasheet_ceilings(gpu if "nvidia" in gpu.lower() else f"NVIDIA {gpu}")
+        if sheet is None:
+            raise UsageError(f"--gpu {gpu}: no datasheet for this name (try H100, H200, A100, L40S, L4)")
+        return sheet
+    target = resolve_device(device)
+    return ceilings(target) if target.type == "cuda" else None

@@ -28,13 +28,14 @@ def test_help_version_and_list_import_no_torch(argv):
 def test_choices_declared_beside_components_match_their_modules():
     from effprof.components import mamba as mamba_component, mrss as mrss_component, ssm_conv as ssm_component
     from effprof.components import vlm as vlm_component
-    from effprof.models import llava
+    from effprof.models import cobra, llava
     from effprof.modules import mamba, mrss, ssm_conv
 
     assert mrss_component.DOWNSAMPLE == mrss.DOWNSAMPLE and mrss_component.UPSAMPLE == mrss.UPSAMPLE
     assert ssm_component.S4D_INITS == ssm_conv.S4D_INITS
     assert mamba_component.PRESET_NAMES == tuple(mamba.MAMBA_PRESETS)
     assert vlm_component.PRESET_NAMES == tuple(llava.PRESETS)
+    assert vlm_component.COBRA_PRESET_NAMES == tuple(cobra.PRESETS)
 
 
 def test_lazy_stand_ins_behave_like_the_real_objects():
