@@ -121,9 +121,12 @@ class LockstepTimer:
 
     def __call__(self, fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.2,
                  min_time_s: float = 1.0, max_time_s: float | None = None, max_cv: float | None = None,
-                 min_blocks: int = 5, setup: Callable[[], None] | None = None) -> TimingResult:
+                 min_blocks: int = 5, setup: Callable[[], None] | None = None,
+                 on_phase: Callable[[str], None] | None = None) -> TimingResult:
         max_time_s = max(max_time_s if max_time_s is not None else 10 * min_time_s, min_time_s)
         on_cuda = device.type == "cuda"
+        tell = on_phase or (lambda name: None)
+        tell("warm-up")
 
         def one():
             if setup is not None:
@@ -149,6 +152,7 @@ class LockstepTimer:
             run_block = _cuda_block_per_call if on_cuda else _cpu_block_per_call
         samples: list[float] = []
         medians: list[float] = []
+        tell("timing")
         timed_s, wall_start = 0.0, time.perf_counter()
         while True:
             block = run_block(fn, calls_per_block, setup)
@@ -159,10 +163,12 @@ class LockstepTimer:
             steady = max_cv is None or coefficient_of_variation(medians) <= max_cv
             if _rank0((enough and steady) or (enough and time.perf_counter() - wall_start >= max_time_s)):
                 break
+        timing_s = time.perf_counter() - wall_start
         self.fields = comm_share(one, device, self.profile_calls)
         method = ("cuda-events" if on_cuda else "perf_counter") + ("-blocked" if setup is None else "-per-call")
         return TimingResult(samples, calls_per_block, medians, method + "-lockstep", warmup_calls,
-                            calls_per_block if setup is None else 1)
+                            calls_per_block if setup is None else 1, warmup_s=wall_start - start,
+                            timing_s=timing_s, stop=("min-time" if max_cv is None else "steady") if steady else "cap")
 
 
 COMM_MARKERS = ("nccl", "gloo", "allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter")
