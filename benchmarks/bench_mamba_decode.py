@@ -83,26 +83,45 @@ def section_kernels(device) -> list[dict]:
 
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
 
-    model = MambaLM(MAMBA_PRESETS["130m"], "triton", "triton", device=device, dtype=torch.bfloat16).eval()
     rows = []
-    for backend in ("ref", "triton"):
-        model.set_backends(decode_backend=backend)
-        cache = model.allocate_cache(1)
-        ids = torch.randint(0, 50000, (1, 1), device=device)
-        with torch.no_grad():
+    for preset in ("130m", "2.8b"):
+        model = MambaLM(MAMBA_PRESETS[preset], "triton", "triton", device=device, dtype=torch.bfloat16).eval()
+        for backend in ("ref", "triton"):
+            model.set_backends(decode_backend=backend)
+            cache = model.allocate_cache(1)
+            ids = torch.randint(0, 50000, (1, 1), device=device)
             for _ in range(3):
                 model.step(ids, cache)
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 model.step(ids, cache)
                 torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        rows.append({"decode_backend": backend, "kernels_per_token": len(kernels),
-                     "kernel_time_ms": sum(e.device_time for e in kernels) / 1e3})
-        print("kernels", json.dumps(rows[-1]), flush=True)
-    del model
-    free_memory()
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            by_name: dict = {}
+            for e in kernels:
+                entry = by_name.setdefault(e.name[:80], [0, 0.0])
+                entry[0] += 1
+                entry[1] += e.device_time
+            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:8]
+            rows.append({"preset": preset, "decode_backend": backend, "kernels_per_token": len(kernels),
+                         "kernel_time_ms": sum(e.device_time for e in kernels) / 1e3,
+                         "top_kernels_us": [(name, count, round(us, 1)) for name, (count, us) in top]})
+            print("kernels", json.dumps(rows[-1]), flush=True)
+        del model, cache
+        free_memory()
     return rows
+
+
+# Decode variants: DECODE_CONFIG overrides of the triton step (see mamba_decode_triton.DECODE_CONFIG)
+BIG = 1 << 40
+VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
+            "triton-noout": {"out_fuse_max_batch": 0}, "triton-cublas": {"gemv_max_batch": 0, "out_fuse_max_batch": 0},
+            "triton-gemv-big": {"gemv_max_weight_bytes": BIG}, "triton-out-big": {"out_fuse_max_weight_bytes": BIG},
+            "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG}}
+DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas")),
+               ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
+               ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
+               ("2.8b", 8, ("ref", "triton"))]
 
 
 def run(component, params, opts, label) -> dict:
@@ -116,33 +135,32 @@ def run(component, params, opts, label) -> dict:
 
 def section_decode(opts, smoke, bandwidth) -> list[dict]:
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
-    from effprof.ops import mamba_decode_triton as gemv
+    from effprof.ops import mamba_decode_triton as kernels
 
-    default_gemv = gemv.GEMV_MAX_BATCH
+    default = dict(kernels.DECODE_CONFIG)
     tiny = {"d_model": 32, "n_layer": 2} if smoke else {}
     rows = []
-    for preset, batches in (("130m", (1, 8, 64)), ("2.8b", (1, 8))):
+    weights = {}
+    for preset in ("130m", "2.8b"):
         with torch.device("meta"):
-            weights = sum(p.numel() * 2 for p in MambaLM(MAMBA_PRESETS[preset]).parameters())  # bf16, tied head
-        for batch in batches[:1] if smoke else batches:
-            for variant in ("ref", "triton", "triton-cublas") if batch * (40 if preset == "2.8b" else 1) <= 8 \
-                    else ("ref", "triton"):
-                backend = variant.split("-")[0]
-                params = {"preset": preset, "seq_len": 16 if smoke else 1024, "mode": "decode", "head": True,
-                          "decode_backend": backend, "conv_backend": "ref" if backend == "ref" else "triton",
-                          "scan_backend": "triton", **tiny}
-                # triton-cublas: residual add + norm kernel and cuBLAS in_proj instead of the one GEMV kernel
-                gemv.GEMV_MAX_BATCH = 0 if variant == "triton-cublas" else default_gemv
+            weights[preset] = sum(p.numel() * 2 for p in MambaLM(MAMBA_PRESETS[preset]).parameters())  # bf16, tied
+    for preset, batch, variants in DECODE_ROWS[:1] if smoke else DECODE_ROWS:
+        for variant in variants:
+            backend = "ref" if variant == "ref" else "triton"
+            params = {"preset": preset, "seq_len": 16 if smoke else 1024, "mode": "decode", "head": True,
+                      "decode_backend": backend, "conv_backend": "ref" if backend == "ref" else "triton",
+                      "scan_backend": "triton", **tiny}
+            kernels.DECODE_CONFIG.update(VARIANTS[variant] or {})
+            try:
                 row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
-                gemv.GEMV_MAX_BATCH = default_gemv
-                row["variant"] = variant
-                row["weights_bytes"] = weights
-                if bandwidth and row.get("latency_ms_median"):
-                    row["weights_floor_ms"] = weights / bandwidth / 1e6
-                    row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
-                rows.append(row)
-            if smoke:
-                break
+            finally:
+                kernels.DECODE_CONFIG.clear()
+                kernels.DECODE_CONFIG.update(default)
+            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset])
+            if bandwidth and row.get("latency_ms_median"):
+                row["weights_floor_ms"] = weights[preset] / bandwidth / 1e6
+                row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
+            rows.append(row)
     return rows
 
 
@@ -202,9 +220,11 @@ def markdown(doc) -> str:
     for r in doc.get("greedy") or []:
         lines.append(f"| {r['dtype']} | {r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | "
                      f"{r['rel_err_logits']} |")
-    lines += ["", "| kernels of one eager step (130m, b1) | kernels | device ms |", "| --- | --- | --- |"]
+    lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
+              "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:
-        lines.append(f"| {r['decode_backend']} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} |")
+        lines.append(f"| {r['preset']} {r['decode_backend']} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
+                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:5])} |")
     conv = doc.get("conv")
     if conv:
         lines += ["", f"conv alone {conv['shape']} bf16: ref {conv['ref']['ms']:.4f} ms, triton "

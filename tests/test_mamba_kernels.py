@@ -193,12 +193,14 @@ def test_triton_add_rms_norm_matches_reference():
 
 
 @needs_triton
-@pytest.mark.parametrize("rows", [3, 10])  # the GEMV kernel, and above GEMV_MAX_BATCH add + norm then F.linear
+@pytest.mark.parametrize("rows", [1, 3])  # the GEMV kernel, and (above gemv_max_batch) add + norm then F.linear
 def test_triton_norm_in_proj_matches_reference(rows):
     from effprof.ops.mamba_decode import norm_in_proj, norm_in_proj_ref
 
     g = torch.Generator().manual_seed(rows)
     hidden, residual = torch.randn(rows, 40, generator=g), torch.randn(rows, 40, generator=g)
+    from effprof.ops.mamba_decode_triton import use_gemv
+    assert use_gemv(rows, torch.zeros(36, 40)) == (rows == 1)
     norm_weight, in_proj = 1 + 0.1 * torch.randn(40, generator=g), torch.randn(36, 40, generator=g)
     for res in (None, residual):
         xz, new_res = norm_in_proj(hidden, res, norm_weight, 1e-5, in_proj, backend="triton")
@@ -227,6 +229,18 @@ def test_triton_fused_step_counts_the_reference_flops():
     assert counts["ref"] == counts["triton"] == projections + mamba_decode_step_flops(2, E, 4, R, N, True)
     assert mamba_decode_step_flops(2, E, 4, R, N, True) == 2 * 2 * E * 4 + 2 * 2 * E * (R + 2 * N) + 2 * 2 * R * E \
         + 9 * 2 * E * N + 2 * 2 * E
+    # a whole LM step with in_proj and out_proj fused in (batch 1: the GEMV and the fused out_proj)
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+
+    model = MambaLM(MambaLMConfig(d_model=8, n_layer=2, vocab_size=32, d_state=4)).eval()
+    ids = torch.tensor([[3]])
+    for backend in ("ref", "triton"):
+        model.set_backends(decode_backend=backend)
+        cache = model.allocate_cache(1)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.step(ids, cache)
+        counts[f"lm_{backend}"] = counter.get_total_flops()
+    assert counts["lm_ref"] == counts["lm_triton"] > 0
 
 
 def greedy_tokens(model, prompt, n_tokens, decode_backend):
@@ -245,12 +259,17 @@ def greedy_tokens(model, prompt, n_tokens, decode_backend):
 
 
 @needs_triton
-def test_triton_greedy_generation_equals_the_step_reference():
+def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     """Greedy tokens of a small random-weight LM (float32): the fused step picks the same tokens as the
     step-by-step reference, with logits equal to float32 rounding (bench_mamba.py checks 64 tokens of
     Mamba-130m on the GPU; 16 here keep the interpreter fast)."""
     from effprof.modules.mamba import MambaLM, MambaLMConfig
 
+    from effprof.ops import mamba_decode_triton
+
+    # batch 2 through every fused kernel: the GEMV (its loop over rows) and out_proj in the step kernel
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "gemv_max_batch", 2)
+    assert mamba_decode_triton.use_fused_out(2, torch.zeros(24, 48))
     torch.manual_seed(0)
     model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -286,7 +305,7 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         bias = bias.to(dtype) if with_bias else None
         act = "silu" if silu else None
         y = causal_conv1d(x, weight, bias, act, backend="triton")
-        assert rel_err(y, loop_causal_conv(x.cpu(), weight.cpu(), None if bias is None else bias.cpu(), silu)) < tol
+        assert rel_err(y.cpu(), loop_causal_conv(x.cpu(), weight.cpu(), None if bias is None else bias.cpu(), silu)) < tol
         state, ref_state = (torch.randn(batch, channels, width, device=cuda).to(dtype) for _ in range(2))
         ref_state.copy_(state)
         out = causal_conv1d_update(x[..., 0], state, weight, bias, act, backend="triton")

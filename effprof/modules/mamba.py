@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from effprof.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
-from effprof.ops.mamba_decode import add_rms_norm, mamba_decode_step, norm_in_proj
+from effprof.ops.mamba_decode import add_rms_norm, fuse_out_proj, mamba_decode_step, norm_in_proj
 from effprof.ops.selective_scan import selective_scan
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,17 +130,20 @@ class MambaBlock(nn.Module):
 
     def step_from_residual(self, hidden_states, residual, norm: "RMSNorm", state: MambaLayerState):
         """The residual block's decoding step with the residual add and `norm` fused into in_proj
-        (`decode_backend` triton): returns (out (batch, 1, d_model), residual' float32)."""
+        (`decode_backend` triton): returns (out (batch, 1, d_model), residual' float32). out is float32 (not
+        yet rounded to the model dtype) where the fused step also did out_proj (`fuse_out_proj`)."""
         xz, residual = norm_in_proj(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
                                     norm.weight, norm.eps, self.in_proj.weight, self.decode_backend)
-        return self._step_xz(xz, state), residual.unsqueeze(1)
+        fused_out = self.out_proj.bias is None and fuse_out_proj(xz.shape[0], self.out_proj.weight)
+        return self._step_xz(xz, state, fused_out), residual.unsqueeze(1)
 
-    def _step_xz(self, xz: torch.Tensor, state: MambaLayerState) -> torch.Tensor:
+    def _step_xz(self, xz: torch.Tensor, state: MambaLayerState, fused_out: bool = False) -> torch.Tensor:
         x, z = xz.chunk(2, dim=-1)
         y = mamba_decode_step(x, z, state.conv_state, state.ssm_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                               self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-                              self.decode_backend, self.conv_backend, self.scan_backend)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
+                              self.decode_backend, self.conv_backend, self.scan_backend,
+                              self.out_proj.weight if fused_out else None)
+        return (y if fused_out else F.linear(y, self.out_proj.weight, self.out_proj.bias)).unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ halves of in_proj's output:
 
 Backends (`DECODE_BACKENDS`, chosen explicitly and reported): "ref" runs `mamba_decode_step_ref`, the ops one
 by one (conv update and state update through their own conv/scan backends); "triton" runs
-`mamba_decode_step_triton` (two kernels, see mamba_decode_triton.py) through the custom op
+`mamba_decode_step_triton` (two kernels, see mamba_decode_triton.py; the second can also do out_proj) through
+the custom op
 `effprof::mamba_decode_step`, whose FLOP formula is the sum of what FlopCounterMode counts for the
 reference's ops, so FLOP columns do not depend on the backend. `add_rms_norm` likewise (reference
 `add_rms_norm_ref`, op `effprof::add_rms_norm`, no FLOPs counted, as for F.rms_norm).
@@ -57,54 +58,71 @@ def mamba_decode_step_flops(batch: int, d_inner: int, d_conv: int, dt_rank: int,
 
 
 def mamba_decode_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                          dt_proj_bias, A_log, D, conv_backend="ref", scan_backend="ref"):
+                          dt_proj_bias, A_log, D, conv_backend="ref", scan_backend="ref", out_proj_weight=None):
     """The step op by op (module docstring). x, z (batch, d_inner) model dtype; conv_weight (d_inner, d_conv);
     x_proj_weight (dt_rank + 2·d_state, d_inner); dt_proj_weight (d_inner, dt_rank); A_log (d_inner,
-    d_state) and D (d_inner,) float32. Returns y (batch, d_inner) in x's dtype; both states updated in place."""
+    d_state) and D (d_inner,) float32. Returns y (batch, d_inner) in x's dtype, or with out_proj_weight
+    (d_model, d_inner) out_proj(y) as float32; both states updated in place."""
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
     x = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, "silu", conv_backend).to(z.dtype)
     dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
     dt = F.linear(dt, dt_proj_weight)
     A = -torch.exp(A_log.float())
-    return selective_state_update(ssm_state, x, dt, A, B, C, None if D is None else D.float(), z=z,
-                                  dt_bias=dt_proj_bias.float(), dt_softplus=True, backend=scan_backend)
+    y = selective_state_update(ssm_state, x, dt, A, B, C, None if D is None else D.float(), z=z,
+                               dt_bias=dt_proj_bias.float(), dt_softplus=True, backend=scan_backend)
+    return y if out_proj_weight is None else F.linear(y, out_proj_weight).float()
 
 
 @torch.library.custom_op("effprof::mamba_decode_step", mutates_args=("conv_state", "ssm_state"))
 def _mamba_decode_step_op(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, conv_weight: Tensor,
                           conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor,
-                          dt_proj_bias: Tensor, A_log: Tensor, D: Optional[Tensor]) -> Tensor:
+                          dt_proj_bias: Tensor, A_log: Tensor, D: Optional[Tensor],
+                          out_proj_weight: Optional[Tensor]) -> Tensor:
     from effprof.ops.mamba_decode_triton import mamba_decode_step_triton
 
     return mamba_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                                    dt_proj_weight, dt_proj_bias, A_log, D)
+                                    dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight)
 
 
 @_mamba_decode_step_op.register_fake
-def _(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D):
+def _(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+      out_proj_weight):
+    if out_proj_weight is not None:
+        return x.new_empty((x.shape[0], out_proj_weight.shape[0]), dtype=torch.float32)
     return x.new_empty(x.shape)
 
 
 @register_flop_formula(torch.ops.effprof.mamba_decode_step)
 def _mamba_decode_step_flop(x_shape, z_shape, conv_state_shape, ssm_state_shape, conv_weight_shape, conv_bias_shape,
                             x_proj_weight_shape, dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape,
-                            out_shape=None, **kwargs) -> int:
+                            out_proj_weight_shape, out_shape=None, **kwargs) -> int:
     batch, d_inner = x_shape
-    return mamba_decode_step_flops(batch, d_inner, conv_weight_shape[-1], dt_proj_weight_shape[1], A_log_shape[1],
-                                   D_shape is not None)
+    out_proj = 0 if out_proj_weight_shape is None else 2 * batch * d_inner * out_proj_weight_shape[0]
+    return out_proj + mamba_decode_step_flops(batch, d_inner, conv_weight_shape[-1], dt_proj_weight_shape[1],
+                                              A_log_shape[1], D_shape is not None)
 
 
 def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                      dt_proj_bias, A_log, D, backend="ref", conv_backend="ref", scan_backend="ref"):
+                      dt_proj_bias, A_log, D, backend="ref", conv_backend="ref", scan_backend="ref",
+                      out_proj_weight=None):
     """One step through `backend` (a resolved name: ref | triton); shapes as `mamba_decode_step_ref`.
     conv_backend and scan_backend choose the ref path's ops (the triton path fuses its own)."""
     if backend == "ref":
         return mamba_decode_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                                     dt_proj_weight, dt_proj_bias, A_log, D, conv_backend, scan_backend)
+                                     dt_proj_weight, dt_proj_bias, A_log, D, conv_backend, scan_backend,
+                                     out_proj_weight)
     if backend != "triton":
         raise UsageError(f"unknown decode backend {backend!r}; choose from {', '.join(DECODE_BACKENDS)}")
     return torch.ops.effprof.mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
-                                               dt_proj_weight, dt_proj_bias, A_log, D)
+                                               dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight)
+
+
+def fuse_out_proj(batch: int, out_proj_weight: Tensor) -> bool:
+    """Whether the triton step should also do out_proj at this batch and weight size
+    (`mamba_decode_triton.DECODE_CONFIG`, measured)."""
+    from effprof.ops.mamba_decode_triton import use_fused_out
+
+    return use_fused_out(batch, out_proj_weight)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,7 +198,9 @@ def _norm_in_proj_flop(hidden_shape, residual_shape, norm_weight_shape, eps, in_
 
 def norm_in_proj(hidden, residual, norm_weight, eps, in_proj_weight, backend="ref"):
     """(xz, residual') through `backend` (ref | triton): the residual add, RMSNorm and in_proj (no bias) of a
-    decoding step; the triton path is one GEMV kernel up to `mamba_decode_triton.GEMV_MAX_BATCH` rows."""
+    decoding step; the triton path is one GEMV kernel where `mamba_decode_triton.use_gemv` (small batch and
+    weight), else the add + norm kernel and cuBLAS. hidden may be float32 (a fused out_proj's sum): it is
+    rounded to the model dtype first, as the reference's out_proj output is."""
     if backend == "ref":
         return norm_in_proj_ref(hidden, residual, norm_weight, eps, in_proj_weight)
     return torch.ops.effprof.norm_in_proj(hidden, residual, norm_weight, float(eps), in_proj_weight)

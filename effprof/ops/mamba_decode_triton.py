@@ -46,14 +46,19 @@ def _softplus_exact(x):
 
 
 @triton.jit
-def _xproj_partial_kernel(x_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, part_ptr,
-                          d_inner, O, batch,
+def _xproj_partial_kernel(x_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, part_ptr, out_acc_ptr,
+                          d_inner, O, batch, d_model,
                           stride_xb, stride_xc, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk,
                           stride_wo, stride_wc,
                           K_PER: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
-                          HAS_CONV_BIAS: tl.constexpr):
+                          HAS_CONV_BIAS: tl.constexpr, ZERO_OUT: tl.constexpr):
     ks = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    if ZERO_OUT:  # the out_proj accumulator that kernel 2 adds into (it runs after this whole grid)
+        if ks == 0:
+            for m0 in range(0, d_model, 1024):
+                m = m0 + tl.arange(0, 1024)
+                tl.store(out_acc_ptr + b * d_model + m, tl.zeros([1024], dtype=tl.float32), mask=m < d_model)
     o = tl.arange(0, O_PAD)
     mask_o = o < O
     acc = tl.zeros([O_PAD, BLOCK_K], dtype=tl.float32)
@@ -73,12 +78,13 @@ def _xproj_partial_kernel(x_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr,
 
 @triton.jit
 def _ssm_step_kernel(x_ptr, z_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, part_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr,
-                     D_ptr, ssm_ptr, y_ptr,
-                     d_inner, R, N, O, KS, batch,
+                     D_ptr, ssm_ptr, y_ptr, wout_ptr, out_acc_ptr,
+                     d_inner, R, N, O, KS, batch, d_model,
                      stride_xb, stride_xc, stride_zb, stride_zc, stride_sb, stride_sc, stride_st, stride_cwc,
                      stride_cwk, stride_wdt_d, stride_wdt_r, stride_yb,
                      BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, KS_PAD: tl.constexpr,
-                     WIDTH: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+                     WIDTH: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                     FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
@@ -115,7 +121,16 @@ def _ssm_step_kernel(x_ptr, z_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, part_
         y += tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32) * xc
     z = tl.load(z_ptr + b * stride_zb + d * stride_zc, mask=mask_d, other=0.0).to(tl.float32)
     y = y * _silu_f32(z)
-    tl.store(y_ptr + b * stride_yb + d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    if FUSE_OUT:  # out[b, m] += sum_d W_out[m, d] · y[d] over this block's channels (split-K, float32 atomics)
+        y_r = _round(y, x_ptr)  # the reference's out_proj reads y in the model dtype
+        for m0 in range(0, d_model, BLOCK_M):
+            m = m0 + tl.arange(0, BLOCK_M)
+            mask_m = m < d_model
+            w = tl.load(wout_ptr + m[:, None] * d_inner + d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                        other=0.0).to(tl.float32)
+            tl.atomic_add(out_acc_ptr + b * d_model + m, tl.sum(w * y_r[None, :], axis=1), mask=mask_m, sem="relaxed")
+    else:
+        tl.store(y_ptr + b * stride_yb + d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
 def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
@@ -123,15 +138,34 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
     x_proj outputs: tiles of ~8K float32 per program; at most 32 splits (kernel 2 sums them in one tile)."""
     o_pad = triton.next_power_of_2(O)
     block_k = max(16, min(128, 8192 // o_pad))
-    k_per = max(block_k, triton.next_power_of_2(triton.cdiv(d_inner, 32)))
-    k_per = triton.cdiv(k_per, block_k) * block_k
+    k_per = triton.cdiv(triton.cdiv(d_inner, 32), block_k) * block_k
     return k_per, block_k, triton.cdiv(d_inner, k_per)
 
 
+# When the fused step also does out_proj (split-K over its channel blocks, float32 atomics into a zeroed
+# (batch, d_model) accumulator) and when the block's first kernel is the norm + in_proj GEMV instead of the
+# add + norm kernel and cuBLAS: by batch and by weight size (the GEMV and the fused out_proj re-read their
+# weight tile per batch row). Chosen from the measurements in benchmarks/results/h200-2026-11-30-kernels/;
+# overridable for measurement (bench_mamba_decode.py).
+DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
+                 "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20}
+
+
+def use_gemv(batch: int, weight: torch.Tensor) -> bool:
+    return (batch <= DECODE_CONFIG["gemv_max_batch"]
+            and weight.numel() * weight.element_size() <= DECODE_CONFIG["gemv_max_weight_bytes"])
+
+
+def use_fused_out(batch: int, weight: torch.Tensor) -> bool:
+    return (batch <= DECODE_CONFIG["out_fuse_max_batch"]
+            and weight.numel() * weight.element_size() <= DECODE_CONFIG["out_fuse_max_weight_bytes"])
+
+
 def mamba_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                             dt_proj_bias, A_log, D):
+                             dt_proj_bias, A_log, D, out_proj_weight=None):
     """Shapes as `mamba_decode_step_ref`; conv_state and ssm_state (contiguous float32) updated in place;
-    returns y (batch, d_inner) in x's dtype."""
+    returns y (batch, d_inner) in x's dtype, or with `out_proj_weight` (d_model, d_inner) out_proj(y) as
+    a float32 (batch, d_model) sum (not rounded to the model dtype: the next kernel rounds it)."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba_decode_step (triton): ssm_state must be contiguous float32")
     batch, d_inner = x.shape
@@ -140,29 +174,34 @@ def mamba_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias
     N = A_log.shape[1]
     O = x_proj_weight.shape[0]
     A_log = A_log.contiguous()
+    fuse_out = out_proj_weight is not None
+    d_model = out_proj_weight.shape[0] if fuse_out else 1
     y = torch.empty(batch, d_inner, device=x.device, dtype=x.dtype)
+    out_acc = torch.empty(batch, d_model, device=x.device, dtype=torch.float32) if fuse_out else y
     if batch == 0:
-        return y
+        return out_acc.zero_() if fuse_out else y
     k_per, block_k, ks = split_k(d_inner, O)
     partials = torch.empty(ks, batch, O, device=x.device, dtype=torch.float32)
     conv_b = conv_bias if conv_bias is not None else conv_weight
     _xproj_partial_kernel[(ks, batch)](
-        x, conv_state, conv_weight, conv_b, x_proj_weight, partials, d_inner, O, batch,
+        x, conv_state, conv_weight, conv_b, x_proj_weight, partials, out_acc, d_inner, O, batch, d_model,
         x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
         conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0), x_proj_weight.stride(1),
         K_PER=k_per, BLOCK_K=block_k, O_PAD=triton.next_power_of_2(O), WIDTH=width,
-        HAS_CONV_BIAS=conv_bias is not None, num_warps=4)
+        HAS_CONV_BIAS=conv_bias is not None, ZERO_OUT=fuse_out, num_warps=4)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = max(16, min(128, 4096 // max(n_pad, r_pad)))
     _ssm_step_kernel[(batch, triton.cdiv(d_inner, block_d))](
         x, z, conv_state, conv_weight, conv_b, partials, dt_proj_weight, dt_proj_bias, A_log,
-        D if D is not None else A_log, ssm_state, y, d_inner, R, N, O, ks, batch,
+        D if D is not None else A_log, ssm_state, y, out_proj_weight if fuse_out else y, out_acc,
+        d_inner, R, N, O, ks, batch, d_model,
         x.stride(0), x.stride(1), z.stride(0), z.stride(1), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), dt_proj_weight.stride(0),
         dt_proj_weight.stride(1), y.stride(0),
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, KS_PAD=triton.next_power_of_2(ks), WIDTH=width,
-        HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, num_warps=4)
-    return y
+        HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, FUSE_OUT=fuse_out,
+        BLOCK_M=max(16, 8192 // block_d), num_warps=4)
+    return out_acc if fuse_out else y
 
 
 @triton.jit
@@ -171,7 +210,7 @@ def _add_rms_norm_kernel(h_ptr, res_ptr, w_ptr, res_out_ptr, out_ptr, d_model, e
     row = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
     mask = i < d_model
-    r = tl.load(h_ptr + row * stride_hb + i, mask=mask, other=0.0).to(tl.float32)
+    r = _round(tl.load(h_ptr + row * stride_hb + i, mask=mask, other=0.0).to(tl.float32), out_ptr)
     if HAS_RESIDUAL:
         r += tl.load(res_ptr + row * stride_rb + i, mask=mask, other=0.0).to(tl.float32)
     tl.store(res_out_ptr + row * d_model + i, r, mask=mask)
@@ -215,7 +254,7 @@ def _norm_in_proj_kernel(h_ptr, res_ptr, nw_ptr, w_ptr, res_out_ptr, xz_ptr, bat
         for k0 in range(0, d_model, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             mask_k = k < d_model
-            r = tl.load(h_row + k, mask=mask_k, other=0.0).to(tl.float32)
+            r = _round(tl.load(h_row + k, mask=mask_k, other=0.0).to(tl.float32), xz_ptr)
             if HAS_RESIDUAL:
                 r += tl.load(r_row + k, mask=mask_k, other=0.0).to(tl.float32)
             tl.store(res_out_ptr + b * d_model + k, r, mask=mask_k & (pid == 0))
@@ -226,7 +265,7 @@ def _norm_in_proj_kernel(h_ptr, res_ptr, nw_ptr, w_ptr, res_out_ptr, xz_ptr, bat
         for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
             k = k0 + tl.arange(0, BLOCK_K)
             mask_k = k < d_model
-            r = tl.load(h_row + k, mask=mask_k, other=0.0).to(tl.float32)
+            r = _round(tl.load(h_row + k, mask=mask_k, other=0.0).to(tl.float32), xz_ptr)
             if HAS_RESIDUAL:
                 r += tl.load(r_row + k, mask=mask_k, other=0.0).to(tl.float32)
             xn = _round(_round(r, xz_ptr) * inv * tl.load(nw_ptr + k, mask=mask_k, other=0.0).to(tl.float32), xz_ptr)
@@ -236,21 +275,17 @@ def _norm_in_proj_kernel(h_ptr, res_ptr, nw_ptr, w_ptr, res_out_ptr, xz_ptr, bat
         tl.store(xz_ptr + b * stride_xzb + n, tl.sum(acc, axis=1).to(xz_ptr.dtype.element_ty), mask=mask_n)
 
 
-# Batch sizes up to which `norm_in_proj_triton` runs its GEMV kernel (the weight tile is re-read per batch
-# row); above it, the add + norm kernel and cuBLAS. Overridable for measurement (bench_mamba_decode.py).
-GEMV_MAX_BATCH = 8
-
-
 def norm_in_proj_triton(hidden, residual, norm_weight, eps, in_proj_weight, block_n=16, block_k=256, num_stages=3):
-    """hidden (batch, d_model) model dtype, residual (batch, d_model) float32 or None -> (xz (batch, 2·d_inner)
-    in hidden's dtype, residual' float32): in_proj(rms_norm(hidden + residual)) in one kernel."""
+    """hidden (batch, d_model) model dtype or float32 (rounded to the model dtype first), residual (batch,
+    d_model) float32 or None -> (xz (batch, 2·d_inner) in norm_weight's dtype, residual' float32):
+    in_proj(rms_norm(hidden + residual)) in one kernel where `use_gemv`, else add + norm and cuBLAS."""
     batch, d_model = hidden.shape
-    if batch > GEMV_MAX_BATCH:
+    if not use_gemv(batch, in_proj_weight):
         normed, res_out = add_rms_norm_triton(hidden, residual, norm_weight, eps)
         return torch.nn.functional.linear(normed, in_proj_weight), res_out
     n_out = in_proj_weight.shape[0]
     res_out = torch.empty(batch, d_model, device=hidden.device, dtype=torch.float32)
-    xz = torch.empty(batch, n_out, device=hidden.device, dtype=hidden.dtype)
+    xz = torch.empty(batch, n_out, device=hidden.device, dtype=norm_weight.dtype)
     block_k = min(block_k, triton.next_power_of_2(d_model))
     _norm_in_proj_kernel[(triton.cdiv(n_out, block_n),)](
         hidden, residual if residual is not None else hidden, norm_weight, in_proj_weight, res_out, xz,
