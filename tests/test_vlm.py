@@ -1,0 +1,202 @@
+"""Whole VLMs: LLaVA-1.5's sizes, stage split, decode memory, greedy tokens against transformers' generate,
+checkpoints the tests write themselves."""
+import pytest
+import torch
+
+from effprof.cli import main
+from effprof.models.llava import PRESETS, LlavaPipeline, build_llava
+from effprof.report.files import read_json
+from effprof.runner import Config, RunOptions, measure
+
+CPU = dict(device="cpu", dtype="fp32", min_time=0.01, warmup=0.0)
+
+
+def clip_tower_params(p) -> int:
+    c, n = p.vision_width, (p.image_size // p.patch_size) ** 2
+    layer = 4 * (c * c + c) + 2 * 2 * c + (c * p.vision_mlp + p.vision_mlp) + (p.vision_mlp * c + c)
+    return c + 3 * p.patch_size ** 2 * c + (n + 1) * c + 2 * c + p.vision_layers * layer + 2 * c
+
+
+def llava_params(p) -> int:
+    projector = p.vision_width * p.width + p.width + p.width * p.width + p.width
+    w = p.width
+    llama = p.vocab * w + p.layers * (4 * w * w + 3 * w * p.ffn + 2 * w) + w + p.vocab * w
+    return clip_tower_params(p) + projector + llama
+
+
+@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-1.5-13b", "tiny"])
+def test_parameter_counts_equal_the_closed_form_on_the_meta_device(preset):
+    r = measure(Config("llava", {"preset": preset}, RunOptions(device="meta")))
+    assert r["params_total"] == llava_params(PRESETS[preset])
+    if preset == "llava-1.5-7b":  # llava-hf/llava-1.5-7b-hf, vocab 32064 (ANCHORS.md: 7,063,427,072)
+        assert r["params_total"] == 7_063_427_072
+    if preset == "llava-1.5-13b":
+        assert 13.3e9 < r["params_total"] < 13.4e9
+    assert r["stage_vision_params"] + r["stage_project_params"] + r["stage_prefill_params"] == \
+        r["params_total"] - PRESETS[preset].vocab * PRESETS[preset].width  # the LM head sits outside the LM module
+
+
+def test_prefill_flops_equal_a_hand_count_and_the_stages_add_up():
+    p = PRESETS["tiny"]
+    prompt, batch = 8, 2
+    r = measure(Config("llava", {"preset": "tiny", "prompt_tokens": prompt}, RunOptions(batch=batch, **CPU)))
+    n = (p.image_size // p.patch_size) ** 2
+    t_v, c = n + 1, p.vision_width
+    vision = 2 * batch * (3 * p.patch_size ** 2 * c * n  # patch conv
+                          + p.vision_layers * (t_v * (4 * c * c + 2 * c * p.vision_mlp) + 2 * t_v * t_v * c))
+    project = 2 * batch * n * (c * p.width + p.width * p.width)
+    seq, w = n + prompt, p.width
+    lm = 2 * batch * (p.layers * (seq * (4 * w * w + 3 * w * p.ffn) + 2 * seq * seq * w))
+    head = 2 * batch * w * p.vocab  # the last position only
+    assert r["stage_vision_gflops"] * 1e9 == pytest.approx(vision)
+    assert r["stage_project_gflops"] * 1e9 == pytest.approx(project)
+    assert r["stage_prefill_gflops"] * 1e9 == pytest.approx(lm + head)
+    assert r["gflops"] * 1e9 == pytest.approx(vision + project + lm + head)
+    assert r["sequence_tokens"] == seq and r["items_per_call"] == batch * seq
+    assert r["stages_sum_ms"] > 0 and r["stage_prefill_share"] + r["stage_vision_share"] + r["stage_project_share"] \
+        == pytest.approx(1.0)
+
+
+def test_decode_reports_the_kv_cache_of_its_context():
+    p, context, batch = PRESETS["tiny"], 40, 3
+    r = measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": context}, RunOptions(batch=batch, **CPU)))
+    head_dim = p.width // p.heads
+    assert r["kv_cache_mib"] * 2**20 == 2 * p.layers * batch * p.heads * head_dim * (context + 1) * 4
+    assert r["items_per_call"] == batch and r["status"] == "ok"
+
+
+def _tiny_pipeline(seed=0):
+    torch.manual_seed(seed)
+    model = build_llava(PRESETS["tiny"], torch.device("cpu"), torch.float32)
+    return model, LlavaPipeline(model).eval()
+
+
+def test_decode_step_matches_a_full_forward():
+    model, pipe = _tiny_pipeline()
+    ids = torch.randint(0, 32000, (2, 12))
+    with torch.no_grad():
+        full = model.model.language_model(input_ids=ids).last_hidden_state
+        reference = model.lm_head(full[:, -1:])
+        kv = pipe.new_cache(16, 2)
+        pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), kv)
+        step = pipe.decode(ids[:, -1:], kv, torch.full((1, 1), 11))
+    torch.testing.assert_close(step, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_generation_equals_transformers_generate():
+    model, pipe = _tiny_pipeline(seed=3)
+    p = PRESETS["tiny"]
+    n_img = (p.image_size // p.patch_size) ** 2
+    pixels = torch.randn(1, 3, p.image_size, p.image_size)
+    prompt = torch.randint(0, 32000, (1, 6))
+    new = 8
+    ids = torch.cat([torch.full((1, n_img), model.config.image_token_id), prompt], dim=1)
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=new, do_sample=False,
+                                  min_new_tokens=new)[:, ids.shape[1]:]
+    from effprof.models.generation import Generator
+
+    kv = pipe.new_cache(n_img + 6 + new, 1)
+
+    def prefill(inputs):
+        image = pipe.project(pipe.vision(inputs[0]).features)
+        return pipe.prefill(pipe.embed(image, inputs[1]), kv)
+
+    generator = Generator(prefill, lambda tok, pos: pipe.decode(tok, kv, pos), new, "eager", torch.device("cpu"),
+                          kv.set_length)
+    with torch.no_grad():
+        got = generator((pixels, prompt), n_img + 6)
+    assert got.tolist() == expected.tolist()
+
+
+def test_generate_mode_through_the_cli(tmp_path):
+    out = tmp_path / "g.json"
+    assert main(["run", "llava", "--preset", "tiny", "--mode", "generate", "--new-tokens", "4", "--prompt-tokens", "4",
+                 "--device", "cpu", "--min-time", "0.01", "--warmup", "0", "--json", str(out)]) == 0
+    r = read_json(out)[0]
+    assert r["stage_names"] == "prefill,decode" and r["generations_timed"] >= 3
+    assert 0 < r["ttft_ms"] <= r["e2e_ms"] and r["tpot_ms_p50"] <= r["tpot_ms_p90"]
+    assert r["gen_tokens_per_s"] == pytest.approx(4 / (r["e2e_ms"] / 1e3))
+
+
+def test_a_checkpoint_written_by_save_pretrained_loads_with_its_weights(tmp_path):
+    model, _ = _tiny_pipeline(seed=5)
+    model.save_pretrained(tmp_path / "ckpt")
+    r = measure(Config("llava", {"pretrained": str(tmp_path / "ckpt"), "prompt_tokens": 2},
+                       RunOptions(count_flops=False, **CPU)))
+    assert r["weights"] == "pretrained" and r["params_total"] == llava_params(PRESETS["tiny"])
+    from effprof.models.llava import load_llava
+
+    loaded = load_llava(tmp_path / "ckpt", torch.device("cpu"), torch.float32)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def dinov2_reg_params(c, layers, n_patches, patch, registers=4):
+    layer = 2 * c + 4 * (c * c + c) + c + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c) + c
+    return c + c + registers * c + (n_patches + 1) * c + 3 * patch * patch * c + c + layers * layer + 2 * c
+
+
+def siglip_params(c, layers, mlp, n_patches, patch):
+    layer = 2 * 2 * c + 4 * (c * c + c) + (c * mlp + mlp) + (mlp * c + c)
+    return 3 * patch * patch * c + c + n_patches * c + layers * layer + 2 * c
+
+
+def test_cobra_3b_counts_on_the_meta_device():
+    from effprof.models.cobra import PRESETS as COBRA
+
+    p = COBRA["cobra-3b"]
+    r = measure(Config("cobra", {}, RunOptions(device="meta")))
+    n = (p.image_size // p.patch_size) ** 2
+    assert n == 729 and r["image_tokens"] == 729 and r["sequence_tokens"] == 729 + 64
+    towers = dinov2_reg_params(1024, 24, n, 14) + siglip_params(1152, 27, 4304, n, 14)
+    v, d = 1024 + 1152, 2560
+    projector = v * 4 * v + 4 * v + 4 * v * d + d + d * d + d
+    assert r["stage_vision_params"] == towers
+    assert r["stage_project_params"] == projector
+    assert r["stage_prefill_params"] == 2_768_345_600  # Mamba-2.8B as released (tied embeddings)
+    assert r["params_total"] == towers + projector + 2_768_345_600
+
+
+def test_cobra_decode_state_is_constant_in_the_context():
+    small = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 8}, RunOptions(**CPU)))
+    large = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 64}, RunOptions(**CPU)))
+    assert small["state_mib"] == large["state_mib"] > 0
+    d_inner, layers = 2 * 64, 2
+    conv_state, ssm_state = d_inner * 4, d_inner * 16  # (d_inner, d_conv) and (d_inner, d_state) per sequence
+    assert small["state_mib"] * 2**20 == layers * (conv_state + ssm_state) * 4
+
+
+@pytest.mark.parametrize("mode, extra", [("prefill", {"prompt_tokens": 7}), ("decode", {"context": 23})])
+def test_the_cost_model_counts_what_flopcountermode_counts(mode, extra):
+    from effprof.components.vlm import llama_shape
+    from effprof.measure.estimate import estimate
+
+    batch = 2
+    r = measure(Config("llava", {"preset": "tiny", "mode": mode, **extra}, RunOptions(batch=batch, **CPU)))
+    shape = llama_shape(build_llava(PRESETS["tiny"], torch.device("meta"), torch.float32).config.text_config)
+    tokens = r["sequence_tokens"] if mode == "prefill" else 23
+    est = estimate(shape, mode, batch, tokens)
+    counted = r["stage_prefill_gflops"] if mode == "prefill" else r["gflops"]
+    assert est.flops == pytest.approx(counted * 1e9, rel=1e-9)
+    assert r["estimate_gflops"] == pytest.approx(counted, rel=1e-9) and r["estimate_stage"] == mode
+
+
+def test_the_cost_model_reproduces_the_llava_prumerge_figures():
+    """LLaVA-PruMerge's table (Vicuna-7B prefill): 9.3 TFLOP at ~700 tokens, 0.91 at ~70 (FlopCounterMode in
+    ANCHORS.md: 9,324 and 909 GFLOP for the LM prefill of 700 and 70 tokens, logits of the last token)."""
+    from effprof.measure.estimate import LlamaShape, estimate
+
+    vicuna = LlamaShape(32, 4096, 32, 32, 11008, 32064)
+    assert estimate(vicuna, "prefill", 1, 700).flops / 1e9 == pytest.approx(9324, abs=1)
+    assert estimate(vicuna, "prefill", 1, 70).flops / 1e9 == pytest.approx(909, abs=1)
+    int4 = estimate(vicuna, "decode", 1, 1024, "int4")
+    bf16 = estimate(vicuna, "decode", 1, 1024, "bf16")
+    assert int4.flops == bf16.flops and int4.bytes < 0.4 * bf16.bytes  # weight-only: bytes shrink, FLOPs stay
+
+
+def test_estimate_command_prints_both_stages(capsys):
+    assert main(["estimate", "llava", "--gpu", "H100", "--context", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill" in out and "decode" in out and "int4" in out and "lm_head" in out
+    assert main(["estimate", "linear"]) == 2
