@@ -318,3 +318,25 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         out, state = _run_steps(block, "triton", hidden, prefill=2)
         assert rel_err(out, ref) < tol and torch.equal(state.conv_state, ref_state.conv_state)
         assert rel_err(state.ssm_state, ref_state.ssm_state) < tol
+
+
+def test_block_step_is_the_ops_reference_step():
+    """MambaBlock.step's op-by-op path (kept in the module for subclasses) equals mamba_decode_step_ref."""
+    import copy
+
+    from effprof.ops.mamba_decode import mamba_decode_step_ref
+
+    block = _block(12, 3, torch.float32)
+    state = block.allocate_state(2)
+    with torch.no_grad():
+        block(torch.randn(2, 5, 12), state)
+        hidden = torch.randn(2, 1, 12)
+        ref_state = copy.deepcopy(state)
+        out = block.step(hidden, state)
+        x, z = F.linear(hidden[:, 0], block.in_proj.weight).chunk(2, dim=-1)
+        y = mamba_decode_step_ref(x, z, ref_state.conv_state, ref_state.ssm_state, block.conv1d.weight.squeeze(1),
+                                  block.conv1d.bias, block.x_proj.weight, block.dt_proj.weight, block.dt_proj.bias,
+                                  block.A_log, block.D, out_proj_weight=block.out_proj.weight)
+    torch.testing.assert_close(out[:, 0], y)
+    torch.testing.assert_close(state.ssm_state, ref_state.ssm_state)
+    assert torch.equal(state.conv_state, ref_state.conv_state)

@@ -34,7 +34,7 @@ from effprof.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.ops.mamba_decode import add_rms_norm, fuse_out_proj, mamba_decode_step, norm_in_proj
-from effprof.ops.selective_scan import selective_scan
+from effprof.ops.selective_scan import selective_scan, selective_state_update
 
 # ---------------------------------------------------------------------------------------------------
 # The block
@@ -137,13 +137,29 @@ class MambaBlock(nn.Module):
         fused_out = self.out_proj.bias is None and fuse_out_proj(xz.shape[0], self.out_proj.weight)
         return self._step_xz(xz, state, fused_out), residual.unsqueeze(1)
 
+    @property
+    def fused_decode(self) -> bool:
+        """Whether step() runs the fused triton step: `decode_backend` triton, unless a subclass changes the
+        step's math between ops (tensor parallelism sums x_proj's and out_proj's partials across ranks)."""
+        return (self.decode_backend == "triton" and type(self).step is MambaBlock.step
+                and type(self)._ssm_inputs is MambaBlock._ssm_inputs)
+
     def _step_xz(self, xz: torch.Tensor, state: MambaLayerState, fused_out: bool = False) -> torch.Tensor:
         x, z = xz.chunk(2, dim=-1)
-        y = mamba_decode_step(x, z, state.conv_state, state.ssm_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                              self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-                              self.decode_backend, self.conv_backend, self.scan_backend,
-                              self.out_proj.weight if fused_out else None)
-        return (y if fused_out else F.linear(y, self.out_proj.weight, self.out_proj.bias)).unsqueeze(1)
+        if self.fused_decode:
+            y = mamba_decode_step(x, z, state.conv_state, state.ssm_state, self.conv1d.weight.squeeze(1),
+                                  self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                                  self.A_log, self.D, "triton", out_proj_weight=self.out_proj.weight if fused_out else None)
+            return (y if fused_out else F.linear(y, self.out_proj.weight, self.out_proj.bias)).unsqueeze(1)
+        # op by op (`mamba_decode_step_ref`'s math, through self._ssm_inputs, which subclasses may extend)
+        x = causal_conv1d_update(x, state.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                 self.conv_backend).to(z.dtype)
+        dt, B, C = self._ssm_inputs(F.linear(x, self.x_proj.weight))
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(state.ssm_state, x, dt, A, B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True, backend=self.scan_backend)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias).unsqueeze(1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ class MambaResidualBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, hidden_states, residual, state: MambaLayerState | None = None, step: bool = False):
-        if step and self.mixer.decode_backend != "ref" and self.residual_in_fp32 and self.mixer.in_proj.bias is None:
+        if step and self.mixer.fused_decode and self.residual_in_fp32 and self.mixer.in_proj.bias is None:
             return self.mixer.step_from_residual(hidden_states, residual, self.norm, state)
         residual = hidden_states if residual is None else hidden_states + residual
         hidden_states = self.norm(residual.to(self.norm.weight.dtype))
@@ -277,7 +293,7 @@ class MambaBackbone(nn.Module):
             hidden_states, residual = layer(hidden_states, residual, None if cache is None else cache.layers[i], step)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        if step and self.layers[0].mixer.decode_backend != "ref" and residual.dtype == torch.float32:
+        if step and self.layers[0].mixer.fused_decode and residual.dtype == torch.float32:
             return add_rms_norm(hidden_states, residual, self.norm_f.weight, self.norm_f.eps,
                                 self.layers[0].mixer.decode_backend)[0]
         residual = hidden_states + residual
