@@ -2,7 +2,7 @@
 """Mamba's decode and conv paths on one CUDA device: the fused Triton decode step against the step-by-step
 reference, and the Triton causal conv against PyTorch's.
 
-Sections (all in one process, about 90 s on an H200):
+Sections (all in one process, about 70 s on an H200):
   calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
   greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
              `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused):
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -208,7 +209,8 @@ def markdown(doc) -> str:
     lines = [f"# bench_mamba_decode ({doc['meta']['device']}, {doc['meta']['date_utc']})", "",
              f"command: `{doc['meta']['command']}`; torch {doc['meta']['torch']}, triton {doc['meta']['triton']}; "
              f"ceilings: {doc.get('ceilings')}", "",
-             "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms | x floor |",
+             "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms "
+             "| x floor |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in doc.get("decode") or []:
         ms, tps = r.get("latency_ms_median"), r.get("throughput_per_s")
@@ -230,7 +232,8 @@ def markdown(doc) -> str:
         lines += ["", f"conv alone {conv['shape']} bf16: ref {conv['ref']['ms']:.4f} ms, triton "
                       f"{conv['triton']['ms']:.4f} ms ({conv['triton']['gb_per_s']:.0f} GB/s, rel. err "
                       f"{conv['triton']['rel_err_vs_ref']:.1e})", "",
-                  "| prefill (graphs) | ms | tok/s | conv share | TFLOP/s | % bf16 ceiling |", "| --- | --- | --- | --- | --- | --- |"]
+                  "| prefill (graphs) | ms | tok/s | conv share | TFLOP/s | % bf16 ceiling |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in conv["prefill"] + doc.get("prefill_2.8b", []):
             lines.append(f"| {r['label']} | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} | "
                          f"{r.get('conv_share')} | {r.get('tflops_per_s')} | {r.get('pct_of_compute_ceiling')} |")
@@ -239,7 +242,8 @@ def markdown(doc) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=".", help="directory for bench_mamba_decode.json / .md")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."),
+                        help="directory for bench_mamba_decode.json / .md (default $OUT, else .)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (needs TRITON_INTERPRET=1)")
     parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill")
     args = parser.parse_args()

@@ -305,7 +305,8 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         bias = bias.to(dtype) if with_bias else None
         act = "silu" if silu else None
         y = causal_conv1d(x, weight, bias, act, backend="triton")
-        assert rel_err(y.cpu(), loop_causal_conv(x.cpu(), weight.cpu(), None if bias is None else bias.cpu(), silu)) < tol
+        expected = loop_causal_conv(x.cpu(), weight.cpu(), None if bias is None else bias.cpu(), silu)
+        assert rel_err(y.cpu(), expected) < tol
         state, ref_state = (torch.randn(batch, channels, width, device=cuda).to(dtype) for _ in range(2))
         ref_state.copy_(state)
         out = causal_conv1d_update(x[..., 0], state, weight, bias, act, backend="triton")
@@ -340,3 +341,17 @@ def test_block_step_is_the_ops_reference_step():
     torch.testing.assert_close(out[:, 0], y)
     torch.testing.assert_close(state.ssm_state, ref_state.ssm_state)
     assert torch.equal(state.conv_state, ref_state.conv_state)
+
+
+def test_components_report_the_decode_path(tmp_path, fast):
+    """The record names the decode path that ran (auto = ref on CPU), and an unavailable one is refused."""
+    from effprof.cli import main
+    from effprof.report.files import read_json
+
+    path = tmp_path / "r.json"
+    assert main(["run", "mamba-lm", "--d-model", "16", "--n-layer", "1", "--seq-len", "4", "--mode", "decode",
+                 *fast, "--json", str(path)]) == 0
+    record = read_json(path)[0]
+    assert record["decode_backend"] == "ref" and record["conv_backend"] == "ref" and record["status"] == "ok"
+    if not INTERPRETED:
+        assert main(["run", "mamba", "--d-model", "16", "--mode", "decode", "--decode-backend", "triton", *fast]) == 2

@@ -103,7 +103,8 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
         state = module.allocate_state(inputs[0].shape[0]) if mode == "prefill" else inputs[1]
         return {"state_mib": state.nbytes / MIB}
 
-    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode, "d_inner": block.d_inner, "dt_rank": block.dt_rank,
+    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode, "d_inner": block.d_inner,
+            "dt_rank": block.dt_rank,
             "context_len": seq_len}
     return Built(block, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
                  forward=forward, info=info, extras=extras)
@@ -166,7 +167,8 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
         return {"state_mib": cache.nbytes / MIB}
 
     cfg = model.config
-    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode, "weights": "pretrained" if pretrained else "random",
+    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
+            "weights": "pretrained" if pretrained else "random",
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
     return Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
                  forward=forward, info=info, extras=extras)

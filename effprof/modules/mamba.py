@@ -58,7 +58,8 @@ class MambaBlock(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  conv_bias: bool = True, bias: bool = False, scan_backend: str = "ref", conv_backend: str = "ref",
-                 decode_backend: str = "ref", dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, device=None, dtype=None):
+                 decode_backend: str = "ref", dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 device=None, dtype=None):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
@@ -149,7 +150,8 @@ class MambaBlock(nn.Module):
         if self.fused_decode:
             y = mamba_decode_step(x, z, state.conv_state, state.ssm_state, self.conv1d.weight.squeeze(1),
                                   self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                                  self.A_log, self.D, "triton", out_proj_weight=self.out_proj.weight if fused_out else None)
+                                  self.A_log, self.D, "triton",
+                                  out_proj_weight=self.out_proj.weight if fused_out else None)
             return (y if fused_out else F.linear(y, self.out_proj.weight, self.out_proj.bias)).unsqueeze(1)
         # op by op (`mamba_decode_step_ref`'s math, through self._ssm_inputs, which subclasses may extend)
         x = causal_conv1d_update(x, state.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
