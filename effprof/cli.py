@@ -115,6 +115,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
+                    fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
+                                                               "print k with its 95% CI; --plot draws the fit.")] = None,
                     batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                     min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
@@ -129,16 +131,31 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                          max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
                          crosscheck=crosscheck)
     profile = _profile(target, grid, overrides)
+    if fit and fit.replace("-", "_") != "batch" and not any(
+            p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
+        raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
     records = _measure_profile(profile, baseline, csv, json)
+    fits = _print_fits(records, fit) if fit else None
     if plot:
-        from effprof.report.plot import plot_records
+        from effprof.report.plot import plot_fits, plot_records
 
-        plot_records(records, plot, profile.varied, profile.title)
+        if fits:
+            plot_fits(records, fits, plot, profile.title)
+        else:
+            plot_records(records, plot, profile.varied, profile.title)
         console.print(f"plot written to {plot}", highlight=False)
     if any(r.get("status") == "refused" for r in records):
         raise typer.Exit(2)
     if any(r.get("status") == "error" for r in records):
         raise typer.Exit(1)
+
+
+def _print_fits(records: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    from effprof.analysis.fit import fit_lines, fit_records
+
+    fits = fit_records(records, param.replace("-", "_"))
+    console.print("\n".join(fit_lines(fits)), highlight=False)
+    return fits
 
 
 def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
@@ -346,7 +363,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("diff",)
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

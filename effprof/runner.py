@@ -284,6 +284,7 @@ def timing_fields(timing: TimingResult, items_per_call: int, gflops: float | Non
         "timing_method": timing.method,
         "items_per_call": items_per_call,
         "throughput_per_s": items_per_call / (median / 1e3),
+        "latency_samples_ms": list(timing.samples_ms),  # raw samples (JSON only): `effprof diff` resamples them
     }
     if gflops is not None:
         fields["tflops_per_s"] = gflops / median  # GFLOP / ms = TFLOP/s
