@@ -34,6 +34,9 @@ Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flo
                                                      help="Add fvcore's and thop's counts (flops extra).")]
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
+                                                      help="Mark rows whose FLOP coverage (share of time in ops "
+                                                           "with a FLOP formula) is below this fraction.")]
 
 
 def _options(**given: Any) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def run_command(ctx: typer.Context,
                 batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                 min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                 cold: Cold = None, graphs: Graphs = None, compile: Compile = None, crosscheck: Crosscheck = None,
-                csv: CsvPath = None, json: JsonPath = None):
+                csv: CsvPath = None, json: JsonPath = None, min_flop_coverage: MinCoverage = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
@@ -106,6 +109,7 @@ def run_command(ctx: typer.Context,
     config.resolved()
     with console.status(f"measuring {component} ..."):
         record = measure(config)
+    _mark_coverage([record], min_flop_coverage)
     print_records([record], title=f"effprof run {component}", console=console)
     write_records([record], csv, json)
 
@@ -120,7 +124,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
                     min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
-                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None,
+                    min_flop_coverage: MinCoverage = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     _check_outputs(csv, json, plot)
     if plot:
@@ -134,7 +139,7 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
     if fit and fit.replace("-", "_") != "batch" and not any(
             p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
         raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
-    records = _measure_profile(profile, baseline, csv, json)
+    records = _measure_profile(profile, baseline, csv, json, min_flop_coverage)
     fits = _print_fits(records, fit) if fit else None
     if plot:
         from effprof.report.plot import plot_fits, plot_records
@@ -171,7 +176,15 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     return profile
 
 
-def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:
+def _mark_coverage(records: list[dict[str, Any]], minimum: float | None) -> None:
+    if minimum is not None:
+        from effprof.measure.coverage import mark_low_coverage
+
+        mark_low_coverage(records, minimum)
+
+
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None,
+                     min_flop_coverage: float | None = None) -> list[dict[str, Any]]:
     """Measure a profile's rows with a progress bar, rewriting the files after every row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -208,6 +221,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
         raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
                           + (f"; finished rows are in {where}" if where else "")) from None
     add_ratios(records, profile.baseline)
+    _mark_coverage(records, min_flop_coverage)
     write_records(records, csv, json)
     print_records(records, title=profile.title, console=console)
     return records
@@ -279,6 +293,8 @@ def breakdown_command(ctx: typer.Context,
                       table: Annotated[bool, typer.Option("--table", help="A flat table instead of a tree.")] = False,
                       kernels: Annotated[int, typer.Option("--kernels", min=0,
                                                            help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
+                      uncovered: Annotated[bool, typer.Option("--uncovered", help="List the costliest ops counted as "
+                                                              "zero FLOPs (no formula) and the FLOP coverage.")] = False,
                       batch: Batch = None, dtype: Dtype = None, device: Device = None, seed: Seed = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total."""
     import torch
@@ -299,6 +315,13 @@ def breakdown_command(ctx: typer.Context,
         with torch.inference_mode():
             rows = top_kernels(lambda: built.call(inputs), build_ctx.device, top=kernels)
         console.print(kernels_table(rows, f"top {kernels} per call"))
+    if uncovered:
+        from effprof.measure.coverage import flop_coverage
+        from effprof.report.tree import uncovered_table
+
+        with torch.inference_mode():
+            found = flop_coverage(lambda: built.call(inputs), build_ctx.device)
+        console.print(uncovered_table(found))
 
 
 @app.command("env")

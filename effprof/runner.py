@@ -17,6 +17,7 @@ from effprof.errors import EffprofError, UsageError
 from effprof.measure.env import environment, resolve_device
 from effprof.measure.bytes import count_flops_and_bytes
 from effprof.measure.calibrate import ceilings, tf32_enabled
+from effprof.measure.coverage import coverage_fields
 from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter, NvmlSampler
 from effprof.measure.roofline import roofline_fields
@@ -155,6 +156,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
             counts = count_flops_and_bytes(lambda: built.call(input_sets[0]))
             record["gflops"] = counts.flops / 1e9
             counted_bytes = counts.bytes
+            record.update(coverage_fields(lambda: built.call(input_sets[0]), device))
         if built.extras is not None:
             record.update(built.extras(built.module, input_sets[0]))
         memory = PeakMemory(device)

@@ -63,6 +63,8 @@ COLUMNS = [
     ("params M", _params_m),
     ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
     ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
+    ("FLOP\ncov. %", lambda r: None if r.get("flop_coverage") is None
+     else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else "")),
     ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
     ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
      else _num(r["achieved_gb_per_s"])),
@@ -119,7 +121,7 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + host_bound_notes(records) + errors
+    lines += sorted(notes) + host_bound_notes(records) + coverage_notes(records) + errors
     return "\n".join(lines)
 
 
@@ -132,6 +134,21 @@ def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:
     names = ", ".join(str(r.get("label", "?")) for r in rows)
     return [f"{names}: overhead-bound (launch and host work, not the device, set the time): the latency follows "
             "the host's speed and may not repeat on a shared machine; --graphs times the device's work"]
+
+
+def coverage_notes(records: list[dict[str, Any]]) -> list[str]:
+    """What `FLOP cov. %` is, and which rows fall below --min-flop-coverage (marked !)."""
+    rows = [r for r in records if r.get("flop_coverage") is not None]
+    if not rows:
+        return []
+    method = "kernel time on the device" if rows[0].get("device") == "cuda" else "aten op CPU time"
+    lines = [f"FLOP cov. % = share of the call's {method} in ops with a FLOP formula (effprof breakdown "
+             "--uncovered lists the rest)"]
+    low = [r for r in rows if r.get("flop_coverage_low")]
+    if low:
+        lines.append(", ".join(f"{r.get('label')} ({r.get('flop_uncovered_top') or '?'} uncounted)" for r in low)
+                     + ": FLOP coverage below --min-flop-coverage (!): their TFLOP/s leaves out the uncounted ops' time")
+    return lines
 
 
 def make_console(stderr: bool = False) -> Console:
