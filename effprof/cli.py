@@ -65,6 +65,8 @@ def _component_args(component: str, args: list[str]) -> dict[str, str]:
         if option not in declared:
             known = " ".join(sorted(declared)) or "none"
             raise UsageError(f"{component}: unknown option {option!r} (component options: {known})")
+        if not sep and declared[option].type is bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+            value, sep = "true", "="  # a bool parameter given alone is a flag: --pretrained
         if not sep:
             if i + 1 >= len(args):
                 raise UsageError(f"{option} needs a value ({declared[option].range_text()})")

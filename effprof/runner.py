@@ -141,7 +141,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     built, values, ctx = build(config)
     component = get_component(config.component)
     device = ctx.device
-    record = base_record(config, values, component.unit, ctx)
+    record = base_record(config, values, built.unit, ctx)
     total, trainable = count_params(built.module)
     record.update(params_total=total, params_trainable=trainable,
                   weights_mib=tensor_bytes(built.module) / MIB, **built.info)
