@@ -22,6 +22,11 @@ err_console = Console(stderr=True)
 # Common measurement options: declared once in effprof/cli_options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+Columns = Annotated[str, typer.Option("--columns", help="Table columns: brief (fits 120 columns), full, or a "
+                                      "comma-separated list of keys (an unknown key lists them). Files hold all.")]
+MdPath = Annotated[Optional[str], typer.Option("--md", help="Also write the table as Markdown to PATH.")]
+HtmlPath = Annotated[Optional[str], typer.Option("--html", help="Also write one self-contained HTML page (table, notes, "
+                                                 "plots inlined) to PATH.")]
 MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
                                                       help="Mark rows whose FLOP coverage (share of time in ops "
                                                            "with a FLOP formula) is below this fraction.")]
@@ -78,13 +83,15 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                 csv: CsvPath = None, json: JsonPath = None, min_flop_coverage: MinCoverage = None,
+                columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, measure
 
-    _check_outputs(csv, json)
+    _check_outputs(csv, json, md, html)
+    _check_columns(columns)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
@@ -99,8 +106,9 @@ def run_command(ctx: typer.Context,
             err_console.print_exception()
         raise
     _mark_coverage([record], min_flop_coverage)
-    print_records([record], title=f"effprof run {component}", console=console)
+    print_records([record], title=f"effprof run {component}", console=console, columns=columns)
     write_records([record], csv, json)
+    _write_reports([record], f"effprof run {component}", columns, md, html)
 
 
 @app.command("compare")
@@ -112,9 +120,11 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
                                                                "print k with its 95% CI; --plot draws the fit.")] = None,
                     csv: CsvPath = None, json: JsonPath = None, min_flop_coverage: MinCoverage = None,
+                    columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
                     overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
-    _check_outputs(csv, json, plot)
+    _check_outputs(csv, json, plot, md, html)
+    _check_columns(columns)
     if plot:
         from effprof.report.plot import require_matplotlib
 
@@ -123,16 +133,16 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
     if fit and fit.replace("-", "_") != "batch" and not any(
             p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
         raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
-    records = _measure_profile(profile, baseline, csv, json, min_flop_coverage)
+    records = _measure_profile(profile, baseline, csv, json, min_flop_coverage, columns)
     fits = _print_fits(records, fit) if fit else None
     if plot:
-        from effprof.report.plot import plot_fits, plot_records
-
-        if fits:
-            plot_fits(records, fits, plot, profile.title)
-        else:
-            plot_records(records, plot, profile.varied, profile.title)
+        _draw(records, profile, fits, plot)
         console.print(f"plot written to {plot}", highlight=False)
+    if md or html:
+        from effprof.analysis.fit import fit_lines
+
+        _write_reports(records, profile.title, columns, md, html, fit_lines(fits) if fits else [],
+                       _images(records, profile, fits, plot) if html else [])
     if any(r.get("status") == "refused" for r in records):
         raise typer.Exit(2)
     if any(r.get("status") == "error" for r in records):
@@ -145,6 +155,51 @@ def _print_fits(records: list[dict[str, Any]], param: str) -> list[dict[str, Any
     fits = fit_records(records, param.replace("-", "_"))
     console.print("\n".join(fit_lines(fits)), highlight=False)
     return fits
+
+
+def _draw(records, profile, fits, path: str) -> None:
+    from effprof.report.plot import plot_fits, plot_records
+
+    if fits:
+        plot_fits(records, fits, path, profile.title)
+    else:
+        plot_records(records, path, profile.varied, profile.title)
+
+
+def _images(records, profile, fits, plot: str | None) -> list[tuple[str, bytes]]:
+    """The plot for an HTML page: the --plot file, else one drawn now (none without matplotlib or with one row)."""
+    import tempfile
+    from pathlib import Path
+
+    from effprof.errors import MissingExtra
+
+    caption = "log-log fit" if fits else "latency and peak memory"
+    if plot:
+        return [(caption, Path(plot).read_bytes())]
+    if len([r for r in records if r.get("status") == "ok"]) < 2:
+        return []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "plot.png")
+            _draw(records, profile, fits, path)
+            return [(caption, Path(path).read_bytes())]
+    except MissingExtra:
+        return []
+
+
+def _check_columns(columns: str) -> None:
+    from effprof.report.table import chosen_columns
+
+    chosen_columns([], columns)  # refuses an unknown column before anything is measured
+
+
+def _write_reports(records, title: str, columns: str, md: str | None, html: str | None,
+                   notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None) -> None:
+    from effprof.report.export import write_reports
+
+    write_reports(records, title, columns, md, html, notes, images)
+    for path in filter(None, (md, html)):
+        console.print(f"written to {path}", highlight=False)
 
 
 def _mark_coverage(records: list[dict[str, Any]], minimum: float | None) -> None:
@@ -167,7 +222,7 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
 
 
 def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None,
-                     min_flop_coverage: float | None = None) -> list[dict[str, Any]]:
+                     min_flop_coverage: float | None = None, columns: str = "brief") -> list[dict[str, Any]]:
     """Measure a profile's rows with a progress bar, rewriting the files after every row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -206,7 +261,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
     add_ratios(records, profile.baseline)
     _mark_coverage(records, min_flop_coverage)
     write_records(records, csv, json)
-    print_records(records, title=profile.title, console=console)
+    print_records(records, title=profile.title, console=console, columns=columns)
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
