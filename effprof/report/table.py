@@ -72,7 +72,9 @@ COLUMNS = [
     ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
      else _num(r["achieved_gb_per_s"])),
     ("bound", lambda r: r.get("verdict")),
-    ("J/item", lambda r: None if r.get("energy_j_per_item") is None else f"{r['energy_j_per_item']:.3g}"),
+    ("J/item\ntotal", lambda r: None if r.get("energy_j_per_item") is None else _num(r["energy_j_per_item"])),
+    ("J/item\nabove idle", lambda r: None if r.get("energy_above_idle_j_per_item") is None
+     else _num(r["energy_above_idle_j_per_item"])),
     ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
      else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
     ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
@@ -95,7 +97,8 @@ HOISTED = ("batch", "dtype", "device")  # shown once in the title when every row
 COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)": "latency_median", "peak act.\nMiB": "peak_mem", "weights\nMiB": "weights",
                "params M": "params_m", "GFLOP/call\n(2×MAC)": "gflops", "TFLOP/s": "tflops", "FLOP\ncov. %": "flop_cov",
                "% of\npeak": "pct_peak", "speedup\n×": "speedup", "params\nratio": "params_ratio",
-               "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio"}
+               "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio",
+               "J/item\ntotal": "energy", "J/item\nabove idle": "energy_above_idle"}
 # The default set: fits a 120-column terminal for the usual rows. Files always hold every field.
 BRIEF = ("row", "batch", "dtype", "device", "status", "latency_median", "throughput", "peak_mem", "params_m",
          "gflops", "tflops", "bound", "speedup", "params_ratio", "gflops_ratio", "mem_ratio")
@@ -206,7 +209,7 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + host_bound_notes(records) + coverage_notes(records) + errors
+    lines += sorted(notes) + host_bound_notes(records) + coverage_notes(records) + energy_notes(records) + errors
     return "\n".join(lines)
 
 
@@ -219,6 +222,20 @@ def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:
     names = ", ".join(str(r.get("label", "?")) for r in rows)
     return [f"{names}: overhead-bound (launch and host work, not the device, set the time): the latency follows "
             "the host's speed and may not repeat on a shared machine; --graphs times the device's work"]
+
+
+def energy_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Which energy figure is which (NVML board energy over the timed region, per item)."""
+    rows = [r for r in records if r.get("energy_j_per_item") is not None]
+    if not rows:
+        return []
+    idle = [r for r in rows if r.get("idle_power_w") is not None]
+    text = ("J/item total = the board's energy over the timed region per item, idle power included (as Zeus and "
+            "the ML.ENERGY leaderboard report it)")
+    if idle:
+        watts = ", ".join(sorted({"%.0f W" % r["idle_power_w"] for r in idle}))
+        text += f"; above idle = minus idle power ({watts}, measured just before the region) × the region's time"
+    return [text]
 
 
 def coverage_notes(records: list[dict[str, Any]]) -> list[str]:
