@@ -67,7 +67,7 @@ def test_markdown_table_matches_the_records():
     first = table[2]
     assert first.startswith("| a\\|b<br>seq_len=1024 |") and "| 12.35 |" in first and "541,234 tok/s" in first
     assert all(l.count(" | ") == table[0].count(" | ") for l in table[2:] if "\\|" not in l)
-    assert "**T (batch 1, dtype bf16, device cuda, preset=130m)**" in text and "seq_len^1.02" in text
+    assert "**T (batch 1, dtype bf16, device cuda, mode graphs, preset=130m)**" in text and "seq_len^1.02" in text
 
 
 def test_html_page_is_self_contained_with_the_table_and_an_inlined_image():

@@ -91,7 +91,7 @@ COLUMNS = [
 ]
 
 
-HOISTED = ("batch", "dtype", "device")  # shown once in the title when every row agrees
+HOISTED = ("batch", "dtype", "device", "mode")  # shown once in the title when every row agrees
 
 # `--columns` names: a header listed here has this key; any other header's key is its first line, slugged.
 COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)": "latency_median", "peak act.\nMiB": "peak_mem", "weights\nMiB": "weights",
@@ -100,7 +100,7 @@ COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)
                "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio",
                "J/item\ntotal": "energy", "J/item\nabove idle": "energy_above_idle"}
 # The default set: fits a 120-column terminal for the usual rows. Files always hold every field.
-BRIEF = ("row", "batch", "dtype", "device", "status", "latency_median", "throughput", "peak_mem", "params_m",
+BRIEF = ("row", "batch", "dtype", "device", "mode", "status", "latency_median", "throughput", "peak_mem", "params_m",
          "gflops", "tflops", "bound", "speedup", "params_ratio", "gflops_ratio", "mem_ratio")
 BRIEF_HEADERS = {"latency_median": "latency\nms\n(median)", "peak_mem": "peak\nact.\nMiB", "gflops": "GFLOP/\ncall\n(2×MAC)",
                  "params_m": "params\nM"}  # narrower spellings of the same headers
