@@ -88,7 +88,7 @@ def run_command(ctx: typer.Context,
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import Config, measure
+    from effprof.runner import Config, measure_many
 
     _check_outputs(csv, json, md, html)
     _check_columns(columns)
@@ -96,19 +96,18 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
-    try:
-        with console.status(f"measuring {component} ..."):
-            record = measure(config)
-    except EffprofError:
-        raise
-    except Exception:
-        if options.debug:
-            err_console.print_exception()
-        raise
+    with console.status(f"measuring {component} ..."):
+        record = measure_many([config])[0]  # a failure is a row with its reason, as in a comparison
     _mark_coverage([record], min_flop_coverage)
-    print_records([record], title=f"effprof run {component}", console=console, columns=columns)
     write_records([record], csv, json)
+    print_records([record], title=f"effprof run {component}", console=console, columns=columns)
     _write_reports([record], f"effprof run {component}", columns, md, html)
+    if record.get("traceback"):
+        err_console.print(record["traceback"], highlight=False)
+    if record["status"] == "refused":
+        raise typer.Exit(2)
+    if record["status"] != "ok":
+        raise typer.Exit(1)
 
 
 @app.command("compare")

@@ -66,8 +66,11 @@ def test_a_pair_and_a_built(models, fast):
 ])
 def test_bad_file_components_are_one_line(models, argv, says, capsys):
     assert main(argv + ["--device", "cpu", "--min-time", "0.02", "--warmup", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert says in err and "\n" not in err
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in captured.out + err
+    # refused before building: one line on stderr; refused by the factory: a `refused` row with its reason
+    assert says in err or ("refused" in captured.out and says in " ".join(captured.out.split()))
 
 
 def test_a_profile_names_file_components_relative_to_itself(models, tmp_path, monkeypatch):
@@ -107,7 +110,9 @@ def test_hf_model_from_the_cache_with_random_weights(tmp_path, monkeypatch, fast
     V, P, d, L = 100, 64, 32, 2
     assert r["params_total"] == V * d + P * d + L * (12 * d * d + 13 * d) + 2 * d  # GPT-2's closed form
     assert r["unit"] == "tok" and r["items_per_call"] == 16 and r["model_type"] == "gpt2"
-    assert main(["run", "hf:wbtest/absent", *fast]) == 2
-    assert "never downloads" in capsys.readouterr().err
-    assert main(["run", "hf:wbtest/tiny-gpt2", "--pretrained", *fast]) == 2  # no weights in the cache: one line
-    assert "\n" not in capsys.readouterr().err.strip()
+    capsys.readouterr()
+    assert main(["run", "hf:wbtest/absent", *fast]) == 2  # a refused row that says why
+    assert "never downloads" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", "hf:wbtest/tiny-gpt2", "--pretrained", *fast]) == 2  # no weights in the cache
+    captured = capsys.readouterr()
+    assert "refused" in captured.out and "Traceback" not in captured.out + captured.err
