@@ -68,6 +68,13 @@ def plot_fits(records: list[dict[str, Any]], fits: list[dict[str, Any]], path: s
             grid = [f["x_min"] * (f["x_max"] / f["x_min"]) ** (j / 50) for j in range(51)]
             ax.loglog(grid, [f["prefactor"] * x ** f["exponent"] for x in grid], "-", color=color,
                       label=f"{f['series']}: {exponent_text(f)}")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        xs_all = sorted({x for f in fits for x in (f["x_min"], f["x_max"])} |
+                        {r.get("batch") if param == "batch" else r.get(f"param_{param}") for rs in rows_of.values() for r in rs})
+        ax.set_xticks([x for x in xs_all if x])  # the measured values, written plainly
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(param)
         ax.set_ylabel(labels.get(metric, metric))
         ax.grid(alpha=0.3, which="both")
