@@ -30,6 +30,8 @@ HtmlPath = Annotated[Optional[str], typer.Option("--html", help="Also write one 
 MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
                                                       help="Mark rows whose FLOP coverage (share of time in ops "
                                                            "with a FLOP formula) is below this fraction.")]
+Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
+                                           "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 
 
 def _check_outputs(*paths: str | None) -> None:
@@ -82,10 +84,11 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 @common_options()
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
-                csv: CsvPath = None, json: JsonPath = None, min_flop_coverage: MinCoverage = None,
+                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, min_flop_coverage: MinCoverage = None,
                 columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
+    from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, measure_many
@@ -96,17 +99,25 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
+    configs = expand_tp([config], tp)
     with console.status(f"measuring {component} ..."):
-        record = measure_many([config])[0]  # a failure is a row with its reason, as in a comparison
-    _mark_coverage([record], min_flop_coverage)
-    write_records([record], csv, json)
-    print_records([record], title=f"effprof run {component}", console=console, columns=columns)
-    _write_reports([record], f"effprof run {component}", columns, md, html)
-    if record.get("traceback"):
-        err_console.print(record["traceback"], highlight=False)
-    if record["status"] == "refused":
+        records = measure_many(configs)  # a failure is a row with its reason, as in a comparison
+    if tp:
+        add_tp_scaling(records)
+    if secondary_rank():  # under torchrun, rank 0 reports
+        return
+    _mark_coverage(records, min_flop_coverage)
+    write_records(records, csv, json)
+    print_records(records, title=f"effprof run {component}", console=console, columns=columns)
+    _write_reports(records, f"effprof run {component}", columns, md, html)
+    for record in records:
+        if record.get("traceback"):
+            err_console.print(record["traceback"], highlight=False)
+        elif record["status"] != "ok" and record.get("error"):  # the reason, as one line, where errors go
+            err_console.print(f"effprof: {record['status']}: {record['error']}", highlight=False, soft_wrap=True)
+    if any(r["status"] == "refused" for r in records):
         raise typer.Exit(2)
-    if record["status"] != "ok":
+    if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
 
 
@@ -116,12 +127,21 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
+                    csv: CsvPath = None, json: JsonPath = None,
+                    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Fan the rows out over N GPUs (or "
+                                                                "'all'): one worker process per GPU.")] = None,
+                    workers: Annotated[Optional[int], typer.Option("--workers", help="Fan the rows out over N worker "
+                                                                   "processes on the one device (cpu: cores split).")] = None,
+                    isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
+                                                          "(a crash or leftover memory stays with its row).")] = False,
                     fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
                                                                "print k with its 95% CI; --plot draws the fit.")] = None,
-                    csv: CsvPath = None, json: JsonPath = None, min_flop_coverage: MinCoverage = None,
-                    columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
-                    overrides: dict[str, Any] | None = None):
+                    min_flop_coverage: MinCoverage = None, columns: Columns = "brief", md: MdPath = None,
+                    html: HtmlPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
+    from effprof.distributed import expand_tp, tp_degrees
+    from effprof.parallel import plan_slots
+
     _check_outputs(csv, json, plot, md, html)
     _check_columns(columns)
     if plot:
@@ -132,7 +152,11 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
     if fit and fit.replace("-", "_") != "batch" and not any(
             p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
         raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
-    records = _measure_profile(profile, baseline, csv, json, min_flop_coverage, columns)
+    if tp:
+        profile.configs = expand_tp(profile.configs, tp)
+        profile.baseline *= len(tp_degrees(tp))
+    slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate, min_flop_coverage, columns)
     fits = _print_fits(records, fit) if fit else None
     if plot:
         _draw(records, profile, fits, plot)
@@ -220,14 +244,22 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     return profile
 
 
-def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None,
-                     min_flop_coverage: float | None = None, columns: str = "brief") -> list[dict[str, Any]]:
-    """Measure a profile's rows with a progress bar, rewriting the files after every row."""
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
+                     isolate: bool = False, min_flop_coverage: float | None = None,
+                     columns: str = "brief") -> list[dict[str, Any]]:
+    """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
+    when `slots` is given: effprof/parallel.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from effprof.distributed import add_tp_scaling, secondary_rank
+    from effprof.parallel import add_ratios_same_device, host_summary, measure_parallel
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import add_ratios, measure_many
+    from effprof.runner import measure_many
+
+    if secondary_rank():  # under torchrun, rank 0 reports
+        csv = json = None
+        console.quiet = err_console.quiet = True
 
     labels = [c.label or c.component for c in profile.configs]
     if baseline is not None:
@@ -238,6 +270,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
+        done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
         write_records(done, csv, json)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -250,20 +283,28 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 keep(record)
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
-            records = measure_many(profile.configs, on_record=step)
+            if slots:
+                records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
+            else:
+                records = measure_many(profile.configs, on_record=step)
     except KeyboardInterrupt:
         if done:
             print_records(done, title=f"{profile.title} (interrupted)", console=console)
         where = " and ".join(p for p in (csv, json) if p)
         raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
                           + (f"; finished rows are in {where}" if where else "")) from None
-    add_ratios(records, profile.baseline)
+    warnings = add_ratios_same_device(records, profile.baseline)
+    if any("tp" in r for r in records):
+        add_tp_scaling(records)
     _mark_coverage(records, min_flop_coverage)
     write_records(records, csv, json)
     print_records(records, title=profile.title, console=console, columns=columns)
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
+    for line in warnings + ([host_summary(records)] if slots else []):
+        if line:
+            err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
 
 
@@ -407,7 +448,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ("diff",)
+COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval", "diff")
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 
