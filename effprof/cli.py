@@ -95,6 +95,8 @@ def run_command(ctx: typer.Context,
 
     _check_outputs(csv, json, md, html)
     _check_columns(columns)
+    if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
+        overrides.setdefault("flop_coverage", True)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
@@ -144,6 +146,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
 
     _check_outputs(csv, json, plot, md, html)
     _check_columns(columns)
+    if min_flop_coverage is not None:
+        overrides.setdefault("flop_coverage", True)
     if plot:
         from effprof.report.plot import require_matplotlib
 

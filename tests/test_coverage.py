@@ -88,3 +88,23 @@ def test_breakdown_uncovered_lists_the_ops_counted_as_zero(capsys, fast):
                  "--uncovered"]) == 0
     out = capsys.readouterr().out
     assert "FLOP coverage" in out and "aten::gelu" in out  # the MLP's GELU has no FLOP formula
+
+
+def test_coverage_is_on_by_default_on_cpu_and_opt_in_on_cuda(tmp_path, fast):
+    from types import SimpleNamespace
+
+    from effprof.options import RunOptions
+    from effprof.trackers.coverage import CoverageTracker
+
+    def enabled(device, **given):
+        return CoverageTracker.enabled(SimpleNamespace(options=RunOptions(**given), device=torch.device(device),
+                                                       count_only=False))
+
+    assert enabled("cpu") and not enabled("cuda") and enabled("cuda", flop_coverage=True)
+    assert not enabled("cpu", flop_coverage=False) and not enabled("cpu", count_flops=False)
+    out = tmp_path / "r.json"
+    assert main(["run", "linear", "--tokens", "8", "--in-dim", "16", "--out-dim", "16", *fast, "--no-flop-coverage",
+                 "--json", str(out)]) == 0
+    from effprof.report.files import read_json
+
+    assert "flop_coverage" not in read_json(out)[0]
