@@ -5,7 +5,9 @@
       against the prompt length per series, with their 95% intervals;
   (2) the same again into B.json;
   (3) `effprof diff A.json B.json`: two runs of the same code on the same device should show no significant
-      change (3% threshold, bootstrap 95% interval of the ratio of medians).
+      change (3% threshold, bootstrap 95% interval of the ratio of medians);
+  (4) `effprof breakdown ... --uncovered` of Mamba-130m and the transformer at 4k tokens: the FLOP coverage on
+      the device (share of kernel time in ops with a FLOP formula) and the costliest ops counted as zero.
 
 Everything is written under --out: A.json, B.json, diff.json, fit.png, the CLI's output (*.log),
 bench_workbench.json (meta, command lines, exponents, verdicts) and bench_workbench.md; the table is printed last.
@@ -62,7 +64,7 @@ def main() -> int:
         profile.write_text(SMOKE_PROFILE)
         target, extra = str(profile), ["--min-time", str(args.min_time or 0.02), "--warmup", "0"]
     else:
-        target, extra = "mamba-scaling", ["--graphs", "--min-time", str(args.min_time or 0.3), "--warmup", "0.1"]
+        target, extra = "mamba-scaling", ["--graphs", "--min-time", str(args.min_time or 0.25), "--warmup", "0.1"]
     runs = {}
     for name in ("A", "B"):
         cmd = ["compare", target, *extra, "--fit", "seq_len", "--json", str(out / f"{name}.json")]
@@ -73,6 +75,15 @@ def main() -> int:
     diff_cmd = ["diff", str(out / "A.json"), str(out / "B.json"), "--json", str(out / "diff.json")]
     rc, seconds, diff_out = effprof(diff_cmd, out / "diff.log")
     runs["diff"] = {"command": "effprof " + " ".join(diff_cmd), "exit": rc, "wall_s": seconds}
+    coverage = {}
+    shapes = (["--d-model", "32", "--n-layer", "1", "--seq-len", "64", "--device", "cpu"] if args.smoke
+              else ["--preset", "130m", "--seq-len", "4096"])
+    for component, more in (("mamba-lm", []), ("transformer-lm", [] if args.smoke else ["--n-layer", "24"])):
+        cmd = ["breakdown", component, *shapes, *more, "--depth", "0", "--uncovered"]
+        rc, seconds, text = effprof(cmd, out / f"uncovered_{component}.log")
+        runs[f"uncovered {component}"] = {"command": "effprof " + " ".join(cmd), "exit": rc, "wall_s": seconds}
+        found = [" ".join(line.split()) for line in text.splitlines() if "FLOP coverage" in line]
+        coverage[component] = found[0] if found else "-"
 
     fits = {}
     for name in ("A", "B"):
@@ -97,11 +108,13 @@ def main() -> int:
     for r in diff.get("rows", []):
         ci = "" if r.get("ratio_ci95_low") is None else f" [{r['ratio_ci95_low']:.3f}, {r['ratio_ci95_high']:.3f}]"
         lines.append(f"| {r['label']} | {r['base_ms']:.4g} | {r['new_ms']:.4g} | {r['ratio']:.3f}{ci} | {r['verdict']} |")
+    lines += ["", "| component (4k tokens) | FLOP coverage |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in coverage.items()]
     lines.append("")
     lines.append("runs: " + "; ".join(f"{k} exit {v['exit']} in {v['wall_s']:.0f} s" for k, v in runs.items()))
     table = "\n".join(lines)
     doc = {"meta": run_meta(command=" ".join([sys.executable, *sys.argv]), smoke=args.smoke), "runs": runs,
-           "fits": fits, "diff": diff}
+           "fits": fits, "diff": diff, "coverage": coverage}
     (out / "bench_workbench.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out / "bench_workbench.md").write_text(f"# bench_workbench ({doc['meta']['device']}, {doc['meta']['date_utc']})\n\n"
                                             + table + "\n")
