@@ -47,6 +47,11 @@ COMMON: tuple[CommonOption, ...] = (
                  "FLOP coverage from one profiler pass after timing (default on for cpu, off for cuda: CUPTI stays "
                  "loaded after a CUDA profiler session and slows later kernels)."),
     CommonOption("debug", ("--debug/--no-debug",), bool, "Keep the traceback of a failing row (default: one line)."),
+    CommonOption("train", ("--train/--no-train",), bool, "Time training steps: forward, loss, backward, optimizer "
+                 "step, zero_grad; only the component's trainable parameters get gradients."),
+    CommonOption("optimizer", ("--optimizer",), str, "With --train: adamw | sgd (momentum 0.9)."),
+    CommonOption("grad_checkpointing", ("--grad-checkpointing/--no-grad-checkpointing",), bool,
+                 "With --train: activation checkpointing (transformers models)."),
 )
 BY_FIELD = {o.field: o for o in COMMON}
 
