@@ -24,7 +24,8 @@ def worker_dies(ctx, how):
 
 def sharded_vs_whole(cases):
     """On each rank: for (component, params), the output of the whole model (tp 1) and of this rank's
-    slice (tp = world) through `runner.build`, on the same seeded inputs. Returns [(max |diff|, max |whole|)]."""
+    slice (tp = world) through `runner.build`, on the same seeded inputs. Returns [(max |diff|, max |whole|,
+    linears split)]."""
     from dataclasses import replace
 
     import torch.distributed as dist
@@ -34,12 +35,13 @@ def sharded_vs_whole(cases):
     out = []
     for component, params in cases:
         whole = Config(component, params, RunOptions(device="cpu", dtype="fp32", batch=2))
-        results = []
+        results, split = [], None
         for config in (whole, replace(whole, options=replace(whole.options, tp=dist.get_world_size()))):
             built, _, _ = build(config)
+            split = built.info.get("tp_linears_split")
             torch.manual_seed(7)
             inputs = built.make_inputs(2)
             with torch.inference_mode():
                 results.append(built.call(inputs).float())
-        out.append(((results[1] - results[0]).abs().max().item(), results[0].abs().max().item()))
+        out.append(((results[1] - results[0]).abs().max().item(), results[0].abs().max().item(), split))
     return out
