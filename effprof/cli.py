@@ -351,7 +351,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval")
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

@@ -367,3 +367,17 @@ def environment_facts(device: str = "auto") -> dict[str, str]:
     facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
         f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
     return facts
+
+
+def estimate_ceilings(gpu: str | None, device: str = "auto"):
+    """Ceilings for `effprof estimate`: a named GPU's datasheet, else this machine's GPU (measured or
+    datasheet), else None."""
+    from effprof.measure.calibrate import ceilings, datasheet_ceilings
+
+    if gpu:
+        sheet = datasheet_ceilings(gpu if "nvidia" in gpu.lower() else f"NVIDIA {gpu}")
+        if sheet is None:
+            raise UsageError(f"--gpu {gpu}: no datasheet for this name (try H100, H200, A100, L40S, L4)")
+        return sheet
+    target = resolve_device(device)
+    return ceilings(target) if target.type == "cuda" else None
