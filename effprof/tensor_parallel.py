@@ -200,6 +200,17 @@ def shard_mamba_lm(built, rank: int, world: int) -> None:
     built.info["tp_linears_split"] = 4 * len(built.module.mixers)
 
 
+@register_tp_plan("cobra")
+def shard_cobra(built, rank: int, world: int) -> None:
+    """Cobra's Mamba LM as `mamba-lm`'s; the two vision towers and the projector stay replicated."""
+    if built.hooks.get("generation"):
+        raise UsageError("--tp: cobra's generate mode is not split (its per-token stamps are timed per rank); "
+                         "use --mode prefill or decode")
+    for mixer in built.module.lm.mixers:
+        shard_mamba_block(mixer, rank, world)
+    built.info["tp_linears_split"] = 4 * len(built.module.lm.mixers)
+
+
 def shard(component: str, built, rank: int, world: int) -> None:
     """Split `built.module` for rank `rank` of `world` with the component's plan; refuse a component without one."""
     if not supports_tp(component):

@@ -114,17 +114,22 @@ def test_column_and_row_parallel_linears_add_up_to_the_whole():
 
 
 def test_tp2_on_gloo_gives_the_outputs_of_tp1():
-    """transformer-lm, mamba-lm and llava (its Llama LM by the model's own transformers plan), prefill and
-    decode: the ranks' output equals the unsplit model's on the same inputs."""
+    """transformer-lm, mamba-lm, llava (its Llama LM by the model's own transformers plan) and cobra (its
+    Mamba LM), prefill and decode: the ranks' output equals the unsplit model's on the same inputs."""
+    from effprof.models.cobra import PRESETS as COBRA_PRESETS
+
     cases = [("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16}),
              ("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
              ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16}),
              ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
              ("llava", {"preset": "tiny", "prompt_tokens": 8}),
-             ("llava", {"preset": "tiny", "mode": "decode", "context": 16})]
+             ("llava", {"preset": "tiny", "mode": "decode", "context": 16}),
+             ("cobra", {"preset": "tiny", "prompt_tokens": 8}),
+             ("cobra", {"preset": "tiny", "mode": "decode", "context": 16})]
     results = launch(multigpu_helpers.sharded_vs_whole, (cases,), 2, "cpu")
     # 2 layers each: GPT-NeoX 4 split linears per layer, Mamba 4 (in, x, dt, out), Llama 7 (q k v o gate up down)
-    assert [split for _, _, split in results] == [8, 8, 8, 8, 14, 14]
+    cobra_layers = 4 * COBRA_PRESETS["tiny"].lm.n_layer
+    assert [split for _, _, split in results] == [8, 8, 8, 8, 14, 14, cobra_layers, cobra_layers]
     for diff, scale, _ in results:
         assert scale > 0.1 and diff < 1e-5 * max(1.0, scale)
 
