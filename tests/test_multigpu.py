@@ -146,3 +146,28 @@ def test_run_tp_1_and_2_reports_scaling_and_communication(tmp_path):
     assert two["tp_speedup"] == pytest.approx(one["latency_ms_median"] / two["latency_ms_median"])
     assert two["tp_scaling_efficiency"] == pytest.approx(two["tp_speedup"] / 2)
     assert 0 < two["comm_share"] < 1 and two["timing_method"].endswith("-lockstep")
+
+
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+
+
+@needs_two_gpus
+def test_nccl_tp2_gives_the_outputs_of_tp1():
+    cases = [("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16}),
+             ("mamba-lm", {"d_model": 64, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
+             ("llava", {"preset": "tiny", "prompt_tokens": 8})]
+    for diff, scale, split in launch(multigpu_helpers.sharded_vs_whole, (cases, "cuda"), 2, "cuda"):
+        assert split > 0 and diff < 1e-3 * max(1.0, scale)  # cuDNN's conv may use TF32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fan_out_over_every_gpu(tmp_path):
+    rows = [{"component": c, "params": DIMS} for c in ("linear", "mlp", "gated", "lowrank")]
+    out = tmp_path / "gpus.csv"
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump({"title": "gpus", "options": {"device": "cuda", "batch": 2, "min_time": 0.05},
+                                    "rows": rows}, sort_keys=False))
+    assert main(["compare", str(path), "--gpus", "all", "--csv", str(out)]) == 0
+    fan = read_csv(out)
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert all(r["status"] == "ok" and r["gpu_name"] == names[r["gpu_index"]] for r in fan)
