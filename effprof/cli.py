@@ -278,7 +278,7 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
 
 
 @app.command("breakdown", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@common_options("batch", "dtype", "device", "seed", "debug")
+@common_options("batch", "dtype", "device", "seed", "debug", "train", "optimizer", "grad_checkpointing")
 def breakdown_command(ctx: typer.Context,
                       component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                       depth: Annotated[int, typer.Option("--depth", min=0, help="Levels of modules to show.")] = 2,
@@ -286,12 +286,21 @@ def breakdown_command(ctx: typer.Context,
                       kernels: Annotated[int, typer.Option("--kernels", min=0,
                                                            help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
                       overrides: dict[str, Any] | None = None):
-    """Where the time goes: each module's params, FLOPs, time and share of the total."""
+    """Where the time goes: each module's params, FLOPs, time and share of the total (--train: the step's
+    forward, backward and optimizer)."""
     from effprof.report.tree import kernels_table, print_breakdown
     from effprof.runner import Config, breakdown_config
 
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
+    if config.options.train:
+        from effprof.report.tree import phases_table
+        from effprof.runner import train_breakdown_config
+
+        with console.status(f"timing the training step of {component} ..."):
+            phases, facts = train_breakdown_config(config)
+        console.print(phases_table(phases, f"effprof breakdown --train {component} ({facts})"))
+        return
     with console.status(f"timing the modules of {component} ..."):
         result = breakdown_config(config, depth=depth, kernels=kernels)
     print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
@@ -351,7 +360,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval")
+COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval", "quality")
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

@@ -7,7 +7,8 @@ needed), preprocesses as the model was evaluated in its paper (`Preprocess`, dec
 component on its module as `module.preprocess`), and reports
 
 - `top1_pct`, `top5_pct`: % of images whose label is the first / among the first min(5, classes) logits;
-- `eval_img_per_s`: images / wall time of the whole evaluation, decoding and preprocessing included;
+- `eval_img_per_s`: images / wall time of the whole evaluation, decoding and preprocessing included
+  (decoded by `--workers` threads, one batch ahead of the model);
 - `eval_model_img_per_s`: images / time inside the model's forward (device synchronised per batch);
 
 beside the cost columns of `effprof run` (latency, throughput, memory, params, FLOPs) for the same
@@ -196,10 +197,16 @@ def evaluate(module, folder: ImageFolder, preprocess: Preprocess, device, dtype,
     start = time.perf_counter()
     correct1 = correct5 = 0
     model_s = 0.0
+    chunks = [folder.samples[i:i + batch] for i in range(0, len(folder.samples), batch)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
-        for first in range(0, len(folder.samples), batch):
-            chunk = folder.samples[first:first + batch]
-            pixels = np.stack(list(pool.map(preprocess.load, [path for path, _ in chunk])))
+        def submit(chunk):  # decode a batch in the background while the model runs the previous one
+            return [pool.submit(preprocess.load, path) for path, _ in chunk]
+
+        pending = submit(chunks[0])
+        for index, chunk in enumerate(chunks):
+            pixels = np.stack([future.result() for future in pending])
+            if index + 1 < len(chunks):
+                pending = submit(chunks[index + 1])
             images = torch.from_numpy(pixels).to(device=device, dtype=dtype)
             labels = torch.tensor([label for _, label in chunk], device=device)
             _sync(device)
@@ -207,7 +214,7 @@ def evaluate(module, folder: ImageFolder, preprocess: Preprocess, device, dtype,
             logits = module(images)
             _sync(device)
             model_s += time.perf_counter() - t0
-            if first == 0:
+            if index == 0:
                 check_head(folder, logits.shape[-1], mapped)
             top = logits.float().topk(min(5, logits.shape[-1]), dim=-1).indices
             correct1 += int((top[:, 0] == labels).sum())

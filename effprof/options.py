@@ -33,6 +33,9 @@ class RunOptions:
     flops_crosscheck: bool = False
     debug: bool = False          # keep the traceback of a failing row
     tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
+    train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
+    optimizer: str = "adamw"     # --train: adamw | sgd
+    grad_checkpointing: bool = False
 
     def validate(self) -> "RunOptions":
         if self.batch < 1:
@@ -57,6 +60,14 @@ class RunOptions:
                              "--flops-crosscheck need a real device")
         if device.type == "meta" and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
+        if self.grad_checkpointing and not self.train:
+            raise UsageError("--grad-checkpointing needs --train")
+        if self.train and device.type == "meta":
+            raise UsageError("--train takes real steps: --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--train times one process's step: --tp is for inference")
         return self
 
     def torch_device(self):

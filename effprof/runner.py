@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -122,13 +123,14 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     run = Run(config, opts, built, values, ctx, [built.make_inputs(opts.batch) for _ in range(n_sets)],
               opts.batch * built.items_per_sample, record)
     trackers = enabled_trackers(run)
-    with torch.inference_mode():
+    with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
         for tracker in trackers:
             tracker.before(run)
         if run.count_only:
             record["exec_mode"] = "count-only (meta device)"
         else:
-            call, setup, mode_fields = execution_mode(built, run.input_sets, opts, ctx.device)
+            call, setup, mode_fields = execution_mode(run.shared.get("train_step", built), run.input_sets, opts,
+                                                      ctx.device)
             record.update(mode_fields)
             counter = CallCounter(call)
             run.call = counter
@@ -156,10 +158,13 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
 
     eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
     into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
-    call) reported apart and never inside the latency.
+    call) reported apart and never inside the latency. With --train, `built` is the training tracker's
+    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
+    if opts.train:
+        fields["exec_mode"] = "train-" + fields["exec_mode"]
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if built.handles_exec_mode:  # the call applies the mode itself (e.g. a graph per decode step)
         fields["exec_mode"] += " (by the component)"
@@ -350,6 +355,19 @@ def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> Breakd
         nodes = breakdown(built.module, lambda: built.call(inputs), ctx.device, depth=depth)
         rows = top_kernels(lambda: built.call(inputs), ctx.device, top=kernels) if kernels else []
     return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
+
+
+def train_breakdown_config(config: Config, repeats: int = 5) -> tuple[dict[str, Any], str]:
+    """The training step's time split into forward (with the loss), backward and optimizer (step + zero_grad),
+    mean ms over `repeats` steps after one warm-up step (`effprof.measure.training.step_phases`)."""
+    from effprof.measure.training import TrainingStep, TrainOptions, step_phases
+
+    opts = config.options.validate()
+    built, _, ctx = build(config)
+    step = TrainingStep(built, TrainOptions(opts.optimizer, grad_checkpointing=opts.grad_checkpointing),
+                        name=config.component)
+    phases = step_phases(step, built.make_inputs(opts.batch), repeats=repeats)
+    return phases, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}, {opts.optimizer}"
 
 
 def environment_facts(device: str = "auto") -> dict[str, str]:

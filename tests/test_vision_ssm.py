@@ -1,6 +1,11 @@
 """VMamba and MambaVision: published parameter counts, the papers' FLOP convention, scan FLOPs per
 direction count, SS2D against a reference built from the op references, the tower, refusals."""
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +141,32 @@ def test_v052d_needs_two_directions_and_bad_depths_refused(capsys):
     assert main(["run", "mambavision", "--depths", "1,2", "--device", "cpu"]) == 2
     captured = capsys.readouterr()
     assert "four positive integers" in captured.out + captured.err
+
+
+TRITON_CHECK = """
+import torch
+from effprof.modules.mambavision import MambaVisionMixer
+from effprof.modules.ss2d import SS2D
+torch.manual_seed(0)
+for mode in ("cross4", "bi2"):
+    ref = SS2D(8, 1, 1.0, scan_mode=mode, scan_backend="ref").eval()
+    tri = SS2D(8, 1, 1.0, scan_mode=mode, scan_backend="triton").eval()
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 5, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-5)
+ref, tri = MambaVisionMixer(16, scan_backend="ref").eval(), MambaVisionMixer(16, scan_backend="triton").eval()
+tri.load_state_dict(ref.state_dict())
+x = torch.randn(2, 9, 16)
+with torch.inference_mode():
+    torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_ss2d_and_mixer_through_the_triton_scan_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
