@@ -180,7 +180,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         def forward(module, inputs):
             token, kv, position = inputs
             kv.set_length(context)  # every timed step decodes at the same context: one kernel
-            return pipe.decode(token, kv, position)
+            return pipe.decode(token, kv, position, full=True)  # context + 1 slots: all valid, no mask
 
         def extras(module, inputs):
             kv = inputs[1]
