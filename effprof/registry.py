@@ -161,6 +161,10 @@ def _load_builtin() -> None:
 
 
 def get_component(name: str) -> Component:
+    from effprof.external import external_component, is_external
+
+    if is_external(name):  # FILE.py:FUNCTION or hf:MODEL_ID: built on demand, never registered
+        return external_component(name)
     _load_builtin()
     try:
         return _REGISTRY[name]

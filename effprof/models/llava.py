@@ -98,6 +98,15 @@ def build_llava(preset: LlavaPreset, device: torch.device, dtype: torch.dtype, m
     return model.eval()
 
 
+def swap_parts(model: nn.Module, tower: nn.Module | None = None, projector: nn.Module | None = None) -> None:
+    """Replace the vision tower and/or the projector inside a LlavaForConditionalGeneration, so that its
+    parameter count is that of the pipeline that runs (`--vision`, `--projector`)."""
+    if tower is not None:
+        model.model.vision_tower = tower
+    if projector is not None:
+        model.model.multi_modal_projector = projector
+
+
 def load_llava(directory, device: torch.device, dtype: torch.dtype):
     """A checkpoint in the llava-hf layout (config.json + safetensors) from a local directory."""
     from transformers import LlavaForConditionalGeneration
@@ -179,9 +188,13 @@ class LlavaPipeline(nn.Module):
         self.lm_head = model.lm_head
         self.config = model.config
         self._cache_kw = cache_keyword(self.lm)
+        self.clip_tower = type(self.tower).__name__ == "CLIPVisionModel"
 
     # -- stages ---------------------------------------------------------------------------------------
     def vision(self, pixel_values: torch.Tensor) -> VisionOutput:
+        if not self.clip_tower:  # another tower (e.g. MambaVision): its token features as they come
+            features = self.tower(pixel_values)
+            return VisionOutput(features, None, (features,), self.tower)
         out = self.tower(pixel_values, output_hidden_states=True)
         selected = out.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
@@ -219,10 +232,14 @@ class LlavaPipeline(nn.Module):
             hidden = self.lm(inputs_embeds=embeds, position_ids=positions, **kwargs).last_hidden_state
         return self.lm_head(hidden[:, -1:])
 
-    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`."""
+    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`.
+
+        `full`: the cache's last slot is the one this step writes (every slot is valid), so no mask is needed
+        and SDPA may take its fastest (flash) kernel; otherwise slots past `position` are masked on the device."""
+        mask = None if full else kv_mask(position, kv.max_len)
         hidden = self.lm(input_ids=token_ids, position_ids=position, use_cache=True,
-                         attention_mask=kv_mask(position, kv.max_len), **{self._cache_kw: kv.cache}).last_hidden_state
+                         attention_mask=mask, **{self._cache_kw: kv.cache}).last_hidden_state
         return self.lm_head(hidden)
 
     def new_cache(self, max_len: int, batch: int) -> StaticKV:
