@@ -163,3 +163,15 @@ def prefill_with_drops(lm: nn.Module, embeds: torch.Tensor, image_mask: torch.Te
         seq.hidden = out[0] if isinstance(out, tuple) else out
     last = model.norm(seq.hidden)[:, -1]
     return PrefillResult(last, head(last) if head is not None else None, tokens, images)
+
+
+def lm_fidelity(reduced: PrefillResult, reference: PrefillResult) -> dict[str, Any]:
+    """Per batch: mean and min cosine similarity of the last token's final hidden state, float32, and the
+    fraction of samples whose greedy next token (argmax of the logits) agrees with the unreduced model's."""
+    cos = torch.nn.functional.cosine_similarity(reduced.hidden.float(), reference.hidden.float(), dim=-1)
+    fields: dict[str, Any] = {"fidelity_cos": float(cos.mean()), "fidelity_cos_min": float(cos.min()),
+                              "fidelity_of": "final hidden state of the prompt's last token"}
+    if reduced.logits is not None and reference.logits is not None:
+        agree = reduced.logits.argmax(dim=-1) == reference.logits.argmax(dim=-1)
+        fields["next_token_agreement"] = float(agree.float().mean())
+    return fields
