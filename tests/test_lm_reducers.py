@@ -141,7 +141,8 @@ def test_lm_reducers_are_registered_with_their_defaults():
     assert get_reducer("fastv").create({"fastv_k": 2, "fastv_ratio": 0.5}).kept(576) == 288
     pdrop = get_reducer("pyramiddrop").create({"pdrop_layers": "8,16,24", "pdrop_ratio": 0.5})
     assert [pdrop.kept(576, s) for s in range(3)] == [288, 144, 72]
-    assert get_reducer("sparsevlm").create({"sparse_tokens": 64, "recycle": True}).schedule == (66, 30, 17)
+    assert get_reducer("sparsevlm").create({"sparse_tokens": 64, "sparse_layers": "2,6,15",
+                                            "recycle": True}).schedule == (66, 30, 17)
 
 
 def test_lm_fidelity_against_an_independent_computation():

@@ -207,3 +207,35 @@ def test_images_dir_is_prepared_as_clips_processor(tmp_path):
     expected = [(c / 255 - m) / s for c, m, s in zip((255, 0, 51), CLIP_MEAN, CLIP_STD)]
     torch.testing.assert_close(images[0].mean(dim=(1, 2)), torch.tensor(expected), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(images[2], images[0])   # cycled
+
+
+@pytest.mark.parametrize("args", [
+    ["--reducer", "prumerge"], ["--reducer", "prumerge+"], ["--reducer", "visionzip", "--dominant", "5", "--contextual", "3"],
+    ["--reducer", "tome", "--r", "2"], ["--reducer", "vtp"], ["--reducer", "fastv", "--fastv-k", "1"],
+    ["--reducer", "pyramiddrop", "--pdrop-layers", "1"], ["--reducer", "sparsevlm", "--sparse-layers", "0"],
+])
+def test_every_reducer_through_the_cli_on_a_tiny_llava(tmp_path, fast, args):
+    from effprof.cli import main
+
+    out = tmp_path / "l.json"
+    assert main(["run", "llava", "--preset", "tiny", "--prompt-tokens", "8", *fast, *args, "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    record = record[0] if isinstance(record, list) else record["records"][0]
+    assert record["status"] == "ok" and record["image_tokens_in"] == 16
+    assert 0 < record["fidelity_cos"] <= 1 + 1e-6 and record["next_token_agreement"] in (0.0, 1.0)
+    layers = record["lm_image_tokens_per_layer"]
+    if args[1] in ("fastv", "pyramiddrop"):
+        assert layers == "16x1>8x1"
+    elif args[1] == "sparsevlm":  # keeps min(300, 16 - 1) = 15, recycles ⌊0.3·1⌋ + 1 = 1 into 1 cluster
+        assert layers == "16x2"
+    else:
+        assert layers == f"{record['image_tokens_out']}x2" and record["image_tokens_out"] < 16
+        assert ("stage_reduce_ms" in record) == (args[1] in ("prumerge", "prumerge+", "visionzip"))
+
+
+def test_lm_reducer_outside_prefill_is_refused(fast, capsys):
+    from effprof.cli import main
+
+    assert main(["run", "llava", "--preset", "tiny", "--mode", "decode", "--context", "8", *fast,
+                 "--reducer", "fastv", "--fastv-k", "1"]) == 2
+    assert "prefill only" in capsys.readouterr().err

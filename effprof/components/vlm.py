@@ -73,8 +73,11 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
     Param("preset", str, "llava-1.5-7b", "Published LLaVA-1.5 architecture (CLIP ViT-L/14-336, mlp2x_gelu, Vicuna); "
           "`tiny` is a toy of the same shape for tests.", choices=tuple(PRESETS)),
     MODE, IMAGES, PROMPT, NEW, CONTEXT, PRETRAINED,
-])
-def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained):
+    Param("images_dir", str, None, "Folder of jpg/png images as inputs (CLIP's preprocessing, cycled to the "
+          "batch); none = random pixels.", optional=True),
+], reducers=("vision-output", "vision-inner", "lm"))
+def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained,
+          images_dir=None, reducer=None):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
@@ -83,6 +86,15 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     else:
         model = build_llava(PRESETS[preset], ctx.device, ctx.dtype, max_positions=max(context + 1, 4096))
     pipe = LlavaPipeline(model).eval()
+    if reducer is not None:  # effprof/modules/reducers/llava_hooks.py puts it in its slot
+        from effprof.errors import ParamError
+        from effprof.modules.reducers.llava_hooks import attach
+
+        if reducer.where == "lm" and mode != "prefill":
+            raise ParamError(f"--reducer {reducer.reducer_name}: LM reducers run in --mode prefill only (they do not "
+                             "write the KV cache that decoding reads)")
+        cfg = model.config.vision_config
+        attach(pipe, reducer, images * (cfg.image_size // cfg.patch_size) ** 2)
     cfg = model.config
     side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
     image_tokens = images * (side // patch) ** 2
@@ -94,6 +106,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             "kv_cache": "static (transformers StaticCache)"}
 
     def pixels(batch):
+        if images_dir is not None:
+            from effprof.modules.reducers.images import load_images
+
+            return load_images(images_dir, side, batch * images).to(device=ctx.device, dtype=ctx.dtype)
         return torch.randn(batch * images, 3, side, side, device=ctx.device, dtype=ctx.dtype)
 
     def vision(inputs):  # images of one sample are consecutive; their tokens are concatenated
@@ -128,7 +144,12 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
         def extras(module, inputs):
             kv = inputs[2]
-            return {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
+            facts = {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
+            if reducer is not None:
+                from effprof.modules.reducers.llava_hooks import llava_fidelity
+
+                facts.update(llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir))
+            return facts
 
         return Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
                      extras=extras)

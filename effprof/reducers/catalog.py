@@ -80,14 +80,29 @@ def fastv(fastv_k, fastv_ratio):
     return FastV(fastv_k, fastv_ratio)
 
 
+def _layers(text: str, option: str, lowest: int = 1, most: int | None = None) -> tuple[int, ...]:
+    from effprof.errors import ParamError
+
+    try:
+        layers = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ParamError(f"{option}: {text!r} is not a comma-separated list of layers") from None
+    if list(layers) != sorted(set(layers)) or layers[0] < lowest or (most is not None and len(layers) > most):
+        most_text = f"at most {most} " if most else ""
+        raise ParamError(f"{option}: {text!r} must be {most_text}increasing layer numbers >= {lowest}")
+    return layers
+
+
 @register_reducer("sparsevlm", where="lm", params=[
     Param("sparse_tokens", int, 192, "SparseVLM's schedule (average image tokens kept).", choices=(192, 128, 64)),
+    Param("sparse_layers", str, "2,6,15", "Layers whose raters' attention prunes (SparseVLM's 2,6,15); fewer "
+          "layers use the first steps of the schedule (for shallow test LMs)."),
     Param("recycle", bool, True, "Recycle part of the pruned tokens into cluster tokens (SparseVLM's default).")])
-def sparsevlm(sparse_tokens, recycle):
+def sparsevlm(sparse_tokens, sparse_layers, recycle):
     """SparseVLM: text raters' attention ranks image tokens at layers 2, 6, 15 (+ token recycling)."""
     from effprof.modules.reducers.lm_reducers import SparseVLM
 
-    return SparseVLM(sparse_tokens, recycle=recycle)
+    return SparseVLM(sparse_tokens, _layers(sparse_layers, "--sparse-layers", 0, 3), recycle=recycle)
 
 
 @register_reducer("pyramiddrop", where="lm", params=[
@@ -97,12 +112,5 @@ def sparsevlm(sparse_tokens, recycle):
 def pyramiddrop(pdrop_layers, pdrop_ratio):
     """PyramidDrop: the last instruction token's attention ranks image tokens after layers 8/16/24, keep λ each."""
     from effprof.modules.reducers.lm_reducers import PyramidDrop
-    from effprof.errors import ParamError
 
-    try:
-        layers = tuple(int(x) for x in pdrop_layers.split(","))
-    except ValueError:
-        raise ParamError(f"--pdrop-layers: {pdrop_layers!r} is not a comma-separated list of layers") from None
-    if list(layers) != sorted(set(layers)) or layers[0] < 1:
-        raise ParamError(f"--pdrop-layers: {pdrop_layers!r} must be increasing layer numbers >= 1")
-    return PyramidDrop(layers, pdrop_ratio)
+    return PyramidDrop(_layers(pdrop_layers, "--pdrop-layers"), pdrop_ratio)
