@@ -22,6 +22,8 @@ err_console = Console(stderr=True)
 # Common measurement options: declared once in effprof/cli_options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
+                                           "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 
 
 def _check_outputs(*paths: str | None) -> None:
@@ -77,8 +79,9 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 @common_options()
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
-                csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
+                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
+    from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, measure_many
@@ -88,15 +91,21 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
+    configs = expand_tp([config], tp)
     with console.status(f"measuring {component} ..."):
-        record = measure_many([config])[0]  # a failure is a row with its reason, as in a comparison
-    write_records([record], csv, json)
-    print_records([record], title=f"effprof run {component}", console=console)
-    if record.get("traceback"):
-        err_console.print(record["traceback"], highlight=False)
-    if record["status"] == "refused":
+        records = measure_many(configs)  # a failure is a row with its reason, as in a comparison
+    if tp:
+        add_tp_scaling(records)
+    if secondary_rank():  # under torchrun, rank 0 reports
+        return
+    write_records(records, csv, json)
+    print_records(records, title=f"effprof run {component}", console=console)
+    for record in records:
+        if record.get("traceback"):
+            err_console.print(record["traceback"], highlight=False)
+    if any(r["status"] == "refused" for r in records):
         raise typer.Exit(2)
-    if record["status"] != "ok":
+    if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
 
 
@@ -106,15 +115,29 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
-                    csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
+                    csv: CsvPath = None, json: JsonPath = None,
+                    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Fan the rows out over N GPUs (or "
+                                                                "'all'): one worker process per GPU.")] = None,
+                    workers: Annotated[Optional[int], typer.Option("--workers", help="Fan the rows out over N worker "
+                                                                   "processes on the one device (cpu: cores split).")] = None,
+                    isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
+                                                          "(a crash or leftover memory stays with its row).")] = False,
+                    tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
+    from effprof.distributed import expand_tp, tp_degrees
+    from effprof.parallel import plan_slots
+
     _check_outputs(csv, json, plot)
     if plot:
         from effprof.report.plot import require_matplotlib
 
         require_matplotlib()
     profile = _profile(target, grid, overrides)
-    records = _measure_profile(profile, baseline, csv, json)
+    if tp:
+        profile.configs = expand_tp(profile.configs, tp)
+        profile.baseline *= len(tp_degrees(tp))
+    slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate)
     if plot:
         from effprof.report.plot import plot_records
 
@@ -138,13 +161,21 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     return profile
 
 
-def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:
-    """Measure a profile's rows with a progress bar, rewriting the files after every row."""
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
+                     isolate: bool = False) -> list[dict[str, Any]]:
+    """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
+    when `slots` is given: effprof/parallel.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from effprof.distributed import add_tp_scaling, secondary_rank
+    from effprof.parallel import add_ratios_same_device, host_summary, measure_parallel
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import add_ratios, measure_many
+    from effprof.runner import measure_many
+
+    if secondary_rank():  # under torchrun, rank 0 reports
+        csv = json = None
+        console.quiet = err_console.quiet = True
 
     labels = [c.label or c.component for c in profile.configs]
     if baseline is not None:
@@ -155,6 +186,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
+        done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
         write_records(done, csv, json)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -167,19 +199,27 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 keep(record)
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
-            records = measure_many(profile.configs, on_record=step)
+            if slots:
+                records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
+            else:
+                records = measure_many(profile.configs, on_record=step)
     except KeyboardInterrupt:
         if done:
             print_records(done, title=f"{profile.title} (interrupted)", console=console)
         where = " and ".join(p for p in (csv, json) if p)
         raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
                           + (f"; finished rows are in {where}" if where else "")) from None
-    add_ratios(records, profile.baseline)
+    warnings = add_ratios_same_device(records, profile.baseline)
+    if any("tp" in r for r in records):
+        add_tp_scaling(records)
     write_records(records, csv, json)
     print_records(records, title=profile.title, console=console)
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
+    for line in warnings + ([host_summary(records)] if slots else []):
+        if line:
+            err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
 
 
@@ -316,7 +356,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("estimate",)
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

@@ -32,6 +32,7 @@ class RunOptions:
     count_flops: bool = True
     flops_crosscheck: bool = False
     debug: bool = False          # keep the traceback of a failing row
+    tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
 
     def validate(self) -> "RunOptions":
         if self.batch < 1:
@@ -44,6 +45,8 @@ class RunOptions:
             raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
         if self.input_sets < 1:
             raise UsageError("--input-sets must be at least 1")
+        if self.tp < 1:
+            raise UsageError(f"--tp: {self.tp} must be at least 1")
         if self.graphs and self.compile:
             raise UsageError("--graphs and --compile are separate modes; choose one")
         device = self.torch_device()
@@ -52,6 +55,8 @@ class RunOptions:
         if device.type == "meta" and (self.cold or self.compile or self.flops_crosscheck):
             raise UsageError("--device meta only counts (params, FLOPs, bytes): --cold, --compile and "
                              "--flops-crosscheck need a real device")
+        if device.type == "meta" and self.tp > 1:
+            raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
         return self
 
     def torch_device(self):

@@ -90,6 +90,11 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     torch.manual_seed(opts.seed)
     built = component.build(values, ctx)
     built.module.eval()
+    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/tensor_parallel.py)
+        from effprof.tensor_parallel import shard
+
+        shard(config.component, built, torch.distributed.get_rank(), opts.tp)
+        free_memory()
     return built, values, ctx
 
 
@@ -103,6 +108,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     from effprof.trackers import enabled_trackers
 
     opts = config.options.validate()
+    if opts.tp > 1:
+        from effprof import distributed
+
+        if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
+            return distributed.measure_tp(config)
     built, values, ctx = build(config)
     component = get_component(config.component)
     record = base_record(config, values, component.unit, ctx)
@@ -357,3 +367,17 @@ def environment_facts(device: str = "auto") -> dict[str, str]:
     facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
         f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
     return facts
+
+
+def estimate_ceilings(gpu: str | None, device: str = "auto"):
+    """Ceilings for `effprof estimate`: a named GPU's datasheet, else this machine's GPU (measured or
+    datasheet), else None."""
+    from effprof.measure.calibrate import ceilings, datasheet_ceilings
+
+    if gpu:
+        sheet = datasheet_ceilings(gpu if "nvidia" in gpu.lower() else f"NVIDIA {gpu}")
+        if sheet is None:
+            raise UsageError(f"--gpu {gpu}: no datasheet for this name (try H100, H200, A100, L40S, L4)")
+        return sheet
+    target = resolve_device(device)
+    return ceilings(target) if target.type == "cuda" else None

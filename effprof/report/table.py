@@ -75,6 +75,12 @@ COLUMNS = [
     ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
     ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
     ("scan", lambda r: r.get("scan_backend")),
+    ("GPU", lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}"),
+    ("tp", lambda r: None if not r.get("tp") else str(r["tp"])),
+    ("peak act. MiB\nper rank", lambda r: r.get("peak_mem_mib_per_rank") or None),
+    ("comm %\n(profiler)", lambda r: None if r.get("comm_share") is None else f"{100 * r['comm_share']:.1f}"),
+    ("tp scaling\neff. %", lambda r: None if r.get("tp_scaling_efficiency") is None
+     else f"{100 * r['tp_scaling_efficiency']:.0f}"),
     ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
     ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
     ("speedup\n×", lambda r: None if r.get("speedup") is None else f"{r['speedup']:.2f}"),
