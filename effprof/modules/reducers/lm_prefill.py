@@ -39,24 +39,32 @@ class PrefillResult:
 
 @dataclass
 class Sequence:
-    """The current sequence and what travels with each token through drops."""
+    """The current sequence and what travels with each token through drops.
+
+    The layout is [prefix text | images | suffix text] in every sample, with the same counts (`prefix`,
+    `images` as Python ints, so no step needs to read a count back from the device: a drop keeps the
+    layout, and the loop can be captured in a CUDA graph)."""
 
     hidden: torch.Tensor        # (B, L, D)
     position_ids: torch.Tensor  # (B, L)
     kind: torch.Tensor          # (B, L) PREFIX / IMAGE / SUFFIX
+    prefix: int
+    images: int
     extra: dict[str, torch.Tensor] = field(default_factory=dict)   # (B, L) per-token tags (e.g. raters)
 
-    def gather(self, index: torch.Tensor) -> "Sequence":
-        """The tokens at `index` (B, L'), in that order."""
+    def gather(self, index: torch.Tensor, images: int) -> "Sequence":
+        """The tokens at `index` (B, L'), in that order, `images` of them image tokens."""
         take = lambda t: t.gather(1, index)   # noqa: E731
         hidden = self.hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, self.hidden.shape[-1]))
-        return Sequence(hidden, take(self.position_ids), take(self.kind), {k: take(v) for k, v in self.extra.items()})
+        return Sequence(hidden, take(self.position_ids), take(self.kind), self.prefix, images,
+                        {k: take(v) for k, v in self.extra.items()})
 
     def image_count(self) -> int:
-        counts = (self.kind == IMAGE).sum(dim=1)
-        if bool((counts != counts[0]).any()):
-            raise ValueError("every sample must have the same number of image tokens")
-        return int(counts[0])
+        return self.images
+
+    @property
+    def suffix(self) -> int:
+        return self.hidden.shape[1] - self.prefix - self.images
 
 
 def split_lm(lm: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -105,10 +113,10 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, position_embeddings, 
 
 def keep_top_image(seq: Sequence, scores: torch.Tensor, keep: int) -> Sequence:
     """Keep every text token and the `keep` image tokens of largest `scores` (B, L), in sequence order."""
-    text = seq.hidden.shape[1] - seq.image_count()
+    text = seq.hidden.shape[1] - seq.images
     ranked = scores.float().masked_fill(seq.kind != IMAGE, float("inf"))
     index = ranked.topk(text + keep, dim=1).indices.sort(dim=1).values
-    return seq.gather(index)
+    return seq.gather(index, keep)
 
 
 class DropStage:
@@ -125,15 +133,33 @@ class DropStage:
         raise NotImplementedError
 
 
-def initial_sequence(embeds: torch.Tensor, image_mask: torch.Tensor, position_ids: torch.Tensor | None) -> Sequence:
+def image_layout(image_mask: torch.Tensor, batch: int, length: int) -> tuple[int, int]:
+    """(prefix, images) of a mask that marks one contiguous block of image tokens at the same place in every
+    sample (the only time a reducer reads the device: callers may cache it per shape)."""
+    mask = image_mask.to(torch.bool).expand(batch, length).cpu()
+    counts = mask.sum(dim=1)
+    images = int(counts[0])
+    if bool((counts != images).any()):
+        raise ValueError("every sample must have the same number of image tokens")
+    prefix = int(mask[0].long().argmax()) if images else length
+    block = torch.zeros(length, dtype=torch.bool)
+    block[prefix:prefix + images] = True
+    if not bool((mask == block).all()):
+        raise ValueError("image tokens must form one block at the same positions in every sample")
+    return prefix, images
+
+
+def initial_sequence(embeds: torch.Tensor, image_mask: torch.Tensor, position_ids: torch.Tensor | None,
+                     layout: tuple[int, int] | None = None) -> Sequence:
     batch, length, _ = embeds.shape
-    image = image_mask.to(torch.bool).expand(batch, length)
+    prefix, images = layout or image_layout(image_mask, batch, length)
     if position_ids is None:
         position_ids = torch.arange(length, device=embeds.device)
     position_ids = position_ids.expand(batch, length)
-    after = torch.cumsum(image.long(), dim=1) > 0
-    kind = torch.where(image, IMAGE, torch.where(after, SUFFIX, PREFIX))
-    return Sequence(embeds, position_ids, kind)
+    kind = torch.full((length,), SUFFIX, dtype=torch.long, device=embeds.device)
+    kind[:prefix] = PREFIX
+    kind[prefix:prefix + images] = IMAGE
+    return Sequence(embeds, position_ids, kind.expand(batch, length), prefix, images)
 
 
 def prefill_with_drops(lm: nn.Module, embeds: torch.Tensor, image_mask: torch.Tensor,

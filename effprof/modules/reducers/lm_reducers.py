@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from effprof.modules.reducers.lm_prefill import (IMAGE, SUFFIX, DropStage, PrefillResult, Sequence, attention_rows,
-                                                 initial_sequence, keep_top_image, prefill_with_drops)
+from effprof.modules.reducers.lm_prefill import (IMAGE, DropStage, PrefillResult, Sequence, attention_rows,
+                                                 image_layout, initial_sequence, keep_top_image, prefill_with_drops)
 
 SPARSEVLM_LAYERS = (2, 6, 15)
 SPARSEVLM_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
@@ -57,7 +57,11 @@ class LMReducer:
         raise NotImplementedError
 
     def prefill(self, lm, embeds, image_mask, position_ids=None) -> PrefillResult:
-        seq = self.prepare(initial_sequence(embeds, image_mask, position_ids))
+        key = (tuple(embeds.shape[:2]), tuple(image_mask.shape))
+        cache = self.__dict__.setdefault("_layouts", {})
+        if key not in cache:   # read the mask once per shape (outside any CUDA-graph capture: the warm-up)
+            cache[key] = image_layout(image_mask, *embeds.shape[:2])
+        seq = self.prepare(initial_sequence(embeds, image_mask, position_ids, cache[key]))
         model = lm.model if hasattr(lm, "model") and hasattr(lm.model, "layers") else lm
         return prefill_with_drops(lm, embeds, image_mask, position_ids,
                                   self.stages(seq.image_count(), len(model.layers)), seq=seq)
@@ -112,7 +116,7 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.T
     centres = (delta * density).topk(clusters, dim=-1).indices
     assign = dist.gather(1, centres.unsqueeze(-1).expand(-1, -1, m)).argmin(dim=1)            # (B, m)
     assign.scatter_(1, centres, torch.arange(clusters, device=x.device).expand(batch, -1))
-    onehot = F.one_hot(assign, clusters).to(torch.float32)
+    onehot = torch.zeros(batch, m, clusters, device=x.device).scatter_(2, assign.unsqueeze(-1), 1.0)
     merged = (onehot.transpose(1, 2) @ xf) / (onehot.sum(dim=1).unsqueeze(-1) + 1e-6)
     return merged.to(x.dtype), centres
 
@@ -122,7 +126,8 @@ class SparseStage(DropStage):
         self.score_layer, self.drop_before, self.keep, self.recycle = layer, layer + 1, keep, recycle
 
     def score(self, layer, seq, position_embeddings):
-        rows = (seq.kind == SUFFIX).nonzero()[:, 1].view(seq.hidden.shape[0], -1)       # every text token after the image
+        length = seq.hidden.shape[1]
+        rows = torch.arange(length - seq.suffix, length, device=seq.hidden.device).expand(seq.hidden.shape[0], -1)
         attention = attention_rows(layer, seq.hidden, position_embeddings, rows).mean(dim=1)  # (B, T, L)
         raters = seq.extra["rater"].gather(1, rows).float()                             # (B, T)
         return (raters.unsqueeze(-1) * attention).sum(dim=1) / raters.sum(dim=1, keepdim=True).clamp(min=1)
@@ -141,13 +146,12 @@ class SparseStage(DropStage):
         tokens = seq.hidden.gather(1, recycled.unsqueeze(-1).expand(-1, -1, seq.hidden.shape[-1]))
         merged, centres = dpc_knn_merge(tokens, clusters)
         centre_index = recycled.gather(1, centres)
-        extra = Sequence(merged, seq.position_ids.gather(1, centre_index), torch.full_like(centre_index, IMAGE),
-                         {k: v.gather(1, centre_index) for k, v in seq.extra.items()})
-        split = int(((kept.kind == IMAGE).long().cumsum(1) == keep).long().argmax(1)[0]) + 1  # after the last kept image
-        return Sequence(*(torch.cat([a[:, :split], b, a[:, split:]], dim=1) for a, b in
-                          ((kept.hidden, extra.hidden), (kept.position_ids, extra.position_ids), (kept.kind, extra.kind))),
-                        {k: torch.cat([kept.extra[k][:, :split], extra.extra[k], kept.extra[k][:, split:]], dim=1)
-                         for k in kept.extra})
+        split = seq.prefix + keep                                     # right after the kept image tokens
+        parts = ((kept.hidden, merged), (kept.position_ids, seq.position_ids.gather(1, centre_index)),
+                 (kept.kind, torch.full_like(centre_index, IMAGE)))
+        parts += tuple((kept.extra[k], v.gather(1, centre_index)) for k, v in seq.extra.items())
+        joined = [torch.cat([a[:, :split], b, a[:, split:]], dim=1) for a, b in parts]
+        return Sequence(*joined[:3], seq.prefix, keep + clusters, dict(zip(seq.extra, joined[3:])))
 
 
 class SparseVLM(LMReducer):
@@ -157,15 +161,15 @@ class SparseVLM(LMReducer):
 
     def prepare(self, seq: Sequence) -> Sequence:
         """Raters: text tokens after the image whose mean softmax relevance to the image is above the mean."""
-        batch = seq.hidden.shape[0]
-        if not bool((seq.kind == SUFFIX).any()) or seq.image_count() < 2:
+        if seq.suffix < 1 or seq.images < 2:
             raise ValueError("SparseVLM needs at least 2 image tokens and text after the image")
-        image = seq.hidden[seq.kind == IMAGE].view(batch, -1, seq.hidden.shape[-1]).float()
-        text_index = (seq.kind == SUFFIX).nonzero()[:, 1].view(batch, -1)
-        text = seq.hidden.gather(1, text_index.unsqueeze(-1).expand(-1, -1, seq.hidden.shape[-1])).float()
+        image = seq.hidden[:, seq.prefix:seq.prefix + seq.images].float()
+        text = seq.hidden[:, seq.hidden.shape[1] - seq.suffix:].float()
         relevance = (image @ text.transpose(1, 2)).softmax(dim=2).mean(dim=1)        # (B, T)
         chosen = relevance > relevance.mean(dim=1, keepdim=True)
-        seq.extra["rater"] = torch.zeros_like(seq.kind, dtype=torch.bool).scatter(1, text_index, chosen)
+        rater = torch.zeros(seq.kind.shape, dtype=torch.bool, device=seq.kind.device)
+        rater[:, seq.hidden.shape[1] - seq.suffix:] = chosen
+        seq.extra["rater"] = rater
         return seq
 
     def stages(self, image_tokens, num_layers):
