@@ -156,28 +156,36 @@ def test_every_vision_reducer_is_registered_with_a_site():
                      "fastv": "lm", "sparsevlm": "lm", "pyramiddrop": "lm"}
 
 
-@pytest.mark.parametrize("args, tokens_out", [
-    (["--reducer", "tome", "--r", "2"], 5),
-    (["--reducer", "vtp", "--keep", "0.5"], 10),
-    (["--reducer", "visionzip", "--dominant", "5", "--contextual", "3"], 8),
-    (["--reducer", "identity"], 16),
-    (["--reducer", "prumerge"], None),
-    (["--reducer", "prumerge+"], None),
-])
-def test_every_vision_reducer_through_the_cli(tmp_path, fast, tiny_clip, args, tokens_out):
+VISION_ROWS = [({"reducer": "tome", "r": 2}, 5), ({"reducer": "vtp", "keep": 0.5}, 10),
+               ({"reducer": "visionzip", "dominant": 5, "contextual": 3}, 8), ({"reducer": "identity"}, 16),
+               ({"reducer": "prumerge"}, None), ({"reducer": "prumerge+"}, None)]
+
+
+def _compare(tmp_path, rows: list[dict]) -> list[dict]:
+    """`effprof compare` of a profile of `rows` on the CPU, tiny timing; the records it wrote."""
+    import yaml
+
     from effprof.cli import main
 
-    out = tmp_path / "r.json"
-    assert main(["run", "clip-vision", "--pretrained", tiny_clip, "--batch", "2", *fast, *args,
-                 "--json", str(out)]) == 0
-    record = json.loads(out.read_text())
-    record = record[0] if isinstance(record, list) else record["records"][0]
-    assert record["param_reducer"] == args[1] and record["tokens_in"] == 17
-    if tokens_out is not None:
-        assert record["tokens_out"] == tokens_out
-    else:
-        assert record["tokens_out"] == record["reducer_kept"] + 1
-    assert 0 < record["fidelity_cos"] <= 1.0 + 1e-6 and "random pixels" in record["fidelity_note"]
+    profile, out = tmp_path / "p.yaml", tmp_path / "r.json"
+    profile.write_text(yaml.safe_dump({"title": "t", "rows": rows, "options": {
+        "device": "cpu", "dtype": "fp32", "batch": 2, "min_time": 0.01, "warmup": 0.0}}))
+    assert main(["compare", str(profile), "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    return records if isinstance(records, list) else records["records"]
+
+
+def test_every_vision_reducer_through_the_cli(tmp_path, tiny_clip):
+    rows = [{"component": "clip-vision", "params": {"pretrained": tiny_clip, **params}, "label": params["reducer"]}
+            for params, _ in VISION_ROWS]
+    for record, (params, tokens_out) in zip(_compare(tmp_path, rows), VISION_ROWS):
+        assert record["status"] == "ok" and record["param_reducer"] == params["reducer"] and record["tokens_in"] == 17
+        if tokens_out is not None:
+            assert record["tokens_out"] == tokens_out
+        else:
+            assert record["tokens_out"] == record["reducer_kept"] + 1
+        assert 0 < record["fidelity_cos"] <= 1.0 + 1e-6 and "random pixels" in record["fidelity_note"]
+        assert ("stage_reduce_ms" in record) and ("stage_vision_ms" in record)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -209,28 +217,26 @@ def test_images_dir_is_prepared_as_clips_processor(tmp_path):
     torch.testing.assert_close(images[2], images[0])   # cycled
 
 
-@pytest.mark.parametrize("args", [
-    ["--reducer", "prumerge"], ["--reducer", "prumerge+"], ["--reducer", "visionzip", "--dominant", "5", "--contextual", "3"],
-    ["--reducer", "tome", "--r", "2"], ["--reducer", "vtp"], ["--reducer", "fastv", "--fastv-k", "1"],
-    ["--reducer", "pyramiddrop", "--pdrop-layers", "1"], ["--reducer", "sparsevlm", "--sparse-layers", "0"],
-])
-def test_every_reducer_through_the_cli_on_a_tiny_llava(tmp_path, fast, args):
-    from effprof.cli import main
+LLAVA_ROWS = [{"reducer": "prumerge"}, {"reducer": "prumerge+"}, {"reducer": "visionzip", "dominant": 5, "contextual": 3},
+              {"reducer": "tome", "r": 2}, {"reducer": "vtp"}, {"reducer": "fastv", "fastv_k": 1},
+              {"reducer": "pyramiddrop", "pdrop_layers": "1"}, {"reducer": "sparsevlm", "sparse_layers": "0"}]
 
-    out = tmp_path / "l.json"
-    assert main(["run", "llava", "--preset", "tiny", "--prompt-tokens", "8", *fast, *args, "--json", str(out)]) == 0
-    record = json.loads(out.read_text())
-    record = record[0] if isinstance(record, list) else record["records"][0]
-    assert record["status"] == "ok" and record["image_tokens_in"] == 16
-    assert 0 < record["fidelity_cos"] <= 1 + 1e-6 and record["next_token_agreement"] in (0.0, 1.0)
-    layers = record["lm_image_tokens_per_layer"]
-    if args[1] in ("fastv", "pyramiddrop"):
-        assert layers == "16x1>8x1"
-    elif args[1] == "sparsevlm":  # keeps min(300, 16 - 1) = 15, recycles ⌊0.3·1⌋ + 1 = 1 into 1 cluster
-        assert layers == "16x2"
-    else:
-        assert layers == f"{record['image_tokens_out']}x2" and record["image_tokens_out"] < 16
-        assert ("stage_reduce_ms" in record) == (args[1] in ("prumerge", "prumerge+", "visionzip"))
+
+def test_every_reducer_through_the_cli_on_a_tiny_llava(tmp_path):
+    rows = [{"component": "llava", "params": {"preset": "tiny", "prompt_tokens": 8, **params}, "label": params["reducer"]}
+            for params in LLAVA_ROWS]
+    for record, params in zip(_compare(tmp_path, rows), LLAVA_ROWS):
+        name = params["reducer"]
+        assert record["status"] == "ok" and record["image_tokens_in"] == 16, record
+        assert 0 < record["fidelity_cos"] <= 1 + 1e-6 and record["next_token_agreement"] in (0.0, 0.5, 1.0)
+        layers = record["lm_image_tokens_per_layer"]
+        if name in ("fastv", "pyramiddrop"):
+            assert layers == "16x1>8x1"
+        elif name == "sparsevlm":  # keeps min(300, 16 - 1) = 15, recycles ⌊0.3·1⌋ + 1 = 1 into 1 cluster
+            assert layers == "16x2"
+        else:
+            assert layers == f"{record['image_tokens_out']}x2" and record["image_tokens_out"] < 16
+            assert ("stage_reduce_ms" in record) == (name in ("prumerge", "prumerge+", "visionzip"))
 
 
 def test_lm_reducer_outside_prefill_is_refused(fast, capsys):
@@ -238,4 +244,5 @@ def test_lm_reducer_outside_prefill_is_refused(fast, capsys):
 
     assert main(["run", "llava", "--preset", "tiny", "--mode", "decode", "--context", "8", *fast,
                  "--reducer", "fastv", "--fastv-k", "1"]) == 2
-    assert "prefill only" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "prefill only" in captured.out + captured.err

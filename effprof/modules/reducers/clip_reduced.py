@@ -134,4 +134,6 @@ def _stages(module: ReducedCLIP):
         from effprof.registry import Stage
     except ImportError:
         return None
-    return [Stage("vision", module.vision, module.tower), Stage("reduce", module.reduce, None)]
+    # the first stage receives the inputs tuple; `module` stays the owner of the reducer's (usually no) weights
+    return [Stage("vision", lambda inputs: module.vision(inputs[0]), module.tower),
+            Stage("reduce", module.reduce, module.reducer if isinstance(module.reducer, nn.Module) else None)]
