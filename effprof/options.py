@@ -31,8 +31,12 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
+    flop_coverage: bool | None = None  # None: on for cpu, off for cuda (a CUDA profiler pass leaves CUPTI loaded)
     debug: bool = False          # keep the traceback of a failing row
     tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
+    train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
+    optimizer: str = "adamw"     # --train: adamw | sgd
+    grad_checkpointing: bool = False
 
     def validate(self) -> "RunOptions":
         if self.batch < 1:
@@ -47,8 +51,6 @@ class RunOptions:
             raise UsageError("--input-sets must be at least 1")
         if self.tp < 1:
             raise UsageError(f"--tp: {self.tp} must be at least 1")
-        if self.graphs and self.compile:
-            raise UsageError("--graphs and --compile are separate modes; choose one")
         device = self.torch_device()
         if self.graphs and device.type != "cuda":
             raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {device.type})")
@@ -57,6 +59,16 @@ class RunOptions:
                              "--flops-crosscheck need a real device")
         if device.type == "meta" and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--tp splits models for inference; --train with --tp is not measured")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
+        if self.grad_checkpointing and not self.train:
+            raise UsageError("--grad-checkpointing needs --train")
+        if self.train and device.type == "meta":
+            raise UsageError("--train takes real steps: --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--train times one process's step: --tp is for inference")
         return self
 
     def torch_device(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -115,20 +116,21 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
             return distributed.measure_tp(config)
     built, values, ctx = build(config)
     component = get_component(config.component)
-    record = base_record(config, values, component.unit, ctx)
+    record = base_record(config, values, built.unit, ctx)
     record.update(built.info)
     torch.manual_seed(opts.seed + 1)
     n_sets = opts.input_sets if opts.cold else 1
     run = Run(config, opts, built, values, ctx, [built.make_inputs(opts.batch) for _ in range(n_sets)],
               opts.batch * built.items_per_sample, record)
     trackers = enabled_trackers(run)
-    with torch.inference_mode():
+    with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
         for tracker in trackers:
             tracker.before(run)
         if run.count_only:
             record["exec_mode"] = "count-only (meta device)"
         else:
-            call, setup, mode_fields = execution_mode(built, run.input_sets, opts, ctx.device)
+            call, setup, mode_fields = execution_mode(run.shared.get("train_step", built), run.input_sets, opts,
+                                                      ctx.device)
             record.update(mode_fields)
             counter = CallCounter(call)
             run.call = counter
@@ -148,6 +150,8 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
 
 
 def exec_mode(opts: RunOptions) -> str:
+    if opts.graphs and opts.compile:
+        return "compile+graphs"
     return "graphs" if opts.graphs else "compile" if opts.compile else "eager"
 
 
@@ -155,11 +159,15 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     """The zero-argument call to time, the per-call setup (outside the timed region) and record fields.
 
     eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
-    into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
-    call) reported apart and never inside the latency.
+    into the captured tensors); compile: the `torch.compile`d module (or the compiled call, or each compiled
+    stage), its compile time (the first call) reported apart and never inside the latency; compile+graphs:
+    the compiled call captured in a CUDA graph (Inductor's fused kernels, replayed without launches). With --train, `built` is the training tracker's
+    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
+    if opts.train:
+        fields["exec_mode"] = "train-" + fields["exec_mode"]
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if built.handles_exec_mode:  # the call applies the mode itself (e.g. a graph per decode step)
         fields["exec_mode"] += " (by the component)"
@@ -171,7 +179,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        call = graphed_callable(built.call, static, device)
+        step = compiled_call(built, static, device, fields) if opts.compile else built.call
+        call = graphed_callable(step, static, device)
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)
@@ -179,7 +188,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 if isinstance(dst, torch.Tensor):
                     dst.copy_(src)
     else:
-        module = built.module
+        module, step = built.module, None
         if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
             staged = Built(built.module, built.make_inputs, built.unit, stages=[
                 Stage(s.name, torch.compile(s.run), s.module) for s in built.stages])
@@ -189,11 +198,15 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 torch.cuda.synchronize(device)
             fields["compile_s"] = time.perf_counter() - start
             built = staged
+        elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
+            step = compiled_call(built, input_sets[0], device, fields)
         elif opts.compile:
             module, seconds = compiled_module(built.module, lambda m: built.call(input_sets[0], m), device)
             fields["compile_s"] = seconds
 
         def call():
+            if step is not None:
+                return step(input_sets[state["i"]])
             return built.call(input_sets[state["i"]], module)
 
         def rotate():
@@ -210,6 +223,24 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     if flush is not None:
         fields["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
     return call, setup, fields
+
+
+def compiled_call(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Callable:
+    """`torch.compile` of the whole call (a component's `forward` may do more than call its module, e.g. a
+    decode step that sets its cache's length); the first call compiles and its seconds go to `compile_s`."""
+    from effprof.measure.modes import CompileError
+
+    step = torch.compile(built.call)
+    start = time.perf_counter()
+    try:
+        step(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CompileError(f"torch.compile failed: {type(exc).__name__}: {first}") from None
+    fields["compile_s"] = time.perf_counter() - start
+    return step
 
 
 def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildContext) -> dict[str, Any]:
@@ -275,7 +306,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
-                 timer: Callable[..., TimingResult] = time_callable) -> list[dict[str, Any]]:
+                 timer: Callable[..., TimingResult] = time_callable,
+                 raise_refusals: bool = False) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
@@ -291,6 +323,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
         try:
             record = measure(config, timer)
         except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
+            if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets
+                raise
             record = failed_record(config, "refused", str(exc))
         except EffprofError:
             raise
@@ -350,6 +384,32 @@ def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> Breakd
         nodes = breakdown(built.module, lambda: built.call(inputs), ctx.device, depth=depth)
         rows = top_kernels(lambda: built.call(inputs), ctx.device, top=kernels) if kernels else []
     return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
+
+
+def coverage_config(config: Config) -> dict[str, Any]:
+    """`effprof.measure.coverage.flop_coverage` of one configuration's call (breakdown --uncovered)."""
+    from effprof.measure.coverage import flop_coverage
+
+    opts = config.options.validate()
+    if opts.torch_device().type == "meta":
+        raise UsageError("--uncovered times ops: --device meta has nothing to time")
+    built, _, ctx = build(config)
+    inputs = built.make_inputs(opts.batch)
+    with torch.inference_mode():
+        return flop_coverage(lambda: built.call(inputs), ctx.device)
+
+
+def train_breakdown_config(config: Config, repeats: int = 5) -> tuple[dict[str, Any], str]:
+    """The training step's time split into forward (with the loss), backward and optimizer (step + zero_grad),
+    mean ms over `repeats` steps after one warm-up step (`effprof.measure.training.step_phases`)."""
+    from effprof.measure.training import TrainingStep, TrainOptions, step_phases
+
+    opts = config.options.validate()
+    built, _, ctx = build(config)
+    step = TrainingStep(built, TrainOptions(opts.optimizer, grad_checkpointing=opts.grad_checkpointing),
+                        name=config.component)
+    phases = step_phases(step, built.make_inputs(opts.batch), repeats=repeats)
+    return phases, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}, {opts.optimizer}"
 
 
 def environment_facts(device: str = "auto") -> dict[str, str]:

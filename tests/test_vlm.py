@@ -77,10 +77,14 @@ def test_decode_step_matches_a_full_forward():
     with torch.no_grad():
         full = model.model.language_model(input_ids=ids).last_hidden_state
         reference = model.lm_head(full[:, -1:])
-        kv = pipe.new_cache(16, 2)
+        kv = pipe.new_cache(16, 2)  # room to spare: the slots past the position are masked
         pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), kv)
         step = pipe.decode(ids[:, -1:], kv, torch.full((1, 1), 11))
+        exact = pipe.new_cache(12, 2)  # the step fills the last slot: no mask
+        pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), exact)
+        unmasked = pipe.decode(ids[:, -1:], exact, torch.full((1, 1), 11), full=True)
     torch.testing.assert_close(step, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unmasked, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_greedy_generation_equals_transformers_generate():
@@ -200,3 +204,16 @@ def test_estimate_command_prints_both_stages(capsys):
     out = capsys.readouterr().out
     assert "prefill" in out and "decode" in out and "int4" in out and "lm_head" in out
     assert main(["estimate", "linear"]) == 2
+
+
+def test_swapping_the_projector_and_the_tower_changes_what_is_counted():
+    p = PRESETS["tiny"]
+    mlp = p.vision_width * p.width + p.width + p.width * p.width + p.width
+    linear = measure(Config("llava", {"preset": "tiny", "projector": "linear"}, RunOptions(device="meta")))
+    assert linear["params_total"] == llava_params(p) - mlp + p.vision_width * p.width + p.width
+    assert linear["stage_project_params"] == p.vision_width * p.width + p.width
+    ldp = measure(Config("llava", {"preset": "tiny", "projector": "ldp"}, RunOptions(device="meta")))
+    assert ldp["image_tokens"] == 4  # 4×4 patches -> 2×2 after LDP's stride-2 block
+    mv = measure(Config("llava", {"preset": "tiny", "vision": "mambavision-t"}, RunOptions(device="meta")))
+    assert mv["image_tokens"] == 49 and mv["vision"] == "mambavision-t"
+    assert mv["stage_vision_params"] > 30e6  # MambaVision-T's tower replaces the tiny CLIP

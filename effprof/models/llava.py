@@ -98,6 +98,15 @@ def build_llava(preset: LlavaPreset, device: torch.device, dtype: torch.dtype, m
     return model.eval()
 
 
+def swap_parts(model: nn.Module, tower: nn.Module | None = None, projector: nn.Module | None = None) -> None:
+    """Replace the vision tower and/or the projector inside a LlavaForConditionalGeneration, so that its
+    parameter count is that of the pipeline that runs (`--vision`, `--projector`)."""
+    if tower is not None:
+        model.model.vision_tower = tower
+    if projector is not None:
+        model.model.multi_modal_projector = projector
+
+
 def load_llava(directory, device: torch.device, dtype: torch.dtype):
     """A checkpoint in the llava-hf layout (config.json + safetensors) from a local directory."""
     from transformers import LlavaForConditionalGeneration
@@ -157,6 +166,15 @@ class StaticKV:
         return self.nbytes * tokens // self.max_len
 
 
+def kv_mask(positions: torch.Tensor, cache_len: int) -> torch.Tensor:
+    """(1, 1, q, cache_len) boolean mask, True where query position q may attend to cache slot k (k <= q).
+
+    Built on the device from the position tensor, so a decode step captured in a CUDA graph stays correct
+    as the graph advances its position (transformers' own mask logic reads the cache length on the host)."""
+    slots = torch.arange(cache_len, device=positions.device)
+    return (slots.view(1, 1, 1, -1) <= positions.view(1, 1, -1, 1))
+
+
 class LlavaPipeline(nn.Module):
     """`LlavaForConditionalGeneration`'s submodules called stage by stage (see the module docstring)."""
 
@@ -170,9 +188,13 @@ class LlavaPipeline(nn.Module):
         self.lm_head = model.lm_head
         self.config = model.config
         self._cache_kw = cache_keyword(self.lm)
+        self.clip_tower = type(self.tower).__name__ == "CLIPVisionModel"
 
     # -- stages ---------------------------------------------------------------------------------------
     def vision(self, pixel_values: torch.Tensor) -> VisionOutput:
+        if not self.clip_tower:  # another tower (e.g. MambaVision): its token features as they come
+            features = self.tower(pixel_values)
+            return VisionOutput(features, None, (features,), self.tower)
         out = self.tower(pixel_values, output_hidden_states=True)
         selected = out.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
@@ -190,23 +212,34 @@ class LlavaPipeline(nn.Module):
         return torch.cat([image_embeds.to(text.dtype), text], dim=1)
 
     def prefill(self, embeds: torch.Tensor, kv: StaticKV | None, image_tokens: int = 0) -> torch.Tensor:
-        """Logits (B, 1, vocab) of the last position; the cache (if any) holds the sequence's keys/values."""
-        positions = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+        """Logits (B, 1, vocab) of the last position; the cache (if any) holds the sequence's keys/values.
+
+        When the cache holds exactly the sequence, transformers' own mask logic applies (SDPA's causal
+        kernel); when it is longer (room for new tokens), the causal mask over the cache is given
+        explicitly, so that no host synchronisation reads the cache's length."""
+        length = embeds.shape[1]
+        positions = torch.arange(length, device=embeds.device).unsqueeze(0)
         if kv is not None:
             kv.set_length(0)
         if self.lm_reducer is not None:
-            image_mask = torch.zeros(embeds.shape[1], dtype=torch.bool, device=embeds.device)
+            image_mask = torch.zeros(length, dtype=torch.bool, device=embeds.device)
             image_mask[:image_tokens] = True
             hidden = self.lm_reducer.prefill(self.lm, embeds, image_mask, positions)
         else:
             kwargs = {self._cache_kw: kv.cache, "use_cache": True} if kv is not None else {"use_cache": False}
+            if kv is not None and kv.max_len != length:
+                kwargs["attention_mask"] = kv_mask(positions, kv.max_len)
             hidden = self.lm(inputs_embeds=embeds, position_ids=positions, **kwargs).last_hidden_state
         return self.lm_head(hidden[:, -1:])
 
-    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`."""
+    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`.
+
+        `full`: the cache's last slot is the one this step writes (every slot is valid), so no mask is needed
+        and SDPA may take its fastest (flash) kernel; otherwise slots past `position` are masked on the device."""
+        mask = None if full else kv_mask(position, kv.max_len)
         hidden = self.lm(input_ids=token_ids, position_ids=position, use_cache=True,
-                         **{self._cache_kw: kv.cache}).last_hidden_state
+                         attention_mask=mask, **{self._cache_kw: kv.cache}).last_hidden_state
         return self.lm_head(hidden)
 
     def new_cache(self, max_len: int, batch: int) -> StaticKV:
