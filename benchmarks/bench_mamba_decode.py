@@ -118,8 +118,11 @@ BIG = 1 << 40
 VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
             "triton-noout": {"out_fuse_max_batch": 0}, "triton-cublas": {"gemv_max_batch": 0, "out_fuse_max_batch": 0},
             "triton-gemv-big": {"gemv_max_weight_bytes": BIG}, "triton-out-big": {"out_fuse_max_weight_bytes": BIG},
-            "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG}}
-DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas")),
+            "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG},
+            # more, smaller programs for the step kernel (24 at 130m by default; 10 µs per layer measured)
+            "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32}}
+DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
+                            "triton-bd32")),
                ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
                ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
                ("2.8b", 8, ("ref", "triton"))]

@@ -267,8 +267,10 @@ def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
 
     from effprof.ops import mamba_decode_triton
 
-    # batch 2 through every fused kernel: the GEMV (its loop over rows) and out_proj in the step kernel
+    # batch 2 through every fused kernel: the GEMV (its loop over rows) and out_proj in the step kernel, whose
+    # channel blocks (32) do not divide d_inner (48)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "gemv_max_batch", 2)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "step_block_d", 32)
     assert mamba_decode_triton.use_fused_out(2, torch.zeros(24, 48))
     torch.manual_seed(0)
     model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()

@@ -147,8 +147,10 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # add + norm kernel and cuBLAS: by batch and by weight size (the GEMV and the fused out_proj re-read their
 # weight tile per batch row). Chosen from the measurements in benchmarks/results/h200-2026-11-30-kernels/;
 # overridable for measurement (bench_mamba_decode.py).
+# step_block_d: channels per program of the step kernel (None = 4096 / max(d_state, dt_rank) padded, capped
+# at 128: 64 at 130m, 24 programs; not yet measured otherwise, a variant of bench_mamba_decode.py).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
-                 "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20}
+                 "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:
@@ -190,7 +192,7 @@ def mamba_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias
         K_PER=k_per, BLOCK_K=block_k, O_PAD=triton.next_power_of_2(O), WIDTH=width,
         HAS_CONV_BIAS=conv_bias is not None, ZERO_OUT=fuse_out, num_warps=4)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
-    block_d = max(16, min(128, 4096 // max(n_pad, r_pad)))
+    block_d = DECODE_CONFIG.get("step_block_d") or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _ssm_step_kernel[(batch, triton.cdiv(d_inner, block_d))](
         x, z, conv_state, conv_weight, conv_b, partials, dt_proj_weight, dt_proj_bias, A_log,
         D if D is not None else A_log, ssm_state, y, out_proj_weight if fuse_out else y, out_acc,
