@@ -99,12 +99,12 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
                 raise ProfileError(f"{path}: row {i + 1}: unknown key {sorted(extra)[0]!r}")
             row_options = replace(apply_options(options, row.get("options") or {}, f"{path} row {i + 1}"),
                                   **overrides)
-            configs.append(Config(row["component"], dict(row.get("params") or {}), row_options,
+            configs.append(Config(_beside(path, row["component"]), dict(row.get("params") or {}), row_options,
                                   str(row.get("label", ""))))
         varied = None
     elif "component" in doc:
         grid = doc.get("grid") or {}
-        configs = expand_grid(doc["component"], dict(doc.get("params") or {}), grid, options, overrides)
+        configs = expand_grid(_beside(path, doc["component"]), dict(doc.get("params") or {}), grid, options, overrides)
         varied = list(grid)
     else:
         raise ProfileError(f"{path}: needs 'rows' or 'component' (with an optional 'grid')")
@@ -125,6 +125,17 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
     except EffprofError as exc:
         raise ProfileError(f"{path}: {exc}") from None
     return Profile(str(doc.get("title") or path.stem), configs, index, varied)
+
+
+def _beside(profile: Path, component: str) -> str:
+    """A row's `FILE.py:FUNCTION` with a relative FILE is found beside the profile (then in the working folder)."""
+    from effprof.external import is_external
+
+    if not is_external(component) or component.startswith("hf:"):
+        return component
+    file, _, func = component.rpartition(":")
+    candidate = profile.parent / file
+    return f"{candidate}:{func}" if not Path(file).is_absolute() and candidate.is_file() else component
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
