@@ -35,7 +35,7 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
 # thread, CHUNK / 8 threads on time).
 TUNE_CONFIGS = [dict(CHUNK=ch, num_warps=nw) for ch, nw in [(32, 4), (32, 2), (64, 4), (16, 4)]]
-# Issue 15's routes for the SFU/issue bound (scan_notes.md, fifth session): every k-th state's exp2 as an FMA
+# Issue 15's routes for the SFU/issue bound (diagnostics/scan_notes.md, fifth session): every k-th state's exp2 as an FMA
 # polynomial, and a register cap for more warps per scheduler (166 registers: 3 programs of 4 warps per SM)
 TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, poly_every=k) for k in (4, 2)]
 TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, maxnreg=r) for r in (128,)]
