@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from effprof.errors import EffprofError, UsageError
-from effprof.registry import get_component, list_components
+from effprof.registry import check_plugins, get_component, list_components
 from effprof.report.table import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,14 +41,11 @@ def _options(**given: Any) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in given.items() if v is not None}
 
 
-def _check_outputs(*paths: str | None) -> None:
-    """Refuse an output path whose folder does not exist before any time is spent measuring."""
-    from pathlib import Path
+def _check_outputs(**paths: str | None) -> tuple[str | None, ...]:
+    """Refuse unusable output paths before any time is spent measuring; return them with `~` expanded."""
+    from effprof.outputs import check_outputs
 
-    for path in filter(None, paths):
-        folder = Path(path).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise UsageError(f"{path}: folder {folder} does not exist")
+    return check_outputs(**paths)
 
 
 def _component_args(component: str, args: list[str]) -> dict[str, str]:
@@ -83,6 +80,7 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
         raise UsageError(f"no component matches {pattern!r}")
     console.print(components_table(components))
     console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
+    check_plugins()  # a plugin that failed: the rest is listed above, then one line and exit 2
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -95,9 +93,9 @@ def run_command(ctx: typer.Context,
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import Config, RunOptions, measure
+    from effprof.runner import Config, RunOptions, measure_many
 
-    _check_outputs(csv, json)
+    csv, json = _check_outputs(csv=csv, json=json)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
                                     max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs,
@@ -105,9 +103,13 @@ def run_command(ctx: typer.Context,
     config = Config(component, params, options.validate())
     config.resolved()
     with console.status(f"measuring {component} ..."):
-        record = measure(config)
-    print_records([record], title=f"effprof run {component}", console=console)
-    write_records([record], csv, json)
+        [record] = measure_many([config])  # an OOM or a failure is a row, as in a comparison
+    write_records([record], csv, json)  # files first: a console that fails cannot lose them
+    if record.get("status") == "refused":  # one line, no table
+        raise UsageError(record.get("error"))
+    if record.get("status") != "ok":
+        raise EffprofError(f"{component}: {record.get('status')}: {record.get('error')}")
+    print_records([record], title=f"effprof run {component}", console=_table_console(csv, json))
 
 
 @app.command("compare")
@@ -120,7 +122,7 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
                     crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
     """Measure many configurations into one table with ratios against a baseline row."""
-    _check_outputs(csv, json, plot)
+    csv, json, plot = _check_outputs(csv=csv, json=json, plot=plot)
     if plot:
         from effprof.report.plot import require_matplotlib
 
@@ -171,7 +173,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
-        write_records(done, csv, json)
+        write_records(done, csv, json, partial=True)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=len(profile.configs) < 2)
@@ -184,16 +186,27 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
             records = measure_many(profile.configs, on_record=step)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        where = " and ".join(p if p != "-" else "standard output" for p in (csv, json) if p)
         if done:
-            print_records(done, title=f"{profile.title} (interrupted)", console=console)
-        where = " and ".join(p for p in (csv, json) if p)
-        raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
-                          + (f"; finished rows are in {where}" if where else "")) from None
+            write_records(done, csv, json)
+            print_records(done, title=f"{profile.title} (interrupted)", console=_table_console(csv, json))
+        error = Interrupted(f"{'interrupted' if code == 130 else 'terminated'} after {len(done)} of "
+                            f"{len(profile.configs)} rows" + (f"; finished rows are in {where}" if where and done
+                                                              else "; no row had finished, no file written"
+                                                              if where else ""))
+        error.exit_code = code
+        raise error from None
     add_ratios(records, profile.baseline)
-    write_records(records, csv, json)
-    print_records(records, title=profile.title, console=console)
+    write_records(records, csv, json)  # files first: a console that fails cannot lose them
+    print_records(records, title=profile.title, console=_table_console(csv, json))
     return records
+
+
+def _table_console(*outputs: str | None) -> Console:
+    """The table goes to standard error when standard output carries records (`--json -`)."""
+    return err_console if "-" in outputs else console
 
 
 @app.command("calibrate")
@@ -204,7 +217,7 @@ def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measu
     from effprof.measure.env import resolve_device
     from effprof.report.listing import ceilings_table
 
-    target = resolve_device(device or "auto")
+    target = resolve_device("auto" if device is None else device)
     if target.type != "cuda":
         raise UsageError("calibrate measures GPU ceilings: no CUDA device here")
     with console.status("measuring matmul and copy ceilings ..."):
@@ -226,17 +239,15 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
     from effprof.report.roofline_plot import ceilings_from_records, plot_roofline
 
     require_matplotlib()
-    _check_outputs(plot, csv, json)
+    plot, csv, json = _check_outputs(plot=plot, csv=csv, json=json)
     if (target is None) == (from_json is None):
         raise UsageError("roofline: give either a profile/component to measure or --from-json FILE")
     if from_json is not None:
-        from effprof.report.files import read_json
-
-        try:
-            records = read_json(from_json)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"--from-json {from_json}: cannot read effprof records ({exc})") from None
         from pathlib import Path
+
+        from effprof.report.files import load_records
+
+        records = load_records(from_json)
 
         plot_roofline(records, ceilings_from_records(records), plot,
                       f"{records[0].get('device_name', 'device')}: {Path(from_json).stem}" if records else "")
@@ -292,7 +303,7 @@ def env_command(device: Device = None):
 
     from effprof.ops.selective_scan import BACKENDS, available_backends
 
-    target = resolve_device(device or "auto")
+    target = resolve_device("auto" if device is None else device)
     facts = environment(target)
     facts.pop("timestamp_utc", None)
     facts["cuda_available"] = str(__import__("torch").cuda.is_available())
@@ -316,33 +327,77 @@ class Interrupted(EffprofError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: every error becomes one line on stderr and an exit code."""
+    """Console entry point: every error becomes one line on stderr and an exit code (README: Errors)."""
+    from effprof.terminal import guarded
+
+    with guarded():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    import os
+
+    from effprof.terminal import EXIT_INTERRUPTED, silence_stdout, stdout_failure
+
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        try:
+            result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
+            sys.stdout.flush()
+            return result if isinstance(result, int) else 0
+        except typer.Abort as exc:  # click turns KeyboardInterrupt and any EOFError into Abort
+            cause = exc.__context__
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None
+            if cause is not None and not isinstance(cause, EOFError):
+                raise cause from None
+            raise RuntimeError(f"unexpected end of input ({cause or 'abort'})") from None
     except typer.Exit as exc:
         return exc.exit_code
     except _NoArgsIsHelp as exc:
-        console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False)
+        console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False, markup=False)
         return 0
     except _UsageError as exc:
         message = " ".join(exc.format_message().split())
-        err_console.print(f"effprof: error: {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"effprof: error: {message}", highlight=False, markup=False, soft_wrap=True)
         return 2
-    except typer.Abort:
-        err_console.print("effprof: interrupted", highlight=False)
-        return 130
     except EffprofError as exc:
-        err_console.print(f"effprof: error: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"effprof: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("effprof: interrupted", highlight=False)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
+        err_console.print("effprof: interrupted" if code == EXIT_INTERRUPTED else "effprof: terminated",
+                          highlight=False, markup=False)
+        return code
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line, never a traceback
+        code = stdout_failure(exc)
+        if code is not None:
+            silence_stdout()
+            if not isinstance(exc, BrokenPipeError):
+                err_console.print(f"effprof: error: cannot write to standard output ({exc.strerror or exc})",
+                                  highlight=False, markup=False)
+            return code
+        if os.environ.get("EFFPROF_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        err_console.print(f"effprof: internal error: {type(exc).__name__}: {first} (a bug in effprof or a "
+                          "plugin; EFFPROF_DEBUG=1 shows the traceback)", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_INTERNAL
+
+
+EXIT_INTERNAL = 3
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        from effprof.terminal import silence_stdout
+
+        silence_stdout()
+        code = code or 1
+    sys.exit(code)
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.

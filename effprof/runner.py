@@ -14,8 +14,10 @@ from typing import Any, Callable, Iterable
 import torch
 
 from effprof.errors import EffprofError, UsageError
+from effprof.limits import check_options
 from effprof.measure.env import environment, resolve_device
 from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.footprint import check_fits
 from effprof.measure.calibrate import ceilings, tf32_enabled
 from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter, NvmlSampler
@@ -47,6 +49,7 @@ class RunOptions:
     flops_crosscheck: bool = False
 
     def validate(self) -> "RunOptions":
+        check_options(self)  # numbers that are numbers, finite and in their bounds (effprof/limits.py)
         if self.batch < 1:
             raise UsageError(f"--batch: {self.batch} must be at least 1")
         if self.dtype not in ("auto", *DTYPES):
@@ -137,6 +140,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     CPU, torch keeps no allocator statistics, so the column is left empty and `peak_mem_note` says why.
     """
     opts = config.options.validate()
+    check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     built, values, ctx = build(config)
     component = get_component(config.component)
     device = ctx.device
@@ -305,9 +309,11 @@ def failed_record(config: Config, status: str, message: str) -> dict[str, Any]:
 
 
 def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    """CUDA's OOM, or an allocation the CPU allocator could not make (the same row on either device)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,

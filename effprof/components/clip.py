@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effprof.errors import ParamError, PretrainedNotFound
+from effprof.errors import CheckpointError, ParamError, PretrainedNotFound
 from effprof.modules.token_pruning import NormTopKPruner
+from effprof.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -53,7 +55,7 @@ TOWER_PARAMS = [
     Param("preset", str, "vit-b-16", "Published OpenAI CLIP vision architecture (ignored with --pretrained).",
           choices=tuple(PRESETS)),
     Param("img_size", int, None, "Input side in pixels, a multiple of the patch size (none = the preset's or "
-          "the checkpoint's).", low=1, optional=True),
+          "the checkpoint's).", low=1, high=MAX_IMAGE_SIDE, optional=True),
     Param("pretrained", str, None, "Local checkpoint directory (or cached hub id) to load real weights from; "
           "none = random weights.", optional=True),
 ]
@@ -112,6 +114,25 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def check_clip_config(directory, spec: str) -> None:
+    """Refuse a CLIP config.json with wrong types, impossible sizes or heads that do not divide the width
+    before transformers reads it (it would fail deep inside with a traceback)."""
+    from effprof.pretrained import config_value, read_config
+
+    doc = read_config(directory / "config.json", spec)
+    vision = doc.get("vision_config", doc)
+    where = f"--pretrained {spec}: config.json" + (" vision_config" if vision is not doc else "")
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{where} is {type(vision).__name__}, not a mapping")
+    sizes = {"hidden_size": MAX_WIDTH, "num_attention_heads": MAX_WIDTH, "num_hidden_layers": MAX_LAYERS,
+             "intermediate_size": 4 * MAX_WIDTH, "image_size": MAX_IMAGE_SIDE, "patch_size": MAX_IMAGE_SIDE,
+             "num_channels": 64}
+    values = {k: config_value(vision, k, int, where, None, 1, high) for k, high in sizes.items()}
+    width, heads = values["hidden_size"], values["num_attention_heads"]
+    if width is not None and heads is not None and width % heads:
+        raise CheckpointError(f"{where}: {heads} attention heads do not divide the width {width}")
+
+
 def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None) -> Tower:
     """Random-weight tower from a preset, or a checkpoint's tower; on ctx.device in ctx.dtype, eval mode."""
     from transformers import CLIPVisionModel
@@ -127,11 +148,13 @@ def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained
         from effprof.pretrained import find_checkpoint
 
         directory = find_checkpoint(pretrained, ("config.json",))
+        check_clip_config(directory, pretrained)
         try:
-            with _quiet_transformers():
+            with _quiet_transformers(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 model, loading = CLIPVisionModel.from_pretrained(str(directory), attn_implementation="sdpa",
                                                                  output_loading_info=True)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; each is one line here
             raise PretrainedNotFound(f"--pretrained {pretrained}: not a loadable CLIP vision checkpoint "
                                      f"({str(exc).splitlines()[0][:160]})") from None
         if loading.get("missing_keys"):

@@ -19,17 +19,19 @@ from effprof.errors import ParamError
 from effprof.modules.ssm_conv import (LowRankSSMConv, S4D_INITS, SparseTapSSMConv, SSMConv, lowrank_kernel_rel_error,
                                       relative_error, s4d_kernel, s4d_parameters)
 from effprof.ops.fft_conv import fft_causal_conv, fft_conv_flops, sparse_tap_flops
+from effprof.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
 PARAMS = [
     Param("rank", int, None, "Rank of the distilled kernel (truncated SVD); none = the full kernel.", low=1,
-          optional=True),
+          high=MAX_WIDTH, optional=True),
     Param("sparse_taps", int, None, "Keep only this many highest-energy delays (shared by all channels), "
-          "applied directly; none = off. Exclusive with --rank.", low=1, optional=True),
-    Param("length", int, 8192, "Sequence and kernel length L (tokens).", low=2),
-    Param("d_model", int, 512, "Channels D (one kernel per channel).", low=1),
-    Param("d_state", int, 64, "SSM state size N (even: N/2 complex conjugate-pair modes, as in S4D).", low=2),
+          "applied directly; none = off. Exclusive with --rank.", low=1, high=MAX_TOKENS,
+          optional=True),
+    Param("length", int, 8192, "Sequence and kernel length L (tokens).", low=2, high=MAX_TOKENS),
+    Param("d_model", int, 512, "Channels D (one kernel per channel).", low=1, high=MAX_WIDTH),
+    Param("d_state", int, 64, "SSM state size N (even: N/2 complex conjugate-pair modes, as in S4D).", low=2, high=MAX_STATE),
     Param("init", str, "lin", "S4D initialisation of A: lin (S4D-Lin) or inv (S4D-Inv).", choices=S4D_INITS),
 ]
 
