@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from effprof.registry import BuildContext, Built, create, get_component, list_components, register_component  # noqa: E402
+from effprof.registry import BuildContext, Built, Stage, create, get_component, list_components, register_component  # noqa: E402
 
-__all__ = ["BuildContext", "Built", "create", "get_component", "list_components", "register_component", "__version__"]
+__all__ = ["BuildContext", "Built", "Stage", "create", "get_component", "list_components", "register_component", "__version__"]

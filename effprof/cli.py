@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from effprof.cli_options import common_options
 from effprof.errors import EffprofError, UsageError
+from effprof.options import RunOptions
 from effprof.registry import check_plugins, get_component, list_components
 from effprof.report.table import make_console
 
@@ -17,28 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = make_console()
 err_console = Console(stderr=True)
 
-# Common measurement options: declared once, used by `run` and `compare`. None = not given.
-Batch = Annotated[Optional[int], typer.Option("--batch", help="Batch size (items per call = batch × items per sample).")]
-Dtype = Annotated[Optional[str], typer.Option("--dtype", help="bf16 | fp16 | fp32 | auto (bf16 on cuda, fp32 on cpu).")]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto | cuda | cpu (auto = cuda when available).")]
-Warmup = Annotated[Optional[float], typer.Option("--warmup", help="Warm-up time in seconds (at least one call).")]
-MinTime = Annotated[Optional[float], typer.Option("--min-time", help="Seconds of timed work per configuration.")]
-MaxTime = Annotated[Optional[float], typer.Option("--max-time", help="Upper bound on timing seconds (default 10 × min-time).")]
-MaxCv = Annotated[Optional[float], typer.Option("--max-cv", help="Keep timing until the CV of block medians is at most this.")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for random weights and inputs.")]
-Cold = Annotated[Optional[bool], typer.Option("--cold/--warm", help="Flush the L2 cache and rotate input sets between calls.")]
-Graphs = Annotated[Optional[bool], typer.Option("--graphs/--no-graphs", help="Time replays of a CUDA graph of the call.")]
-Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile",
-                                                 help="Time the torch.compile'd module (compile time reported apart).")]
-Crosscheck = Annotated[Optional[bool], typer.Option("--flops-crosscheck/--no-flops-crosscheck",
-                                                     help="Add fvcore's and thop's counts (flops extra).")]
+# Common measurement options: declared once in effprof/cli_options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
-
-
-def _options(**given: Any) -> dict[str, Any]:
-    names = {"crosscheck": "flops_crosscheck"}
-    return {names.get(k, k): v for k, v in given.items() if v is not None}
 
 
 def _check_outputs(**paths: str | None) -> tuple[str | None, ...]:
@@ -84,22 +67,18 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@common_options()
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
-                batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
-                min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
-                cold: Cold = None, graphs: Graphs = None, compile: Compile = None, crosscheck: Crosscheck = None,
-                csv: CsvPath = None, json: JsonPath = None):
+                csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import Config, RunOptions, measure_many
+    from effprof.runner import Config, measure_many
 
     csv, json = _check_outputs(csv=csv, json=json)
     params = _component_args(component, list(ctx.args))
-    options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
-                                    max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs,
-                                    compile=compile, crosscheck=crosscheck))
+    options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
     with console.status(f"measuring {component} ..."):
@@ -108,28 +87,25 @@ def run_command(ctx: typer.Context,
     if record.get("status") == "refused":  # one line, no table
         raise UsageError(record.get("error"))
     if record.get("status") != "ok":
+        if record.get("traceback"):  # --debug: the whole story of the failed row
+            err_console.print(record["traceback"], highlight=False, markup=False)
         raise EffprofError(f"{component}: {record.get('status')}: {record.get('error')}")
     print_records([record], title=f"effprof run {component}", console=_table_console(csv, json))
 
 
 @app.command("compare")
+@common_options()
 def compare_command(target: Annotated[str, typer.Argument(help="A profile name/path, or a component with --grid.")],
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
-                    batch: Batch = None, dtype: Dtype = None, device: Device = None, warmup: Warmup = None,
-                    min_time: MinTime = None, max_time: MaxTime = None, max_cv: MaxCv = None, seed: Seed = None,
-                    cold: Cold = None, graphs: Graphs = None, compile: Compile = None,
-                    crosscheck: Crosscheck = None, csv: CsvPath = None, json: JsonPath = None):
+                    csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     csv, json, plot = _check_outputs(csv=csv, json=json, plot=plot)
     if plot:
         from effprof.report.plot import require_matplotlib
 
         require_matplotlib()
-    overrides = _options(batch=batch, dtype=dtype, device=device, warmup=warmup, min_time=min_time,
-                         max_time=max_time, max_cv=max_cv, seed=seed, cold=cold, graphs=graphs, compile=compile,
-                         crosscheck=crosscheck)
     profile = _profile(target, grid, overrides)
     records = _measure_profile(profile, baseline, csv, json)
     if plot:
@@ -145,7 +121,6 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
 
 def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     from effprof.profiles import Profile, expand_grid, load_profile, parse_grid
-    from effprof.runner import RunOptions
 
     if grid:
         options = replace(RunOptions(), **overrides)
@@ -201,6 +176,9 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
     add_ratios(records, profile.baseline)
     write_records(records, csv, json)  # files first: a console that fails cannot lose them
     print_records(records, title=profile.title, console=_table_console(csv, json))
+    for record in records:  # --debug: the whole story of each failed row
+        if record.get("traceback"):
+            err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
     return records
 
 
@@ -210,14 +188,15 @@ def _table_console(*outputs: str | None) -> Console:
 
 
 @app.command("calibrate")
+@common_options("device")
 def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measure again, replacing the cache.")] = False,
-                      device: Device = None):
+                      overrides: dict[str, Any] | None = None):
     """Measure this device's matmul (bf16, fp16, tf32, fp32) and copy-bandwidth ceilings; cache them."""
     from effprof.measure.calibrate import cache_path, calibrate, datasheet_ceilings
     from effprof.measure.env import resolve_device
     from effprof.report.listing import ceilings_table
 
-    target = resolve_device("auto" if device is None else device)
+    target = resolve_device(overrides.get("device", "auto"))
     if target.type != "cuda":
         raise UsageError("calibrate measures GPU ceilings: no CUDA device here")
     with console.status("measuring matmul and copy ceilings ..."):
@@ -227,13 +206,13 @@ def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measu
 
 
 @app.command("roofline")
+@common_options("batch", "dtype", "device", "min_time")
 def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A profile name/path, or a component with --grid.")] = None,
                      plot: Annotated[str, typer.Option("--plot", help="Write the roofline chart to PATH.png.")] = "roofline.png",
                      from_json: Annotated[Optional[str], typer.Option("--from-json", help="Plot records saved with --json "
                                                                       "instead of measuring.")] = None,
                      grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
-                     batch: Batch = None, dtype: Dtype = None, device: Device = None, min_time: MinTime = None,
-                     csv: CsvPath = None, json: JsonPath = None):
+                     csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
     """Draw a profile's rows (measured now, or saved with --json) on the device's roofline."""
     from effprof.report.plot import require_matplotlib
     from effprof.report.roofline_plot import ceilings_from_records, plot_roofline
@@ -256,7 +235,6 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
     from effprof.measure.calibrate import ceilings
     from effprof.measure.env import resolve_device
 
-    overrides = _options(batch=batch, dtype=dtype, device=device, min_time=min_time)
     target_device = resolve_device(overrides.get("device", "auto"))
     if target_device.type != "cuda":
         raise UsageError("roofline needs a CUDA device to measure on (or --from-json with saved GPU records)")
@@ -267,52 +245,35 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
 
 
 @app.command("breakdown", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@common_options("batch", "dtype", "device", "seed", "debug")
 def breakdown_command(ctx: typer.Context,
                       component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                       depth: Annotated[int, typer.Option("--depth", min=0, help="Levels of modules to show.")] = 2,
                       table: Annotated[bool, typer.Option("--table", help="A flat table instead of a tree.")] = False,
                       kernels: Annotated[int, typer.Option("--kernels", min=0,
                                                            help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
-                      batch: Batch = None, dtype: Dtype = None, device: Device = None, seed: Seed = None):
+                      overrides: dict[str, Any] | None = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total."""
-    import torch
-
-    from effprof.measure.breakdown import breakdown, top_kernels
     from effprof.report.tree import kernels_table, print_breakdown
-    from effprof.runner import Config, RunOptions, build
+    from effprof.runner import Config, breakdown_config
 
     params = _component_args(component, list(ctx.args))
-    options = RunOptions(**_options(batch=batch, dtype=dtype, device=device, seed=seed)).validate()
-    built, _, build_ctx = build(Config(component, params, options))
-    inputs = built.make_inputs(options.batch)
-    with torch.inference_mode(), console.status(f"timing the modules of {component} ..."):
-        nodes = breakdown(built.module, lambda: built.call(inputs), build_ctx.device, depth=depth)
-    title = f"effprof breakdown {component} (batch {options.batch}, {options.dtype_name()}, {build_ctx.device.type})"
-    print_breakdown(nodes, title, console, as_table=table)
+    config = Config(component, params, RunOptions(**overrides).validate())
+    with console.status(f"timing the modules of {component} ..."):
+        result = breakdown_config(config, depth=depth, kernels=kernels)
+    print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
     if kernels:
-        with torch.inference_mode():
-            rows = top_kernels(lambda: built.call(inputs), build_ctx.device, top=kernels)
-        console.print(kernels_table(rows, f"top {kernels} per call"))
+        console.print(kernels_table(result.kernels, f"top {kernels} per call"))
 
 
 @app.command("env")
-def env_command(device: Device = None):
+@common_options("device")
+def env_command(overrides: dict[str, Any] | None = None):
     """Device, driver, CUDA and torch versions; which optional kernels and counters are importable."""
-    from effprof.measure.env import OPTIONAL_MODULES, environment, module_available, resolve_device
     from effprof.report.listing import facts_table
+    from effprof.runner import environment_facts
 
-    from effprof.ops.selective_scan import BACKENDS, available_backends
-
-    target = resolve_device("auto" if device is None else device)
-    facts = environment(target)
-    facts.pop("timestamp_utc", None)
-    facts["cuda_available"] = str(__import__("torch").cuda.is_available())
-    for module, what in OPTIONAL_MODULES.items():
-        facts[module] = ("importable" if module_available(module) else "not installed") + f"  ({what})"
-    usable = available_backends(target)
-    facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
-        f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
-    console.print(facts_table(facts))
+    console.print(facts_table(environment_facts(overrides.get("device", "auto"))))
 
 
 # typer >= 0.20 vendors click as typer._click; older typer uses click itself. Take the exception classes

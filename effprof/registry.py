@@ -31,6 +31,20 @@ class BuildContext:
 
 
 @dataclass
+class Stage:
+    """One named step of a component's call (e.g. `vision`, `project`, `prefill`, `decode`).
+
+    `run(carry) -> carry`: the first stage receives the inputs tuple, each later stage the previous
+    stage's return value; the last stage's return value is the call's output. `module` owns the
+    parameters the stage uses (counted per stage; None = no parameters of its own).
+    """
+
+    name: str
+    run: Callable[[Any], Any]
+    module: torch.nn.Module | None = None
+
+
+@dataclass
 class Built:
     """What a component factory returns.
 
@@ -41,6 +55,8 @@ class Built:
     - `forward(module, inputs)`: how one call is made; defaults to `module(*inputs)`.
     - `info`: static facts for the record (tokens in/out, which kernel runs, ...).
     - `extras(module, inputs)`: facts computed once on real inputs (e.g. a fidelity figure); may be None.
+    - `stages`: the call as named steps run in order on the same inputs (see `Stage`); the runner then
+      also times, counts and measures each stage. None = one stage, the whole call.
     """
 
     module: torch.nn.Module
@@ -50,16 +66,26 @@ class Built:
     forward: Callable[[torch.nn.Module, tuple], Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     extras: Callable[[torch.nn.Module, tuple], dict[str, Any]] | None = None
+    stages: list[Stage] | None = None
 
     def __post_init__(self):
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.stages is not None:
+            names = [s.name for s in self.stages]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"stages need distinct names, got {names}")
 
     def call(self, inputs: tuple, module: torch.nn.Module | None = None) -> Any:
         """One call on `inputs`; `module` replaces `self.module` (e.g. its torch.compile'd version)."""
         module = self.module if module is None else module
         if self.forward is not None:
             return self.forward(module, inputs)
+        if self.stages is not None:
+            carry: Any = inputs
+            for stage in self.stages:
+                carry = stage.run(carry)
+            return carry
         return module(*inputs)
 
 

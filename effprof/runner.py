@@ -1,82 +1,34 @@
 """Run components through the measurement layer and turn each configuration into a plain record.
 
 This is the only place where components (what is profiled) meet the measurement code (what is
-measured). Records are flat dicts of str/int/float/None, ready for tables, CSV and JSON.
+measured). `measure` builds a component, times its call (`effprof.measure.timing`) in the execution mode
+the options ask for (eager, CUDA graphs, torch.compile), and lets every enabled tracker
+(`effprof.trackers`: params, FLOPs and bytes, peak memory, NVML, crosscheck, roofline, the stage split)
+add its columns; a new column is a new tracker, not an edit here. Records are flat dicts of
+str/int/float/None (and the raw timing samples as a list), ready for tables, CSV and JSON.
 """
 from __future__ import annotations
 
 import gc
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 
 from effprof.errors import EffprofError, UsageError
-from effprof.limits import check_options
 from effprof.measure.env import environment, resolve_device
-from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
 from effprof.measure.footprint import check_fits
-from effprof.measure.calibrate import ceilings, tf32_enabled
 from effprof.measure.modes import compiled_module, graphed_callable
-from effprof.measure.nvml import CallCounter, NvmlSampler
-from effprof.measure.roofline import roofline_fields
+from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import L2Flusher, TimingResult, time_callable
+from effprof.options import RunOptions  # noqa: F401  (re-exported)
 from effprof.registry import BuildContext, Built, get_component
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to measure, common to every component. Times are in seconds."""
-
-    batch: int = 1
-    dtype: str = "auto"          # auto = bf16 on cuda, fp32 on cpu
-    device: str = "auto"
-    warmup: float = 0.2
-    min_time: float = 1.0
-    max_time: float | None = None
-    max_cv: float | None = None
-    seed: int = 0
-    cold: bool = False           # flush L2 and rotate inputs between calls
-    input_sets: int = 4          # how many input sets --cold rotates through
-    graphs: bool = False         # time replays of a CUDA graph of the call
-    compile: bool = False        # time the torch.compile'd module (compile time reported apart)
-    count_flops: bool = True
-    flops_crosscheck: bool = False
-
-    def validate(self) -> "RunOptions":
-        check_options(self)  # numbers that are numbers, finite and in their bounds (effprof/limits.py)
-        if self.batch < 1:
-            raise UsageError(f"--batch: {self.batch} must be at least 1")
-        if self.dtype not in ("auto", *DTYPES):
-            raise UsageError(f"--dtype: {self.dtype!r} is not one of auto, bf16, fp16, fp32")
-        if self.min_time <= 0 or self.warmup < 0:
-            raise UsageError("--min-time must be positive and --warmup not negative")
-        if self.max_cv is not None and not 0 < self.max_cv < 1:
-            raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
-        if self.input_sets < 1:
-            raise UsageError("--input-sets must be at least 1")
-        if self.graphs and self.compile:
-            raise UsageError("--graphs and --compile are separate modes; choose one")
-        if self.graphs and resolve_device(self.device).type != "cuda":
-            raise UsageError("--graphs needs a CUDA device (CUDA graphs do not exist on cpu)")
-        resolve_device(self.device)
-        return self
-
-    def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
-
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return DTYPES[self.dtype]
-
-    def dtype_name(self) -> str:
-        return {v: k for k, v in DTYPES.items()}[self.torch_dtype()]
 
 
 @dataclass(frozen=True)
@@ -92,26 +44,37 @@ class Config:
         return get_component(self.component).resolve(self.params)
 
 
+@dataclass
+class Run:
+    """One configuration being measured: what the trackers see (see `effprof.trackers.base`)."""
+
+    config: Config
+    options: RunOptions
+    built: Built
+    values: dict[str, Any]
+    ctx: BuildContext
+    input_sets: list[tuple]
+    items_per_call: int
+    record: dict[str, Any]
+    call: Callable[[], Any] | None = None
+    timing: TimingResult | None = None
+    calls: int = 0                        # calls made in the timed region (warm-up included)
+    counted_bytes: int | None = None      # bytes lower bound of one call (the counts tracker sets it)
+    shared: dict[str, Any] = field(default_factory=dict)  # for trackers that cooperate
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def count_only(self) -> bool:
+        return self.ctx.device.type == "meta"
+
+
 def params_text(values: dict[str, Any], given: Iterable[str] | None = None) -> str:
     """Compact `k=v` text of the parameters that were set explicitly (all when `given` is None)."""
     keys = list(values) if given is None else [k.replace("-", "_") for k in given]
     return ",".join(f"{k}={values[k]}" for k in keys if k in values and k != "pretrained")
-
-
-def count_params(module: torch.nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts; shared tensors are counted once."""
-    seen: dict[int, torch.nn.Parameter] = {}
-    for p in module.parameters():
-        seen.setdefault(id(p), p)
-    total = sum(p.numel() for p in seen.values())
-    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
-    return total, trainable
-
-
-def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by parameters and buffers (the weights)."""
-    tensors = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def free_memory() -> None:
@@ -132,81 +95,48 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
 
 
 def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) -> dict[str, Any]:
-    """Measure one configuration and return its record.
+    """Measure one configuration and return its record (see the module docstring).
 
-    Peak memory on CUDA is the maximum allocated during the timed calls minus what was allocated
-    before them (weights, inputs): the activations and workspaces of one call. With `--graphs` the
-    window starts before the capture, because the graph's private pool holds the activations. On
-    CPU, torch keeps no allocator statistics, so the column is left empty and `peak_mem_note` says why.
+    Order: build; make the input sets; every enabled tracker's `before`; the execution mode (graph
+    capture or compilation happen here, outside the timed region); `start`; timing; `stop`; the timing
+    columns; every tracker's `fields`, in registration order. On the meta device nothing is timed.
     """
+    from effprof.trackers import enabled_trackers
+
     opts = config.options.validate()
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     built, values, ctx = build(config)
     component = get_component(config.component)
-    device = ctx.device
     record = base_record(config, values, component.unit, ctx)
-    total, trainable = count_params(built.module)
-    record.update(params_total=total, params_trainable=trainable,
-                  weights_mib=tensor_bytes(built.module) / MIB, **built.info)
-
+    record.update(built.info)
     torch.manual_seed(opts.seed + 1)
     n_sets = opts.input_sets if opts.cold else 1
-    input_sets = [built.make_inputs(opts.batch) for _ in range(n_sets)]
-    items_per_call = opts.batch * built.items_per_sample
-    counted_bytes = None
+    run = Run(config, opts, built, values, ctx, [built.make_inputs(opts.batch) for _ in range(n_sets)],
+              opts.batch * built.items_per_sample, record)
+    trackers = enabled_trackers(run)
     with torch.inference_mode():
-        if opts.count_flops:
-            counts = count_flops_and_bytes(lambda: built.call(input_sets[0]))
-            record["gflops"] = counts.flops / 1e9
-            counted_bytes = counts.bytes
-        if built.extras is not None:
-            record.update(built.extras(built.module, input_sets[0]))
-        memory = PeakMemory(device)
-        if opts.graphs:
-            memory.start()
-        call, setup, mode_fields = execution_mode(built, input_sets, opts, device)
-        record.update(mode_fields)
-        if not opts.graphs:
-            memory.start()
-        counter = CallCounter(call)
-        with NvmlSampler(device) if device.type == "cuda" else nullcontext() as sampler:
-            timing = timer(counter, device, warmup_s=opts.warmup, min_time_s=opts.min_time,
-                           max_time_s=opts.max_time, max_cv=opts.max_cv, setup=setup)
-        record.update(memory.fields())
-    if sampler is not None:
-        record.update(sampler.fields(counter.calls * items_per_call))
-    if opts.flops_crosscheck:
-        from effprof.measure.crosscheck import crosscheck
-
-        record.update(crosscheck(built, input_sets[0]))
-    record.update(timing_fields(timing, items_per_call, record.get("gflops")))
-    if device.type == "cuda":
-        record.update(roofline_fields(record.get("gflops"), counted_bytes, timing.median_ms, ceilings(device),
-                                      record["dtype"], allow_tf32=tf32_enabled()))
-    elif counted_bytes is not None:
-        record.update(roofline_fields(record.get("gflops"), counted_bytes, timing.median_ms, None, record["dtype"]))
+        for tracker in trackers:
+            tracker.before(run)
+        if run.count_only:
+            record["exec_mode"] = "count-only (meta device)"
+        else:
+            call, setup, mode_fields = execution_mode(built, run.input_sets, opts, ctx.device)
+            record.update(mode_fields)
+            counter = CallCounter(call)
+            run.call = counter
+            for tracker in trackers:
+                tracker.start(run)
+            try:
+                run.timing = timer(counter, ctx.device, warmup_s=opts.warmup, min_time_s=opts.min_time,
+                                   max_time_s=opts.max_time, max_cv=opts.max_cv, setup=setup)
+            finally:
+                for tracker in reversed(trackers):
+                    tracker.stop(run)
+            run.calls = counter.calls
+            record.update(timing_fields(run.timing, run.items_per_call, record.get("gflops")))
+        for tracker in trackers:
+            record.update(tracker.fields(run))
     return record
-
-
-class PeakMemory:
-    """Peak CUDA memory allocated above a starting point (activations, workspaces, graph pools)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.before = 0
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def fields(self) -> dict[str, Any]:
-        if self.device.type != "cuda":
-            return {"peak_mem_mib": None,
-                    "peak_mem_note": "not measured on cpu (torch keeps no cpu allocator statistics)"}
-        torch.cuda.synchronize(self.device)
-        return {"peak_mem_mib": (torch.cuda.max_memory_allocated(self.device) - self.before) / MIB}
 
 
 def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, device: torch.device):
@@ -288,6 +218,7 @@ def timing_fields(timing: TimingResult, items_per_call: int, gflops: float | Non
         "timing_method": timing.method,
         "items_per_call": items_per_call,
         "throughput_per_s": items_per_call / (median / 1e3),
+        "latency_samples_ms": list(timing.samples_ms),  # raw samples (JSON only; CSV leaves lists out)
     }
     if gflops is not None:
         fields["tflops_per_s"] = gflops / median  # GFLOP / ms = TFLOP/s
@@ -340,7 +271,10 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             if is_oom(exc):
                 record = failed_record(config, "OOM", "out of memory")
             else:
-                record = failed_record(config, "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                first = (str(exc).splitlines() or [""])[0][:200]
+                record = failed_record(config, "error", f"{type(exc).__name__}: {first}")
+            if config.options.debug:  # whoever writes a component needs the whole story
+                record["traceback"] = traceback.format_exc()
         free_memory()
         record["wall_s"] = time.perf_counter() - start
         records.append(record)
@@ -366,3 +300,43 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
                 r[name] = b / a if a > 0 else None
             else:
                 r[name] = a / b if b > 0 else None
+
+
+@dataclass
+class BreakdownResult:
+    nodes: list[dict[str, Any]]
+    kernels: list[dict[str, Any]]
+    facts: str          # "batch 1, bf16, cuda"
+
+
+def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> BreakdownResult:
+    """Per-module time, params, FLOPs and bytes of one configuration's call, and optionally its costliest
+    kernels (CUDA) or aten ops (CPU): `effprof.measure.breakdown` on the built component."""
+    from effprof.measure.breakdown import breakdown, top_kernels
+
+    opts = config.options.validate()
+    if opts.torch_device().type == "meta":
+        raise UsageError("breakdown times modules: --device meta has nothing to time (use `run --device meta`)")
+    built, _, ctx = build(config)
+    inputs = built.make_inputs(opts.batch)
+    with torch.inference_mode():
+        nodes = breakdown(built.module, lambda: built.call(inputs), ctx.device, depth=depth)
+        rows = top_kernels(lambda: built.call(inputs), ctx.device, top=kernels) if kernels else []
+    return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
+
+
+def environment_facts(device: str = "auto") -> dict[str, str]:
+    """What `effprof env` shows: versions, the optional modules that import, the usable scan backends."""
+    from effprof.measure.env import OPTIONAL_MODULES, module_available
+    from effprof.ops.selective_scan import BACKENDS, available_backends
+
+    target = resolve_device(device)
+    facts = environment(target)
+    facts.pop("timestamp_utc", None)
+    facts["cuda_available"] = str(torch.cuda.is_available())
+    for module, what in OPTIONAL_MODULES.items():
+        facts[module] = ("importable" if module_available(module) else "not installed") + f"  ({what})"
+    usable = available_backends(target)
+    facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
+        f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
+    return facts

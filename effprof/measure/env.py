@@ -26,10 +26,14 @@ def resolve_device(name: str) -> torch.device:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "meta":  # count-only: build without memory, time nothing
+        return torch.device("meta")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cpu")
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cuda:N, cpu, meta")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
     return torch.device(name)
 
 
@@ -56,6 +60,8 @@ def nvidia_driver() -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "meta":
+        return "meta (counted, not run)"
     return platform.processor() or platform.machine() or "cpu"
 
 

@@ -18,13 +18,16 @@ LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "
 
 
 def columns(records: list[dict[str, Any]]) -> list[str]:
+    """CSV columns: the leading ones, then every other key in first-seen order; lists (the raw timing
+    samples) are left to the JSON."""
     seen: dict[str, None] = {}
     for key in LEADING:
         if any(key in r for r in records):
             seen[key] = None
     for r in records:
-        for key in r:
-            seen.setdefault(key, None)
+        for key, value in r.items():
+            if not isinstance(value, (list, tuple, dict)):
+                seen.setdefault(key, None)
     return list(seen)
 
 

@@ -1,0 +1,75 @@
+"""How to measure: the options common to every component (`RunOptions`). Imports no torch at module level,
+so the CLI can show them (and their defaults) without loading torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from effprof.errors import UsageError
+
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to measure, common to every component. Times are in seconds.
+
+    `device="meta"` builds the component on PyTorch's meta device and only counts (params, FLOPs, bytes):
+    no memory is allocated and nothing is timed, so a 13B model can be counted on a laptop.
+    """
+
+    batch: int = 1
+    dtype: str = "auto"          # auto = bf16 on cuda and meta, fp32 on cpu
+    device: str = "auto"
+    warmup: float = 0.2
+    min_time: float = 1.0
+    max_time: float | None = None
+    max_cv: float | None = None
+    seed: int = 0
+    cold: bool = False           # flush L2 and rotate inputs between calls
+    input_sets: int = 4          # how many input sets --cold rotates through
+    graphs: bool = False         # time replays of a CUDA graph of the call
+    compile: bool = False        # time the torch.compile'd module (compile time reported apart)
+    count_flops: bool = True
+    flops_crosscheck: bool = False
+    debug: bool = False          # keep the traceback of a failing row
+
+    def validate(self) -> "RunOptions":
+        from effprof.limits import check_options
+
+        check_options(self)  # numbers that are numbers, finite and in their bounds (effprof/limits.py)
+        if self.batch < 1:
+            raise UsageError(f"--batch: {self.batch} must be at least 1")
+        if self.dtype not in ("auto", *DTYPE_NAMES):
+            raise UsageError(f"--dtype: {self.dtype!r} is not one of auto, bf16, fp16, fp32")
+        if self.min_time <= 0 or self.warmup < 0:
+            raise UsageError("--min-time must be positive and --warmup not negative")
+        if self.max_cv is not None and not 0 < self.max_cv < 1:
+            raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
+        if self.input_sets < 1:
+            raise UsageError("--input-sets must be at least 1")
+        if self.graphs and self.compile:
+            raise UsageError("--graphs and --compile are separate modes; choose one")
+        device = self.torch_device()
+        if self.graphs and device.type != "cuda":
+            raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {device.type})")
+        if device.type == "meta" and (self.cold or self.compile or self.flops_crosscheck):
+            raise UsageError("--device meta only counts (params, FLOPs, bytes): --cold, --compile and "
+                             "--flops-crosscheck need a real device")
+        return self
+
+    def torch_device(self):
+        from effprof.measure.env import resolve_device
+
+        return resolve_device(self.device)
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.dtype_name()])
+
+    def dtype_name(self) -> str:
+        if self.dtype == "auto":
+            return "fp32" if self.torch_device().type == "cpu" else "bf16"
+        return self.dtype
+
+

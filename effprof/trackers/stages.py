@@ -1,0 +1,82 @@
+"""The stage split of a staged component (`Built.stages`): time, params, FLOPs, bytes and peak memory per stage.
+
+Time: after the whole call has been timed, a second run of the same call stamps the device timeline
+between the stages (`effprof.measure.stages`). Under `--graphs` each stage is captured as its own CUDA
+graph, chained through the static output of the one before, so the split times the device's work as the
+whole does; otherwise the stages run eagerly (`--compile` rows split the eager stages: say so). Each
+stage's FLOPs and bytes are counted on the input it receives in the call; its peak memory is the peak
+above the allocation before one eager run of it alone (CUDA).
+
+Columns: `stage_names`, per stage `stage_<name>_ms` (median), `stage_<name>_share` (of the stages' sum),
+`stage_<name>_params`, `stage_<name>_gflops`, `stage_<name>_mbytes`, `stage_<name>_peak_mem_mib`, and
+`stages_sum_ms` with `stages_sum_over_whole` = that sum / the whole call's median latency (1.0 = the parts add
+up to the whole; above 1 by the cost of the stamps and of running stages apart).
+"""
+from __future__ import annotations
+
+from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.memory import PeakMemory, count_params
+from effprof.measure.modes import graphed_callable
+from effprof.measure.stages import time_stages
+from effprof.trackers.base import Tracker, register_tracker
+
+
+def stage_carries(stages, inputs) -> list:
+    """The value entering each stage on `inputs` (one eager run of the chain)."""
+    carries, carry = [], inputs
+    for stage in stages:
+        carries.append(carry)
+        carry = stage.run(carry)
+    return carries
+
+
+@register_tracker
+class StagesTracker(Tracker):
+    name = "stages"
+
+    @classmethod
+    def enabled(cls, run):
+        return bool(run.built.stages) and len(run.built.stages) > 1
+
+    def fields(self, run):
+        stages = run.built.stages
+        carries = stage_carries(stages, run.input_sets[0])
+        fields = {"stage_names": ",".join(s.name for s in stages)}
+        for stage, carry in zip(stages, carries):
+            key = f"stage_{stage.name}"
+            fields[f"{key}_params"] = count_params(stage.module)[0]
+            if run.options.count_flops:
+                counts = count_flops_and_bytes(lambda: stage.run(carry))
+                fields[f"{key}_gflops"] = counts.flops / 1e9
+                fields[f"{key}_mbytes"] = counts.bytes / 1e6
+            if not run.count_only:
+                peak = PeakMemory(run.device)
+                if peak.supported:
+                    peak.start()
+                    stage.run(carry)
+                    fields[f"{key}_peak_mem_mib"] = peak.peak_mib()
+        if run.count_only:
+            return fields
+        names = [s.name for s in stages]
+        if run.options.graphs:
+            fns, static = [], run.input_sets[0]
+            for stage in stages:
+                replay = graphed_callable(lambda s=stage, x=static: s.run(x), None, run.device)
+                static = replay()
+                fns.append(lambda _carry, r=replay: r())
+            method = "cuda-events between stages, one CUDA graph per stage"
+        else:
+            fns = [s.run for s in stages]
+            method = ("cuda-events between stages, eager" if run.device.type == "cuda"
+                      else "perf_counter between stages, eager")
+            if run.options.compile:
+                method += " (the split runs the stages uncompiled)"
+        timing = time_stages(names, fns, run.input_sets[0], run.device, warmup_s=run.options.warmup,
+                             min_time_s=run.options.min_time)
+        total = sum(timing.median_ms(i) for i in range(len(stages)))
+        for i, name in enumerate(names):
+            fields[f"stage_{name}_ms"] = timing.median_ms(i)
+            fields[f"stage_{name}_share"] = timing.median_ms(i) / total if total > 0 else None
+        fields.update(stages_sum_ms=total, stage_method=method,
+                      stages_sum_over_whole=total / run.timing.median_ms if run.timing.median_ms > 0 else None)
+        return fields

@@ -1,0 +1,102 @@
+"""The runner's contract: stages, trackers, count-only on the meta device, --debug."""
+import pytest
+import torch
+from torch import nn
+
+from effprof.cli import main
+from effprof.params import Param
+from effprof.registry import Built, Stage, register_component
+from effprof.runner import Config, RunOptions, measure, measure_many
+from effprof.trackers import Tracker, register_tracker, unregister_tracker
+
+FAST = RunOptions(device="cpu", dtype="fp32", min_time=0.02, warmup=0.0)
+
+
+class TwoLinears(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.first = nn.Linear(width, 2 * width)
+        self.second = nn.Linear(2 * width, width, bias=False)
+
+
+@register_component("test-staged", unit="tok", params=[Param("width", int, 8, "width", low=1)])
+def staged(ctx, width):
+    """Two linears as two stages."""
+    model = TwoLinears(width).to(ctx.device, ctx.dtype)
+    stages = [Stage("first", lambda inputs: model.first(inputs[0]), model.first),
+              Stage("second", lambda hidden: model.second(hidden), model.second)]
+    return Built(model, lambda batch: (torch.randn(batch, 4, width, device=ctx.device, dtype=ctx.dtype),),
+                 "tok", items_per_sample=4, stages=stages)
+
+
+@register_component("test-fails", unit="tok", params=[])
+def fails(ctx):
+    """Raises at call time."""
+    return Built(nn.Identity(), lambda batch: (torch.zeros(batch),), "tok",
+                 forward=lambda m, inputs: (_ for _ in ()).throw(RuntimeError("boom in forward")))
+
+
+def test_stages_report_their_own_params_flops_and_add_up_to_the_whole():
+    width, batch = 16, 3
+    r = measure(Config("test-staged", {"width": width}, FAST.__class__(**{**FAST.__dict__, "batch": batch})))
+    assert r["stage_names"] == "first,second"
+    assert r["stage_first_params"] == width * 2 * width + 2 * width
+    assert r["stage_second_params"] == 2 * width * width
+    tokens = batch * 4
+    assert r["stage_first_gflops"] * 1e9 == pytest.approx(2 * tokens * width * 2 * width)
+    assert r["stage_second_gflops"] * 1e9 == pytest.approx(2 * tokens * 2 * width * width)
+    assert r["stage_first_gflops"] + r["stage_second_gflops"] == pytest.approx(r["gflops"])
+    assert r["stages_sum_ms"] == pytest.approx(r["stage_first_ms"] + r["stage_second_ms"])
+    assert r["stage_first_share"] + r["stage_second_share"] == pytest.approx(1.0)
+    # eager CPU stamps between stages cost little: the parts add up to the whole within a factor
+    assert 0.3 < r["stages_sum_over_whole"] < 3.0
+
+
+def test_a_new_tracker_adds_a_column_without_touching_the_runner():
+    class CallsSeen(Tracker):
+        name = "test-calls-seen"
+
+        def start(self, run):
+            self.started = True
+
+        def fields(self, run):
+            return {"test_calls_seen": run.calls, "test_started": self.started,
+                    "test_gflops_seen": run.record.get("gflops")}
+
+    register_tracker(CallsSeen)
+    try:
+        r = measure(Config("linear", {"tokens": 4, "in_dim": 8, "out_dim": 8}, FAST))
+    finally:
+        unregister_tracker("test-calls-seen")
+    assert r["test_started"] is True
+    assert r["test_calls_seen"] >= r["n_calls"]  # warm-up calls are counted too
+    assert r["test_gflops_seen"] == pytest.approx(2 * 4 * 8 * 8 / 1e9)
+    r2 = measure(Config("linear", {"tokens": 4, "in_dim": 8, "out_dim": 8}, FAST))
+    assert "test_calls_seen" not in r2
+
+
+def test_meta_device_counts_without_timing_or_memory():
+    r = measure(Config("mlp", {"tokens": 576, "in_dim": 1024, "out_dim": 4096}, RunOptions(device="meta")))
+    params = 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+    assert r["params_total"] == params
+    assert r["weights_mib"] == pytest.approx(params * 2 / 2**20)  # bf16 by default on meta
+    assert r["gflops"] * 1e9 == pytest.approx(2 * 576 * (1024 * 4096 + 4096 * 4096))
+    assert r["exec_mode"].startswith("count-only") and "latency_ms_median" not in r
+
+
+def test_meta_device_through_the_cli(capsys):
+    assert main(["run", "lowrank", "--device", "meta", "--rank", "64"]) == 0
+    assert "count-only" in capsys.readouterr().out
+    assert main(["run", "linear", "--device", "meta", "--cold"]) == 2
+
+
+def test_a_failing_row_keeps_its_traceback_only_with_debug():
+    quiet = measure_many([Config("test-fails", {}, FAST)])[0]
+    assert quiet["status"] == "error" and "boom in forward" in quiet["error"] and "traceback" not in quiet
+    loud = measure_many([Config("test-fails", {}, RunOptions(**{**FAST.__dict__, "debug": True}))])[0]
+    assert "Traceback" in loud["traceback"] and "boom in forward" in loud["traceback"]
+
+
+def test_stage_names_must_be_distinct():
+    with pytest.raises(ValueError):
+        Built(nn.Identity(), lambda b: (), "tok", stages=[Stage("a", lambda x: x), Stage("a", lambda x: x)])
