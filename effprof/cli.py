@@ -81,7 +81,7 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
-    with console.status(f"measuring {component} ..."):
+    with err_console.status(f"measuring {component} ..."):
         [record] = measure_many([config])  # an OOM or a failure is a row, as in a comparison
     write_records([record], csv, json)  # files first: a console that fails cannot lose them
     if record.get("status") == "refused":  # one line, no table
@@ -199,7 +199,7 @@ def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measu
     target = resolve_device(overrides.get("device", "auto"))
     if target.type != "cuda":
         raise UsageError("calibrate measures GPU ceilings: no CUDA device here")
-    with console.status("measuring matmul and copy ceilings ..."):
+    with err_console.status("measuring matmul and copy ceilings ..."):
         measured = calibrate(target, force=force)
     console.print(ceilings_table(measured, datasheet_ceilings(measured.device_name)))
     console.print(f"cache: {cache_path(target)}", highlight=False)
@@ -259,7 +259,7 @@ def breakdown_command(ctx: typer.Context,
 
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
-    with console.status(f"timing the modules of {component} ..."):
+    with err_console.status(f"timing the modules of {component} ..."):
         result = breakdown_config(config, depth=depth, kernels=kernels)
     print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
     if kernels:

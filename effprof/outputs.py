@@ -40,6 +40,14 @@ def check_output(option: str, given: str) -> str:
             raise UsageError(f"{option}: '-' (standard output) is for --csv and --json only; name a file")
         return STDOUT
     path = expand(given, option)
+    given = given if len(given) <= 120 else f"{given[:70]}...{given[-40:]}"  # as shown in messages
+    try:
+        limit = name_max(path.absolute().parent if path.absolute().parent.is_dir() else Path("/"))
+    except OSError:  # the folder's own path is too long: the probe below says so
+        limit = 255
+    if len(path.name.encode("utf-8", "surrogateescape")) > limit:
+        raise UsageError(f"{option}: a file name of {len(path.name)} characters is longer than this file "
+                         f"system allows ({limit} bytes)")
     try:
         if path.is_dir():
             raise UsageError(f"{option} {given}: is a directory (name a file in it)")
@@ -63,10 +71,6 @@ def check_output(option: str, given: str) -> str:
                 missing = missing.parent
             what = "does not exist" if not missing.exists() else "is not a folder"
             raise UsageError(f"{option} {given}: folder {missing} {what}")
-        limit = name_max(folder)
-        if len(path.name.encode("utf-8", "surrogateescape")) > limit:
-            raise UsageError(f"{option}: file name of {len(path.name)} characters is longer than this file "
-                             f"system allows ({limit} bytes)")
         probe = tempfile.mkstemp(prefix=".effprof-", suffix=".tmp", dir=folder)
         os.close(probe[0])
         os.unlink(probe[1])

@@ -78,20 +78,39 @@ class _ClosedStdout(io.TextIOBase):
         raise OSError(errno.EBADF, "standard output is closed")
 
 
+class _WatchedStdout:
+    """Standard output as it was, remembering the OSError of a failed write or flush: an OSError is then
+    known to be standard output's (full, closed, a broken pipe) and not a file's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed: OSError | None = None
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def stdout_failure(exc: BaseException) -> int | None:
     """The exit code when `exc` is a failed write to standard output, else None."""
-    if isinstance(exc, BrokenPipeError):
-        return EXIT_BROKEN_PIPE
-    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EPIPE):
-        return None
     stream = sys.stdout
-    if isinstance(stream, _ClosedStdout):
-        return 1
-    try:  # the same error again on a flush says it was standard output that failed
-        stream.flush()
-    except OSError:
-        return 1
-    return None
+    failed = getattr(stream, "failed", None) if isinstance(stream, _WatchedStdout) else None
+    if failed is None or not isinstance(exc, OSError):
+        return None
+    return EXIT_BROKEN_PIPE if isinstance(exc, BrokenPipeError) else 1
 
 
 def silence_stdout() -> None:
@@ -112,6 +131,8 @@ def guarded() -> Iterator[None]:
         sys.stdout = _ClosedStdout()
     for stream in (sys.stdout, sys.stderr):
         plain_fallback(stream)
+    original = sys.stdout
+    watched = sys.stdout = _WatchedStdout(original)
     previous = None
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
@@ -122,5 +143,7 @@ def guarded() -> Iterator[None]:
     try:
         yield
     finally:
+        if sys.stdout is watched:
+            sys.stdout = original
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
