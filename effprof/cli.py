@@ -257,6 +257,9 @@ def breakdown_command(ctx: typer.Context,
     from effprof.report.tree import kernels_table, print_breakdown
     from effprof.runner import Config, breakdown_config
 
+    for option, value in (("--depth", depth), ("--kernels", kernels)):
+        if value < 0:  # typer's min=0 does not survive @common_options' signature rewrite
+            raise UsageError(f"{option}: {value} must be at least 0")
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
     with err_console.status(f"timing the modules of {component} ..."):
