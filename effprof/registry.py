@@ -28,6 +28,7 @@ class BuildContext:
     device: torch.device
     dtype: torch.dtype
     seed: int = 0
+    exec_mode: str = "eager"   # "eager" | "graphs" | "compile": read only by a Built with handles_exec_mode
 
 
 @dataclass
@@ -57,6 +58,9 @@ class Built:
     - `extras(module, inputs)`: facts computed once on real inputs (e.g. a fidelity figure); may be None.
     - `stages`: the call as named steps run in order on the same inputs (see `Stage`); the runner then
       also times, counts and measures each stage. None = one stage, the whole call.
+    - `handles_exec_mode`: the call applies `ctx.exec_mode` itself (a generation loop that replays a
+      CUDA graph per decode step, or compiles its step); the runner then calls it as it is.
+    - `hooks`: objects a tracker may use and the record does not show (e.g. a per-token clock).
     """
 
     module: torch.nn.Module
@@ -67,6 +71,8 @@ class Built:
     info: dict[str, Any] = field(default_factory=dict)
     extras: Callable[[torch.nn.Module, tuple], dict[str, Any]] | None = None
     stages: list[Stage] | None = None
+    handles_exec_mode: bool = False
+    hooks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.unit not in UNITS:

@@ -25,7 +25,7 @@ from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import L2Flusher, TimingResult, time_callable
 from effprof.options import RunOptions  # noqa: F401  (re-exported)
-from effprof.registry import BuildContext, Built, get_component
+from effprof.registry import BuildContext, Built, Stage, get_component
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
@@ -87,7 +87,7 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     component = get_component(config.component)
     values = component.resolve(config.params)
     opts = config.options
-    ctx = BuildContext(opts.torch_device(), opts.torch_dtype(), opts.seed)
+    ctx = BuildContext(opts.torch_device(), opts.torch_dtype(), opts.seed, exec_mode(opts))
     torch.manual_seed(opts.seed)
     built = component.build(values, ctx)
     built.module.eval()
@@ -139,6 +139,10 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     return record
 
 
+def exec_mode(opts: RunOptions) -> str:
+    return "graphs" if opts.graphs else "compile" if opts.compile else "eager"
+
+
 def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, device: torch.device):
     """The zero-argument call to time, the per-call setup (outside the timed region) and record fields.
 
@@ -147,9 +151,17 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     call) reported apart and never inside the latency.
     """
     state = {"i": 0}
-    fields: dict[str, Any] = {"exec_mode": "graphs" if opts.graphs else "compile" if opts.compile else "eager"}
+    fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
-    if opts.graphs:
+    if built.handles_exec_mode:  # the call applies the mode itself (e.g. a graph per decode step)
+        fields["exec_mode"] += " (by the component)"
+
+        def call():
+            return built.call(input_sets[state["i"]])
+
+        def rotate():
+            state["i"] = (state["i"] + 1) % len(input_sets)
+    elif opts.graphs:
         static = input_sets[0]
         call = graphed_callable(built.call, static, device)
 
@@ -160,7 +172,16 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                     dst.copy_(src)
     else:
         module = built.module
-        if opts.compile:
+        if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
+            staged = Built(built.module, built.make_inputs, built.unit, stages=[
+                Stage(s.name, torch.compile(s.run), s.module) for s in built.stages])
+            start = time.perf_counter()
+            staged.call(input_sets[0])  # the first call compiles
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            fields["compile_s"] = time.perf_counter() - start
+            built = staged
+        elif opts.compile:
             module, seconds = compiled_module(built.module, lambda m: built.call(input_sets[0], m), device)
             fields["compile_s"] = seconds
 
@@ -231,7 +252,7 @@ def failed_record(config: Config, status: str, message: str) -> dict[str, Any]:
         values = config.resolved()
         component = get_component(config.component)
         opts = config.options
-        ctx = BuildContext(opts.torch_device(), opts.torch_dtype(), opts.seed)
+        ctx = BuildContext(opts.torch_device(), opts.torch_dtype(), opts.seed, exec_mode(opts))
         record = base_record(config, values, component.unit, ctx)
     except EffprofError:
         record = {"label": config.label or config.component, "component": config.component}

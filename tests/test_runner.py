@@ -29,7 +29,7 @@ def staged(ctx, width):
                  "tok", items_per_sample=4, stages=stages)
 
 
-@register_component("test-fails", unit="tok", params=[])
+@register_component("test-raises", unit="tok", params=[])
 def fails(ctx):
     """Raises at call time."""
     return Built(nn.Identity(), lambda batch: (torch.zeros(batch),), "tok",
@@ -91,9 +91,9 @@ def test_meta_device_through_the_cli(capsys):
 
 
 def test_a_failing_row_keeps_its_traceback_only_with_debug():
-    quiet = measure_many([Config("test-fails", {}, FAST)])[0]
+    quiet = measure_many([Config("test-raises", {}, FAST)])[0]
     assert quiet["status"] == "error" and "boom in forward" in quiet["error"] and "traceback" not in quiet
-    loud = measure_many([Config("test-fails", {}, RunOptions(**{**FAST.__dict__, "debug": True}))])[0]
+    loud = measure_many([Config("test-raises", {}, RunOptions(**{**FAST.__dict__, "debug": True}))])[0]
     assert "Traceback" in loud["traceback"] and "boom in forward" in loud["traceback"]
 
 

@@ -29,10 +29,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from effprof.errors import ParamError
+from effprof.models.transformer_lm import TransformerLM, kv_cache_bytes, truncate_kv_cache
 from effprof.modules.mamba import MAMBA_PRESETS, MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend
 from effprof.ops.selective_scan import resolve_backend
 from effprof.limits import MAX_LAYERS, MAX_STATE, MAX_TOKENS, MAX_WIDTH
@@ -46,8 +45,8 @@ MODE = Param("mode", str, "prefill", "prefill = one forward over seq_len tokens;
              "with a cache holding seq_len tokens of context.", choices=MODES)
 SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm if importable on CUDA, else triton "
              "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))
-CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else ref.",
-             choices=("auto", "ref", "causal-conv1d"))
+CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else "
+             "triton on CUDA, else ref.", choices=("auto", "ref", "triton", "causal-conv1d"))
 HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
              "off = backbone only, like transformers' MambaModel.")
 PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
@@ -176,31 +175,6 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
 # 12 heads of 128 as Pythia-1.4b's head size.
 TRANSFORMER_PRESETS = {"130m": (768, 12, 12), "370m": (1024, 24, 16), "790m": (1536, 24, 12),
                        "1.4b": (2048, 24, 16), "2.8b": (2560, 32, 32)}
-
-
-class TransformerLM(nn.Module):
-    """A GPTNeoXModel with an optional tied LM head: ids (batch, L) -> hidden (batch, L, d) or logits (batch, 1, V)."""
-
-    def __init__(self, model: nn.Module, head: bool):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, input_ids, past_key_values=None):
-        hidden = self.model(input_ids=input_ids, past_key_values=past_key_values,
-                            use_cache=past_key_values is not None).last_hidden_state
-        if not self.head:
-            return hidden
-        return F.linear(hidden[:, -1:], self.model.embed_in.weight)
-
-
-def kv_cache_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-
-
-def truncate_kv_cache(cache, length: int) -> None:
-    """Cut a transformers DynamicCache back to `length` tokens (views, no copy)."""
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
 
 
 @register_component("transformer-lm", unit="tok", family="ssm", params=[

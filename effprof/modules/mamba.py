@@ -12,9 +12,8 @@ the language model and the decoding cache, in the layout of the `mamba-ssm` pack
   (batch, d_inner, d_state) in fp32 (mamba-ssm keeps the latter in the model dtype; fp32 is what the
   effprof state-update op takes): constant memory whatever the context length.
 
-Two paths for the causal depthwise conv, chosen explicitly (`conv_backend`) and reported:
-`causal_conv1d_ref` (F.conv1d on the left-padded input: the definition) and "causal-conv1d", the CUDA
-kernels of the `causal-conv1d` package (`causal_conv1d_fn` / `causal_conv1d_update`), imported lazily.
+The causal depthwise conv runs through `effprof.ops.causal_conv1d` with `conv_backend` (ref | triton |
+causal-conv1d), chosen explicitly and reported.
 The scan runs through `effprof.ops.selective_scan` with `scan_backend` (ref | triton | mamba-ssm).
 """
 from __future__ import annotations
@@ -28,74 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.errors import UsageError
+from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
+                                       causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.ops.selective_scan import selective_scan, selective_state_update
-
-CONV_BACKENDS = ("ref", "causal-conv1d")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Causal depthwise conv1d: reference and fast path
-# ---------------------------------------------------------------------------------------------------
-def causal_conv1d_ref(x, weight, bias=None, activation=None):
-    """Causal depthwise conv: y[b, c, t] = act(bias[c] + sum_k weight[c, k] · x[b, c, t - (width-1) + k]).
-
-    x (batch, channels, L), weight (channels, width), bias (channels,) -> y (batch, channels, L).
-    The input is padded with width-1 zeros on the left only, so the output has exactly L steps (and
-    FlopCounterMode counts 2·batch·channels·width·L, no wasted padded outputs).
-    """
-    width = weight.shape[-1]
-    y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=x.shape[1])
-    return F.silu(y) if activation == "silu" else y
-
-
-def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
-    """One decoding step of the causal conv. x (batch, channels); conv_state (batch, channels, width) holds
-    the last `width` inputs and is shifted in place. Returns (batch, channels) in conv_state's dtype."""
-    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-    conv_state[:, :, -1] = x
-    y = F.conv1d(conv_state, weight.unsqueeze(1), bias, groups=x.shape[1]).squeeze(-1)  # counted like the scan
-    return F.silu(y) if activation == "silu" else y
-
-
-def _causal_conv1d_reason(device: torch.device) -> str | None:
-    if torch.device(device).type != "cuda":
-        return "the causal-conv1d kernels need a CUDA device"
-    try:
-        import causal_conv1d  # noqa: F401
-    except Exception as exc:
-        return f"causal-conv1d does not import ({type(exc).__name__}: {exc}); pip install 'effprof[mamba]'"
-    return None
-
-
-def resolve_conv_backend(name: str, device: torch.device) -> str:
-    """auto|ref|causal-conv1d -> the path that will run. auto = causal-conv1d when it imports on CUDA, else
-    ref; an explicit causal-conv1d that cannot run raises BackendUnavailable (never replaced silently)."""
-    if name == "auto":
-        return "causal-conv1d" if _causal_conv1d_reason(device) is None else "ref"
-    if name not in CONV_BACKENDS:
-        raise UsageError(f"unknown conv backend {name!r}; choose from auto, {', '.join(CONV_BACKENDS)}")
-    reason = _causal_conv1d_reason(device) if name == "causal-conv1d" else None
-    if reason is not None:
-        raise BackendUnavailable(f"conv backend 'causal-conv1d' is unavailable: {reason}")
-    return name
-
-
-def causal_conv1d(x, weight, bias=None, activation=None, backend="ref"):
-    if backend == "causal-conv1d":
-        from causal_conv1d import causal_conv1d_fn
-
-        return causal_conv1d_fn(x, weight, bias, activation=activation)
-    return causal_conv1d_ref(x, weight, bias, activation)
-
-
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="ref"):
-    if backend == "causal-conv1d":
-        from causal_conv1d import causal_conv1d_update as fast_update
-
-        return fast_update(x, conv_state, weight, bias, activation)
-    return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
-
 
 # ---------------------------------------------------------------------------------------------------
 # The block

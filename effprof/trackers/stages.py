@@ -58,7 +58,7 @@ class StagesTracker(Tracker):
         if run.count_only:
             return fields
         names = [s.name for s in stages]
-        if run.options.graphs:
+        if run.options.graphs and not run.built.handles_exec_mode:
             fns, static = [], run.input_sets[0]
             for stage in stages:
                 replay = graphed_callable(lambda s=stage, x=static: s.run(x), None, run.device)
@@ -67,8 +67,8 @@ class StagesTracker(Tracker):
             method = "cuda-events between stages, one CUDA graph per stage"
         else:
             fns = [s.run for s in stages]
-            method = ("cuda-events between stages, eager" if run.device.type == "cuda"
-                      else "perf_counter between stages, eager")
+            method = ("cuda-events between stages" if run.device.type == "cuda" else "perf_counter between stages")
+            method += ", as the component runs them" if run.built.handles_exec_mode else ", eager"
             if run.options.compile:
                 method += " (the split runs the stages uncompiled)"
         timing = time_stages(names, fns, run.input_sets[0], run.device, warmup_s=run.options.warmup,

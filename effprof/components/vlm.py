@@ -1,0 +1,166 @@
+"""Whole vision-language models (family "vlm"): `llava` (LLaVA-1.5) and `cobra` (Cobra, a Mamba VLM).
+
+Modes (`--mode`), each measured directly:
+- `prefill`: image(s) + prompt -> the first token's logits, writing the KV cache / SSM state: the time to
+  first token (TTFT). Staged: `vision`, (`reduce`), `project`, `prefill`; the record splits TTFT by stage.
+- `decode`: one new token per sequence at a context of `--context` tokens already in the cache: time per
+  output token, and the memory that grows with the context (`kv_cache_mib` for LLaVA's static KV cache,
+  `state_mib` for Cobra's constant SSM state), read off the cache tensors themselves.
+- `generate`: prefill plus `--new-tokens` greedy tokens; the generation tracker reports TTFT, mean / p50 /
+  p90 time per output token from device-timeline stamps per token, end-to-end latency and tokens/s. With
+  `--graphs` each decode step is a CUDA-graph replay (the prefill stays eager); with `--compile` the decode
+  step is compiled.
+
+Items: prefill counts prompt tokens (image + text) per second; decode and generate count new tokens.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from effprof.models.generation import Generator
+from effprof.models.llava import PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava
+from effprof.params import Param
+from effprof.registry import BuildContext, Built, Stage, register_component
+
+MIB = 2**20
+MODES = ("prefill", "decode", "generate")
+
+MODE = Param("mode", str, "prefill", "prefill = image + prompt -> first token (TTFT, split by stage); decode = one "
+             "token at --context; generate = prefill + --new-tokens greedy tokens.", choices=MODES)
+IMAGES = Param("images", int, 1, "Images per sample (each adds its visual tokens to the prompt).", low=1, high=64)
+PROMPT = Param("prompt_tokens", int, 64, "Text tokens besides the image's.", low=1, high=1_000_000)
+NEW = Param("new_tokens", int, 32, "Tokens to generate (generate mode), the first from the prefill.", low=1,
+            high=100_000)
+CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the timed token is decoded (decode).",
+                low=1, high=1_000_000)
+PRETRAINED = Param("pretrained", str, None, "Local checkpoint directory (llava-hf layout for llava); none = random "
+                   "weights from the preset.", optional=True)
+
+
+def _tokens(vocab: int, batch: int, length: int, device) -> torch.Tensor:
+    return torch.randint(0, min(vocab, 32000), (batch, length), device=device)
+
+
+def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, new_cache, prompt_len: int,
+                    new_tokens: int, ctx: BuildContext, info: dict[str, Any]) -> Built:
+    """The `generate` mode of a VLM: stages `prefill` (to the first token) and `decode` (the rest)."""
+    def make_inputs(batch):
+        state = new_cache(batch, prompt_len + new_tokens)
+        generator = Generator(lambda inputs: stages_of(inputs, state), lambda tok, pos: step(tok, pos, state),
+                              new_tokens, ctx.exec_mode, ctx.device, lambda n: set_length(state, n))
+        return (*make_prefill_inputs(batch), generator)
+
+    def prefill_stage(inputs):
+        return inputs[-1].first_token(inputs[:-1]), inputs[-1]
+
+    def decode_stage(carry):
+        token, generator = carry
+        return torch.cat([token, *generator.decode_tokens(token, prompt_len, new_tokens - 1)], dim=1)
+
+    def forward(module, inputs):
+        return inputs[-1](inputs[:-1], prompt_len)
+
+    stages = [Stage("prefill", prefill_stage, module), Stage("decode", decode_stage, module)]
+    built = Built(module, make_inputs, "tok", items_per_sample=new_tokens, forward=forward, info=info,
+                  stages=stages, handles_exec_mode=True)
+    built.hooks["generation"] = True
+    return built
+
+
+@register_component("llava", unit="tok", family="vlm", params=[
+    Param("preset", str, "llava-1.5-7b", "Published LLaVA-1.5 architecture (CLIP ViT-L/14-336, mlp2x_gelu, Vicuna); "
+          "`tiny` is a toy of the same shape for tests.", choices=tuple(PRESETS)),
+    MODE, IMAGES, PROMPT, NEW, CONTEXT, PRETRAINED,
+])
+def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained):
+    """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
+    if pretrained is not None:
+        from effprof.pretrained import find_checkpoint
+
+        model = load_llava(find_checkpoint(pretrained), ctx.device, ctx.dtype)
+    else:
+        model = build_llava(PRESETS[preset], ctx.device, ctx.dtype, max_positions=max(context + 1, 4096))
+    pipe = LlavaPipeline(model).eval()
+    cfg = model.config
+    side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    image_tokens = images * (side // patch) ** 2
+    prompt_len = image_tokens + prompt_tokens
+    vocab = cfg.text_config.vocab_size
+    info = {"weights": "pretrained" if pretrained else "random", "image_tokens": image_tokens,
+            "prompt_tokens": prompt_tokens, "sequence_tokens": prompt_len, "attention": "sdpa",
+            "lm_width": cfg.text_config.hidden_size, "lm_layers": cfg.text_config.num_hidden_layers,
+            "kv_cache": "static (transformers StaticCache)"}
+
+    def pixels(batch):
+        return torch.randn(batch * images, 3, side, side, device=ctx.device, dtype=ctx.dtype)
+
+    def vision(inputs):  # images of one sample are consecutive; their tokens are concatenated
+        pixel_values, prompt_ids, kv = inputs
+        return pipe.vision(pixel_values), prompt_ids, kv
+
+    def reduce(carry):
+        return (pipe.reduce(carry[0]), *carry[1:])
+
+    def project(carry):
+        features, prompt_ids, kv = carry
+        if isinstance(features, VisionOutput):  # no reducer: the selected features go straight on
+            features = features.features
+        embeds = pipe.project(features)
+        return embeds.reshape(prompt_ids.shape[0], -1, embeds.shape[-1]), prompt_ids, kv
+
+    def prefill(carry):
+        image_embeds, prompt_ids, kv = carry
+        return pipe.prefill(pipe.embed(image_embeds, prompt_ids), kv, image_embeds.shape[1])
+
+    prefill_stages = [Stage("vision", vision, pipe.tower)]
+    if pipe.vision_reducer is not None:
+        prefill_stages.append(Stage("reduce", reduce, pipe.vision_reducer))
+    prefill_stages += [Stage("project", project, pipe.projector), Stage("prefill", prefill, pipe.lm)]
+
+    def new_cache(batch, length):
+        return pipe.new_cache(length, batch)
+
+    if mode == "prefill":
+        def make_inputs(batch):
+            return pixels(batch), _tokens(vocab, batch, prompt_tokens, ctx.device), new_cache(batch, prompt_len)
+
+        def extras(module, inputs):
+            kv = inputs[2]
+            return {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
+
+        return Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
+                     extras=extras)
+
+    if mode == "decode":
+        def make_inputs(batch):
+            kv = new_cache(batch, context + 1)
+            with torch.no_grad():  # fill the cache with `context` tokens (outside the timed region)
+                pipe.prefill(pipe.lm.get_input_embeddings()(_tokens(vocab, batch, context, ctx.device)), kv)
+            position = torch.full((1, 1), context, dtype=torch.long, device=ctx.device)
+            return _tokens(vocab, batch, 1, ctx.device), kv, position
+
+        def forward(module, inputs):
+            token, kv, position = inputs
+            kv.set_length(context)  # every timed step decodes at the same context: one kernel
+            return pipe.decode(token, kv, position)
+
+        def extras(module, inputs):
+            kv = inputs[1]
+            return {"kv_cache_mib": kv.bytes_for(context + 1) / MIB, "context_len": context}
+
+        return Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
+
+    def stages_of(inputs, kv):
+        carry = (*inputs, kv)
+        for stage in prefill_stages:
+            carry = stage.run(carry)
+        return carry
+
+    def step(token, position, kv):
+        return pipe.decode(token, kv, position)
+
+    return _generate_built(pipe, stages_of, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+                           step, lambda kv, n: kv.set_length(n), new_cache, prompt_len, new_tokens, ctx,
+                           {**info, "new_tokens": new_tokens})

@@ -1,0 +1,1 @@
+"""Whole networks built from modules (mamba-ssm's models/ layer)."""
