@@ -2,9 +2,9 @@
 
 A regular file is written atomically: a temporary file beside it, then one rename, so a reader sees the
 old file or the new one, never half of one. A destination that is not a regular file (a character device
-such as /dev/null, a FIFO, a terminal) is written through, never renamed over: effprof does not replace a
-device or a link with a regular file. A symbolic link to a regular file is followed, so the link stays and
-its target gets the new contents. New files get the mode any program would give them (0666 less the
+such as /dev/null, a FIFO, a terminal) or a symbolic link is written through, never renamed over: effprof
+does not replace a device, a link or a link's target with a new file (the target keeps its inode and mode,
+as with a shell's `>`). New files get the mode any program would give them (0666 less the
 umask, i.e. 0644 under the usual 022); a file that already exists keeps its mode.
 """
 from __future__ import annotations
@@ -40,10 +40,13 @@ def expand(path: str | Path, option: str = "path") -> Path:
 
 
 def is_stream(path: Path) -> bool:
-    """True for an existing destination that is not a regular file (device, FIFO, socket), after links."""
+    """True for a destination written through, never renamed over: a symbolic link (its target is written,
+    the link and the target's inode stay) or an existing file that is not a regular one (device, FIFO)."""
     try:
+        if os.path.islink(path):
+            return True
         mode = os.stat(path).st_mode
-    except OSError:
+    except (OSError, ValueError):
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
@@ -68,8 +71,6 @@ def atomic_path(path: str | Path, make_parents: bool = False) -> Iterator[Path]:
             except OSError as exc:
                 raise _fail(path, exc) from None
         return
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     folder = path.parent
     try:
         if make_parents:

@@ -5,13 +5,12 @@ Refused: an empty path; `~user` for an unknown user; a directory; a path under a
 folder named); a folder effprof cannot create a file in (read-only, /proc, permissions: found by creating
 and removing a probe file, which is what the real write will do); a file name longer than the file system
 allows; an existing file that is not writable; a link to nothing; two options naming the same file.
-`-` is standard output (CSV and JSON only). Destinations that are not regular files (/dev/null, a FIFO)
-are written through once at the end, never renamed over (see `effprof.fileio`).
+`-` is standard output (CSV and JSON only). Destinations that are not regular files (/dev/null, a FIFO, a
+symbolic link) are written through once at the end, never renamed over (see `effprof.fileio`).
 """
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from pathlib import Path
 
@@ -53,17 +52,12 @@ def check_output(option: str, given: str) -> str:
             raise UsageError(f"{option} {given}: is a directory (name a file in it)")
         if os.path.lexists(path) and not path.exists():
             raise UsageError(f"{option} {given}: is a link to {os.readlink(path)}, which does not exist")
-        if is_stream(path):
+        if is_stream(path):  # a device, a FIFO or a link: written through (effprof.fileio)
             if not os.access(path, os.W_OK):
                 raise UsageError(f"{option} {given}: not writable")
             return str(path)
-        if path.exists():
-            real = Path(os.path.realpath(path))
-            if not stat.S_ISREG(os.stat(real).st_mode):
-                raise UsageError(f"{option} {given}: not a regular file")
-            if not os.access(real, os.W_OK):
-                raise UsageError(f"{option} {given}: the file exists and is not writable")
-            path = real
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {given}: the file exists and is not writable")
         folder = path.absolute().parent
         if not folder.is_dir():
             missing = folder

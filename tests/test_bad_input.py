@@ -44,7 +44,7 @@ def cli(args, **kwargs):
                           timeout=120, **kwargs)
 
 
-@register_component("bi-alloc", unit="seq", params=[Param("mib", int, 1, "MiB allocated per call", low=1,
+@register_component("test-bi-alloc", unit="seq", params=[Param("mib", int, 1, "MiB allocated per call", low=1,
                                                             high=2**40)])
 def bi_alloc(ctx, mib):
     """Allocates `mib` MiB per call (activations the footprint cannot see)."""
@@ -72,7 +72,9 @@ def test_sizes_nothing_can_hold_are_refused_in_one_line(capsys):
 
 
 def test_every_size_parameter_declares_an_upper_bound():
-    for component in list_components():
+    builtin = [c for c in list_components() if c.factory.__module__.startswith("effprof.")]
+    assert len(builtin) >= 10
+    for component in builtin:  # test and plugin components get the implicit ceiling checked below
         for p in component.params:
             if p.type is int:
                 assert p.high is not None, f"{component.name} --{p.name}: declare high= (effprof/limits.py)"
@@ -95,9 +97,9 @@ def test_a_configuration_that_cannot_fit_is_refused_before_allocating(capsys):
 
 def test_an_allocation_that_fails_anyway_is_an_oom_row_on_cpu(tmp_path, capsys):
     out = tmp_path / "oom.csv"
-    assert main(["run", "bi-alloc", "--mib", str(2**36), *FAST, "--csv", str(out)]) == 1  # 64 PiB per call
+    assert main(["run", "test-bi-alloc", "--mib", str(2**36), *FAST, "--csv", str(out)]) == 1  # 64 PiB per call
     err = capsys.readouterr().err
-    assert err.strip() == "effprof: error: bi-alloc: OOM: out of memory"
+    assert err.strip() == "effprof: error: test-bi-alloc: OOM: out of memory"
     assert read_csv(out)[0]["status"] == "OOM"
     assert is_oom(MemoryError()) and is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
     assert not is_oom(RuntimeError("shape mismatch"))
@@ -160,11 +162,13 @@ def test_tilde_is_expanded_and_files_are_created_0644(tmp_path, monkeypatch, cap
 def test_destinations_that_are_not_files_are_written_through_never_replaced(tmp_path, capsys):
     target = tmp_path / "target.csv"
     target.write_text("old\n")
+    inode = os.stat(target).st_ino
     link = tmp_path / "link.csv"
     link.symlink_to(target)
     assert main(["run", "linear", *TINY, *FAST, "--csv", str(link), "--json", "/dev/null"]) == 0
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device
     assert link.is_symlink() and read_csv(target)[0]["status"] == "ok"  # the link stays, its target is written
+    assert os.stat(target).st_ino == inode  # through, not replaced by another file
     capsys.readouterr()
     assert main(["run", "linear", *TINY, *FAST, "--json", "-"]) == 0
     out, err = capsys.readouterr()
@@ -296,7 +300,7 @@ PLUGINS = {
               "def f(ctx): pass\n",
     "bi_unit": "from effprof.registry import register_component\n@register_component('bi-px', unit='px')\n"
                "def f(ctx): pass\n",
-    "bi_ok": "from effprof.registry import register_component, Built\n@register_component('bi-ok', unit='tok')\n"
+    "bi_ok": "from effprof.registry import register_component, Built\n@register_component('test-bi-ok', unit='tok')\n"
              "def f(ctx):\n    raise ValueError('factory failed')\n",
 }
 
@@ -320,8 +324,8 @@ def test_a_failing_plugin_is_one_line_and_list_still_works(plugin, says, tmp_pat
     assert main(["list"]) == 2
     out, err = capsys.readouterr()
     assert err.strip().startswith("effprof: error: EFFPROF_PLUGINS:") and says in err and err.count("\n") == 1
-    assert "linear" in out and "bi-ok" in out and "bi-px" not in out  # the rest is listed
-    refused(["run", "bi-ok", *FAST], capsys, code=1, says="bi-ok: error: ValueError: factory failed")
+    assert "linear" in out and "test-bi-ok" in out and "bi-px" not in out  # the rest is listed
+    refused(["run", "test-bi-ok", *FAST], capsys, code=1, says="test-bi-ok: error: ValueError: factory failed")
 
 
 # ---- roofline --from-json ----------------------------------------------------------------------------

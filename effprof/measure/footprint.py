@@ -111,11 +111,11 @@ def human_bytes(n: float) -> str:
 def check_fits(config, device: torch.device | None = None) -> Footprint | None:
     """Raise TooLarge when the weights and inputs of `config` exceed the memory free on its device."""
     device = device or config.options.torch_device()
-    need = footprint(config)
-    if need is None:
+    free = available_bytes(device)  # None on meta (nothing is allocated) or where it cannot be read
+    if free is None:
         return None
-    free = available_bytes(device)
-    if free is not None and need.total_bytes > free:
+    need = footprint(config)
+    if need is not None and need.total_bytes > free:
         label = config.label or config.component
         raise TooLarge(f"{label}: needs {human_bytes(need.total_bytes)} for weights "
                        f"({human_bytes(need.weights_bytes)}) and inputs ({human_bytes(need.inputs_bytes)}) "
