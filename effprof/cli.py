@@ -22,6 +22,8 @@ err_console = Console(stderr=True)
 # Common measurement options: declared once in effprof/cli_options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
+                                           "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 
 
 def _check_outputs(**paths: str | None) -> tuple[str | None, ...]:
@@ -70,8 +72,9 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 @common_options()
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
-                csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
+                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
+    from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, measure_many
@@ -81,16 +84,29 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
+    configs = expand_tp([config], tp)
     with err_console.status(f"measuring {component} ..."):
-        [record] = measure_many([config])  # an OOM or a failure is a row, as in a comparison
-    write_records([record], csv, json)  # files first: a console that fails cannot lose them
-    if record.get("status") == "refused":  # one line, no table
-        raise UsageError(record.get("error"))
-    if record.get("status") != "ok":
+        records = measure_many(configs)  # a failure is a row with its reason, as in a comparison
+    if tp:
+        add_tp_scaling(records)
+    if secondary_rank():  # under torchrun, rank 0 reports
+        return
+    write_records(records, csv, json)  # files first: a console that fails cannot lose them
+    if len(records) == 1 and records[0]["status"] != "ok":  # one row that failed: one line, no table
+        record = records[0]
         if record.get("traceback"):  # --debug: the whole story of the failed row
             err_console.print(record["traceback"], highlight=False, markup=False)
-        raise EffprofError(f"{component}: {record.get('status')}: {record.get('error')}")
-    print_records([record], title=f"effprof run {component}", console=_table_console(csv, json))
+        if record["status"] == "refused":
+            raise UsageError(record.get("error"))
+        raise EffprofError(f"{component}: {record['status']}: {record.get('error')}")
+    print_records(records, title=f"effprof run {component}", console=_table_console(csv, json))
+    for record in records:
+        if record.get("traceback"):
+            err_console.print(record["traceback"], highlight=False)
+    if any(r["status"] == "refused" for r in records):
+        raise typer.Exit(2)
+    if any(r["status"] != "ok" for r in records):
+        raise typer.Exit(1)
 
 
 @app.command("compare")
@@ -99,15 +115,29 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="NAME=V1,V2,... (repeatable).")] = None,
                     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Label of the ratio row.")] = None,
                     plot: Annotated[Optional[str], typer.Option("--plot", help="Draw latency and memory to PATH.png.")] = None,
-                    csv: CsvPath = None, json: JsonPath = None, overrides: dict[str, Any] | None = None):
+                    csv: CsvPath = None, json: JsonPath = None,
+                    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Fan the rows out over N GPUs (or "
+                                                                "'all'): one worker process per GPU.")] = None,
+                    workers: Annotated[Optional[int], typer.Option("--workers", help="Fan the rows out over N worker "
+                                                                   "processes on the one device (cpu: cores split).")] = None,
+                    isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
+                                                          "(a crash or leftover memory stays with its row).")] = False,
+                    tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
+    from effprof.distributed import expand_tp, tp_degrees
+    from effprof.parallel import plan_slots
+
     csv, json, plot = _check_outputs(csv=csv, json=json, plot=plot)
     if plot:
         from effprof.report.plot import require_matplotlib
 
         require_matplotlib()
     profile = _profile(target, grid, overrides)
-    records = _measure_profile(profile, baseline, csv, json)
+    if tp:
+        profile.configs = expand_tp(profile.configs, tp)
+        profile.baseline *= len(tp_degrees(tp))
+    slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate)
     if plot:
         from effprof.report.plot import plot_records
 
@@ -131,13 +161,21 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
     return profile
 
 
-def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None) -> list[dict[str, Any]]:
-    """Measure a profile's rows with a progress bar, rewriting the files after every row."""
+def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
+                     isolate: bool = False) -> list[dict[str, Any]]:
+    """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
+    when `slots` is given: effprof/parallel.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from effprof.distributed import add_tp_scaling, secondary_rank
+    from effprof.parallel import add_ratios_same_device, host_summary, measure_parallel
     from effprof.report.files import write_records
     from effprof.report.table import print_records
-    from effprof.runner import add_ratios, measure_many
+    from effprof.runner import measure_many
+
+    if secondary_rank():  # under torchrun, rank 0 reports
+        csv = json = None
+        console.quiet = err_console.quiet = True
 
     labels = [c.label or c.component for c in profile.configs]
     if baseline is not None:
@@ -148,6 +186,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
+        done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
         write_records(done, csv, json, partial=True)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -160,7 +199,10 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 keep(record)
                 progress.update(task, advance=1, description=f"done: {record['label']}")
 
-            records = measure_many(profile.configs, on_record=step)
+            if slots:
+                records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
+            else:
+                records = measure_many(profile.configs, on_record=step)
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", 130)
         where = " and ".join(p if p != "-" else "standard output" for p in (csv, json) if p)
@@ -173,12 +215,17 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                                                               if where else ""))
         error.exit_code = code
         raise error from None
-    add_ratios(records, profile.baseline)
+    warnings = add_ratios_same_device(records, profile.baseline)
+    if any("tp" in r for r in records):
+        add_tp_scaling(records)
     write_records(records, csv, json)  # files first: a console that fails cannot lose them
     print_records(records, title=profile.title, console=_table_console(csv, json))
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
+    for line in warnings + ([host_summary(records)] if slots else []):
+        if line:
+            err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
 
 
@@ -245,7 +292,7 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
 
 
 @app.command("breakdown", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@common_options("batch", "dtype", "device", "seed", "debug")
+@common_options("batch", "dtype", "device", "seed", "debug", "train", "optimizer", "grad_checkpointing")
 def breakdown_command(ctx: typer.Context,
                       component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                       depth: Annotated[int, typer.Option("--depth", min=0, help="Levels of modules to show.")] = 2,
@@ -253,7 +300,8 @@ def breakdown_command(ctx: typer.Context,
                       kernels: Annotated[int, typer.Option("--kernels", min=0,
                                                            help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
                       overrides: dict[str, Any] | None = None):
-    """Where the time goes: each module's params, FLOPs, time and share of the total."""
+    """Where the time goes: each module's params, FLOPs, time and share of the total (--train: the step's
+    forward, backward and optimizer)."""
     from effprof.report.tree import kernels_table, print_breakdown
     from effprof.runner import Config, breakdown_config
 
@@ -262,6 +310,14 @@ def breakdown_command(ctx: typer.Context,
             raise UsageError(f"{option}: {value} must be at least 0")
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
+    if config.options.train:
+        from effprof.report.tree import phases_table
+        from effprof.runner import train_breakdown_config
+
+        with err_console.status(f"timing the training step of {component} ..."):
+            phases, facts = train_breakdown_config(config)
+        console.print(phases_table(phases, f"effprof breakdown --train {component} ({facts})"))
+        return
     with err_console.status(f"timing the modules of {component} ..."):
         result = breakdown_config(config, depth=depth, kernels=kernels)
     print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
@@ -365,7 +421,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval", "quality")
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

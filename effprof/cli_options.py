@@ -44,6 +44,11 @@ COMMON: tuple[CommonOption, ...] = (
     CommonOption("flops_crosscheck", ("--flops-crosscheck/--no-flops-crosscheck",), bool,
                  "Add fvcore's and thop's counts (flops extra)."),
     CommonOption("debug", ("--debug/--no-debug",), bool, "Keep the traceback of a failing row (default: one line)."),
+    CommonOption("train", ("--train/--no-train",), bool, "Time training steps: forward, loss, backward, optimizer "
+                 "step, zero_grad; only the component's trainable parameters get gradients."),
+    CommonOption("optimizer", ("--optimizer",), str, "With --train: adamw | sgd (momentum 0.9)."),
+    CommonOption("grad_checkpointing", ("--grad-checkpointing/--no-grad-checkpointing",), bool,
+                 "With --train: activation checkpointing (transformers models)."),
 )
 BY_FIELD = {o.field: o for o in COMMON}
 

@@ -32,6 +32,10 @@ class RunOptions:
     count_flops: bool = True
     flops_crosscheck: bool = False
     debug: bool = False          # keep the traceback of a failing row
+    tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
+    train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
+    optimizer: str = "adamw"     # --train: adamw | sgd
+    grad_checkpointing: bool = False
 
     def validate(self) -> "RunOptions":
         from effprof.limits import check_options
@@ -47,6 +51,8 @@ class RunOptions:
             raise UsageError(f"--max-cv: {self.max_cv} must be in (0, 1)")
         if self.input_sets < 1:
             raise UsageError("--input-sets must be at least 1")
+        if self.tp < 1:
+            raise UsageError(f"--tp: {self.tp} must be at least 1")
         if self.graphs and self.compile:
             raise UsageError("--graphs and --compile are separate modes; choose one")
         device = self.torch_device()
@@ -55,6 +61,16 @@ class RunOptions:
         if device.type == "meta" and (self.cold or self.compile or self.flops_crosscheck):
             raise UsageError("--device meta only counts (params, FLOPs, bytes): --cold, --compile and "
                              "--flops-crosscheck need a real device")
+        if device.type == "meta" and self.tp > 1:
+            raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
+        if self.grad_checkpointing and not self.train:
+            raise UsageError("--grad-checkpointing needs --train")
+        if self.train and device.type == "meta":
+            raise UsageError("--train takes real steps: --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--train times one process's step: --tp is for inference")
         return self
 
     def torch_device(self):

@@ -70,7 +70,8 @@ class Param:
 
     def parse(self, text: Any) -> Any:
         """Convert a command-line or YAML value to this parameter's type and validate it."""
-        if text is None or (isinstance(text, str) and text.strip().lower() in _NONE_WORDS):
+        is_choice = self.choices is not None and isinstance(text, str) and text.strip() in self.choices
+        if text is None or (isinstance(text, str) and text.strip().lower() in _NONE_WORDS and not is_choice):
             if self.optional:
                 return None
             raise ParamError(f"{self.option}: a value is required ({self.range_text()})")

@@ -61,6 +61,8 @@ class Built:
     - `handles_exec_mode`: the call applies `ctx.exec_mode` itself (a generation loop that replays a
       CUDA graph per decode step, or compiles its step); the runner then calls it as it is.
     - `hooks`: objects a tracker may use and the record does not show (e.g. a per-token clock).
+    - `loss(output, inputs)`: the scalar a training step (`--train`) backpropagates; None = the mean of
+      the output (see effprof.measure.training). Trainable parameters are those with requires_grad.
     """
 
     module: torch.nn.Module
@@ -73,6 +75,7 @@ class Built:
     stages: list[Stage] | None = None
     handles_exec_mode: bool = False
     hooks: dict[str, Any] = field(default_factory=dict)
+    loss: Callable[[Any, "torch.Tensor"], Any] | None = None
 
     def __post_init__(self):
         if self.unit not in UNITS:

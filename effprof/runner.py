@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -91,6 +92,11 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     torch.manual_seed(opts.seed)
     built = component.build(values, ctx)
     built.module.eval()
+    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/tensor_parallel.py)
+        from effprof.tensor_parallel import shard
+
+        shard(config.component, built, torch.distributed.get_rank(), opts.tp)
+        free_memory()
     return built, values, ctx
 
 
@@ -104,6 +110,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     from effprof.trackers import enabled_trackers
 
     opts = config.options.validate()
+    if opts.tp > 1:
+        from effprof import distributed
+
+        if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
+            return distributed.measure_tp(config)
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     built, values, ctx = build(config)
     component = get_component(config.component)
@@ -114,13 +125,14 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     run = Run(config, opts, built, values, ctx, [built.make_inputs(opts.batch) for _ in range(n_sets)],
               opts.batch * built.items_per_sample, record)
     trackers = enabled_trackers(run)
-    with torch.inference_mode():
+    with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
         for tracker in trackers:
             tracker.before(run)
         if run.count_only:
             record["exec_mode"] = "count-only (meta device)"
         else:
-            call, setup, mode_fields = execution_mode(built, run.input_sets, opts, ctx.device)
+            call, setup, mode_fields = execution_mode(run.shared.get("train_step", built), run.input_sets, opts,
+                                                      ctx.device)
             record.update(mode_fields)
             counter = CallCounter(call)
             run.call = counter
@@ -148,10 +160,13 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
 
     eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
     into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
-    call) reported apart and never inside the latency.
+    call) reported apart and never inside the latency. With --train, `built` is the training tracker's
+    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
+    if opts.train:
+        fields["exec_mode"] = "train-" + fields["exec_mode"]
     flush = L2Flusher.shared(device) if opts.cold and device.type == "cuda" else None
     if built.handles_exec_mode:  # the call applies the mode itself (e.g. a graph per decode step)
         fields["exec_mode"] += " (by the component)"
@@ -346,6 +361,19 @@ def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> Breakd
     return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
 
 
+def train_breakdown_config(config: Config, repeats: int = 5) -> tuple[dict[str, Any], str]:
+    """The training step's time split into forward (with the loss), backward and optimizer (step + zero_grad),
+    mean ms over `repeats` steps after one warm-up step (`effprof.measure.training.step_phases`)."""
+    from effprof.measure.training import TrainingStep, TrainOptions, step_phases
+
+    opts = config.options.validate()
+    built, _, ctx = build(config)
+    step = TrainingStep(built, TrainOptions(opts.optimizer, grad_checkpointing=opts.grad_checkpointing),
+                        name=config.component)
+    phases = step_phases(step, built.make_inputs(opts.batch), repeats=repeats)
+    return phases, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}, {opts.optimizer}"
+
+
 def environment_facts(device: str = "auto") -> dict[str, str]:
     """What `effprof env` shows: versions, the optional modules that import, the usable scan backends."""
     from effprof.measure.env import OPTIONAL_MODULES, module_available
@@ -361,3 +389,17 @@ def environment_facts(device: str = "auto") -> dict[str, str]:
     facts["scan backends"] = ", ".join(f"{b} {'yes' if b in usable else 'no'}" for b in BACKENDS) + \
         f"  (on {target.type}; --scan-backend auto picks the first usable of mamba-ssm, triton, ref)"
     return facts
+
+
+def estimate_ceilings(gpu: str | None, device: str = "auto"):
+    """Ceilings for `effprof estimate`: a named GPU's datasheet, else this machine's GPU (measured or
+    datasheet), else None."""
+    from effprof.measure.calibrate import ceilings, datasheet_ceilings
+
+    if gpu:
+        sheet = datasheet_ceilings(gpu if "nvidia" in gpu.lower() else f"NVIDIA {gpu}")
+        if sheet is None:
+            raise UsageError(f"--gpu {gpu}: no datasheet for this name (try H100, H200, A100, L40S, L4)")
+        return sheet
+    target = resolve_device(device)
+    return ceilings(target) if target.type == "cuda" else None

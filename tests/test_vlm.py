@@ -130,3 +130,73 @@ def test_a_checkpoint_written_by_save_pretrained_loads_with_its_weights(tmp_path
     loaded = load_llava(tmp_path / "ckpt", torch.device("cpu"), torch.float32)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def dinov2_reg_params(c, layers, n_patches, patch, registers=4):
+    layer = 2 * c + 4 * (c * c + c) + c + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c) + c
+    return c + c + registers * c + (n_patches + 1) * c + 3 * patch * patch * c + c + layers * layer + 2 * c
+
+
+def siglip_params(c, layers, mlp, n_patches, patch):
+    layer = 2 * 2 * c + 4 * (c * c + c) + (c * mlp + mlp) + (mlp * c + c)
+    return 3 * patch * patch * c + c + n_patches * c + layers * layer + 2 * c
+
+
+def test_cobra_3b_counts_on_the_meta_device():
+    from effprof.models.cobra import PRESETS as COBRA
+
+    p = COBRA["cobra-3b"]
+    r = measure(Config("cobra", {}, RunOptions(device="meta")))
+    n = (p.image_size // p.patch_size) ** 2
+    assert n == 729 and r["image_tokens"] == 729 and r["sequence_tokens"] == 729 + 64
+    towers = dinov2_reg_params(1024, 24, n, 14) + siglip_params(1152, 27, 4304, n, 14)
+    v, d = 1024 + 1152, 2560
+    projector = v * 4 * v + 4 * v + 4 * v * d + d + d * d + d
+    assert r["stage_vision_params"] == towers
+    assert r["stage_project_params"] == projector
+    assert r["stage_prefill_params"] == 2_768_345_600  # Mamba-2.8B as released (tied embeddings)
+    assert r["params_total"] == towers + projector + 2_768_345_600
+
+
+def test_cobra_decode_state_is_constant_in_the_context():
+    small = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 8}, RunOptions(**CPU)))
+    large = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 64}, RunOptions(**CPU)))
+    assert small["state_mib"] == large["state_mib"] > 0
+    d_inner, layers = 2 * 64, 2
+    conv_state, ssm_state = d_inner * 4, d_inner * 16  # (d_inner, d_conv) and (d_inner, d_state) per sequence
+    assert small["state_mib"] * 2**20 == layers * (conv_state + ssm_state) * 4
+
+
+@pytest.mark.parametrize("mode, extra", [("prefill", {"prompt_tokens": 7}), ("decode", {"context": 23})])
+def test_the_cost_model_counts_what_flopcountermode_counts(mode, extra):
+    from effprof.components.vlm import llama_shape
+    from effprof.measure.estimate import estimate
+
+    batch = 2
+    r = measure(Config("llava", {"preset": "tiny", "mode": mode, **extra}, RunOptions(batch=batch, **CPU)))
+    shape = llama_shape(build_llava(PRESETS["tiny"], torch.device("meta"), torch.float32).config.text_config)
+    tokens = r["sequence_tokens"] if mode == "prefill" else 23
+    est = estimate(shape, mode, batch, tokens)
+    counted = r["stage_prefill_gflops"] if mode == "prefill" else r["gflops"]
+    assert est.flops == pytest.approx(counted * 1e9, rel=1e-9)
+    assert r["estimate_gflops"] == pytest.approx(counted, rel=1e-9) and r["estimate_stage"] == mode
+
+
+def test_the_cost_model_reproduces_the_llava_prumerge_figures():
+    """LLaVA-PruMerge's table (Vicuna-7B prefill): 9.3 TFLOP at ~700 tokens, 0.91 at ~70 (FlopCounterMode in
+    ANCHORS.md: 9,324 and 909 GFLOP for the LM prefill of 700 and 70 tokens, logits of the last token)."""
+    from effprof.measure.estimate import LlamaShape, estimate
+
+    vicuna = LlamaShape(32, 4096, 32, 32, 11008, 32064)
+    assert estimate(vicuna, "prefill", 1, 700).flops / 1e9 == pytest.approx(9324, abs=1)
+    assert estimate(vicuna, "prefill", 1, 70).flops / 1e9 == pytest.approx(909, abs=1)
+    int4 = estimate(vicuna, "decode", 1, 1024, "int4")
+    bf16 = estimate(vicuna, "decode", 1, 1024, "bf16")
+    assert int4.flops == bf16.flops and int4.bytes < 0.4 * bf16.bytes  # weight-only: bytes shrink, FLOPs stay
+
+
+def test_estimate_command_prints_both_stages(capsys):
+    assert main(["estimate", "llava", "--gpu", "H100", "--context", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill" in out and "decode" in out and "int4" in out and "lm_head" in out
+    assert main(["estimate", "linear"]) == 2

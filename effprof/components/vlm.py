@@ -18,9 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
+from effprof.components.mamba import CONV, SCAN
+from effprof.models.cobra import PRESETS as COBRA_PRESETS, build_cobra
+from effprof.measure.estimate import LlamaShape
 from effprof.models.generation import Generator
 from effprof.models.llava import PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava
+from effprof.modules.mamba import resolve_conv_backend
+from effprof.ops.selective_scan import resolve_backend
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, Stage, register_component
 
@@ -37,6 +43,12 @@ CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the time
                 low=1, high=1_000_000)
 PRETRAINED = Param("pretrained", str, None, "Local checkpoint directory (llava-hf layout for llava); none = random "
                    "weights from the preset.", optional=True)
+
+
+def llama_shape(text) -> LlamaShape:
+    """The cost model's view of a transformers LlamaConfig."""
+    return LlamaShape(text.num_hidden_layers, text.hidden_size, text.num_attention_heads,
+                      text.num_key_value_heads or text.num_attention_heads, text.intermediate_size, text.vocab_size)
 
 
 def _tokens(vocab: int, batch: int, length: int, device) -> torch.Tensor:
@@ -130,8 +142,11 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             kv = inputs[2]
             return {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
 
-        return Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
-                     extras=extras)
+        built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
+                      extras=extras)
+        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "prefill", "tokens": prompt_len,
+                                   "measured_field": "stage_prefill_ms"}
+        return built
 
     if mode == "decode":
         def make_inputs(batch):
@@ -150,7 +165,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             kv = inputs[1]
             return {"kv_cache_mib": kv.bytes_for(context + 1) / MIB, "context_len": context}
 
-        return Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
+        built = Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
+        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "decode", "tokens": context,
+                                   "measured_field": "latency_ms_median"}
+        return built
 
     def stages_of(inputs, kv):
         carry = (*inputs, kv)
@@ -164,3 +182,80 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     return _generate_built(pipe, stages_of, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
                            step, lambda kv, n: kv.set_length(n), new_cache, prompt_len, new_tokens, ctx,
                            {**info, "new_tokens": new_tokens})
+
+
+@register_component("cobra", unit="tok", family="vlm", params=[
+    Param("preset", str, "cobra-3b", "Cobra-3B (DINOv2-L/14 reg4 + SigLIP so400m/14 at 384 px, Mamba-2.8B); `tiny` is a "
+          "toy of the same shape for tests.", choices=tuple(COBRA_PRESETS)),
+    MODE, IMAGES, PROMPT, NEW, CONTEXT,
+    Param("projector", str, "fused-gelu-mlp", "fused-gelu-mlp (Cobra's, 2176 -> 8704 -> 2560 -> 2560) or ldp "
+          "(MobileVLM's lightweight downsample projector: 729 -> 196 tokens).", choices=("fused-gelu-mlp", "ldp")),
+    SCAN, CONV,
+])
+def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, projector, scan_backend,
+          conv_backend):
+    """Cobra (Mamba-2.8B VLM): prefill / decode / generate with a constant-size state, split by stage."""
+    scan, conv = resolve_backend(scan_backend, ctx.device), resolve_conv_backend(conv_backend, ctx.device)
+    arch = COBRA_PRESETS[preset]
+    model = build_cobra(arch, projector, scan, conv, ctx.device, ctx.dtype)
+    grid = arch.image_size // arch.patch_size
+    per_image = grid * grid if projector != "ldp" else ((grid + 1) // 2) ** 2
+    image_tokens = images * per_image
+    prompt_len = image_tokens + prompt_tokens
+    vocab = arch.lm.padded_vocab_size
+    info = {"weights": "random", "image_tokens": image_tokens, "prompt_tokens": prompt_tokens,
+            "sequence_tokens": prompt_len, "scan_backend": scan, "conv_backend": conv, "projector": projector,
+            "lm_width": arch.lm.d_model, "lm_layers": arch.lm.n_layer, "state": "constant (conv + SSM state)"}
+    size = arch.image_size
+
+    def pixels(batch):
+        return torch.randn(batch * images, 3, size, size, device=ctx.device, dtype=ctx.dtype)
+
+    def vision(inputs):
+        pixel_values, prompt_ids, cache = inputs
+        return model.vision(pixel_values), prompt_ids, cache
+
+    def project(carry):
+        features, prompt_ids, cache = carry
+        embeds = model.projector(features)
+        return embeds.reshape(prompt_ids.shape[0], -1, embeds.shape[-1]), prompt_ids, cache
+
+    def prefill(carry):
+        return model.prefill(*carry)
+
+    prefill_stages = [Stage("vision", vision, nn.ModuleList([model.dino, model.siglip])),
+                      Stage("project", project, model.projector), Stage("prefill", prefill, model.lm)]
+
+    def new_cache(batch, length=0):
+        return model.lm.allocate_cache(batch)
+
+    def state_fields(cache):
+        return {"state_mib": cache.nbytes / MIB}
+
+    if mode == "prefill":
+        def make_inputs(batch):
+            return pixels(batch), _tokens(vocab, batch, prompt_tokens, ctx.device), new_cache(batch)
+
+        return Built(model, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
+                     extras=lambda module, inputs: state_fields(inputs[2]))
+
+    if mode == "decode":
+        def make_inputs(batch):
+            cache = new_cache(batch)
+            with torch.no_grad():  # a context of `context` tokens through the LM (outside the timed region)
+                model.lm.backbone(_tokens(vocab, batch, context, ctx.device), cache)
+            return _tokens(vocab, batch, 1, ctx.device), cache
+
+        return Built(model, make_inputs, "tok", items_per_sample=1, info=info,
+                     forward=lambda module, inputs: model.lm.step(*inputs),
+                     extras=lambda module, inputs: {**state_fields(inputs[1]), "context_len": context})
+
+    def stages_of(inputs, cache):
+        carry = (*inputs, cache)
+        for stage in prefill_stages:
+            carry = stage.run(carry)
+        return carry
+
+    return _generate_built(model, stages_of, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+                           lambda tok, pos, cache: model.lm.step(tok, cache), lambda cache, n: None, new_cache,
+                           prompt_len, new_tokens, ctx, {**info, "new_tokens": new_tokens})

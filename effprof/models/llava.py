@@ -157,6 +157,15 @@ class StaticKV:
         return self.nbytes * tokens // self.max_len
 
 
+def kv_mask(positions: torch.Tensor, cache_len: int) -> torch.Tensor:
+    """(1, 1, q, cache_len) boolean mask, True where query position q may attend to cache slot k (k <= q).
+
+    Built on the device from the position tensor, so a decode step captured in a CUDA graph stays correct
+    as the graph advances its position (transformers' own mask logic reads the cache length on the host)."""
+    slots = torch.arange(cache_len, device=positions.device)
+    return (slots.view(1, 1, 1, -1) <= positions.view(1, 1, -1, 1))
+
+
 class LlavaPipeline(nn.Module):
     """`LlavaForConditionalGeneration`'s submodules called stage by stage (see the module docstring)."""
 
@@ -190,23 +199,30 @@ class LlavaPipeline(nn.Module):
         return torch.cat([image_embeds.to(text.dtype), text], dim=1)
 
     def prefill(self, embeds: torch.Tensor, kv: StaticKV | None, image_tokens: int = 0) -> torch.Tensor:
-        """Logits (B, 1, vocab) of the last position; the cache (if any) holds the sequence's keys/values."""
-        positions = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+        """Logits (B, 1, vocab) of the last position; the cache (if any) holds the sequence's keys/values.
+
+        When the cache holds exactly the sequence, transformers' own mask logic applies (SDPA's causal
+        kernel); when it is longer (room for new tokens), the causal mask over the cache is given
+        explicitly, so that no host synchronisation reads the cache's length."""
+        length = embeds.shape[1]
+        positions = torch.arange(length, device=embeds.device).unsqueeze(0)
         if kv is not None:
             kv.set_length(0)
         if self.lm_reducer is not None:
-            image_mask = torch.zeros(embeds.shape[1], dtype=torch.bool, device=embeds.device)
+            image_mask = torch.zeros(length, dtype=torch.bool, device=embeds.device)
             image_mask[:image_tokens] = True
             hidden = self.lm_reducer.prefill(self.lm, embeds, image_mask, positions)
         else:
             kwargs = {self._cache_kw: kv.cache, "use_cache": True} if kv is not None else {"use_cache": False}
+            if kv is not None and kv.max_len != length:
+                kwargs["attention_mask"] = kv_mask(positions, kv.max_len)
             hidden = self.lm(inputs_embeds=embeds, position_ids=positions, **kwargs).last_hidden_state
         return self.lm_head(hidden[:, -1:])
 
     def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`."""
         hidden = self.lm(input_ids=token_ids, position_ids=position, use_cache=True,
-                         **{self._cache_kw: kv.cache}).last_hidden_state
+                         attention_mask=kv_mask(position, kv.max_len), **{self._cache_kw: kv.cache}).last_hidden_state
         return self.lm_head(hidden)
 
     def new_cache(self, max_len: int, batch: int) -> StaticKV:

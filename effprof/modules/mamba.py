@@ -286,7 +286,10 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(config.d_model, config.norm_eps, **kw)
 
     def forward(self, input_ids, cache: MambaCache | None = None, step: bool = False):
-        hidden_states, residual = self.embedding(input_ids), None
+        """`input_ids` (batch, L) token ids, or (batch, L, d_model) embeddings already looked up (a VLM's
+        projected image features and prompt)."""
+        embedded = input_ids.is_floating_point()
+        hidden_states, residual = (input_ids if embedded else self.embedding(input_ids)), None
         for i, layer in enumerate(self.layers):
             hidden_states, residual = layer(hidden_states, residual, None if cache is None else cache.layers[i], step)
         if cache is not None:

@@ -47,6 +47,16 @@ def _throughput(r):
     return "-" if value is None else f"{_num(value)} {UNIT_RATE.get(r.get('unit'), '/s')}"
 
 
+def _train_split(r):
+    """Training-step memory by part (effprof.measure.training): weights/gradients/optimizer/activations, MiB."""
+    if not r.get("train"):
+        return None
+    act = r.get("train_activations_mib")
+    act = r.get("train_saved_activations_mib") if act is None else act
+    return "/".join(_num(r.get(k)) for k in ("train_weights_mib", "train_grads_mib", "train_optimizer_mib")) + \
+        "/" + _num(act)
+
+
 # (header, function of a record) pairs; a column is shown when any record has a value for it.
 COLUMNS = [
     ("row", lambda r: r.get("label")),
@@ -61,6 +71,8 @@ COLUMNS = [
     ("peak act.\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
     ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
     ("params M", _params_m),
+    ("train MiB\nwts/grad/opt/act", _train_split),
+    ("train peak\nMiB", lambda r: None if r.get("train_peak_mib") is None else _num(r["train_peak_mib"])),
     ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
     ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
     ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
@@ -75,8 +87,20 @@ COLUMNS = [
     ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
     ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
     ("scan", lambda r: r.get("scan_backend")),
+    ("scan K\n(seqs)", lambda r: r.get("scan_sequences")),
+    ("paper G/img\n(MAC, fvcore)", lambda r: None if r.get("paper_gmacs_per_img") is None
+     else _num(r["paper_gmacs_per_img"], 4)),
+    ("GPU", lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}"),
+    ("tp", lambda r: None if not r.get("tp") else str(r["tp"])),
+    ("peak act. MiB\nper rank", lambda r: r.get("peak_mem_mib_per_rank") or None),
+    ("comm %\n(profiler)", lambda r: None if r.get("comm_share") is None else f"{100 * r['comm_share']:.1f}"),
+    ("tp scaling\neff. %", lambda r: None if r.get("tp_scaling_efficiency") is None
+     else f"{100 * r['tp_scaling_efficiency']:.0f}"),
     ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
     ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
+    ("top-1 %", lambda r: None if r.get("top1_pct") is None else f"{r['top1_pct']:.2f}"),
+    ("top-5 %", lambda r: None if r.get("top5_pct") is None else f"{r['top5_pct']:.2f}"),
+    ("eval img/s\n(decode incl.)", lambda r: None if r.get("eval_img_per_s") is None else _num(r["eval_img_per_s"])),
     ("speedup\n×", lambda r: None if r.get("speedup") is None else f"{r['speedup']:.2f}"),
     ("params\nratio", lambda r: None if r.get("params_ratio") is None else f"{r['params_ratio']:.3f}"),
     ("GFLOP\nratio", lambda r: None if r.get("gflops_ratio") is None else f"{r['gflops_ratio']:.3f}"),
@@ -119,8 +143,19 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + host_bound_notes(records) + errors
+    lines += sorted(notes) + host_bound_notes(records) + train_notes(records) + errors
     return "\n".join(lines)
+
+
+def train_notes(records: list[dict[str, Any]]) -> list[str]:
+    """What a --train row's columns mean."""
+    rows = [r for r in records if r.get("train")]
+    if not rows:
+        return []
+    methods = sorted({str(r.get("train_memory_method")) for r in rows})
+    return ["train rows: a call is one training step (forward, loss, backward, optimizer step, zero_grad); GFLOP = "
+            "forward+backward (optimizer updates count 0); train MiB = weights/gradients/optimizer state/activations "
+            "(" + "; ".join(methods) + "; act. = saved for backward on cpu, allocated by the forward on cuda)"]
 
 
 def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:

@@ -85,3 +85,16 @@ def kernels_table(rows: list[dict[str, Any]], title: str = "") -> Table:
         name = r["name"] if len(r["name"]) <= 100 else r["name"][:97] + "..."
         table.add_row(escape(name), f"{r['calls']:g}", f"{r['time_ms']:.4g}", f"{100 * r['share']:.1f}")
     return table
+
+
+def phases_table(phases: dict, title: str) -> Table:
+    """A training step's phases (forward, backward, optimizer): mean ms per step and share of the step."""
+    table = Table(title=title, title_justify="left")
+    for header in ("phase", "ms per step (mean)", "share %"):
+        table.add_column(header, justify="left" if header == "phase" else "right")
+    total = phases["step_ms"]
+    for key in ("forward_ms", "backward_ms", "optimizer_ms"):
+        table.add_row(key[:-3], f"{phases[key]:.4g}", f"{100 * phases[key] / total:.1f}" if total > 0 else "-")
+    table.add_row("step", f"{total:.4g}", "100.0")
+    table.caption = f"timed with {phases['method']}; forward includes the loss, optimizer = step + zero_grad"
+    return table

@@ -6,7 +6,8 @@ import importlib
 
 from effprof.trackers.base import TRACKERS, Tracker, enabled_trackers, register_tracker, unregister_tracker
 
-BUILTIN = ("params", "counts", "extras", "memory", "nvml", "crosscheck", "roofline", "stages", "generation")
+BUILTIN = ("params", "counts", "paper_flops", "extras", "training", "memory", "nvml", "crosscheck", "roofline",
+           "stages", "generation", "estimate")
 for _module in BUILTIN:
     importlib.import_module(f"effprof.trackers.{_module}")
 

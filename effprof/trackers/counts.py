@@ -9,7 +9,7 @@ class CountsTracker(Tracker):
 
     @classmethod
     def enabled(cls, run):
-        return run.options.count_flops
+        return run.options.count_flops and not run.options.train  # --train: the training tracker counts
 
     def before(self, run):
         counts = count_flops_and_bytes(lambda: run.built.call(run.input_sets[0]))

@@ -8,7 +8,7 @@ class ExtrasTracker(Tracker):
 
     @classmethod
     def enabled(cls, run):
-        return run.built.extras is not None and not run.count_only
+        return run.built.extras is not None and not run.count_only and not run.options.train
 
     def before(self, run):
         run.record.update(run.built.extras(run.built.module, run.input_sets[0]))

@@ -36,7 +36,7 @@ class StagesTracker(Tracker):
 
     @classmethod
     def enabled(cls, run):
-        return bool(run.built.stages) and len(run.built.stages) > 1
+        return bool(run.built.stages) and len(run.built.stages) > 1 and not run.options.train
 
     def fields(self, run):
         stages = run.built.stages

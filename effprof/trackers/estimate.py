@@ -1,0 +1,38 @@
+"""The analytic cost model beside the measurement (`effprof.measure.estimate`) for components that declare an
+LLM shape (`Built.hooks["estimate"]`: shape, stage, tokens, and the record field holding the measured time
+of that stage). Columns: `estimate_gflops` (matrix products of the LM stage, must equal its counted FLOPs),
+`estimate_mbytes`, `estimate_ms` (the bound on this device's ceilings; none on CPU) and
+`measured_over_estimate` (the measured stage time / that bound: how far reality is from the roofline model).
+"""
+from __future__ import annotations
+
+from effprof.measure.estimate import estimate
+from effprof.trackers.base import Tracker, register_tracker
+
+
+@register_tracker
+class EstimateTracker(Tracker):
+    name = "estimate"
+
+    @classmethod
+    def enabled(cls, run):
+        return "estimate" in run.built.hooks
+
+    def fields(self, run):
+        spec = run.built.hooks["estimate"]
+        est = estimate(spec["shape"], spec["stage"], run.options.batch, spec["tokens"], spec.get("weight", "bf16"))
+        fields = {"estimate_stage": spec["stage"], "estimate_gflops": est.flops / 1e9,
+                  "estimate_mbytes": est.bytes / 1e6, "estimate_method": "LLM-Viewer-style roofline, analytic"}
+        if run.device.type != "cuda":
+            return fields
+        from effprof.measure.calibrate import ceilings
+
+        ceil = ceilings(run.device)
+        peak, bandwidth = ceil.compute_tflops(run.record["dtype"]), ceil.bandwidth_gb_per_s
+        if not peak or not bandwidth:
+            return fields
+        bound = est.bound_ms(peak, bandwidth)
+        measured = run.record.get(spec["measured_field"])
+        fields.update(estimate_ms=bound, estimate_ceilings=ceil.source,
+                      measured_over_estimate=measured / bound if measured else None)
+        return fields

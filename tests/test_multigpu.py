@@ -1,0 +1,136 @@
+"""Fan-out over worker processes and tensor-parallel rows, on CPU (the same code runs one worker per GPU,
+NCCL instead of gloo)."""
+import pickle
+
+import pytest
+import torch
+import yaml
+
+import multigpu_helpers  # noqa: F401  (registers test-worker-dies here; workers load it via EFFPROF_PLUGINS)
+from effprof.cli import main
+from effprof.distributed import add_tp_scaling, expand_tp, launch
+from effprof.parallel import add_ratios_same_device, host_summary
+from effprof.report.files import read_csv
+from effprof.runner import Config, RunOptions, measure_many
+from effprof.tensor_parallel import RowParallelLinear, colwise
+
+OPTIONS = {"device": "cpu", "dtype": "fp32", "batch": 2, "min_time": 0.02, "warmup": 0}
+DIMS = {"tokens": 16, "in_dim": 32, "out_dim": 64}
+# What does not depend on timing or on where a row ran: equal in a fan-out and a serial run.
+STABLE = ("label", "component", "params", "status", "params_total", "params_trainable", "weights_mib", "gflops",
+          "mbytes_lower_bound", "tokens_in", "tokens_out", "items_per_call", "param_rank")
+
+
+def _profile(tmp_path, rows, name="fan.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"title": "fan-out", "options": OPTIONS, "rows": rows}, sort_keys=False))
+    return str(path)
+
+
+def test_fan_out_over_two_workers_matches_serial_and_survives_dying_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFPROF_PLUGINS", "multigpu_helpers")
+    rows = [{"component": "linear", "params": DIMS},
+            {"component": "test-worker-dies", "params": {"how": "assert"}, "label": "asserts"},
+            {"component": "mlp", "params": DIMS},
+            {"component": "test-worker-dies", "params": {"how": "exit"}, "label": "dies"},
+            {"component": "lowrank", "params": {**DIMS, "rank": 8}},
+            {"component": "gated", "params": DIMS}]
+    out = tmp_path / "fan.csv"
+    assert main(["compare", _profile(tmp_path, rows), "--workers", "2", "--csv", str(out)]) == 1
+    fan = read_csv(out)
+    assert [r["label"] for r in fan] == ["linear", "asserts", "mlp", "dies", "lowrank", "gated"]  # profile order
+    assert [r["status"] for r in fan] == ["ok", "error", "ok", "error", "ok", "ok"]
+    assert "device-side assert" in fan[1]["error"]
+    assert "exit code 7" in fan[3]["error"] and "simulated hard crash" in fan[3]["error"]
+    # two workers at the start, each replaced once (after the assert and after the hard exit)
+    assert len({r["worker_pid"] for r in fan if r["worker_pid"] is not None}) >= 3
+    assert all(r["worker"] in (0, 1) and r["rows_in_flight_max"] in (1, 2) for r in fan)
+    assert fan[0]["gflops"] == pytest.approx(2 * 2 * 16 * 32 * 64 / 1e9)  # 2 × batch·tokens·in·out MACs
+
+    opts = RunOptions(**OPTIONS)
+    serial = measure_many([Config(r["component"], r["params"], opts, r.get("label", "")) for r in rows
+                           if r["component"] != "test-worker-dies"])
+    ok = [r for r in fan if r["status"] == "ok"]
+    for a, b in zip(ok, serial):
+        for key in STABLE:
+            want = b.get(key)
+            assert a.get(key) == (pytest.approx(want) if isinstance(want, float) else want), key
+
+
+def test_isolate_runs_every_row_in_a_fresh_process(tmp_path):
+    rows = [{"component": "linear", "params": DIMS, "label": "a"}, {"component": "linear", "params": DIMS,
+                                                                    "label": "b"}]
+    out = tmp_path / "iso.csv"
+    assert main(["compare", _profile(tmp_path, rows), "--isolate", "--csv", str(out)]) == 0
+    iso = read_csv(out)
+    assert [r["status"] for r in iso] == ["ok", "ok"] and all(r["isolated"] for r in iso)
+    assert iso[0]["worker_pid"] != iso[1]["worker_pid"]
+
+
+def test_configs_pickle_and_pool_options_are_checked(tmp_path, capsys):
+    config = Config("mamba-lm", {"d_model": 32}, RunOptions(device="cpu", tp=2), "x")
+    assert pickle.loads(pickle.dumps(config)) == config
+    profile = _profile(tmp_path, [{"component": "linear", "params": DIMS}])
+    assert main(["compare", profile, "--gpus", "2", "--device", "cpu"]) == 2
+    assert main(["compare", profile, "--workers", "0"]) == 2
+    assert main(["compare", profile, "--gpus", "1", "--workers", "2"]) == 2
+    assert main(["run", "linear", "--tp", "2", "--device", "cpu"]) == 2
+    assert main(["run", "linear", "--tp", "two", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no tensor-parallel plan" in err and "Traceback" not in err and len(err.strip().splitlines()) == 5
+
+
+def test_ratios_only_between_rows_of_the_same_device_model():
+    def row(label, device, latency):
+        return {"label": label, "status": "ok", "device_name": device, "latency_ms_median": latency,
+                "params_total": 10, "gflops": 1.0, "peak_mem_mib": 4.0, "host_cpu_busy_pct": 50.0,
+                "host_cpus": 8, "rows_in_flight_max": 2, "verdict": "overhead"}
+
+    records = [row("base", "NVIDIA H200", 2.0), row("same", "NVIDIA H200", 1.0), row("other", "NVIDIA H100", 0.5)]
+    warnings = add_ratios_same_device(records, 0)
+    assert records[1]["speedup"] == 2.0 and records[2]["speedup"] is None and "H100" in records[2]["ratio_note"]
+    assert len(warnings) == 1 and "mixed host" in warnings[0]
+    assert "busy 50%" in host_summary(records) and "base, same, other" in host_summary(records)
+
+
+def test_tp_scaling_columns_and_expansion():
+    records = [{"component": "mamba-lm", "params": "p", "status": "ok", "latency_ms_median": 10.0},
+               {"component": "mamba-lm", "params": "p", "status": "ok", "latency_ms_median": 8.0, "tp": 2}]
+    add_tp_scaling(records)
+    assert records[1]["tp_speedup"] == 1.25 and records[1]["tp_scaling_efficiency"] == 0.625
+    configs = expand_tp([Config("mamba-lm", {}, RunOptions(), "lm")], "1,2")
+    assert [(c.label, c.options.tp) for c in configs] == [("lm tp=1", 1), ("lm tp=2", 2)]
+
+
+def test_column_and_row_parallel_linears_add_up_to_the_whole():
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(8, 6), torch.randn(3, 8)
+    with torch.no_grad():
+        cols = torch.cat([colwise(linear, r, 2)(x) for r in range(2)], dim=-1)
+        # without a process group the all-reduce is a no-op: add the ranks' partial sums by hand, bias once
+        parts = [RowParallelLinear(linear, r, 2) for r in range(2)]
+        rows = sum(torch.nn.functional.linear(x.chunk(2, -1)[r], parts[r].weight) for r in range(2)) + linear.bias
+        assert torch.allclose(cols, linear(x), atol=1e-6) and torch.allclose(rows, linear(x), atol=1e-6)
+
+
+def test_tp2_on_gloo_gives_the_outputs_of_tp1():
+    cases = [("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16}),
+             ("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
+             ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16}),
+             ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True})]
+    for diff, scale in launch(multigpu_helpers.sharded_vs_whole, (cases,), 2, "cpu"):
+        assert scale > 0.1 and diff < 1e-5 * max(1.0, scale)
+
+
+def test_run_tp_1_and_2_reports_scaling_and_communication(tmp_path):
+    out = tmp_path / "tp.csv"
+    assert main(["run", "mamba-lm", "--d-model", "32", "--n-layer", "2", "--seq-len", "32", "--tp", "1,2",
+                 "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--csv", str(out)]) == 0
+    one, two = read_csv(out)
+    assert (one["tp"], two["tp"], two["tp_backend"]) == (1, 2, "gloo")
+    assert two["params_total"] == one["params_total"] and two["params_per_rank"] < one["params_total"]
+    assert two["gflops"] == pytest.approx(one["gflops"], rel=1e-3)  # the ranks' FLOPs add up to the whole
+    assert two["gflops_per_rank"] == pytest.approx(one["gflops"] / 2, rel=0.05)
+    assert two["tp_speedup"] == pytest.approx(one["latency_ms_median"] / two["latency_ms_median"])
+    assert two["tp_scaling_efficiency"] == pytest.approx(two["tp_speedup"] / 2)
+    assert 0 < two["comm_share"] < 1 and two["timing_method"].endswith("-lockstep")
