@@ -75,3 +75,4 @@ MAX_TOKENS = 2**22       # sequence lengths, tokens per item, kernel lengths
 MAX_LAYERS = 1024        # layers of a model
 MAX_STATE = 4096         # SSM state size, conv widths, expansion factors, ratios
 MAX_IMAGE_SIDE = 2**14   # pixels
+MAX_WORKERS = 256        # worker processes of a comparison (`compare --workers N`)

@@ -75,7 +75,10 @@ OPTIONS = {
     "--seed": (["0", "7"], ["18446744073709551616", "-1", "x", "1e3"]),
 }
 FLAGS = [(["--cold"], GOOD), (["--warm"], GOOD), (["--debug"], GOOD), (["--graphs"], BAD),
-         (["--graphs", "--compile"], BAD)]
+         (["--graphs", "--compile"], BAD), (["--train"], GOOD), (["--train", "--optimizer", "sgd"], GOOD),
+         (["--optimizer", "nope"], BAD), (["--tp", "x"], BAD), (["--tp", "0"], BAD)]
+POOL = [([], GOOD)] * 4 + [(["--workers", "0"], BAD), (["--workers", "99999999999999999999"], BAD),
+                           (["--workers", "x"], BAD), (["--gpus", "abc"], BAD), (["--tp", ""], BAD)]
 
 
 @st.composite
@@ -288,6 +291,8 @@ def invocation(draw, command):
         baseline, ok0 = draw(one([([], GOOD)] * 3 + [(["--baseline", f"{first},in_dim=8,out_dim=8"], GOOD),
                                                      (["--baseline", "nope"], BAD)]))
         opts, ok = draw(common_options())
+        pool, ok3 = draw(one(POOL))
+        opts, ok = opts + pool, ok and ok3
         out, ok2, expected = draw(one(OUTPUTS + [(("--plot", f"{D}/p.png"), GOOD, ("p.png",)), (("--plot", ""), BAD, ()),
                                                   (("--plot", "-"), BAD, ())]))
         return (["compare", "linear"] + grid + ["--grid", "in_dim=8", "--grid", "out_dim=8"]
