@@ -77,7 +77,8 @@ def test_every_size_parameter_declares_an_upper_bound():
     for component in builtin:  # test and plugin components get the implicit ceiling checked below
         for p in component.params:
             if p.type is int:
-                assert p.high is not None, f"{component.name} --{p.name}: declare high= (effprof/limits.py)"
+                assert p.high is not None or p.choices is not None, \
+                    f"{component.name} --{p.name}: declare high= (effprof/limits.py)"
     with pytest.raises(ParamError, match="larger than any size"):
         Param("n", int, 1, "undeclared", low=1).parse(str(2**40))
 
