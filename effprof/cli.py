@@ -86,7 +86,8 @@ def run_command(ctx: typer.Context,
     config.resolved()
     configs = expand_tp([config], tp)
     with err_console.status(f"measuring {component} ..."):
-        records = measure_many(configs)  # a failure is a row with its reason, as in a comparison
+        # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
+        records = measure_many(configs, raise_refusals=True)
     if tp:
         add_tp_scaling(records)
     if secondary_rank():  # under torchrun, rank 0 reports

@@ -53,8 +53,6 @@ class RunOptions:
             raise UsageError("--input-sets must be at least 1")
         if self.tp < 1:
             raise UsageError(f"--tp: {self.tp} must be at least 1")
-        if self.graphs and self.compile:
-            raise UsageError("--graphs and --compile are separate modes; choose one")
         device = self.torch_device()
         if self.graphs and device.type != "cuda":
             raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {device.type})")

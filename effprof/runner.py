@@ -152,6 +152,8 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
 
 
 def exec_mode(opts: RunOptions) -> str:
+    if opts.graphs and opts.compile:
+        return "compile+graphs"
     return "graphs" if opts.graphs else "compile" if opts.compile else "eager"
 
 
@@ -159,8 +161,9 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     """The zero-argument call to time, the per-call setup (outside the timed region) and record fields.
 
     eager: `built.call(inputs)`; graphs: replay of a CUDA graph of that call (inputs rotated by copying
-    into the captured tensors); compile: the `torch.compile`d module, its compile time (the first
-    call) reported apart and never inside the latency. With --train, `built` is the training tracker's
+    into the captured tensors); compile: the `torch.compile`d module (or the compiled call, or each compiled
+    stage), its compile time (the first call) reported apart and never inside the latency; compile+graphs:
+    the compiled call captured in a CUDA graph (Inductor's fused kernels, replayed without launches). With --train, `built` is the training tracker's
     `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
     """
     state = {"i": 0}
@@ -178,7 +181,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        call = graphed_callable(built.call, static, device)
+        step = compiled_call(built, static, device, fields) if opts.compile else built.call
+        call = graphed_callable(step, static, device)
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)
@@ -186,7 +190,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 if isinstance(dst, torch.Tensor):
                     dst.copy_(src)
     else:
-        module = built.module
+        module, step = built.module, None
         if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
             staged = Built(built.module, built.make_inputs, built.unit, stages=[
                 Stage(s.name, torch.compile(s.run), s.module) for s in built.stages])
@@ -196,11 +200,15 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                 torch.cuda.synchronize(device)
             fields["compile_s"] = time.perf_counter() - start
             built = staged
+        elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
+            step = compiled_call(built, input_sets[0], device, fields)
         elif opts.compile:
             module, seconds = compiled_module(built.module, lambda m: built.call(input_sets[0], m), device)
             fields["compile_s"] = seconds
 
         def call():
+            if step is not None:
+                return step(input_sets[state["i"]])
             return built.call(input_sets[state["i"]], module)
 
         def rotate():
@@ -217,6 +225,24 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     if flush is not None:
         fields["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
     return call, setup, fields
+
+
+def compiled_call(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Callable:
+    """`torch.compile` of the whole call (a component's `forward` may do more than call its module, e.g. a
+    decode step that sets its cache's length); the first call compiles and its seconds go to `compile_s`."""
+    from effprof.measure.modes import CompileError
+
+    step = torch.compile(built.call)
+    start = time.perf_counter()
+    try:
+        step(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CompileError(f"torch.compile failed: {type(exc).__name__}: {first}") from None
+    fields["compile_s"] = time.perf_counter() - start
+    return step
 
 
 def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildContext) -> dict[str, Any]:
@@ -284,7 +310,8 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
-                 timer: Callable[..., TimingResult] = time_callable) -> list[dict[str, Any]]:
+                 timer: Callable[..., TimingResult] = time_callable,
+                 raise_refusals: bool = False) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
@@ -300,6 +327,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
         try:
             record = measure(config, timer)
         except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
+            if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets
+                raise
             record = failed_record(config, "refused", str(exc))
         except EffprofError:
             raise

@@ -113,3 +113,18 @@ def test_clip_dual_adapt_modes_train_what_they_say():
         create("clip-dual", merged=True, **small)
     with pytest.raises(UsageError, match="lora-targets"):
         L.apply_lora(copy.deepcopy(lora.module), ("nonexistent",), 2, 1.0)
+
+
+def test_grad_checkpointing_trades_saved_activations_for_recompute():
+    from effprof.measure.training import TrainOptions, train_flops
+
+    results = []
+    for checkpointing in (False, True):
+        built = create("clip-dual", layers=1, img_size=32, seq_len=8)  # full fine-tuning
+        step = TrainingStep(built, TrainOptions(grad_checkpointing=checkpointing))
+        inputs = built.make_inputs(2)
+        _, total = train_flops(step, inputs)
+        results.append((memory_split(step, inputs).saved_activations, total))
+    (saved_plain, flops_plain), (saved_ckpt, flops_ckpt) = results
+    assert saved_ckpt < saved_plain / 2  # only each checkpointed layer's input is kept
+    assert flops_ckpt > flops_plain      # the forward of every checkpointed layer runs again in backward

@@ -200,3 +200,16 @@ def test_estimate_command_prints_both_stages(capsys):
     out = capsys.readouterr().out
     assert "prefill" in out and "decode" in out and "int4" in out and "lm_head" in out
     assert main(["estimate", "linear"]) == 2
+
+
+def test_swapping_the_projector_and_the_tower_changes_what_is_counted():
+    p = PRESETS["tiny"]
+    mlp = p.vision_width * p.width + p.width + p.width * p.width + p.width
+    linear = measure(Config("llava", {"preset": "tiny", "projector": "linear"}, RunOptions(device="meta")))
+    assert linear["params_total"] == llava_params(p) - mlp + p.vision_width * p.width + p.width
+    assert linear["stage_project_params"] == p.vision_width * p.width + p.width
+    ldp = measure(Config("llava", {"preset": "tiny", "projector": "ldp"}, RunOptions(device="meta")))
+    assert ldp["image_tokens"] == 4  # 4×4 patches -> 2×2 after LDP's stride-2 block
+    mv = measure(Config("llava", {"preset": "tiny", "vision": "mambavision-t"}, RunOptions(device="meta")))
+    assert mv["image_tokens"] == 49 and mv["vision"] == "mambavision-t"
+    assert mv["stage_vision_params"] > 30e6  # MambaVision-T's tower replaces the tiny CLIP

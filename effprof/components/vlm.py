@@ -24,13 +24,14 @@ from effprof.components.mamba import CONV, SCAN
 from effprof.models.cobra import PRESETS as COBRA_PRESETS, build_cobra
 from effprof.measure.estimate import LlamaShape
 from effprof.models.generation import Generator
-from effprof.models.llava import PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava
+from effprof.models.llava import PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava, swap_parts
 from effprof.modules.mamba import resolve_conv_backend
 from effprof.ops.selective_scan import resolve_backend
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, Stage, register_component
 
 MIB = 2**20
+VISION_TOWERS = {"mambavision-t": "t", "mambavision-s": "s", "mambavision-b": "b"}
 MODES = ("prefill", "decode", "generate")
 
 MODE = Param("mode", str, "prefill", "prefill = image + prompt -> first token (TTFT, split by stage); decode = one "
@@ -85,8 +86,12 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
     Param("preset", str, "llava-1.5-7b", "Published LLaVA-1.5 architecture (CLIP ViT-L/14-336, mlp2x_gelu, Vicuna); "
           "`tiny` is a toy of the same shape for tests.", choices=tuple(PRESETS)),
     MODE, IMAGES, PROMPT, NEW, CONTEXT, PRETRAINED,
+    Param("vision", str, "clip", "Vision tower: clip (the preset's CLIP ViT-L/14-336) or mambavision-t|s|b "
+          "(MambaVision at 224 px, its last stage's 7×7 tokens).", choices=("clip", *VISION_TOWERS)),
+    Param("projector", str, "mlp2x_gelu", "Projector: mlp2x_gelu (LLaVA-1.5's), linear (LLaVA-1's) or ldp (MobileVLM's, "
+          "4× fewer tokens).", choices=("mlp2x_gelu", "linear", "ldp")),
 ])
-def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained):
+def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
@@ -94,13 +99,29 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         model = load_llava(find_checkpoint(pretrained), ctx.device, ctx.dtype)
     else:
         model = build_llava(PRESETS[preset], ctx.device, ctx.dtype, max_positions=max(context + 1, 4096))
-    pipe = LlavaPipeline(model).eval()
     cfg = model.config
     side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
-    image_tokens = images * (side // patch) ** 2
+    tokens_per_image = (side // patch) ** 2
+    vision_dim, width = cfg.vision_config.hidden_size, cfg.text_config.hidden_size
+    if vision != "clip":
+        from effprof.models.mambavision import MambaVisionTower, mambavision_tower
+
+        tower = mambavision_tower(VISION_TOWERS[vision], resolve_backend("auto", ctx.device), ctx.device, ctx.dtype)
+        side, vision_dim, tokens_per_image = 224, tower.hidden_size, MambaVisionTower.num_tokens(224)
+        swap_parts(model, tower=tower)
+    if projector != "mlp2x_gelu" or vision != "clip":
+        from effprof.modules import projectors as P
+
+        module = {"mlp2x_gelu": P.mlp2x_gelu, "linear": nn.Linear, "ldp": P.LDPProjector}[projector](vision_dim, width)
+        swap_parts(model, projector=module.to(ctx.device, ctx.dtype))
+        if projector == "ldp":
+            tokens_per_image = P.LDPProjector.tokens_out(tokens_per_image)
+    pipe = LlavaPipeline(model).eval()
+    image_tokens = images * tokens_per_image
     prompt_len = image_tokens + prompt_tokens
     vocab = cfg.text_config.vocab_size
-    info = {"weights": "pretrained" if pretrained else "random", "image_tokens": image_tokens,
+    info = {"weights": "pretrained" if pretrained else "random", "image_tokens": image_tokens, "vision": vision,
+            "projector": projector,
             "prompt_tokens": prompt_tokens, "sequence_tokens": prompt_len, "attention": "sdpa",
             "lm_width": cfg.text_config.hidden_size, "lm_layers": cfg.text_config.num_hidden_layers,
             "kv_cache": "static (transformers StaticCache)"}

@@ -112,8 +112,11 @@ def enable_grad_checkpointing(module: nn.Module, name: str) -> None:
               and getattr(m, "supports_gradient_checkpointing", False)]
     if not models:
         raise UsageError(f"--grad-checkpointing: {name} has no module that supports it (transformers models do)")
-    for m in models:
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for m in models:  # transformers >= 5.2x names it activation_checkpointing_enable; older ones gradient_...
+        if hasattr(m, "activation_checkpointing_enable"):
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class TrainingStep:

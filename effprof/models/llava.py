@@ -98,6 +98,15 @@ def build_llava(preset: LlavaPreset, device: torch.device, dtype: torch.dtype, m
     return model.eval()
 
 
+def swap_parts(model: nn.Module, tower: nn.Module | None = None, projector: nn.Module | None = None) -> None:
+    """Replace the vision tower and/or the projector inside a LlavaForConditionalGeneration, so that its
+    parameter count is that of the pipeline that runs (`--vision`, `--projector`)."""
+    if tower is not None:
+        model.model.vision_tower = tower
+    if projector is not None:
+        model.model.multi_modal_projector = projector
+
+
 def load_llava(directory, device: torch.device, dtype: torch.dtype):
     """A checkpoint in the llava-hf layout (config.json + safetensors) from a local directory."""
     from transformers import LlavaForConditionalGeneration
@@ -179,9 +188,13 @@ class LlavaPipeline(nn.Module):
         self.lm_head = model.lm_head
         self.config = model.config
         self._cache_kw = cache_keyword(self.lm)
+        self.clip_tower = type(self.tower).__name__ == "CLIPVisionModel"
 
     # -- stages ---------------------------------------------------------------------------------------
     def vision(self, pixel_values: torch.Tensor) -> VisionOutput:
+        if not self.clip_tower:  # another tower (e.g. MambaVision): its token features as they come
+            features = self.tower(pixel_values)
+            return VisionOutput(features, None, (features,), self.tower)
         out = self.tower(pixel_values, output_hidden_states=True)
         selected = out.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
