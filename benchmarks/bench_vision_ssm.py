@@ -14,6 +14,7 @@ Section "profiles": `vmamba-directions` and `vision-ssm` through effprof's runne
 row); rows not started when `--budget-s` has passed are listed as skipped, so the script ends in time.
 
     python3 benchmarks/bench_vision_ssm.py --out DIR          # GPU: about 2 minutes on an H200
+    bash benchmarks/run_gpu.sh vision_ssm                      # the same through the batch runner ($OUT)
     python3 benchmarks/bench_vision_ssm.py --out DIR --smoke  # CPU, tiny shapes (what the tests run)
 
 Writes DIR/bench_vision_ssm.json (records, device, versions, date, command) and DIR/bench_vision_ssm.md,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -191,7 +193,8 @@ def directions_note(records: list[dict]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for bench_vision_ssm.json / .md")
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp"),
+                        help="folder for bench_vision_ssm.json / .md (default: $OUT, else /tmp)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
     parser.add_argument("--budget-s", type=float, default=125.0,
                         help="start no profile row after this many seconds from the start (the last row ends by ~150 s)")

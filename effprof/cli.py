@@ -22,15 +22,24 @@ err_console = Console(stderr=True)
 # Common measurement options: declared once in effprof/cli_options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
 JsonPath = Annotated[Optional[str], typer.Option("--json", help="Write the records to this JSON file (atomically).")]
+Columns = Annotated[str, typer.Option("--columns", help="Table columns: brief (fits 120 columns), full, or a "
+                                      "comma-separated list of keys (an unknown key lists them). Files hold all.")]
+MdPath = Annotated[Optional[str], typer.Option("--md", help="Also write the table as Markdown to PATH.")]
+HtmlPath = Annotated[Optional[str], typer.Option("--html", help="Also write one self-contained HTML page (table, notes, "
+                                                 "plots inlined) to PATH.")]
+MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
+                                                      help="Mark rows whose FLOP coverage (share of time in ops "
+                                                           "with a FLOP formula) is below this fraction.")]
 Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
                                            "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 
 
-def _check_outputs(**paths: str | None) -> tuple[str | None, ...]:
-    """Refuse unusable output paths before any time is spent measuring; return them with `~` expanded."""
+def _check_outputs(*unnamed: str | None, **paths: str | None) -> tuple[str | None, ...]:
+    """Refuse unusable output paths before any time is spent measuring; return them with `~` expanded.
+    Name them (`csv=..., json=...`) so that a refusal names the option."""
     from effprof.outputs import check_outputs
 
-    return check_outputs(**paths)
+    return check_outputs(**paths, **{f"output-{i}": p for i, p in enumerate(unnamed, start=1)})
 
 
 def _component_args(component: str, args: list[str]) -> dict[str, str]:
@@ -44,6 +53,8 @@ def _component_args(component: str, args: list[str]) -> dict[str, str]:
         if option not in declared:
             known = " ".join(sorted(declared)) or "none"
             raise UsageError(f"{component}: unknown option {option!r} (component options: {known})")
+        if not sep and declared[option].type is bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+            value, sep = "true", "="  # a bool parameter given alone is a flag: --pretrained
         if not sep:
             if i + 1 >= len(args):
                 raise UsageError(f"{option} needs a value ({declared[option].range_text()})")
@@ -64,6 +75,11 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
     if not components:
         raise UsageError(f"no component matches {pattern!r}")
     console.print(components_table(components))
+    if any(c.reducer_sites for c in components):
+        from effprof.reducers import list_reducers
+        from effprof.report.listing import reducers_table
+
+        console.print(reducers_table(list_reducers()))
     console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
     check_plugins()  # a plugin that failed: the rest is listed above, then one line and exit 2
 
@@ -72,14 +88,19 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 @common_options()
 def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
-                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
+                csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, min_flop_coverage: MinCoverage = None,
+                columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
+                overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.distributed import add_tp_scaling, expand_tp, secondary_rank
     from effprof.report.files import write_records
     from effprof.report.table import print_records
     from effprof.runner import Config, measure_many
 
-    csv, json = _check_outputs(csv=csv, json=json)
+    csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
+    _check_columns(columns)
+    if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
+        overrides.setdefault("flop_coverage", True)
     params = _component_args(component, list(ctx.args))
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
@@ -92,6 +113,7 @@ def run_command(ctx: typer.Context,
         add_tp_scaling(records)
     if secondary_rank():  # under torchrun, rank 0 reports
         return
+    _mark_coverage(records, min_flop_coverage)
     write_records(records, csv, json)  # files first: a console that fails cannot lose them
     if len(records) == 1 and records[0]["status"] != "ok":  # one row that failed: one line, no table
         record = records[0]
@@ -100,10 +122,13 @@ def run_command(ctx: typer.Context,
         if record["status"] == "refused":
             raise UsageError(record.get("error"))
         raise EffprofError(f"{component}: {record['status']}: {record.get('error')}")
-    print_records(records, title=f"effprof run {component}", console=_table_console(csv, json))
+    print_records(records, title=f"effprof run {component}", console=_table_console(csv, json), columns=columns)
+    _write_reports(records, f"effprof run {component}", columns, md, html)
     for record in records:
         if record.get("traceback"):
             err_console.print(record["traceback"], highlight=False)
+        elif record["status"] != "ok" and record.get("error"):  # the reason, as one line, where errors go
+            err_console.print(f"effprof: {record['status']}: {record['error']}", highlight=False, soft_wrap=True)
     if any(r["status"] == "refused" for r in records):
         raise typer.Exit(2)
     if any(r["status"] != "ok" for r in records):
@@ -123,31 +148,104 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                                                                    "processes on the one device (cpu: cores split).")] = None,
                     isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
                                                           "(a crash or leftover memory stays with its row).")] = False,
-                    tp: Tp = None, overrides: dict[str, Any] | None = None):
+                    fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
+                                                               "print k with its 95% CI; --plot draws the fit.")] = None,
+                    min_flop_coverage: MinCoverage = None, columns: Columns = "brief", md: MdPath = None,
+                    html: HtmlPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     from effprof.distributed import expand_tp, tp_degrees
     from effprof.parallel import plan_slots
 
-    csv, json, plot = _check_outputs(csv=csv, json=json, plot=plot)
+    csv, json, plot, md, html = _check_outputs(csv=csv, json=json, plot=plot, md=md, html=html)
+    _check_columns(columns)
+    if min_flop_coverage is not None:
+        overrides.setdefault("flop_coverage", True)
     if plot:
         from effprof.report.plot import require_matplotlib
 
         require_matplotlib()
     profile = _profile(target, grid, overrides)
+    if fit and fit.replace("-", "_") != "batch" and not any(
+            p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
+        raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
     slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
-    records = _measure_profile(profile, baseline, csv, json, slots, isolate)
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate, min_flop_coverage, columns)
+    fits = _print_fits(records, fit) if fit else None
     if plot:
-        from effprof.report.plot import plot_records
-
-        plot_records(records, plot, profile.varied, profile.title)
+        _draw(records, profile, fits, plot)
         console.print(f"plot written to {plot}", highlight=False)
+    if md or html:
+        from effprof.analysis.fit import fit_lines
+
+        _write_reports(records, profile.title, columns, md, html, fit_lines(fits) if fits else [],
+                       _images(records, profile, fits, plot) if html else [])
     if any(r.get("status") == "refused" for r in records):
         raise typer.Exit(2)
     if any(r.get("status") == "error" for r in records):
         raise typer.Exit(1)
+
+
+def _print_fits(records: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    from effprof.analysis.fit import fit_lines, fit_records
+
+    fits = fit_records(records, param.replace("-", "_"))
+    console.print("\n".join(fit_lines(fits)), highlight=False)
+    return fits
+
+
+def _draw(records, profile, fits, path: str) -> None:
+    from effprof.report.plot import plot_fits, plot_records
+
+    if fits:
+        plot_fits(records, fits, path, profile.title)
+    else:
+        plot_records(records, path, profile.varied, profile.title)
+
+
+def _images(records, profile, fits, plot: str | None) -> list[tuple[str, bytes]]:
+    """The plot for an HTML page: the --plot file, else one drawn now (none without matplotlib or with one row)."""
+    import tempfile
+    from pathlib import Path
+
+    from effprof.errors import MissingExtra
+
+    caption = "log-log fit" if fits else "latency and peak memory"
+    if plot:
+        return [(caption, Path(plot).read_bytes())]
+    if len([r for r in records if r.get("status") == "ok"]) < 2:
+        return []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "plot.png")
+            _draw(records, profile, fits, path)
+            return [(caption, Path(path).read_bytes())]
+    except MissingExtra:
+        return []
+
+
+def _check_columns(columns: str) -> None:
+    from effprof.report.table import chosen_columns
+
+    chosen_columns([], columns)  # refuses an unknown column before anything is measured
+
+
+def _write_reports(records, title: str, columns: str, md: str | None, html: str | None,
+                   notes: list[str] | None = None, images: list[tuple[str, bytes]] | None = None) -> None:
+    from effprof.report.export import write_reports
+
+    write_reports(records, title, columns, md, html, notes, images)
+    for path in filter(None, (md, html)):
+        console.print(f"written to {path}", highlight=False)
+
+
+def _mark_coverage(records: list[dict[str, Any]], minimum: float | None) -> None:
+    if minimum is not None:
+        from effprof.measure.coverage import mark_low_coverage
+
+        mark_low_coverage(records, minimum)
 
 
 def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
@@ -163,7 +261,8 @@ def _profile(target: str, grid: list[str] | None, overrides: dict[str, Any]):
 
 
 def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
-                     isolate: bool = False) -> list[dict[str, Any]]:
+                     isolate: bool = False, min_flop_coverage: float | None = None,
+                     columns: str = "brief") -> list[dict[str, Any]]:
     """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
     when `slots` is given: effprof/parallel.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -219,8 +318,9 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
     warnings = add_ratios_same_device(records, profile.baseline)
     if any("tp" in r for r in records):
         add_tp_scaling(records)
+    _mark_coverage(records, min_flop_coverage)
     write_records(records, csv, json)  # files first: a console that fails cannot lose them
-    print_records(records, title=profile.title, console=_table_console(csv, json))
+    print_records(records, title=profile.title, console=_table_console(csv, json), columns=columns)
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
@@ -300,6 +400,8 @@ def breakdown_command(ctx: typer.Context,
                       table: Annotated[bool, typer.Option("--table", help="A flat table instead of a tree.")] = False,
                       kernels: Annotated[int, typer.Option("--kernels", min=0,
                                                            help="Also list the N costliest kernels (CUDA) or ops (CPU).")] = 0,
+                      uncovered: Annotated[bool, typer.Option("--uncovered", help="List the costliest ops counted as "
+                                                              "zero FLOPs (no formula) and the FLOP coverage.")] = False,
                       overrides: dict[str, Any] | None = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total (--train: the step's
     forward, backward and optimizer)."""
@@ -324,6 +426,11 @@ def breakdown_command(ctx: typer.Context,
     print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
     if kernels:
         console.print(kernels_table(result.kernels, f"top {kernels} per call"))
+    if uncovered:
+        from effprof.report.tree import uncovered_table
+        from effprof.runner import coverage_config
+
+        console.print(uncovered_table(coverage_config(config)))
 
 
 @app.command("env")
@@ -422,7 +529,7 @@ def entry() -> None:
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.
-COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval", "quality")
+COMMAND_MODULES: tuple[str, ...] = ("estimate", "eval", "quality", "diff")
 for _name in COMMAND_MODULES:
     __import__(f"effprof.commands.{_name}")
 

@@ -18,6 +18,7 @@ synset folders give the standard indices), or `--class-map FILE` mapping folder 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from effprof.errors import PretrainedNotFound, UsageError
+from effprof.errors import MissingExtra, PretrainedNotFound, UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,11 +151,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise PretrainedNotFound(f"--pretrained {path}: no such file")
     try:
         if path.suffix == ".safetensors":
+            if importlib.util.find_spec("safetensors") is None:
+                raise MissingExtra("reading .safetensors needs safetensors: pip install 'effprof[eval]'")
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except MissingExtra:
+        raise
     except Exception as exc:  # unpickling refused, a truncated file, ...
         raise PretrainedNotFound(f"--pretrained {path}: cannot read it as weights "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None

@@ -31,6 +31,7 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
+    flop_coverage: bool | None = None  # None: on for cpu, off for cuda (a CUDA profiler pass leaves CUPTI loaded)
     debug: bool = False          # keep the traceback of a failing row
     tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
     train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
@@ -61,6 +62,8 @@ class RunOptions:
                              "--flops-crosscheck need a real device")
         if device.type == "meta" and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--tp splits models for inference; --train with --tp is not measured")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
         if self.grad_checkpointing and not self.train:

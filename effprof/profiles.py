@@ -231,13 +231,14 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
             row_options = replace(apply_options(options, row.get("options") or {}, f"{path}: row {i + 1}"),
                                   **overrides)
             label = row.get("label")
-            configs.append(Config(row["component"], dict(row.get("params") or {}), row_options,
+            configs.append(Config(_beside(path, row["component"]), dict(row.get("params") or {}), row_options,
                                   "" if label is None else str(label)))
         varied = None
     else:
         grid = doc.get("grid") or {}
         try:
-            configs = expand_grid(doc["component"], dict(doc.get("params") or {}), grid, options, overrides)
+            configs = expand_grid(_beside(path, doc["component"]), dict(doc.get("params") or {}), grid, options,
+                                  overrides)
         except EffprofError as exc:
             raise ProfileError(f"{path}: {exc}") from None
         varied = list(grid)
@@ -258,6 +259,17 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
             raise ProfileError(f"{path}: {at}: {exc}") from None
     title = doc.get("title")
     return Profile(str(title) if title is not None else path.stem, configs, index, varied)
+
+
+def _beside(profile: Path, component: str) -> str:
+    """A row's `FILE.py:FUNCTION` with a relative FILE is found beside the profile (then in the working folder)."""
+    from effprof.external import is_external
+
+    if not is_external(component) or component.startswith("hf:"):
+        return component
+    file, _, func = component.rpartition(":")
+    candidate = profile.parent / file
+    return f"{candidate}:{func}" if not Path(file).is_absolute() and candidate.is_file() else component
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:

@@ -118,7 +118,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable) 
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     built, values, ctx = build(config)
     component = get_component(config.component)
-    record = base_record(config, values, component.unit, ctx)
+    record = base_record(config, values, built.unit, ctx)
     record.update(built.info)
     torch.manual_seed(opts.seed + 1)
     n_sets = opts.input_sets if opts.cold else 1
@@ -388,6 +388,19 @@ def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> Breakd
         nodes = breakdown(built.module, lambda: built.call(inputs), ctx.device, depth=depth)
         rows = top_kernels(lambda: built.call(inputs), ctx.device, top=kernels) if kernels else []
     return BreakdownResult(nodes, rows, f"batch {opts.batch}, {opts.dtype_name()}, {ctx.device.type}")
+
+
+def coverage_config(config: Config) -> dict[str, Any]:
+    """`effprof.measure.coverage.flop_coverage` of one configuration's call (breakdown --uncovered)."""
+    from effprof.measure.coverage import flop_coverage
+
+    opts = config.options.validate()
+    if opts.torch_device().type == "meta":
+        raise UsageError("--uncovered times ops: --device meta has nothing to time")
+    built, _, ctx = build(config)
+    inputs = built.make_inputs(opts.batch)
+    with torch.inference_mode():
+        return flop_coverage(lambda: built.call(inputs), ctx.device)
 
 
 def train_breakdown_config(config: Config, repeats: int = 5) -> tuple[dict[str, Any], str]:

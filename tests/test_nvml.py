@@ -159,3 +159,30 @@ def test_real_pynvml_without_a_gpu_degrades():
 def test_call_counter():
     counted = CallCounter(lambda: 7)
     assert [counted() for _ in range(3)] == [7, 7, 7] and counted.calls == 3
+
+
+def test_idle_power_before_the_region_gives_energy_above_idle():
+    # energy counter: 1000 -> 1300 mJ over the idle window, then 10000 -> 15000 mJ over the region
+    fake = FakeNvml(power_mw=(500_000,), energy_mj=(1_000, 1_300, 10_000, 15_000))
+    with NvmlSampler(0, interval_s=0.002, nvml=fake, idle_s=0.02) as sampler:
+        time.sleep(0.03)
+    assert sampler.idle_method == "energy-counter" and sampler.idle_power_w > 0
+    f = sampler.fields(items=100)
+    assert f["energy_j"] == pytest.approx(5.0) and f["energy_j_per_item"] == pytest.approx(0.05)  # total, unchanged
+    region = sampler.end_s - sampler.start_s
+    assert f["idle_power_w"] == sampler.idle_power_w and f["idle_power_method"] == "energy-counter"
+    assert f["energy_above_idle_j_per_item"] == pytest.approx((5.0 - sampler.idle_power_w * region) / 100)
+    assert f["energy_above_idle_j_per_item"] < f["energy_j_per_item"]
+
+
+def test_idle_power_from_power_readings_without_an_energy_counter():
+    fake = FakeNvml(power_mw=(70_000, 90_000, 80_000), energy_mj=None)
+    with NvmlSampler(0, interval_s=0.002, nvml=fake, idle_s=0.02) as sampler:
+        time.sleep(0.03)
+    idle_readings = fake.returned["power"][:len(fake.returned["power"]) - len(sampler.samples)]
+    assert sampler.idle_method == "power-samples"
+    assert sampler.idle_power_w == pytest.approx(statistics.median(idle_readings) / 1e3)
+    f = sampler.fields(items=10)
+    assert f["energy_above_idle_j_per_item"] == pytest.approx(
+        (f["energy_j"] - sampler.idle_power_w * (sampler.end_s - sampler.start_s)) / 10)
+    assert "idle_power_w" not in run_region(FakeNvml()).fields(1)  # idle_s = 0: no idle figure, as before

@@ -10,9 +10,10 @@ MIB = 2**20
 LINEAR = ["linear", "--tokens", str(T), "--in-dim", str(IN), "--out-dim", str(OUT), "--batch", str(B)]
 
 
-def test_run_train_records_the_split_and_forward_backward_flops(tmp_path, fast):
+def test_run_train_records_the_split_and_forward_backward_flops(tmp_path, fast, capsys):
     out = tmp_path / "r.json"
     assert main(["run", *LINEAR, *fast, "--train", "--json", str(out)]) == 0
+    assert "wts/grad/opt/act" in capsys.readouterr().out  # the brief table shows the split of train rows
     (r,) = read_json(out)
     n = IN * OUT + OUT
     assert r["status"] == "ok" and r["train"] is True and r["exec_mode"] == "train-eager"
@@ -64,3 +65,20 @@ def test_breakdown_train_splits_the_step(fast, capsys):
         assert phase in text
     assert main(["run", *LINEAR, "--device", "meta", "--train"]) == 2
     assert "--device meta only counts" in capsys.readouterr().err
+
+
+def test_clip_lora_profile_rows():
+    from effprof.profiles import load_profile
+    from effprof.runner import RunOptions
+
+    profile = load_profile("clip-lora", RunOptions(), {"device": "cpu"})
+    rows = {c.label: c for c in profile.configs}
+    assert profile.configs[profile.baseline].label == "full"
+    assert all(c.options.batch == 64 and c.resolved()["preset"] == "vit-b-16" for c in profile.configs)
+    for targets, name in (("projections", "lora-proj"), ("qv", "lora-qv")):
+        for rank in (4, 8, 16, 32):
+            values = rows[f"{name} r{rank}"].resolved()
+            assert (values["adapt"], values["rank"], values["lora_targets"]) == ("lora", rank, targets)
+    trained = [c.label for c in profile.configs if c.options.train]
+    assert len(trained) == 10 and "projections" in trained
+    assert rows["infer lora-qv r8 merged"].resolved()["merged"] and not rows["infer lora-qv r8 merged"].options.train

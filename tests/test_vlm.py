@@ -77,10 +77,14 @@ def test_decode_step_matches_a_full_forward():
     with torch.no_grad():
         full = model.model.language_model(input_ids=ids).last_hidden_state
         reference = model.lm_head(full[:, -1:])
-        kv = pipe.new_cache(16, 2)
+        kv = pipe.new_cache(16, 2)  # room to spare: the slots past the position are masked
         pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), kv)
         step = pipe.decode(ids[:, -1:], kv, torch.full((1, 1), 11))
+        exact = pipe.new_cache(12, 2)  # the step fills the last slot: no mask
+        pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), exact)
+        unmasked = pipe.decode(ids[:, -1:], exact, torch.full((1, 1), 11), full=True)
     torch.testing.assert_close(step, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unmasked, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_greedy_generation_equals_transformers_generate():

@@ -1,12 +1,13 @@
 """`effprof eval COMPONENT --data DIR`: top-1/top-5 on an image folder and the cost, in one record."""
 
+import importlib.util
 from typing import Annotated, Any, Optional
 
 import typer
 
 from effprof.cli import CsvPath, JsonPath, _check_outputs, _component_args, app, console
 from effprof.cli_options import common_options
-from effprof.errors import ParamError, UsageError
+from effprof.errors import MissingExtra, ParamError, UsageError
 from effprof.options import RunOptions
 
 EVAL_BATCH = 64  # images per forward unless --batch says otherwise
@@ -34,6 +35,8 @@ def eval_command(ctx: typer.Context,
     from effprof.runner import Config, build, measure
 
     _check_outputs(csv, json)
+    if importlib.util.find_spec("PIL") is None:
+        raise MissingExtra("effprof eval decodes images with Pillow: pip install 'effprof[eval]'")
     params = _component_args(component, list(ctx.args))
     declared = {p.name for p in get_component(component).params}
     for name, value in (("img_size", img_size), ("num_classes", num_classes)):

@@ -15,6 +15,13 @@ Throttle reasons ignored (they are not throttling): GpuIdle (nothing to run), Ap
 (clocks pinned by the administrator, not lowered by the board) and DisplayClockSetting. Counted:
 SwPowerCap, HwSlowdown, SyncBoost, SwThermalSlowdown, HwThermalSlowdown, HwPowerBrakeSlowdown.
 
+Idle power (`idle_s` > 0): before the region the sampler waits `idle_s` seconds with nothing launched and
+takes the board's idle power from the energy counter over that window (the median of power readings where
+the counter is missing). `energy_j_per_item` is then the total, idle included, as Zeus and the ML.ENERGY
+leaderboard report it; `energy_above_idle_j_per_item` subtracts idle power × the region's duration: the
+energy the work added. Right after work, a board may take longer than the window to settle to its idle
+state, so the idle figure is an upper bound and the above-idle figure a lower bound.
+
 `nvml` is the `pynvml` module (package nvidia-ml-py) unless a stand-in is injected (tests).
 """
 from __future__ import annotations
@@ -56,9 +63,12 @@ class NvmlSampler:
     CUDA_VISIBLE_DEVICES reordering is respected; index fallback).
     """
 
-    def __init__(self, device_index: Any = 0, interval_s: float = 0.01, nvml: Any = None):
+    def __init__(self, device_index: Any = 0, interval_s: float = 0.01, nvml: Any = None, idle_s: float = 0.0):
         self.device_index = device_index
         self.interval_s = interval_s
+        self.idle_s = idle_s
+        self.idle_power_w: float | None = None
+        self.idle_method = ""
         self._nvml = nvml
         self.note = ""
         self.samples: list[dict[str, float]] = []
@@ -139,9 +149,27 @@ class NvmlSampler:
             self.samples.append(self._sample())
 
     # -- context manager ---------------------------------------------------------------------------
+    def _measure_idle(self) -> None:
+        """Idle power over `idle_s` seconds with nothing running (the caller has synchronised)."""
+        powers = []
+        start, energy_start = time.perf_counter(), self._energy_mj()
+        while time.perf_counter() - start < self.idle_s:
+            try:
+                powers.append(self._nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3)
+            except Exception:
+                pass
+            time.sleep(self.interval_s)
+        seconds, energy_end = time.perf_counter() - start, self._energy_mj()
+        if energy_start is not None and energy_end is not None and seconds > 0:
+            self.idle_power_w, self.idle_method = (energy_end - energy_start) / 1e3 / seconds, "energy-counter"
+        elif powers:
+            self.idle_power_w, self.idle_method = statistics.median(powers), "power-samples"
+
     def __enter__(self) -> "NvmlSampler":
         if not self._open():
             return self
+        if self.idle_s > 0:
+            self._measure_idle()
         self.samples.append(self._sample())
         self.energy_start_mj = self._energy_mj()
         self.start_s = time.perf_counter()
@@ -211,11 +239,22 @@ class NvmlSampler:
             "energy_j": energy_j,
             "energy_j_per_item": energy_j / items if energy_j is not None and items else None,
             "energy_method": method,
+            **self._idle_fields(energy_j, items),
             "throttled": bool(reasons) if values("reasons") else None,
             "throttle_reasons": ",".join(reasons),
             "nvml_samples": len(self.samples),
             "nvml_region_s": self.end_s - self.start_s,
         }
+
+
+    def _idle_fields(self, energy_j: float | None, items: int | None) -> dict[str, Any]:
+        if self.idle_power_w is None:
+            return {}
+        above = None
+        if energy_j is not None and items:
+            above = (energy_j - self.idle_power_w * (self.end_s - self.start_s)) / items
+        return {"idle_power_w": self.idle_power_w, "idle_power_method": self.idle_method,
+                "energy_above_idle_j_per_item": above}
 
 
 class CallCounter:

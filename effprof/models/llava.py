@@ -232,10 +232,14 @@ class LlavaPipeline(nn.Module):
             hidden = self.lm(inputs_embeds=embeds, position_ids=positions, **kwargs).last_hidden_state
         return self.lm_head(hidden[:, -1:])
 
-    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`."""
+    def decode(self, token_ids: torch.Tensor, kv: StaticKV, position: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Logits (B, 1, vocab) of one new token per sequence at `position` (a (1, 1) tensor); appends to `kv`.
+
+        `full`: the cache's last slot is the one this step writes (every slot is valid), so no mask is needed
+        and SDPA may take its fastest (flash) kernel; otherwise slots past `position` are masked on the device."""
+        mask = None if full else kv_mask(position, kv.max_len)
         hidden = self.lm(input_ids=token_ids, position_ids=position, use_cache=True,
-                         attention_mask=kv_mask(position, kv.max_len), **{self._cache_kw: kv.cache}).last_hidden_state
+                         attention_mask=mask, **{self._cache_kw: kv.cache}).last_hidden_state
         return self.lm_head(hidden)
 
     def new_cache(self, max_len: int, batch: int) -> StaticKV:

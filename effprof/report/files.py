@@ -38,11 +38,14 @@ def _clean(value: Any) -> Any:
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
+    """One row per record; list fields (the raw timing samples) are left out: they live in the JSON."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns(records), extrasaction="ignore", lineterminator="\n")
+    lists = {k for r in records for k, v in r.items() if isinstance(v, (list, tuple, dict))}
+    names = [c for c in columns(records) if c not in lists]
+    writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({k: "" if _clean(v) is None else v for k, v in r.items()})
+        writer.writerow({k: "" if _clean(v) is None else v for k, v in r.items() if k not in lists})
     return buf.getvalue()
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 
 UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
@@ -66,6 +67,8 @@ COLUMNS = [
     ("device", lambda r: r.get("device")),
     ("status", lambda r: None if r.get("status") == "ok" else r.get("status")),
     ("latency ms\nmedian [p10, p90]", _latency),
+    ("latency\nms (median)", lambda r: None if r.get("latency_ms_median") is None
+     else _latency(r).split(" [")[0] + (" !" if _latency(r).endswith("!") else "")),
     ("CV %", lambda r: None if r.get("latency_cv") is None else f"{100 * r['latency_cv']:.1f}"),
     ("throughput", _throughput),
     ("peak act.\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
@@ -75,11 +78,15 @@ COLUMNS = [
     ("train peak\nMiB", lambda r: None if r.get("train_peak_mib") is None else _num(r["train_peak_mib"])),
     ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
     ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
+    ("FLOP\ncov. %", lambda r: None if r.get("flop_coverage") is None
+     else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else "")),
     ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
     ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
      else _num(r["achieved_gb_per_s"])),
     ("bound", lambda r: r.get("verdict")),
-    ("J/item", lambda r: None if r.get("energy_j_per_item") is None else f"{r['energy_j_per_item']:.3g}"),
+    ("J/item\ntotal", lambda r: None if r.get("energy_j_per_item") is None else _num(r["energy_j_per_item"])),
+    ("J/item\nabove idle", lambda r: None if r.get("energy_above_idle_j_per_item") is None
+     else _num(r["energy_above_idle_j_per_item"])),
     ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
      else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
     ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
@@ -108,13 +115,74 @@ COLUMNS = [
 ]
 
 
-HOISTED = ("batch", "dtype", "device")  # shown once in the title when every row agrees
+HOISTED = ("batch", "dtype", "device", "mode")  # shown once in the title when every row agrees
+
+# `--columns` names: a header listed here has this key; any other header's key is its first line, slugged.
+COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)": "latency_median", "peak act.\nMiB": "peak_mem", "weights\nMiB": "weights",
+               "params M": "params_m", "GFLOP/call\n(2×MAC)": "gflops", "TFLOP/s": "tflops", "FLOP\ncov. %": "flop_cov",
+               "% of\npeak": "pct_peak", "speedup\n×": "speedup", "params\nratio": "params_ratio",
+               "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio",
+               "J/item\ntotal": "energy", "J/item\nabove idle": "energy_above_idle"}
+# The default set: fits a 120-column terminal for the usual rows. Files always hold every field.
+BRIEF = ("row", "batch", "dtype", "device", "mode", "status", "latency_median", "throughput", "peak_mem", "params_m",
+         "gflops", "tflops", "bound", "speedup", "params_ratio", "gflops_ratio", "mem_ratio")
+BRIEF_HEADERS = {"latency_median": "latency\nms\n(median)", "peak_mem": "peak\nact.\nMiB", "gflops": "GFLOP/\ncall\n(2×MAC)",
+                 "params_m": "params\nM"}  # narrower spellings of the same headers
+RATIOS = ("speedup", "params_ratio", "gflops_ratio", "mem_ratio")
 
 
-def records_table(records: list[dict[str, Any]], title: str = "") -> Table:
+def column_key(header: str) -> str:
+    import re
+
+    return COLUMN_KEYS.get(header) or re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
+
+
+def column_keys() -> list[str]:
+    return [column_key(h) for h, _ in COLUMNS]
+
+
+def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> list[int]:
+    """Indices into COLUMNS for `--columns full|brief|KEY,KEY,...` (a list keeps its order). Brief shows the
+    median latency only, leaves out a ratio column whose value is the same on every row (params ratio 1 when
+    only the input changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage;
+    `records_table` puts the parameters under the row's label."""
+    from effprof.errors import UsageError
+
+    keys = column_keys()
+    if columns == "full":
+        return [i for i, k in enumerate(keys) if k != "latency_median"]
+    if columns == "brief":
+        wanted = list(BRIEF)
+        for i, k in enumerate(keys):
+            if k in RATIOS and k != "speedup" and len({COLUMNS[i][1](r) for r in records}) == 1 and len(records) > 1:
+                wanted.remove(k)
+        if any(r.get("flop_coverage_low") for r in records):
+            wanted.append("flop_cov")
+        if any(r.get("train") for r in records):  # --train rows: the step's memory by part
+            wanted += ["train_mib", "train_peak"]
+        return [i for i, k in enumerate(keys) if k in wanted]
+    picked = [k.strip() for k in columns.split(",") if k.strip()]
+    unknown = [k for k in picked if k not in keys]
+    if unknown or not picked:
+        raise UsageError(f"--columns: unknown column {unknown[0] if unknown else columns!r}; use full, brief or "
+                         f"a comma-separated list of: {', '.join(keys)}")
+    return [keys.index(k) for k in picked]
+
+
+def cell_text(header: str, value: Any, newline: str = "\n") -> str:
+    """A cell as text; a params string breaks after its commas (never inside a name=value)."""
+    text = "-" if value is None else str(value)
+    return text.replace(",", "," + newline) if column_key(header) == "params" else text
+
+
+def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: str = "\n"
+                ) -> tuple[list[str], list[str], list[list[str]], list[bool]]:
+    """What a table of `records` shows: (facts common to every row, for the title; headers; rows of cell
+    text; left-justified per column). Shared by the terminal table and the Markdown/HTML files; `newline`
+    is how a cell breaks a line."""
     cells = [[fn(r) for _, fn in COLUMNS] for r in records]
     headers = [h for h, _ in COLUMNS]
-    shown = [i for i in range(len(COLUMNS)) if any(row[i] not in (None, "-") for row in cells)]
+    shown = [i for i in chosen_columns(records, columns) if any(row[i] not in (None, "-") for row in cells)]
     common = []
     for name in HOISTED:
         i = headers.index(name)
@@ -122,14 +190,38 @@ def records_table(records: list[dict[str, Any]], title: str = "") -> Table:
         if len(records) > 0 and len(values) == 1 and i in shown:
             shown.remove(i)
             common.append(f"{name} {values.pop()}")
+    if columns == "brief" and records:  # the parameters that tell rows apart go under the label, one a line
+        differ = [varying_params(records, r) for r in records]
+        if len(records) > 1:
+            common += [kv for kv in str(records[0].get("params") or "").split(",") if kv and kv not in differ[0]]
+        for row, r, extra in zip(cells, records, differ):
+            row[0] = newline.join([str(row[0])] + [kv for kv in extra if kv not in str(r.get("label") or "")])
+    names = [BRIEF_HEADERS.get(column_key(headers[i]), headers[i]) if columns == "brief" else headers[i] for i in shown]
+    rows = [[cell_text(headers[i], row[i], newline) for i in shown] for row in cells]
+    return common, names, rows, [i < 6 for i in shown]
+
+
+def records_table(records: list[dict[str, Any]], title: str = "", columns: str = "brief") -> Table:
+    common, headers, rows, left = table_cells(records, columns)
     if common:
         title = f"{title}  ({', '.join(common)})" if title else ", ".join(common)
-    table = Table(title=title or None, title_justify="left")
-    for i in shown:
-        table.add_column(escape(COLUMNS[i][0]), justify="left" if i < 6 else "right")
-    for row in cells:
-        table.add_row(*["-" if row[i] is None else escape(str(row[i])) for i in shown])
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for header, is_left in zip(headers, left):
+        table.add_column(escape(header), justify="left" if is_left else "right",
+                         no_wrap=column_key(header) in ("params", "row"))
+    for row in rows:
+        table.add_row(*[escape(cell) for cell in row])
     return table
+
+
+def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
+    """`name=value` items of `record`'s params text that are not the same on every row (all of them for one row)."""
+    def items(r):
+        return [kv for kv in str(r.get("params") or "").split(",") if kv]
+
+    common = set(items(records[0])).intersection(*(set(items(r)) for r in records[1:])) if len(records) > 1 else set()
+    return [kv for kv in items(record) if kv not in common]
 
 
 def footer(records: list[dict[str, Any]]) -> str:
@@ -143,7 +235,8 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); peak act. = activations above weights+inputs"]
-    lines += sorted(notes) + host_bound_notes(records) + train_notes(records) + errors
+    lines += (sorted(notes) + host_bound_notes(records) + train_notes(records) + coverage_notes(records)
+              + energy_notes(records) + errors)
     return "\n".join(lines)
 
 
@@ -169,15 +262,45 @@ def host_bound_notes(records: list[dict[str, Any]]) -> list[str]:
             "the host's speed and may not repeat on a shared machine; --graphs times the device's work"]
 
 
+def energy_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Which energy figure is which (NVML board energy over the timed region, per item)."""
+    rows = [r for r in records if r.get("energy_j_per_item") is not None]
+    if not rows:
+        return []
+    idle = [r for r in rows if r.get("idle_power_w") is not None]
+    text = ("J/item total = the board's energy over the timed region per item, idle power included (as Zeus and "
+            "the ML.ENERGY leaderboard report it)")
+    if idle:
+        watts = ", ".join(sorted({"%.0f W" % r["idle_power_w"] for r in idle}))
+        text += f"; above idle = minus idle power ({watts}, measured just before the region) × the region's time"
+    return [text]
+
+
+def coverage_notes(records: list[dict[str, Any]]) -> list[str]:
+    """What `FLOP cov. %` is, and which rows fall below --min-flop-coverage (marked !)."""
+    rows = [r for r in records if r.get("flop_coverage") is not None]
+    if not rows:
+        return []
+    method = "kernel time on the device" if rows[0].get("device") == "cuda" else "aten op CPU time"
+    lines = [f"FLOP cov. % = share of the call's {method} in ops with a FLOP formula (effprof breakdown "
+             "--uncovered lists the rest)"]
+    low = [r for r in rows if r.get("flop_coverage_low")]
+    if low:
+        lines.append(", ".join(f"{r.get('label')} ({r.get('flop_uncovered_top') or '?'} uncounted)" for r in low)
+                     + ": FLOP coverage below --min-flop-coverage (!): their TFLOP/s leaves out the uncounted ops' time")
+    return lines
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console that does not squeeze tables to 80 columns when writing to a file or pipe."""
     probe = Console(stderr=stderr)
     return probe if probe.is_terminal else Console(stderr=stderr, width=220)
 
 
-def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None) -> None:
+def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None,
+                  columns: str = "brief") -> None:
     console = console or make_console()
-    console.print(records_table(records, escape(title)))
+    console.print(records_table(records, escape(title), columns))
     text = footer(records)
     if text:
         console.print(escape(text), style="dim", highlight=False)

@@ -87,6 +87,19 @@ def kernels_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     return table
 
 
+def uncovered_table(found: dict[str, Any], top: int = 12) -> Table:
+    """`flop_coverage`'s result: the coverage in the title, then the costliest ops counted as zero FLOPs."""
+    coverage = found.get("coverage")
+    title = (f"FLOP coverage {'-' if coverage is None else f'{100 * coverage:.1f}%'} of {found['total_ms']:.4g} ms "
+             f"per call ({found['method']}); ops counted as zero FLOPs, costliest first")
+    table = Table(title=title, title_justify="left")
+    for header, justify in (("op (no FLOP formula)", "left"), ("time ms", "right"), ("share %", "right")):
+        table.add_column(header, justify=justify)
+    for r in found["uncovered"][:top]:
+        table.add_row(escape(r["name"]), f"{r['time_ms']:.4g}", "-" if r["share"] is None else f"{100 * r['share']:.1f}")
+    return table
+
+
 def phases_table(phases: dict, title: str) -> Table:
     """A training step's phases (forward, backward, optimizer): mean ms per step and share of the step."""
     table = Table(title=title, title_justify="left")

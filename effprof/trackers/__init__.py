@@ -6,8 +6,8 @@ import importlib
 
 from effprof.trackers.base import TRACKERS, Tracker, enabled_trackers, register_tracker, unregister_tracker
 
-BUILTIN = ("params", "counts", "paper_flops", "extras", "training", "memory", "nvml", "crosscheck", "roofline",
-           "stages", "generation", "estimate")
+BUILTIN = ("params", "counts", "coverage", "paper_flops", "extras", "training", "memory", "nvml", "crosscheck",
+           "roofline", "stages", "generation", "estimate")
 for _module in BUILTIN:
     importlib.import_module(f"effprof.trackers.{_module}")
 
