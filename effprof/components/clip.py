@@ -192,7 +192,8 @@ def pixel_maker(ctx: BuildContext, image_size: int, images_dir: str | None = Non
 
 FEATURE_LAYER = Param("feature_layer", int, None, "With --reducer: output the patch tokens of this layer (-2 = "
                       "LLaVA-1.5's penultimate layer; default for vision-output reducers) instead of the pooled "
-                      "class token after every layer (none).", optional=True)
+                      "class token after every layer (none).", low=-MAX_LAYERS, high=MAX_LAYERS,
+                      optional=True)
 IMAGES_DIR = Param("images_dir", str, None, "Folder of jpg/png images used as inputs (resized and normalised as "
                    "CLIP's processor does; cycled to the batch); none = random pixels.", optional=True)
 
