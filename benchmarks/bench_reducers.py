@@ -184,10 +184,10 @@ def analysis(token_records: list[dict], estimates: list[dict], tome_records: lis
         speed, flops = r["speedup"], r.get("gflops_ratio") or 1.0
         if speed >= 1.10:
             verdict = "pays off in measured TTFT"
-        elif flops <= 0.8 and speed < 1.05:
-            verdict = "saves FLOPs only (TTFT within 5%)"
         elif speed < 0.95:
-            verdict = "costs time"
+            verdict = "costs time" + (" although it saves FLOPs" if flops <= 0.8 else "")
+        elif flops <= 0.8:
+            verdict = "saves FLOPs only (TTFT within 5-10%)"
         else:
             verdict = "neutral"
         reduce_ms = r.get("stage_reduce_ms")
