@@ -42,7 +42,8 @@ from effprof.registry import BuildContext, create  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, free_memory, measure, measure_many  # noqa: E402
 
-KEEP = ("label", "component", "param_seq_len", "param_mode", "scan_backend", "conv_backend", "latency_ms_median",
+KEEP = ("label", "component", "param_seq_len", "param_mode", "scan_backend", "conv_backend", "decode_backend",
+        "latency_ms_median",
         "latency_ms_p10", "latency_ms_p90", "n_calls", "throughput_per_s", "gflops", "tflops_per_s", "peak_mem_mib",
         "state_mib", "kv_cache_mib", "params_total", "speedup", "status", "error")
 

@@ -6,10 +6,11 @@ Through effprof's command line (`python -m effprof`, from the repository root), 
       (the same worker pool, one worker per GPU): wall time of the whole comparison, and per row the
       two medians, their ratio and whether their 95% confidence intervals overlap (a fan-out must not
       change what a row measures); the host's CPU load while the rows ran;
-  (b) tensor parallelism: the largest LM that is ready (default `transformer-lm --preset 2.8b`; `--lm
-      llava` when that component is registered) prefill (batch 1, 2048 tokens) and decode (batch 16,
-      2048 tokens of context), plus `mamba-lm --preset 2.8b` prefill, each at `--tp 1,2`: latency,
-      tokens/s, per-GPU peak memory, the NCCL kernels' share of device time, scaling efficiency.
+  (b) tensor parallelism: the largest LM that is ready (default `llava --preset llava-1.5-13b`: prefill of
+      one image + 64 text tokens at batch 1, decode at batch 16 with 2048 tokens of context; `--lm
+      transformer-lm:2.8b`: prefill of 2048 tokens, decode at 2048), and with `--with-mamba` `mamba-lm
+      --preset 2.8b` prefill, each at `--tp 1,2`: latency, tokens/s, per-GPU peak memory, the NCCL
+      kernels' share of device time, scaling efficiency against tp 1.
 
 Writes DIR/bench_multigpu.json (every record, with device, versions, date and command line) and
 DIR/bench_multigpu.md, and prints the markdown tables last. About 3 minutes on two H200s.
@@ -96,27 +97,32 @@ def fan_out(out: Path, smoke: bool) -> dict:
     return result
 
 
-def tensor_parallel(out: Path, smoke: bool, lm: str) -> dict:
+def tensor_parallel(out: Path, smoke: bool, lm: str, with_mamba: bool) -> dict:
     import yaml
 
     if smoke:
         small = {"d_model": 32, "n_layer": 2, "seq_len": 64}
         doc = {"title": "smoke tp", "options": {"device": "cpu", "dtype": "fp32", "min_time": 0.05, "warmup": 0},
-               "rows": [{"component": "mamba-lm", "params": small, "label": "mamba-lm prefill"},
-                        {"component": "transformer-lm", "params": {**small, "d_model": 128},
-                         "label": "transformer-lm prefill"}]}
+               "rows": [{"component": "llava", "params": {"preset": "tiny", "prompt_tokens": 8},
+                         "label": "llava tiny prefill"},
+                        {"component": "llava", "params": {"preset": "tiny", "mode": "decode", "context": 16},
+                         "label": "llava tiny decode"},
+                        {"component": "mamba-lm", "params": small, "label": "mamba-lm prefill"}]}
     else:
         name, _, preset = lm.partition(":")
-        params = {"preset": preset} if preset else {}
-        doc = {"title": "tensor parallel", "options": {"min_time": 0.5},
-               "rows": [{"component": name, "params": {**params, "seq_len": 2048, "mode": "prefill"},
-                         "options": {"batch": 1}, "label": f"{name} {preset} prefill"},
-                        {"component": name, "params": {**params, "seq_len": 2048, "mode": "decode"},
-                         "options": {"batch": 16}, "label": f"{name} {preset} decode"},
-                        {"component": "mamba-lm", "params": {"preset": "2.8b", "seq_len": 2048, "mode": "prefill"},
-                         "options": {"batch": 1}, "label": "mamba-lm 2.8b prefill"}]}
+        if name == "llava":  # prompt = 576 image tokens + 64 text tokens; decode at 2048 tokens of context
+            prefill, decode = {"preset": preset, "mode": "prefill"}, {"preset": preset, "mode": "decode", "context": 2048}
+        else:
+            prefill = {"preset": preset, "seq_len": 2048, "mode": "prefill"}
+            decode = {"preset": preset, "seq_len": 2048, "mode": "decode"}
+        rows = [{"component": name, "params": prefill, "options": {"batch": 1}, "label": f"{name} {preset} prefill"},
+                {"component": name, "params": decode, "options": {"batch": 16}, "label": f"{name} {preset} decode"}]
+        if with_mamba:
+            rows.append({"component": "mamba-lm", "params": {"preset": "2.8b", "seq_len": 2048, "mode": "prefill"},
+                         "options": {"batch": 1}, "label": "mamba-lm 2.8b prefill"})
+        doc = {"title": "tensor parallel", "options": {"min_time": 0.5}, "rows": rows}
     (out / "tp.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    wall, records, code = effprof(["compare", str(out / "tp.yaml"), "--tp", "1,2"], out, "tp")
+    wall, records, code = effprof(["compare", str(out / "tp.yaml"), "--tp", "1,2"], out, "tp", timeout_s=170)
     return {"wall_s": wall, "exit_code": code, "records": records}
 
 
@@ -164,11 +170,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for bench_multigpu.json/.md and the logs")
     parser.add_argument("--smoke", action="store_true", help="CPU workers and gloo, tiny shapes (checks the script)")
-    parser.add_argument("--lm", default="transformer-lm:2.8b", help="COMPONENT[:PRESET] of the tensor-parallel LM")
+    parser.add_argument("--lm", default="llava:llava-1.5-13b",
+                        help="COMPONENT:PRESET of the tensor-parallel LM (llava:llava-1.5-13b, transformer-lm:2.8b)")
+    parser.add_argument("--with-mamba", action="store_true", help="add mamba-lm 2.8b prefill at tp 1 and 2 (+40 s)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"fan_out": fan_out(out, args.smoke), "tensor_parallel": tensor_parallel(out, args.smoke, args.lm)}
+    result = {"fan_out": fan_out(out, args.smoke), "tensor_parallel": tensor_parallel(out, args.smoke, args.lm,
+                                                                                args.with_mamba)}
     import torch  # only now: the parent must not hold a CUDA context while the workers measure
     import transformers
 

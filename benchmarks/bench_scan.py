@@ -35,6 +35,11 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
 # thread, CHUNK / 8 threads on time).
 TUNE_CONFIGS = [dict(CHUNK=ch, num_warps=nw) for ch, nw in [(32, 4), (32, 2), (64, 4), (16, 4)]]
+# Issue 15's routes for the SFU/issue bound (scan_notes.md, fifth session): every k-th state's exp2 as an FMA
+# polynomial, and a register cap for more warps per scheduler (166 registers: 3 programs of 4 warps per SM)
+TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, poly_every=k) for k in (4, 2)]
+TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, maxnreg=r) for r in (128,)]
+TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, poly_every=4, maxnreg=128)]
 # The `tl` kernel (CPU interpreter; triton without Gluon), its best configs of the second session:
 # (BLOCK_D, CHUNK, num_warps, pair_states) with 3 pipeline stages and shift-and-mask B/C unpacking.
 # Earlier sweeps (scan_notes.md): CHUNK 8 or 16, 2 rows per thread and float32 B/C all lost.

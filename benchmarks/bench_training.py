@@ -13,11 +13,13 @@ activations, CUDA allocator deltas) and the step's peak, forward+backward GFLOPs
 
     python3 benchmarks/bench_training.py --out DIR          # GPU: DIR/bench_training.json and .md
     python3 benchmarks/bench_training.py --smoke --out DIR  # tiny shapes on the CPU (checks the script runs)
+    bash benchmarks/run_gpu.sh training                     # through the batched GPU runner (writes to $OUT)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -91,7 +93,8 @@ def markdown(sections: dict[str, list[dict]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results", help="folder for bench_training.json and .md")
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"),
+                        help="folder for bench_training.json and .md (default: $OUT, else benchmarks/results)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (checks the script runs)")
     args = parser.parse_args()
     import torch

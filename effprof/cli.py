@@ -77,6 +77,11 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
     if not components:
         raise UsageError(f"no component matches {pattern!r}")
     console.print(components_table(components))
+    if any(c.reducer_sites for c in components):
+        from effprof.reducers import list_reducers
+        from effprof.report.listing import reducers_table
+
+        console.print(reducers_table(list_reducers()))
     console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
 
 

@@ -59,6 +59,8 @@ class RunOptions:
                              "--flops-crosscheck need a real device")
         if device.type == "meta" and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.train and self.tp > 1:
+            raise UsageError("--tp splits models for inference; --train with --tp is not measured")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
         if self.grad_checkpointing and not self.train:

@@ -108,12 +108,23 @@ class Component:
     unit: str
     description: str
     family: str
+    reducer_sites: tuple[str, ...] = ()   # where a --reducer may act (effprof.reducers.SITES)
+    own_params: tuple[Param, ...] = ()    # the factory's own parameters; `params` adds the reducer options
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
         """Validated parameter values with defaults filled in."""
+        if self.reducer_sites:
+            from effprof.reducers import resolve_with_reducer
+
+            return resolve_with_reducer(self.own_params, self.reducer_sites, given, self.name)
         return resolve(self.params, given, self.name)
 
     def build(self, values: dict[str, Any], ctx: BuildContext) -> Built:
+        if self.reducer_sites:
+            from effprof.reducers import split_reducer
+
+            own, reducer = split_reducer(self.own_params, values)
+            return self.factory(ctx, **own, reducer=reducer)
         return self.factory(ctx, **values)
 
 
@@ -121,10 +132,12 @@ _REGISTRY: dict[str, Component] = {}
 
 
 def register_component(name: str, *, unit: str, params: Sequence[Param] = (), description: str = "",
-                       family: str = "misc"):
+                       family: str = "misc", reducers: Sequence[str] = ()):
     """Register `factory(ctx, **params) -> Built` under `name`.
 
-    The first line of the factory's docstring is used when `description` is empty.
+    The first line of the factory's docstring is used when `description` is empty. `reducers` names the
+    sites (effprof.reducers.SITES) where the component accepts a `--reducer`; its factory then also
+    receives `reducer=` (the built reducer or None).
     """
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}")
@@ -137,7 +150,8 @@ def register_component(name: str, *, unit: str, params: Sequence[Param] = (), de
             raise ValueError(f"component {name!r} is registered twice")
         doc = description or (factory.__doc__ or "").strip().splitlines()[0:1]
         text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-        _REGISTRY[name] = Component(name, factory, tuple(params), unit, text, family)
+        _REGISTRY[name] = Component(name, factory, tuple(params), unit, text, family, tuple(reducers),
+                                    tuple(params))
         return factory
 
     return decorate
@@ -158,6 +172,13 @@ def _load_builtin() -> None:
             importlib.import_module(plugin.strip())
         except ImportError as exc:
             raise UsageError(f"EFFPROF_PLUGINS: cannot import {plugin!r}: {exc}") from None
+    for name, c in list(_REGISTRY.items()):  # reducer-accepting components: add --reducer and its options
+        if c.reducer_sites:
+            from dataclasses import replace
+
+            from effprof.reducers import options_for
+
+            _REGISTRY[name] = replace(c, params=options_for(c.own_params, c.reducer_sites, name))
 
 
 def get_component(name: str) -> Component:

@@ -41,8 +41,6 @@ def register_tp_plan(component: str):
 
 
 def supports_tp(component: str) -> bool:
-    import effprof.components  # noqa: F401  (components may register their plans)
-
     return component in TP_PLANS
 
 
@@ -117,6 +115,23 @@ def shard_transformer_lm(built, rank: int, world: int) -> None:
     built.info["tp_linears_split"] = apply_hf_plan(model, model.config.base_model_tp_plan, rank, world)
 
 
+@register_tp_plan("llava")
+def shard_llava(built, rank: int, world: int) -> None:
+    """The Llama LM of LLaVA by its own plan; the vision tower and projector stay replicated. The text config
+    is told the local head counts, so the static KV cache each rank allocates holds its own heads."""
+    if built.hooks.get("generation"):
+        raise UsageError("--tp: llava's generate mode is not split (its per-token stamps are timed per rank); "
+                         "use --mode prefill or decode")
+    lm = built.module.lm
+    configs = {id(c): c for c in (lm.config, built.module.config.get_text_config(decoder=True))}.values()
+    _hf_config_check(lm.config, world)
+    built.info["tp_linears_split"] = apply_hf_plan(lm, lm.config.base_model_tp_plan, rank, world)
+    for config in configs:
+        config.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        config.num_attention_heads //= world
+        config.num_key_value_heads = (config.num_key_value_heads or config.num_attention_heads * world) // world
+
+
 class TensorParallelMambaBlock(nn.Module):
     """Marker base: see `shard_mamba_block` (the class of a split MambaBlock gains these overrides)."""
 
@@ -183,6 +198,17 @@ def shard_mamba_lm(built, rank: int, world: int) -> None:
     for mixer in built.module.mixers:
         shard_mamba_block(mixer, rank, world)
     built.info["tp_linears_split"] = 4 * len(built.module.mixers)
+
+
+@register_tp_plan("cobra")
+def shard_cobra(built, rank: int, world: int) -> None:
+    """Cobra's Mamba LM as `mamba-lm`'s; the two vision towers and the projector stay replicated."""
+    if built.hooks.get("generation"):
+        raise UsageError("--tp: cobra's generate mode is not split (its per-token stamps are timed per rank); "
+                         "use --mode prefill or decode")
+    for mixer in built.module.lm.mixers:
+        shard_mamba_block(mixer, rank, world)
+    built.info["tp_linears_split"] = 4 * len(built.module.lm.mixers)
 
 
 def shard(component: str, built, rank: int, world: int) -> None:

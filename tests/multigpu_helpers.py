@@ -22,9 +22,10 @@ def worker_dies(ctx, how):
     return Built(torch.nn.Linear(4, 4), lambda b: (torch.randn(b, 4),), unit="seq")
 
 
-def sharded_vs_whole(cases):
+def sharded_vs_whole(cases, device="cpu"):
     """On each rank: for (component, params), the output of the whole model (tp 1) and of this rank's
-    slice (tp = world) through `runner.build`, on the same seeded inputs. Returns [(max |diff|, max |whole|)]."""
+    slice (tp = world) through `runner.build`, on the same seeded inputs. Returns [(max |diff|, max |whole|,
+    linears split)]."""
     from dataclasses import replace
 
     import torch.distributed as dist
@@ -33,13 +34,15 @@ def sharded_vs_whole(cases):
 
     out = []
     for component, params in cases:
-        whole = Config(component, params, RunOptions(device="cpu", dtype="fp32", batch=2))
-        results = []
+        whole = Config(component, params, RunOptions(device=f"{device}:{torch.cuda.current_device()}"
+                                                     if device == "cuda" else device, dtype="fp32", batch=2))
+        results, split = [], None
         for config in (whole, replace(whole, options=replace(whole.options, tp=dist.get_world_size()))):
             built, _, _ = build(config)
+            split = built.info.get("tp_linears_split")
             torch.manual_seed(7)
             inputs = built.make_inputs(2)
             with torch.inference_mode():
                 results.append(built.call(inputs).float())
-        out.append(((results[1] - results[0]).abs().max().item(), results[0].abs().max().item()))
+        out.append(((results[1] - results[0]).abs().max().item(), results[0].abs().max().item(), split))
     return out

@@ -29,7 +29,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 15  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 26  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -125,3 +125,235 @@ def test_conv_backend_resolution(monkeypatch):
         resolve_conv_backend("triton", CPU)
     with pytest.raises(ValueError, match="conv_state must be"):
         causal_conv1d_update(torch.zeros(2, 3), torch.zeros(2, 3, 3), torch.zeros(3, 4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused decode step
+# ---------------------------------------------------------------------------------------------------
+def _block(d_model, d_state, dtype, conv_bias=True, seed=0, device=CPU):
+    from effprof.modules.mamba import MambaBlock
+
+    torch.manual_seed(seed)
+    block = MambaBlock(d_model, d_state, conv_bias=conv_bias, device=device, dtype=dtype)  # A_log, D stay fp32
+    with torch.no_grad():  # perturb A_log, D and the conv so that no parameter sits at a special value
+        block.A_log.add_(0.3 * torch.randn_like(block.A_log))
+        block.D.copy_(torch.randn_like(block.D))
+        block.conv1d.weight.mul_(2.0)
+    return block
+
+
+# (batch, d_model, d_state, conv bias): d_inner = 2·d_model (odd: 42, 2·37 = 74), d_state 1 and 16
+STEP_CASES = [(2, 21, 16, True), (1, 37, 1, False), (3, 8, 4, True)]
+
+
+def _run_steps(block, backend, hidden, prefill):
+    state = block.allocate_state(hidden.shape[0])
+    with torch.no_grad():
+        block(hidden[:, :prefill], state)
+        block.decode_backend = backend
+        out = torch.cat([block.step(hidden[:, t:t + 1], state) for t in range(prefill, hidden.shape[1])], 1)
+        block.decode_backend = "ref"
+    return out, state
+
+
+@needs_triton
+@pytest.mark.parametrize("case", STEP_CASES)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_triton_fused_step_matches_the_step_reference(case, dtype, tol):
+    batch, d_model, d_state, conv_bias = case
+    block = _block(d_model, d_state, dtype, conv_bias, seed=d_model)
+    hidden = torch.randn(batch, 9, d_model, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ref, ref_state = _run_steps(block, "ref", hidden, prefill=3)
+    out, state = _run_steps(block, "triton", hidden, prefill=3)
+    assert out.dtype == dtype and rel_err(out, ref) < tol
+    assert torch.equal(state.conv_state, ref_state.conv_state)          # the shift is exact
+    # bf16: the kernel rounds where the reference's bf16 matmuls round (x_proj, dt_proj, the conv output), but
+    # sums in another order, and the interpreter truncates float32 -> bf16 (the GPU rounds to nearest)
+    assert rel_err(state.ssm_state, ref_state.ssm_state) < (1e-5 if dtype == torch.float32 else 3e-2)
+    full = block(hidden)                                                # and both equal the prefill forward
+    assert rel_err(out, full[:, 3:]) < tol
+
+
+@needs_triton
+def test_triton_add_rms_norm_matches_reference():
+    from effprof.ops.mamba_decode import add_rms_norm, add_rms_norm_ref
+
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 1, 37, generator=g).to(torch.bfloat16)
+    residual = torch.randn(3, 1, 37, generator=g)
+    weight = (1 + 0.1 * torch.randn(37, generator=g)).to(torch.bfloat16)
+    for res in (None, residual):
+        normed, new_res = add_rms_norm(hidden, res, weight, 1e-5, backend="triton")
+        ref_normed, ref_res = add_rms_norm_ref(hidden, res, weight, 1e-5)
+        assert normed.dtype == torch.bfloat16 and new_res.dtype == torch.float32
+        # one bf16 ulp (4e-3) at most; the interpreter truncates to bf16 where the GPU rounds
+        assert torch.equal(new_res, ref_res) and rel_err(normed, ref_normed) < 8e-3
+    normed, _ = add_rms_norm(hidden.float(), residual, weight.float(), 1e-5, backend="triton")
+    assert rel_err(normed, add_rms_norm_ref(hidden.float(), residual, weight.float(), 1e-5)[0]) < 1e-6
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 3])  # the GEMV kernel, and (above gemv_max_batch) add + norm then F.linear
+def test_triton_norm_in_proj_matches_reference(rows):
+    from effprof.ops.mamba_decode import norm_in_proj, norm_in_proj_ref
+
+    g = torch.Generator().manual_seed(rows)
+    hidden, residual = torch.randn(rows, 40, generator=g), torch.randn(rows, 40, generator=g)
+    from effprof.ops.mamba_decode_triton import use_gemv
+    assert use_gemv(rows, torch.zeros(36, 40)) == (rows == 1)
+    norm_weight, in_proj = 1 + 0.1 * torch.randn(40, generator=g), torch.randn(36, 40, generator=g)
+    for res in (None, residual):
+        xz, new_res = norm_in_proj(hidden, res, norm_weight, 1e-5, in_proj, backend="triton")
+        ref_xz, ref_res = norm_in_proj_ref(hidden, res, norm_weight, 1e-5, in_proj)
+        assert xz.shape == (rows, 36) and torch.equal(new_res, ref_res) and rel_err(xz, ref_xz) < 1e-6
+    with FlopCounterMode(display=False) as counter:
+        norm_in_proj(hidden, residual, norm_weight, 1e-5, in_proj, backend="triton")
+    assert counter.get_total_flops() == 2 * rows * 36 * 40
+
+
+@needs_triton
+def test_triton_fused_step_counts_the_reference_flops():
+    from effprof.ops.mamba_decode import mamba_decode_step_flops
+
+    block = _block(8, 4, torch.float32)
+    hidden = torch.randn(2, 1, 8)
+    counts = {}
+    for backend in ("ref", "triton"):
+        state = block.allocate_state(2)
+        block.decode_backend = backend
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block.step(hidden, state)
+        counts[backend] = counter.get_total_flops()
+    E, R, N = 16, block.dt_rank, 4
+    projections = 2 * 2 * 8 * 2 * E + 2 * 2 * E * 8                    # in_proj and out_proj
+    assert counts["ref"] == counts["triton"] == projections + mamba_decode_step_flops(2, E, 4, R, N, True)
+    assert mamba_decode_step_flops(2, E, 4, R, N, True) == 2 * 2 * E * 4 + 2 * 2 * E * (R + 2 * N) + 2 * 2 * R * E \
+        + 9 * 2 * E * N + 2 * 2 * E
+    # a whole LM step with in_proj and out_proj fused in (batch 1: the GEMV and the fused out_proj)
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+
+    model = MambaLM(MambaLMConfig(d_model=8, n_layer=2, vocab_size=32, d_state=4)).eval()
+    ids = torch.tensor([[3]])
+    for backend in ("ref", "triton"):
+        model.set_backends(decode_backend=backend)
+        cache = model.allocate_cache(1)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.step(ids, cache)
+        counts[f"lm_{backend}"] = counter.get_total_flops()
+    assert counts["lm_ref"] == counts["lm_triton"] > 0
+
+
+def greedy_tokens(model, prompt, n_tokens, decode_backend):
+    """Greedy generation: prefill the prompt, then n_tokens steps feeding back the argmax token."""
+    model.set_backends(decode_backend=decode_backend)
+    cache = model.allocate_cache(prompt.shape[0])
+    with torch.no_grad():
+        logits = model(prompt, cache, num_last_tokens=1)
+        tokens, all_logits = [], []
+        for _ in range(n_tokens):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(token)
+            logits = model.step(token, cache)
+            all_logits.append(logits[:, -1])
+    return torch.cat(tokens, 1), torch.stack(all_logits, 1)
+
+
+@needs_triton
+def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
+    """Greedy tokens of a small random-weight LM (float32): the fused step picks the same tokens as the
+    step-by-step reference, with logits equal to float32 rounding (bench_mamba.py checks 64 tokens of
+    Mamba-130m on the GPU; 16 here keep the interpreter fast)."""
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+
+    from effprof.ops import mamba_decode_triton
+
+    # batch 2 through every fused kernel: the GEMV (its loop over rows) and out_proj in the step kernel, whose
+    # channel blocks (32) do not divide d_inner (48)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "gemv_max_batch", 2)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "step_block_d", 32)
+    assert mamba_decode_triton.use_fused_out(2, torch.zeros(24, 48))
+    torch.manual_seed(0)
+    model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
+    ref_tokens, ref_logits = greedy_tokens(model, prompt, 16, "ref")
+    tokens, logits = greedy_tokens(model, prompt, 16, "triton")
+    assert torch.equal(tokens, ref_tokens)
+    assert rel_err(logits, ref_logits) < 1e-5
+    assert (logits[:, 1:] - logits[:, :-1]).abs().amax() > 1e-3  # the state moves the logits step to step
+
+
+def test_decode_backend_resolution(monkeypatch):
+    from effprof.ops.mamba_decode import resolve_decode_backend
+
+    assert resolve_decode_backend("auto", CPU) == "ref"
+    with pytest.raises(UsageError, match="unknown decode backend"):
+        resolve_decode_backend("cuda-graphs", CPU)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="fused triton decode step needs a CUDA device"):
+        resolve_decode_backend("triton", CPU)
+
+
+needs_cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_cuda_conv_and_fused_step_match_references(dtype, tol):
+    """The compiled kernels (not the interpreter): conv prefill and update, the fused step and add + norm."""
+    cuda = torch.device("cuda")
+    for batch, channels, L, width, with_bias, silu in CONV_CASES + [(2, 1536, 4099, 4, True, True)]:
+        x = torch.randn(batch, 2 * channels, L, device=cuda).to(dtype)[:, :channels]
+        weight, bias = torch.randn(channels, width, device=cuda).to(dtype), torch.randn(channels, device=cuda)
+        bias = bias.to(dtype) if with_bias else None
+        act = "silu" if silu else None
+        y = causal_conv1d(x, weight, bias, act, backend="triton")
+        expected = loop_causal_conv(x.cpu(), weight.cpu(), None if bias is None else bias.cpu(), silu)
+        assert rel_err(y.cpu(), expected) < tol
+        state, ref_state = (torch.randn(batch, channels, width, device=cuda).to(dtype) for _ in range(2))
+        ref_state.copy_(state)
+        out = causal_conv1d_update(x[..., 0], state, weight, bias, act, backend="triton")
+        ref = causal_conv1d_update_ref(x[..., 0], ref_state, weight, bias, act)
+        assert torch.equal(state, ref_state) and rel_err(out, ref) < tol
+    for batch, d_model, d_state, conv_bias in STEP_CASES + [(64, 768, 16, True), (1, 2560, 16, True)]:
+        block = _block(d_model, d_state, dtype, conv_bias, seed=d_model, device=cuda)
+        hidden = torch.randn(batch, 6, d_model, device=cuda).to(dtype)
+        ref, ref_state = _run_steps(block, "ref", hidden, prefill=2)
+        out, state = _run_steps(block, "triton", hidden, prefill=2)
+        assert rel_err(out, ref) < tol and torch.equal(state.conv_state, ref_state.conv_state)
+        assert rel_err(state.ssm_state, ref_state.ssm_state) < tol
+
+
+def test_block_step_is_the_ops_reference_step():
+    """MambaBlock.step's op-by-op path (kept in the module for subclasses) equals mamba_decode_step_ref."""
+    import copy
+
+    from effprof.ops.mamba_decode import mamba_decode_step_ref
+
+    block = _block(12, 3, torch.float32)
+    state = block.allocate_state(2)
+    with torch.no_grad():
+        block(torch.randn(2, 5, 12), state)
+        hidden = torch.randn(2, 1, 12)
+        ref_state = copy.deepcopy(state)
+        out = block.step(hidden, state)
+        x, z = F.linear(hidden[:, 0], block.in_proj.weight).chunk(2, dim=-1)
+        y = mamba_decode_step_ref(x, z, ref_state.conv_state, ref_state.ssm_state, block.conv1d.weight.squeeze(1),
+                                  block.conv1d.bias, block.x_proj.weight, block.dt_proj.weight, block.dt_proj.bias,
+                                  block.A_log, block.D, out_proj_weight=block.out_proj.weight)
+    torch.testing.assert_close(out[:, 0], y)
+    torch.testing.assert_close(state.ssm_state, ref_state.ssm_state)
+    assert torch.equal(state.conv_state, ref_state.conv_state)
+
+
+def test_components_report_the_decode_path(tmp_path, fast):
+    """The record names the decode path that ran (auto = ref on CPU), and an unavailable one is refused."""
+    from effprof.cli import main
+    from effprof.report.files import read_json
+
+    path = tmp_path / "r.json"
+    assert main(["run", "mamba-lm", "--d-model", "16", "--n-layer", "1", "--seq-len", "4", "--mode", "decode",
+                 *fast, "--json", str(path)]) == 0
+    record = read_json(path)[0]
+    assert record["decode_backend"] == "ref" and record["conv_backend"] == "ref" and record["status"] == "ok"
+    if not INTERPRETED:
+        assert main(["run", "mamba", "--d-model", "16", "--mode", "decode", "--decode-backend", "triton", *fast]) == 2

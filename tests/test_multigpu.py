@@ -114,11 +114,23 @@ def test_column_and_row_parallel_linears_add_up_to_the_whole():
 
 
 def test_tp2_on_gloo_gives_the_outputs_of_tp1():
+    """transformer-lm, mamba-lm, llava (its Llama LM by the model's own transformers plan) and cobra (its
+    Mamba LM), prefill and decode: the ranks' output equals the unsplit model's on the same inputs."""
+    from effprof.models.cobra import PRESETS as COBRA_PRESETS
+
     cases = [("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16}),
              ("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
              ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16}),
-             ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True})]
-    for diff, scale in launch(multigpu_helpers.sharded_vs_whole, (cases,), 2, "cpu"):
+             ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
+             ("llava", {"preset": "tiny", "prompt_tokens": 8}),
+             ("llava", {"preset": "tiny", "mode": "decode", "context": 16}),
+             ("cobra", {"preset": "tiny", "prompt_tokens": 8}),
+             ("cobra", {"preset": "tiny", "mode": "decode", "context": 16})]
+    results = launch(multigpu_helpers.sharded_vs_whole, (cases,), 2, "cpu")
+    # 2 layers each: GPT-NeoX 4 split linears per layer, Mamba 4 (in, x, dt, out), Llama 7 (q k v o gate up down)
+    cobra_layers = 4 * COBRA_PRESETS["tiny"].lm.n_layer
+    assert [split for _, _, split in results] == [8, 8, 8, 8, 14, 14, cobra_layers, cobra_layers]
+    for diff, scale, _ in results:
         assert scale > 0.1 and diff < 1e-5 * max(1.0, scale)
 
 
@@ -134,3 +146,28 @@ def test_run_tp_1_and_2_reports_scaling_and_communication(tmp_path):
     assert two["tp_speedup"] == pytest.approx(one["latency_ms_median"] / two["latency_ms_median"])
     assert two["tp_scaling_efficiency"] == pytest.approx(two["tp_speedup"] / 2)
     assert 0 < two["comm_share"] < 1 and two["timing_method"].endswith("-lockstep")
+
+
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+
+
+@needs_two_gpus
+def test_nccl_tp2_gives_the_outputs_of_tp1():
+    cases = [("transformer-lm", {"d_model": 128, "n_layer": 2, "seq_len": 16}),
+             ("mamba-lm", {"d_model": 64, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
+             ("llava", {"preset": "tiny", "prompt_tokens": 8})]
+    for diff, scale, split in launch(multigpu_helpers.sharded_vs_whole, (cases, "cuda"), 2, "cuda"):
+        assert split > 0 and diff < 1e-3 * max(1.0, scale)  # cuDNN's conv may use TF32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fan_out_over_every_gpu(tmp_path):
+    rows = [{"component": c, "params": DIMS} for c in ("linear", "mlp", "gated", "lowrank")]
+    out = tmp_path / "gpus.csv"
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump({"title": "gpus", "options": {"device": "cuda", "batch": 2, "min_time": 0.05},
+                                    "rows": rows}, sort_keys=False))
+    assert main(["compare", str(path), "--gpus", "all", "--csv", str(out)]) == 0
+    fan = read_csv(out)
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert all(r["status"] == "ok" and r["gpu_name"] == names[r["gpu_index"]] for r in fan)

@@ -164,8 +164,9 @@ CUDA_CASES = TRITON_CASES + [(2, 70, 300, 16, True, True, True, True)]
 
 @needs_cuda
 @pytest.mark.parametrize("case", CUDA_CASES)
-@pytest.mark.parametrize("config", [{}, {"CHUNK": 64}, {"CHUNK": 8, "num_warps": 1}, {"gluon": False}],
-                         ids=["gluon", "gluon-chunk64", "gluon-chunk8", "tl"])
+@pytest.mark.parametrize("config", [{}, {"CHUNK": 64}, {"CHUNK": 8, "num_warps": 1}, {"gluon": False},
+                                    {"poly_every": 2}],
+                         ids=["gluon", "gluon-chunk64", "gluon-chunk8", "tl", "gluon-poly2"])
 def test_cuda_kernels_match_reference(case, config):
     # exact math for the float32 bound; fast math (approximate lg2/tanh) with bf16 inputs
     _check_backend("triton", case, torch.float32, 1e-5, config={**config, "fast_math": False},
@@ -288,6 +289,7 @@ def test_gluon_kernel_compiles_for_hopper_without_local_memory():
              "d_inner": "i32", "L": "i32"}
     constants = dict(N=16, N_PAD=16, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
                      CHUNK=kernels.DEFAULT_CONFIG["CHUNK"], EVEN_L=True, EVEN_D=True, FAST_MATH=True,
+                     POLY_EVERY=kernels.DEFAULT_CONFIG.get("poly_every", 0),
                      num_warps=kernels.DEFAULT_CONFIG["num_warps"])
     names = kernel.arg_names
     source = GluonASTSource(fn=kernel, signature={n: types.get(n, "constexpr") for n in names},

@@ -10,9 +10,10 @@ MIB = 2**20
 LINEAR = ["linear", "--tokens", str(T), "--in-dim", str(IN), "--out-dim", str(OUT), "--batch", str(B)]
 
 
-def test_run_train_records_the_split_and_forward_backward_flops(tmp_path, fast):
+def test_run_train_records_the_split_and_forward_backward_flops(tmp_path, fast, capsys):
     out = tmp_path / "r.json"
     assert main(["run", *LINEAR, *fast, "--train", "--json", str(out)]) == 0
+    assert "wts/grad/opt/act" in capsys.readouterr().out  # the brief table shows the split of train rows
     (r,) = read_json(out)
     n = IN * OUT + OUT
     assert r["status"] == "ok" and r["train"] is True and r["exec_mode"] == "train-eager"

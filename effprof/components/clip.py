@@ -152,24 +152,47 @@ def tower_info(tower: Tower) -> dict[str, Any]:
             "attention": getattr(tower.model.config, "_attn_implementation", None)}
 
 
-def pixel_maker(ctx: BuildContext, image_size: int):
+def pixel_maker(ctx: BuildContext, image_size: int, images_dir: str | None = None):
+    """Random pixels, or (with `images_dir`) real images prepared as CLIP's processor does."""
+    if images_dir is not None:
+        from effprof.modules.reducers.images import image_files, load_images
+
+        image_files(images_dir)  # refuse a bad folder at build time, before any measuring
+
     def make_inputs(batch: int) -> tuple:
+        if images_dir is not None:
+            return (load_images(images_dir, image_size, batch).to(device=ctx.device, dtype=ctx.dtype),)
         return (torch.randn(batch, 3, image_size, image_size, device=ctx.device, dtype=ctx.dtype),)
 
     return make_inputs
 
 
-@register_component("clip-vision", unit="img", family="vision", params=TOWER_PARAMS)
-def clip_vision(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None) -> Built:
-    """CLIP vision tower (HF CLIPVisionModel, SDPA), pooled class-token output."""
+FEATURE_LAYER = Param("feature_layer", int, None, "With --reducer: output the patch tokens of this layer (-2 = "
+                      "LLaVA-1.5's penultimate layer; default for vision-output reducers) instead of the pooled "
+                      "class token after every layer (none).", optional=True)
+IMAGES_DIR = Param("images_dir", str, None, "Folder of jpg/png images used as inputs (resized and normalised as "
+                   "CLIP's processor does; cycled to the batch); none = random pixels.", optional=True)
+
+
+@register_component("clip-vision", unit="img", family="vision", params=[*TOWER_PARAMS, FEATURE_LAYER, IMAGES_DIR],
+                    reducers=("vision-output", "vision-inner"))
+def clip_vision(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None,
+                feature_layer: int | None = None, images_dir: str | None = None, reducer=None) -> Built:
+    """CLIP vision tower (HF CLIPVisionModel, SDPA), pooled class-token output; --reducer NAME reduces its tokens."""
     tower = build_tower(ctx, preset, img_size, pretrained)
     interpolate = tower.interpolate_positions
+    make_inputs = pixel_maker(ctx, tower.image_size, images_dir)
+    if reducer is not None or feature_layer is not None:
+        from effprof.modules.reducers.clip_reduced import reduced_clip_built
+
+        return reduced_clip_built(ctx, tower, reducer, feature_layer, pretrained, make_inputs, tower_info(tower),
+                                  images_dir)
 
     def forward(module, inputs):
         return module(pixel_values=inputs[0], interpolate_pos_encoding=interpolate).pooler_output
 
     tokens = 1 + tower.num_patches
-    return Built(tower.model, pixel_maker(ctx, tower.image_size), "img", forward=forward,
+    return Built(tower.model, make_inputs, "img", forward=forward,
                  info={**tower_info(tower), "tokens_in": tokens, "tokens_out": tokens})
 
 

@@ -33,6 +33,7 @@ import torch
 from effprof.errors import ParamError
 from effprof.models.transformer_lm import TransformerLM, kv_cache_bytes, truncate_kv_cache
 from effprof.modules.mamba import MAMBA_PRESETS, MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend
+from effprof.ops.mamba_decode import resolve_decode_backend
 from effprof.ops.selective_scan import resolve_backend
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
@@ -46,6 +47,9 @@ SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm
              "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))
 CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-conv1d if importable on CUDA, else "
              "triton on CUDA, else ref.", choices=("auto", "ref", "triton", "causal-conv1d"))
+DECODE = Param("decode_backend", str, "auto", "Decoding step path: triton = fused step (two kernels between in_proj "
+               "and out_proj, fused residual add + RMSNorm); ref = the ops one by one; auto = triton on CUDA.",
+               choices=("auto", "ref", "triton"))
 HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
              "off = backbone only, like transformers' MambaModel.")
 PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
@@ -68,13 +72,15 @@ def _prefilled(fn):
     Param("expand", int, 2, "Inner expansion factor.", low=1),
     Param("seq_len", int, 8192, "Tokens per sequence (prefill) or context length held in the state (decode).",
           low=1),
-    MODE, SCAN, CONV,
+    MODE, SCAN, CONV, DECODE,
 ])
-def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mode, scan_backend, conv_backend):
+def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mode, scan_backend, conv_backend,
+                decode_backend):
     """One Mamba block (mamba-ssm's Mamba mixer), (batch, seq_len, d_model) -> same."""
     scan = resolve_backend(scan_backend, ctx.device)
     conv = resolve_conv_backend(conv_backend, ctx.device)
-    block = MambaBlock(d_model, d_state, d_conv, expand, scan_backend=scan, conv_backend=conv,
+    decode = resolve_decode_backend(decode_backend, ctx.device)
+    block = MambaBlock(d_model, d_state, d_conv, expand, scan_backend=scan, conv_backend=conv, decode_backend=decode,
                        device=ctx.device, dtype=ctx.dtype).eval()
 
     def hidden(batch, length):
@@ -97,7 +103,8 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
         state = module.allocate_state(inputs[0].shape[0]) if mode == "prefill" else inputs[1]
         return {"state_mib": state.nbytes / MIB}
 
-    info = {"scan_backend": scan, "conv_backend": conv, "d_inner": block.d_inner, "dt_rank": block.dt_rank,
+    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode, "d_inner": block.d_inner,
+            "dt_rank": block.dt_rank,
             "context_len": seq_len}
     return Built(block, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
                  forward=forward, info=info, extras=extras)
@@ -109,18 +116,19 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
 @register_component("mamba-lm", unit="tok", family="ssm", params=[
     PRESET,
     Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the cache (decode).", low=1),
-    MODE, HEAD, SCAN, CONV,
+    MODE, HEAD, SCAN, CONV, DECODE,
     Param("pretrained", str, None, "Checkpoint directory (mamba-ssm or transformers layout) or cached hub id; "
           "none = random weights.", optional=True),
     Param("d_model", int, None, "Override the preset's width (none = the preset's).", low=1, optional=True),
     Param("n_layer", int, None, "Override the preset's number of layers (none = the preset's).", low=1,
           optional=True),
 ])
-def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, pretrained, d_model,
-             n_layer):
+def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, decode_backend, pretrained,
+             d_model, n_layer):
     """Mamba language model (mamba-ssm's MambaLMHeadModel), token ids -> hidden states or next-token logits."""
     scan = resolve_backend(scan_backend, ctx.device)
     conv = resolve_conv_backend(conv_backend, ctx.device)
+    decode = resolve_decode_backend(decode_backend, ctx.device)
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
 
@@ -128,11 +136,11 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
             raise ParamError("--d-model/--n-layer cannot be combined with --pretrained (the checkpoint sets them)")
 
         directory = find_checkpoint(pretrained, ("pytorch_model.bin", "model.safetensors"))
-        model = load_mamba_lm(directory, scan, conv, device=ctx.device, dtype=ctx.dtype)
+        model = load_mamba_lm(directory, scan, conv, device=ctx.device, dtype=ctx.dtype, decode_backend=decode)
     else:
         config = replace(MAMBA_PRESETS[preset], **{k: v for k, v in (("d_model", d_model), ("n_layer", n_layer))
                                                     if v is not None})
-        model = MambaLM(config, scan, conv, device=ctx.device, dtype=ctx.dtype)
+        model = MambaLM(config, scan, conv, device=ctx.device, dtype=ctx.dtype, decode_backend=decode)
     model.eval()
     vocab = model.config.padded_vocab_size
 
@@ -159,7 +167,8 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
         return {"state_mib": cache.nbytes / MIB}
 
     cfg = model.config
-    info = {"scan_backend": scan, "conv_backend": conv, "weights": "pretrained" if pretrained else "random",
+    info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
+            "weights": "pretrained" if pretrained else "random",
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
     return Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
                  forward=forward, info=info, extras=extras)

@@ -90,8 +90,11 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
           "(MambaVision at 224 px, its last stage's 7×7 tokens).", choices=("clip", *VISION_TOWERS)),
     Param("projector", str, "mlp2x_gelu", "Projector: mlp2x_gelu (LLaVA-1.5's), linear (LLaVA-1's) or ldp (MobileVLM's, "
           "4× fewer tokens).", choices=("mlp2x_gelu", "linear", "ldp")),
-])
-def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector):
+    Param("images_dir", str, None, "Folder of jpg/png images as inputs (CLIP's preprocessing, cycled to the "
+          "batch); none = random pixels.", optional=True),
+], reducers=("vision-output", "vision-inner", "lm"))
+def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector,
+          images_dir=None, reducer=None):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
@@ -118,6 +121,17 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             tokens_per_image = P.LDPProjector.tokens_out(tokens_per_image)
     pipe = LlavaPipeline(model).eval()
     image_tokens = images * tokens_per_image
+    if reducer is not None:  # effprof/modules/reducers/llava_hooks.py puts it in its slot
+        from effprof.errors import ParamError
+        from effprof.modules.reducers.llava_hooks import attach
+
+        if reducer.where == "lm" and mode != "prefill":
+            raise ParamError(f"--reducer {reducer.reducer_name}: LM reducers run in --mode prefill only (they do not "
+                             "write the KV cache that decoding reads)")
+        if reducer.where != "lm" and (vision != "clip" or projector == "ldp"):
+            raise ParamError(f"--reducer {reducer.reducer_name}: vision-side reducers need the CLIP tower and a "
+                             f"per-token projector (not --vision {vision} / --projector {projector})")
+        attach(pipe, reducer, image_tokens)
     prompt_len = image_tokens + prompt_tokens
     vocab = cfg.text_config.vocab_size
     info = {"weights": "pretrained" if pretrained else "random", "image_tokens": image_tokens, "vision": vision,
@@ -127,6 +141,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             "kv_cache": "static (transformers StaticCache)"}
 
     def pixels(batch):
+        if images_dir is not None:
+            from effprof.modules.reducers.images import load_images
+
+            return load_images(images_dir, side, batch * images).to(device=ctx.device, dtype=ctx.dtype)
         return torch.randn(batch * images, 3, side, side, device=ctx.device, dtype=ctx.dtype)
 
     def vision(inputs):  # images of one sample are consecutive; their tokens are concatenated
@@ -161,7 +179,12 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
         def extras(module, inputs):
             kv = inputs[2]
-            return {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
+            facts = {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
+            if reducer is not None:
+                from effprof.modules.reducers.llava_hooks import llava_fidelity
+
+                facts.update(llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir))
+            return facts
 
         built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
                       extras=extras)

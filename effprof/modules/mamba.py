@@ -13,7 +13,9 @@ the language model and the decoding cache, in the layout of the `mamba-ssm` pack
   effprof state-update op takes): constant memory whatever the context length.
 
 The causal depthwise conv runs through `effprof.ops.causal_conv1d` with `conv_backend` (ref | triton |
-causal-conv1d), chosen explicitly and reported.
+causal-conv1d), chosen explicitly and reported. A decoding step runs through `effprof.ops.mamba_decode` with
+`decode_backend`: "ref" = the ops one by one (conv and scan through their own backends), "triton" = the fused
+step (two kernels between in_proj and out_proj) and a fused residual add + RMSNorm between blocks.
 The scan runs through `effprof.ops.selective_scan` with `scan_backend` (ref | triton | mamba-ssm).
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.nn import functional as F
 from effprof.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
+from effprof.ops.mamba_decode import add_rms_norm, fuse_out_proj, mamba_decode_step, norm_in_proj
 from effprof.ops.selective_scan import selective_scan, selective_state_update
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,13 +58,14 @@ class MambaBlock(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  conv_bias: bool = True, bias: bool = False, scan_backend: str = "ref", conv_backend: str = "ref",
-                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, device=None, dtype=None):
+                 decode_backend: str = "ref", dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 device=None, dtype=None):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.scan_backend, self.conv_backend = scan_backend, conv_backend
+        self.scan_backend, self.conv_backend, self.decode_backend = scan_backend, conv_backend, decode_backend
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **kw)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
                                 bias=conv_bias, **kw)
@@ -123,9 +127,35 @@ class MambaBlock(nn.Module):
     def step(self, hidden_states: torch.Tensor, state: MambaLayerState) -> torch.Tensor:
         """One decoding step: hidden_states (batch, 1, d_model) -> (batch, 1, d_model); `state` updated in place."""
         xz = F.linear(hidden_states.squeeze(1), self.in_proj.weight, self.in_proj.bias)   # (batch, 2·d_inner)
+        return self._step_xz(xz, state)
+
+    def step_from_residual(self, hidden_states, residual, norm: "RMSNorm", state: MambaLayerState):
+        """The residual block's decoding step with the residual add and `norm` fused into in_proj
+        (`decode_backend` triton): returns (out (batch, 1, d_model), residual' float32). out is float32 (not
+        yet rounded to the model dtype) where the fused step also did out_proj (`fuse_out_proj`)."""
+        xz, residual = norm_in_proj(hidden_states.squeeze(1), None if residual is None else residual.squeeze(1),
+                                    norm.weight, norm.eps, self.in_proj.weight, self.decode_backend)
+        fused_out = self.out_proj.bias is None and fuse_out_proj(xz.shape[0], self.out_proj.weight)
+        return self._step_xz(xz, state, fused_out), residual.unsqueeze(1)
+
+    @property
+    def fused_decode(self) -> bool:
+        """Whether step() runs the fused triton step: `decode_backend` triton, unless a subclass changes the
+        step's math between ops (tensor parallelism sums x_proj's and out_proj's partials across ranks)."""
+        return (self.decode_backend == "triton" and type(self).step is MambaBlock.step
+                and type(self)._ssm_inputs is MambaBlock._ssm_inputs)
+
+    def _step_xz(self, xz: torch.Tensor, state: MambaLayerState, fused_out: bool = False) -> torch.Tensor:
         x, z = xz.chunk(2, dim=-1)
+        if self.fused_decode:
+            y = mamba_decode_step(x, z, state.conv_state, state.ssm_state, self.conv1d.weight.squeeze(1),
+                                  self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                                  self.A_log, self.D, "triton",
+                                  out_proj_weight=self.out_proj.weight if fused_out else None)
+            return (y if fused_out else F.linear(y, self.out_proj.weight, self.out_proj.bias)).unsqueeze(1)
+        # op by op (`mamba_decode_step_ref`'s math, through self._ssm_inputs, which subclasses may extend)
         x = causal_conv1d_update(x, state.conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
-                                 self.conv_backend).to(hidden_states.dtype)
+                                 self.conv_backend).to(z.dtype)
         dt, B, C = self._ssm_inputs(F.linear(x, self.x_proj.weight))
         dt = F.linear(dt, self.dt_proj.weight)
         A = -torch.exp(self.A_log.float())
@@ -219,6 +249,8 @@ class MambaResidualBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, hidden_states, residual, state: MambaLayerState | None = None, step: bool = False):
+        if step and self.mixer.fused_decode and self.residual_in_fp32 and self.mixer.in_proj.bias is None:
+            return self.mixer.step_from_residual(hidden_states, residual, self.norm, state)
         residual = hidden_states if residual is None else hidden_states + residual
         hidden_states = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
@@ -242,14 +274,15 @@ class MambaCache:
 class MambaBackbone(nn.Module):
     """mamba-ssm's `MixerModel`: input ids (batch, L) -> final-normed hidden states (batch, L, d_model)."""
 
-    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None):
+    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None,
+                 decode_backend="ref"):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, **kw)
         self.layers = nn.ModuleList(
             MambaResidualBlock(config, MambaBlock(config.d_model, config.d_state, config.d_conv, config.expand,
                                                   config.dt_rank, config.conv_bias, config.bias, scan_backend,
-                                                  conv_backend, **kw), **kw)
+                                                  conv_backend, decode_backend, **kw), **kw)
             for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, config.norm_eps, **kw)
 
@@ -262,6 +295,9 @@ class MambaBackbone(nn.Module):
             hidden_states, residual = layer(hidden_states, residual, None if cache is None else cache.layers[i], step)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
+        if step and self.layers[0].mixer.fused_decode and residual.dtype == torch.float32:
+            return add_rms_norm(hidden_states, residual, self.norm_f.weight, self.norm_f.eps,
+                                self.layers[0].mixer.decode_backend)[0]
         residual = hidden_states + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -273,10 +309,11 @@ class MambaBackbone(nn.Module):
 class MambaLM(nn.Module):
     """mamba-ssm's `MambaLMHeadModel`: input ids (batch, L) -> logits (batch, L, padded vocab)."""
 
-    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None):
+    def __init__(self, config: MambaLMConfig, scan_backend="ref", conv_backend="ref", device=None, dtype=None,
+                 decode_backend="ref"):
         super().__init__()
         self.config = config
-        self.backbone = MambaBackbone(config, scan_backend, conv_backend, device=device, dtype=dtype)
+        self.backbone = MambaBackbone(config, scan_backend, conv_backend, device, dtype, decode_backend)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         with torch.no_grad():  # mamba-ssm's _init_weights: embedding N(0, 0.02), out_proj scaled by 1/sqrt(n_layer)
             nn.init.normal_(self.backbone.embedding.weight, std=0.02)
@@ -289,10 +326,12 @@ class MambaLM(nn.Module):
     def mixers(self) -> list[MambaBlock]:
         return [layer.mixer for layer in self.backbone.layers]
 
-    def set_backends(self, scan_backend: str | None = None, conv_backend: str | None = None) -> None:
+    def set_backends(self, scan_backend: str | None = None, conv_backend: str | None = None,
+                     decode_backend: str | None = None) -> None:
         for mixer in self.mixers:
             mixer.scan_backend = scan_backend or mixer.scan_backend
             mixer.conv_backend = conv_backend or mixer.conv_backend
+            mixer.decode_backend = decode_backend or mixer.decode_backend
 
     def allocate_cache(self, batch: int, device=None) -> MambaCache:
         return MambaCache([mixer.allocate_state(batch, device) for mixer in self.mixers])
@@ -309,7 +348,8 @@ class MambaLM(nn.Module):
         return self.lm_head(self.backbone.step(input_ids, cache))
 
 
-def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", device=None, dtype=None) -> MambaLM:
+def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", device=None, dtype=None,
+                  decode_backend="ref") -> MambaLM:
     """Build a MambaLM from a checkpoint directory as mamba-ssm's `save_pretrained` writes it (config.json +
     pytorch_model.bin) or as transformers saves MambaForCausalLM (model.safetensors, `backbone.embeddings`)."""
     directory = Path(directory)
@@ -324,7 +364,7 @@ def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", devic
     else:
         state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()}
-    model = MambaLM(config, scan_backend, conv_backend, device=device, dtype=dtype)
+    model = MambaLM(config, scan_backend, conv_backend, device=device, dtype=dtype, decode_backend=decode_backend)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]
     if missing or unexpected:

@@ -63,6 +63,24 @@ def _silu(z, FAST_MATH: gl.constexpr):
         return gl.fdiv(z, 1.0 + gl.exp2(-z * 1.4426950408889634), ieee_rounding=False)
 
 
+@gluon.jit
+def _exp2_poly(x):
+    """2^x for x <= 0 on the FMA pipe instead of the special-function unit (as FlashAttention-4 does for part
+    of its exponentials): x = j + f with j = round(x) by the 1.5·2^23 trick, 2^f by a degree-5 polynomial fitted
+    on [-1/2, 1/2] (relative error 2.2e-7 in float32, ex2.approx's order), 2^j added to the exponent bits.
+    x is clamped at -125 (2^-125 is 0 for a decay)."""
+    x = gl.maximum(x, -125.0)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.001326697038607031 * f + 0.00967545974550902
+    p = p * f + 0.05550742616003119
+    p = p * f + 0.2402212175356187
+    p = p * f + 0.6931469491610641
+    p = p * f + 1.0000000710296988
+    bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
+    return bits.to(gl.float32, bitcast=True)
+
+
 @gluon.constexpr_function
 def _log2(n):
     return n.bit_length() - 1
@@ -119,7 +137,7 @@ def _scan_gluon_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                        N: gl.constexpr, N_PAD: gl.constexpr, HAS_D: gl.constexpr, HAS_Z: gl.constexpr,
                        HAS_DELTA_BIAS: gl.constexpr, DELTA_SOFTPLUS: gl.constexpr, CHUNK: gl.constexpr,
                        EVEN_L: gl.constexpr, EVEN_D: gl.constexpr, FAST_MATH: gl.constexpr,
-                       num_warps: gl.constexpr):
+                       POLY_EVERY: gl.constexpr, num_warps: gl.constexpr):
     """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), the whole sequence.
 
     Tiles are [BLOCK_D, TIME_LANES, 8]: channel, lane on time, step within the thread (a chunk's step t =
@@ -211,7 +229,10 @@ def _scan_gluon_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         for n in gl.static_range(N):
             Bn = B_rows.slice(n, 1).load(tile)   # [1, TL, 8]: each thread's 8 steps, broadcast over channels
             Cn = C_rows.slice(n, 1).load(tile)
-            a = gl.exp2(delta * gl.expand_dims(A2[n], 2))
+            if POLY_EVERY > 0 and n % POLY_EVERY == POLY_EVERY - 1:  # this state's exp on the FMA pipe
+                a = _exp2_poly(delta * gl.expand_dims(A2[n], 2))
+            else:
+                a = gl.exp2(delta * gl.expand_dims(A2[n], 2))
             b = du * Bn
             P, hb = gl.associative_scan((a, b), 2, _combine)         # within the thread, from state 0
             a_tot = gl.reduce(P, 2, _pick_last)                       # [BLOCK_D, TL]: the thread's totals
@@ -250,8 +271,10 @@ def block_d(chunk: int, num_warps: int) -> int:
 
 
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
-           fast_math: bool = True):
-    """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`)."""
+           fast_math: bool = True, poly_every: int = 0, maxnreg: int | None = None):
+    """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`).
+    poly_every k > 0: every k-th state's exponential by `_exp2_poly` (with fast_math only); maxnreg: the
+    register cap passed to ptxas (None = the compiler's choice)."""
     batch, d_inner, L = u.shape
     N = A.shape[1]
     bd = block_d(chunk, num_warps)
@@ -262,4 +285,4 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, c
         N=N, N_PAD=triton.next_power_of_2(N), HAS_D=D is not None, HAS_Z=z is not None,
         HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk,
         EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
-        num_warps=num_warps)
+        POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))

@@ -256,7 +256,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     inline PTX cannot run), fast_unpack (bf16 B/C to float32 by shift and mask, inline PTX: with
     fast_math only), pair_states (two states per associative_scan; N even), gluon (default on: CUDA
     tensors run the Gluon kernel of `selective_scan_gluon`, whose channel block follows from CHUNK and
-    num_warps; BLOCK_D, num_stages, fast_unpack and pair_states are the `tl` kernel's).
+    num_warps; poly_every k: every k-th state's exp2 as an FMA polynomial, maxnreg: a register cap; BLOCK_D,
+    num_stages, fast_unpack and pair_states are the `tl` kernel's).
     """
     import os
     batch, d_inner, L = u.shape
@@ -276,7 +277,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if cfg.get("gluon", True) and u.is_cuda and gluon_available() and chunk <= 64:
         from effprof.ops import selective_scan_gluon
         selective_scan_gluon.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk,
-                                    cfg["num_warps"], fast_math)
+                                    cfg["num_warps"], fast_math, cfg.get("poly_every", 0), cfg.get("maxnreg"))
         return y, last_state
     block_d = min(cfg["BLOCK_D"], max(1, triton.next_power_of_2(d_inner)))
     dummy = u  # never read: the matching HAS_* flag is off

@@ -9,9 +9,31 @@ def components_table(components) -> Table:
     for header in ("component", "unit", "what", "parameters: --name type = default  range  help"):
         table.add_column(header)
     for c in components:
-        lines = [f"{p.option} {p.type_name} = {'none' if p.default is None else p.default}  {p.range_text()}  {p.help}"
-                 for p in c.params]
+        sites = getattr(c, "reducer_sites", ())
+        params = c.own_params if sites else c.params  # a reducer's options are listed with the reducer
+        lines = [_param_line(p) for p in params]
+        if sites:
+            from effprof.reducers import list_reducers
+
+            names = ", ".join(r.name for r in list_reducers(sites=sites))
+            lines.append(f"--reducer str | none = none  one of {names} or none  Visual token reducer at "
+                         f"{' or '.join(sites)}; its options follow it (reducers table)")
         table.add_row(c.name, c.unit, c.description, "\n".join(lines) or "-")
+    return table
+
+
+def _param_line(p) -> str:
+    return f"{p.option} {p.type_name} = {'none' if p.default is None else p.default}  {p.range_text()}  {p.help}"
+
+
+def reducers_table(reducers) -> Table:
+    """Registered reducers: where each acts, what it does, its options."""
+    table = Table(title="registered reducers (--reducer NAME on a component that accepts them)",
+                  title_justify="left", show_lines=True)
+    for header in ("reducer", "acts at", "what", "options: --name type = default  range  help"):
+        table.add_column(header)
+    for r in reducers:
+        table.add_row(r.name, r.where, r.description, "\n".join(_param_line(p) for p in r.params) or "-")
     return table
 
 

@@ -158,6 +158,8 @@ def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> lis
                 wanted.remove(k)
         if any(r.get("flop_coverage_low") for r in records):
             wanted.append("flop_cov")
+        if any(r.get("train") for r in records):  # --train rows: the step's memory by part
+            wanted += ["train_mib", "train_peak"]
         return [i for i, k in enumerate(keys) if k in wanted]
     picked = [k.strip() for k in columns.split(",") if k.strip()]
     unknown = [k for k in picked if k not in keys]

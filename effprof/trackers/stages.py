@@ -36,7 +36,9 @@ class StagesTracker(Tracker):
 
     @classmethod
     def enabled(cls, run):
-        return bool(run.built.stages) and len(run.built.stages) > 1 and not run.options.train
+        # not in --tp ranks: its time-sized loops would leave the ranks waiting on each other's collectives
+        return (bool(run.built.stages) and len(run.built.stages) > 1 and not run.options.train
+                and run.options.tp == 1)
 
     def fields(self, run):
         stages = run.built.stages

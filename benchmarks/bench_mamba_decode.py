@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Mamba's decode and conv paths on one CUDA device: the fused Triton decode step against the step-by-step
+reference, and the Triton causal conv against PyTorch's.
+
+Sections (all in one process, about 70 s on an H200):
+  calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
+  greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
+             `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused):
+             how many tokens agree, and the logits' relative error, in float32 and in bf16;
+  kernels    the kernels of one eager decode step, by the profiler: count and summed device time;
+  decode     ms per generated token (LM head included, context 1,024, CUDA graphs): Mamba-130m at batch 1,
+             8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
+             before the fused step) and the triton one; tokens/s =
+             batch / latency; the bytes of weights read once per step over the copy bandwidth (the floor);
+  conv       the causal conv alone at Mamba-130m's 16k prefill (1 × 1536 × 16384 bf16, the block's strided
+             view), ref vs triton, and Mamba-130m prefill at 16k (graphs) with each: the conv's share;
+  prefill    Mamba-2.8b prefill at 2k tokens (batch 1, bf16, graphs) with the ref and triton convs: share
+             of the measured bf16 ceiling.
+
+    python3 benchmarks/bench_mamba_decode.py --out DIR      # JSON + markdown table under DIR
+    python3 benchmarks/bench_mamba_decode.py --smoke --out DIR   # CPU, tiny shapes (TRITON_INTERPRET=1)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import run_meta  # noqa: E402
+
+from effprof.runner import Config, RunOptions, free_memory, measure  # noqa: E402
+
+KEEP = ("label", "param_preset", "batch", "param_seq_len", "param_mode", "decode_backend", "conv_backend",
+        "scan_backend", "exec_mode", "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "throughput_per_s",
+        "gflops", "tflops_per_s", "pct_of_compute_ceiling", "params_total", "status", "error")
+
+
+def rel_err(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def greedy(model, prompt, n_tokens, decode_backend):
+    from tests.test_mamba_kernels import greedy_tokens
+
+    return greedy_tokens(model, prompt, n_tokens, decode_backend)
+
+
+def section_greedy(device, smoke) -> list[dict]:
+    from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
+
+    config = replace(MAMBA_PRESETS["130m"], d_model=32, n_layer=2) if smoke else MAMBA_PRESETS["130m"]
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = MambaLM(config, "ref", "ref", device=device, dtype=dtype).eval()
+        prompt = torch.randint(0, config.vocab_size, (1, 16), device=device, generator=None)
+        n = 8 if smoke else 64
+        ref_tokens, ref_logits = greedy(model, prompt, n, "ref")
+        tokens, logits = greedy(model, prompt, n, "triton")
+        same = (tokens == ref_tokens)[0]
+        first_diff = int((~same).nonzero()[0]) if not same.all() else None
+        # logits compared over the steps before the first divergence (after it the inputs differ)
+        upto = first_diff if first_diff is not None else n
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": n, "same_tokens": int(same.sum()),
+                     "first_divergence": first_diff, "distinct_tokens": len(set(ref_tokens[0].tolist())),
+                     "rel_err_logits": rel_err(logits[:, :upto], ref_logits[:, :upto]) if upto else None})
+        print("greedy", json.dumps(rows[-1]), flush=True)
+        del model
+        free_memory()
+    return rows
+
+
+def section_kernels(device) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
+
+    rows = []
+    for preset in ("130m", "2.8b"):
+        model = MambaLM(MAMBA_PRESETS[preset], "triton", "triton", device=device, dtype=torch.bfloat16).eval()
+        for backend in ("ref", "triton"):
+            model.set_backends(decode_backend=backend)
+            cache = model.allocate_cache(1)
+            ids = torch.randint(0, 50000, (1, 1), device=device)
+            for _ in range(3):
+                model.step(ids, cache)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                model.step(ids, cache)
+                torch.cuda.synchronize()
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            by_name: dict = {}
+            for e in kernels:
+                entry = by_name.setdefault(e.name[:80], [0, 0.0])
+                entry[0] += 1
+                entry[1] += e.device_time
+            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:8]
+            rows.append({"preset": preset, "decode_backend": backend, "kernels_per_token": len(kernels),
+                         "kernel_time_ms": sum(e.device_time for e in kernels) / 1e3,
+                         "top_kernels_us": [(name, count, round(us, 1)) for name, (count, us) in top]})
+            print("kernels", json.dumps(rows[-1]), flush=True)
+        del model, cache
+        free_memory()
+    return rows
+
+
+# Decode variants: DECODE_CONFIG overrides of the triton step (see mamba_decode_triton.DECODE_CONFIG)
+BIG = 1 << 40
+VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
+            "triton-noout": {"out_fuse_max_batch": 0}, "triton-cublas": {"gemv_max_batch": 0, "out_fuse_max_batch": 0},
+            "triton-gemv-big": {"gemv_max_weight_bytes": BIG}, "triton-out-big": {"out_fuse_max_weight_bytes": BIG},
+            "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG},
+            # more, smaller programs for the step kernel (24 at 130m by default; 10 µs per layer measured)
+            "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32}}
+DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
+                            "triton-bd32")),
+               ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
+               ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
+               ("2.8b", 8, ("ref", "triton"))]
+
+
+def run(component, params, opts, label) -> dict:
+    record = measure(Config(component, params, opts, label))
+    free_memory()
+    row = {k: record.get(k) for k in KEEP}
+    print(f"{label:<44} {row['latency_ms_median'] or float('nan'):9.4f} ms  {row.get('status')} "
+          f"{(row.get('error') or '')[:120]}", flush=True)
+    return row
+
+
+def section_decode(opts, smoke, bandwidth) -> list[dict]:
+    from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
+    from effprof.ops import mamba_decode_triton as kernels
+
+    default = dict(kernels.DECODE_CONFIG)
+    tiny = {"d_model": 32, "n_layer": 2} if smoke else {}
+    rows = []
+    weights = {}
+    for preset in ("130m", "2.8b"):
+        with torch.device("meta"):
+            weights[preset] = sum(p.numel() * 2 for p in MambaLM(MAMBA_PRESETS[preset]).parameters())  # bf16, tied
+    for preset, batch, variants in DECODE_ROWS[:1] if smoke else DECODE_ROWS:
+        for variant in variants:
+            backend = "ref" if variant == "ref" else "triton"
+            params = {"preset": preset, "seq_len": 16 if smoke else 1024, "mode": "decode", "head": True,
+                      "decode_backend": backend, "conv_backend": "ref" if backend == "ref" else "triton",
+                      "scan_backend": "triton", **tiny}
+            kernels.DECODE_CONFIG.update(VARIANTS[variant] or {})
+            try:
+                row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
+            finally:
+                kernels.DECODE_CONFIG.clear()
+                kernels.DECODE_CONFIG.update(default)
+            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset])
+            if bandwidth and row.get("latency_ms_median"):
+                row["weights_floor_ms"] = weights[preset] / bandwidth / 1e6
+                row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
+            rows.append(row)
+    return rows
+
+
+def section_conv(device, dtype, opts, smoke) -> dict:
+    from effprof.measure.timing import time_callable
+    from effprof.ops.causal_conv1d import causal_conv1d
+
+    batch, channels, L = (1, 64, 32) if smoke else (1, 1536, 16384)
+    xz = torch.randn(2 * channels, batch * L, device=device, dtype=dtype)
+    x = xz.view(2 * channels, batch, L).transpose(0, 1)[:, :channels]       # the block's strided view
+    weight = torch.randn(channels, 4, device=device, dtype=dtype)
+    bias = torch.randn(channels, device=device, dtype=dtype)
+    out: dict = {"shape": [batch, channels, L], "bytes_min": 2 * x.numel() * x.element_size()}
+    ref = causal_conv1d(x, weight, bias, "silu", "ref")
+    for backend in ("ref", "triton"):
+        y = causal_conv1d(x, weight, bias, "silu", backend)
+        timing = time_callable(lambda b=backend: causal_conv1d(x, weight, bias, "silu", b), device,
+                               warmup_s=0.05, min_time_s=0.2)
+        out[backend] = {"ms": timing.median_ms, "rel_err_vs_ref": rel_err(y, ref),
+                        "gb_per_s": out["bytes_min"] / timing.median_ms / 1e6}
+    print("conv", json.dumps(out), flush=True)
+    tiny = {"d_model": 32, "n_layer": 2} if smoke else {}
+    out["prefill"] = []
+    for backend in ("ref", "triton"):
+        params = {"preset": "130m", "seq_len": L, "conv_backend": backend, "scan_backend": "ref" if smoke else "triton",
+                  **tiny}
+        row = run("mamba-lm", params, opts, f"prefill 130m L={L} conv {backend}")
+        if row.get("latency_ms_median"):
+            row["conv_share"] = 24 * out[backend]["ms"] / row["latency_ms_median"] if not smoke else None
+        out["prefill"].append(row)
+    return out
+
+
+def section_prefill_28b(opts, smoke) -> list[dict]:
+    tiny = {"d_model": 32, "n_layer": 2} if smoke else {}
+    rows = []
+    for backend in ("ref", "triton"):
+        params = {"preset": "2.8b", "seq_len": 16 if smoke else 2048, "conv_backend": backend,
+                  "scan_backend": "ref" if smoke else "triton", **tiny}
+        rows.append(run("mamba-lm", params, opts, f"prefill 2.8b L=2048 conv {backend}"))
+    return rows
+
+
+def markdown(doc) -> str:
+    lines = [f"# bench_mamba_decode ({doc['meta']['device']}, {doc['meta']['date_utc']})", "",
+             f"command: `{doc['meta']['command']}`; torch {doc['meta']['torch']}, triton {doc['meta']['triton']}; "
+             f"ceilings: {doc.get('ceilings')}", "",
+             "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms "
+             "| x floor |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in doc.get("decode") or []:
+        ms, tps = r.get("latency_ms_median"), r.get("throughput_per_s")
+        lines.append(f"| {r['param_preset']} {r.get('variant')} | {r['batch']} | "
+                     f"{'-' if ms is None else f'{ms:.4f}'} | {'-' if tps is None else f'{tps:,.0f}'} | "
+                     f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} |")
+    lines += ["", "| greedy check (Mamba-130m, 64 tokens) | same tokens | first divergence | rel. err logits |",
+              "| --- | --- | --- | --- |"]
+    for r in doc.get("greedy") or []:
+        lines.append(f"| {r['dtype']} | {r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | "
+                     f"{r['rel_err_logits']} |")
+    lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
+              "| --- | --- | --- | --- |"]
+    for r in doc.get("kernels") or []:
+        lines.append(f"| {r['preset']} {r['decode_backend']} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
+                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:5])} |")
+    conv = doc.get("conv")
+    if conv:
+        lines += ["", f"conv alone {conv['shape']} bf16: ref {conv['ref']['ms']:.4f} ms, triton "
+                      f"{conv['triton']['ms']:.4f} ms ({conv['triton']['gb_per_s']:.0f} GB/s, rel. err "
+                      f"{conv['triton']['rel_err_vs_ref']:.1e})", "",
+                  "| prefill (graphs) | ms | tok/s | conv share | TFLOP/s | % bf16 ceiling |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in conv["prefill"] + doc.get("prefill_2.8b", []):
+            lines.append(f"| {r['label']} | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} | "
+                         f"{r.get('conv_share')} | {r.get('tflops_per_s')} | {r.get('pct_of_compute_ceiling')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."),
+                        help="directory for bench_mamba_decode.json / .md (default $OUT, else .)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (needs TRITON_INTERPRET=1)")
+    parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill")
+    args = parser.parse_args()
+    sections = args.only.split(",")
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench_mamba_decode.py needs a CUDA device (or --smoke)", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.smoke else "cuda")
+    doc = {"meta": run_meta(command=" ".join(sys.argv), smoke=args.smoke)}
+    opts = RunOptions(device=device.type, dtype="fp32" if args.smoke else "bf16", warmup=0 if args.smoke else 0.1,
+                      min_time=0.02 if args.smoke else 0.3, graphs=not args.smoke)
+    bandwidth = None
+    t0 = time.perf_counter()
+    if "calibrate" in sections and not args.smoke:
+        from effprof.measure.calibrate import calibrate
+
+        ceilings = calibrate(device, force=True, dtypes=("bf16",))
+        bandwidth = ceilings.bandwidth_gb_per_s
+        doc["ceilings"] = {"bf16_tflops": ceilings.matmul_tflops.get("bf16"), "copy_gb_per_s": bandwidth,
+                           "source": ceilings.source}
+        print("ceilings", doc["ceilings"], flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every section: a run cut short by a time limit keeps what it measured
+        doc["wall_s"] = time.perf_counter() - t0
+        (out / "bench_mamba_decode.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+
+    steps = [("greedy", lambda: section_greedy(device, args.smoke)),
+             ("kernels", lambda: None if args.smoke else section_kernels(device)),
+             ("decode", lambda: section_decode(opts, args.smoke, bandwidth)),
+             ("conv", lambda: section_conv(device, torch.float32 if args.smoke else torch.bfloat16, opts, args.smoke)),
+             ("prefill_2.8b", lambda: section_prefill_28b(opts, args.smoke))]
+    with torch.inference_mode():
+        for key, fn in steps:
+            if key.split("_")[0] in sections:
+                doc[key] = fn()
+                save()
+    table = markdown(doc)
+    (out / "bench_mamba_decode.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

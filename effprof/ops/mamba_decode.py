@@ -1,0 +1,206 @@
+"""One Mamba decoding step between in_proj and out_proj, and the residual add + RMSNorm between blocks:
+the step-by-step reference and a fused Triton path.
+
+The step (Gu & Dao 2023, Alg. 2 with L = 1; mamba-ssm's `Mamba.step`), for x, z (batch, d_inner) the two
+halves of in_proj's output:
+
+    x  = silu(conv1d_update(x, conv_state))            conv_state (batch, d_inner, d_conv) shifted in place
+    dt, B, C = split(x_proj(x), [dt_rank, d_state, d_state])
+    dt = softplus(dt_proj(dt) + dt_bias);  A = -exp(A_log)
+    h  = exp(dt A) h + dt B x;  y = <C, h> + D x;  y = y · silu(z)      h = ssm_state (batch, d_inner, d_state) fp32
+
+Backends (`DECODE_BACKENDS`, chosen explicitly and reported): "ref" runs `mamba_decode_step_ref`, the ops one
+by one (conv update and state update through their own conv/scan backends); "triton" runs
+`mamba_decode_step_triton` (two kernels, see mamba_decode_triton.py; the second can also do out_proj) through
+the custom op
+`effprof::mamba_decode_step`, whose FLOP formula is the sum of what FlopCounterMode counts for the
+reference's ops, so FLOP columns do not depend on the backend. `add_rms_norm` likewise (reference
+`add_rms_norm_ref`, op `effprof::add_rms_norm`, no FLOPs counted, as for F.rms_norm).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from effprof.errors import BackendUnavailable, UsageError
+from effprof.ops.causal_conv1d import causal_conv1d_flops, causal_conv1d_update
+from effprof.ops.selective_scan import selective_state_update, selective_state_update_flops
+
+DECODE_BACKENDS = ("ref", "triton")
+
+
+def resolve_decode_backend(name: str, device: torch.device) -> str:
+    """auto|ref|triton -> the path that will run: auto = triton on CUDA when triton imports, else ref; an
+    explicit triton that cannot run raises BackendUnavailable saying why."""
+    from effprof.ops.selective_scan import _unavailable_reason
+
+    if name not in ("auto",) + DECODE_BACKENDS:
+        raise UsageError(f"unknown decode backend {name!r}; choose from auto, {', '.join(DECODE_BACKENDS)}")
+    device = torch.device(device)
+    if name == "auto":
+        return "triton" if device.type == "cuda" and _unavailable_reason("triton", device) is None else "ref"
+    reason = _unavailable_reason(name, device)
+    if reason is not None:
+        raise BackendUnavailable(f"decode backend {name!r} is unavailable: "
+                                 f"{reason.replace('the triton scan', 'the fused triton decode step')}")
+    return name
+
+
+def mamba_decode_step_flops(batch: int, d_inner: int, d_conv: int, dt_rank: int, d_state: int, has_D: bool) -> int:
+    """FLOPs (2 x MAC) of one step: conv 2·B·E·W, x_proj 2·B·E·(R + 2N), dt_proj 2·B·R·E, and the state
+    update's 9·B·E·N (+ B·E for D, + B·E for the z gate), as FlopCounterMode counts the reference."""
+    return (causal_conv1d_flops(batch, d_inner, d_conv, 1) + 2 * batch * d_inner * (dt_rank + 2 * d_state)
+            + 2 * batch * dt_rank * d_inner + selective_state_update_flops(batch, d_inner, d_state, has_D, True))
+
+
+def mamba_decode_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                          dt_proj_bias, A_log, D, conv_backend="ref", scan_backend="ref", out_proj_weight=None):
+    """The step op by op (module docstring). x, z (batch, d_inner) model dtype; conv_weight (d_inner, d_conv);
+    x_proj_weight (dt_rank + 2·d_state, d_inner); dt_proj_weight (d_inner, dt_rank); A_log (d_inner,
+    d_state) and D (d_inner,) float32. Returns y (batch, d_inner) in x's dtype, or with out_proj_weight
+    (d_model, d_inner) out_proj(y) as float32; both states updated in place."""
+    dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
+    x = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, "silu", conv_backend).to(z.dtype)
+    dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
+    dt = F.linear(dt, dt_proj_weight)
+    A = -torch.exp(A_log.float())
+    y = selective_state_update(ssm_state, x, dt, A, B, C, None if D is None else D.float(), z=z,
+                               dt_bias=dt_proj_bias.float(), dt_softplus=True, backend=scan_backend)
+    return y if out_proj_weight is None else F.linear(y, out_proj_weight).float()
+
+
+@torch.library.custom_op("effprof::mamba_decode_step", mutates_args=("conv_state", "ssm_state"))
+def _mamba_decode_step_op(x: Tensor, z: Tensor, conv_state: Tensor, ssm_state: Tensor, conv_weight: Tensor,
+                          conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor,
+                          dt_proj_bias: Tensor, A_log: Tensor, D: Optional[Tensor],
+                          out_proj_weight: Optional[Tensor]) -> Tensor:
+    from effprof.ops.mamba_decode_triton import mamba_decode_step_triton
+
+    return mamba_decode_step_triton(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                                    dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight)
+
+
+@_mamba_decode_step_op.register_fake
+def _(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+      out_proj_weight):
+    if out_proj_weight is not None:
+        return x.new_empty((x.shape[0], out_proj_weight.shape[0]), dtype=torch.float32)
+    return x.new_empty(x.shape)
+
+
+@register_flop_formula(torch.ops.effprof.mamba_decode_step)
+def _mamba_decode_step_flop(x_shape, z_shape, conv_state_shape, ssm_state_shape, conv_weight_shape, conv_bias_shape,
+                            x_proj_weight_shape, dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape,
+                            out_proj_weight_shape, out_shape=None, **kwargs) -> int:
+    batch, d_inner = x_shape
+    out_proj = 0 if out_proj_weight_shape is None else 2 * batch * d_inner * out_proj_weight_shape[0]
+    return out_proj + mamba_decode_step_flops(batch, d_inner, conv_weight_shape[-1], dt_proj_weight_shape[1],
+                                              A_log_shape[1], D_shape is not None)
+
+
+def mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                      dt_proj_bias, A_log, D, backend="ref", conv_backend="ref", scan_backend="ref",
+                      out_proj_weight=None):
+    """One step through `backend` (a resolved name: ref | triton); shapes as `mamba_decode_step_ref`.
+    conv_backend and scan_backend choose the ref path's ops (the triton path fuses its own)."""
+    if backend == "ref":
+        return mamba_decode_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                                     dt_proj_weight, dt_proj_bias, A_log, D, conv_backend, scan_backend,
+                                     out_proj_weight)
+    if backend != "triton":
+        raise UsageError(f"unknown decode backend {backend!r}; choose from {', '.join(DECODE_BACKENDS)}")
+    return torch.ops.effprof.mamba_decode_step(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight,
+                                               dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight)
+
+
+def fuse_out_proj(batch: int, out_proj_weight: Tensor) -> bool:
+    """Whether the triton step should also do out_proj at this batch and weight size
+    (`mamba_decode_triton.DECODE_CONFIG`, measured)."""
+    from effprof.ops.mamba_decode_triton import use_fused_out
+
+    return use_fused_out(batch, out_proj_weight)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Residual add + RMSNorm (mamba-ssm's Block with residual_in_fp32)
+# ---------------------------------------------------------------------------------------------------
+def add_rms_norm_ref(hidden, residual, weight, eps):
+    """residual' = hidden (+ residual), float32; normed = rms_norm(residual' in weight's dtype) · weight, in
+    weight's dtype (RMSNorm computes in float32). Returns (normed, residual')."""
+    residual = hidden if residual is None else hidden + residual
+    x = residual.to(weight.dtype).float()
+    normed = F.rms_norm(x, (x.shape[-1],), weight.float(), eps).to(weight.dtype)
+    return normed, residual.float()
+
+
+@torch.library.custom_op("effprof::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    from effprof.ops.mamba_decode_triton import add_rms_norm_triton
+
+    shape = hidden.shape
+    normed, res = add_rms_norm_triton(hidden.reshape(-1, shape[-1]).contiguous(),
+                                      None if residual is None else residual.reshape(-1, shape[-1]).contiguous(),
+                                      weight, eps)
+    return normed.view(shape), res.view(shape)
+
+
+@_add_rms_norm_op.register_fake
+def _(hidden, residual, weight, eps):
+    return hidden.new_empty(hidden.shape, dtype=weight.dtype), hidden.new_empty(hidden.shape, dtype=torch.float32)
+
+
+def add_rms_norm(hidden, residual, weight, eps, backend="ref"):
+    """(normed, residual') through `backend` (ref | triton); see `add_rms_norm_ref`."""
+    if backend == "ref":
+        return add_rms_norm_ref(hidden, residual, weight, eps)
+    return torch.ops.effprof.add_rms_norm(hidden, residual, weight, float(eps))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Residual add + RMSNorm + in_proj (the start of a block's decoding step)
+# ---------------------------------------------------------------------------------------------------
+def norm_in_proj_ref(hidden, residual, norm_weight, eps, in_proj_weight):
+    """(in_proj(normed), residual') with (normed, residual') = add_rms_norm_ref(...)."""
+    normed, residual = add_rms_norm_ref(hidden, residual, norm_weight, eps)
+    return F.linear(normed, in_proj_weight), residual
+
+
+@torch.library.custom_op("effprof::norm_in_proj", mutates_args=())
+def _norm_in_proj_op(hidden: Tensor, residual: Optional[Tensor], norm_weight: Tensor, eps: float,
+                     in_proj_weight: Tensor) -> tuple[Tensor, Tensor]:
+    from effprof.ops.mamba_decode_triton import norm_in_proj_triton
+
+    shape = hidden.shape
+    xz, res = norm_in_proj_triton(hidden.reshape(-1, shape[-1]).contiguous(),
+                                  None if residual is None else residual.reshape(-1, shape[-1]).contiguous(),
+                                  norm_weight, eps, in_proj_weight)
+    return xz.view(*shape[:-1], -1), res.view(shape)
+
+
+@_norm_in_proj_op.register_fake
+def _(hidden, residual, norm_weight, eps, in_proj_weight):
+    return (hidden.new_empty((*hidden.shape[:-1], in_proj_weight.shape[0])),
+            hidden.new_empty(hidden.shape, dtype=torch.float32))
+
+
+@register_flop_formula(torch.ops.effprof.norm_in_proj)
+def _norm_in_proj_flop(hidden_shape, residual_shape, norm_weight_shape, eps, in_proj_weight_shape, out_shape=None,
+                       **kwargs) -> int:
+    rows = 1
+    for size in hidden_shape[:-1]:
+        rows *= size
+    return 2 * rows * in_proj_weight_shape[0] * in_proj_weight_shape[1]  # in_proj, as FlopCounterMode counts F.linear
+
+
+def norm_in_proj(hidden, residual, norm_weight, eps, in_proj_weight, backend="ref"):
+    """(xz, residual') through `backend` (ref | triton): the residual add, RMSNorm and in_proj (no bias) of a
+    decoding step; the triton path is one GEMV kernel where `mamba_decode_triton.use_gemv` (small batch and
+    weight), else the add + norm kernel and cuBLAS. hidden may be float32 (a fused out_proj's sum): it is
+    rounded to the model dtype first, as the reference's out_proj output is."""
+    if backend == "ref":
+        return norm_in_proj_ref(hidden, residual, norm_weight, eps, in_proj_weight)
+    return torch.ops.effprof.norm_in_proj(hidden, residual, norm_weight, float(eps), in_proj_weight)
