@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from benchmarks.common import run_meta  # noqa: E402
+from effprof.errors import EffprofError  # noqa: E402
 from effprof.profiles import find_profile, load_profile  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, measure_many  # noqa: E402
 
@@ -93,7 +94,12 @@ def measure_within(configs: list[Config], budget_s: float, name: str) -> list[di
             continue
         if config.options.device != "cpu":   # the bench's timing budget: 0.3 s of timed calls per row
             config = replace(config, options=replace(config.options, min_time=0.3, warmup=0.1))
-        record = measure_many([config])[0]
+        try:
+            record = measure_many([config])[0]
+        except EffprofError as exc:  # e.g. a graph capture that a host read-back breaks: the row says so
+            record = {"label": config.label, "component": config.component, "status": "refused",
+                      "error": str(exc).splitlines()[0][:300], "exec_mode": "graphs" if config.options.graphs else
+                      "compile" if config.options.compile else "eager"}
         print(f"  {name}: {record['label']}: {record.get('status')} {record.get('latency_ms_median') or 0:.3f} ms "
               f"({record.get('wall_s', 0):.1f} s)", flush=True)
         records.append(record)
