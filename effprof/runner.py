@@ -330,8 +330,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets
                 raise
             record = failed_record(config, "refused", str(exc))
-        except EffprofError:
-            raise
+        except EffprofError as exc:  # e.g. a capture or compile that fails for this row: the others go on
+            record = failed_record(config, "error", str(exc))
         except Exception as exc:  # a row fails, the comparison goes on
             if is_oom(exc):
                 record = failed_record(config, "OOM", "out of memory")
