@@ -143,7 +143,8 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
                     isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
                                                           "(a crash or leftover memory stays with its row).")] = False,
                     fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
-                                                               "print k with its 95% CI; --plot draws the fit.")] = None,
+                                                               "print k with its 95% CI; --plot draws the fit. "
+                                                               "PARAM:LOW-HIGH fits that range only.")] = None,
                     min_flop_coverage: MinCoverage = None, columns: Columns = "brief", md: MdPath = None,
                     html: HtmlPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
@@ -159,9 +160,13 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
 
         require_matplotlib()
     profile = _profile(target, grid, overrides)
-    if fit and fit.replace("-", "_") != "batch" and not any(
-            p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
-        raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
+    if fit:
+        from effprof.analysis.fit import parse_fit
+
+        name = parse_fit(fit)[0]
+        if name != "batch" and not any(p.name == name for c in profile.configs
+                                       for p in get_component(c.component).params):
+            raise UsageError(f"--fit {fit}: no row's component has a parameter {name!r} (or fit batch)")
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
@@ -182,10 +187,10 @@ def compare_command(target: Annotated[str, typer.Argument(help="A profile name/p
         raise typer.Exit(1)
 
 
-def _print_fits(records: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
-    from effprof.analysis.fit import fit_lines, fit_records
+def _print_fits(records: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    from effprof.analysis.fit import fit_lines, fit_records, parse_fit
 
-    fits = fit_records(records, param.replace("-", "_"))
+    fits = fit_records(records, *parse_fit(spec))
     console.print("\n".join(fit_lines(fits)), highlight=False)
     return fits
 
