@@ -11,7 +11,7 @@ from rich.console import Console
 from effprof.cli_options import common_options
 from effprof.errors import EffprofError, UsageError
 from effprof.options import RunOptions
-from effprof.registry import get_component, list_components
+from effprof.registry import check_plugins, get_component, list_components
 from effprof.report.table import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,20 +59,19 @@ def _stamp(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-def _write(records: list[dict[str, Any]], csv: str | None, json: str | None) -> None:
-    from effprof.report.files import metadata, write_records
+def write_records(records: list[dict[str, Any]], csv: str | None, json: str | None, partial: bool = False) -> None:
+    """effprof.report.files.write_records with the command line in every record and the JSON metadata."""
+    from effprof.report.files import metadata, write_records as write
 
-    write_records(_stamp(records), csv, json, metadata(COMMAND_LINE))
+    write(_stamp(records), csv, json, metadata(COMMAND_LINE), partial=partial)
 
 
-def _check_outputs(*paths: str | None) -> None:
-    """Refuse an output path whose folder does not exist before any time is spent measuring."""
-    from pathlib import Path
+def _check_outputs(*unnamed: str | None, **paths: str | None) -> tuple[str | None, ...]:
+    """Refuse unusable output paths before any time is spent measuring; return them with `~` expanded.
+    Name them (`csv=..., json=...`) so that a refusal names the option."""
+    from effprof.outputs import check_outputs
 
-    for path in filter(None, paths):
-        folder = Path(path).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise UsageError(f"{path}: folder {folder} does not exist")
+    return check_outputs(**paths, **{f"output-{i}": p for i, p in enumerate(unnamed, start=1)})
 
 
 def _component_args(component: str, args: list[str], params=None) -> dict[str, str]:
@@ -114,6 +113,7 @@ def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name p
 
         console.print(reducers_table(list_reducers()))
     console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
+    check_plugins()  # a plugin that failed: the rest is listed above, then one line and exit 2
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -128,7 +128,7 @@ def run_command(ctx: typer.Context,
     from effprof.report.table import print_records
     from effprof.runner import Config, measure_many
 
-    _check_outputs(csv, json, md, html)
+    csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
     _check_columns(columns)
     if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
         overrides.setdefault("flop_coverage", True)
@@ -137,7 +137,7 @@ def run_command(ctx: typer.Context,
     config = Config(component, params, options.validate())
     config.resolved()
     configs = expand_tp([config], tp)
-    with console.status(f"{component}: build ...") as status:
+    with err_console.status(f"{component}: build ...") as status:
         # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
         records = measure_many(configs, raise_refusals=True,
                                on_phase=lambda _, phase: status.update(f"{component}: {phase} ..."))
@@ -146,8 +146,15 @@ def run_command(ctx: typer.Context,
     if secondary_rank():  # under torchrun, rank 0 reports
         return
     _mark_coverage(records, min_flop_coverage)
-    _write(records, csv, json)
-    print_records(records, title=f"effprof run {component}", console=console, columns=columns)
+    write_records(records, csv, json)  # files first: a console that fails cannot lose them
+    if len(records) == 1 and records[0]["status"] != "ok":  # one row that failed: one line, no table
+        record = records[0]
+        if record.get("traceback"):  # --debug: the whole story of the failed row
+            err_console.print(record["traceback"], highlight=False, markup=False)
+        if record["status"] == "refused":
+            raise UsageError(record.get("error"))
+        raise EffprofError(f"{component}: {record['status']}: {record.get('error')}")
+    print_records(records, title=f"effprof run {component}", console=_table_console(csv, json), columns=columns)
     _write_reports(records, f"effprof run {component}", columns, md, html)
     for record in records:
         if record.get("traceback"):
@@ -176,14 +183,15 @@ def compare_command(ctx: typer.Context,
                     isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
                                                           "(a crash or leftover memory stays with its row).")] = False,
                     fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
-                                                               "print k with its 95% CI; --plot draws the fit.")] = None,
+                                                               "print k with its 95% CI; --plot draws the fit. "
+                                                               "PARAM:LOW-HIGH fits that range only.")] = None,
                     min_flop_coverage: MinCoverage = None, columns: Columns = "brief", md: MdPath = None,
                     html: HtmlPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
     from effprof.distributed import expand_tp, tp_degrees
     from effprof.parallel import plan_slots
 
-    _check_outputs(csv, json, plot, md, html)
+    csv, json, plot, md, html = _check_outputs(csv=csv, json=json, plot=plot, md=md, html=html)
     _check_columns(columns)
     if min_flop_coverage is not None:
         overrides.setdefault("flop_coverage", True)
@@ -192,9 +200,13 @@ def compare_command(ctx: typer.Context,
 
         require_matplotlib()
     profile = _profile(target, grid, overrides, list(ctx.args))
-    if fit and fit.replace("-", "_") != "batch" and not any(
-            p.name == fit.replace("-", "_") for c in profile.configs for p in get_component(c.component).params):
-        raise UsageError(f"--fit {fit}: no row's component has a parameter {fit!r} (or fit batch)")
+    if fit:
+        from effprof.analysis.fit import parse_fit
+
+        name = parse_fit(fit)[0]
+        if name != "batch" and not any(p.name == name for c in profile.configs
+                                       for p in get_component(c.component).params):
+            raise UsageError(f"--fit {fit}: no row's component has a parameter {name!r} (or fit batch)")
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
@@ -215,10 +227,10 @@ def compare_command(ctx: typer.Context,
         raise typer.Exit(1)
 
 
-def _print_fits(records: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
-    from effprof.analysis.fit import fit_lines, fit_records
+def _print_fits(records: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
+    from effprof.analysis.fit import fit_lines, fit_records, parse_fit
 
-    fits = fit_records(records, param.replace("-", "_"))
+    fits = fit_records(records, *parse_fit(spec))
     console.print("\n".join(fit_lines(fits)), highlight=False)
     return fits
 
@@ -341,7 +353,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
         done.append(record)
         done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
-        _write(done, csv, json)
+        write_records(done, csv, json, partial=True)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=len(profile.configs) < 2)
@@ -360,18 +372,24 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                 records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
             else:
                 records = measure_many(profile.configs, on_record=step, on_phase=phase)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)
+        where = " and ".join(p if p != "-" else "standard output" for p in (csv, json) if p)
         if done:
-            print_records(done, title=f"{profile.title} (interrupted)", console=console)
-        where = " and ".join(p for p in (csv, json) if p)
-        raise Interrupted(f"interrupted after {len(done)} of {len(profile.configs)} rows"
-                          + (f"; finished rows are in {where}" if where else "")) from None
+            write_records(done, csv, json)
+            print_records(done, title=f"{profile.title} (interrupted)", console=_table_console(csv, json))
+        error = Interrupted(f"{'interrupted' if code == 130 else 'terminated'} after {len(done)} of "
+                            f"{len(profile.configs)} rows" + (f"; finished rows are in {where}" if where and done
+                                                              else "; no row had finished, no file written"
+                                                              if where else ""))
+        error.exit_code = code
+        raise error from None
     warnings = add_ratios_same_device(records, profile.baseline)
     if any("tp" in r for r in records):
         add_tp_scaling(records)
     _mark_coverage(records, min_flop_coverage)
-    _write(records, csv, json)
-    print_records(records, title=profile.title, console=console, columns=columns)
+    write_records(records, csv, json)  # files first: a console that fails cannot lose them
+    print_records(records, title=profile.title, console=_table_console(csv, json), columns=columns)
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
@@ -379,6 +397,11 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
         if line:
             err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
+
+
+def _table_console(*outputs: str | None) -> Console:
+    """The table goes to standard error when standard output carries records (`--json -`)."""
+    return err_console if "-" in outputs else console
 
 
 @app.command("calibrate")
@@ -393,7 +416,7 @@ def calibrate_command(force: Annotated[bool, typer.Option("--force", help="Measu
     target = resolve_device(overrides.get("device", "auto"))
     if target.type != "cuda":
         raise UsageError("calibrate measures GPU ceilings: no CUDA device here")
-    with console.status("measuring matmul and copy ceilings ..."):
+    with err_console.status("measuring matmul and copy ceilings ..."):
         measured = calibrate(target, force=force)
     console.print(ceilings_table(measured, datasheet_ceilings(measured.device_name)))
     console.print(f"cache: {cache_path(target)}", highlight=False)
@@ -412,17 +435,15 @@ def roofline_command(target: Annotated[Optional[str], typer.Argument(help="A pro
     from effprof.report.roofline_plot import ceilings_from_records, plot_roofline
 
     require_matplotlib()
-    _check_outputs(plot, csv, json)
+    plot, csv, json = _check_outputs(plot=plot, csv=csv, json=json)
     if (target is None) == (from_json is None):
         raise UsageError("roofline: give either a profile/component to measure or --from-json FILE")
     if from_json is not None:
-        from effprof.report.files import read_json
-
-        try:
-            records = read_json(from_json)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"--from-json {from_json}: cannot read effprof records ({exc})") from None
         from pathlib import Path
+
+        from effprof.report.files import load_records
+
+        records = load_records(from_json)
 
         plot_roofline(records, ceilings_from_records(records), plot,
                       f"{records[0].get('device_name', 'device')}: {Path(from_json).stem}" if records else "")
@@ -456,17 +477,20 @@ def breakdown_command(ctx: typer.Context,
     from effprof.report.tree import kernels_table, print_breakdown
     from effprof.runner import Config, breakdown_config
 
+    for option, value in (("--depth", depth), ("--kernels", kernels)):
+        if value < 0:  # typer's min=0 does not survive @common_options' signature rewrite
+            raise UsageError(f"{option}: {value} must be at least 0")
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
     if config.options.train:
         from effprof.report.tree import phases_table
         from effprof.runner import train_breakdown_config
 
-        with console.status(f"timing the training step of {component} ..."):
+        with err_console.status(f"timing the training step of {component} ..."):
             phases, facts = train_breakdown_config(config)
         console.print(phases_table(phases, f"effprof breakdown --train {component} ({facts})"))
         return
-    with console.status(f"timing the modules of {component} ..."):
+    with err_console.status(f"timing the modules of {component} ..."):
         result = breakdown_config(config, depth=depth, kernels=kernels)
     print_breakdown(result.nodes, f"effprof breakdown {component} ({result.facts})", console, as_table=table)
     if kernels:
@@ -499,6 +523,14 @@ class Interrupted(EffprofError):
     exit_code = 130
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every error becomes one line on stderr and an exit code (README: Errors)."""
+    from effprof.terminal import guarded
+
+    with guarded():
+        return _main(argv)
+
+
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -509,47 +541,82 @@ def _component_help(argv: list[str]) -> str | None:
     return next((a for a in argv[1:] if not a.startswith("-")), None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: every error becomes one line on stderr and an exit code."""
-    global COMMAND_LINE
+def _main(argv: list[str] | None) -> int:
+    import os
     import shlex
 
+    from effprof.terminal import EXIT_INTERRUPTED, silence_stdout, stdout_failure
+
+    global COMMAND_LINE
     argv = list(sys.argv[1:] if argv is None else argv)
     COMMAND_LINE = shlex.join(["effprof", *argv])
     command = typer.main.get_command(app)
     component = _component_help(argv)
     try:
-        if component is not None:  # the command's options with their defaults, then the component's parameters
-            from effprof.report.listing import params_table
+        try:
+            if component is not None:  # the command's options with their defaults, then the component's parameters
+                from effprof.report.listing import params_table
 
-            table = params_table(get_component(component))
-            command.main(args=[argv[0], "--help"], prog_name="effprof", standalone_mode=False)
-            console.print(table)
-            return 0
-        result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+                table = params_table(get_component(component))
+                command.main(args=[argv[0], "--help"], prog_name="effprof", standalone_mode=False)
+                console.print(table)
+                return 0
+            result = command.main(args=argv, prog_name="effprof", standalone_mode=False)
+            sys.stdout.flush()
+            return result if isinstance(result, int) else 0
+        except typer.Abort as exc:  # click turns KeyboardInterrupt and any EOFError into Abort
+            cause = exc.__context__
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None
+            if cause is not None and not isinstance(cause, EOFError):
+                raise cause from None
+            raise RuntimeError(f"unexpected end of input ({cause or 'abort'})") from None
     except typer.Exit as exc:
         return exc.exit_code
     except _NoArgsIsHelp as exc:
-        console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False)
+        console.print(exc.ctx.get_help() if exc.ctx else str(exc), highlight=False, markup=False)
         return 0
     except _UsageError as exc:
         message = " ".join(exc.format_message().split())
-        err_console.print(f"effprof: error: {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"effprof: error: {message}", highlight=False, markup=False, soft_wrap=True)
         return 2
-    except typer.Abort:
-        err_console.print("effprof: interrupted", highlight=False)
-        return 130
     except EffprofError as exc:
-        err_console.print(f"effprof: error: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"effprof: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("effprof: interrupted", highlight=False)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
+        err_console.print("effprof: interrupted" if code == EXIT_INTERRUPTED else "effprof: terminated",
+                          highlight=False, markup=False)
+        return code
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line, never a traceback
+        code = stdout_failure(exc)
+        if code is not None:
+            silence_stdout()
+            if not isinstance(exc, BrokenPipeError):
+                err_console.print(f"effprof: error: cannot write to standard output ({exc.strerror or exc})",
+                                  highlight=False, markup=False)
+            return code
+        if os.environ.get("EFFPROF_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        err_console.print(f"effprof: internal error: {type(exc).__name__}: {first} (a bug in effprof or a "
+                          "plugin; EFFPROF_DEBUG=1 shows the traceback)", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_INTERNAL
+
+
+EXIT_INTERNAL = 3
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        from effprof.terminal import silence_stdout
+
+        silence_stdout()
+        code = code or 1
+    sys.exit(code)
 
 
 # Commands in their own modules (effprof/commands/): importing a module registers its commands on `app`.

@@ -35,3 +35,24 @@ class BackendUnavailable(UsageError):
 
 class MissingExtra(UsageError):
     """An optional dependency group is needed for this feature but is not installed."""
+
+
+class CheckpointError(PretrainedNotFound):
+    """A `--pretrained` file exists but is not a checkpoint effprof can read (corrupt, empty, pickled code,
+    a config with missing keys or wrong types)."""
+
+
+class PluginError(UsageError):
+    """A module named in EFFPROF_PLUGINS failed to import or to register its components."""
+
+
+class TooLarge(UsageError):
+    """A configuration whose weights and inputs cannot fit in the device's memory: refused before allocating."""
+
+
+class OutputError(EffprofError):
+    """An output file could not be written once measuring had started (a full disk, /dev/full)."""
+
+
+class StdoutClosed(EffprofError):
+    """Standard output is closed, full or a broken pipe: effprof ends quietly with a non-zero exit."""

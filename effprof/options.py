@@ -40,6 +40,9 @@ class RunOptions:
     grad_checkpointing: bool = False
 
     def validate(self) -> "RunOptions":
+        from effprof.limits import check_options
+
+        check_options(self)  # numbers that are numbers, finite and in their bounds (effprof/limits.py)
         if self.batch < 1:
             raise UsageError(f"--batch: {self.batch} must be at least 1")
         if self.dtype not in ("auto", *DTYPE_NAMES):

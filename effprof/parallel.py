@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from effprof.errors import EffprofError, UsageError
+from effprof.limits import MAX_WORKERS
 
 # NVLink SHARP / multicast off in every process effprof starts (the lent GPU machines require it).
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -91,6 +92,8 @@ def plan_slots(gpus: str | None, workers: int | None, isolate: bool, device: str
         return None
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: {workers} must be at least 1")
+    if workers is not None and workers > MAX_WORKERS:  # each is a process importing torch: past this, a typo
+        raise UsageError(f"--workers: {workers} is more than {MAX_WORKERS} processes")
     if gpus is not None and workers is not None:
         raise UsageError("--gpus and --workers are two ways to size the pool; give one")
     if gpus is not None:

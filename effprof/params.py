@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from effprof.errors import ParamError
+from effprof.limits import INT_CEILING
 
 _TYPES = {int: "int", float: "float", str: "str", bool: "bool"}
-_NONE_WORDS = {"none", "null", ""}
+_NONE_WORDS = {"none", "null"}  # and a Param's own none_aliases (e.g. --rank full)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -81,6 +82,9 @@ class Param:
             raise ParamError(f"{self.option}: a value is required ({self.range_text()})")
         if isinstance(text, str):
             raw = text.strip()
+            if not raw:
+                hint = " (write none for the default)" if self.optional else ""
+                raise ParamError(f"{self.option}: an empty value is not a {_TYPES[self.type]}{hint}")
             try:
                 if self.type is bool:
                     if raw.lower() not in _TRUE | _FALSE:
@@ -115,6 +119,8 @@ class Param:
                 raise ParamError(f"{self.option}: {value!r} is not finite")
             too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
             too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+            if self.type is int and self.high is None and value > INT_CEILING:
+                raise ParamError(f"{self.option}: {value} is larger than any size effprof accepts ({INT_CEILING})")
             if too_low or too_high:
                 raise ParamError(f"{self.option}: {_fmt(value)} is outside the allowed range {self.range_text()}")
 

@@ -165,11 +165,9 @@ def _load_builtin() -> None:
         return
     _loaded = True
     importlib.import_module("effprof.components")
-    for plugin in filter(None, os.environ.get("EFFPROF_PLUGINS", "").split(",")):
-        try:
-            importlib.import_module(plugin.strip())
-        except ImportError as exc:
-            raise UsageError(f"EFFPROF_PLUGINS: cannot import {plugin!r}: {exc}") from None
+    from effprof.plugins import load_plugins
+
+    PLUGIN_ERRORS[:] = load_plugins(os.environ.get("EFFPROF_PLUGINS", ""))
     for name, c in list(_REGISTRY.items()):  # reducer-accepting components: add --reducer and its options
         if c.reducer_sites:
             from dataclasses import replace
@@ -177,6 +175,20 @@ def _load_builtin() -> None:
             from effprof.reducers import options_for
 
             _REGISTRY[name] = replace(c, params=options_for(c.own_params, c.reducer_sites, name))
+
+
+# One line per plugin of EFFPROF_PLUGINS that failed to load (effprof/plugins.py); the others are registered.
+PLUGIN_ERRORS: list[str] = []
+
+
+def check_plugins() -> None:
+    """Raise PluginError naming the first plugin that failed to load (`effprof list` lists the rest first)."""
+    _load_builtin()
+    if PLUGIN_ERRORS:
+        from effprof.errors import PluginError
+
+        more = f" (and {len(PLUGIN_ERRORS) - 1} more)" if len(PLUGIN_ERRORS) > 1 else ""
+        raise PluginError(PLUGIN_ERRORS[0] + more)
 
 
 def get_component(name: str) -> Component:
@@ -188,6 +200,7 @@ def get_component(name: str) -> Component:
     try:
         return _REGISTRY[name]
     except KeyError:
+        check_plugins()  # the component may be one a failed plugin would have registered
         close = [n for n in _REGISTRY if n.startswith(name.split("-")[0])] or sorted(_REGISTRY)
         raise UnknownComponent(f"unknown component {name!r}; known: {', '.join(close)}") from None
 

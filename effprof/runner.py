@@ -22,6 +22,7 @@ import torch
 from effprof.errors import EffprofError, UsageError
 from effprof.measure.env import environment, resolve_device
 from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
+from effprof.measure.footprint import check_fits
 from effprof.measure.modes import compiled_module, graphed_callable
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
@@ -120,6 +121,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
 
         if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
             return distributed.measure_tp(config)
+    check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     tell = on_phase or (lambda name: None)
     tell("build")
     t_build = time.perf_counter()
@@ -319,9 +321,11 @@ def failed_record(config: Config, status: str, message: str) -> dict[str, Any]:
 
 
 def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    """CUDA's OOM, or an allocation the CPU allocator could not make (the same row on either device)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -347,8 +351,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets
                 raise
             record = failed_record(config, "refused", str(exc))
-        except EffprofError:
-            raise
+        except EffprofError as exc:  # e.g. a capture or compile that fails for this row: the others go on
+            record = failed_record(config, "error", str(exc))
         except Exception as exc:  # a row fails, the comparison goes on
             if is_oom(exc):
                 record = failed_record(config, "OOM", "out of memory")

@@ -127,3 +127,19 @@ def test_compare_fit_through_the_cli(tmp_path, fast, capsys):
     assert plot.stat().st_size > 1000
     assert main(["compare", "linear", "--grid", "tokens=16", *fast, "--fit", "tokens"]) == 2
     assert "two or more" in capsys.readouterr().err
+
+
+def test_fit_over_a_range_of_the_parameter():
+    from effprof.analysis.fit import parse_fit
+
+    assert parse_fit("seq_len:4096-16384") == ("seq_len", 4096.0, 16384.0)
+    assert parse_fit("seq-len:4096-") == ("seq_len", 4096.0, None) and parse_fit("img_size") == ("img_size", None, None)
+    # latency = fixed 10 ms + 1e-3·L²: the whole range reads a low exponent, the top of it nearly 2
+    records = [{"component": "t", "status": "ok", "param_seq_len": L, "latency_ms_median": 10 + 1e-3 * L**2}
+               for L in (16, 32, 64, 1024, 2048, 4096)]
+    whole = fit_records(records, "seq_len")[0]
+    top = fit_records(records, "seq_len", 1024, None)[0]
+    assert whole["exponent"] < 1.5 and top["n"] == 3 and top["x_min"] == 1024
+    assert top["exponent"] == pytest.approx(2.0, abs=0.01)
+    with pytest.raises(Exception, match="PARAM:LOW-HIGH"):
+        parse_fit("seq_len:abc")

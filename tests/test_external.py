@@ -111,8 +111,9 @@ def test_hf_model_from_the_cache_with_random_weights(tmp_path, monkeypatch, fast
     assert r["params_total"] == V * d + P * d + L * (12 * d * d + 13 * d) + 2 * d  # GPT-2's closed form
     assert r["unit"] == "tok" and r["items_per_call"] == 16 and r["model_type"] == "gpt2"
     capsys.readouterr()
-    assert main(["run", "hf:wbtest/absent", *fast]) == 2  # a refused row that says why
-    assert "never downloads" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", "hf:wbtest/absent", *fast]) == 2  # refused, saying why (a line on stderr)
+    captured = capsys.readouterr()
+    assert "never downloads" in captured.err and "\n" not in captured.err.strip()
     assert main(["run", "hf:wbtest/tiny-gpt2", "--pretrained", *fast]) == 2  # no weights in the cache
     captured = capsys.readouterr()
-    assert "refused" in captured.out and "Traceback" not in captured.out + captured.err
+    assert "hf:wbtest/tiny-gpt2" in captured.err and "Traceback" not in captured.out + captured.err

@@ -87,10 +87,31 @@ def series(records: list[dict[str, Any]], param: str) -> list[tuple[str, list[di
     return [(labels[k], sorted(rows, key=lambda r: _x(r, param))) for k, rows in groups.items()]
 
 
-def fit_records(records: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+def parse_fit(text: str) -> tuple[str, float | None, float | None]:
+    """`seq_len` or `seq_len:4096-16384` (also `:4096-`, `:-8192`) -> (param, low, high)."""
+    param, _, span = text.partition(":")
+    low = high = None
+    if span:
+        lo, sep, hi = span.partition("-")
+        try:
+            low, high = (float(lo) if lo else None), (float(hi) if hi else None)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UsageError(f"--fit {text}: expected PARAM or PARAM:LOW-HIGH (e.g. seq_len:4096-16384)")
+    return param.strip().replace("-", "_"), low, high
+
+
+def fit_records(records: list[dict[str, Any]], param: str, low: float | None = None,
+                high: float | None = None) -> list[dict[str, Any]]:
     """One entry per series and metric that can be fitted: series, metric, key, exponent, interval, n,
-    x_min, x_max. Refuses (UsageError) a parameter that no row has as a number."""
-    found = series(records, param)
+    x_min, x_max, over the rows whose `param` lies in [low, high] (all when None). Refuses (UsageError) a
+    parameter that no row has as a number."""
+    def inside(r):
+        x = _x(r, param)
+        return not isinstance(x, (int, float)) or ((low is None or x >= low) and (high is None or x <= high))
+
+    found = series([r for r in records if inside(r)], param)
     if not any(len({_x(r, param) for r in rows}) >= 2 for _, rows in found):
         raise UsageError(f"--fit {param}: no series has two or more numeric values of {param!r} "
                          "(fit a parameter that varies between rows, e.g. one in --grid)")

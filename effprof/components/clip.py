@@ -16,12 +16,14 @@ in tests/test_clip.py).
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from effprof.errors import ParamError, PretrainedNotFound
+from effprof.errors import CheckpointError, ParamError, PretrainedNotFound
 from effprof.lazy import lazy_attr, lazy_from, lazy_import
+from effprof.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -54,7 +56,7 @@ TOWER_PARAMS = [
     Param("preset", str, "vit-b-16", "Published OpenAI CLIP vision architecture (ignored with --pretrained).",
           choices=tuple(PRESETS)),
     Param("img_size", int, None, "Input side in pixels, a multiple of the patch size (none = the preset's or "
-          "the checkpoint's).", low=1, optional=True),
+          "the checkpoint's).", low=1, high=MAX_IMAGE_SIDE, optional=True),
     Param("pretrained", str, None, "Local checkpoint directory (or cached hub id) to load real weights from; "
           "none = random weights.", optional=True),
 ]
@@ -106,6 +108,25 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def check_clip_config(directory, spec: str) -> None:
+    """Refuse a CLIP config.json with wrong types, impossible sizes or heads that do not divide the width
+    before transformers reads it (it would fail deep inside with a traceback)."""
+    from effprof.pretrained import config_value, read_config
+
+    doc = read_config(directory / "config.json", spec)
+    vision = doc.get("vision_config", doc)
+    where = f"--pretrained {spec}: config.json" + (" vision_config" if vision is not doc else "")
+    if not isinstance(vision, dict):
+        raise CheckpointError(f"{where} is {type(vision).__name__}, not a mapping")
+    sizes = {"hidden_size": MAX_WIDTH, "num_attention_heads": MAX_WIDTH, "num_hidden_layers": MAX_LAYERS,
+             "intermediate_size": 4 * MAX_WIDTH, "image_size": MAX_IMAGE_SIDE, "patch_size": MAX_IMAGE_SIDE,
+             "num_channels": 64}
+    values = {k: config_value(vision, k, int, where, None, 1, high) for k, high in sizes.items()}
+    width, heads = values["hidden_size"], values["num_attention_heads"]
+    if width is not None and heads is not None and width % heads:
+        raise CheckpointError(f"{where}: {heads} attention heads do not divide the width {width}")
+
+
 def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained: str | None) -> Tower:
     """Random-weight tower from a preset, or a checkpoint's tower; on ctx.device in ctx.dtype, eval mode."""
     from transformers import CLIPVisionModel
@@ -121,11 +142,13 @@ def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained
         from effprof.pretrained import find_checkpoint
 
         directory = find_checkpoint(pretrained, ("config.json",))
+        check_clip_config(directory, pretrained)
         try:
-            with _quiet_transformers():
+            with _quiet_transformers(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 model, loading = CLIPVisionModel.from_pretrained(str(directory), attn_implementation="sdpa",
                                                                  output_loading_info=True)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; each is one line here
             raise PretrainedNotFound(f"--pretrained {pretrained}: not a loadable CLIP vision checkpoint "
                                      f"({str(exc).splitlines()[0][:160]})") from None
         if loading.get("missing_keys"):
@@ -171,7 +194,8 @@ def pixel_maker(ctx: BuildContext, image_size: int, images_dir: str | None = Non
 
 FEATURE_LAYER = Param("feature_layer", int, None, "With --reducer: output the patch tokens of this layer (-2 = "
                       "LLaVA-1.5's penultimate layer; default for vision-output reducers) instead of the pooled "
-                      "class token after every layer (none).", optional=True)
+                      "class token after every layer (none).", low=-MAX_LAYERS, high=MAX_LAYERS,
+                      optional=True)
 IMAGES_DIR = Param("images_dir", str, None, "Folder of jpg/png images used as inputs (resized and normalised as "
                    "CLIP's processor does; cycled to the batch); none = random pixels.", optional=True)
 

@@ -18,6 +18,7 @@ weights. One call embeds a batch of images and as many captions of `seq_len` tok
 from __future__ import annotations
 
 from effprof.errors import ParamError
+from effprof.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -28,13 +29,14 @@ CONTEXT = 77
 
 @register_component("clip-dual", unit="img", family="vision", params=[
     Param("preset", str, "vit-b-16", "Published OpenAI CLIP architecture (both towers).", choices=PRESET_NAMES),
-    Param("img_size", int, None, "Image side in pixels (none = the preset's 224).", low=1, optional=True),
+    Param("img_size", int, None, "Image side in pixels (none = the preset's 224).", low=1, high=MAX_IMAGE_SIDE,
+          optional=True),
     Param("seq_len", int, CONTEXT, "Caption length in tokens (CLIP's context is 77).", low=1, high=CONTEXT),
     Param("layers", int, None, "Layers per tower instead of the preset's (none = published depth).", low=1,
-          optional=True),
+          high=MAX_LAYERS, optional=True),
     Param("adapt", str, "full", "What trains: full | projections (the two) | lora (adapters only).",
           choices=("full", "projections", "lora")),
-    Param("rank", int, 8, "LoRA rank r (with --adapt lora).", low=1),
+    Param("rank", int, 8, "LoRA rank r (with --adapt lora).", low=1, high=MAX_WIDTH),
     Param("alpha", float, 16.0, "LoRA scale numerator: adapters are scaled by alpha / rank.", low=0, low_open=True),
     Param("lora_targets", str, "projections", "Layers that get adapters: projections | qv (attention q/v, both "
           "towers) | projections+qv.", choices=TARGET_NAMES),

@@ -30,6 +30,7 @@ from typing import Any
 
 from effprof.errors import ParamError
 from effprof.lazy import lazy_attr, lazy_from, lazy_import
+from effprof.limits import MAX_LAYERS, MAX_STATE, MAX_TOKENS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -72,12 +73,12 @@ def _prefilled(fn):
 # mamba: one block
 # ---------------------------------------------------------------------------------------------------
 @register_component("mamba", unit="tok", family="ssm", params=[
-    Param("d_model", int, 512, "Model width (d_inner = expand · d_model).", low=1),
-    Param("d_state", int, 16, "SSM state size N per channel.", low=1),
-    Param("d_conv", int, 4, "Causal depthwise conv width.", low=1),
-    Param("expand", int, 2, "Inner expansion factor.", low=1),
+    Param("d_model", int, 512, "Model width (d_inner = expand · d_model).", low=1, high=MAX_WIDTH),
+    Param("d_state", int, 16, "SSM state size N per channel.", low=1, high=MAX_STATE),
+    Param("d_conv", int, 4, "Causal depthwise conv width.", low=1, high=MAX_STATE),
+    Param("expand", int, 2, "Inner expansion factor.", low=1, high=MAX_STATE),
     Param("seq_len", int, 8192, "Tokens per sequence (prefill) or context length held in the state (decode).",
-          low=1),
+          low=1, high=MAX_TOKENS),
     MODE, SCAN, CONV, DECODE,
 ])
 def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mode, scan_backend, conv_backend,
@@ -121,13 +122,15 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
 # ---------------------------------------------------------------------------------------------------
 @register_component("mamba-lm", unit="tok", family="ssm", params=[
     PRESET,
-    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the cache (decode).", low=1),
+    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the cache (decode).", low=1,
+          high=MAX_TOKENS),
     MODE, HEAD, SCAN, CONV, DECODE,
     Param("pretrained", str, None, "Checkpoint directory (mamba-ssm or transformers layout) or cached hub id; "
           "none = random weights.", optional=True),
-    Param("d_model", int, None, "Override the preset's width (none = the preset's).", low=1, optional=True),
-    Param("n_layer", int, None, "Override the preset's number of layers (none = the preset's).", low=1,
+    Param("d_model", int, None, "Override the preset's width (none = the preset's).", low=1, high=MAX_WIDTH,
           optional=True),
+    Param("n_layer", int, None, "Override the preset's number of layers (none = the preset's).", low=1,
+          high=MAX_LAYERS, optional=True),
 ])
 def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, decode_backend, pretrained,
              d_model, n_layer):
@@ -206,14 +209,15 @@ def transformer_shape(preset: str, d_model: int | None, n_head: int | None) -> t
 
 @register_component("transformer-lm", unit="tok", family="ssm", params=[
     PRESET,
-    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the KV cache (decode).", low=1),
+    Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the KV cache (decode).", low=1,
+          high=MAX_TOKENS),
     MODE, HEAD,
     Param("n_layer", int, None, "Layers (none = half of Mamba's: Pythia's depth, parameter-matched; e.g. 24 for "
-          "the same depth as mamba-130m).", low=1, optional=True),
+          "the same depth as mamba-130m).", low=1, high=MAX_LAYERS, optional=True),
     Param("d_model", int, None, "Override the width (none = the preset's); heads must divide it.", low=1,
-          optional=True),
+          high=MAX_WIDTH, optional=True),
     Param("n_head", int, None, "Attention heads (none = the preset's, or d_model / 64 with --d-model); must "
-          "divide the width.", low=1, optional=True),
+          "divide the width.", low=1, high=MAX_WIDTH, optional=True),
 ])
 def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_model, n_head):
     """Transformer LM of Mamba's size class (transformers GPTNeoXModel, Pythia layout, SDPA) to compare with."""

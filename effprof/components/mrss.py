@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from effprof.errors import ParamError
 from effprof.lazy import lazy_from, lazy_import
+from effprof.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -34,7 +35,8 @@ SMOOTH_WINDOW = 64  # tokens of the moving average that makes the "smooth" fidel
 FIDELITY_SEQUENCES = 2
 
 PARAMS = [
-    Param("r", int, 2, "Downsampling ratio of the low-resolution branch: a power of two (1, 2, 4, 8, ...).", low=1),
+    Param("r", int, 2, "Downsampling ratio of the low-resolution branch: a power of two (1, 2, 4, 8, ...).", low=1,
+          high=MAX_STATE),
     Param("downsample", str, "avg", "avg (average pooling) | strided (every r-th token) | learned (depthwise "
           "conv, kernel r, stride r, initialised to the average).", choices=DOWNSAMPLE),
     Param("upsample", str, "nearest", "nearest (repeat r times) | linear (F.interpolate, align_corners=False).",
@@ -44,10 +46,10 @@ PARAMS = [
     Param("variant", str, "mrss", "mrss (two branches + gate) | baseline (the full-resolution block alone).",
           choices=("mrss", "baseline")),
     Param("streams", bool, False, "Run the two branches on separate CUDA streams (CUDA only; refused on cpu)."),
-    Param("d_model", int, 512, "Model width D.", low=1),
+    Param("d_model", int, 512, "Model width D.", low=1, high=MAX_WIDTH),
     Param("seq_len", int, 8192, "Sequence length T (tokens); padded to a multiple of r when r does not divide it.",
-          low=1),
-    Param("d_state", int, 16, "Mamba state size N of each branch.", low=1),
+          low=1, high=MAX_TOKENS),
+    Param("d_state", int, 16, "Mamba state size N of each branch.", low=1, high=MAX_STATE),
 ]
 
 

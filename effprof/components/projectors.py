@@ -7,22 +7,24 @@ stripping any `...mm_projector.` prefix from the keys; the shapes must match the
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from effprof.errors import ParamError, PretrainedNotFound
 from effprof.lazy import lazy_import
+from effprof.limits import MAX_TOKENS, MAX_WIDTH
 from effprof.params import Param
+from effprof.pretrained import expand_spec, load_state_dict
 from effprof.registry import BuildContext, Built, register_component
 
-TOKENS = Param("tokens", int, 576, "visual tokens per image (LLaVA-1.5: 24×24 = 576)", low=1)
-IN_DIM = Param("in_dim", int, 1024, "vision feature width (CLIP ViT-L/14: 1024)", low=1)
-OUT_DIM = Param("out_dim", int, 4096, "language model width (Vicuna-7B: 4096)", low=1)
+TOKENS = Param("tokens", int, 576, "visual tokens per image (LLaVA-1.5: 24×24 = 576)", low=1,
+               high=MAX_TOKENS)
+IN_DIM = Param("in_dim", int, 1024, "vision feature width (CLIP ViT-L/14: 1024)", low=1, high=MAX_WIDTH)
+OUT_DIM = Param("out_dim", int, 4096, "language model width (Vicuna-7B: 4096)", low=1, high=MAX_WIDTH)
 PRETRAINED = Param("pretrained", str, None, "projector state dict (mm_projector.bin / .pt / .safetensors)",
                    optional=True)
 COMMON = (TOKENS, IN_DIM, OUT_DIM, PRETRAINED)
-RANK = Param("rank", int, 256, "rank of the factorisation", low=1)
-LORA_RANK = Param("rank", int, 8, "LoRA adapter rank", low=1)
-LORA_ALPHA = Param("alpha", float, 16.0, "LoRA scaling numerator (scale = alpha / rank)", low=0, low_open=True)
+RANK = Param("rank", int, 256, "rank of the factorisation", low=1, high=MAX_WIDTH)
+LORA_RANK = Param("rank", int, 8, "LoRA adapter rank", low=1, high=MAX_WIDTH)
+LORA_ALPHA = Param("alpha", float, 16.0, "LoRA scaling numerator (scale = alpha / rank)", low=0, low_open=True, high=1e6)
 
 # Imported when a factory runs, not when the component is listed (effprof/lazy.py).
 torch = lazy_import("torch")
@@ -34,7 +36,7 @@ PROJECTOR_FILES = ("mm_projector.bin", "mm_projector.safetensors", "projector.sa
 
 def load_projector_state(spec: str) -> dict[str, torch.Tensor]:
     """Read a projector state dict from a file or a directory holding one of PROJECTOR_FILES."""
-    path = Path(spec).expanduser()
+    path = expand_spec(spec)
     if path.is_dir():
         found = [path / name for name in PROJECTOR_FILES if (path / name).is_file()]
         if not found:
@@ -42,12 +44,7 @@ def load_projector_state(spec: str) -> dict[str, torch.Tensor]:
         path = found[0]
     if not path.is_file():
         raise PretrainedNotFound(f"--pretrained {spec}: no such file or directory")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict(path, spec)
     return {key.split("mm_projector.")[-1]: value for key, value in state.items()}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from effprof.errors import ParamError
 from effprof.lazy import lazy_from, lazy_import
+from effprof.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
@@ -29,12 +30,13 @@ S4D_INITS = ("lin", "inv")  # = effprof.modules.ssm_conv.S4D_INITS (tests/test_c
 
 PARAMS = [
     Param("rank", int, None, "Rank of the distilled kernel (truncated SVD); none (or full) = the full kernel.",
-          low=1, optional=True, none_aliases=("full",)),
+          low=1, high=MAX_WIDTH, optional=True, none_aliases=("full",)),
     Param("sparse_taps", int, None, "Keep only this many highest-energy delays (shared by all channels), "
-          "applied directly; none = off. Exclusive with --rank.", low=1, optional=True),
-    Param("length", int, 8192, "Sequence and kernel length L (tokens).", low=2),
-    Param("d_model", int, 512, "Channels D (one kernel per channel).", low=1),
-    Param("d_state", int, 64, "SSM state size N (even: N/2 complex conjugate-pair modes, as in S4D).", low=2),
+          "applied directly; none = off. Exclusive with --rank.", low=1, high=MAX_TOKENS,
+          optional=True),
+    Param("length", int, 8192, "Sequence and kernel length L (tokens).", low=2, high=MAX_TOKENS),
+    Param("d_model", int, 512, "Channels D (one kernel per channel).", low=1, high=MAX_WIDTH),
+    Param("d_state", int, 64, "SSM state size N (even: N/2 complex conjugate-pair modes, as in S4D).", low=2, high=MAX_STATE),
     Param("init", str, "lin", "S4D initialisation of A: lin (S4D-Lin) or inv (S4D-Inv).", choices=S4D_INITS),
 ]
 

@@ -17,19 +17,22 @@ from typing import Any
 
 from effprof.errors import ParamError
 from effprof.evaluate import Preprocess
+from effprof.limits import MAX_IMAGE_SIDE, MAX_STATE, MAX_WIDTH
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, register_component
 
 SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm if importable on CUDA, else triton "
              "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))
-IMG = Param("img_size", int, 224, "Image side in pixels (a multiple of 32).", low=32)
+IMG = Param("img_size", int, 224, "Image side in pixels (a multiple of 32).", low=32, high=MAX_IMAGE_SIDE)
 DIRECTIONS = Param("directions", int, 4, "Scan routes of SS2D: 4 = VMamba's cross scan (row, column, both "
                    "reversed); 2 = row-major and its reverse (K = 2 sequences: half the scan work); 1 = one raster "
                    "scan.", choices=(4, 2, 1))
 V052D = Param("vmamba_v052d", bool, False, "With --directions 2: VMamba's own 2-direction forward type v052d, which "
               "still scans K = 4 sequences (row-major twice, reversed twice) and keeps 4 parameter sets.")
-NUM_CLASSES = Param("num_classes", int, 1000, "Classes of the head (a fresh head when not 1000).", low=1)
-DIM = Param("dim", int, None, "Override the preset's stage-1 width (none = the preset's).", low=1, optional=True)
+NUM_CLASSES = Param("num_classes", int, 1000, "Classes of the head (a fresh head when not 1000).", low=1,
+                    high=2**20)
+DIM = Param("dim", int, None, "Override the preset's stage-1 width (none = the preset's).", low=1, high=MAX_WIDTH,
+            optional=True)
 DEPTHS = Param("depths", str, None, "Override the preset's blocks per stage, e.g. 1,1,2,1 (none = the preset's).",
                optional=True)
 PATCH = 4
@@ -108,10 +111,11 @@ def vmamba(ctx: BuildContext, preset, img_size, directions, vmamba_v052d, scan_b
 
 
 @register_component("ss2d", unit="img", family="vision", params=[
-    Param("d_model", int, 96, "Block width (VMamba-T stage 1: 96).", low=1),
-    Param("d_state", int, 1, "SSM state size N (VMamba v2: 1; vanilla: 16).", low=1),
+    Param("d_model", int, 96, "Block width (VMamba-T stage 1: 96).", low=1, high=MAX_WIDTH),
+    Param("d_state", int, 1, "SSM state size N (VMamba v2: 1; vanilla: 16).", low=1, high=MAX_STATE),
     Param("ssm_ratio", float, 1.0, "d_inner / d_model (VMamba-T: 1.0, S/B: 2.0).", low=0, low_open=True),
-    Param("img_size", int, 224, "Image side in pixels; the block runs on the stage-1 map, (img/4)².", low=4),
+    Param("img_size", int, 224, "Image side in pixels; the block runs on the stage-1 map, (img/4)².", low=4,
+          high=MAX_IMAGE_SIDE),
     DIRECTIONS, V052D, SCAN,
 ])
 def ss2d(ctx: BuildContext, d_model, d_state, ssm_ratio, img_size, directions, vmamba_v052d, scan_backend):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from effprof.components.mamba import CONV, SCAN
+from effprof.components.mamba import CONV, DECODE, SCAN
 from effprof.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.params import Param
 from effprof.registry import BuildContext, Built, Stage, register_component
@@ -32,6 +32,7 @@ PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava, swap_parts = lazy
     "effprof.models.llava", "PRESETS", "LlavaPipeline", "VisionOutput", "build_llava", "load_llava", "swap_parts")
 resolve_conv_backend = lazy_attr("effprof.modules.mamba", "resolve_conv_backend")
 resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
+resolve_decode_backend = lazy_attr("effprof.ops.mamba_decode", "resolve_decode_backend")
 # = tuple(effprof.models.llava.PRESETS), tuple(effprof.models.cobra.PRESETS) (tests/test_cli_fast.py)
 PRESET_NAMES = ("llava-1.5-7b", "llava-1.5-13b", "tiny")
 COBRA_PRESET_NAMES = ("cobra-3b", "tiny")
@@ -240,21 +241,23 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     MODE, IMAGES, PROMPT, NEW, CONTEXT,
     Param("projector", str, "fused-gelu-mlp", "fused-gelu-mlp (Cobra's, 2176 -> 8704 -> 2560 -> 2560) or ldp "
           "(MobileVLM's lightweight downsample projector: 729 -> 196 tokens).", choices=("fused-gelu-mlp", "ldp")),
-    SCAN, CONV,
+    SCAN, CONV, DECODE,
 ])
 def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, projector, scan_backend,
-          conv_backend):
+          conv_backend, decode_backend):
     """Cobra (Mamba-2.8B VLM): prefill / decode / generate with a constant-size state, split by stage."""
     scan, conv = resolve_backend(scan_backend, ctx.device), resolve_conv_backend(conv_backend, ctx.device)
+    decode = resolve_decode_backend(decode_backend, ctx.device)
     arch = COBRA_PRESETS[preset]
-    model = build_cobra(arch, projector, scan, conv, ctx.device, ctx.dtype)
+    model = build_cobra(arch, projector, scan, conv, decode, ctx.device, ctx.dtype)
     grid = arch.image_size // arch.patch_size
     per_image = grid * grid if projector != "ldp" else ((grid + 1) // 2) ** 2
     image_tokens = images * per_image
     prompt_len = image_tokens + prompt_tokens
     vocab = arch.lm.padded_vocab_size
     info = {"weights": "random", "image_tokens": image_tokens, "prompt_tokens": prompt_tokens,
-            "sequence_tokens": prompt_len, "scan_backend": scan, "conv_backend": conv, "projector": projector,
+            "sequence_tokens": prompt_len, "scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
+            "projector": projector,
             "lm_width": arch.lm.d_model, "lm_layers": arch.lm.n_layer, "state": "constant (conv + SSM state)"}
     size = arch.image_size
 

@@ -31,8 +31,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("meta")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cpu, meta")
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cuda:N, cpu, meta")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
     return torch.device(name)
 
 

@@ -54,7 +54,8 @@ class FusedGeluMLP(nn.Sequential):
 class CobraModel(nn.Module):
     """The towers, the projector and the Mamba LM; `effprof.components.vlm` calls them stage by stage."""
 
-    def __init__(self, preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str):
+    def __init__(self, preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str,
+                 decode_backend: str = "ref"):
         super().__init__()
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, \
             SiglipVisionModel
@@ -79,7 +80,7 @@ class CobraModel(nn.Module):
             self.projector = LDPProjector(vision_dim, lm_dim)
         else:
             self.projector = FusedGeluMLP(vision_dim, lm_dim)
-        self.lm = MambaLM(preset.lm, scan_backend, conv_backend)
+        self.lm = MambaLM(preset.lm, scan_backend, conv_backend, decode_backend=decode_backend)
         self.prefix_tokens = 1 + dino.num_register_tokens  # DINOv2's class token and registers
 
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -94,8 +95,8 @@ class CobraModel(nn.Module):
         return self.lm.lm_head(self.lm.backbone(embeds, cache)[:, -1:])
 
 
-def build_cobra(preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str, device: torch.device,
-                dtype: torch.dtype) -> CobraModel:
+def build_cobra(preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str, decode_backend: str,
+                device: torch.device, dtype: torch.dtype) -> CobraModel:
     with torch.device(device), default_dtype(dtype):
-        model = CobraModel(preset, projector, scan_backend, conv_backend)
+        model = CobraModel(preset, projector, scan_backend, conv_backend, decode_backend)
     return model.eval()

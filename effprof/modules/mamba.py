@@ -20,7 +20,6 @@ The scan runs through `effprof.ops.selective_scan` with `scan_backend` (ref | tr
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +184,30 @@ class MambaLMConfig:
     residual_in_fp32: bool = True
     tie_embeddings: bool = True
 
+    def checked(self, where: str) -> "MambaLMConfig":
+        """Refuse a config whose values have the wrong type or an impossible size, in one line."""
+        from effprof.errors import CheckpointError
+        from effprof.limits import MAX_LAYERS, MAX_STATE, MAX_WIDTH
+
+        sizes = {"d_model": MAX_WIDTH, "n_layer": MAX_LAYERS, "vocab_size": 2**22, "pad_vocab_size_multiple": 2**16,
+                 "d_state": MAX_STATE, "d_conv": MAX_STATE, "expand": MAX_STATE}
+        for name, high in sizes.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CheckpointError(f"{where}: {name} is {value!r}, not an int")
+            if not 1 <= value <= high:
+                raise CheckpointError(f"{where}: {name} = {value} is outside [1, {high}]")
+        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or isinstance(self.dt_rank, bool)
+                                       or not 1 <= self.dt_rank <= MAX_WIDTH):
+            raise CheckpointError(f"{where}: dt_rank is {self.dt_rank!r}, not 'auto' or an int in [1, {MAX_WIDTH}]")
+        for name in ("conv_bias", "bias", "residual_in_fp32", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise CheckpointError(f"{where}: {name} is {getattr(self, name)!r}, not true or false")
+        eps = self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise CheckpointError(f"{where}: norm_eps is {eps!r}, not a number in (0, 1)")
+        return self
+
     @property
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_size_multiple
@@ -194,6 +217,13 @@ class MambaLMConfig:
     def from_checkpoint_config(cls, doc: dict[str, Any], where: str = "config.json") -> "MambaLMConfig":
         """Read mamba-ssm's config.json (d_model, n_layer, ssm_cfg, ...) or transformers' MambaConfig
         (hidden_size, num_hidden_layers, state_size, ...). Refuses what this model does not implement."""
+        missing = [k for k in ("num_hidden_layers", "vocab_size") if k not in doc] if "hidden_size" in doc else []
+        if missing:
+            raise UsageError(f"{where}: not a transformers MambaConfig (missing {', '.join(missing)})")
+        return cls._from_doc(doc, where).checked(where)
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any], where: str) -> "MambaLMConfig":
         if "hidden_size" in doc:  # transformers' MambaConfig: vocab already padded
             return cls(d_model=doc["hidden_size"], n_layer=doc["num_hidden_layers"], vocab_size=doc["vocab_size"],
                        pad_vocab_size_multiple=1, d_state=doc.get("state_size", 16), d_conv=doc.get("conv_kernel", 4),
@@ -205,6 +235,8 @@ class MambaLMConfig:
         missing = [k for k in ("d_model", "n_layer", "vocab_size") if k not in doc]
         if missing:
             raise UsageError(f"{where}: not a mamba-ssm config (missing {', '.join(missing)})")
+        if not isinstance(doc.get("ssm_cfg") or {}, dict):
+            raise UsageError(f"{where}: ssm_cfg is {doc['ssm_cfg']!r}, not a mapping")
         ssm = dict(doc.get("ssm_cfg") or {})
         if ssm.get("layer", "Mamba1") != "Mamba1":
             raise UsageError(f"{where}: {ssm['layer']} layers are not supported (Mamba-1 only)")
@@ -356,13 +388,11 @@ def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", devic
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise UsageError(f"--pretrained {directory}: no config.json")
-    config = MambaLMConfig.from_checkpoint_config(json.loads(config_path.read_text()), str(config_path))
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    from effprof.pretrained import load_state_dict, read_config
 
-        state = load_file(str(directory / "model.safetensors"))
-    else:
-        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    config = MambaLMConfig.from_checkpoint_config(read_config(config_path), str(config_path))
+    weights = directory / "model.safetensors"
+    state = load_state_dict(weights if weights.is_file() else directory / "pytorch_model.bin")
     state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()}
     model = MambaLM(config, scan_backend, conv_backend, device=device, dtype=dtype, decode_backend=decode_backend)
     missing, unexpected = model.load_state_dict(state, strict=False)

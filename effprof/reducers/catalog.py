@@ -4,6 +4,7 @@ Implementations live in `effprof/modules/reducers/`; each module's docstring cit
 """
 from __future__ import annotations
 
+from effprof.limits import MAX_LAYERS, MAX_TOKENS
 from effprof.params import Param
 from effprof.reducers import register_reducer
 
@@ -28,7 +29,8 @@ def vtp(keep, summary_token):
 
 
 @register_reducer("tome", where="vision-inner", params=[
-    Param("r", int, 16, "Tokens merged in every block (ToMe's r; capped at (T-1)//2 per block).", low=0),
+    Param("r", int, 16, "Tokens merged in every block (ToMe's r; capped at (T-1)//2 per block).", low=0,
+          high=MAX_TOKENS),
     Param("proportional_attention", bool, True, "Add log(size) to the attention logits (ToMe's default).")])
 def tome(r, proportional_attention):
     """ToMe: bipartite soft matching in every block, size-weighted means, class token protected."""
@@ -37,7 +39,8 @@ def tome(r, proportional_attention):
     return ToMe(r, proportional_attention)
 
 
-_NEIGHBOURS = Param("neighbours", int, 32, "Nearest patches (by key cosine) merged into each kept token.", low=1)
+_NEIGHBOURS = Param("neighbours", int, 32, "Nearest patches (by key cosine) merged into each kept token.", low=1,
+                   high=MAX_TOKENS)
 _MERGE = Param("merge", str, "batched", "batched = one tensor op for the batch; loop = the reference's "
                "per-token Python loop (slow; for comparison).", choices=("batched", "loop"))
 
@@ -60,8 +63,9 @@ def prumerge_plus(neighbours, merge):
 
 @register_reducer("visionzip", where="vision-output", params=[
     Param("dominant", int, 54, "Dominant tokens (class token + top class-attention patches); 108/162 for the "
-          "128/192 variants.", low=1),
-    Param("contextual", int, 10, "Contextual tokens merged by key similarity; 20/30 for 128/192.", low=1)])
+          "128/192 variants.", low=1, high=MAX_TOKENS),
+    Param("contextual", int, 10, "Contextual tokens merged by key similarity; 20/30 for 128/192.", low=1,
+          high=MAX_TOKENS)])
 def visionzip(dominant, contextual):
     """VisionZip: dominant tokens by class attention + contextual tokens merged by key similarity."""
     from effprof.modules.reducers.visionzip import VisionZip
@@ -70,7 +74,7 @@ def visionzip(dominant, contextual):
 
 
 @register_reducer("fastv", where="lm", params=[
-    Param("fastv_k", int, 2, "FastV's K: tokens are dropped before layer K, ranked in layer K-1.", low=1),
+    Param("fastv_k", int, 2, "FastV's K: tokens are dropped before layer K, ranked in layer K-1.", low=1, high=MAX_LAYERS),
     Param("fastv_ratio", float, 0.5, "FastV's R: fraction of image tokens dropped.", low=0.0, high=1.0,
           high_open=True)])
 def fastv(fastv_k, fastv_ratio):

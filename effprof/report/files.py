@@ -15,10 +15,11 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from effprof.fileio import write_atomic
+from effprof.fileio import is_stream, write_atomic
 
 # Leading columns in this order; every other key follows in first-seen order.
 LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "status",
@@ -106,11 +107,18 @@ def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -
 
 
 def write_records(records: list[dict[str, Any]], csv_path: str | None = None, json_path: str | None = None,
-                  meta: dict[str, Any] | None = None) -> None:
-    if csv_path:
-        write_atomic(csv_path, to_csv(records))
-    if json_path:
-        write_atomic(json_path, to_json(records, meta))
+                  meta: dict[str, Any] | None = None, partial: bool = False) -> None:
+    """Write CSV and/or JSON. "-" is standard output. `partial` (a comparison's rewrite after each row)
+    skips standard output and other streams (devices, FIFOs), which get the records once, at the end."""
+    for path, render in ((csv_path, lambda: to_csv(records)), (json_path, lambda: to_json(records, meta))):
+        if not path:
+            continue
+        if path == "-":
+            if not partial:
+                sys.stdout.write(render())
+                sys.stdout.flush()
+        elif not (partial and is_stream(Path(path).expanduser())):
+            write_atomic(path, render())
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -122,6 +130,46 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 def read_json(path: str | Path) -> list[dict[str, Any]]:
     with open(path) as fh:
         return json.load(fh)["records"]
+
+
+NUMERIC = ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "gflops", "tflops_per_s", "peak_mem_mib",
+           "arithmetic_intensity_flop_per_byte", "peak_tflops", "peak_gb_per_s", "mbytes_lower_bound")
+POSITIVE = ("peak_tflops", "peak_gb_per_s")
+
+
+def load_records(path: str | Path, option: str = "--from-json") -> list[dict[str, Any]]:
+    """Records saved with `--json`, checked: a JSON object whose "records" is a list of mappings, numbers
+    where numbers belong (finite; ceilings positive). Each refusal is one line naming the record and field."""
+    from effprof.errors import UsageError
+
+    where = f"{option} {path}"
+    try:
+        with open(Path(path).expanduser(), "rb") as fh:
+            doc = json.loads(fh.read().decode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{where}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(records, list):
+        raise UsageError(f"{where}: not effprof records (expected an object with a \"records\" list, as --json writes)")
+    for i, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise UsageError(f"{where}: record {i} is a {type(record).__name__}, not a mapping of fields")
+        for key in NUMERIC:
+            value = record.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"{where}: record {i}: {key} is {value!r}, not a finite number")
+            if key in POSITIVE and value <= 0:
+                raise UsageError(f"{where}: record {i}: {key} is {value}, not positive")
+        for key in ("label", "dtype", "device_name", "status", "verdict"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise UsageError(f"{where}: record {i}: {key} is {record[key]!r}, not text")
+    return records
 
 
 def _parse(text: str) -> Any:

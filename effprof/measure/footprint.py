@@ -1,0 +1,123 @@
+"""What a configuration needs before anything is allocated: its weights and its inputs, in bytes, counted by
+building the component on PyTorch's `meta` device (shapes and dtypes, no storage), and the memory free on
+the device it would run on. A configuration that cannot fit is refused with a line that says how much it
+would need; one that fits by this count may still run out of memory in its activations, which is then an
+OOM row (runner.is_oom).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from effprof.errors import EffprofError, TooLarge
+
+META = torch.device("meta")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of the weights (parameters and buffers) and of the inputs of one configuration."""
+
+    weights_bytes: int
+    inputs_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.inputs_bytes
+
+
+def _tensor_bytes(value: Any, seen: set[int]) -> int:
+    if isinstance(value, torch.Tensor):
+        if id(value) in seen:
+            return 0
+        seen.add(id(value))
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in value)
+    return 0
+
+
+def footprint(config) -> Footprint | None:
+    """Weights + inputs of `config` (an effprof.runner.Config), built on the meta device.
+
+    Inputs count every input set the run makes (`--cold` rotates `input_sets` of them). Returns None when
+    the component cannot be built on meta (a checkpoint to read, a factory that computes on its weights):
+    the count is then unknown and nothing is refused on its account.
+    """
+    from effprof.registry import BuildContext, get_component
+
+    component = get_component(config.component)
+    values = component.resolve(config.params)
+    if values.get("pretrained"):
+        return None
+    opts = config.options
+    try:
+        dtype = opts.torch_dtype()
+        with META:  # tensors a factory makes without naming a device are meta too: nothing is allocated
+            built = component.build(values, BuildContext(META, dtype, opts.seed))
+            seen: set[int] = set()
+            weights = sum(_tensor_bytes(t, seen) for t in [*built.module.parameters(), *built.module.buffers()])
+            inputs = _tensor_bytes(built.make_inputs(opts.batch), set())
+    except (EffprofError, Exception):  # noqa: BLE001 - unknown on meta; the real build judges
+        return None
+    sets = opts.input_sets if opts.cold else 1
+    return Footprint(int(weights), int(inputs) * sets)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device`: CUDA's free memory, or on CPU the smaller of the kernel's
+    MemAvailable and the cgroup's limit less its usage. None when it cannot be read."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001
+            return None
+    if device.type != "cpu":
+        return None
+    candidates = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        if limit != "max":
+            used = int(open("/sys/fs/cgroup/memory.current").read().strip())
+            candidates.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+def check_fits(config, device: torch.device | None = None) -> Footprint | None:
+    """Raise TooLarge when the weights and inputs of `config` exceed the memory free on its device."""
+    device = device or config.options.torch_device()
+    free = available_bytes(device)  # None on meta (nothing is allocated) or where it cannot be read
+    if free is None:
+        return None
+    need = footprint(config)
+    if need is not None and need.total_bytes > free:
+        label = config.label or config.component
+        raise TooLarge(f"{label}: needs {human_bytes(need.total_bytes)} for weights "
+                       f"({human_bytes(need.weights_bytes)}) and inputs ({human_bytes(need.inputs_bytes)}) "
+                       f"before any activation, more than the {human_bytes(free)} free on {device.type}")
+    return need
