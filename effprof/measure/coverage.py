@@ -16,6 +16,9 @@ on CPU they are the ops' CPU times (`profiler-cpu`). `flop_coverage` = covered /
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 from typing import Any, Callable
 
 import torch
@@ -53,6 +56,27 @@ def _looked_through(name: str) -> bool:
         return False  # an op we cannot inspect: assume FlopCounterMode sees it as one opaque op
 
 
+@contextmanager
+def profiler_notes_silenced():
+    """Starting and stopping torch's profiler writes `USDT: ... profiler_start/stop` lines straight to file
+    descriptor 2 (kineto, C++): hide them, so that a row's coverage does not add lines to every run's stderr.
+    Only the profiler's start and stop run inside; the profiled calls do not."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -69,10 +93,16 @@ def flop_coverage(call: Callable[[], Any], device: torch.device, repeats: int = 
         call()
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profile(activities=activities) as prof:
+    with profiler_notes_silenced():
+        prof = profile(activities=activities)
+        prof.start()
+    try:
         for _ in range(repeats):
             call()
         _sync(device)
+    finally:
+        with profiler_notes_silenced():
+            prof.stop()
     formulas = formula_op_names()
     cpu = torch.autograd.DeviceType.CPU
     events = [e for e in prof.events() if e.device_type == cpu and not e.is_async]
