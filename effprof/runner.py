@@ -397,16 +397,22 @@ class BreakdownResult:
     facts: str          # "batch 1, bf16, cuda"
 
 
+def built_to_time(config: Config, what: str) -> tuple[Built, tuple, BuildContext, RunOptions]:
+    """The built component and one input set, for the commands that time a call outside `measure`; the
+    meta device (nothing runs there) is refused with `what` in the line."""
+    opts = config.options.validate()
+    if opts.torch_device().type == "meta":
+        raise UsageError(f"{what}: --device meta has nothing to time (use `run --device meta` to count)")
+    built, _, ctx = build(config)
+    return built, built.make_inputs(opts.batch), ctx, opts
+
+
 def breakdown_config(config: Config, depth: int = 2, kernels: int = 0) -> BreakdownResult:
     """Per-module time, params, FLOPs and bytes of one configuration's call, and optionally its costliest
     kernels (CUDA) or aten ops (CPU): `effprof.measure.breakdown` on the built component."""
     from effprof.measure.breakdown import breakdown, top_kernels
 
-    opts = config.options.validate()
-    if opts.torch_device().type == "meta":
-        raise UsageError("breakdown times modules: --device meta has nothing to time (use `run --device meta`)")
-    built, _, ctx = build(config)
-    inputs = built.make_inputs(opts.batch)
+    built, inputs, ctx, opts = built_to_time(config, "breakdown times modules")
     with torch.inference_mode():
         nodes = breakdown(built.module, lambda: built.call(inputs), ctx.device, depth=depth)
         rows = top_kernels(lambda: built.call(inputs), ctx.device, top=kernels) if kernels else []
@@ -417,11 +423,7 @@ def coverage_config(config: Config) -> dict[str, Any]:
     """`effprof.measure.coverage.flop_coverage` of one configuration's call (breakdown --uncovered)."""
     from effprof.measure.coverage import flop_coverage
 
-    opts = config.options.validate()
-    if opts.torch_device().type == "meta":
-        raise UsageError("--uncovered times ops: --device meta has nothing to time")
-    built, _, ctx = build(config)
-    inputs = built.make_inputs(opts.batch)
+    built, inputs, ctx, _ = built_to_time(config, "--uncovered times ops")
     with torch.inference_mode():
         return flop_coverage(lambda: built.call(inputs), ctx.device)
 
