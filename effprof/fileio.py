@@ -105,3 +105,16 @@ def write_atomic(path: str | Path, text: str, make_parents: bool = False) -> Non
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def read_utf8(path: Path) -> str:
+    """The text of `path`; an unreadable or non-UTF-8 file raises ValueError whose message completes the file's
+    name in one line ("cannot be read (...)" or "is not UTF-8 text (byte 0x.. at offset N)")."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None

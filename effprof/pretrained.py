@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from effprof.fileio import read_utf8
 from effprof.errors import CheckpointError, PretrainedNotFound
 
 
@@ -114,14 +115,9 @@ def read_config(path: Path, spec: str | None = None) -> dict[str, Any]:
     """A checkpoint's config.json as a mapping; not UTF-8, not JSON or not a mapping is one line."""
     where = f"--pretrained {spec or path.parent}"
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{where}: cannot read {path.name} ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{where}: {path.name} is not UTF-8 text (byte {data[exc.start]:#04x} at "
-                              f"offset {exc.start})") from None
+        text = read_utf8(path)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {path.name} {exc}") from None
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:

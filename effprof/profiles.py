@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from effprof.fileio import read_utf8
 from effprof.errors import EffprofError, ProfileError, UsageError
 from effprof.registry import get_component
 from effprof.options import Config, RunOptions
@@ -200,13 +201,9 @@ def validate_document(doc: Any, where: str) -> None:
 
 def read_document(path: Path) -> Any:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+        text = read_utf8(path)
+    except ValueError as exc:
+        raise ProfileError(f"{path} {exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -240,7 +237,7 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
             configs = expand_grid(_beside(path, doc["component"]), dict(doc.get("params") or {}), grid, options,
                                   overrides)
         except EffprofError as exc:
-            raise ProfileError(f"{path}: {exc}") from None
+            raise ProfileError(f"{path} {exc}") from None
         varied = list(grid)
     labels = [c.label or c.component for c in configs]
     baseline = doc.get("baseline")

@@ -1,4 +1,8 @@
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +36,17 @@ def linear_applied_twice():
 
 def pytest_configure(config):
     os.environ.setdefault("EFFPROF_CACHE_DIR", str(config.rootpath / ".pytest_cache" / "effprof"))
+
+
+def triton_tests_in_interpreter(test_file: str) -> int:
+    """Run the `triton` tests of `test_file` in a subprocess with TRITON_INTERPRET=1 (triton reads it when first
+    imported) and return how many passed; a failure fails the calling test with the subprocess's output."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    repo_root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(test_file)),
+                           "-k", "triton and not subprocess"], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed, proc.stdout[-2000:]
+    return int(passed.group(1))

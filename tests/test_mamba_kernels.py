@@ -8,13 +8,9 @@ set (they run directly when the suite itself runs with it), as tests/test_select
 from __future__ import annotations
 
 import importlib.util
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import triton_tests_in_interpreter
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,14 +30,7 @@ N_TRITON_TESTS = 26  # the `triton` tests this file holds (the subprocess checks
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
 def test_kernel_tests_in_interpreter_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    repo_root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                           "-k", "triton and not subprocess"], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) == N_TRITON_TESTS, proc.stdout[-2000:]
+    assert triton_tests_in_interpreter(__file__) == N_TRITON_TESTS
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
