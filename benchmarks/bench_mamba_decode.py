@@ -5,8 +5,9 @@ reference, and the Triton causal conv against PyTorch's.
 Sections (all in one process, about 70 s on an H200):
   calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
   greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
-             `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused):
-             how many tokens agree, and the logits' relative error, in float32 and in bf16;
+             `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused, with
+             the GREEDY_VARIANTS configs): how many tokens agree, and the logits' relative error, in float32
+             and in bf16; Mamba-2.8b in bf16, 16 tokens;
   kernels    the kernels of one eager decode step, by the profiler: count and summed device time;
   decode     ms per generated token (LM head included, context 1,024, CUDA graphs): Mamba-130m at batch 1,
              8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
@@ -64,26 +65,39 @@ def greedy(model, prompt, n_tokens, decode_backend):
     return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
 
+GREEDY_VARIANTS = ("triton", "triton-pdl-bd16")  # DECODE_CONFIG overrides checked against the reference
+
+
 def section_greedy(device, smoke) -> list[dict]:
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
+    from effprof.ops import mamba_decode_triton as kernels
 
-    config = replace(MAMBA_PRESETS["130m"], d_model=32, n_layer=2) if smoke else MAMBA_PRESETS["130m"]
+    default = dict(kernels.DECODE_CONFIG)
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    cases = [("130m", torch.float32, 64), ("130m", torch.bfloat16, 64), ("2.8b", torch.bfloat16, 16)]
+    for preset, dtype, n in cases[:2] if smoke else cases:
+        config = replace(MAMBA_PRESETS[preset], d_model=32, n_layer=2) if smoke else MAMBA_PRESETS[preset]
+        n = 8 if smoke else n
         torch.manual_seed(0)
         model = MambaLM(config, "ref", "ref", device=device, dtype=dtype).eval()
         prompt = torch.randint(0, config.vocab_size, (1, 16), device=device, generator=None)
-        n = 8 if smoke else 64
         ref_tokens, ref_logits = greedy(model, prompt, n, "ref")
-        tokens, logits = greedy(model, prompt, n, "triton")
-        same = (tokens == ref_tokens)[0]
-        first_diff = int((~same).nonzero()[0]) if not same.all() else None
-        # logits compared over the steps before the first divergence (after it the inputs differ)
-        upto = first_diff if first_diff is not None else n
-        rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": n, "same_tokens": int(same.sum()),
-                     "first_divergence": first_diff, "distinct_tokens": len(set(ref_tokens[0].tolist())),
-                     "rel_err_logits": rel_err(logits[:, :upto], ref_logits[:, :upto]) if upto else None})
-        print("greedy", json.dumps(rows[-1]), flush=True)
+        for variant in GREEDY_VARIANTS:
+            kernels.DECODE_CONFIG.update(VARIANTS[variant])
+            try:
+                tokens, logits = greedy(model, prompt, n, "triton")
+            finally:
+                kernels.DECODE_CONFIG.clear()
+                kernels.DECODE_CONFIG.update(default)
+            same = (tokens == ref_tokens)[0]
+            first_diff = int((~same).nonzero()[0]) if not same.all() else None
+            # logits compared over the steps before the first divergence (after it the inputs differ)
+            upto = first_diff if first_diff is not None else n
+            rows.append({"preset": preset, "variant": variant, "dtype": str(dtype).removeprefix("torch."),
+                         "tokens": n, "same_tokens": int(same.sum()), "first_divergence": first_diff,
+                         "distinct_tokens": len(set(ref_tokens[0].tolist())),
+                         "rel_err_logits": rel_err(logits[:, :upto], ref_logits[:, :upto]) if upto else None})
+            print("greedy", json.dumps(rows[-1]), flush=True)
         del model
         free_memory()
     return rows
@@ -139,7 +153,11 @@ VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
             "triton-fusedout": {"out_fuse_max_weight_bytes": BIG}, "triton-bm8": {"layer_block_m": 8},
             "triton-bn8": {"layer_block_n": 8}, "triton-bn32": {"layer_block_n": 32},
             "triton-bd16-bn8": {"step_block_d": 16, "layer_block_n": 8},
-            "triton-bd64": {"step_block_d": 64}, "triton-layer-b2": {"layer_max_batch": 2}}
+            "triton-bd64": {"step_block_d": 64}, "triton-layer-b2": {"layer_max_batch": 2},
+            "triton-bk1024": {"layer_block_k": 1024}, "triton-pdl": {"pdl": True},
+            "triton-pdl-bd16": {"pdl": True, "step_block_d": 16},
+            "triton-pdl-bd16-bk1024": {"pdl": True, "step_block_d": 16, "layer_block_k": 1024},
+            "triton-pdl-bm8": {"pdl": True, "layer_block_m": 8}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
                             "triton-bd32")),
                ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
@@ -147,10 +165,11 @@ DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "t
                ("2.8b", 8, ("ref", "triton"))]
 # section `layers`: the per-layer kernels' variants only (about 2 minutes on an H200), and Cobra-3B's decode
 LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bd64", "triton-gemvout",
-                           "triton-gemvout-bm8", "triton-bn8", "triton-bn32", "triton-bd16-bn8")),
+                           "triton-gemvout-bm8", "triton-bn8", "triton-bn32", "triton-bd16-bn8", "triton-bk1024",
+                           "triton-pdl", "triton-pdl-bd16", "triton-pdl-bd16-bk1024")),
               ("130m", 2, ("triton", "triton-layer-b2")),
               ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-gemvout-bm32", "triton-bn8",
-                           "triton-bn32", "triton-fusedout"))]
+                           "triton-fusedout", "triton-pdl", "triton-pdl-bm8"))]
 
 
 def run(component, params, opts, label) -> dict:
@@ -273,11 +292,12 @@ def markdown(doc) -> str:
     for r in doc.get("cobra") or []:
         lines.append(f"| cobra-3b {r['variant']} | 1 | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} "
                      "| | |")
-    lines += ["", "| greedy check (Mamba-130m, 64 tokens) | same tokens | first divergence | rel. err logits |",
+    lines += ["", "| greedy check (random weights, batch 1, eager) | same tokens | first divergence "
+              "| rel. err logits |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("greedy") or []:
-        lines.append(f"| {r['dtype']} | {r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | "
-                     f"{r['rel_err_logits']} |")
+        lines.append(f"| {r.get('preset', '130m')} {r.get('variant', 'triton')} {r['dtype']} | "
+                     f"{r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | {r['rel_err_logits']} |")
     lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:

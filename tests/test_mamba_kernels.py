@@ -367,7 +367,8 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         model = MambaLM(MambaLMConfig(d_model=d_model, n_layer=2, vocab_size=512), device=cuda, dtype=dtype).eval()
         with pytest.MonkeyPatch.context() as patch:
             patch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 1 if fuse_out else 0)
-            ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, torch.tensor([[3, 5]], device=cuda), 4)
+            prompt = torch.tensor([[3, 5]], device=cuda)
+            ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
         assert calls == [fuse_out] * 8 and rel_err(out, ref) < tol
         assert rel_err(cache.layers[1].ssm_state, ref_cache.layers[1].ssm_state) < tol
 

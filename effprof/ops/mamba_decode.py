@@ -217,9 +217,10 @@ _WORK = ("normed", "residual", "xz", "acc", "xacc", "count")
 def _prologue_op(ids: Tensor, embedding_weight: Tensor, norm_weight: Tensor, eps: float, normed: Tensor,
                  residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor) -> None:
     from effprof.ops.mamba_decode_layer_triton import DecodeWork, decode_prologue_triton
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
     decode_prologue_triton(ids, embedding_weight, norm_weight, eps,
-                           DecodeWork.of(normed, residual, xz, acc, xacc, count))
+                           DecodeWork.of(normed, residual, xz, acc, xacc, count), DECODE_CONFIG["pdl"])
 
 
 @torch.library.custom_op("effprof::mamba_layer_decode", mutates_args=_WORK + ("conv_state", "ssm_state"))
@@ -239,7 +240,8 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
                         D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
                         block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
-                        block_m=DECODE_CONFIG["layer_block_m"])
+                        block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
+                        pdl=DECODE_CONFIG["pdl"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

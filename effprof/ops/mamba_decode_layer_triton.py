@@ -33,6 +33,17 @@ from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
 
 
 @triton.jit
+def _wait_previous_kernel(USE_PDL: tl.constexpr):
+    """With programmatic dependent launch (PDL, Hopper+): wait until the previous kernel has completed and its
+    writes are visible, then let the next kernel launch (its programs wait here in turn). Every program of
+    every kernel waits before touching memory, so the kernels stay ordered as without PDL; only the launch
+    latency overlaps the previous kernel."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
     """out[i] = rms_norm(r rounded to the model dtype) · w, r float32 [BLOCK] (the whole row)."""
     xn = _round(r, out_ptr)
@@ -43,7 +54,9 @@ def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
 
 @triton.jit
 def _prologue_kernel(ids_ptr, emb_ptr, nw_ptr, normed_ptr, res_ptr, acc_ptr, xacc_ptr, count_ptr,
-                     d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr):
+                     d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
     b = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_MODEL)
     mask = i < d_model
@@ -84,7 +97,8 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
                      batch, d_model, d_inner, O,
                      stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
-                     HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr):
+                     HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = n < 2 * d_inner
@@ -107,6 +121,10 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
             xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
                                         stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
             tl.store(row + n, xc.to(xz_ptr.dtype.element_ty), mask=mask_x)
+            # read back through L2 in the layout of the x_proj tile: converting the register layout instead
+            # makes the compiler redo the conv in that layout too (255 registers and spills at BLOCK_N 16)
+            tl.debug_barrier()
+            xc = tl.load(row + n, mask=mask_x, other=0.0, cache_modifier=".cg").to(tl.float32)
             wx = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
                          mask=(o < O)[:, None] & mask_x[None, :], other=0.0).to(tl.float32)
             tl.atomic_add(xacc_ptr + b * O + o, tl.sum(wx * xc[None, :], axis=1), mask=o < O, sem="relaxed")
@@ -118,7 +136,8 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
                       batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
                       BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
                       FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
-                      O_PAD: tl.constexpr):
+                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
@@ -163,7 +182,8 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
 def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
                       batch, d_inner, d_model, O, eps, stride_wo,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                      BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr):
+                      BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
     for b in range(batch):
@@ -203,17 +223,27 @@ class DecodeWork:
         return work
 
 
-def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: DecodeWork):
+def _pdl(pdl: bool) -> dict:
+    """Launch options (and the kernels' USE_PDL) for programmatic dependent launch; off under the interpreter."""
+    from effprof.ops.selective_scan import triton_interpret_mode
+
+    on = bool(pdl) and not triton_interpret_mode() and torch.cuda.get_device_capability() >= (9, 0)
+    return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
+
+
+def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: DecodeWork, pdl=False):
     """ids (batch,) int -> work.residual = embedding rows (float32), work.normed = their RMSNorm."""
     _prologue_kernel[(work.batch,)](
         ids, embedding_weight, norm_weight, work.normed, work.residual, work.acc, work.xacc, work.count,
         work.d_model, work.O, eps, embedding_weight.stride(0),
-        BLOCK_MODEL=triton.next_power_of_2(work.d_model), O_PAD=triton.next_power_of_2(work.O), num_warps=4)
+        BLOCK_MODEL=triton.next_power_of_2(work.d_model), O_PAD=triton.next_power_of_2(work.O), num_warps=4,
+        **_pdl(pdl))
 
 
 def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
-                        eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3):
+                        eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
+                        pdl=False):
     """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
     and work.normed (the next norm's output) for the next layer."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
@@ -229,7 +259,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=min(block_k, triton.next_power_of_2(d_model)), O_PAD=o_pad,
-        WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4)
+        WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4,
+        **_pdl(pdl))
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
@@ -238,10 +269,10 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
         out_proj_weight.stride(0),
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
-        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4)
+        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
     if not fuse_out:
         _layer_out_kernel[(triton.cdiv(d_model, block_m),)](
             work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0),
             BLOCK_M=block_m, BLOCK_K=min(block_k, triton.next_power_of_2(d_inner)), NUM_STAGES=num_stages,
-            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4)
+            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
