@@ -87,8 +87,10 @@ def test_decode_step_matches_a_full_forward():
     torch.testing.assert_close(unmasked, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_greedy_generation_equals_transformers_generate():
+@pytest.mark.parametrize("impl", ["transformers", "fused"])
+def test_greedy_generation_equals_transformers_generate(impl):
     model, pipe = _tiny_pipeline(seed=3)
+    pipe.use_decode_impl(impl)
     p = PRESETS["tiny"]
     n_img = (p.image_size // p.patch_size) ** 2
     pixels = torch.randn(1, 3, p.image_size, p.image_size)

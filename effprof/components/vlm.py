@@ -89,6 +89,19 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
     return built
 
 
+def _decode_impl(choice: str, lm, device) -> str:
+    """`--decode-impl` resolved: auto = fused on CUDA where the LM allows it (effprof.models.llama_decode)."""
+    from effprof.errors import ParamError
+    from effprof.models.llama_decode import fusable
+
+    if choice == "transformers" or (choice == "auto" and device.type != "cuda"):
+        return "transformers"
+    reason = fusable(lm)
+    if reason is not None and choice == "fused":
+        raise ParamError(f"--decode-impl fused: {reason}")
+    return "transformers" if reason is not None else "fused"
+
+
 @register_component("llava", unit="tok", family="vlm", params=[
     Param("preset", str, "llava-1.5-7b", "Published LLaVA-1.5 architecture (CLIP ViT-L/14-336, mlp2x_gelu, Vicuna); "
           "`tiny` is a toy of the same shape for tests.", choices=PRESET_NAMES),
@@ -99,9 +112,12 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
           "4× fewer tokens).", choices=("mlp2x_gelu", "linear", "ldp")),
     Param("images_dir", str, None, "Folder of jpg/png images as inputs (CLIP's preprocessing, cycled to the "
           "batch); none = random pixels.", optional=True),
+    Param("decode_impl", str, "auto", "LM decode step (decode, generate): transformers (LlamaModel.forward) or fused "
+          "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels); auto = fused on CUDA.",
+          choices=("auto", "transformers", "fused")),
 ], reducers=("vision-output", "vision-inner", "lm"))
 def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector,
-          images_dir=None, reducer=None):
+          images_dir=None, decode_impl="auto", reducer=None):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
@@ -141,6 +157,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         attach(pipe, reducer, image_tokens)
     prompt_len = image_tokens + prompt_tokens
     vocab = cfg.text_config.vocab_size
+    if mode != "prefill":
+        pipe.use_decode_impl(_decode_impl(decode_impl, pipe.lm, ctx.device))
     info = {"weights": "pretrained" if pretrained else "random", "image_tokens": image_tokens, "vision": vision,
             "projector": projector,
             "prompt_tokens": prompt_tokens, "sequence_tokens": prompt_len, "attention": "sdpa",
@@ -199,6 +217,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                                    "measured_field": "stage_prefill_ms"}
         return built
 
+    if mode != "prefill":
+        info["decode_impl"] = pipe.decode_impl
     if mode == "decode":
         def make_inputs(batch):
             kv = new_cache(batch, context + 1)

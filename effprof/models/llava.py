@@ -153,6 +153,8 @@ class StaticKV:
             layer.lazy_initialization(zeros, zeros)  # allocate keys/values now (outside any timed region)
             layer.cumulative_length = self.lengths[i]
             layer.is_initialized = True
+        self.keys = [layer.keys for layer in self.cache.layers]      # per layer (B, kv_heads, max_len, head_dim)
+        self.values = [layer.values for layer in self.cache.layers]
 
     def set_length(self, n: int) -> None:
         self.lengths.fill_(n)
@@ -189,6 +191,20 @@ class LlavaPipeline(nn.Module):
         self.config = model.config
         self._cache_kw = cache_keyword(self.lm)
         self.clip_tower = type(self.tower).__name__ == "CLIPVisionModel"
+        self.decode_impl = "transformers"
+        self._fused_step = None
+
+    def use_decode_impl(self, impl: str) -> str:
+        """Decode with `transformers` (LlamaModel.forward) or `fused` (effprof.models.llama_decode: fused
+        q/k/v and gate/up projections, the same weights); returns the one that will run."""
+        if impl == "fused":
+            from effprof.models.llama_decode import LlamaDecodeStep
+
+            self._fused_step = LlamaDecodeStep(self.lm, self.lm_head)
+        else:
+            self._fused_step = None
+        self.decode_impl = impl
+        return impl
 
     # -- stages ---------------------------------------------------------------------------------------
     def vision(self, pixel_values: torch.Tensor) -> VisionOutput:
@@ -238,6 +254,10 @@ class LlavaPipeline(nn.Module):
         `full`: the cache's last slot is the one this step writes (every slot is valid), so no mask is needed
         and SDPA may take its fastest (flash) kernel; otherwise slots past `position` are masked on the device."""
         mask = None if full else kv_mask(position, kv.max_len)
+        if self._fused_step is not None:
+            logits = self._fused_step(token_ids, kv.keys, kv.values, position, mask)
+            kv.lengths.add_(1)  # as transformers' cache update does, so both paths leave the cache alike
+            return logits
         hidden = self.lm(input_ids=token_ids, position_ids=position, use_cache=True,
                          attention_mask=mask, **{self._cache_kw: kv.cache}).last_hidden_state
         return self.lm_head(hidden)

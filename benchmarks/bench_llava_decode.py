@@ -1,0 +1,161 @@
+"""LLaVA-1.5-7B decode per token (issue 11's target: <= 5 ms at a 4k context under graphs on an H200): the
+`llava --mode decode` rows of each `--decode-impl` (transformers, fused) under CUDA graphs and under
+compile+graphs, at 4k and, for the fused step, at 1k and 16k; then a check that the fused step decodes as
+transformers does on this device.
+
+    python3 benchmarks/bench_llava_decode.py --out DIR [--sections check,rows,kernels] [--smoke]
+
+Writes DIR/bench_llava_decode.json (meta, check, rows, kernels) and DIR/bench_llava_decode.md (the table),
+and prints the table last. `--smoke` runs the same code on CPU with the tiny preset (eager instead of
+graphs, no compile). Sections: `check` (greedy tokens, tiny fp32: transformers eager = fused eager = fused
+graphs; LLaVA-1.5-7B bf16, one step at 1k: the logits' max difference and the argmax), `rows` (the timed
+rows), `kernels` (the fused step's kernels at 4k, eager and compiled, benchmarks/diagnostics/diag_llava_decode.py).
+About 3-4 minutes on an H200 for check,rows (four compiles of the 7B decode step, ~30 s each).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import run_meta  # noqa: E402
+
+# (context, decode_impl, compile) rows, in order; every row runs under graphs on CUDA
+ROWS = [(4096, "transformers", False), (4096, "fused", False), (4096, "transformers", True), (4096, "fused", True),
+        (1024, "fused", False), (1024, "fused", True), (16384, "fused", False), (16384, "fused", True)]
+SMOKE_ROWS = [(64, "transformers", False), (64, "fused", False), (16, "fused", False)]
+
+
+def rows(smoke: bool) -> list[dict]:
+    from effprof.runner import Config, RunOptions, free_memory, measure
+
+    out = []
+    for context, impl, compiled in SMOKE_ROWS if smoke else ROWS:
+        opts = RunOptions(device="cpu" if smoke else "cuda", dtype="fp32" if smoke else "bf16", graphs=not smoke,
+                          compile=compiled, min_time=0.02 if smoke else 0.5, warmup=0 if smoke else 0.2)
+        params = {"preset": "tiny" if smoke else "llava-1.5-7b", "mode": "decode", "context": context,
+                  "decode_impl": impl}
+        r = measure(Config("llava", params, opts))
+        free_memory()
+        out.append({"context": context, "decode_impl": r.get("decode_impl", impl), "exec_mode": r.get("exec_mode"),
+                    "ms_per_token": r.get("latency_ms_median"), "cv": r.get("latency_cv"),
+                    "estimate_ms": r.get("estimate_ms"), "measured_over_estimate": r.get("measured_over_estimate"),
+                    "kv_cache_mib": r.get("kv_cache_mib"), "compile_s": r.get("compile_s"),
+                    "peak_mem_mib": r.get("peak_mem_mib"), "status": r.get("status"), "error": r.get("error")})
+        print(json.dumps(out[-1], default=str), flush=True)
+    return out
+
+
+def _generate(impl: str, mode: str, device: torch.device, new_tokens: int = 16) -> list:
+    from effprof.registry import BuildContext, get_component
+
+    torch.manual_seed(0)
+    component = get_component("llava")
+    values = component.resolve({"preset": "tiny", "mode": "generate", "new_tokens": new_tokens, "prompt_tokens": 4,
+                                "decode_impl": impl})
+    built = component.build(values, BuildContext(device, torch.float32, 0, mode))
+    torch.manual_seed(1)
+    inputs = built.make_inputs(2)
+    with torch.inference_mode():
+        built.call(inputs)  # a graph is captured on the first call
+        return built.call(inputs).tolist()
+
+
+def check(smoke: bool) -> dict:
+    """Greedy tokens of the tiny LLaVA (fp32) per implementation and mode; the 7B's logits of one step."""
+    device = torch.device("cpu" if smoke else "cuda")
+    runs = [("transformers", "eager"), ("fused", "eager")] + ([] if smoke else [("fused", "graphs")])
+    tokens = {f"{impl}/{mode}": _generate(impl, mode, device) for impl, mode in runs}
+    reference = tokens["transformers/eager"]
+    result = {"tiny_fp32_tokens_equal": {k: v == reference for k, v in tokens.items()}}
+    from effprof.models.llava import PRESETS, LlavaPipeline, build_llava
+
+    preset, dtype, context = ("tiny", torch.float32, 32) if smoke else ("llava-1.5-7b", torch.bfloat16, 1024)
+    torch.manual_seed(0)
+    pipe = LlavaPipeline(build_llava(PRESETS[preset], device, dtype)).eval()
+    ids = torch.randint(0, 32000, (1, context + 1), device=device)
+    logits = {}
+    with torch.inference_mode():
+        for impl in ("transformers", "fused"):
+            pipe.use_decode_impl(impl)
+            kv = pipe.new_cache(context + 1, 1)
+            pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), kv)
+            logits[impl] = pipe.decode(ids[:, -1:], kv, torch.full((1, 1), context, device=device), full=True).float()
+    diff = (logits["fused"] - logits["transformers"]).abs().max().item()
+    result[f"{preset}_{str(dtype)[6:]}_step_at_{context}"] = {
+        "max_abs_logit_diff": diff, "max_abs_logit": logits["transformers"].abs().max().item(),
+        "argmax_equal": bool(torch.equal(logits["fused"].argmax(-1), logits["transformers"].argmax(-1)))}
+    del pipe
+    return result
+
+
+def kernels(smoke: bool) -> dict:
+    """Kernels of one fused decode step at 4k, eager and compiled (count per step, device time)."""
+    from benchmarks.diagnostics.diag_llava_decode import kernel_table
+    from effprof.runner import Config, RunOptions, build
+
+    device = "cpu" if smoke else "cuda"
+    params = {"mode": "decode", "context": 64 if smoke else 4096, "preset": "tiny" if smoke else "llava-1.5-7b",
+              "decode_impl": "fused"}
+    built, _, _ = build(Config("llava", params, RunOptions(device=device, dtype="fp32" if smoke else "bf16")))
+    inputs = built.make_inputs(1)
+    out = {}
+    with torch.no_grad():
+        out["eager"] = kernel_table(lambda: built.call(inputs))
+        if not smoke:
+            compiled = torch.compile(lambda: built.call(inputs))
+            out["compile"] = kernel_table(compiled)
+    return out
+
+
+def table(doc: dict) -> str:
+    lines = ["| context | decode impl | mode | ms / token | CV | estimate ms | measured / estimate | KV cache MiB | "
+             "compile s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else ("-" if v is None else str(v))
+
+    for r in doc.get("rows", []):
+        lines.append(f"| {r['context']} | {r['decode_impl']} | {r['exec_mode']} | {cell(r['ms_per_token'], '.3f')} | "
+                     f"{cell(r['cv'], '.3f')} | {cell(r['estimate_ms'], '.3f')} | "
+                     f"{cell(r['measured_over_estimate'], '.2f')} | {cell(r['kv_cache_mib'], '.1f')} | "
+                     f"{cell(r['compile_s'], '.1f')} |" + (f" {r['error']}" if r.get("error") else ""))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="/tmp/bench_llava_decode")
+    parser.add_argument("--sections", default="check,rows")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench_llava_decode.py needs a CUDA device (or --smoke)", file=sys.stderr)
+        return 2
+    sections = {"check": check, "rows": rows, "kernels": kernels}
+    unknown = [s for s in args.sections.split(",") if s not in sections]
+    if unknown:
+        print(f"bench_llava_decode.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc: dict = {"meta": run_meta(command=" ".join(sys.argv))}
+    for name in args.sections.split(","):
+        doc[name] = sections[name](args.smoke)
+        (out / "bench_llava_decode.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        if name != "rows":
+            print(f"{name}: {json.dumps(doc[name], default=str)}", flush=True)
+    text = table(doc)
+    (out / "bench_llava_decode.md").write_text(f"{doc['meta']}\n\n{text}\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

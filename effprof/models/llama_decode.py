@@ -1,0 +1,152 @@
+"""A decode-only forward of transformers' Llama LM (one new token per sequence against a static KV cache),
+with fewer and larger kernels than `LlamaModel.forward`, on the model's own modules and weights.
+
+`fuse_projections(lm)` concatenates each layer's q/k/v weights into one tensor and gate/up into another,
+and rebinds every original `nn.Linear.weight` as a view into the fused tensor: no extra memory, the same
+parameter names and values in `state_dict`, and transformers' own forward (the prefill) still runs on the
+same storage. `LlamaDecodeStep` then runs a decode step per layer as
+
+    RMSNorm -> one qkv GEMV -> rotary (q and k together) -> cache write at `position` -> SDPA
+    -> o_proj + residual -> RMSNorm -> one gate_up GEMV -> SiLU * up -> down + residual
+
+which is `LlamaDecoderLayer`'s arithmetic in the same order and dtypes (the logits agree with transformers'
+to rounding; tests/test_llama_decode.py), eager, inside a CUDA graph, or under `torch.compile` (where
+Inductor fuses what lies between the GEMVs). Its reference is transformers' own forward of the same step
+(`LlavaPipeline.decode` with `decode_impl="transformers"`), which the tests hold it against.
+
+What the fast path needs of the model (else `fusable` says why not and the transformers path runs): a
+Llama-style `LlamaModel` (q/k/v/o and gate/up/down Linears, RMSNorm modules with `variance_epsilon`), the
+weights of one layer's q/k/v (and gate/up) on one device in one dtype.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def fusable(lm: nn.Module) -> str | None:
+    """None when `fuse_projections` / `LlamaDecodeStep` apply to `lm`; else the reason, in a few words."""
+    layers = getattr(lm, "layers", None)
+    if layers is None or not hasattr(lm, "rotary_emb") or not hasattr(lm, "embed_tokens"):
+        return f"{type(lm).__name__} is not a Llama-style decoder"
+    for layer in layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        if attn is None or mlp is None or not all(isinstance(getattr(attn, n, None), nn.Linear) for n in names):
+            return f"{type(layer).__name__} has no q/k/v/o Linears"
+        if not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
+            return f"{type(layer).__name__} has no gate/up/down Linears"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if not hasattr(norm, "variance_epsilon"):
+                return f"{type(norm).__name__} is not an RMSNorm"
+        weights = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, mlp.gate_proj.weight]
+        if len({(w.device, w.dtype) for w in weights}) != 1:
+            return "one layer's projections on different devices or in different dtypes"
+    return None
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of out_features, in_features) weight (and bias) whose row blocks are the Linears' weights,
+    which become views of it. Already fused (consecutive views of one storage): that storage, untouched."""
+    weights = [lin.weight for lin in linears]
+    base = weights[0]
+    rows = sum(w.shape[0] for w in weights)
+    fused_already = (all(w.is_contiguous() for w in weights)
+                     and all(w.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for w in weights)
+                     and all(b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+                             for a, b in zip(weights, weights[1:])))
+    with torch.no_grad():
+        if fused_already:
+            weight = base.detach().as_strided((rows, base.shape[1]), base.stride(), base.storage_offset())
+        else:
+            weight = torch.cat([w.detach() for w in weights])
+            start = 0
+            for lin in linears:
+                n = lin.weight.shape[0]
+                lin.weight = nn.Parameter(weight[start:start + n], requires_grad=lin.weight.requires_grad)
+                start += n
+        bias = None
+        if any(lin.bias is not None for lin in linears):
+            bias = torch.cat([lin.bias.detach() if lin.bias is not None
+                              else torch.zeros(lin.out_features, device=weight.device, dtype=weight.dtype)
+                              for lin in linears])
+    return weight, bias
+
+
+def fuse_projections(lm: nn.Module) -> list[dict[str, Any]]:
+    """Fuse every layer's q/k/v and gate/up weights in place (see the module docstring); per layer the fused
+    tensors {"qkv": (W, b), "gate_up": (W, b)}. Idempotent: a second call finds the views and reuses them."""
+    fused = []
+    for layer in lm.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        fused.append({"qkv": _fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
+                      "gate_up": _fuse([mlp.gate_proj, mlp.up_proj])})
+    return fused
+
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm's arithmetic (fp32 statistics, the result cast back, then scaled by the weight) with
+    torch's fused RMS kernel for the statistics: 4 kernels where the module launches 7."""
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon)
+    return norm.weight * normed.to(x.dtype)
+
+
+class LlamaDecodeStep:
+    """One decode step of a transformers `LlamaModel` (+ `lm_head`) on fused projections.
+
+    `__call__(token_ids (B, 1), keys, values, position (1, 1) long, mask)` returns the logits (B, 1, vocab),
+    writing the new token's keys/values into slot `position` of `keys[i]` / `values[i]` (B, kv_heads,
+    slots, head_dim) of every layer i. `mask` is None when every slot is valid (the step fills the last
+    one; SDPA takes its flash kernel) or a boolean (1, 1, 1, slots) mask of the valid slots. Nothing in the
+    step reads a length on the host, so it can be captured in a CUDA graph and replayed as `position`
+    advances."""
+
+    def __init__(self, lm: nn.Module, lm_head: nn.Module):
+        reason = fusable(lm)
+        if reason is not None:
+            raise ValueError(f"fused decode: {reason}")
+        self.lm, self.lm_head = lm, lm_head
+        self.fused = fuse_projections(lm)
+        config = lm.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+
+    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        layer = self.lm.layers[i]
+        attn, mlp = layer.self_attn, layer.mlp
+        batch, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = F.linear(_rms_norm(layer.input_layernorm, x), *self.fused[i]["qkv"])
+        qkv = qkv.view(batch, heads + 2 * kv_heads, dim).unsqueeze(2)          # (B, H + 2 KV, 1, d)
+        qk, v = qkv[:, :heads + kv_heads], qkv[:, heads + kv_heads:]
+        # rotary on q and k at once: x*cos + rotate_half(x)*sin, where rotate_half(x)*sin equals
+        # roll(x, d/2) * [-sin_1, sin_2] (the same products, so the same rounding)
+        qk = qk * cos + qk.roll(dim // 2, dims=-1) * sin_signed
+        q, k = qk[:, :heads], qk[:, heads:]
+        keys.index_copy_(2, slot, k)
+        values.index_copy_(2, slot, v)
+        gqa = {"enable_gqa": True} if kv_heads != heads else {}
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, heads * dim))
+        gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), *self.fused[i]["gate_up"]).chunk(2, -1)
+        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+    def hidden(self, token_ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+               position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The final-norm hidden state (B, 1, width) of the step."""
+        x = self.lm.embed_tokens(token_ids)
+        cos, sin = self.lm.rotary_emb(x, position_ids=position)               # (1, 1, d)
+        half = self.head_dim // 2
+        cos = cos.unsqueeze(1)
+        sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(1)
+        slot = position.view(-1)
+        for i in range(len(self.lm.layers)):
+            x = self._layer(i, x, cos, sin_signed, keys[i], values[i], slot, mask)
+        return self.lm.norm(x)
+
+    def __call__(self, token_ids, keys, values, position, mask=None) -> torch.Tensor:
+        return self.lm_head(self.hidden(token_ids, keys, values, position, mask))
