@@ -65,7 +65,7 @@ def greedy(model, prompt, n_tokens, decode_backend):
     return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
 
-GREEDY_VARIANTS = ("triton", "triton-pdl-bd16")  # DECODE_CONFIG overrides checked against the reference
+GREEDY_VARIANTS = ("triton", "triton-pdl-bd16-bn8", "triton-pdl-gemvout-bm4-bn8")  # DECODE_CONFIG overrides checked against the reference
 
 
 def section_greedy(device, smoke) -> list[dict]:
@@ -146,30 +146,29 @@ VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
             # more, smaller programs for the step kernel (24 at 130m by default; 10 µs per layer measured)
             "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32},
             # the per-layer kernels (mamba_decode_layer_triton.py, the default at batch 1) against the two-kernel
-            # step between cuBLAS / GEMV projections (`triton-2kernel`, the path before them), and their knobs
-            "triton-2kernel": {"layer_max_batch": 0}, "triton-gemvout": {"out_fuse_max_batch": 0},
+            # step between cuBLAS / GEMV projections (`triton-2kernel`, the path before them), and their knobs:
+            # bd = step_block_d (16: out_proj's weight columns loaded in one tile at 130m), bn / bm = rows per
+            # program of the in_proj / out_proj GEMV (at 130m bn8 and bm4 load the rows' weight in one tile),
+            # pdl = programmatic dependent launch (weights loaded before waiting on the previous kernel)
+            "triton-2kernel": {"layer_max_batch": 0}, "triton-noprefetch": {"layer_prefetch": False},
+            "triton-gemvout": {"out_fuse_max_batch": 0},
+            "triton-gemvout-bm4": {"out_fuse_max_batch": 0, "layer_block_m": 4},
             "triton-gemvout-bm8": {"out_fuse_max_batch": 0, "layer_block_m": 8},
-            "triton-gemvout-bm32": {"out_fuse_max_batch": 0, "layer_block_m": 32},
             "triton-fusedout": {"out_fuse_max_weight_bytes": BIG}, "triton-bm8": {"layer_block_m": 8},
-            "triton-bn8": {"layer_block_n": 8}, "triton-bn32": {"layer_block_n": 32},
-            "triton-bd16-bn8": {"step_block_d": 16, "layer_block_n": 8},
+            "triton-bn8": {"layer_block_n": 8}, "triton-bd16-bn8": {"step_block_d": 16, "layer_block_n": 8},
             "triton-bd64": {"step_block_d": 64}, "triton-layer-b2": {"layer_max_batch": 2},
-            "triton-bk1024": {"layer_block_k": 1024}, "triton-pdl": {"pdl": True},
-            "triton-pdl-bd16": {"pdl": True, "step_block_d": 16},
-            "triton-pdl-bd16-bk1024": {"pdl": True, "step_block_d": 16, "layer_block_k": 1024},
-            "triton-pdl-bm8": {"pdl": True, "layer_block_m": 8}}
-DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
-                            "triton-bd32")),
-               ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
-               ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
-               ("2.8b", 8, ("ref", "triton"))]
+            "triton-pdl": {"pdl": True}, "triton-pdl-bd16": {"pdl": True, "step_block_d": 16},
+            "triton-pdl-bd16-bn8": {"pdl": True, "step_block_d": 16, "layer_block_n": 8},
+            "triton-pdl-gemvout-bm4-bn8": {"pdl": True, "out_fuse_max_batch": 0, "layer_block_m": 4,
+                                           "layer_block_n": 8},
+            "triton-pdl-bm8-bn8": {"pdl": True, "layer_block_m": 8, "layer_block_n": 8}}
 # section `layers`: the per-layer kernels' variants only (about 2 minutes on an H200), and Cobra-3B's decode
-LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bd64", "triton-gemvout",
-                           "triton-gemvout-bm8", "triton-bn8", "triton-bn32", "triton-bd16-bn8", "triton-bk1024",
-                           "triton-pdl", "triton-pdl-bd16", "triton-pdl-bd16-bk1024")),
+LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bn8", "triton-bd16-bn8",
+                           "triton-gemvout-bm4", "triton-gemvout-bm8", "triton-noprefetch", "triton-pdl",
+                           "triton-pdl-bd16", "triton-pdl-bd16-bn8", "triton-pdl-gemvout-bm4-bn8")),
               ("130m", 2, ("triton", "triton-layer-b2")),
-              ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-gemvout-bm32", "triton-bn8",
-                           "triton-fusedout", "triton-pdl", "triton-pdl-bm8"))]
+              ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-bn8", "triton-fusedout", "triton-pdl",
+                           "triton-pdl-bm8-bn8"))]
 
 
 def run(component, params, opts, label) -> dict:

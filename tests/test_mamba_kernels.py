@@ -25,7 +25,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 28  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 29  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -295,17 +295,19 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out", [True, False])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out):
+@pytest.mark.parametrize("fuse_out, prefetch", [(True, False), (True, True), (False, True)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
-    its own GEMV, the residual add + next norm by the last program): logits and both states equal the
-    op-by-op reference to float32 rounding over 4 greedy steps, at batch 2, d_inner 42 (a block of in_proj
-    rows straddles x and z), d_state 1, no conv bias."""
+    its own GEMV, the residual add + next norm by the last program; weights loaded in loops of 16 columns or
+    as one tile): logits and both states equal the op-by-op reference to float32 rounding over 4 greedy
+    steps, at batch 2, d_inner 42 (a block of in_proj rows straddles x and z), d_state 1, no conv bias."""
     from effprof.modules.mamba import MambaLM, MambaLMConfig
     from effprof.ops import mamba_decode_triton
 
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_max_batch", 2)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 2 if fuse_out else 0)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_prefetch", prefetch)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
     torch.manual_seed(1)
     model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=False)).eval()
     with torch.no_grad():

@@ -241,7 +241,7 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
                         block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
                         block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
-                        pdl=DECODE_CONFIG["pdl"])
+                        pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

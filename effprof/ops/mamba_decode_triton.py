@@ -152,12 +152,13 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # layer_max_batch / layer_max_d_model: up to which batch and width a whole LM step runs the per-layer kernels of
 # mamba_decode_layer_triton.py (2-3 kernels per layer); there out_fuse_* chooses out_proj inside the step kernel
 # (atomics) or its own GEMV kernel; layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs
-# (layer_block_k columns per step of their loops); pdl: launch those kernels with programmatic dependent launch
-# (Hopper+; each waits for the previous one).
+# (layer_block_k columns per step of their loops; where that covers a whole row, and layer_prefetch, the weight
+# tile is loaded in one go at the kernel's start); pdl: launch those kernels with programmatic dependent launch
+# (Hopper+; each waits for the previous one, after loading its weights).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
                  "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_block_n": 16, "layer_block_m": 16,
-                 "layer_block_k": 256, "pdl": False}
+                 "layer_block_k": 256, "layer_prefetch": True, "pdl": False}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:
