@@ -161,14 +161,15 @@ VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
             "triton-pdl-bd16-bn8": {"pdl": True, "step_block_d": 16, "layer_block_n": 8},
             "triton-pdl-gemvout-bm4-bn8": {"pdl": True, "out_fuse_max_batch": 0, "layer_block_m": 4,
                                            "layer_block_n": 8},
-            "triton-pdl-bm8-bn8": {"pdl": True, "layer_block_m": 8, "layer_block_n": 8}}
+            "triton-pdl-bm8-bn8": {"pdl": True, "layer_block_m": 8, "layer_block_n": 8},
+            "triton-pdl-bm4-bn4": {"pdl": True, "layer_block_m": 4, "layer_block_n": 4}}
 # section `layers`: the per-layer kernels' variants only (about 2 minutes on an H200), and Cobra-3B's decode
 LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bn8", "triton-bd16-bn8",
                            "triton-gemvout-bm4", "triton-gemvout-bm8", "triton-noprefetch", "triton-pdl",
                            "triton-pdl-bd16", "triton-pdl-bd16-bn8", "triton-pdl-gemvout-bm4-bn8")),
               ("130m", 2, ("triton", "triton-layer-b2")),
               ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-bn8", "triton-fusedout", "triton-pdl",
-                           "triton-pdl-bm8-bn8"))]
+                           "triton-pdl-bm8-bn8", "triton-pdl-bm4-bn4"))]
 
 
 def run(component, params, opts, label) -> dict:

@@ -300,7 +300,9 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     # waiting for the previous kernel, so that the weight streams in while that one finishes
     prefetch = prefetch_weights
     one_tile_in = prefetch and block_n * triton.next_power_of_2(d_model) <= PREFETCH_MAX_ELEMENTS
-    block_k_in = triton.next_power_of_2(d_model) if one_tile_in else min(block_k, triton.next_power_of_2(d_model))
+    # a loop's tile keeps >= 4K weight elements per step whatever the rows per program
+    block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
+        min(max(block_k, 4096 // block_n), triton.next_power_of_2(d_model))
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
         batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
@@ -321,7 +323,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, **pdl_options)
     if not fuse_out:
         one_tile_out = prefetch and block_m * triton.next_power_of_2(d_inner) <= PREFETCH_MAX_ELEMENTS
-        block_k_out = triton.next_power_of_2(d_inner) if one_tile_out else min(block_k, triton.next_power_of_2(d_inner))
+        block_k_out = triton.next_power_of_2(d_inner) if one_tile_out else \
+            min(max(block_k, 4096 // block_m), triton.next_power_of_2(d_inner))
         _layer_out_kernel[(triton.cdiv(d_model, block_m),)](
             work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0),
