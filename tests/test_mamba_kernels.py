@@ -295,12 +295,13 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out, prefetch", [(True, False), (True, True), (False, True)])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch):
+@pytest.mark.parametrize("fuse_out, prefetch, batch", [(True, False, 2), (True, True, 1), (False, True, 1)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
     its own GEMV, the residual add + next norm by the last program; weights loaded in loops of 16 columns or
-    as one tile): logits and both states equal the op-by-op reference to float32 rounding over 4 greedy
-    steps, at batch 2, d_inner 42 (a block of in_proj rows straddles x and z), d_state 1, no conv bias."""
+    as one tile, at batch 1 the conv state with them): logits and both states equal the op-by-op reference to
+    float32 rounding over 4 greedy steps, at d_inner 42 (a block of in_proj rows straddles x and z), d_state 1,
+    with and without conv bias."""
     from effprof.modules.mamba import MambaLM, MambaLMConfig
     from effprof.ops import mamba_decode_triton
 
@@ -309,11 +310,11 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_prefetch", prefetch)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
     torch.manual_seed(1)
-    model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=False)).eval()
+    model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=prefetch)).eval()
     with torch.no_grad():
         for mixer in model.mixers:
             mixer.D.copy_(torch.randn_like(mixer.D))
-    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(2))
+    prompt = torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(2))
     ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
     assert calls == [fuse_out] * 8                                      # 2 layers x 4 steps, the path chosen
     assert rel_err(out, ref) < 1e-5 and (ref[:, 1:] - ref[:, :-1]).abs().amax() > 1e-3

@@ -93,12 +93,44 @@ def _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, n_p
 
 
 @triton.jit
+def _conv_read(state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, stride_wc, stride_wk, WIDTH: tl.constexpr,
+               HAS_BIAS: tl.constexpr):
+    """What a conv-state step needs besides the new input, read before it exists: the state's columns 1 ..
+    WIDTH-1 (they shift left), bias + their taps' products (summed in `conv_state_step`'s order), the last
+    tap's weight."""
+    acc = tl.zeros(c.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+    cols = ()
+    for k in tl.static_range(WIDTH - 1):
+        s_k = tl.load(state_rows + (k + 1) * stride_st, mask=mask_c, other=0.0)
+        cols = cols + (s_k,)
+        acc += tl.load(w_ptr + c * stride_wc + k * stride_wk, mask=mask_c, other=0.0).to(tl.float32) * \
+            s_k.to(tl.float32)
+    w_last = tl.load(w_ptr + c * stride_wc + (WIDTH - 1) * stride_wk, mask=mask_c, other=0.0).to(tl.float32)
+    return cols, acc, w_last
+
+
+@triton.jit
+def _conv_finish(x_new, cols, acc, w_last, state_rows, mask_c, stride_st, WIDTH: tl.constexpr):
+    """silu(acc + w_last · x_new) with x_new in the state's dtype, and the state shifted (all threads have read
+    their columns before any writes: the barrier, as in `conv_state_step`)."""
+    x_s = x_new.to(state_rows.dtype.element_ty)
+    acc += w_last * x_s.to(tl.float32)
+    tl.debug_barrier()
+    for k in tl.static_range(WIDTH - 1):
+        tl.store(state_rows + k * stride_st, cols[k], mask=mask_c)
+    tl.store(state_rows + (WIDTH - 1) * stride_st, x_s, mask=mask_c)
+    return _silu_f32(acc)
+
+
+@triton.jit
 def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
                      batch, d_model, d_inner, O,
                      stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
                      HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
-                     PREFETCH: tl.constexpr):
+                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = n < 2 * d_inner
@@ -111,6 +143,10 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
                         other=0.0)
         wx_pre = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
                          mask=(o < O)[:, None] & mask_x[None, :], other=0.0)
+    if CONV_PREFETCH:  # batch 1: the conv state's columns too (no earlier kernel of this step writes them)
+        state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
+        cols, conv_acc, w_last = _conv_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
+                                            stride_cwk, WIDTH, HAS_CONV_BIAS)
     _wait_previous_kernel(USE_PDL)
     for b in range(batch):
         if PREFETCH:
@@ -130,9 +166,12 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
         row = xz_ptr + b * 2 * d_inner
         tl.store(row + n, v.to(xz_ptr.dtype.element_ty), mask=mask_n & (n >= d_inner))  # z
         if pid * BLOCK_N < d_inner:  # x rows: conv (shifting the state), then this block's share of x_proj
-            state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
-            xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
-                                        stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
+            if CONV_PREFETCH:
+                xc = _round(_conv_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
+            else:
+                state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
+                xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
+                                            stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
             tl.store(row + n, xc.to(xz_ptr.dtype.element_ty), mask=mask_x)
             # read back through L2 in the layout of the x_proj tile: converting the register layout instead
             # makes the compiler redo the conv in that layout too (255 registers and spills at BLOCK_N 16)
@@ -310,7 +349,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4,
-        PREFETCH=prefetch and block_k_in >= d_model, **pdl_options)
+        PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
