@@ -247,15 +247,19 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
 
 @triton.jit
 def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
-                      batch, d_inner, d_model, O, eps, stride_wo,
+                      batch, d_inner, d_model, O, eps, stride_wo, k_per,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
                       BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
-                      PREFETCH: tl.constexpr):
+                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
+    with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
+    k_start = tl.program_id(1) * k_per
+    k_end = tl.minimum(k_start + k_per, d_inner)
     if PREFETCH:  # the rows' whole weight in one tile, loaded before the previous kernel ends
-        k_all = tl.arange(0, BLOCK_K)
-        mask_k_all = k_all < d_inner
+        k_all = k_start + tl.arange(0, BLOCK_K)
+        mask_k_all = k_all < k_end
         w_all = tl.load(wout_ptr + m[:, None] * stride_wo + k_all[None, :],
                         mask=mask_m[:, None] & mask_k_all[None, :], other=0.0)
     _wait_previous_kernel(USE_PDL)
@@ -265,17 +269,20 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
             out = tl.sum(w_all.to(tl.float32) * y[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for k0 in tl.range(0, d_inner, BLOCK_K, num_stages=NUM_STAGES):
+            for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
-                mask_k = k < d_inner
+                mask_k = k < k_end
                 y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
                 w = tl.load(wout_ptr + m[:, None] * stride_wo + k[None, :],
                             mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
                 acc += w * y[None, :]
             out = tl.sum(acc, axis=1)
-        tl.store(acc_ptr + b * d_model + m, out, mask=mask_m)
-    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0), batch, d_model, O,
-                  eps, BLOCK_MODEL, O_PAD)
+        if SPLIT_K == 1:
+            tl.store(acc_ptr + b * d_model + m, out, mask=mask_m)
+        else:
+            tl.atomic_add(acc_ptr + b * d_model + m, out, mask=mask_m, sem="relaxed")
+    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0) * SPLIT_K, batch,
+                  d_model, O, eps, BLOCK_MODEL, O_PAD)
 
 
 PREFETCH_MAX_ELEMENTS = 8192  # weight elements per program (64 bf16 registers per thread at 4 warps) held in one tile
@@ -324,7 +331,7 @@ def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: Decode
 def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
-                        pdl=False, prefetch_weights=True):
+                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096):
     """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
     and work.normed (the next norm's output) for the next layer."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
@@ -339,9 +346,9 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     # waiting for the previous kernel, so that the weight streams in while that one finishes
     prefetch = prefetch_weights
     one_tile_in = prefetch and block_n * triton.next_power_of_2(d_model) <= PREFETCH_MAX_ELEMENTS
-    # a loop's tile keeps >= 4K weight elements per step whatever the rows per program
+    # a loop's tile keeps >= loop_tile weight elements per step whatever the rows per program
     block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
-        min(max(block_k, 4096 // block_n), triton.next_power_of_2(d_model))
+        min(max(block_k, loop_tile // block_n), triton.next_power_of_2(d_model))
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
         batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
@@ -361,12 +368,17 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
         PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, **pdl_options)
     if not fuse_out:
-        one_tile_out = prefetch and block_m * triton.next_power_of_2(d_inner) <= PREFETCH_MAX_ELEMENTS
-        block_k_out = triton.next_power_of_2(d_inner) if one_tile_out else \
-            min(max(block_k, 4096 // block_m), triton.next_power_of_2(d_inner))
-        _layer_out_kernel[(triton.cdiv(d_model, block_m),)](
+        split_k = max(1, min(split_k, d_inner // 16))
+        k_per = triton.cdiv(d_inner, split_k)
+        one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= PREFETCH_MAX_ELEMENTS
+        block_k_out = triton.next_power_of_2(k_per) if one_tile_out else \
+            min(max(block_k, loop_tile // block_m), triton.next_power_of_2(k_per))
+        if not one_tile_out:
+            k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
+            split_k = triton.cdiv(d_inner, k_per)
+        _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
             work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
-            batch, d_inner, d_model, O, eps, out_proj_weight.stride(0),
+            batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
-            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, PREFETCH=prefetch and block_k_out >= d_inner,
+            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, PREFETCH=one_tile_out, SPLIT_K=split_k,
             **pdl_options)
