@@ -160,6 +160,7 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-bm16-split4": {"layer_block_m": 16, "layer_out_split_k": 4},
             "triton-w8": {"layer_num_warps": 8}, "triton-w8-bn32-bm16": {"layer_num_warps": 8, "layer_block_n": 32,
                                                                          "layer_block_m": 16},
+            "triton-s5": {"layer_num_stages": 5}, "triton-s5-split4": {"layer_num_stages": 5, "layer_out_split_k": 4},
             "triton-layer-b2": {"layer_max_batch": 2}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 8, ("ref", "triton")),
                ("130m", 64, ("ref", "triton")), ("2.8b", 1, ("ref", "triton", "triton-2kernel")),
@@ -171,7 +172,8 @@ LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "trito
               ("130m", 2, ("triton", "triton-layer-b2")),
               ("2.8b", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-bm4", "triton-bm16", "triton-bn8",
                            "triton-bn32", "triton-bk512", "triton-bd32", "triton-split2", "triton-split4",
-                           "triton-bm16-split4", "triton-w8", "triton-w8-bn32-bm16", "triton-2kernel"))]
+                           "triton-bm16-split4", "triton-w8", "triton-w8-bn32-bm16", "triton-s5", "triton-s5-split4",
+                           "triton-2kernel"))]
 
 
 def run(component, params, opts, label) -> dict:
