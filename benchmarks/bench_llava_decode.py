@@ -1,6 +1,6 @@
 """LLaVA-1.5-7B decode per token (issue 11's target: <= 5 ms at a 4k context under graphs on an H200): the
-`llava --mode decode` rows of each `--decode-impl` (transformers, fused) under CUDA graphs and under
-compile+graphs, at 4k and, for the fused step, at 1k and 16k; then a check that the fused step decodes as
+`llava --mode decode` rows of each `--decode-impl` (transformers, fused, triton) under CUDA graphs and under
+compile+graphs at 4k, and the fused steps under graphs at 1k and 16k; then a check that the fused step decodes as
 transformers does on this device.
 
     python3 benchmarks/bench_llava_decode.py --out DIR [--sections check,rows,kernels] [--smoke]
@@ -9,8 +9,8 @@ Writes DIR/bench_llava_decode.json (meta, check, rows, kernels) and DIR/bench_ll
 and prints the table last. `--smoke` runs the same code on CPU with the tiny preset (eager instead of
 graphs, no compile). Sections: `check` (greedy tokens, tiny fp32: transformers eager = fused eager = fused
 graphs; LLaVA-1.5-7B bf16, one step at 1k: the logits' max difference and the argmax), `rows` (the timed
-rows), `kernels` (the fused step's kernels at 4k, eager and compiled, benchmarks/diagnostics/diag_llava_decode.py).
-About 3-4 minutes on an H200 for check,rows (four compiles of the 7B decode step, ~30 s each).
+rows), `kernels` (the triton step's kernels at 4k, eager, benchmarks/diagnostics/diag_llava_decode.py).
+About 3-4 minutes on an H200 for check,rows,kernels (three compiles of the 7B decode step, ~30 s each).
 """
 from __future__ import annotations
 
@@ -25,17 +25,21 @@ import torch  # noqa: E402
 
 from benchmarks.common import run_meta  # noqa: E402
 
-# (context, decode_impl, compile) rows, in order; every row runs under graphs on CUDA
-ROWS = [(4096, "transformers", False), (4096, "fused", False), (4096, "transformers", True), (4096, "fused", True),
-        (1024, "fused", False), (1024, "fused", True), (16384, "fused", False), (16384, "fused", True)]
-SMOKE_ROWS = [(64, "transformers", False), (64, "fused", False), (16, "fused", False)]
+# (context, decode_impl, compile) rows, in order; every row runs under graphs on CUDA (three compiles, ~30 s each)
+ROWS = [(4096, "transformers", False), (4096, "fused", False), (4096, "triton", False),
+        (4096, "transformers", True), (4096, "fused", True), (4096, "triton", True),
+        (1024, "fused", False), (1024, "triton", False), (16384, "fused", False), (16384, "triton", False)]
+SMOKE_ROWS = [(64, "transformers", False), (64, "fused", False), (16, "fused", False), (16, "triton", False)]
 
 
 def rows(smoke: bool) -> list[dict]:
+    from effprof.ops.selective_scan import available_backends
     from effprof.runner import Config, RunOptions, free_memory, measure
 
     out = []
     for context, impl, compiled in SMOKE_ROWS if smoke else ROWS:
+        if smoke and impl == "triton" and "triton" not in available_backends(torch.device("cpu")):
+            continue  # the triton row runs on CPU only under TRITON_INTERPRET=1
         opts = RunOptions(device="cpu" if smoke else "cuda", dtype="fp32" if smoke else "bf16", graphs=not smoke,
                           compile=compiled, min_time=0.02 if smoke else 0.5, warmup=0 if smoke else 0.2)
         params = {"preset": "tiny" if smoke else "llava-1.5-7b", "mode": "decode", "context": context,
@@ -69,7 +73,8 @@ def _generate(impl: str, mode: str, device: torch.device, new_tokens: int = 16) 
 def check(smoke: bool) -> dict:
     """Greedy tokens of the tiny LLaVA (fp32) per implementation and mode; the 7B's logits of one step."""
     device = torch.device("cpu" if smoke else "cuda")
-    runs = [("transformers", "eager"), ("fused", "eager")] + ([] if smoke else [("fused", "graphs")])
+    runs = [("transformers", "eager"), ("fused", "eager")] + ([] if smoke else [("fused", "graphs"),
+                                                                               ("triton", "eager"), ("triton", "graphs")])
     tokens = {f"{impl}/{mode}": _generate(impl, mode, device) for impl, mode in runs}
     reference = tokens["transformers/eager"]
     result = {"tiny_fp32_tokens_equal": {k: v == reference for k, v in tokens.items()}}
@@ -81,35 +86,36 @@ def check(smoke: bool) -> dict:
     ids = torch.randint(0, 32000, (1, context + 1), device=device)
     logits = {}
     with torch.inference_mode():
-        for impl in ("transformers", "fused"):
+        for impl in ("transformers", "fused") if smoke else ("transformers", "fused", "triton"):
             pipe.use_decode_impl(impl)
             kv = pipe.new_cache(context + 1, 1)
             pipe.prefill(pipe.lm.get_input_embeddings()(ids[:, :-1]), kv)
             logits[impl] = pipe.decode(ids[:, -1:], kv, torch.full((1, 1), context, device=device), full=True).float()
-    diff = (logits["fused"] - logits["transformers"]).abs().max().item()
-    result[f"{preset}_{str(dtype)[6:]}_step_at_{context}"] = {
-        "max_abs_logit_diff": diff, "max_abs_logit": logits["transformers"].abs().max().item(),
-        "argmax_equal": bool(torch.equal(logits["fused"].argmax(-1), logits["transformers"].argmax(-1)))}
+    reference = logits.pop("transformers")
+    result[f"{preset}_{str(dtype)[6:]}_step_at_{context}"] = {"max_abs_logit": reference.abs().max().item(), **{
+        impl: {"max_abs_logit_diff": (got - reference).abs().max().item(),
+               "argmax_equal": bool(torch.equal(got.argmax(-1), reference.argmax(-1)))} for impl, got in logits.items()}}
     del pipe
     return result
 
 
 def kernels(smoke: bool) -> dict:
-    """Kernels of one fused decode step at 4k, eager and compiled (count per step, device time)."""
+    """Kernels of one triton decode step at 4k, eager (count per step, device time; call 1 of 2026-12-01 has the
+    transformers step's)."""
     from benchmarks.diagnostics.diag_llava_decode import kernel_table
-    from effprof.runner import Config, RunOptions, build
+    from effprof.runner import Config, RunOptions, build, free_memory
 
     device = "cpu" if smoke else "cuda"
-    params = {"mode": "decode", "context": 64 if smoke else 4096, "preset": "tiny" if smoke else "llava-1.5-7b",
-              "decode_impl": "fused"}
-    built, _, _ = build(Config("llava", params, RunOptions(device=device, dtype="fp32" if smoke else "bf16")))
-    inputs = built.make_inputs(1)
     out = {}
-    with torch.no_grad():
-        out["eager"] = kernel_table(lambda: built.call(inputs))
-        if not smoke:
-            compiled = torch.compile(lambda: built.call(inputs))
-            out["compile"] = kernel_table(compiled)
+    for impl in ("fused",) if smoke else ("triton",):
+        params = {"mode": "decode", "context": 64 if smoke else 4096, "preset": "tiny" if smoke else "llava-1.5-7b",
+                  "decode_impl": impl}
+        built, _, _ = build(Config("llava", params, RunOptions(device=device, dtype="fp32" if smoke else "bf16")))
+        inputs = built.make_inputs(1)
+        with torch.no_grad():
+            out[impl] = kernel_table(lambda: built.call(inputs))
+        del built, inputs
+        free_memory()
     return out
 
 
@@ -131,7 +137,7 @@ def table(doc: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/bench_llava_decode")
-    parser.add_argument("--sections", default="check,rows")
+    parser.add_argument("--sections", default="check,rows,kernels")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():

@@ -1,0 +1,64 @@
+"""effprof.ops.gemv: the Triton kernel (norm prologue, silu*up and residual epilogues) against `gemv_ref` at
+odd sizes under TRITON_INTERPRET=1 (in a subprocess, see tests/test_selective_scan.py), a whole Llama decode
+step on it against transformers' forward, and its FLOP count."""
+import importlib.util
+
+import pytest
+import torch
+from conftest import triton_tests_in_interpreter
+from torch.utils.flop_counter import FlopCounterMode
+
+from effprof.ops.gemv import gemv, gemv_ref
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _interpreted() -> bool:
+    from effprof.ops.selective_scan import available_backends
+
+    return HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
+
+
+needs_triton = pytest.mark.skipif(not _interpreted(), reason="needs triton and TRITON_INTERPRET=1 at start "
+                                  "(run by test_gemv_triton_tests_in_interpreter_subprocess)")
+
+
+@pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="triton missing, or the triton tests run directly")
+def test_gemv_triton_tests_in_interpreter_subprocess():
+    assert triton_tests_in_interpreter(__file__) == 5
+
+
+@needs_triton
+@pytest.mark.parametrize("rows, norm, silu_mul, residual, bias", [(1, True, False, False, False),
+                                                                 (3, False, True, False, True),
+                                                                 (2, True, True, False, False),
+                                                                 (5, False, False, True, True)])
+def test_triton_gemv_matches_the_reference(rows, norm, silu_mul, residual, bias):
+    g = torch.Generator().manual_seed(rows)
+    k, n = 37, 2 * 11 if silu_mul else 13  # odd sizes: partial tiles in both dimensions
+    x = torch.randn(rows, 1, k, generator=g)
+    args = dict(weight=torch.randn(n, k, generator=g) / k**0.5,
+                bias=torch.randn(n, generator=g) if bias else None,
+                residual=torch.randn(rows, 1, n // 2 if silu_mul else n, generator=g) if residual else None,
+                norm_weight=torch.rand(k, generator=g) + 0.5 if norm else None, eps=1e-5, silu_mul=silu_mul)
+    out = gemv(x, backend="triton", **args)
+    torch.testing.assert_close(out, gemv_ref(x, **args), rtol=1e-5, atol=1e-5)
+
+
+def test_gemv_counts_the_flops_of_its_matrix_product():
+    counts = []
+    for device, backend in (("cpu", "ref"), ("meta", "triton")):  # on meta the custom op runs its fake
+        x, weight = torch.randn(2, 1, 24, device=device), torch.randn(10, 24, device=device)
+        with FlopCounterMode(display=False) as counter:
+            out = gemv(x, weight, norm_weight=torch.ones(24, device=device), silu_mul=True, backend=backend)
+        assert out.shape == (2, 1, 5)
+        counts.append(counter.get_total_flops())
+    assert counts == [2 * 2 * 10 * 24] * 2
+
+
+@needs_triton
+def test_triton_decode_step_matches_a_full_forward():
+    from test_llama_decode import decode_against_a_full_forward
+
+    got, reference = decode_against_a_full_forward("triton", seed=4)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
