@@ -5,13 +5,16 @@ reference, and the Triton causal conv against PyTorch's.
 Sections (all in one process, about 70 s on an H200):
   calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
   greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
-             `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused):
-             how many tokens agree, and the logits' relative error, in float32 and in bf16;
+             `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused, with
+             the GREEDY_VARIANTS configs): how many tokens agree, and the logits' relative error, in float32
+             and in bf16; Mamba-2.8b in bf16, 16 tokens;
   kernels    the kernels of one eager decode step, by the profiler: count and summed device time;
   decode     ms per generated token (LM head included, context 1,024, CUDA graphs): Mamba-130m at batch 1,
              8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
              before the fused step) and the triton one; tokens/s =
              batch / latency; the bytes of weights read once per step over the copy bandwidth (the floor);
+  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`; about 2 minutes);
+  cobra      Cobra-3B decode (context 1,024, graphs) with the per-layer kernels and with the two-kernel step;
   conv       the causal conv alone at Mamba-130m's 16k prefill (1 × 1536 × 16384 bf16, the block's strided
              view), ref vs triton, and Mamba-130m prefill at 16k (graphs) with each: the conv's share;
   prefill    Mamba-2.8b prefill at 2k tokens (batch 1, bf16, graphs) with the ref and triton convs: share
@@ -49,31 +52,52 @@ def rel_err(a, b) -> float:
 
 
 def greedy(model, prompt, n_tokens, decode_backend):
-    from tests.test_mamba_kernels import greedy_tokens
+    """Prefill the prompt, then n_tokens greedy steps: (tokens (batch, n), logits (batch, n, vocab))."""
+    model.set_backends(decode_backend=decode_backend)
+    cache = model.allocate_cache(prompt.shape[0])
+    logits = model(prompt, cache, num_last_tokens=1)
+    tokens, all_logits = [], []
+    for _ in range(n_tokens):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(token)
+        logits = model.step(token, cache)
+        all_logits.append(logits[:, -1])
+    return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
-    return greedy_tokens(model, prompt, n_tokens, decode_backend)
+
+GREEDY_VARIANTS = ("triton", "triton-pdl-bd16")  # DECODE_CONFIG overrides checked against the reference
 
 
 def section_greedy(device, smoke) -> list[dict]:
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
+    from effprof.ops import mamba_decode_triton as kernels
 
-    config = replace(MAMBA_PRESETS["130m"], d_model=32, n_layer=2) if smoke else MAMBA_PRESETS["130m"]
+    default = dict(kernels.DECODE_CONFIG)
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    cases = [("130m", torch.float32, 64), ("130m", torch.bfloat16, 64), ("2.8b", torch.bfloat16, 16)]
+    for preset, dtype, n in cases[:2] if smoke else cases:
+        config = replace(MAMBA_PRESETS[preset], d_model=32, n_layer=2) if smoke else MAMBA_PRESETS[preset]
+        n = 8 if smoke else n
         torch.manual_seed(0)
         model = MambaLM(config, "ref", "ref", device=device, dtype=dtype).eval()
         prompt = torch.randint(0, config.vocab_size, (1, 16), device=device, generator=None)
-        n = 8 if smoke else 64
         ref_tokens, ref_logits = greedy(model, prompt, n, "ref")
-        tokens, logits = greedy(model, prompt, n, "triton")
-        same = (tokens == ref_tokens)[0]
-        first_diff = int((~same).nonzero()[0]) if not same.all() else None
-        # logits compared over the steps before the first divergence (after it the inputs differ)
-        upto = first_diff if first_diff is not None else n
-        rows.append({"dtype": str(dtype).removeprefix("torch."), "tokens": n, "same_tokens": int(same.sum()),
-                     "first_divergence": first_diff, "distinct_tokens": len(set(ref_tokens[0].tolist())),
-                     "rel_err_logits": rel_err(logits[:, :upto], ref_logits[:, :upto]) if upto else None})
-        print("greedy", json.dumps(rows[-1]), flush=True)
+        for variant in GREEDY_VARIANTS:
+            kernels.DECODE_CONFIG.update(VARIANTS[variant])
+            try:
+                tokens, logits = greedy(model, prompt, n, "triton")
+            finally:
+                kernels.DECODE_CONFIG.clear()
+                kernels.DECODE_CONFIG.update(default)
+            same = (tokens == ref_tokens)[0]
+            first_diff = int((~same).nonzero()[0]) if not same.all() else None
+            # logits compared over the steps before the first divergence (after it the inputs differ)
+            upto = first_diff if first_diff is not None else n
+            rows.append({"preset": preset, "variant": variant, "dtype": str(dtype).removeprefix("torch."),
+                         "tokens": n, "same_tokens": int(same.sum()), "first_divergence": first_diff,
+                         "distinct_tokens": len(set(ref_tokens[0].tolist())),
+                         "rel_err_logits": rel_err(logits[:, :upto], ref_logits[:, :upto]) if upto else None})
+            print("greedy", json.dumps(rows[-1]), flush=True)
         del model
         free_memory()
     return rows
@@ -120,12 +144,32 @@ VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
             "triton-gemv-big": {"gemv_max_weight_bytes": BIG}, "triton-out-big": {"out_fuse_max_weight_bytes": BIG},
             "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG},
             # more, smaller programs for the step kernel (24 at 130m by default; 10 µs per layer measured)
-            "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32}}
+            "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32},
+            # the per-layer kernels (mamba_decode_layer_triton.py, the default at batch 1) against the two-kernel
+            # step between cuBLAS / GEMV projections (`triton-2kernel`, the path before them), and their knobs
+            "triton-2kernel": {"layer_max_batch": 0}, "triton-gemvout": {"out_fuse_max_batch": 0},
+            "triton-gemvout-bm8": {"out_fuse_max_batch": 0, "layer_block_m": 8},
+            "triton-gemvout-bm32": {"out_fuse_max_batch": 0, "layer_block_m": 32},
+            "triton-fusedout": {"out_fuse_max_weight_bytes": BIG}, "triton-bm8": {"layer_block_m": 8},
+            "triton-bn8": {"layer_block_n": 8}, "triton-bn32": {"layer_block_n": 32},
+            "triton-bd16-bn8": {"step_block_d": 16, "layer_block_n": 8},
+            "triton-bd64": {"step_block_d": 64}, "triton-layer-b2": {"layer_max_batch": 2},
+            "triton-bk1024": {"layer_block_k": 1024}, "triton-pdl": {"pdl": True},
+            "triton-pdl-bd16": {"pdl": True, "step_block_d": 16},
+            "triton-pdl-bd16-bk1024": {"pdl": True, "step_block_d": 16, "layer_block_k": 1024},
+            "triton-pdl-bm8": {"pdl": True, "layer_block_m": 8}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
                             "triton-bd32")),
                ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
                ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
                ("2.8b", 8, ("ref", "triton"))]
+# section `layers`: the per-layer kernels' variants only (about 2 minutes on an H200), and Cobra-3B's decode
+LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bd64", "triton-gemvout",
+                           "triton-gemvout-bm8", "triton-bn8", "triton-bn32", "triton-bd16-bn8", "triton-bk1024",
+                           "triton-pdl", "triton-pdl-bd16", "triton-pdl-bd16-bk1024")),
+              ("130m", 2, ("triton", "triton-layer-b2")),
+              ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-gemvout-bm32", "triton-bn8",
+                           "triton-fusedout", "triton-pdl", "triton-pdl-bm8"))]
 
 
 def run(component, params, opts, label) -> dict:
@@ -137,7 +181,7 @@ def run(component, params, opts, label) -> dict:
     return row
 
 
-def section_decode(opts, smoke, bandwidth) -> list[dict]:
+def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
     from effprof.ops import mamba_decode_triton as kernels
 
@@ -148,12 +192,15 @@ def section_decode(opts, smoke, bandwidth) -> list[dict]:
     for preset in ("130m", "2.8b"):
         with torch.device("meta"):
             weights[preset] = sum(p.numel() * 2 for p in MambaLM(MAMBA_PRESETS[preset]).parameters())  # bf16, tied
-    for preset, batch, variants in DECODE_ROWS[:1] if smoke else DECODE_ROWS:
+    row_groups = row_groups or DECODE_ROWS
+    for preset, batch, variants in row_groups[:1] if smoke else row_groups:
         for variant in variants:
-            backend = "ref" if variant == "ref" else "triton"
+            # --smoke: the runner refuses to time interpreted triton kernels, so rows run the ref path there
+            # (the greedy section runs the triton one under the interpreter)
+            backend = "ref" if variant == "ref" or smoke else "triton"
             params = {"preset": preset, "seq_len": 16 if smoke else 1024, "mode": "decode", "head": True,
                       "decode_backend": backend, "conv_backend": "ref" if backend == "ref" else "triton",
-                      "scan_backend": "triton", **tiny}
+                      "scan_backend": "ref" if smoke else "triton", **tiny}
             kernels.DECODE_CONFIG.update(VARIANTS[variant] or {})
             try:
                 row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
@@ -165,6 +212,28 @@ def section_decode(opts, smoke, bandwidth) -> list[dict]:
                 row["weights_floor_ms"] = weights[preset] / bandwidth / 1e6
                 row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
             rows.append(row)
+    return rows
+
+
+def section_cobra(opts, smoke) -> list[dict]:
+    """Cobra-3B decode (context 1,024, graphs) with the default fused step and with the two-kernel one."""
+    from effprof.ops import mamba_decode_triton as kernels
+
+    rows = []
+    default = dict(kernels.DECODE_CONFIG)
+    for variant in ("triton", "triton-2kernel"):
+        kernels.DECODE_CONFIG.update(VARIANTS[variant])
+        backend = "ref" if smoke else "triton"  # as in section_decode
+        params = {"preset": "tiny" if smoke else "cobra-3b", "mode": "decode", "decode_backend": backend,
+                  "conv_backend": backend, "scan_backend": backend}
+        if smoke:
+            params["context"] = 8
+        try:
+            row = run("cobra", params, opts, f"cobra decode b1 {variant}")
+        finally:
+            kernels.DECODE_CONFIG.clear()
+            kernels.DECODE_CONFIG.update(default)
+        rows.append({**row, "variant": variant})
     return rows
 
 
@@ -215,16 +284,20 @@ def markdown(doc) -> str:
              "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms "
              "| x floor |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for r in doc.get("decode") or []:
+    for r in (doc.get("decode") or []) + (doc.get("layers") or []):
         ms, tps = r.get("latency_ms_median"), r.get("throughput_per_s")
         lines.append(f"| {r['param_preset']} {r.get('variant')} | {r['batch']} | "
                      f"{'-' if ms is None else f'{ms:.4f}'} | {'-' if tps is None else f'{tps:,.0f}'} | "
                      f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} |")
-    lines += ["", "| greedy check (Mamba-130m, 64 tokens) | same tokens | first divergence | rel. err logits |",
+    for r in doc.get("cobra") or []:
+        lines.append(f"| cobra-3b {r['variant']} | 1 | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} "
+                     "| | |")
+    lines += ["", "| greedy check (random weights, batch 1, eager) | same tokens | first divergence "
+              "| rel. err logits |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("greedy") or []:
-        lines.append(f"| {r['dtype']} | {r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | "
-                     f"{r['rel_err_logits']} |")
+        lines.append(f"| {r.get('preset', '130m')} {r.get('variant', 'triton')} {r['dtype']} | "
+                     f"{r['same_tokens']}/{r['tokens']} | {r['first_divergence']} | {r['rel_err_logits']} |")
     lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:
@@ -248,7 +321,9 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."),
                         help="directory for bench_mamba_decode.json / .md (default $OUT, else .)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes (needs TRITON_INTERPRET=1)")
-    parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill")
+    parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill",
+                        help="comma-separated sections: calibrate, greedy, kernels, decode, layers (the per-layer "
+                             "kernels' variants), cobra (Cobra-3B decode), conv, prefill")
     args = parser.parse_args()
     sections = args.only.split(",")
     if not args.smoke and not torch.cuda.is_available():
@@ -278,6 +353,8 @@ def main() -> int:
     steps = [("greedy", lambda: section_greedy(device, args.smoke)),
              ("kernels", lambda: None if args.smoke else section_kernels(device)),
              ("decode", lambda: section_decode(opts, args.smoke, bandwidth)),
+             ("layers", lambda: section_decode(opts, args.smoke, bandwidth, LAYER_ROWS)),
+             ("cobra", lambda: section_cobra(opts, args.smoke)),
              ("conv", lambda: section_conv(device, torch.float32 if args.smoke else torch.bfloat16, opts, args.smoke)),
              ("prefill_2.8b", lambda: section_prefill_28b(opts, args.smoke))]
     with torch.inference_mode():

@@ -37,8 +37,8 @@ COMMON: tuple[CommonOption, ...] = (
                  "steady (see --max-cv)."),
     CommonOption("max_time", ("--max-time",), float, "Hard bound on a row's timing seconds, warm-up and L2 flushes "
                  "included (none = a row that never gets steady stops after 10 × min-time of timing)."),
-    CommonOption("max_cv", ("--max-cv",), float, "Steady = CV of the block medians at most this, a fraction "
-                 "(a large value such as 1 stops at --min-time)."),
+    CommonOption("max_cv", ("--max-cv",), float, "Stop timing once the CV of the block medians is at most this "
+                 "(a fraction) or the median's 95% CI is within ±this/4 (a large value such as 1 stops at --min-time)."),
     CommonOption("seed", ("--seed",), int, "Seed for random weights and inputs."),
     CommonOption("cold", ("--cold/--warm",), bool, "Flush the L2 cache and rotate input sets between calls."),
     CommonOption("graphs", ("--graphs/--no-graphs",), bool, "Time replays of a CUDA graph of the call."),

@@ -122,7 +122,7 @@ def test_records_carry_what_reproduces_them_and_load_into_pandas_in_one_call(tmp
     assert row["device_name"] != "x86_64"
     assert (row["seed"], row["min_time_s"], row["warmup_s"], row["input_sets"]) == (3, 0.02, 0.0, 1)
     assert row["torch_num_threads"] >= 1 and row["command_line"] == meta["command_line"]
-    assert row["timing_stop"] in ("steady", "min-time", "cap", "max-time")
+    assert row["timing_stop"] in ("steady", "precise", "min-time", "cap", "max-time")
     assert not [c for c in df.columns if c.endswith("_mb") or "mbytes" in c]  # MiB everywhere
 
 

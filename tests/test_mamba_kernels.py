@@ -25,7 +25,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 26  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 28  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -271,6 +271,55 @@ def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     assert (logits[:, 1:] - logits[:, :-1]).abs().amax() > 1e-3  # the state moves the logits step to step
 
 
+def _lm_steps_per_layer_kernels(model, prompt, n_steps):
+    """Prefill, then n_steps greedy steps through the op-by-op reference and through the per-layer kernels
+    (counted): (reference logits, logits, reference cache, cache, layer-kernel calls)."""
+    from effprof.ops import mamba_decode_layer_triton
+
+    calls = []
+    real = mamba_decode_layer_triton.layer_decode_triton
+    runs = {}
+    for backend in ("ref", "triton"):
+        model.set_backends(decode_backend=backend)
+        cache = model.allocate_cache(prompt.shape[0])
+        with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mamba_decode_layer_triton, "layer_decode_triton",
+                          lambda *a, **k: calls.append(k["fuse_out"]) or real(*a, **k))
+            logits = model(prompt, cache, num_last_tokens=1)
+            steps = []
+            for _ in range(n_steps):
+                logits = model.step(logits[:, -1].argmax(-1, keepdim=True), cache)
+                steps.append(logits[:, -1])
+        runs[backend] = (torch.stack(steps, 1), cache)
+    return runs["ref"][0], runs["triton"][0], runs["ref"][1], runs["triton"][1], calls
+
+
+@needs_triton
+@pytest.mark.parametrize("fuse_out", [True, False])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out):
+    """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
+    its own GEMV, the residual add + next norm by the last program): logits and both states equal the
+    op-by-op reference to float32 rounding over 4 greedy steps, at batch 2, d_inner 42 (a block of in_proj
+    rows straddles x and z), d_state 1, no conv bias."""
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+    from effprof.ops import mamba_decode_triton
+
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_max_batch", 2)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 2 if fuse_out else 0)
+    torch.manual_seed(1)
+    model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=False)).eval()
+    with torch.no_grad():
+        for mixer in model.mixers:
+            mixer.D.copy_(torch.randn_like(mixer.D))
+    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(2))
+    ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
+    assert calls == [fuse_out] * 8                                      # 2 layers x 4 steps, the path chosen
+    assert rel_err(out, ref) < 1e-5 and (ref[:, 1:] - ref[:, :-1]).abs().amax() > 1e-3
+    for layer, ref_layer in zip(cache.layers, ref_cache.layers):  # in_proj sums in another order than F.linear
+        assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-6
+        assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-5
+
+
 def test_decode_backend_resolution(monkeypatch):
     from effprof.ops.mamba_decode import resolve_decode_backend
 
@@ -310,6 +359,18 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         out, state = _run_steps(block, "triton", hidden, prefill=2)
         assert rel_err(out, ref) < tol and torch.equal(state.conv_state, ref_state.conv_state)
         assert rel_err(state.ssm_state, ref_state.ssm_state) < tol
+    from effprof.modules.mamba import MambaLM, MambaLMConfig  # the per-layer kernels (batch 1, both out_proj paths)
+    from effprof.ops import mamba_decode_triton
+
+    for d_model, fuse_out in ((768, True), (2560, False)):
+        torch.manual_seed(0)
+        model = MambaLM(MambaLMConfig(d_model=d_model, n_layer=2, vocab_size=512), device=cuda, dtype=dtype).eval()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 1 if fuse_out else 0)
+            prompt = torch.tensor([[3, 5]], device=cuda)
+            ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
+        assert calls == [fuse_out] * 8 and rel_err(out, ref) < tol
+        assert rel_err(cache.layers[1].ssm_state, ref_cache.layers[1].ssm_state) < tol
 
 
 def test_block_step_is_the_ops_reference_step():

@@ -186,3 +186,20 @@ def test_idle_power_from_power_readings_without_an_energy_counter():
     assert f["energy_above_idle_j_per_item"] == pytest.approx(
         (f["energy_j"] - sampler.idle_power_w * (sampler.end_s - sampler.start_s)) / 10)
     assert "idle_power_w" not in run_region(FakeNvml()).fields(1)  # idle_s = 0: no idle figure, as before
+
+
+def test_idle_power_once_per_process_is_measured_before_the_first_region_and_reused(monkeypatch):
+    import effprof.measure.nvml as nvml_module
+
+    monkeypatch.setattr(nvml_module, "_IDLE_ONCE", {})
+    first_fake = FakeNvml(power_mw=(500_000,), energy_mj=(1_000, 1_300, 10_000, 15_000))
+    with NvmlSampler(0, interval_s=0.002, nvml=first_fake, idle_s=0.02, idle_once=True) as first:
+        pass
+    assert first.idle_power_w > 0 and first.idle_method.startswith("energy-counter, once per process")
+    # a later region on the same board waits no idle window: the first figure, the same method
+    later_fake = FakeNvml(power_mw=(900_000,), energy_mj=(20_000, 26_000))
+    start = time.perf_counter()
+    with NvmlSampler(0, interval_s=0.002, nvml=later_fake, idle_s=5.0, idle_once=True) as later:
+        pass
+    assert time.perf_counter() - start < 1.0
+    assert (later.idle_power_w, later.idle_method) == (first.idle_power_w, first.idle_method)

@@ -202,3 +202,28 @@ def test_max_time_bounds_a_real_cold_run_on_cpu():
                            max_time_s=0.1, setup=lambda: time.sleep(0.004))
     assert time.perf_counter() - start < 0.1 + 0.15  # the bound plus at most one block on a loaded host
     assert result.stop == "max-time" and result.n_calls >= 1
+
+
+def test_a_jittery_row_stops_once_its_median_is_pinned_down(monkeypatch):
+    # per-call samples (a setup per call, as with --cold): 40% of calls at 0.1 ms, 30% each at 0.08 and
+    # 0.12 ms in a fixed pseudo-random order. Blocks of 20 calls have medians of 0.09-0.11 ms (block CV
+    # about 0.05, never steady at 0.02), but the median over all calls is 0.1 ms with a 95% interval of
+    # zero width after a few hundred calls: the row stops "precise" at min_time, not at the 10x cap.
+    levels = [1e-4] * 4 + [0.8e-4] * 3 + [1.2e-4] * 3
+    clock = fake_timer(monkeypatch, lambda i: levels[(i * 7 + (i * i) % 13) % 10])
+    result = time_callable(clock.work, torch.device("cpu"), warmup_s=0.0, min_time_s=0.05, max_cv=0.02,
+                           setup=lambda: None)
+    assert result.block_cv > 0.02
+    assert result.stop == "precise" and result.median_ms == pytest.approx(0.1)
+    lo, hi = result.median_ci95_ms()
+    assert (hi - lo) / 2 <= 0.02 / 4 * result.median_ms
+    assert result.timing_s < 0.1  # at min_time (0.05 s of calls), not at the 0.5 s cap
+
+
+def test_median_precision_uses_the_binomial_interval():
+    from effprof.measure.timing import median_ci95, median_is_precise
+
+    values = [float(v) for v in range(1, 101)]  # n = 100: the interval is the 40th..61st order statistics
+    assert median_ci95(values) == (41.0, 60.0)
+    assert not median_is_precise(values, 0.02)
+    assert median_is_precise([1.0] * 50 + [0.5, 2.0] * 5, 0.02)

@@ -19,9 +19,12 @@ block.
 
 How long: timing is sized by the steadiness it reaches, not by a fixed budget. After `min_time` seconds
 of timed calls (and at least 5 blocks) it stops as soon as the coefficient of variation of the block
-medians is at most `max_cv`: a quiet sub-millisecond row is done in a tenth of a second, a noisy one
-keeps going until the cap (`max_time`, or 10 × `min_time`), and `max_time` bounds everything, warm-up
-and flushes included. The result says why it stopped (`stop`).
+medians is at most `max_cv` ("steady"), or the median is already known precisely: its 95% confidence
+interval no wider than ±`max_cv` / 4 of it ("precise"; a µs kernel timed per call jitters by a few
+percent from call to call, so its block medians may never get steady although thousands of samples pin
+its median down). A quiet sub-millisecond row is done in a tenth of a second, a noisy one keeps going
+until the cap (`max_time`, or 10 × `min_time`), and `max_time` bounds everything, warm-up and flushes
+included. The result says why it stopped (`stop`).
 
 All times are in milliseconds.
 """
@@ -50,7 +53,7 @@ class TimingResult:
     calls_per_sample: int = 1  # calls_per_block when whole blocks are timed, else 1
     warmup_s: float = 0.0       # wall seconds of warm-up and block sizing
     timing_s: float = 0.0       # wall seconds of the timed blocks (setup and synchronisation included)
-    stop: str = ""              # why timing ended: steady | min-time | cap | max-time
+    stop: str = ""              # why timing ended: steady | precise | min-time | cap | max-time
 
     @property
     def n_calls(self) -> int:
@@ -79,12 +82,23 @@ class TimingResult:
 
     def median_ci95_ms(self) -> tuple[float, float]:
         """Distribution-free 95% confidence interval of the median (binomial order statistics)."""
-        xs = sorted(self.samples_ms)
-        n = len(xs)
-        half = 1.96 * math.sqrt(n) / 2
-        lo = max(0, math.floor(n / 2 - half))
-        hi = min(n - 1, math.ceil(n / 2 + half) - 1)
-        return xs[lo], xs[max(lo, hi)]
+        return median_ci95(self.samples_ms)
+
+
+def median_ci95(values: list[float]) -> tuple[float, float]:
+    """Distribution-free 95% confidence interval of the median of `values` (binomial order statistics)."""
+    xs = sorted(values)
+    n = len(xs)
+    half = 1.96 * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    return xs[lo], xs[max(lo, hi)]
+
+
+def median_is_precise(values: list[float], max_cv: float) -> bool:
+    """True when the 95% confidence interval of the median is within ±max_cv / 4 of it."""
+    lo, hi = median_ci95(values)
+    return (hi - lo) / 2 <= max_cv / 4 * statistics.median(values)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -137,8 +151,9 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
       one synchronisation per block; without `setup` a block is one sample (its mean), with `setup`
       every call is a sample;
     - stop ("steady") once `min_time_s` of timed work and `min_blocks` blocks are done and, when `max_cv`
-      is given, the coefficient of variation of the block medians is at most `max_cv` (without `max_cv`:
-      "min-time" at that point). A row that never gets that steady stops at the cap ("cap"): `max_time_s`
+      is given, the coefficient of variation of the block medians is at most `max_cv`, or ("precise") the
+      median's 95% confidence interval is within ±max_cv / 4 of it (without `max_cv`: "min-time" at that
+      point). A row that never gets that steady stops at the cap ("cap"): `max_time_s`
       when given, else 10 × min_time_s of blocks.
     - `max_time_s` bounds the whole call: warm-up, the estimate, setup/flush and timed calls all count
       against it, and it ends the timing as soon as it is reached once one block is done ("max-time"),
@@ -198,6 +213,9 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
             break
         if enough and coefficient_of_variation(block_medians) <= max_cv:
             stop = "steady"
+            break
+        if enough and median_is_precise(samples, max_cv):
+            stop = "precise"
             break
         if enough and past(cap):
             stop = "cap"

@@ -32,7 +32,8 @@ from torch.nn import functional as F
 from effprof.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
-from effprof.ops.mamba_decode import add_rms_norm, fuse_out_proj, mamba_decode_step, norm_in_proj
+from effprof.ops.mamba_decode import (add_rms_norm, fuse_out_proj, mamba_decode_step, mamba_lm_decode_step_triton,
+                                      norm_in_proj, use_layer_decode)
 from effprof.ops.selective_scan import selective_scan, selective_state_update
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,8 +335,29 @@ class MambaBackbone(nn.Module):
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
     def step(self, input_ids, cache: MambaCache):
-        """One token per sequence: input_ids (batch, 1) -> (batch, 1, d_model); `cache` updated in place."""
-        return self.forward(input_ids, cache, step=True)
+        """One token per sequence: input_ids (batch, 1) -> (batch, 1, d_model); `cache` updated in place.
+        With the fused triton step at small batch, the whole step is the per-layer kernels of
+        `mamba_lm_decode_step_triton` (same math)."""
+        if not self._per_layer_kernels(input_ids):
+            return self.forward(input_ids, cache, step=True)
+        mixers = [layer.mixer for layer in self.layers]
+        weights = [{"in_proj_weight": m.in_proj.weight, "conv_weight": m.conv1d.weight.squeeze(1),
+                    "conv_bias": m.conv1d.bias, "x_proj_weight": m.x_proj.weight, "dt_proj_weight": m.dt_proj.weight,
+                    "dt_proj_bias": m.dt_proj.bias, "A_log": m.A_log, "D": m.D, "out_proj_weight": m.out_proj.weight}
+                   for m in mixers]
+        out = mamba_lm_decode_step_triton(input_ids.reshape(-1), self.embedding.weight,
+                                          [layer.norm.weight for layer in self.layers], weights,
+                                          [(s.conv_state, s.ssm_state) for s in cache.layers], self.norm_f.weight,
+                                          self.norm_f.eps)
+        cache.seqlen_offset += 1
+        return out.unsqueeze(1)
+
+    def _per_layer_kernels(self, input_ids) -> bool:
+        return (not input_ids.is_floating_point() and input_ids.shape[1] == 1
+                and all(layer.mixer.fused_decode and layer.residual_in_fp32 and layer.mixer.in_proj.bias is None
+                        and layer.mixer.out_proj.bias is None and layer.norm.eps == self.norm_f.eps
+                        for layer in self.layers)
+                and use_layer_decode(input_ids.shape[0], self.embedding.embedding_dim))
 
 
 class MambaLM(nn.Module):

@@ -204,3 +204,86 @@ def norm_in_proj(hidden, residual, norm_weight, eps, in_proj_weight, backend="re
     if backend == "ref":
         return norm_in_proj_ref(hidden, residual, norm_weight, eps, in_proj_weight)
     return torch.ops.effprof.norm_in_proj(hidden, residual, norm_weight, float(eps), in_proj_weight)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A whole LM step at small batch: a prologue kernel, then two or three kernels per layer
+# (mamba_decode_layer_triton.py); the reference is the block-by-block step above.
+# ---------------------------------------------------------------------------------------------------
+_WORK = ("normed", "residual", "xz", "acc", "xacc", "count")
+
+
+@torch.library.custom_op("effprof::mamba_decode_prologue", mutates_args=_WORK)
+def _prologue_op(ids: Tensor, embedding_weight: Tensor, norm_weight: Tensor, eps: float, normed: Tensor,
+                 residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor) -> None:
+    from effprof.ops.mamba_decode_layer_triton import DecodeWork, decode_prologue_triton
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    decode_prologue_triton(ids, embedding_weight, norm_weight, eps,
+                           DecodeWork.of(normed, residual, xz, acc, xacc, count), DECODE_CONFIG["pdl"])
+
+
+@torch.library.custom_op("effprof::mamba_layer_decode", mutates_args=_WORK + ("conv_state", "ssm_state"))
+def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor,
+                     conv_state: Tensor, ssm_state: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
+                     conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor,
+                     A_log: Tensor, D: Optional[Tensor], out_proj_weight: Tensor, next_norm_weight: Tensor,
+                     eps: float) -> None:
+    from effprof.ops.mamba_decode_layer_triton import DecodeWork, layer_decode_triton
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    batch = normed.shape[0]
+    fuse_out = (batch <= DECODE_CONFIG["out_fuse_max_batch"]
+                and out_proj_weight.numel() * out_proj_weight.element_size()
+                <= DECODE_CONFIG["out_fuse_max_weight_bytes"])
+    layer_decode_triton(DecodeWork.of(normed, residual, xz, acc, xacc, count), conv_state, ssm_state,
+                        in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
+                        D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
+                        block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
+                        block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
+                        pdl=DECODE_CONFIG["pdl"])
+
+
+@register_flop_formula(torch.ops.effprof.mamba_layer_decode)
+def _layer_decode_flop(normed_shape, residual_shape, xz_shape, acc_shape, xacc_shape, count_shape, conv_state_shape,
+                       ssm_state_shape, in_proj_weight_shape, conv_weight_shape, conv_bias_shape, x_proj_weight_shape,
+                       dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape, out_proj_weight_shape,
+                       next_norm_weight_shape, eps, out_shape=None, **kwargs) -> int:
+    batch, d_model = normed_shape
+    d_inner = conv_weight_shape[0]
+    projections = 2 * batch * d_model * in_proj_weight_shape[0] + 2 * batch * d_inner * d_model
+    return projections + mamba_decode_step_flops(batch, d_inner, conv_weight_shape[-1], dt_proj_weight_shape[1],
+                                                 A_log_shape[1], D_shape is not None)
+
+
+def use_layer_decode(batch: int, d_model: int) -> bool:
+    """Whether a fused LM step takes the per-layer kernels (`mamba_decode_triton.DECODE_CONFIG`)."""
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    return batch <= DECODE_CONFIG["layer_max_batch"] and d_model <= DECODE_CONFIG["layer_max_d_model"]
+
+
+def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, states, norm_f_weight, eps):
+    """One LM step (embedding through norm_f) with the per-layer kernels: ids (batch,) int; norm_weights[i]
+    the RMSNorm weight before layer i; layers[i] a dict of that mixer's weights (in_proj_weight, conv_weight
+    (d_inner, d_conv), conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight);
+    states[i] = (conv_state, ssm_state), updated in place. Returns norm_f's output (batch, d_model) in the
+    model dtype, as `add_rms_norm_ref(out, residual, norm_f_weight)` of the reference's last layer."""
+    first = layers[0]
+    batch, d_model = ids.shape[0], embedding_weight.shape[1]
+    d_inner, O = first["conv_weight"].shape[0], first["x_proj_weight"].shape[0]
+    device, dtype = embedding_weight.device, embedding_weight.dtype
+    work = [torch.empty(batch, d_model, device=device, dtype=dtype),
+            torch.empty(batch, d_model, device=device, dtype=torch.float32),
+            torch.empty(batch, 2 * d_inner, device=device, dtype=dtype),
+            torch.empty(batch, d_model, device=device, dtype=torch.float32),
+            torch.empty(batch, O, device=device, dtype=torch.float32),
+            torch.empty(1, device=device, dtype=torch.int32)]
+    torch.ops.effprof.mamba_decode_prologue(ids, embedding_weight, norm_weights[0], float(eps), *work)
+    for i, (weights, (conv_state, ssm_state)) in enumerate(zip(layers, states)):
+        next_norm = norm_weights[i + 1] if i + 1 < len(layers) else norm_f_weight
+        torch.ops.effprof.mamba_layer_decode(*work, conv_state, ssm_state, weights["in_proj_weight"],
+                                             weights["conv_weight"], weights["conv_bias"], weights["x_proj_weight"],
+                                             weights["dt_proj_weight"], weights["dt_proj_bias"], weights["A_log"],
+                                             weights["D"], weights["out_proj_weight"], next_norm, float(eps))
+    return work[0]

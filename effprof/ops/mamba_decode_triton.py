@@ -149,8 +149,15 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # overridable for measurement (bench_mamba_decode.py).
 # step_block_d: channels per program of the step kernel (None = 4096 / max(d_state, dt_rank) padded, capped
 # at 128: 64 at 130m, 24 programs; not yet measured otherwise, a variant of bench_mamba_decode.py).
+# layer_max_batch / layer_max_d_model: up to which batch and width a whole LM step runs the per-layer kernels of
+# mamba_decode_layer_triton.py (2-3 kernels per layer); there out_fuse_* chooses out_proj inside the step kernel
+# (atomics) or its own GEMV kernel; layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs
+# (layer_block_k columns per step of their loops); pdl: launch those kernels with programmatic dependent launch
+# (Hopper+; each waits for the previous one).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
-                 "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None}
+                 "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
+                 "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_block_n": 16, "layer_block_m": 16,
+                 "layer_block_k": 256, "pdl": False}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:

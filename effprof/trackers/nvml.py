@@ -2,7 +2,7 @@
 from effprof.measure.nvml import NvmlSampler
 from effprof.trackers.base import Tracker, register_tracker
 
-IDLE_S = 0.3  # seconds of idle power measured before the timed region
+IDLE_S = 0.3  # seconds of idle power measured before the process's first timed region
 
 
 @register_tracker
@@ -14,7 +14,7 @@ class NvmlTracker(Tracker):
         return run.device.type == "cuda" and not run.count_only
 
     def start(self, run):
-        self.sampler = NvmlSampler(run.device, idle_s=IDLE_S)  # idle power first: energy above idle
+        self.sampler = NvmlSampler(run.device, idle_s=IDLE_S, idle_once=True)  # idle power: energy above idle
         self.sampler.__enter__()
 
     def stop(self, run):

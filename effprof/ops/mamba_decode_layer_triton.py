@@ -1,0 +1,278 @@
+"""Triton kernels of a whole Mamba LM decoding step at small batch: two or three kernels per layer.
+
+Imported lazily by `effprof.ops.mamba_decode` (this module imports triton). The math is the step-by-step
+reference (`mamba_decode_step_ref` between `add_rms_norm_ref` and in_proj / out_proj), with the reference's
+roundings to the model dtype kept (in_proj's output, the conv output, x_proj's, dt_proj's and out_proj's
+outputs). A step is:
+
+0. `_prologue_kernel`, grid (batch,): the embedding row, residual = that row (float32), the first layer's
+   RMSNorm into `normed`, and zeroes the accumulators below.
+Per layer:
+1. `_layer_in_kernel`, grid (2·d_inner / BLOCK_N,): in_proj as a GEMV of `normed` (each program BLOCK_N
+   rows); programs holding x rows then shift the conv state, apply conv + SiLU, write the conv output and
+   atomically add their channels' share of x_proj (dt_low, B, C) into `xacc` (batch, O) float32; programs
+   holding z rows write z. x and z go to `xz` (batch, 2·d_inner) in the model dtype.
+2. `_layer_ssm_kernel`, grid (batch, d_inner / BLOCK_D): dt = softplus(dt_proj · dt_low + bias), the state
+   update, y = <C, h> + D x, y · silu(z); then either out_proj split over its channels with float32 atomics
+   into `acc` (batch, d_model) (FUSE_OUT), or y written over x in `xz` for
+3. `_layer_out_kernel`, grid (d_model / BLOCK_M,): out_proj as a GEMV of y into `acc`.
+The last kernel of a layer ends with `_finish_layer`: the last program to finish (an atomic counter, the
+"threadfence reduction" pattern; no program waits on another) adds the layer's output, rounded to the model
+dtype, to the residual, writes the next norm's output (the next layer's norm, or norm_f after the last
+layer) into `normed`, and zeroes `acc`, `xacc` and the counter for the next layer. Under the interpreter the
+programs run one after the other, so the last one is the last in the grid and the same code runs.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_step
+from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
+
+
+@triton.jit
+def _wait_previous_kernel(USE_PDL: tl.constexpr):
+    """With programmatic dependent launch (PDL, Hopper+): wait until the previous kernel has completed and its
+    writes are visible, then let the next kernel launch (its programs wait here in turn). Every program of
+    every kernel waits before touching memory, so the kernels stay ordered as without PDL; only the launch
+    latency overlaps the previous kernel."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
+    """out[i] = rms_norm(r rounded to the model dtype) · w, r float32 [BLOCK] (the whole row)."""
+    xn = _round(r, out_ptr)
+    inv = 1.0 / tl.sqrt(tl.sum(xn * xn, axis=0) / d_model + eps)
+    out = xn * inv * tl.load(w_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _prologue_kernel(ids_ptr, emb_ptr, nw_ptr, normed_ptr, res_ptr, acc_ptr, xacc_ptr, count_ptr,
+                     d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK_MODEL)
+    mask = i < d_model
+    token = tl.load(ids_ptr + b).to(tl.int64)
+    r = tl.load(emb_ptr + token * stride_emb + i, mask=mask, other=0.0).to(tl.float32)
+    tl.store(res_ptr + b * d_model + i, r, mask=mask)
+    _rms_norm_row(r, nw_ptr, normed_ptr + b * d_model, i, mask, d_model, eps)
+    tl.store(acc_ptr + b * d_model + i, tl.zeros([BLOCK_MODEL], dtype=tl.float32), mask=mask)
+    o = tl.arange(0, O_PAD)
+    tl.store(xacc_ptr + b * O + o, tl.zeros([O_PAD], dtype=tl.float32), mask=o < O)
+    if b == 0:
+        tl.store(count_ptr, 0)
+
+
+@triton.jit
+def _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, n_programs, batch, d_model, O, eps,
+                  BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr):
+    """Every program calls this last; the last to arrive does the residual add and the next norm (module
+    docstring). The barrier orders the whole program's writes before its counter increment (acq_rel, one
+    thread), as cooperative groups' grid sync does."""
+    tl.debug_barrier()
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == n_programs - 1:
+        i = tl.arange(0, BLOCK_MODEL)
+        mask = i < d_model
+        o = tl.arange(0, O_PAD)
+        for b in range(batch):
+            out = tl.load(acc_ptr + b * d_model + i, mask=mask, other=0.0, volatile=True)
+            r = _round(out, normed_ptr) + tl.load(res_ptr + b * d_model + i, mask=mask, other=0.0)
+            tl.store(res_ptr + b * d_model + i, r, mask=mask)
+            _rms_norm_row(r, nw_ptr, normed_ptr + b * d_model, i, mask, d_model, eps)
+            tl.store(acc_ptr + b * d_model + i, tl.zeros([BLOCK_MODEL], dtype=tl.float32), mask=mask)
+            tl.store(xacc_ptr + b * O + o, tl.zeros([O_PAD], dtype=tl.float32), mask=o < O)
+        tl.store(count_ptr, 0)
+
+
+@triton.jit
+def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
+                     batch, d_model, d_inner, O,
+                     stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
+                     HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = n < 2 * d_inner
+    mask_x = n < d_inner
+    o = tl.arange(0, O_PAD)
+    for b in range(batch):
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = k < d_model
+            xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+            acc += w * xn[None, :]
+        v = _round(tl.sum(acc, axis=1), xz_ptr)  # in_proj's output in the model dtype
+        row = xz_ptr + b * 2 * d_inner
+        tl.store(row + n, v.to(xz_ptr.dtype.element_ty), mask=mask_n & (n >= d_inner))  # z
+        if pid * BLOCK_N < d_inner:  # x rows: conv (shifting the state), then this block's share of x_proj
+            state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
+            xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
+                                        stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
+            tl.store(row + n, xc.to(xz_ptr.dtype.element_ty), mask=mask_x)
+            # read back through L2 in the layout of the x_proj tile: converting the register layout instead
+            # makes the compiler redo the conv in that layout too (255 registers and spills at BLOCK_N 16)
+            tl.debug_barrier()
+            xc = tl.load(row + n, mask=mask_x, other=0.0, cache_modifier=".cg").to(tl.float32)
+            wx = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
+                         mask=(o < O)[:, None] & mask_x[None, :], other=0.0).to(tl.float32)
+            tl.atomic_add(xacc_ptr + b * O + o, tl.sum(wx * xc[None, :], axis=1), mask=o < O, sem="relaxed")
+
+
+@triton.jit
+def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, ssm_ptr, wout_ptr, acc_ptr,
+                      res_ptr, nw_ptr, normed_ptr, count_ptr,
+                      batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
+                      BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
+                      FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
+                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d < d_inner
+    r = tl.arange(0, R_PAD)
+    n = tl.arange(0, N_PAD)
+    mask_n = n < N
+    xrow = xacc_ptr + b * O  # x_proj's output, rounded as the reference's matmul output
+    dt_low = _round(tl.load(xrow + r, mask=r < R, other=0.0), xz_ptr)
+    Bv = _round(tl.load(xrow + R + n, mask=mask_n, other=0.0), xz_ptr)
+    Cv = _round(tl.load(xrow + R + N + n, mask=mask_n, other=0.0), xz_ptr)
+    row = xz_ptr + b * 2 * d_inner
+    xc = tl.load(row + d, mask=mask_d, other=0.0).to(tl.float32)
+    z = tl.load(row + d_inner + d, mask=mask_d, other=0.0).to(tl.float32)
+    wdt = tl.load(wdt_ptr + d[:, None] * stride_wdt_d + r[None, :] * stride_wdt_r,
+                  mask=mask_d[:, None] & (r < R)[None, :], other=0.0).to(tl.float32)
+    dt = _round(tl.sum(wdt * dt_low[None, :], axis=1), xz_ptr)
+    dt = _softplus_exact(dt + tl.load(dt_bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32))
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = -tl.exp(tl.load(A_log_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)) * LOG2E_C
+    ssm_offs = (b * d_inner + d[:, None]) * N + n[None, :]
+    h = tl.load(ssm_ptr + ssm_offs, mask=mask_dn, other=0.0)
+    h = tl.exp2(dt[:, None] * A2) * h + (dt * xc)[:, None] * Bv[None, :]
+    tl.store(ssm_ptr + ssm_offs, h, mask=mask_dn)
+    y = tl.sum(h * Cv[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32) * xc
+    y = _round(y * _silu_f32(z), xz_ptr)  # out_proj reads y in the model dtype
+    if FUSE_OUT:  # acc[b, m] += sum_d W_out[m, d] · y[d] over this block's channels
+        for m0 in range(0, d_model, BLOCK_M):
+            m = m0 + tl.arange(0, BLOCK_M)
+            mask_m = m < d_model
+            w = tl.load(wout_ptr + m[:, None] * stride_wo + d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                        other=0.0).to(tl.float32)
+            tl.atomic_add(acc_ptr + b * d_model + m, tl.sum(w * y[None, :], axis=1), mask=mask_m, sem="relaxed")
+        _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
+                      batch * tl.num_programs(1), batch, d_model, O, eps, BLOCK_MODEL, O_PAD)
+    else:
+        tl.store(row + d, y.to(xz_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
+                      batch, d_inner, d_model, O, eps, stride_wo,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+                      BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
+    _wait_previous_kernel(USE_PDL)
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = m < d_model
+    for b in range(batch):
+        acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        for k0 in tl.range(0, d_inner, BLOCK_K, num_stages=NUM_STAGES):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = k < d_inner
+            y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
+            w = tl.load(wout_ptr + m[:, None] * stride_wo + k[None, :], mask=mask_m[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+            acc += w * y[None, :]
+        tl.store(acc_ptr + b * d_model + m, tl.sum(acc, axis=1), mask=mask_m)
+    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0), batch, d_model, O,
+                  eps, BLOCK_MODEL, O_PAD)
+
+
+class DecodeWork:
+    """The buffers one decoding step shares across its layers: normed (batch, d_model) model dtype, residual
+    (batch, d_model) float32, xz (batch, 2·d_inner) model dtype, acc (batch, d_model) and xacc (batch, O)
+    float32, the counter (int32). The prologue kernel fills or zeroes all of them."""
+
+    def __init__(self, batch, d_model, d_inner, O, device, dtype):
+        self.batch, self.d_model, self.d_inner, self.O = batch, d_model, d_inner, O
+        self.normed = torch.empty(batch, d_model, device=device, dtype=dtype)
+        self.residual = torch.empty(batch, d_model, device=device, dtype=torch.float32)
+        self.xz = torch.empty(batch, 2 * d_inner, device=device, dtype=dtype)
+        self.acc = torch.empty(batch, d_model, device=device, dtype=torch.float32)
+        self.xacc = torch.empty(batch, O, device=device, dtype=torch.float32)
+        self.count = torch.empty(1, device=device, dtype=torch.int32)
+
+    @classmethod
+    def of(cls, normed, residual, xz, acc, xacc, count) -> "DecodeWork":
+        work = cls.__new__(cls)
+        work.batch, work.d_model = normed.shape
+        work.d_inner, work.O = xz.shape[1] // 2, xacc.shape[1]
+        work.normed, work.residual, work.xz, work.acc, work.xacc, work.count = normed, residual, xz, acc, xacc, count
+        return work
+
+
+def _pdl(pdl: bool) -> dict:
+    """Launch options (and the kernels' USE_PDL) for programmatic dependent launch; off under the interpreter."""
+    from effprof.ops.selective_scan import triton_interpret_mode
+
+    on = bool(pdl) and not triton_interpret_mode() and torch.cuda.get_device_capability() >= (9, 0)
+    return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
+
+
+def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: DecodeWork, pdl=False):
+    """ids (batch,) int -> work.residual = embedding rows (float32), work.normed = their RMSNorm."""
+    _prologue_kernel[(work.batch,)](
+        ids, embedding_weight, norm_weight, work.normed, work.residual, work.acc, work.xacc, work.count,
+        work.d_model, work.O, eps, embedding_weight.stride(0),
+        BLOCK_MODEL=triton.next_power_of_2(work.d_model), O_PAD=triton.next_power_of_2(work.O), num_warps=4,
+        **_pdl(pdl))
+
+
+def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
+                        x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
+                        eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
+                        pdl=False):
+    """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
+    and work.normed (the next norm's output) for the next layer."""
+    if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
+        raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
+    batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
+    R, N = dt_proj_weight.shape[1], A_log.shape[1]
+    A_log = A_log.contiguous()
+    o_pad, block_model = triton.next_power_of_2(O), triton.next_power_of_2(d_model)
+    conv_b = conv_bias if conv_bias is not None else conv_weight
+    _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
+        work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
+        batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
+        conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
+        x_proj_weight.stride(1),
+        BLOCK_N=block_n, BLOCK_K=min(block_k, triton.next_power_of_2(d_model)), O_PAD=o_pad,
+        WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4,
+        **_pdl(pdl))
+    n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
+    block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
+    _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
+        work.xz, work.xacc, dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
+        out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.count,
+        batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
+        out_proj_weight.stride(0),
+        BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
+        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
+    if not fuse_out:
+        _layer_out_kernel[(triton.cdiv(d_model, block_m),)](
+            work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
+            batch, d_inner, d_model, O, eps, out_proj_weight.stride(0),
+            BLOCK_M=block_m, BLOCK_K=min(block_k, triton.next_power_of_2(d_inner)), NUM_STAGES=num_stages,
+            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
