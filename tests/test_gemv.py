@@ -1,6 +1,7 @@
 """effprof.ops.gemv: the Triton kernel (norm prologue, silu*up and residual epilogues) against `gemv_ref` at
-odd sizes under TRITON_INTERPRET=1 (in a subprocess, see tests/test_selective_scan.py), a whole Llama decode
-step on it against transformers' forward, and its FLOP count."""
+odd sizes under TRITON_INTERPRET=1 (in a subprocess, see tests/test_selective_scan.py), the rotary + cache
+write kernel (effprof.ops.rotary_cache), a whole Llama decode step on both against transformers' forward, and
+the GEMV's FLOP count."""
 import importlib.util
 
 import pytest
@@ -25,7 +26,7 @@ needs_triton = pytest.mark.skipif(not _interpreted(), reason="needs triton and T
 
 @pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="triton missing, or the triton tests run directly")
 def test_gemv_triton_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) == 5
+    assert triton_tests_in_interpreter(__file__) == 6
 
 
 @needs_triton
@@ -54,6 +55,25 @@ def test_gemv_counts_the_flops_of_its_matrix_product():
         assert out.shape == (2, 1, 5)
         counts.append(counter.get_total_flops())
     assert counts == [2 * 2 * 10 * 24] * 2
+
+
+@needs_triton
+def test_triton_rotary_cache_write_matches_the_reference():
+    from effprof.ops.rotary_cache import rotary_cache
+
+    g = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, dim, slots = 2, 3, 1, 6, 5  # a head width that is not a power of two
+    qkv = torch.randn(batch, 1, (heads + 2 * kv_heads) * dim, generator=g)
+    angles = torch.rand(1, 1, dim // 2, generator=g).repeat(1, 1, 2) * 3
+    position = torch.full((1, 1), 3)
+    out = {}
+    for backend in ("ref", "triton"):
+        keys, values = torch.zeros(batch, kv_heads, slots, dim), torch.zeros(batch, kv_heads, slots, dim)
+        q = rotary_cache(qkv, angles.cos(), angles.sin(), keys, values, position, heads, backend)
+        out[backend] = q, keys, values
+    for got, ref in zip(out["triton"], out["ref"]):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert out["ref"][1][:, :, [0, 1, 2, 4]].abs().sum() == 0 and out["ref"][1][:, :, 3].abs().sum() > 0
 
 
 @needs_triton

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effprof.ops.gemv import gemv
+from effprof.ops.rotary_cache import rotary_cache, signed_sin
 
 
 def fusable(lm: nn.Module) -> str | None:
@@ -114,21 +115,15 @@ class LlamaDecodeStep:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.silu_mul = getattr(config, "hidden_act", None) == "silu"  # else act_fn(gate) * up op by op
 
-    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, keys: torch.Tensor,
+    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sin_signed: torch.Tensor,
+               keys: torch.Tensor,
                values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         layer = self.lm.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         batch, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
         norm1, norm2, backend = layer.input_layernorm, layer.post_attention_layernorm, self.backend
         qkv = gemv(x, *self.fused[i]["qkv"], norm_weight=norm1.weight, eps=norm1.variance_epsilon, backend=backend)
-        qkv = qkv.view(batch, heads + 2 * kv_heads, dim).unsqueeze(2)          # (B, H + 2 KV, 1, d)
-        qk, v = qkv[:, :heads + kv_heads], qkv[:, heads + kv_heads:]
-        # rotary on q and k at once: x*cos + rotate_half(x)*sin, where rotate_half(x)*sin equals
-        # roll(x, d/2) * [-sin_1, sin_2] (the same products, so the same rounding)
-        qk = qk * cos + qk.roll(dim // 2, dims=-1) * sin_signed
-        q, k = qk[:, :heads], qk[:, heads:]
-        keys.index_copy_(2, slot, k)
-        values.index_copy_(2, slot, v)
+        q = rotary_cache(qkv, cos, sin, keys, values, slot, heads, backend, sin_signed)
         gqa = {"enable_gqa": True} if kv_heads != heads else {}
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
         x = gemv(out.transpose(1, 2).reshape(batch, 1, heads * dim), attn.o_proj.weight, attn.o_proj.bias,
@@ -147,12 +142,10 @@ class LlamaDecodeStep:
         """The final-norm hidden state (B, 1, width) of the step."""
         x = self.lm.embed_tokens(token_ids)
         cos, sin = self.lm.rotary_emb(x, position_ids=position)               # (1, 1, d)
-        half = self.head_dim // 2
-        cos = cos.unsqueeze(1)
-        sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(1)
+        sin_signed = signed_sin(sin)  # once per step for every layer's reference rotary
         slot = position.view(-1)
         for i in range(len(self.lm.layers)):
-            x = self._layer(i, x, cos, sin_signed, keys[i], values[i], slot, mask)
+            x = self._layer(i, x, cos, sin, sin_signed, keys[i], values[i], slot, mask)
         return self.lm.norm(x)
 
     def __call__(self, token_ids, keys, values, position, mask=None) -> torch.Tensor:
