@@ -7,10 +7,11 @@ transformers does on this device.
 
 Writes DIR/bench_llava_decode.json (meta, check, rows, kernels) and DIR/bench_llava_decode.md (the table),
 and prints the table last. `--smoke` runs the same code on CPU with the tiny preset (eager instead of
-graphs, no compile). Sections: `check` (greedy tokens, tiny fp32: transformers eager = fused eager = fused
+graphs, no compile). Sections: `micro` (each GEMV of a 7B layer and the attention at 4k / 16k alone, torch
+vs effprof's Triton kernels, µs under a CUDA graph and TB/s), `check` (greedy tokens, tiny fp32: transformers eager = fused eager = fused
 graphs; LLaVA-1.5-7B bf16, one step at 1k: the logits' max difference and the argmax), `rows` (the timed
 rows), `kernels` (the triton step's kernels at 4k, eager, benchmarks/diagnostics/diag_llava_decode.py).
-About 3-4 minutes on an H200 for check,rows,kernels (three compiles of the 7B decode step, ~30 s each).
+About 4 minutes on an H200 for all four sections (three compiles of the 7B decode step, ~30 s each).
 """
 from __future__ import annotations
 
@@ -119,6 +120,73 @@ def kernels(smoke: bool) -> dict:
     return out
 
 
+def _time_us(fn, smoke: bool) -> float:
+    """Median µs of fn() replayed in a CUDA graph (triton.testing.do_bench_cudagraph: no launch gaps, as in
+    the graphed decode step); on CPU (smoke) perf_counter over 3 calls."""
+    fn()  # autotuning and compilation happen here, outside the graph
+    if smoke:
+        import time
+
+        start = time.perf_counter()
+        for _ in range(3):
+            fn()
+        return (time.perf_counter() - start) / 3 * 1e6
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+
+
+def micro(smoke: bool) -> dict:
+    """LLaVA-1.5-7B's decode GEMVs (batch 1) and its attention at 4k / 16k, each alone: torch's path (cuBLAS
+    F.linear with the surrounding ops; SDPA) against effprof's Triton kernels, µs and TB/s of the bytes read."""
+    import torch.nn.functional as F
+
+    from effprof.ops.decode_attention import decode_attention
+    from effprof.ops.gemv import gemv
+    from effprof.ops.selective_scan import available_backends
+
+    device = torch.device("cpu" if smoke else "cuda")
+    dtype = torch.float32 if smoke else torch.bfloat16
+    width, ffn = (64, 128) if smoke else (4096, 11008)
+    backends = ["ref"] + (["triton"] if "triton" in available_backends(device) else [])
+    shapes = {"qkv+norm": (3 * width, width, True, False, False), "o+residual": (width, width, False, False, True),
+              "gate_up+norm+silu*up": (2 * ffn, width, True, True, False), "down+residual": (width, ffn, False, False, True),
+              "lm_head (F.linear)": (32064, width, False, False, False)}
+    out: dict = {"gemv": {}, "attention": {}}
+    torch.manual_seed(0)
+    for name, (n, k, norm, silu, res) in shapes.items():
+        w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
+        x = torch.randn(1, 1, k, device=device, dtype=dtype)
+        kw = dict(norm_weight=torch.ones(k, device=device, dtype=dtype) if norm else None, eps=1e-5, silu_mul=silu,
+                  residual=torch.randn(1, 1, n // 2 if silu else n, device=device, dtype=dtype) if res else None)
+        row = {"weight_mib": w.numel() * w.element_size() / 2**20,
+               "linear_only_us": _time_us(lambda: F.linear(x, w), smoke)}
+        for backend in backends if not name.startswith("lm_head") else []:
+            row[f"{backend}_us"] = _time_us(lambda: gemv(x, w, backend=backend, **kw), smoke)
+        for key in [key for key in row if key.endswith("_us")]:
+            row[key.replace("_us", "_tb_per_s")] = w.numel() * w.element_size() / (row[key] * 1e-6) / 1e12
+        out["gemv"][name] = row
+        print(name, json.dumps(row), flush=True)
+        del w
+    heads, dim = (4, 16) if smoke else (32, 128)
+    for slots in (65, 257) if smoke else (4097, 16385):
+        q = torch.randn(1, heads, 1, dim, device=device, dtype=dtype)
+        keys, values = (torch.randn(1, heads, slots, dim, device=device, dtype=dtype) for _ in range(2))
+        position = torch.full((1, 1), slots - 1, device=device)
+        row = {"kv_mib": 2 * keys.numel() * keys.element_size() / 2**20,
+               "sdpa_unmasked_us": _time_us(lambda: F.scaled_dot_product_attention(q, keys, values, scale=dim**-0.5),
+                                            smoke)}
+        for backend in backends:
+            row[f"{backend}_us"] = _time_us(lambda: decode_attention(q, keys, values, position, dim**-0.5, backend),
+                                            smoke)
+        for key in [key for key in row if key.endswith("_us")]:
+            row[key.replace("_us", "_tb_per_s")] = row["kv_mib"] * 2**20 / (row[key] * 1e-6) / 1e12
+        out["attention"][slots] = row
+        print("attention", slots, json.dumps(row), flush=True)
+        del keys, values
+    return out
+
+
 def table(doc: dict) -> str:
     lines = ["| context | decode impl | mode | ms / token | CV | estimate ms | measured / estimate | KV cache MiB | "
              "compile s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -126,6 +194,18 @@ def table(doc: dict) -> str:
     def cell(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else ("-" if v is None else str(v))
 
+    micro_rows = [(name, r.get("weight_mib"), r) for name, r in doc.get("micro", {}).get("gemv", {}).items()]
+    micro_rows += [(f"attention, {slots} slots", r.get("kv_mib"), r)
+                   for slots, r in doc.get("micro", {}).get("attention", {}).items()]
+    if micro_rows:
+        lines[:0] = ["| kernel (batch 1) | MiB read | F.linear / SDPA alone µs | torch path µs | triton µs | "
+                     "torch path TB/s | triton TB/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for i, (name, mib, r) in enumerate(micro_rows):
+            alone = r.get("linear_only_us", r.get("sdpa_unmasked_us"))
+            lines.insert(2 + i, f"| {name} | {cell(mib, '.1f')} | {cell(alone, '.1f')} | {cell(r.get('ref_us'), '.1f')} | "
+                         f"{cell(r.get('triton_us'), '.1f')} | {cell(r.get('ref_tb_per_s'), '.2f')} | "
+                         f"{cell(r.get('triton_tb_per_s'), '.2f')} |")
+        lines.insert(2 + len(micro_rows), "")
     for r in doc.get("rows", []):
         lines.append(f"| {r['context']} | {r['decode_impl']} | {r['exec_mode']} | {cell(r['ms_per_token'], '.3f')} | "
                      f"{cell(r['cv'], '.3f')} | {cell(r['estimate_ms'], '.3f')} | "
@@ -137,13 +217,13 @@ def table(doc: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/bench_llava_decode")
-    parser.add_argument("--sections", default="check,rows,kernels")
+    parser.add_argument("--sections", default="micro,check,rows,kernels")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         print("bench_llava_decode.py needs a CUDA device (or --smoke)", file=sys.stderr)
         return 2
-    sections = {"check": check, "rows": rows, "kernels": kernels}
+    sections = {"micro": micro, "check": check, "rows": rows, "kernels": kernels}
     unknown = [s for s in args.sections.split(",") if s not in sections]
     if unknown:
         print(f"bench_llava_decode.py: unknown section {', '.join(unknown)} (known: {', '.join(sections)})",

@@ -12,9 +12,10 @@ same storage. `LlamaDecodeStep` then runs a decode step per layer as
 which is `LlamaDecoderLayer`'s arithmetic in the same order and dtypes (the logits agree with transformers'
 to rounding; tests/test_llama_decode.py), eager, inside a CUDA graph, or under `torch.compile` (where
 Inductor fuses what lies between the GEMVs). The GEMVs go through `effprof.ops.gemv` with `backend`:
-"ref" (F.linear, i.e. cuBLAS, with the norm, SiLU * up and residual adds as torch ops) or "triton"
-(effprof's kernel: norm -> qkv, o_proj + residual, norm -> gate_up -> SiLU * up, down + residual are one
-kernel each). Its reference is transformers' own forward of the same step
+"ref" (F.linear, i.e. cuBLAS, with the norm, SiLU * up and residual adds as torch ops, SDPA) or "triton"
+(effprof's kernels: norm -> qkv, rotary + cache write, split-KV attention over the slots 0..position,
+o_proj + residual, norm -> gate_up -> SiLU * up, down + residual: six kernels per layer, plus the merge of
+the attention's splits). Its reference is transformers' own forward of the same step
 (`LlavaPipeline.decode` with `decode_impl="transformers"`), which the tests hold it against.
 
 What the fast path needs of the model (else `fusable` says why not and the transformers path runs): a
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effprof.ops.decode_attention import decode_attention
 from effprof.ops.gemv import gemv
 from effprof.ops.rotary_cache import rotary_cache, signed_sin
 
@@ -99,7 +101,8 @@ class LlamaDecodeStep:
     `__call__(token_ids (B, 1), keys, values, position (1, 1) long, mask)` returns the logits (B, 1, vocab),
     writing the new token's keys/values into slot `position` of `keys[i]` / `values[i]` (B, kv_heads,
     slots, head_dim) of every layer i. `mask` is None when every slot is valid (the step fills the last
-    one; SDPA takes its flash kernel) or a boolean (1, 1, 1, slots) mask of the valid slots. Nothing in the
+    one; SDPA takes its flash kernel) or a boolean (1, 1, 1, slots) mask of the valid slots, which must be
+0..position (as LlavaPipeline's are): the triton backend reads that range from `position` instead. Nothing in the
     step reads a length on the host, so it can be captured in a CUDA graph and replayed as `position`
     advances."""
 
@@ -124,8 +127,11 @@ class LlamaDecodeStep:
         norm1, norm2, backend = layer.input_layernorm, layer.post_attention_layernorm, self.backend
         qkv = gemv(x, *self.fused[i]["qkv"], norm_weight=norm1.weight, eps=norm1.variance_epsilon, backend=backend)
         q = rotary_cache(qkv, cos, sin, keys, values, slot, heads, backend, sin_signed)
-        gqa = {"enable_gqa": True} if kv_heads != heads else {}
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
+        if backend == "triton":  # split-KV over the slots 0..position (what `mask` allows, None or not)
+            out = decode_attention(q, keys, values, slot, attn.scaling, backend)
+        else:
+            gqa = {"enable_gqa": True} if kv_heads != heads else {}
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
         x = gemv(out.transpose(1, 2).reshape(batch, 1, heads * dim), attn.o_proj.weight, attn.o_proj.bias,
                  residual=x, backend=backend)
         if self.silu_mul:

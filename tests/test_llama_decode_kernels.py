@@ -1,6 +1,6 @@
 """effprof.ops.gemv: the Triton kernel (norm prologue, silu*up and residual epilogues) against `gemv_ref` at
 odd sizes under TRITON_INTERPRET=1 (in a subprocess, see tests/test_selective_scan.py), the rotary + cache
-write kernel (effprof.ops.rotary_cache), a whole Llama decode step on both against transformers' forward, and
+write kernel (effprof.ops.rotary_cache), the split-KV decode attention, a whole Llama decode step on both against transformers' forward, and
 the GEMV's FLOP count."""
 import importlib.util
 
@@ -26,7 +26,7 @@ needs_triton = pytest.mark.skipif(not _interpreted(), reason="needs triton and T
 
 @pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="triton missing, or the triton tests run directly")
 def test_gemv_triton_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) == 6
+    assert triton_tests_in_interpreter(__file__) == 9
 
 
 @needs_triton
@@ -74,6 +74,22 @@ def test_triton_rotary_cache_write_matches_the_reference():
     for got, ref in zip(out["triton"], out["ref"]):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
     assert out["ref"][1][:, :, [0, 1, 2, 4]].abs().sum() == 0 and out["ref"][1][:, :, 3].abs().sum() > 0
+
+
+@needs_triton
+@pytest.mark.parametrize("batch, heads, kv_heads, dim, slots, position", [(2, 6, 2, 6, 23, 17), (1, 4, 4, 8, 9, 8),
+                                                                         (1, 2, 1, 4, 40, 0)])
+def test_triton_split_kv_decode_attention_matches_masked_sdpa(batch, heads, kv_heads, dim, slots, position):
+    from effprof.ops.decode_attention import decode_attention
+
+    g = torch.Generator().manual_seed(slots)
+    q = torch.randn(batch, heads, 1, dim, generator=g)
+    keys, values = torch.randn(2, batch, kv_heads, slots, dim, generator=g)
+    keys[:, :, position + 1:] = float("nan")  # slots past the position are never read
+    out = decode_attention(q, keys, values, torch.full((1, 1), position), dim**-0.5, "triton")
+    ref = decode_attention(q, keys[:, :, :position + 1], values[:, :, :position + 1], torch.full((1, 1), position),
+                           dim**-0.5, "ref")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 @needs_triton
