@@ -21,11 +21,11 @@ def _interpreted() -> bool:
 
 
 needs_triton = pytest.mark.skipif(not _interpreted(), reason="needs triton and TRITON_INTERPRET=1 at start "
-                                  "(run by test_gemv_triton_tests_in_interpreter_subprocess)")
+                                  "(run by test_decode_kernels_in_interpreter_subprocess)")
 
 
 @pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="triton missing, or the triton tests run directly")
-def test_gemv_triton_tests_in_interpreter_subprocess():
+def test_decode_kernels_in_interpreter_subprocess():
     assert triton_tests_in_interpreter(__file__) == 9
 
 
