@@ -13,7 +13,7 @@ Sections (all in one process, about 70 s on an H200):
              8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
              before the fused step) and the triton one; tokens/s =
              batch / latency; the bytes of weights read once per step over the copy bandwidth (the floor);
-  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`; about 2 minutes);
+  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`; about 1 minute);
   cobra      Cobra-3B decode (context 1,024, graphs) with the per-layer kernels and with the two-kernel step;
   conv       the causal conv alone at Mamba-130m's 16k prefill (1 × 1536 × 16384 bf16, the block's strided
              view), ref vs triton, and Mamba-130m prefill at 16k (graphs) with each: the conv's share;
@@ -65,7 +65,7 @@ def greedy(model, prompt, n_tokens, decode_backend):
     return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
 
-GREEDY_VARIANTS = ("triton", "triton-pdl-bd16")  # DECODE_CONFIG overrides checked against the reference
+GREEDY_VARIANTS = ("triton", "triton-nopdl-noprefetch", "triton-bn8-bm4", "triton-fusedout-bd16")  # DECODE_CONFIG overrides checked against the reference
 
 
 def section_greedy(device, smoke) -> list[dict]:
@@ -137,39 +137,37 @@ def section_kernels(device) -> list[dict]:
     return rows
 
 
-# Decode variants: DECODE_CONFIG overrides of the triton step (see mamba_decode_triton.DECODE_CONFIG)
+# Decode variants: DECODE_CONFIG overrides of the triton step (see mamba_decode_triton.DECODE_CONFIG). At batch 1
+# the per-layer kernels run (mamba_decode_layer_triton.py): in_proj + conv + x_proj, the state update, out_proj;
+# `triton-2kernel` is the path before them (the two-kernel step between GEMV / cuBLAS projections, as at
+# batch > 1). bn / bm = rows per program of the in_proj / out_proj GEMV (at 130m bn8 and bm4 load the rows'
+# weight as one tile), bd = channels per program of the state update, fusedout = out_proj inside the state
+# update (atomics), splitK = out_proj's GEMV over K channel ranges (atomics), nopdl / noprefetch = without
+# programmatic dependent launch / one-tile weight loads.
 BIG = 1 << 40
-VARIANTS = {"ref": None, "triton": {}, "triton-nogemv": {"gemv_max_batch": 0},
-            "triton-noout": {"out_fuse_max_batch": 0}, "triton-cublas": {"gemv_max_batch": 0, "out_fuse_max_batch": 0},
-            "triton-gemv-big": {"gemv_max_weight_bytes": BIG}, "triton-out-big": {"out_fuse_max_weight_bytes": BIG},
-            "triton-all-big": {"gemv_max_weight_bytes": BIG, "out_fuse_max_weight_bytes": BIG},
-            # more, smaller programs for the step kernel (24 at 130m by default; 10 µs per layer measured)
+VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
+            "triton-nopdl": {"pdl": False}, "triton-noprefetch": {"layer_prefetch": False},
+            "triton-nopdl-noprefetch": {"pdl": False, "layer_prefetch": False},
+            "triton-bm4": {"layer_block_m": 4}, "triton-bm16": {"layer_block_m": 16},
+            "triton-bn8": {"layer_block_n": 8}, "triton-bn8-bm4": {"layer_block_n": 8, "layer_block_m": 4},
+            "triton-bn8-split2": {"layer_block_n": 8, "layer_out_split_k": 2},
+            "triton-bn32": {"layer_block_n": 32}, "triton-bk512": {"layer_block_k": 512},
             "triton-bd16": {"step_block_d": 16}, "triton-bd32": {"step_block_d": 32},
-            # the per-layer kernels (mamba_decode_layer_triton.py, the default at batch 1) against the two-kernel
-            # step between cuBLAS / GEMV projections (`triton-2kernel`, the path before them), and their knobs
-            "triton-2kernel": {"layer_max_batch": 0}, "triton-gemvout": {"out_fuse_max_batch": 0},
-            "triton-gemvout-bm8": {"out_fuse_max_batch": 0, "layer_block_m": 8},
-            "triton-gemvout-bm32": {"out_fuse_max_batch": 0, "layer_block_m": 32},
-            "triton-fusedout": {"out_fuse_max_weight_bytes": BIG}, "triton-bm8": {"layer_block_m": 8},
-            "triton-bn8": {"layer_block_n": 8}, "triton-bn32": {"layer_block_n": 32},
-            "triton-bd16-bn8": {"step_block_d": 16, "layer_block_n": 8},
-            "triton-bd64": {"step_block_d": 64}, "triton-layer-b2": {"layer_max_batch": 2},
-            "triton-bk1024": {"layer_block_k": 1024}, "triton-pdl": {"pdl": True},
-            "triton-pdl-bd16": {"pdl": True, "step_block_d": 16},
-            "triton-pdl-bd16-bk1024": {"pdl": True, "step_block_d": 16, "layer_block_k": 1024},
-            "triton-pdl-bm8": {"pdl": True, "layer_block_m": 8}}
-DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-nogemv", "triton-noout", "triton-cublas", "triton-bd16",
-                            "triton-bd32")),
-               ("130m", 2, ("triton", "triton-noout")), ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
-               ("2.8b", 1, ("ref", "triton", "triton-gemv-big", "triton-out-big", "triton-all-big")),
+            "triton-fusedout-bd16": {"layer_fuse_out_max_bytes": BIG, "step_block_d": 16},
+            "triton-split2": {"layer_out_split_k": 2}, "triton-split4": {"layer_out_split_k": 4},
+            "triton-bm16-split4": {"layer_block_m": 16, "layer_out_split_k": 4},
+            "triton-layer-b2": {"layer_max_batch": 2}}
+DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 8, ("ref", "triton")),
+               ("130m", 64, ("ref", "triton")), ("2.8b", 1, ("ref", "triton", "triton-2kernel")),
                ("2.8b", 8, ("ref", "triton"))]
-# section `layers`: the per-layer kernels' variants only (about 2 minutes on an H200), and Cobra-3B's decode
-LAYER_ROWS = [("130m", 1, ("triton", "triton-2kernel", "triton-bd16", "triton-bd32", "triton-bd64", "triton-gemvout",
-                           "triton-gemvout-bm8", "triton-bn8", "triton-bn32", "triton-bd16-bn8", "triton-bk1024",
-                           "triton-pdl", "triton-pdl-bd16", "triton-pdl-bd16-bk1024")),
+# section `layers`: the per-layer kernels' variants (about 1 minute on an H200)
+LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-nopdl-noprefetch", "triton-bm4",
+                           "triton-bm16", "triton-bn8", "triton-bn8-bm4", "triton-bd16", "triton-bd32",
+                           "triton-fusedout-bd16", "triton-split2", "triton-bn8-split2", "triton-2kernel")),
               ("130m", 2, ("triton", "triton-layer-b2")),
-              ("2.8b", 1, ("triton", "triton-2kernel", "triton-bm8", "triton-gemvout-bm32", "triton-bn8",
-                           "triton-fusedout", "triton-pdl", "triton-pdl-bm8"))]
+              ("2.8b", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-bm4", "triton-bm16", "triton-bn8",
+                           "triton-bn32", "triton-bk512", "triton-bd32", "triton-split2", "triton-split4",
+                           "triton-bm16-split4", "triton-2kernel"))]
 
 
 def run(component, params, opts, label) -> dict:

@@ -35,12 +35,16 @@ class Stage:
 
     `run(carry) -> carry`: the first stage receives the inputs tuple, each later stage the previous
     stage's return value; the last stage's return value is the call's output. `module` owns the
-    parameters the stage uses (counted per stage; None = no parameters of its own).
+    parameters the stage uses (counted per stage; None = no parameters of its own). `host_sync`: the
+    stage reads a value back on the host (a data-dependent token count), so it cannot be captured in a
+    CUDA graph: under `--graphs` it runs eagerly and every other stage replays its own graph, keyed by the
+    shapes it receives (`effprof.measure.modes.graphed_stages`).
     """
 
     name: str
     run: Callable[[Any], Any]
     module: torch.nn.Module | None = None
+    host_sync: bool = False
 
 
 @dataclass

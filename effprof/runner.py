@@ -23,7 +23,7 @@ from effprof.errors import EffprofError, UsageError
 from effprof.measure.env import environment, resolve_device
 from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
 from effprof.measure.footprint import check_fits
-from effprof.measure.modes import compiled_module, graphed_callable
+from effprof.measure.modes import GraphCaptureError, compiled_module, graphed_callable, graphed_stages
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
 from effprof.options import Config, RunOptions  # noqa: F401  (re-exported)
@@ -203,6 +203,20 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
 
         def call():
             return built.call(input_sets[state["i"]])
+
+        def rotate():
+            state["i"] = (state["i"] + 1) % len(input_sets)
+    elif opts.graphs and built.stages and any(s.host_sync for s in built.stages):
+        eager = {s.name for s in built.stages if s.host_sync}
+        if opts.compile:
+            raise GraphCaptureError(f"--compile --graphs: stage(s) {', '.join(sorted(eager))} read a count back on "
+                                    "the host, so the compiled call cannot be captured; use --graphs or --compile")
+        staged = Built(built.module, built.make_inputs, built.unit,
+                       stages=graphed_stages(built.stages, device, eager))
+        fields["exec_mode"] += f" (a graph per stage; {', '.join(sorted(eager))} eager: host read-back)"
+
+        def call():
+            return staged.call(input_sets[state["i"]])
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)

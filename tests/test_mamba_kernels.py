@@ -25,7 +25,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 28  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 30  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -295,23 +295,31 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out", [True, False])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out):
+@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k", [(True, False, 2, 1), (True, True, 1, 1),
+                                                                (False, True, 1, 2), (False, False, 2, 1)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
-    its own GEMV, the residual add + next norm by the last program): logits and both states equal the
-    op-by-op reference to float32 rounding over 4 greedy steps, at batch 2, d_inner 42 (a block of in_proj
-    rows straddles x and z), d_state 1, no conv bias."""
+    its own GEMV, the residual add + next norm by the last program; weights loaded in loops of 16 columns or
+    as one tile, at batch 1 the conv state with them; out_proj split in two): logits and both states equal the
+    op-by-op reference to
+    float32 rounding over 4 greedy steps, at d_inner 42 (a block of in_proj rows straddles x and z), d_state 1,
+    with and without conv bias."""
     from effprof.modules.mamba import MambaLM, MambaLMConfig
-    from effprof.ops import mamba_decode_triton
+    from effprof.ops import mamba_decode_layer_triton, mamba_decode_triton
 
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_max_batch", 2)
-    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 2 if fuse_out else 0)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_fuse_out_max_bytes", 1 << 20 if fuse_out else 0)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_prefetch", prefetch)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_out_split_k", split_k)
+    real = mamba_decode_layer_triton.layer_decode_triton   # loops of 16 columns where not one tile
+    monkeypatch.setattr(mamba_decode_layer_triton, "layer_decode_triton", lambda *a, **k: real(*a, **k, loop_tile=0))
     torch.manual_seed(1)
-    model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=False)).eval()
+    model = MambaLM(MambaLMConfig(d_model=21, n_layer=2, vocab_size=40, d_state=1, conv_bias=prefetch)).eval()
     with torch.no_grad():
         for mixer in model.mixers:
             mixer.D.copy_(torch.randn_like(mixer.D))
-    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(2))
+    prompt = torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(2))
     ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
     assert calls == [fuse_out] * 8                                      # 2 layers x 4 steps, the path chosen
     assert rel_err(out, ref) < 1e-5 and (ref[:, 1:] - ref[:, :-1]).abs().amax() > 1e-3
@@ -366,7 +374,7 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         torch.manual_seed(0)
         model = MambaLM(MambaLMConfig(d_model=d_model, n_layer=2, vocab_size=512), device=cuda, dtype=dtype).eval()
         with pytest.MonkeyPatch.context() as patch:
-            patch.setitem(mamba_decode_triton.DECODE_CONFIG, "out_fuse_max_batch", 1 if fuse_out else 0)
+            patch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_fuse_out_max_bytes", 1 << 40 if fuse_out else 0)
             prompt = torch.tensor([[3, 5]], device=cuda)
             ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
         assert calls == [fuse_out] * 8 and rel_err(out, ref) < tol

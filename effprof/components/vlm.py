@@ -198,7 +198,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
     prefill_stages = [Stage("vision", vision, pipe.tower)]
     if pipe.vision_reducer is not None:
-        prefill_stages.append(Stage("reduce", reduce, pipe.vision_reducer))
+        prefill_stages.append(Stage("reduce", reduce, pipe.vision_reducer,
+                                    host_sync=getattr(pipe.vision_reducer.reducer, "host_sync", False)))
     prefill_stages += [Stage("project", project, pipe.projector), Stage("prefill", prefill, pipe.lm)]
 
     def new_cache(batch, length):

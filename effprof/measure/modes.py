@@ -81,3 +81,37 @@ def compiled_module(module: torch.nn.Module, first_call: Callable[[torch.nn.Modu
         first = str(exc).strip().splitlines()
         raise CompileError(f"torch.compile failed: {type(exc).__name__}: {first[0][:200] if first else ''}") from None
     return compiled, time.perf_counter() - start
+
+
+class ShapeKeyedGraph:
+    """`fn(carry)` replayed from a CUDA graph, one graph per signature of the carry: the shapes and dtypes of
+    its top-level tensors and the identity of its other items (a KV cache object). A new signature (a
+    reducer that kept a different number of tokens) captures a new graph; a known one copies the carry's
+    tensors into that graph's static inputs (skipped when they are already the same tensors, as when the
+    carry comes from another graph's static output) and replays it."""
+
+    def __init__(self, fn: Callable[[tuple], Any], device: torch.device):
+        self.fn, self.device = fn, device
+        self.graphs: dict[tuple, tuple[tuple, Callable[[], Any]]] = {}
+
+    def __call__(self, carry: tuple) -> Any:
+        key = tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else id(x) for x in carry)
+        entry = self.graphs.get(key)
+        if entry is None:
+            static = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in carry)
+            entry = self.graphs[key] = (static, graphed_callable(self.fn, static, self.device))
+        static, replay = entry
+        for dst, src in zip(static, carry):
+            if isinstance(dst, torch.Tensor) and dst is not src:
+                dst.copy_(src)
+        return replay()
+
+
+def graphed_stages(stages: list, device: torch.device, eager: set[str]) -> list:
+    """Stages whose `run` replays a CUDA graph (`ShapeKeyedGraph`), except those named in `eager` (a stage
+    that reads a count back on the host cannot be captured): the graphs of the stages after it are keyed
+    by the shapes it produces."""
+    from effprof.registry import Stage
+
+    return [s if s.name in eager else Stage(s.name, ShapeKeyedGraph(s.run, device), s.module, s.host_sync)
+            for s in stages]

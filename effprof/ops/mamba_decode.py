@@ -232,16 +232,14 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
     from effprof.ops.mamba_decode_layer_triton import DecodeWork, layer_decode_triton
     from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
-    batch = normed.shape[0]
-    fuse_out = (batch <= DECODE_CONFIG["out_fuse_max_batch"]
-                and out_proj_weight.numel() * out_proj_weight.element_size()
-                <= DECODE_CONFIG["out_fuse_max_weight_bytes"])
+    fuse_out = out_proj_weight.numel() * out_proj_weight.element_size() <= DECODE_CONFIG["layer_fuse_out_max_bytes"]
     layer_decode_triton(DecodeWork.of(normed, residual, xz, acc, xacc, count), conv_state, ssm_state,
                         in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
                         D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
                         block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
                         block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
-                        pdl=DECODE_CONFIG["pdl"])
+                        pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"],
+                        split_k=DECODE_CONFIG["layer_out_split_k"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

@@ -93,40 +93,95 @@ def _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, n_p
 
 
 @triton.jit
+def _conv_read(state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, stride_wc, stride_wk, WIDTH: tl.constexpr,
+               HAS_BIAS: tl.constexpr):
+    """What a conv-state step needs besides the new input, read before it exists: the state's columns 1 ..
+    WIDTH-1 (they shift left), bias + their taps' products (summed in `conv_state_step`'s order), the last
+    tap's weight."""
+    acc = tl.zeros(c.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+    cols = ()
+    for k in tl.static_range(WIDTH - 1):
+        s_k = tl.load(state_rows + (k + 1) * stride_st, mask=mask_c, other=0.0)
+        cols = cols + (s_k,)
+        acc += tl.load(w_ptr + c * stride_wc + k * stride_wk, mask=mask_c, other=0.0).to(tl.float32) * \
+            s_k.to(tl.float32)
+    w_last = tl.load(w_ptr + c * stride_wc + (WIDTH - 1) * stride_wk, mask=mask_c, other=0.0).to(tl.float32)
+    return cols, acc, w_last
+
+
+@triton.jit
+def _conv_finish(x_new, cols, acc, w_last, state_rows, mask_c, stride_st, WIDTH: tl.constexpr):
+    """silu(acc + w_last · x_new) with x_new in the state's dtype, and the state shifted (all threads have read
+    their columns before any writes: the barrier, as in `conv_state_step`)."""
+    x_s = x_new.to(state_rows.dtype.element_ty)
+    acc += w_last * x_s.to(tl.float32)
+    tl.debug_barrier()
+    for k in tl.static_range(WIDTH - 1):
+        tl.store(state_rows + k * stride_st, cols[k], mask=mask_c)
+    tl.store(state_rows + (WIDTH - 1) * stride_st, x_s, mask=mask_c)
+    return _silu_f32(acc)
+
+
+@triton.jit
 def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
                      batch, d_model, d_inner, O,
                      stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
-                     HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr):
-    _wait_previous_kernel(USE_PDL)
+                     HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
+                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = n < 2 * d_inner
     mask_x = n < d_inner
     o = tl.arange(0, O_PAD)
+    if PREFETCH:  # one tile holds the rows' whole weight: load it (and x_proj's) before the previous kernel ends
+        k_all = tl.arange(0, BLOCK_K)
+        mask_k_all = k_all < d_model
+        w_all = tl.load(w_ptr + n[:, None] * stride_wn + k_all[None, :], mask=mask_n[:, None] & mask_k_all[None, :],
+                        other=0.0)
+        wx_pre = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
+                         mask=(o < O)[:, None] & mask_x[None, :], other=0.0)
+    if CONV_PREFETCH:  # batch 1: the conv state's columns too (no earlier kernel of this step writes them)
+        state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
+        cols, conv_acc, w_last = _conv_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
+                                            stride_cwk, WIDTH, HAS_CONV_BIAS)
+    _wait_previous_kernel(USE_PDL)
     for b in range(batch):
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = k < d_model
-            xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
-            acc += w * xn[None, :]
-        v = _round(tl.sum(acc, axis=1), xz_ptr)  # in_proj's output in the model dtype
+        if PREFETCH:
+            xn = tl.load(normed_ptr + b * d_model + k_all, mask=mask_k_all, other=0.0).to(tl.float32)
+            v = tl.sum(w_all.to(tl.float32) * xn[None, :], axis=1)
+        else:
+            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+            for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
+                k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = k < d_model
+                xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+                w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
+                            other=0.0).to(tl.float32)
+                acc += w * xn[None, :]
+            v = tl.sum(acc, axis=1)
+        v = _round(v, xz_ptr)  # in_proj's output in the model dtype
         row = xz_ptr + b * 2 * d_inner
         tl.store(row + n, v.to(xz_ptr.dtype.element_ty), mask=mask_n & (n >= d_inner))  # z
         if pid * BLOCK_N < d_inner:  # x rows: conv (shifting the state), then this block's share of x_proj
-            state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
-            xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
-                                        stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
+            if CONV_PREFETCH:
+                xc = _round(_conv_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
+            else:
+                state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
+                xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
+                                            stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS, True, True), xz_ptr)
             tl.store(row + n, xc.to(xz_ptr.dtype.element_ty), mask=mask_x)
             # read back through L2 in the layout of the x_proj tile: converting the register layout instead
             # makes the compiler redo the conv in that layout too (255 registers and spills at BLOCK_N 16)
             tl.debug_barrier()
             xc = tl.load(row + n, mask=mask_x, other=0.0, cache_modifier=".cg").to(tl.float32)
-            wx = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
-                         mask=(o < O)[:, None] & mask_x[None, :], other=0.0).to(tl.float32)
+            if PREFETCH:
+                wx = wx_pre.to(tl.float32)
+            else:
+                wx = tl.load(wx_ptr + o[:, None] * stride_wxo + n[None, :] * stride_wxc,
+                             mask=(o < O)[:, None] & mask_x[None, :], other=0.0).to(tl.float32)
             tl.atomic_add(xacc_ptr + b * O + o, tl.sum(wx * xc[None, :], axis=1), mask=o < O, sem="relaxed")
 
 
@@ -136,14 +191,28 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
                       batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
                       BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
                       FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
-                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
-    _wait_previous_kernel(USE_PDL)
+                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
     r = tl.arange(0, R_PAD)
     n = tl.arange(0, N_PAD)
     mask_n = n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    # weights and this layer's state: nothing the previous kernel (this layer's first) writes
+    wdt = tl.load(wdt_ptr + d[:, None] * stride_wdt_d + r[None, :] * stride_wdt_r,
+                  mask=mask_d[:, None] & (r < R)[None, :], other=0.0).to(tl.float32)
+    dt_bias = tl.load(dt_bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = -tl.exp(tl.load(A_log_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)) * LOG2E_C
+    ssm_offs = (b * d_inner + d[:, None]) * N + n[None, :]
+    h = tl.load(ssm_ptr + ssm_offs, mask=mask_dn, other=0.0)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    m_all = tl.arange(0, BLOCK_MODEL)
+    if FUSE_OUT and PREFETCH:  # out_proj's columns for these channels, all rows in one tile
+        w_out = tl.load(wout_ptr + m_all[:, None] * stride_wo + d[None, :],
+                        mask=(m_all < d_model)[:, None] & mask_d[None, :], other=0.0)
+    _wait_previous_kernel(USE_PDL)
     xrow = xacc_ptr + b * O  # x_proj's output, rounded as the reference's matmul output
     dt_low = _round(tl.load(xrow + r, mask=r < R, other=0.0), xz_ptr)
     Bv = _round(tl.load(xrow + R + n, mask=mask_n, other=0.0), xz_ptr)
@@ -151,27 +220,25 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
     row = xz_ptr + b * 2 * d_inner
     xc = tl.load(row + d, mask=mask_d, other=0.0).to(tl.float32)
     z = tl.load(row + d_inner + d, mask=mask_d, other=0.0).to(tl.float32)
-    wdt = tl.load(wdt_ptr + d[:, None] * stride_wdt_d + r[None, :] * stride_wdt_r,
-                  mask=mask_d[:, None] & (r < R)[None, :], other=0.0).to(tl.float32)
     dt = _round(tl.sum(wdt * dt_low[None, :], axis=1), xz_ptr)
-    dt = _softplus_exact(dt + tl.load(dt_bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32))
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = -tl.exp(tl.load(A_log_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)) * LOG2E_C
-    ssm_offs = (b * d_inner + d[:, None]) * N + n[None, :]
-    h = tl.load(ssm_ptr + ssm_offs, mask=mask_dn, other=0.0)
+    dt = _softplus_exact(dt + dt_bias)
     h = tl.exp2(dt[:, None] * A2) * h + (dt * xc)[:, None] * Bv[None, :]
     tl.store(ssm_ptr + ssm_offs, h, mask=mask_dn)
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
-        y += tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32) * xc
+        y += Dv * xc
     y = _round(y * _silu_f32(z), xz_ptr)  # out_proj reads y in the model dtype
     if FUSE_OUT:  # acc[b, m] += sum_d W_out[m, d] · y[d] over this block's channels
-        for m0 in range(0, d_model, BLOCK_M):
-            m = m0 + tl.arange(0, BLOCK_M)
-            mask_m = m < d_model
-            w = tl.load(wout_ptr + m[:, None] * stride_wo + d[None, :], mask=mask_m[:, None] & mask_d[None, :],
-                        other=0.0).to(tl.float32)
-            tl.atomic_add(acc_ptr + b * d_model + m, tl.sum(w * y[None, :], axis=1), mask=mask_m, sem="relaxed")
+        if PREFETCH:
+            tl.atomic_add(acc_ptr + b * d_model + m_all, tl.sum(w_out.to(tl.float32) * y[None, :], axis=1),
+                          mask=m_all < d_model, sem="relaxed")
+        else:
+            for m0 in range(0, d_model, BLOCK_M):
+                m = m0 + tl.arange(0, BLOCK_M)
+                mask_m = m < d_model
+                w = tl.load(wout_ptr + m[:, None] * stride_wo + d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                            other=0.0).to(tl.float32)
+                tl.atomic_add(acc_ptr + b * d_model + m, tl.sum(w * y[None, :], axis=1), mask=mask_m, sem="relaxed")
         _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
                       batch * tl.num_programs(1), batch, d_model, O, eps, BLOCK_MODEL, O_PAD)
     else:
@@ -180,24 +247,45 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
 
 @triton.jit
 def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
-                      batch, d_inner, d_model, O, eps, stride_wo,
+                      batch, d_inner, d_model, O, eps, stride_wo, k_per,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-                      BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr):
-    _wait_previous_kernel(USE_PDL)
+                      BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
+                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
+    with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
+    k_start = tl.program_id(1) * k_per
+    k_end = tl.minimum(k_start + k_per, d_inner)
+    if PREFETCH:  # the rows' whole weight in one tile, loaded before the previous kernel ends
+        k_all = k_start + tl.arange(0, BLOCK_K)
+        mask_k_all = k_all < k_end
+        w_all = tl.load(wout_ptr + m[:, None] * stride_wo + k_all[None, :],
+                        mask=mask_m[:, None] & mask_k_all[None, :], other=0.0)
+    _wait_previous_kernel(USE_PDL)
     for b in range(batch):
-        acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-        for k0 in tl.range(0, d_inner, BLOCK_K, num_stages=NUM_STAGES):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = k < d_inner
-            y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
-            w = tl.load(wout_ptr + m[:, None] * stride_wo + k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
-            acc += w * y[None, :]
-        tl.store(acc_ptr + b * d_model + m, tl.sum(acc, axis=1), mask=mask_m)
-    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0), batch, d_model, O,
-                  eps, BLOCK_MODEL, O_PAD)
+        if PREFETCH:
+            y = tl.load(xz_ptr + b * 2 * d_inner + k_all, mask=mask_k_all, other=0.0).to(tl.float32)
+            out = tl.sum(w_all.to(tl.float32) * y[None, :], axis=1)
+        else:
+            acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+            for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+                k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = k < k_end
+                y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
+                w = tl.load(wout_ptr + m[:, None] * stride_wo + k[None, :],
+                            mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+                acc += w * y[None, :]
+            out = tl.sum(acc, axis=1)
+        if SPLIT_K == 1:
+            tl.store(acc_ptr + b * d_model + m, out, mask=mask_m)
+        else:
+            tl.atomic_add(acc_ptr + b * d_model + m, out, mask=mask_m, sem="relaxed")
+    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0) * SPLIT_K, batch,
+                  d_model, O, eps, BLOCK_MODEL, O_PAD)
+
+
+PREFETCH_MAX_ELEMENTS = 8192  # weight elements per program (64 bf16 registers per thread at 4 warps) held in one tile
 
 
 class DecodeWork:
@@ -243,7 +331,7 @@ def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: Decode
 def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
-                        pdl=False):
+                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096):
     """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
     and work.normed (the next norm's output) for the next layer."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
@@ -253,14 +341,22 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     A_log = A_log.contiguous()
     o_pad, block_model = triton.next_power_of_2(O), triton.next_power_of_2(d_model)
     conv_b = conv_bias if conv_bias is not None else conv_weight
+    pdl_options = _pdl(pdl)
+    # a kernel whose weight fits in one tile per program loads it at its start (PREFETCH): with PDL, before
+    # waiting for the previous kernel, so that the weight streams in while that one finishes
+    prefetch = prefetch_weights
+    one_tile_in = prefetch and block_n * triton.next_power_of_2(d_model) <= PREFETCH_MAX_ELEMENTS
+    # a loop's tile keeps >= loop_tile weight elements per step whatever the rows per program
+    block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
+        min(max(block_k, loop_tile // block_n), triton.next_power_of_2(d_model))
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
         batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
-        BLOCK_N=block_n, BLOCK_K=min(block_k, triton.next_power_of_2(d_model)), O_PAD=o_pad,
+        BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4,
-        **_pdl(pdl))
+        PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
@@ -269,10 +365,20 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
         out_proj_weight.stride(0),
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
-        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
+        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
+        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, **pdl_options)
     if not fuse_out:
-        _layer_out_kernel[(triton.cdiv(d_model, block_m),)](
+        split_k = max(1, min(split_k, d_inner // 16))
+        k_per = triton.cdiv(d_inner, split_k)
+        one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= PREFETCH_MAX_ELEMENTS
+        block_k_out = triton.next_power_of_2(k_per) if one_tile_out else \
+            min(max(block_k, loop_tile // block_m), triton.next_power_of_2(k_per))
+        if not one_tile_out:
+            k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
+            split_k = triton.cdiv(d_inner, k_per)
+        _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
             work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
-            batch, d_inner, d_model, O, eps, out_proj_weight.stride(0),
-            BLOCK_M=block_m, BLOCK_K=min(block_k, triton.next_power_of_2(d_inner)), NUM_STAGES=num_stages,
-            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, **_pdl(pdl))
+            batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
+            BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
+            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, PREFETCH=one_tile_out, SPLIT_K=split_k,
+            **pdl_options)

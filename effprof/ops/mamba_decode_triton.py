@@ -150,14 +150,19 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # step_block_d: channels per program of the step kernel (None = 4096 / max(d_state, dt_rank) padded, capped
 # at 128: 64 at 130m, 24 programs; not yet measured otherwise, a variant of bench_mamba_decode.py).
 # layer_max_batch / layer_max_d_model: up to which batch and width a whole LM step runs the per-layer kernels of
-# mamba_decode_layer_triton.py (2-3 kernels per layer); there out_fuse_* chooses out_proj inside the step kernel
-# (atomics) or its own GEMV kernel; layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs
-# (layer_block_k columns per step of their loops); pdl: launch those kernels with programmatic dependent launch
-# (Hopper+; each waits for the previous one).
+# mamba_decode_layer_triton.py (2-3 kernels per layer; measured in benchmarks/results/h200-2026-12-01-decode/);
+# layer_fuse_out_max_bytes: out_proj inside the step kernel (float32 atomics) up to this weight size, else its
+# own GEMV kernel (faster at 130m and 2.8b: 0.364 against 0.409-0.459 ms, 2.37 against 2.40 ms);
+# layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs (layer_block_k columns per
+# step of their loops; where a whole row block fits in one tile, and layer_prefetch, it is loaded in one go at
+# the kernel's start); layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics);
+# pdl: launch those kernels with programmatic dependent launch (Hopper+; each loads its weights, then waits for
+# the previous kernel: 0.459 -> 0.434 ms at 130m, 2.37 -> 2.26 ms at 2.8b).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
-                 "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_block_n": 16, "layer_block_m": 16,
-                 "layer_block_k": 256, "pdl": False}
+                 "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_fuse_out_max_bytes": 0,
+                 "layer_block_n": 16, "layer_block_m": 8, "layer_block_k": 256, "layer_out_split_k": 1,
+                 "layer_prefetch": True, "pdl": True}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:

@@ -315,7 +315,9 @@ def energy_notes(records: list[dict[str, Any]]) -> list[str]:
             "the ML.ENERGY leaderboard report it)")
     if idle:
         watts = ", ".join(sorted({"%.0f W" % r["idle_power_w"] for r in idle}))
-        text += f"; above idle = minus idle power ({watts}, measured just before the region) × the region's time"
+        when = ("measured once, before the process's first timed region" if all(
+            "once per process" in (r.get("idle_power_method") or "") for r in idle) else "measured just before the region")
+        text += f"; above idle = minus idle power ({watts}, {when}) × the region's time"
     return [text]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from effprof.measure.bytes import count_flops_and_bytes
 from effprof.measure.memory import PeakMemory, count_params
-from effprof.measure.modes import graphed_callable
+from effprof.measure.modes import graphed_callable, graphed_stages
 from effprof.measure.stages import time_stages
 from effprof.trackers.base import Tracker, register_tracker
 
@@ -60,7 +60,10 @@ class StagesTracker(Tracker):
         if run.count_only:
             return fields
         names = [s.name for s in stages]
-        if run.options.graphs and not run.built.handles_exec_mode:
+        if run.options.graphs and not run.built.handles_exec_mode and any(s.host_sync for s in stages):
+            fns = [s.run for s in graphed_stages(stages, run.device, {s.name for s in stages if s.host_sync})]
+            method = "cuda-events between stages, a CUDA graph per stage (host read-back stages eager)"
+        elif run.options.graphs and not run.built.handles_exec_mode:
             fns, static = [], run.input_sets[0]
             for stage in stages:
                 replay = graphed_callable(lambda s=stage, x=static: s.run(x), None, run.device)

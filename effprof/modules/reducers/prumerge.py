@@ -98,6 +98,7 @@ class PruMerge(nn.Module):
     """PruMerge (plus=False) or PruMerge+ (plus=True) on a VisionOutput; see the module docstring."""
 
     needs_qk = False
+    host_sync = True   # the IQR count is read back on the host: its stage runs eagerly under --graphs
 
     def __init__(self, plus: bool = False, neighbours: int = 32, batched: bool = True):
         super().__init__()
