@@ -65,7 +65,9 @@ def greedy(model, prompt, n_tokens, decode_backend):
     return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
 
-GREEDY_VARIANTS = ("triton", "triton-nopdl-noprefetch", "triton-bn8-bm4", "triton-fusedout-bd16")  # DECODE_CONFIG overrides checked against the reference
+# DECODE_CONFIG overrides checked against the reference
+GREEDY_VARIANTS = ("triton", "triton-nopdl-noprefetch", "triton-bn8-bm4", "triton-fusedout-bd16", "triton-split4",
+                   "triton-w8-bn4-split4")
 
 
 def section_greedy(device, smoke) -> list[dict]:
@@ -156,6 +158,11 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-fusedout-bd16": {"layer_fuse_out_max_bytes": BIG, "step_block_d": 16},
             "triton-split2": {"layer_out_split_k": 2}, "triton-split4": {"layer_out_split_k": 4},
             "triton-bm16-split4": {"layer_block_m": 16, "layer_out_split_k": 4},
+            "triton-w8": {"layer_num_warps": 8}, "triton-w8-bn32-bm16": {"layer_num_warps": 8, "layer_block_n": 32,
+                                                                         "layer_block_m": 16},
+            "triton-s5": {"layer_num_stages": 5}, "triton-s5-split4": {"layer_num_stages": 5, "layer_out_split_k": 4},
+            "triton-w8-split4": {"layer_num_warps": 8, "layer_out_split_k": 4},
+            "triton-w8-bn4-split4": {"layer_num_warps": 8, "layer_block_n": 4, "layer_out_split_k": 4},
             "triton-layer-b2": {"layer_max_batch": 2}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 8, ("ref", "triton")),
                ("130m", 64, ("ref", "triton")), ("2.8b", 1, ("ref", "triton", "triton-2kernel")),
@@ -165,9 +172,9 @@ LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "trito
                            "triton-bm16", "triton-bn8", "triton-bn8-bm4", "triton-bd16", "triton-bd32",
                            "triton-fusedout-bd16", "triton-split2", "triton-bn8-split2", "triton-2kernel")),
               ("130m", 2, ("triton", "triton-layer-b2")),
-              ("2.8b", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-bm4", "triton-bm16", "triton-bn8",
-                           "triton-bn32", "triton-bk512", "triton-bd32", "triton-split2", "triton-split4",
-                           "triton-bm16-split4", "triton-2kernel"))]
+              ("2.8b", 1, ("triton", "triton-nopdl", "triton-bm16", "triton-bn8", "triton-bk512", "triton-split4",
+                           "triton-bm16-split4", "triton-w8", "triton-w8-split4", "triton-w8-bn4-split4",
+                           "triton-s5-split4", "triton-2kernel"))]
 
 
 def run(component, params, opts, label) -> dict:

@@ -239,7 +239,8 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
                         block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
                         pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"],
-                        split_k=DECODE_CONFIG["layer_out_split_k"])
+                        split_k=DECODE_CONFIG["layer_out_split_k"], num_warps=DECODE_CONFIG["layer_num_warps"],
+                        num_stages=DECODE_CONFIG["layer_num_stages"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

@@ -331,7 +331,7 @@ def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: Decode
 def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
-                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096):
+                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4):
     """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
     and work.normed (the next norm's output) for the next layer."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
@@ -345,17 +345,18 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     # a kernel whose weight fits in one tile per program loads it at its start (PREFETCH): with PDL, before
     # waiting for the previous kernel, so that the weight streams in while that one finishes
     prefetch = prefetch_weights
-    one_tile_in = prefetch and block_n * triton.next_power_of_2(d_model) <= PREFETCH_MAX_ELEMENTS
+    tile_max = PREFETCH_MAX_ELEMENTS * num_warps // 4
+    one_tile_in = prefetch and block_n * triton.next_power_of_2(d_model) <= tile_max
     # a loop's tile keeps >= loop_tile weight elements per step whatever the rows per program
     block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
-        min(max(block_k, loop_tile // block_n), triton.next_power_of_2(d_model))
+        min(max(block_k, loop_tile * num_warps // 4 // block_n), triton.next_power_of_2(d_model))
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
         batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
-        WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=4,
+        WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
         PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
@@ -370,9 +371,9 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     if not fuse_out:
         split_k = max(1, min(split_k, d_inner // 16))
         k_per = triton.cdiv(d_inner, split_k)
-        one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= PREFETCH_MAX_ELEMENTS
+        one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= tile_max
         block_k_out = triton.next_power_of_2(k_per) if one_tile_out else \
-            min(max(block_k, loop_tile // block_m), triton.next_power_of_2(k_per))
+            min(max(block_k, loop_tile * num_warps // 4 // block_m), triton.next_power_of_2(k_per))
         if not one_tile_out:
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
@@ -380,5 +381,5 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
-            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4, PREFETCH=one_tile_out, SPLIT_K=split_k,
+            BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
             **pdl_options)
