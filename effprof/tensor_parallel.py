@@ -123,6 +123,8 @@ def shard_llava(built, rank: int, world: int) -> None:
         raise UsageError("--tp: llava's generate mode is not split (its per-token stamps are timed per rank); "
                          "use --mode prefill or decode")
     lm = built.module.lm
+    if built.module.decode_impl != "transformers":  # the fused decode step has no all-reduce: transformers' runs
+        built.info["decode_impl"] = built.module.use_decode_impl("transformers")
     configs = {id(c): c for c in (lm.config, built.module.config.get_text_config(decoder=True))}.values()
     _hf_config_check(lm.config, world)
     built.info["tp_linears_split"] = apply_hf_plan(lm, lm.config.base_model_tp_plan, rank, world)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from effprof.models.llama_decode import LlamaDecodeStep, fusable
-from effprof.models.llava import PRESETS, LlavaPipeline, StaticKV, build_llava, cache_keyword
+from effprof.models.llava import PRESETS, LlavaPipeline, StaticKV, build_llava, cache_keyword, kv_mask
 
 
 def test_fused_decode_equals_the_transformers_step_and_keeps_the_state_dict():
@@ -39,23 +39,31 @@ def test_fused_decode_equals_the_transformers_step_and_keeps_the_state_dict():
     assert again.data_ptr() == qkv.data_ptr() and again.shape == qkv.shape
 
 
-def test_fused_decode_with_grouped_query_attention_matches_a_full_forward():
+def decode_against_a_full_forward(backend: str, seed: int = 1):
+    """(the fused step's logits, the full forward's last logits) of a grouped-query Llama with biases: 6 query
+    heads, 2 key/value heads of width 8, 2 layers, 3 sequences of 8 tokens + 1 decoded."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64, attention_bias=True)
+                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64, attention_bias=True,
+                         mlp_bias=True)
     config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 97, (3, 9))
-    kv = StaticKV(config, 9, 3, torch.device("cpu"), torch.float32)
-    step = LlamaDecodeStep(model.model, model.lm_head)
+    kv = StaticKV(config, 11, 3, torch.device("cpu"), torch.float32)  # 2 slots to spare: masked
+    step = LlamaDecodeStep(model.model, model.lm_head, backend)
     assert step.kv_heads == 2 and step.fused[0]["qkv"][1].shape == (6 * 8 + 2 * 2 * 8,)
     with torch.no_grad():
         reference = model(input_ids=ids).logits[:, -1:]
         model.model(input_ids=ids[:, :-1], position_ids=torch.arange(8).unsqueeze(0), use_cache=True,
-                    **{cache_keyword(model.model): kv.cache})
-        got = step(ids[:, -1:], kv.keys, kv.values, torch.full((1, 1), 8))
+                    attention_mask=kv_mask(torch.arange(8).view(1, -1), 11), **{cache_keyword(model.model): kv.cache})
+        got = step(ids[:, -1:], kv.keys, kv.values, torch.full((1, 1), 8), kv_mask(torch.full((1, 1), 8), 11))
+    return got, reference
+
+
+def test_fused_decode_with_grouped_query_attention_matches_a_full_forward():
+    got, reference = decode_against_a_full_forward("ref")
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -63,3 +71,4 @@ def test_fusable_names_what_it_cannot_fuse():
     assert fusable(torch.nn.Linear(2, 2)) == "Linear is not a Llama-style decoder"
     with pytest.raises(ValueError, match="fused decode: Linear is not a Llama-style decoder"):
         LlamaDecodeStep(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+

@@ -123,7 +123,7 @@ def test_tp2_on_gloo_gives_the_outputs_of_tp1():
              ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16}),
              ("mamba-lm", {"d_model": 32, "n_layer": 2, "seq_len": 16, "mode": "decode", "head": True}),
              ("llava", {"preset": "tiny", "prompt_tokens": 8}),
-             ("llava", {"preset": "tiny", "mode": "decode", "context": 16}),
+             ("llava", {"preset": "tiny", "mode": "decode", "context": 16, "decode_impl": "fused"}),
              ("cobra", {"preset": "tiny", "prompt_tokens": 8}),
              ("cobra", {"preset": "tiny", "mode": "decode", "context": 16})]
     results = launch(multigpu_helpers.sharded_vs_whole, (cases,), 2, "cpu")

@@ -97,9 +97,14 @@ def _decode_impl(choice: str, lm, device) -> str:
     if choice == "transformers" or (choice == "auto" and device.type != "cuda"):
         return "transformers"
     reason = fusable(lm)
-    if reason is not None and choice == "fused":
-        raise ParamError(f"--decode-impl fused: {reason}")
-    return "transformers" if reason is not None else "fused"
+    if reason is None and choice == "triton" and device.type != "meta":  # meta: counted through the op's fake
+        from effprof.ops.selective_scan import _unavailable_reason
+
+        reason = _unavailable_reason("triton", device)
+        reason = reason and reason.replace("the triton scan", "the triton decode GEMV")
+    if reason is not None and choice != "auto":
+        raise ParamError(f"--decode-impl {choice}: {reason}")
+    return "transformers" if reason is not None else ("fused" if choice == "auto" else choice)
 
 
 @register_component("llava", unit="tok", family="vlm", params=[
@@ -112,9 +117,10 @@ def _decode_impl(choice: str, lm, device) -> str:
           "4× fewer tokens).", choices=("mlp2x_gelu", "linear", "ldp")),
     Param("images_dir", str, None, "Folder of jpg/png images as inputs (CLIP's preprocessing, cycled to the "
           "batch); none = random pixels.", optional=True),
-    Param("decode_impl", str, "auto", "LM decode step (decode, generate): transformers (LlamaModel.forward) or fused "
-          "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels); auto = fused on CUDA.",
-          choices=("auto", "transformers", "fused")),
+    Param("decode_impl", str, "auto", "LM decode step (decode, generate): transformers (LlamaModel.forward), fused "
+          "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels) or triton (fused, with effprof's "
+          "Triton GEMVs carrying the RMSNorm, SiLU*up and residual adds); auto = fused on CUDA.",
+          choices=("auto", "transformers", "fused", "triton")),
 ], reducers=("vision-output", "vision-inner", "lm"))
 def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector,
           images_dir=None, decode_impl="auto", reducer=None):

@@ -11,7 +11,11 @@ same storage. `LlamaDecodeStep` then runs a decode step per layer as
 
 which is `LlamaDecoderLayer`'s arithmetic in the same order and dtypes (the logits agree with transformers'
 to rounding; tests/test_llama_decode.py), eager, inside a CUDA graph, or under `torch.compile` (where
-Inductor fuses what lies between the GEMVs). Its reference is transformers' own forward of the same step
+Inductor fuses what lies between the GEMVs). The GEMVs go through `effprof.ops.gemv` with `backend`:
+"ref" (F.linear, i.e. cuBLAS, with the norm, SiLU * up and residual adds as torch ops, SDPA) or "triton"
+(effprof's kernels: norm -> qkv, rotary + cache write, split-KV attention over the slots 0..position,
+o_proj + residual, norm -> gate_up -> SiLU * up, down + residual: six kernels per layer, plus the merge of
+the attention's splits). Its reference is transformers' own forward of the same step
 (`LlavaPipeline.decode` with `decode_impl="transformers"`), which the tests hold it against.
 
 What the fast path needs of the model (else `fusable` says why not and the transformers path runs): a
@@ -25,6 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from effprof.ops.decode_attention import decode_attention
+from effprof.ops.gemv import gemv
+from effprof.ops.rotary_cache import rotary_cache, signed_sin
 
 
 def fusable(lm: nn.Module) -> str | None:
@@ -87,65 +95,63 @@ def fuse_projections(lm: nn.Module) -> list[dict[str, Any]]:
     return fused
 
 
-def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """LlamaRMSNorm's arithmetic (fp32 statistics, the result cast back, then scaled by the weight) with
-    torch's fused RMS kernel for the statistics: 4 kernels where the module launches 7."""
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon)
-    return norm.weight * normed.to(x.dtype)
-
-
 class LlamaDecodeStep:
     """One decode step of a transformers `LlamaModel` (+ `lm_head`) on fused projections.
 
     `__call__(token_ids (B, 1), keys, values, position (1, 1) long, mask)` returns the logits (B, 1, vocab),
     writing the new token's keys/values into slot `position` of `keys[i]` / `values[i]` (B, kv_heads,
     slots, head_dim) of every layer i. `mask` is None when every slot is valid (the step fills the last
-    one; SDPA takes its flash kernel) or a boolean (1, 1, 1, slots) mask of the valid slots. Nothing in the
+    one; SDPA takes its flash kernel) or a boolean (1, 1, 1, slots) mask of the valid slots, which must be
+0..position (as LlavaPipeline's are): the triton backend reads that range from `position` instead. Nothing in the
     step reads a length on the host, so it can be captured in a CUDA graph and replayed as `position`
     advances."""
 
-    def __init__(self, lm: nn.Module, lm_head: nn.Module):
+    def __init__(self, lm: nn.Module, lm_head: nn.Module, backend: str = "ref"):
         reason = fusable(lm)
         if reason is not None:
             raise ValueError(f"fused decode: {reason}")
-        self.lm, self.lm_head = lm, lm_head
+        self.lm, self.lm_head, self.backend = lm, lm_head, backend
         self.fused = fuse_projections(lm)
         config = lm.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.silu_mul = getattr(config, "hidden_act", None) == "silu"  # else act_fn(gate) * up op by op
 
-    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, keys: torch.Tensor,
+    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sin_signed: torch.Tensor,
+               keys: torch.Tensor,
                values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         layer = self.lm.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         batch, heads, kv_heads, dim = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        qkv = F.linear(_rms_norm(layer.input_layernorm, x), *self.fused[i]["qkv"])
-        qkv = qkv.view(batch, heads + 2 * kv_heads, dim).unsqueeze(2)          # (B, H + 2 KV, 1, d)
-        qk, v = qkv[:, :heads + kv_heads], qkv[:, heads + kv_heads:]
-        # rotary on q and k at once: x*cos + rotate_half(x)*sin, where rotate_half(x)*sin equals
-        # roll(x, d/2) * [-sin_1, sin_2] (the same products, so the same rounding)
-        qk = qk * cos + qk.roll(dim // 2, dims=-1) * sin_signed
-        q, k = qk[:, :heads], qk[:, heads:]
-        keys.index_copy_(2, slot, k)
-        values.index_copy_(2, slot, v)
-        gqa = {"enable_gqa": True} if kv_heads != heads else {}
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, heads * dim))
-        gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), *self.fused[i]["gate_up"]).chunk(2, -1)
-        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+        norm1, norm2, backend = layer.input_layernorm, layer.post_attention_layernorm, self.backend
+        qkv = gemv(x, *self.fused[i]["qkv"], norm_weight=norm1.weight, eps=norm1.variance_epsilon, backend=backend)
+        q = rotary_cache(qkv, cos, sin, keys, values, slot, heads, backend, sin_signed)
+        if backend == "triton":  # split-KV over the slots 0..position (what `mask` allows, None or not)
+            out = decode_attention(q, keys, values, slot, attn.scaling, backend)
+        else:
+            gqa = {"enable_gqa": True} if kv_heads != heads else {}
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, **gqa)
+        x = gemv(out.transpose(1, 2).reshape(batch, 1, heads * dim), attn.o_proj.weight, attn.o_proj.bias,
+                 residual=x, backend=backend)
+        if self.silu_mul:
+            h = gemv(x, *self.fused[i]["gate_up"], norm_weight=norm2.weight, eps=norm2.variance_epsilon, silu_mul=True,
+                     backend=backend)
+        else:
+            gate, up = gemv(x, *self.fused[i]["gate_up"], norm_weight=norm2.weight, eps=norm2.variance_epsilon,
+                            backend=backend).chunk(2, -1)
+            h = mlp.act_fn(gate) * up
+        return gemv(h, mlp.down_proj.weight, mlp.down_proj.bias, residual=x, backend=backend)
 
     def hidden(self, token_ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
                position: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The final-norm hidden state (B, 1, width) of the step."""
         x = self.lm.embed_tokens(token_ids)
         cos, sin = self.lm.rotary_emb(x, position_ids=position)               # (1, 1, d)
-        half = self.head_dim // 2
-        cos = cos.unsqueeze(1)
-        sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(1)
+        sin_signed = signed_sin(sin)  # once per step for every layer's reference rotary
         slot = position.view(-1)
         for i in range(len(self.lm.layers)):
-            x = self._layer(i, x, cos, sin_signed, keys[i], values[i], slot, mask)
+            x = self._layer(i, x, cos, sin, sin_signed, keys[i], values[i], slot, mask)
         return self.lm.norm(x)
 
     def __call__(self, token_ids, keys, values, position, mask=None) -> torch.Tensor:

@@ -195,12 +195,13 @@ class LlavaPipeline(nn.Module):
         self._fused_step = None
 
     def use_decode_impl(self, impl: str) -> str:
-        """Decode with `transformers` (LlamaModel.forward) or `fused` (effprof.models.llama_decode: fused
-        q/k/v and gate/up projections, the same weights); returns the one that will run."""
-        if impl == "fused":
+        """Decode with `transformers` (LlamaModel.forward), `fused` (effprof.models.llama_decode: fused
+        q/k/v and gate/up projections on the same weights, cuBLAS GEMVs) or `triton` (the same with effprof's
+        Triton GEMV kernels, norms and epilogues fused in); returns the one that will run."""
+        if impl in ("fused", "triton"):
             from effprof.models.llama_decode import LlamaDecodeStep
 
-            self._fused_step = LlamaDecodeStep(self.lm, self.lm_head)
+            self._fused_step = LlamaDecodeStep(self.lm, self.lm_head, "ref" if impl == "fused" else "triton")
         else:
             self._fused_step = None
         self.decode_impl = impl
