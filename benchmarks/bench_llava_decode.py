@@ -3,7 +3,7 @@
 compile+graphs at 4k, and the fused steps under graphs at 1k and 16k; then a check that the fused step decodes as
 transformers does on this device.
 
-    python3 benchmarks/bench_llava_decode.py --out DIR [--sections check,rows,kernels] [--smoke]
+    python3 benchmarks/bench_llava_decode.py --out DIR [--sections micro,check,rows,kernels] [--impls a,b] [--smoke]
 
 Writes DIR/bench_llava_decode.json (meta, check, rows, kernels) and DIR/bench_llava_decode.md (the table),
 and prints the table last. `--smoke` runs the same code on CPU with the tiny preset (eager instead of
@@ -33,13 +33,13 @@ ROWS = [(4096, "transformers", False), (4096, "fused", False), (4096, "triton", 
 SMOKE_ROWS = [(64, "transformers", False), (64, "fused", False), (16, "fused", False), (16, "triton", False)]
 
 
-def rows(smoke: bool) -> list[dict]:
+def rows(smoke: bool, impls: tuple[str, ...] = ("transformers", "fused", "triton")) -> list[dict]:
     from effprof.ops.selective_scan import available_backends
     from effprof.runner import Config, RunOptions, free_memory, measure
 
     out = []
     for context, impl, compiled in SMOKE_ROWS if smoke else ROWS:
-        if smoke and impl == "triton" and "triton" not in available_backends(torch.device("cpu")):
+        if impl not in impls or (smoke and impl == "triton" and "triton" not in available_backends(torch.device("cpu"))):
             continue  # the triton row runs on CPU only under TRITON_INTERPRET=1
         opts = RunOptions(device="cpu" if smoke else "cuda", dtype="fp32" if smoke else "bf16", graphs=not smoke,
                           compile=compiled, min_time=0.02 if smoke else 0.5, warmup=0 if smoke else 0.2)
@@ -218,6 +218,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="/tmp/bench_llava_decode")
     parser.add_argument("--sections", default="micro,check,rows,kernels")
+    parser.add_argument("--impls", default="transformers,fused,triton", help="the rows' --decode-impl values")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
@@ -233,7 +234,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     doc: dict = {"meta": run_meta(command=" ".join(sys.argv))}
     for name in args.sections.split(","):
-        doc[name] = sections[name](args.smoke)
+        doc[name] = (rows(args.smoke, tuple(args.impls.split(","))) if name == "rows"
+                     else sections[name](args.smoke))
         (out / "bench_llava_decode.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
         if name != "rows":
             print(f"{name}: {json.dumps(doc[name], default=str)}", flush=True)
