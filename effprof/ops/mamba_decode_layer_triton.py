@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_step
+from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_finish, conv_state_read, conv_state_step
 from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
 
 
@@ -101,38 +101,6 @@ def _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, n_p
 
 
 @triton.jit
-def _conv_read(state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, stride_wc, stride_wk, WIDTH: tl.constexpr,
-               HAS_BIAS: tl.constexpr):
-    """What a conv-state step needs besides the new input, read before it exists: the state's columns 1 ..
-    WIDTH-1 (they shift left), bias + their taps' products (summed in `conv_state_step`'s order), the last
-    tap's weight."""
-    acc = tl.zeros(c.shape, dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
-    cols = ()
-    for k in tl.static_range(WIDTH - 1):
-        s_k = tl.load(state_rows + (k + 1) * stride_st, mask=mask_c, other=0.0)
-        cols = cols + (s_k,)
-        acc += tl.load(w_ptr + c * stride_wc + k * stride_wk, mask=mask_c, other=0.0).to(tl.float32) * \
-            s_k.to(tl.float32)
-    w_last = tl.load(w_ptr + c * stride_wc + (WIDTH - 1) * stride_wk, mask=mask_c, other=0.0).to(tl.float32)
-    return cols, acc, w_last
-
-
-@triton.jit
-def _conv_finish(x_new, cols, acc, w_last, state_rows, mask_c, stride_st, WIDTH: tl.constexpr):
-    """silu(acc + w_last · x_new) with x_new in the state's dtype, and the state shifted (all threads have read
-    their columns before any writes: the barrier, as in `conv_state_step`)."""
-    x_s = x_new.to(state_rows.dtype.element_ty)
-    acc += w_last * x_s.to(tl.float32)
-    tl.debug_barrier()
-    for k in tl.static_range(WIDTH - 1):
-        tl.store(state_rows + k * stride_st, cols[k], mask=mask_c)
-    tl.store(state_rows + (WIDTH - 1) * stride_st, x_s, mask=mask_c)
-    return _silu_f32(acc)
-
-
-@triton.jit
 def _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN: tl.constexpr):
     """The in_proj input at columns k: rms_norm(bf16(residual')) · w rounded to the model dtype, from the
     previous layer's output and residual (NORM_IN), as the reference's RMSNorm gives it."""
@@ -166,8 +134,8 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
                          mask=(o < O)[:, None] & mask_x[None, :], other=0.0)
     if CONV_PREFETCH:  # batch 1: the conv state's columns too (no earlier kernel of this step writes them)
         state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
-        cols, conv_acc, w_last = _conv_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
-                                            stride_cwk, WIDTH, HAS_CONV_BIAS)
+        cols, conv_acc, w_last = conv_state_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
+                                                 stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS)
     _wait_previous_kernel(USE_PDL)
     if NORM_IN:
         if pid == 0:
@@ -212,7 +180,7 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
         tl.store(row + n, v.to(xz_ptr.dtype.element_ty), mask=mask_n & (n >= d_inner))  # z
         if pid * BLOCK_N < d_inner:  # x rows: conv (shifting the state), then this block's share of x_proj
             if CONV_PREFETCH:
-                xc = _round(_conv_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
+                xc = _round(conv_state_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
             else:
                 state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
                 xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
