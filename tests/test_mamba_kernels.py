@@ -260,6 +260,7 @@ def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     # channel blocks (32) do not divide d_inner (48)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "gemv_max_batch", 2)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "step_block_d", 32)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_max_batch", 0)  # the two-kernel step
     assert mamba_decode_triton.use_fused_out(2, torch.zeros(24, 48))
     torch.manual_seed(0)
     model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()
@@ -309,6 +310,7 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     from effprof.ops import mamba_decode_layer_triton, mamba_decode_triton
 
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_max_batch", 2)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_fuse_out_max_batch", 2)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_fuse_out_max_bytes", 1 << 20 if fuse_out else 0)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_prefetch", prefetch)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)

@@ -232,12 +232,16 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
     from effprof.ops.mamba_decode_layer_triton import DecodeWork, layer_decode_triton
     from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
-    fuse_out = out_proj_weight.numel() * out_proj_weight.element_size() <= DECODE_CONFIG["layer_fuse_out_max_bytes"]
+    batch, d_model = normed.shape
+    fuse_out = (batch <= DECODE_CONFIG["layer_fuse_out_max_batch"] and out_proj_weight.numel()
+                * out_proj_weight.element_size() <= DECODE_CONFIG["layer_fuse_out_max_bytes"])
+    block_k = DECODE_CONFIG["layer_block_k"] or (256 if d_model <= 1024 else 512)
     layer_decode_triton(DecodeWork.of(normed, residual, xz, acc, xacc, count), conv_state, ssm_state,
                         in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
                         D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
-                        block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
-                        block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
+                        block_n=DECODE_CONFIG["layer_block_n"],
+                        block_d=DECODE_CONFIG["layer_fused_block_d" if fuse_out else "step_block_d"],
+                        block_m=DECODE_CONFIG["layer_block_m"], block_k=block_k,
                         norm_in=DECODE_CONFIG["layer_norm_in"], norm_weight=norm_weight, parity=parity, last=last,
                         pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"],
                         split_k=DECODE_CONFIG["layer_out_split_k"], num_warps=DECODE_CONFIG["layer_num_warps"],

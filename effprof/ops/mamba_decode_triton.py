@@ -147,23 +147,27 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # add + norm kernel and cuBLAS: by batch and by weight size (the GEMV and the fused out_proj re-read their
 # weight tile per batch row). Chosen from the measurements in benchmarks/results/h200-2026-11-30-kernels/;
 # overridable for measurement (bench_mamba_decode.py).
-# step_block_d: channels per program of the step kernel (None = 4096 / max(d_state, dt_rank) padded, capped
-# at 128: 64 at 130m, 24 programs; not yet measured otherwise, a variant of bench_mamba_decode.py).
-# layer_max_batch / layer_max_d_model: up to which batch and width a whole LM step runs the per-layer kernels of
-# mamba_decode_layer_triton.py (2-3 kernels per layer; measured in benchmarks/results/h200-2026-12-01-decode/);
-# layer_fuse_out_max_bytes: out_proj inside the step kernel (float32 atomics) up to this weight size, else its
-# own GEMV kernel (faster at 130m and 2.8b: 0.364 against 0.409-0.459 ms, 2.37 against 2.40 ms);
-# layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs (layer_block_k columns per
-# step of their loops; where a whole row block fits in one tile, and layer_prefetch, it is loaded in one go at
-# the kernel's start); layer_num_warps, layer_num_stages: warps per GEMV program, stages of its loop's loads;
-# layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics); layer_norm_in: each
-# layer's first kernel adds the residual and normalises itself (no last-program step at a layer's end);
-# pdl: launch those kernels with programmatic dependent launch (Hopper+; each loads its weights, then waits for
-# the previous kernel: 0.459 -> 0.434 ms at 130m, 2.37 -> 2.26 ms at 2.8b).
+# step_block_d: channels per program of the step kernel and of the per-layer state-update kernel without out_proj
+# (None = 4096 / max(d_state, dt_rank) padded, capped at 128: 64 at 130m (24 programs), 16 at 2.8b).
+# The per-layer kernels of mamba_decode_layer_triton.py (a whole LM step, 2-3 kernels per layer), chosen from
+# the H200 runs in benchmarks/results/h200-2026-12-01-decode/ (call 3; each preset's default is a measured row):
+# layer_max_batch / layer_max_d_model: up to which batch and width a step runs them (130m at batch 2: 0.384 ms
+# against 0.529 with the two-kernel step); layer_fuse_out_max_batch / _bytes: out_proj inside the state-update
+# kernel (float32 atomics, layer_fused_block_d channels per program) up to that batch and weight size, else its
+# own GEMV kernel (130m batch 1: 0.217 ms fused with 16 channels per program, 0.254 separate; 2.8b's 26 MB
+# out_proj stays separate); layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs;
+# layer_block_k: columns per step of their loops (None: 256 up to d_model 1024, else 512: 2.8b 2.05 ms against
+# 2.18 with 256); where a whole row block fits in one tile and layer_prefetch, it is loaded in one go at the
+# kernel's start; layer_num_warps, layer_num_stages: warps per GEMV program, stages of its loop's loads;
+# layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics; 2.8b 2.07 ms at 4);
+# layer_norm_in: each layer's first kernel adds the residual and normalises itself (no last-program step; not
+# measured on a GPU yet, off); pdl: launch the kernels with programmatic dependent launch (Hopper+; each loads its
+# weights, then waits for the previous kernel: 130m 0.326 -> 0.254 ms).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
-                 "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_fuse_out_max_bytes": 0,
-                 "layer_block_n": 16, "layer_block_m": 8, "layer_block_k": 256, "layer_out_split_k": 1,
+                 "layer_max_batch": 2, "layer_max_d_model": 8192, "layer_fuse_out_max_batch": 1,
+                 "layer_fuse_out_max_bytes": 16 << 20, "layer_fused_block_d": 16,
+                 "layer_block_n": 16, "layer_block_m": 8, "layer_block_k": None, "layer_out_split_k": 1,
                  "layer_num_warps": 4, "layer_num_stages": 3, "layer_prefetch": True, "layer_norm_in": False,
                  "pdl": True}
 
