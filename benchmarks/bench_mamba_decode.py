@@ -67,7 +67,8 @@ def greedy(model, prompt, n_tokens, decode_backend):
 
 # DECODE_CONFIG overrides checked against the reference
 GREEDY_VARIANTS = ("triton", "triton-nopdl-noprefetch", "triton-bn8-bm4", "triton-fusedout-bd16", "triton-split4",
-                   "triton-w8-bn4-split4")
+                   "triton-w8-bn4-split4", "triton-normin-bn8-bm4", "triton-normin-fusedout-bd16",
+                   "triton-normin-w8-split4")
 
 
 def section_greedy(device, smoke) -> list[dict]:
@@ -145,7 +146,8 @@ def section_kernels(device) -> list[dict]:
 # batch > 1). bn / bm = rows per program of the in_proj / out_proj GEMV (at 130m bn8 and bm4 load the rows'
 # weight as one tile), bd = channels per program of the state update, fusedout = out_proj inside the state
 # update (atomics), splitK = out_proj's GEMV over K channel ranges (atomics), nopdl / noprefetch = without
-# programmatic dependent launch / one-tile weight loads.
+# programmatic dependent launch / one-tile weight loads, normin = the residual add + norm done by each layer's first
+# kernel (no last-program step), w8 = 8 warps per GEMV program.
 BIG = 1 << 40
 VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-nopdl": {"pdl": False}, "triton-noprefetch": {"layer_prefetch": False},
@@ -163,6 +165,11 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-s5": {"layer_num_stages": 5}, "triton-s5-split4": {"layer_num_stages": 5, "layer_out_split_k": 4},
             "triton-w8-split4": {"layer_num_warps": 8, "layer_out_split_k": 4},
             "triton-w8-bn4-split4": {"layer_num_warps": 8, "layer_block_n": 4, "layer_out_split_k": 4},
+            "triton-normin": {"layer_norm_in": True},
+            "triton-normin-bn8-bm4": {"layer_norm_in": True, "layer_block_n": 8, "layer_block_m": 4},
+            "triton-normin-fusedout-bd16": {"layer_norm_in": True, "layer_fuse_out_max_bytes": BIG, "step_block_d": 16},
+            "triton-normin-split4": {"layer_norm_in": True, "layer_out_split_k": 4},
+            "triton-normin-w8-split4": {"layer_norm_in": True, "layer_num_warps": 8, "layer_out_split_k": 4},
             "triton-layer-b2": {"layer_max_batch": 2}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 8, ("ref", "triton")),
                ("130m", 64, ("ref", "triton")), ("2.8b", 1, ("ref", "triton", "triton-2kernel")),
@@ -170,11 +177,13 @@ DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 8, ("r
 # section `layers`: the per-layer kernels' variants (about 1 minute on an H200)
 LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-nopdl-noprefetch", "triton-bm4",
                            "triton-bm16", "triton-bn8", "triton-bn8-bm4", "triton-bd16", "triton-bd32",
-                           "triton-fusedout-bd16", "triton-split2", "triton-bn8-split2", "triton-2kernel")),
+                           "triton-fusedout-bd16", "triton-split2", "triton-bn8-split2", "triton-normin",
+                           "triton-normin-bn8-bm4", "triton-normin-fusedout-bd16", "triton-2kernel")),
               ("130m", 2, ("triton", "triton-layer-b2")),
               ("2.8b", 1, ("triton", "triton-nopdl", "triton-bm16", "triton-bn8", "triton-bk512", "triton-split4",
                            "triton-bm16-split4", "triton-w8", "triton-w8-split4", "triton-w8-bn4-split4",
-                           "triton-s5-split4", "triton-2kernel"))]
+                           "triton-s5-split4", "triton-normin", "triton-normin-split4", "triton-normin-w8-split4",
+                           "triton-2kernel"))]
 
 
 def run(component, params, opts, label) -> dict:

@@ -295,11 +295,12 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k", [(True, False, 2, 1), (True, True, 1, 1),
-                                                                (False, True, 1, 2), (False, False, 2, 1)])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k):
+@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in", [
+    (True, False, 2, 1, True), (True, True, 1, 1, False), (False, True, 1, 2, True), (False, False, 2, 1, False)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
-    its own GEMV, the residual add + next norm by the last program; weights loaded in loops of 16 columns or
+    its own GEMV, the residual add + next norm by the last program or by every program of the next layer's
+    first kernel (norm_in); weights loaded in loops of 16 columns or
     as one tile, at batch 1 the conv state with them; out_proj split in two): logits and both states equal the
     op-by-op reference to
     float32 rounding over 4 greedy steps, at d_inner 42 (a block of in_proj rows straddles x and z), d_state 1,
@@ -312,6 +313,7 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_prefetch", prefetch)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_out_split_k", split_k)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_norm_in", norm_in)
     real = mamba_decode_layer_triton.layer_decode_triton   # loops of 16 columns where not one tile
     monkeypatch.setattr(mamba_decode_layer_triton, "layer_decode_triton", lambda *a, **k: real(*a, **k, loop_tile=0))
     torch.manual_seed(1)

@@ -157,6 +157,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         if projector == "ldp":
             tokens_per_image = P.LDPProjector.tokens_out(tokens_per_image)
     pipe = LlavaPipeline(model).eval()
+    from effprof.models.llava import VisionOutput as vision_output  # the class itself: torch.compile traces it
     image_tokens = images * tokens_per_image
     if reducer is not None:  # effprof/modules/reducers/llava_hooks.py puts it in its slot
         from effprof.errors import ParamError
@@ -195,7 +196,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
     def project(carry):
         features, prompt_ids, kv = carry
-        if isinstance(features, VisionOutput):  # no reducer: the selected features go straight on
+        if isinstance(features, vision_output):  # no reducer: the selected features go straight on
             features = features.features
         embeds = pipe.project(features)
         return embeds.reshape(prompt_ids.shape[0], -1, embeds.shape[-1]), prompt_ids, kv

@@ -101,6 +101,39 @@ def conv_state_step(x_new, state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, st
 
 
 @triton.jit
+def conv_state_read(state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, stride_wc, stride_wk, WIDTH: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """`conv_state_step` in two halves, for a kernel that reads the state before the new input exists (the
+    fused decode step, mamba_decode_layer_triton.py). This half returns what the step needs besides the new
+    input: the state's columns 1 .. WIDTH-1 (they shift left), bias + their taps' products (summed in
+    `conv_state_step`'s order), the last tap's weight."""
+    acc = tl.zeros(c.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
+    cols = ()
+    for k in tl.static_range(WIDTH - 1):
+        s_k = tl.load(state_rows + (k + 1) * stride_st, mask=mask_c, other=0.0)
+        cols = cols + (s_k,)
+        acc += tl.load(w_ptr + c * stride_wc + k * stride_wk, mask=mask_c, other=0.0).to(tl.float32) * \
+            s_k.to(tl.float32)
+    w_last = tl.load(w_ptr + c * stride_wc + (WIDTH - 1) * stride_wk, mask=mask_c, other=0.0).to(tl.float32)
+    return cols, acc, w_last
+
+
+@triton.jit
+def conv_state_finish(x_new, cols, acc, w_last, state_rows, mask_c, stride_st, WIDTH: tl.constexpr):
+    """silu(acc + w_last · x_new) with x_new in the state's dtype, and the state shifted (all threads have read
+    their columns before any writes: the barrier, as in `conv_state_step`)."""
+    x_s = x_new.to(state_rows.dtype.element_ty)
+    acc += w_last * x_s.to(tl.float32)
+    tl.debug_barrier()
+    for k in tl.static_range(WIDTH - 1):
+        tl.store(state_rows + k * stride_st, cols[k], mask=mask_c)
+    tl.store(state_rows + (WIDTH - 1) * stride_st, x_s, mask=mask_c)
+    return _silu_f32(acc)
+
+
+@triton.jit
 def _causal_conv1d_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, C,
                                  stride_xb, stride_xc, stride_sb, stride_sc, stride_st, stride_wc, stride_wk,
                                  stride_yb, stride_yc,

@@ -227,8 +227,8 @@ def _prologue_op(ids: Tensor, embedding_weight: Tensor, norm_weight: Tensor, eps
 def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor,
                      conv_state: Tensor, ssm_state: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
                      conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor,
-                     A_log: Tensor, D: Optional[Tensor], out_proj_weight: Tensor, next_norm_weight: Tensor,
-                     eps: float) -> None:
+                     A_log: Tensor, D: Optional[Tensor], out_proj_weight: Tensor, norm_weight: Tensor,
+                     next_norm_weight: Tensor, eps: float, parity: int, last: bool) -> None:
     from effprof.ops.mamba_decode_layer_triton import DecodeWork, layer_decode_triton
     from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
@@ -238,6 +238,7 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         D, out_proj_weight, next_norm_weight, eps, fuse_out=fuse_out,
                         block_n=DECODE_CONFIG["layer_block_n"], block_d=DECODE_CONFIG["step_block_d"],
                         block_m=DECODE_CONFIG["layer_block_m"], block_k=DECODE_CONFIG["layer_block_k"],
+                        norm_in=DECODE_CONFIG["layer_norm_in"], norm_weight=norm_weight, parity=parity, last=last,
                         pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"],
                         split_k=DECODE_CONFIG["layer_out_split_k"], num_warps=DECODE_CONFIG["layer_num_warps"],
                         num_stages=DECODE_CONFIG["layer_num_stages"])
@@ -247,7 +248,7 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
 def _layer_decode_flop(normed_shape, residual_shape, xz_shape, acc_shape, xacc_shape, count_shape, conv_state_shape,
                        ssm_state_shape, in_proj_weight_shape, conv_weight_shape, conv_bias_shape, x_proj_weight_shape,
                        dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape, out_proj_weight_shape,
-                       next_norm_weight_shape, eps, out_shape=None, **kwargs) -> int:
+                       norm_weight_shape, next_norm_weight_shape, eps, parity, last, out_shape=None, **kwargs) -> int:
     batch, d_model = normed_shape
     d_inner = conv_weight_shape[0]
     projections = 2 * batch * d_model * in_proj_weight_shape[0] + 2 * batch * d_inner * d_model
@@ -273,16 +274,17 @@ def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, sta
     d_inner, O = first["conv_weight"].shape[0], first["x_proj_weight"].shape[0]
     device, dtype = embedding_weight.device, embedding_weight.dtype
     work = [torch.empty(batch, d_model, device=device, dtype=dtype),
-            torch.empty(batch, d_model, device=device, dtype=torch.float32),
+            torch.empty(2, batch, d_model, device=device, dtype=torch.float32),
             torch.empty(batch, 2 * d_inner, device=device, dtype=dtype),
-            torch.empty(batch, d_model, device=device, dtype=torch.float32),
-            torch.empty(batch, O, device=device, dtype=torch.float32),
-            torch.empty(1, device=device, dtype=torch.int32)]
+            torch.empty(2, batch, d_model, device=device, dtype=torch.float32),
+            torch.empty(2, batch, O, device=device, dtype=torch.float32),
+            torch.empty(1, device=device, dtype=torch.int32)]  # mamba_decode_layer_triton.DecodeWork
     torch.ops.effprof.mamba_decode_prologue(ids, embedding_weight, norm_weights[0], float(eps), *work)
     for i, (weights, (conv_state, ssm_state)) in enumerate(zip(layers, states)):
         next_norm = norm_weights[i + 1] if i + 1 < len(layers) else norm_f_weight
         torch.ops.effprof.mamba_layer_decode(*work, conv_state, ssm_state, weights["in_proj_weight"],
                                              weights["conv_weight"], weights["conv_bias"], weights["x_proj_weight"],
                                              weights["dt_proj_weight"], weights["dt_proj_bias"], weights["A_log"],
-                                             weights["D"], weights["out_proj_weight"], next_norm, float(eps))
+                                             weights["D"], weights["out_proj_weight"], norm_weights[i], next_norm,
+                                             float(eps), i % 2, i + 1 == len(layers))
     return work[0]

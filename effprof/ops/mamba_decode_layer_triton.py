@@ -21,6 +21,13 @@ The last kernel of a layer ends with `_finish_layer`: the last program to finish
 dtype, to the residual, writes the next norm's output (the next layer's norm, or norm_f after the last
 layer) into `normed`, and zeroes `acc`, `xacc` and the counter for the next layer. Under the interpreter the
 programs run one after the other, so the last one is the last in the grid and the same code runs.
+Or (`norm_in`) every program of the next layer's first kernel adds the residual and normalises from `acc`
+itself, with two buffers of acc, xacc and the residual alternating by layer, each zeroed by a kernel that runs
+after its last reader and before its next writer; a last small kernel applies norm_f.
+
+Weights (and this layer's states, which no kernel of the step before wrote) are loaded at a kernel's start,
+before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, so that they stream in
+while the previous kernel finishes; every program waits before reading what the previous kernel wrote.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_step
+from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_finish, conv_state_read, conv_state_step
 from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
 
 
@@ -54,7 +61,7 @@ def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
 
 @triton.jit
 def _prologue_kernel(ids_ptr, emb_ptr, nw_ptr, normed_ptr, res_ptr, acc_ptr, xacc_ptr, count_ptr,
-                     d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr,
+                     batch, d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr,
                      USE_PDL: tl.constexpr):
     _wait_previous_kernel(USE_PDL)
     b = tl.program_id(0).to(tl.int64)
@@ -64,9 +71,10 @@ def _prologue_kernel(ids_ptr, emb_ptr, nw_ptr, normed_ptr, res_ptr, acc_ptr, xac
     r = tl.load(emb_ptr + token * stride_emb + i, mask=mask, other=0.0).to(tl.float32)
     tl.store(res_ptr + b * d_model + i, r, mask=mask)
     _rms_norm_row(r, nw_ptr, normed_ptr + b * d_model, i, mask, d_model, eps)
-    tl.store(acc_ptr + b * d_model + i, tl.zeros([BLOCK_MODEL], dtype=tl.float32), mask=mask)
     o = tl.arange(0, O_PAD)
-    tl.store(xacc_ptr + b * O + o, tl.zeros([O_PAD], dtype=tl.float32), mask=o < O)
+    for parity in range(2):  # both buffers of each accumulator (the NORM_IN mode alternates them by layer)
+        tl.store(acc_ptr + (parity * batch + b) * d_model + i, tl.zeros([BLOCK_MODEL], dtype=tl.float32), mask=mask)
+        tl.store(xacc_ptr + (parity * batch + b) * O + o, tl.zeros([O_PAD], dtype=tl.float32), mask=o < O)
     if b == 0:
         tl.store(count_ptr, 0)
 
@@ -93,44 +101,25 @@ def _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, n_p
 
 
 @triton.jit
-def _conv_read(state_rows, w_ptr, bias_ptr, c, mask_c, stride_st, stride_wc, stride_wk, WIDTH: tl.constexpr,
-               HAS_BIAS: tl.constexpr):
-    """What a conv-state step needs besides the new input, read before it exists: the state's columns 1 ..
-    WIDTH-1 (they shift left), bias + their taps' products (summed in `conv_state_step`'s order), the last
-    tap's weight."""
-    acc = tl.zeros(c.shape, dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)
-    cols = ()
-    for k in tl.static_range(WIDTH - 1):
-        s_k = tl.load(state_rows + (k + 1) * stride_st, mask=mask_c, other=0.0)
-        cols = cols + (s_k,)
-        acc += tl.load(w_ptr + c * stride_wc + k * stride_wk, mask=mask_c, other=0.0).to(tl.float32) * \
-            s_k.to(tl.float32)
-    w_last = tl.load(w_ptr + c * stride_wc + (WIDTH - 1) * stride_wk, mask=mask_c, other=0.0).to(tl.float32)
-    return cols, acc, w_last
-
-
-@triton.jit
-def _conv_finish(x_new, cols, acc, w_last, state_rows, mask_c, stride_st, WIDTH: tl.constexpr):
-    """silu(acc + w_last · x_new) with x_new in the state's dtype, and the state shifted (all threads have read
-    their columns before any writes: the barrier, as in `conv_state_step`)."""
-    x_s = x_new.to(state_rows.dtype.element_ty)
-    acc += w_last * x_s.to(tl.float32)
-    tl.debug_barrier()
-    for k in tl.static_range(WIDTH - 1):
-        tl.store(state_rows + k * stride_st, cols[k], mask=mask_c)
-    tl.store(state_rows + (WIDTH - 1) * stride_st, x_s, mask=mask_c)
-    return _silu_f32(acc)
+def _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN: tl.constexpr):
+    """The in_proj input at columns k: rms_norm(bf16(residual')) · w rounded to the model dtype, from the
+    previous layer's output and residual (NORM_IN), as the reference's RMSNorm gives it."""
+    r = _round(tl.load(acc_in_ptr + b * d_model + k, mask=mask_k, other=0.0), xz_ptr) + \
+        tl.load(res_in_ptr + b * d_model + k, mask=mask_k, other=0.0)
+    return _round(_round(r, xz_ptr) * inv * tl.load(nw_ptr + k, mask=mask_k, other=0.0).to(tl.float32), xz_ptr)
 
 
 @triton.jit
 def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
-                     batch, d_model, d_inner, O,
+                     acc_in_ptr, res_in_ptr, res_out_ptr, nw_ptr, xacc_zero_ptr,
+                     batch, d_model, d_inner, O, eps,
                      stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
                      HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
-                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr):
+                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr, NORM_IN: tl.constexpr):
+    """NORM_IN: the input is the previous layer's output (acc_in, float32 sum) and residual (res_in), not
+    `normed`: every program adds and normalises them itself (program 0 also writes residual' to res_out and
+    zeroes the other x_proj accumulator, xacc_zero, for the next layer)."""
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = n < 2 * d_inner
@@ -145,19 +134,43 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
                          mask=(o < O)[:, None] & mask_x[None, :], other=0.0)
     if CONV_PREFETCH:  # batch 1: the conv state's columns too (no earlier kernel of this step writes them)
         state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
-        cols, conv_acc, w_last = _conv_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st, stride_cwc,
-                                            stride_cwk, WIDTH, HAS_CONV_BIAS)
+        cols, conv_acc, w_last = conv_state_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
+                                                 stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS)
     _wait_previous_kernel(USE_PDL)
+    if NORM_IN:
+        if pid == 0:
+            o0 = tl.arange(0, O_PAD)
+            for b in range(batch):
+                tl.store(xacc_zero_ptr + b * O + o0, tl.zeros([O_PAD], dtype=tl.float32), mask=o0 < O)
     for b in range(batch):
+        if NORM_IN:  # inv = 1 / rms of the residual' rounded to the model dtype (pass 1 over the row)
+            ss = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, d_model, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = k < d_model
+                r = _round(tl.load(acc_in_ptr + b * d_model + k, mask=mask_k, other=0.0), xz_ptr) + \
+                    tl.load(res_in_ptr + b * d_model + k, mask=mask_k, other=0.0)
+                tl.store(res_out_ptr + b * d_model + k, r, mask=mask_k & (pid == 0))
+                xr = _round(r, xz_ptr)
+                ss += xr * xr
+            inv = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / d_model + eps)
         if PREFETCH:
-            xn = tl.load(normed_ptr + b * d_model + k_all, mask=mask_k_all, other=0.0).to(tl.float32)
+            if NORM_IN:
+                xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k_all, mask_k_all, d_model,
+                                  inv, NORM_IN)
+            else:
+                xn = tl.load(normed_ptr + b * d_model + k_all, mask=mask_k_all, other=0.0).to(tl.float32)
             v = tl.sum(w_all.to(tl.float32) * xn[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
             for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = k < d_model
-                xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+                if NORM_IN:
+                    xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv,
+                                      NORM_IN)
+                else:
+                    xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
                 w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
                             other=0.0).to(tl.float32)
                 acc += w * xn[None, :]
@@ -167,7 +180,7 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
         tl.store(row + n, v.to(xz_ptr.dtype.element_ty), mask=mask_n & (n >= d_inner))  # z
         if pid * BLOCK_N < d_inner:  # x rows: conv (shifting the state), then this block's share of x_proj
             if CONV_PREFETCH:
-                xc = _round(_conv_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
+                xc = _round(conv_state_finish(v, cols, conv_acc, w_last, state_rows0, mask_x, stride_st, WIDTH), xz_ptr)
             else:
                 state_rows = conv_state_ptr + b * stride_sb + n.to(tl.int64) * stride_sc
                 xc = _round(conv_state_step(v, state_rows, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
@@ -187,11 +200,11 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
 
 @triton.jit
 def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, ssm_ptr, wout_ptr, acc_ptr,
-                      res_ptr, nw_ptr, normed_ptr, count_ptr,
+                      res_ptr, nw_ptr, normed_ptr, count_ptr, acc_zero_ptr,
                       batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
                       BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
                       FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
-                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, NORM_IN: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
@@ -213,6 +226,10 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
         w_out = tl.load(wout_ptr + m_all[:, None] * stride_wo + d[None, :],
                         mask=(m_all < d_model)[:, None] & mask_d[None, :], other=0.0)
     _wait_previous_kernel(USE_PDL)
+    if NORM_IN:  # the accumulator the layer's first kernel read is free: zero it for the layer after next
+        if tl.program_id(1) == 0:
+            tl.store(acc_zero_ptr + b * d_model + m_all, tl.zeros([BLOCK_MODEL], dtype=tl.float32),
+                     mask=m_all < d_model)
     xrow = xacc_ptr + b * O  # x_proj's output, rounded as the reference's matmul output
     dt_low = _round(tl.load(xrow + r, mask=r < R, other=0.0), xz_ptr)
     Bv = _round(tl.load(xrow + R + n, mask=mask_n, other=0.0), xz_ptr)
@@ -239,8 +256,9 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
                 w = tl.load(wout_ptr + m[:, None] * stride_wo + d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                             other=0.0).to(tl.float32)
                 tl.atomic_add(acc_ptr + b * d_model + m, tl.sum(w * y[None, :], axis=1), mask=mask_m, sem="relaxed")
-        _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
-                      batch * tl.num_programs(1), batch, d_model, O, eps, BLOCK_MODEL, O_PAD)
+        if not NORM_IN:
+            _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
+                          batch * tl.num_programs(1), batch, d_model, O, eps, BLOCK_MODEL, O_PAD)
     else:
         tl.store(row + d, y.to(xz_ptr.dtype.element_ty), mask=mask_d)
 
@@ -250,7 +268,7 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
                       batch, d_inner, d_model, O, eps, stride_wo, k_per,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
                       BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
-                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr):
+                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, NORM_IN: tl.constexpr):
     """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
     with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -281,8 +299,22 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
             tl.store(acc_ptr + b * d_model + m, out, mask=mask_m)
         else:
             tl.atomic_add(acc_ptr + b * d_model + m, out, mask=mask_m, sem="relaxed")
-    _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0) * SPLIT_K, batch,
-                  d_model, O, eps, BLOCK_MODEL, O_PAD)
+    if not NORM_IN:
+        _finish_layer(acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, tl.num_programs(0) * SPLIT_K, batch,
+                      d_model, O, eps, BLOCK_MODEL, O_PAD)
+
+
+@triton.jit
+def _final_norm_kernel(acc_ptr, res_ptr, nw_ptr, normed_ptr, d_model, eps, BLOCK_MODEL: tl.constexpr,
+                       USE_PDL: tl.constexpr):
+    """normed = norm_f(bf16(last output) + residual), grid (batch,) (NORM_IN mode's end of the step)."""
+    _wait_previous_kernel(USE_PDL)
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK_MODEL)
+    mask = i < d_model
+    r = _round(tl.load(acc_ptr + b * d_model + i, mask=mask, other=0.0), normed_ptr) + \
+        tl.load(res_ptr + b * d_model + i, mask=mask, other=0.0)
+    _rms_norm_row(r, nw_ptr, normed_ptr + b * d_model, i, mask, d_model, eps)
 
 
 PREFETCH_MAX_ELEMENTS = 8192  # weight elements per program (64 bf16 registers per thread at 4 warps) held in one tile
@@ -290,23 +322,25 @@ PREFETCH_MAX_ELEMENTS = 8192  # weight elements per program (64 bf16 registers p
 
 class DecodeWork:
     """The buffers one decoding step shares across its layers: normed (batch, d_model) model dtype, residual
-    (batch, d_model) float32, xz (batch, 2·d_inner) model dtype, acc (batch, d_model) and xacc (batch, O)
-    float32, the counter (int32). The prologue kernel fills or zeroes all of them."""
+    (2, batch, d_model) float32, xz (batch, 2·d_inner) model dtype, acc (2, batch, d_model) and xacc (2, batch,
+    O) float32, the counter (int32). Two buffers of residual, acc and xacc: the NORM_IN mode alternates them
+    by layer parity; the other mode uses the first. The prologue kernel fills or zeroes all of them."""
 
     def __init__(self, batch, d_model, d_inner, O, device, dtype):
+        f32 = torch.float32
         self.batch, self.d_model, self.d_inner, self.O = batch, d_model, d_inner, O
         self.normed = torch.empty(batch, d_model, device=device, dtype=dtype)
-        self.residual = torch.empty(batch, d_model, device=device, dtype=torch.float32)
+        self.residual = torch.empty(2, batch, d_model, device=device, dtype=f32)
         self.xz = torch.empty(batch, 2 * d_inner, device=device, dtype=dtype)
-        self.acc = torch.empty(batch, d_model, device=device, dtype=torch.float32)
-        self.xacc = torch.empty(batch, O, device=device, dtype=torch.float32)
+        self.acc = torch.empty(2, batch, d_model, device=device, dtype=f32)
+        self.xacc = torch.empty(2, batch, O, device=device, dtype=f32)
         self.count = torch.empty(1, device=device, dtype=torch.int32)
 
     @classmethod
     def of(cls, normed, residual, xz, acc, xacc, count) -> "DecodeWork":
         work = cls.__new__(cls)
         work.batch, work.d_model = normed.shape
-        work.d_inner, work.O = xz.shape[1] // 2, xacc.shape[1]
+        work.d_inner, work.O = xz.shape[1] // 2, xacc.shape[-1]
         work.normed, work.residual, work.xz, work.acc, work.xacc, work.count = normed, residual, xz, acc, xacc, count
         return work
 
@@ -323,7 +357,7 @@ def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: Decode
     """ids (batch,) int -> work.residual = embedding rows (float32), work.normed = their RMSNorm."""
     _prologue_kernel[(work.batch,)](
         ids, embedding_weight, norm_weight, work.normed, work.residual, work.acc, work.xacc, work.count,
-        work.d_model, work.O, eps, embedding_weight.stride(0),
+        work.batch, work.d_model, work.O, eps, embedding_weight.stride(0),
         BLOCK_MODEL=triton.next_power_of_2(work.d_model), O_PAD=triton.next_power_of_2(work.O), num_warps=4,
         **_pdl(pdl))
 
@@ -331,9 +365,13 @@ def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: Decode
 def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight, conv_weight, conv_bias,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
-                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4):
-    """One layer (module docstring): reads work.normed, updates both states in place, leaves work.residual
-    and work.normed (the next norm's output) for the next layer."""
+                        pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4, norm_in=False,
+                        norm_weight=None, parity=0, last=False):
+    """One layer (module docstring), updating both states in place. Default: reads work.normed, leaves
+    work.residual[0] and work.normed (the next norm's output) for the next layer. norm_in: reads the previous
+    output work.acc[parity] and work.residual[parity], applies `norm_weight` itself, leaves the output in
+    work.acc[1 - parity] and the residual in work.residual[1 - parity]; with `last`, then writes
+    norm_f(`next_norm_weight`) of them to work.normed."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
     batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
@@ -350,24 +388,28 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     # a loop's tile keeps >= loop_tile weight elements per step whatever the rows per program
     block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
         min(max(block_k, loop_tile * num_warps // 4 // block_n), triton.next_power_of_2(d_model))
+    p, q = (parity % 2, 1 - parity % 2) if norm_in else (0, 0)
+    acc_out = work.acc[q] if norm_in else work.acc[0]
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
-        work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc,
-        batch, d_model, d_inner, O, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
+        work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc[p],
+        work.acc[p], work.residual[p], work.residual[q], norm_weight if norm_in else next_norm_weight, work.xacc[q],
+        batch, d_model, d_inner, O, eps, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
-        PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, **pdl_options)
+        PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, NORM_IN=norm_in,
+        **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
-        work.xz, work.xacc, dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
-        out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.count,
+        work.xz, work.xacc[p], dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
+        out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.count, work.acc[p],
         batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
         out_proj_weight.stride(0),
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
         BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
-        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, **pdl_options)
+        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in, **pdl_options)
     if not fuse_out:
         split_k = max(1, min(split_k, d_inner // 16))
         k_per = triton.cdiv(d_inner, split_k)
@@ -378,8 +420,12 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
         _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
-            work.xz, out_proj_weight, work.acc, work.residual, next_norm_weight, work.normed, work.xacc, work.count,
+            work.xz, out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.xacc[0],
+            work.count,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
-            **pdl_options)
+            NORM_IN=norm_in, **pdl_options)
+    if norm_in and last:
+        _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,
+                                     BLOCK_MODEL=block_model, num_warps=4, **pdl_options)

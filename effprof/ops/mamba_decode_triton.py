@@ -156,14 +156,16 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # layer_block_n / layer_block_m: rows per program of the in_proj / out_proj GEMVs (layer_block_k columns per
 # step of their loops; where a whole row block fits in one tile, and layer_prefetch, it is loaded in one go at
 # the kernel's start); layer_num_warps, layer_num_stages: warps per GEMV program, stages of its loop's loads;
-# layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics);
+# layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics); layer_norm_in: each
+# layer's first kernel adds the residual and normalises itself (no last-program step at a layer's end);
 # pdl: launch those kernels with programmatic dependent launch (Hopper+; each loads its weights, then waits for
 # the previous kernel: 0.459 -> 0.434 ms at 130m, 2.37 -> 2.26 ms at 2.8b).
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
                  "layer_max_batch": 1, "layer_max_d_model": 8192, "layer_fuse_out_max_bytes": 0,
                  "layer_block_n": 16, "layer_block_m": 8, "layer_block_k": 256, "layer_out_split_k": 1,
-                 "layer_num_warps": 4, "layer_num_stages": 3, "layer_prefetch": True, "pdl": True}
+                 "layer_num_warps": 4, "layer_num_stages": 3, "layer_prefetch": True, "layer_norm_in": False,
+                 "pdl": True}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:
