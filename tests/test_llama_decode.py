@@ -72,3 +72,19 @@ def test_fusable_names_what_it_cannot_fuse():
     with pytest.raises(ValueError, match="fused decode: Linear is not a Llama-style decoder"):
         LlamaDecodeStep(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
 
+
+
+def test_decode_impl_is_reported_and_counts_the_same_flops(capsys):
+    from effprof.cli import main
+    from effprof.ops.selective_scan import available_backends
+    from effprof.runner import Config, RunOptions, measure
+
+    records = [measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": 12, "decode_impl": impl},
+                              RunOptions(device="cpu", min_time=0.01, warmup=0))) for impl in ("transformers", "fused")]
+    assert [r["decode_impl"] for r in records] == ["transformers", "fused"]
+    assert records[0]["gflops"] == records[1]["gflops"] > 0  # the same matrix products, counted alike
+    if "triton" not in available_backends(torch.device("cpu")):  # triton on a CPU: one line, exit 2, no traceback
+        assert main(["run", "llava", "--preset", "tiny", "--mode", "decode", "--decode-impl", "triton",
+                     "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "--decode-impl triton: the triton decode step needs a CUDA device" in err and "Traceback" not in err

@@ -98,3 +98,38 @@ def test_triton_decode_step_matches_a_full_forward():
 
     got, reference = decode_against_a_full_forward("triton", seed=4)
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="needs triton's compiler (not the interpreter)")
+def test_decode_kernels_compile_for_an_h100_class_gpu():
+    """The interpreter runs what the GPU compiler may refuse (e.g. a non-constexpr global): compile each kernel
+    for sm_90 with the ptxas that ships in the triton wheel, no GPU needed, at LLaVA-7B's sizes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from effprof.ops.decode_attention_triton import _merge_kernel, _split_kernel
+    from effprof.ops.gemv_triton import _gemv_kernel
+    from effprof.ops.rotary_cache_triton import _rotary_cache_kernel
+
+    def compile_for_sm90(fn, pointers, constants, **options):
+        names = fn.arg_names
+        signature = {n: "constexpr" if n in constants else pointers.get(n, "i32") for n in names}
+        source = ASTSource(fn=fn, signature=signature,
+                           constexprs={(names.index(k),): v for k, v in constants.items()})
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+
+    bf16 = "*bf16"
+    kernels = [
+        (_gemv_kernel, dict(x_ptr=bf16, w_ptr=bf16, b_ptr=bf16, res_ptr=bf16, nw_ptr=bf16, out_ptr=bf16, eps="fp32"),
+         dict(K=4096, ROWS=1, HAS_BIAS=True, NORM=True, SILU_MUL=True, HAS_RES=True, BLOCK_N=8, BLOCK_K=512),
+         dict(num_warps=4, num_stages=3)),
+        (_rotary_cache_kernel, dict(qkv_ptr=bf16, cos_ptr=bf16, sin_ptr=bf16, k_ptr=bf16, v_ptr=bf16, pos_ptr="*i64",
+                                    q_ptr=bf16), dict(HEADS=32, KV_HEADS=8, DIM=128, BLOCK_D=128), {}),
+        (_split_kernel, dict(q_ptr=bf16, k_ptr=bf16, v_ptr=bf16, pos_ptr="*i64", m_ptr="*fp32", l_ptr="*fp32",
+                             acc_ptr="*fp32", scale="fp32"),
+         dict(SLOTS=4097, HEADS=32, GROUP=4, DIM=128, BLOCK_D=128, CHUNK=320, BLOCK_S=64, SPLITS=13), {}),
+        (_merge_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", out_ptr=bf16),
+         dict(DIM=128, BLOCK_D=128, SPLITS=13, BLOCK_SPLITS=16), {})]
+    for fn, pointers, constants, options in kernels:
+        assert len(compile_for_sm90(fn, pointers, constants, **options)) > 0

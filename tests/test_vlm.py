@@ -219,3 +219,18 @@ def test_swapping_the_projector_and_the_tower_changes_what_is_counted():
     mv = measure(Config("llava", {"preset": "tiny", "vision": "mambavision-t"}, RunOptions(device="meta")))
     assert mv["image_tokens"] == 49 and mv["vision"] == "mambavision-t"
     assert mv["stage_vision_params"] > 30e6  # MambaVision-T's tower replaces the tiny CLIP
+
+
+def test_the_prefill_stages_trace_under_torch_compile():
+    """`--compile` compiles each stage; dynamo must trace every stage's code (a lazily imported class in an
+    isinstance check once broke it). The eager backend traces without generating code: fast on CPU."""
+    from effprof.runner import build
+
+    built, _, _ = build(Config("llava", {"preset": "tiny"}, RunOptions(device="cpu", dtype="fp32")))
+    inputs = built.make_inputs(1)
+    carry, expected = inputs, inputs
+    for stage in built.stages:
+        torch._dynamo.reset()
+        carry = torch.compile(stage.run, backend="eager", fullgraph=False)(carry)
+        expected = stage.run(expected)
+    torch.testing.assert_close(carry, expected)

@@ -89,6 +89,17 @@ def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, ne
     return built
 
 
+def _triton_unavailable(choice: str, mode: str, device) -> None:
+    """`--decode-impl triton` where triton cannot run: one line, before the model is built (meta counts)."""
+    if choice == "triton" and mode != "prefill" and device.type != "meta":
+        from effprof.errors import ParamError
+        from effprof.ops.selective_scan import _unavailable_reason
+
+        reason = _unavailable_reason("triton", device)
+        if reason is not None:
+            raise ParamError(f"--decode-impl triton: {reason.replace('the triton scan', 'the triton decode step')}")
+
+
 def _decode_impl(choice: str, lm, device) -> str:
     """`--decode-impl` resolved: auto = fused on CUDA where the LM allows it (effprof.models.llama_decode)."""
     from effprof.errors import ParamError
@@ -97,11 +108,6 @@ def _decode_impl(choice: str, lm, device) -> str:
     if choice == "transformers" or (choice == "auto" and device.type != "cuda"):
         return "transformers"
     reason = fusable(lm)
-    if reason is None and choice == "triton" and device.type != "meta":  # meta: counted through the op's fake
-        from effprof.ops.selective_scan import _unavailable_reason
-
-        reason = _unavailable_reason("triton", device)
-        reason = reason and reason.replace("the triton scan", "the triton decode GEMV")
     if reason is not None and choice != "auto":
         raise ParamError(f"--decode-impl {choice}: {reason}")
     return "transformers" if reason is not None else ("fused" if choice == "auto" else choice)
@@ -118,13 +124,15 @@ def _decode_impl(choice: str, lm, device) -> str:
     Param("images_dir", str, None, "Folder of jpg/png images as inputs (CLIP's preprocessing, cycled to the "
           "batch); none = random pixels.", optional=True),
     Param("decode_impl", str, "auto", "LM decode step (decode, generate): transformers (LlamaModel.forward), fused "
-          "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels) or triton (fused, with effprof's "
-          "Triton GEMVs carrying the RMSNorm, SiLU*up and residual adds); auto = fused on CUDA.",
+          "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels) or triton (fused, on effprof's "
+          "Triton kernels: GEMVs carrying the RMSNorm, SiLU*up and residual adds, rotary + cache write, split-KV "
+          "attention; not yet measured on a GPU); auto = fused on CUDA.",
           choices=("auto", "transformers", "fused", "triton")),
 ], reducers=("vision-output", "vision-inner", "lm"))
 def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector,
           images_dir=None, decode_impl="auto", reducer=None):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
+    _triton_unavailable(decode_impl, mode, ctx.device)
     if pretrained is not None:
         from effprof.pretrained import find_checkpoint
 
@@ -149,6 +157,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         if projector == "ldp":
             tokens_per_image = P.LDPProjector.tokens_out(tokens_per_image)
     pipe = LlavaPipeline(model).eval()
+    from effprof.models.llava import VisionOutput as vision_output  # the class itself: torch.compile traces it
     image_tokens = images * tokens_per_image
     if reducer is not None:  # effprof/modules/reducers/llava_hooks.py puts it in its slot
         from effprof.errors import ParamError
@@ -187,7 +196,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
     def project(carry):
         features, prompt_ids, kv = carry
-        if isinstance(features, VisionOutput):  # no reducer: the selected features go straight on
+        if isinstance(features, vision_output):  # no reducer: the selected features go straight on
             features = features.features
         embeds = pipe.project(features)
         return embeds.reshape(prompt_ids.shape[0], -1, embeds.shape[-1]), prompt_ids, kv

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG = -1.0e30  # a finite "minus infinity": an all-masked chunk keeps finite maxima (no inf - inf)
+NEG = tl.constexpr(-1.0e30)  # a finite "minus infinity": an all-masked chunk keeps finite maxima (no inf - inf)
 
 
 @triton.jit
