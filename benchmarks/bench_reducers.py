@@ -227,6 +227,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if not args.smoke:  # the estimate and the roofline use this GPU's own calibration, never the datasheet
+        import torch
+
+        from effprof.measure.calibrate import calibrate
+
+        if torch.cuda.is_available():
+            calibrate(torch.device("cuda"))   # measures once per machine (~10 s), then read from its cache
     results: dict[str, dict] = {}
     for name in args.only.split(","):
         if name not in PROFILES:
