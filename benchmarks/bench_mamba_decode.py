@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import run_meta  # noqa: E402
 
+from effprof.models.generation import greedy_mamba  # noqa: E402
 from effprof.runner import Config, RunOptions, free_memory, measure  # noqa: E402
 
 KEEP = ("label", "param_preset", "batch", "param_seq_len", "param_mode", "decode_backend", "conv_backend",
@@ -49,20 +50,6 @@ KEEP = ("label", "param_preset", "batch", "param_seq_len", "param_mode", "decode
 def rel_err(a, b) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm())
-
-
-def greedy(model, prompt, n_tokens, decode_backend):
-    """Prefill the prompt, then n_tokens greedy steps: (tokens (batch, n), logits (batch, n, vocab))."""
-    model.set_backends(decode_backend=decode_backend)
-    cache = model.allocate_cache(prompt.shape[0])
-    logits = model(prompt, cache, num_last_tokens=1)
-    tokens, all_logits = [], []
-    for _ in range(n_tokens):
-        token = logits[:, -1].argmax(-1, keepdim=True)
-        tokens.append(token)
-        logits = model.step(token, cache)
-        all_logits.append(logits[:, -1])
-    return torch.cat(tokens, 1), torch.stack(all_logits, 1)
 
 
 # DECODE_CONFIG overrides checked against the reference
@@ -83,11 +70,11 @@ def section_greedy(device, smoke) -> list[dict]:
         torch.manual_seed(0)
         model = MambaLM(config, "ref", "ref", device=device, dtype=dtype).eval()
         prompt = torch.randint(0, config.vocab_size, (1, 16), device=device, generator=None)
-        ref_tokens, ref_logits = greedy(model, prompt, n, "ref")
+        ref_tokens, ref_logits = greedy_mamba(model, prompt, n, "ref")
         for variant in GREEDY_VARIANTS:
             kernels.DECODE_CONFIG.update(VARIANTS[variant])
             try:
-                tokens, logits = greedy(model, prompt, n, "triton")
+                tokens, logits = greedy_mamba(model, prompt, n, "triton")
             finally:
                 kernels.DECODE_CONFIG.clear()
                 kernels.DECODE_CONFIG.update(default)

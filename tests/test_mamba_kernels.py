@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from effprof.errors import BackendUnavailable, UsageError
+from effprof.models.generation import greedy_mamba
 from effprof.ops.causal_conv1d import (causal_conv1d, causal_conv1d_ref, causal_conv1d_update,
                                        causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.ops.selective_scan import available_backends
@@ -232,21 +233,6 @@ def test_triton_fused_step_counts_the_reference_flops():
     assert counts["lm_ref"] == counts["lm_triton"] > 0
 
 
-def greedy_tokens(model, prompt, n_tokens, decode_backend):
-    """Greedy generation: prefill the prompt, then n_tokens steps feeding back the argmax token."""
-    model.set_backends(decode_backend=decode_backend)
-    cache = model.allocate_cache(prompt.shape[0])
-    with torch.no_grad():
-        logits = model(prompt, cache, num_last_tokens=1)
-        tokens, all_logits = [], []
-        for _ in range(n_tokens):
-            token = logits[:, -1].argmax(-1, keepdim=True)
-            tokens.append(token)
-            logits = model.step(token, cache)
-            all_logits.append(logits[:, -1])
-    return torch.cat(tokens, 1), torch.stack(all_logits, 1)
-
-
 @needs_triton
 def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     """Greedy tokens of a small random-weight LM (float32): the fused step picks the same tokens as the
@@ -265,8 +251,8 @@ def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     torch.manual_seed(0)
     model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
-    ref_tokens, ref_logits = greedy_tokens(model, prompt, 16, "ref")
-    tokens, logits = greedy_tokens(model, prompt, 16, "triton")
+    ref_tokens, ref_logits = greedy_mamba(model, prompt, 16, "ref")
+    tokens, logits = greedy_mamba(model, prompt, 16, "triton")
     assert torch.equal(tokens, ref_tokens)
     assert rel_err(logits, ref_logits) < 1e-5
     assert (logits[:, 1:] - logits[:, :-1]).abs().amax() > 1e-3  # the state moves the logits step to step

@@ -121,3 +121,20 @@ class Generator:
             replay = graphed_callable(step_in_place, None, self.device, warmup_calls=2)
             self._graph = (replay, static_token, position)
         return self._graph
+
+
+def greedy_mamba(model, prompt: torch.Tensor, n_tokens: int, decode_backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A MambaLM's greedy generation on `decode_backend` (the check of a decode kernel against the op-by-op
+    step): prefill `prompt`, then `n_tokens` steps feeding back the argmax. Returns (tokens (batch, n),
+    logits (batch, n, vocab)) of the steps."""
+    model.set_backends(decode_backend=decode_backend)
+    cache = model.allocate_cache(prompt.shape[0])
+    with torch.no_grad():
+        logits = model(prompt, cache, num_last_tokens=1)
+        tokens, all_logits = [], []
+        for _ in range(n_tokens):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(token)
+            logits = model.step(token, cache)
+            all_logits.append(logits[:, -1])
+    return torch.cat(tokens, 1), torch.stack(all_logits, 1)
