@@ -32,19 +32,27 @@ from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import (available_backends, selective_scan, selective_scan_flops,  # noqa: E402
                                         selective_scan_ref, selective_state_update)
 
+# The lanes kernel (effprof/ops/selective_scan_lanes.py: time inside a thread, states_per_thread states per
+# thread, d_state / states_per_thread lanes per channel), sixth session; SASS instructions per (channel,
+# state, step) element from benchmarks/diagnostics/sass_scan.py in the comments (the Gluon default: 10.4).
+TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
+    dict(),                                    # states 4, CHUNK 32, sub 8, 4 warps: 7.48, 128 registers
+    dict(sub=16),                              # 7.48, 128 registers, 3 barriers per chunk instead of 5
+    dict(CHUNK=16, sub=16),                    # 7.75, 124 registers, 2 barriers per 16 steps
+    dict(num_warps=2),                         # 16 channels per program: 768 programs
+    dict(CHUNK=64),                            # 7.44, 165 registers
+    dict(states_per_thread=8, num_warps=2),    # 7.16, 168 registers, 2 lanes per channel
+    dict(states_per_thread=2, sub=16),         # 8.38, 96 registers, 8 lanes per channel
+    dict(states_per_thread=1, CHUNK=64, sub=16),  # 9.59, 105 registers, 16 lanes per channel
+    dict(poly_every=8),                        # 8.62: 1/8 of the exp2 on the FMA pipe (MUFU 1.19 -> 1.06)
+    dict(poly_every=16),                       # ~8.0: 1/16 of them
+]]
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
-# thread, CHUNK / 8 threads on time).
-TUNE_CONFIGS = [dict(CHUNK=ch, num_warps=nw) for ch, nw in [(32, 4), (32, 2), (64, 4), (16, 4)]]
-# Issue 15's routes for the SFU/issue bound (diagnostics/scan_notes.md, fifth session): every k-th state's exp2 as an FMA
-# polynomial, and a register cap for more warps per scheduler (166 registers: 3 programs of 4 warps per SM)
-TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, poly_every=k) for k in (4, 2)]
-TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, maxnreg=r) for r in (128,)]
-TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4, poly_every=4, maxnreg=128)]
-# The `tl` kernel (CPU interpreter; triton without Gluon), its best configs of the second session:
-# (BLOCK_D, CHUNK, num_warps, pair_states) with 3 pipeline stages and shift-and-mask B/C unpacking.
-# Earlier sweeps (diagnostics/scan_notes.md): CHUNK 8 or 16, 2 rows per thread and float32 B/C all lost.
-TUNE_CONFIGS += [dict(gluon=False, BLOCK_D=bd, CHUNK=ch, num_warps=nw, num_stages=3, fast_unpack=True, pair_states=ps)
-                 for bd, ch, nw, ps in [(32, 32, 4, False), (32, 32, 4, True), (16, 64, 4, True)]]
+# thread, CHUNK / 8 threads on time). Its other variants (CHUNK 16/64, 2 warps, poly_every, maxnreg) lost
+# (diagnostics/scan_notes.md, third and fifth sessions).
+TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4)]
+# The `tl` kernel (CPU interpreter; triton without Gluon), its best config of the second session.
+TUNE_CONFIGS += [dict(gluon=False, BLOCK_D=32, CHUNK=32, num_warps=4, num_stages=3, fast_unpack=True)]
 
 
 TUNE_KEYS = {k for config in TUNE_CONFIGS for k in config}

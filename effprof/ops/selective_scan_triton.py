@@ -257,7 +257,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     fast_math only), pair_states (two states per associative_scan; N even), gluon (default on: CUDA
     tensors run the Gluon kernel of `selective_scan_gluon`, whose channel block follows from CHUNK and
     num_warps; poly_every k: every k-th state's exp2 as an FMA polynomial, maxnreg: a register cap; BLOCK_D,
-    num_stages, fast_unpack and pair_states are the `tl` kernel's).
+    num_stages, fast_unpack and pair_states are the `tl` kernel's), kernel "lanes" (CUDA: the kernel of
+    `selective_scan_lanes`, time inside a thread and states across lanes, with states_per_thread, sub,
+    CHUNK, num_warps and poly_every; d_state 1 falls back to the Gluon kernel).
     """
     import os
     batch, d_inner, L = u.shape
@@ -274,6 +276,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if L == 0:
         return y, last_state.zero_()
     chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
+    if cfg.get("kernel") == "lanes" and u.is_cuda and gluon_available():
+        from effprof.ops import selective_scan_lanes
+        lanes = selective_scan_lanes.plan(N, L, cfg)
+        if lanes is not None:  # else (d_state 1) the Gluon kernel below
+            selective_scan_lanes.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state,
+                                        fast_math=fast_math, **lanes)
+            return y, last_state
     if cfg.get("gluon", True) and u.is_cuda and gluon_available() and chunk <= 64:
         from effprof.ops import selective_scan_gluon
         selective_scan_gluon.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk,

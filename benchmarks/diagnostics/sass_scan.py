@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Static cost of the Gluon scan kernels on sm_90a, without a GPU: registers, spills, shared memory and
+the SASS instruction mix of the chunk loop, per (channel, state, step) element.
+
+    python benchmarks/diagnostics/sass_scan.py lanes --states 4 --chunk 32 --sub 8 --warps 4
+    python benchmarks/diagnostics/sass_scan.py gluon --chunk 32 --warps 4
+
+Compiles with triton's own ptxas (GluonASTSource, the launch's 16-byte-aligned specialisation, bf16
+inputs, D, z, bias, softplus, fast math, d_state 16), disassembles with the wheel's cuobjdump, and
+counts the instructions of the longest loop (the chunk loop: the block between a label and the
+backward branch to it). Elements per loop iteration: the lanes kernel's CHUNK * S per thread, the
+Gluon kernel's 8 * 16 (8 steps, 16 states).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+TYPES = {"u_ptr": "*bf16", "delta_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
+         "D_ptr": "*fp32", "z_ptr": "*bf16", "bias_ptr": "*fp32", "y_ptr": "*bf16", "last_ptr": "*fp32",
+         "d_inner": "i32", "L": "i32"}
+
+
+def compile_kernel(kernel, constants: dict, num_warps: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    names = kernel.arg_names
+    source = GluonASTSource(fn=kernel, signature={n: TYPES.get(n, "constexpr") for n in names},
+                            constexprs={(names.index(n),): v for n, v in constants.items()},
+                            attrs={(names.index(n),): [["tt.divisibility", 16]] for n in TYPES})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def sass_of(compiled) -> tuple[str, str]:
+    import triton
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([str(bindir / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
+        usage = subprocess.run([str(bindir / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True,
+                               text=True).stdout
+    return sass, usage
+
+
+def loop_mix(sass: str) -> tuple[int, collections.Counter]:
+    """Instructions of the largest loop: from a branch target to the last backward branch to it."""
+    lines = [(int(m.group(1), 16), m.group(2)) for m in
+             (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if m]
+    best = (0, 0, 0)
+    for i, (addr, ins) in enumerate(lines):
+        m = re.search(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", ins)
+        target = re.search(r"0x([0-9a-f]+)", ins) if "BRA" in ins else None
+        if not target:
+            continue
+        t = int(target.group(1), 16)
+        if t < addr:
+            j = next(k for k, (a, _) in enumerate(lines) if a >= t)
+            if i - j > best[0]:
+                best = (i - j + 1, j, i)
+    _, j, i = best
+    mix = collections.Counter()
+    for _, ins in lines[j:i + 1]:
+        op = re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0]
+        mix[op] += 1
+    return best[0], mix
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kernel", choices=["lanes", "gluon"])
+    parser.add_argument("--states", type=int, default=4, help="lanes: states per thread")
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--sub", type=int, default=8, help="lanes: steps per in-thread tile")
+    parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--poly-every", type=int, default=0)
+    parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
+    args = parser.parse_args()
+    import triton
+    n_pad = triton.next_power_of_2(args.d_state)
+    common = dict(N=args.d_state, N_PAD=n_pad, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
+                  CHUNK=args.chunk, EVEN_L=True, EVEN_D=True, FAST_MATH=True, POLY_EVERY=args.poly_every,
+                  num_warps=args.warps)
+    if args.kernel == "lanes":
+        from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, lanes_geometry
+        _, s, _ = lanes_geometry(args.d_state, args.states, args.warps)
+        compiled = compile_kernel(_scan_lanes_kernel, {**common, "S": s, "SUB": min(args.sub, args.chunk)},
+                                  args.warps)
+        elements = args.chunk * s
+    else:
+        from effprof.ops.selective_scan_gluon import _scan_gluon_kernel
+        compiled = compile_kernel(_scan_gluon_kernel, common, args.warps)
+        elements = 8 * args.d_state
+    sass, usage = sass_of(compiled)
+    regs = re.search(r"REG:(\d+)", usage).group(1)
+    stack = re.search(r"STACK:(\d+)", usage).group(1)
+    shared = re.search(r"SHARED:(\d+)", usage).group(1)
+    count, mix = loop_mix(sass)
+    if args.sass:
+        print(sass)
+    top = ", ".join(f"{op} {n / elements:.2f}" for op, n in mix.most_common(14))
+    print(f"{args.kernel} {vars(args)}: {regs} registers, stack {stack} B, shared {shared} B; "
+          f"loop {count} instructions / {elements} elements = {count / elements:.2f} per element")
+    print(f"  per element: {top}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The forward selective scan with time inside a thread and states across lanes (Gluon, CUDA only).
+
+Same math, shapes and outputs as `selective_scan_gluon` (whose helpers it shares). The decomposition
+differs: a thread owns S states of one (batch, channel) and walks time sequentially, so that per
+(channel, state, step) element the work is FMUL (delta A), MUFU (exp2), FMUL (delta u B), FFMA (the
+recurrence) and FFMA (C h), with no running products, no scan across lanes and no fix-up. The
+N_PAD / S threads ("lanes") of a channel are consecutive lanes of one warp. Per chunk of CHUNK steps:
+
+1. every thread takes CHUNK / G consecutive steps of its channel (G = lanes per channel): loads u,
+   delta, z (prefetched one chunk ahead), computes softplus(delta + bias), delta u, D u and silu(z) once
+   per (channel, step), and stores delta and delta u (float32) in shared memory; the CTA stages the
+   chunk's B and C rows there as float32 (all channels of a CTA share them);
+2. barrier; every thread walks the chunk in sub-blocks of SUB steps: a [SUB, S] tile of exp2, products
+   and an in-thread sequential scan (the carried state folded into the first step), then the partial
+   y of its S states, sum_s C h, into shared memory;
+3. barrier; every thread sums the G partials of its CHUNK / G steps, adds D u, gates with silu(z) and
+   stores y (16-byte stores when CHUNK / G >= 8).
+
+Instructions per element, SASS counts and GPU timings: benchmarks/diagnostics/scan_notes.md (sixth
+session). d_state is padded to a power of two (padded states have A = B = C = 0 and stay 0). The
+launcher `launch` falls back to `selective_scan_gluon` where this decomposition does not apply
+(d_state 1: one lane per channel and no reduction, which is the old kernel's CHUNK 8 case, slower).
+"""
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from effprof.ops.selective_scan_gluon import _exp2_poly, _silu, _softplus, _to_float32
+
+
+@gluon.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@gluon.jit
+def _pick_last(a, b):
+    return b
+
+
+@gluon.jit
+def _exp2_ftz(x):
+    """ex2.approx.ftz: one MUFU.EX2 (the non-ftz form adds a range check and two multiplies for
+    subnormal results; a decay below 2^-126 is 0 for the recurrence)."""
+    return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
+                       d_inner, L,
+                       N: gl.constexpr, N_PAD: gl.constexpr, S: gl.constexpr, HAS_D: gl.constexpr,
+                       HAS_Z: gl.constexpr, HAS_DELTA_BIAS: gl.constexpr, DELTA_SOFTPLUS: gl.constexpr,
+                       CHUNK: gl.constexpr, SUB: gl.constexpr, EVEN_L: gl.constexpr, EVEN_D: gl.constexpr,
+                       FAST_MATH: gl.constexpr, POLY_EVERY: gl.constexpr, num_warps: gl.constexpr):
+    """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), the whole sequence."""
+    G: gl.constexpr = N_PAD // S              # lanes per channel
+    BLOCK_D: gl.constexpr = (32 // G) * num_warps
+    STEPS: gl.constexpr = CHUNK // G          # steps per thread in phases 1 and 3
+    # phase 2: [BLOCK_D, G, S, SUB], a thread holds [S, SUB] (its states x steps)
+    walk: gl.constexpr = gl.BlockedLayout([1, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1], [3, 2, 1, 0])
+    carry_l: gl.constexpr = gl.SliceLayout(3, walk)                    # [BLOCK_D, G, S]
+    step_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, walk))  # [BLOCK_D, SUB]: per channel and step
+    bc_walk_l: gl.constexpr = gl.SliceLayout(0, walk)                  # [G, S, SUB]
+    # phases 1 and 3: [BLOCK_D, G, CHUNK] partials with a thread's G partials of its STEPS steps in-thread
+    red_l: gl.constexpr = gl.BlockedLayout([1, G, STEPS], [32 // G, 1, G], [num_warps, 1, 1], [2, 1, 0])
+    io_l: gl.constexpr = gl.SliceLayout(1, red_l)                      # [BLOCK_D, CHUNK]
+    # the chunk's B and C rows, [G, S, CHUNK] loaded with 4 steps per thread
+    TT: gl.constexpr = CHUNK // 4 if CHUNK <= 128 else 32
+    TS: gl.constexpr = S if S < 32 // TT else 32 // TT
+    bc_l: gl.constexpr = gl.BlockedLayout([1, 1, 4], [32 // (TT * TS), TS, TT], [num_warps, 1, 1], [2, 1, 0])
+    # shared memory, rows of CHUNK floats padded by 4: conflict-free 16-byte accesses across the
+    # channels of a warp; B and C rows (g, s) padded once more per g, so that the G lanes reading rows
+    # g S + s (same s) start on different banks
+    row_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, CHUNK], [1, 0])
+    part_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, G, CHUNK], [2, 1, 0])
+    if S > 1:
+        bc_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4], [S * CHUNK, 4]], [G, S, CHUNK],
+                                                                       [2, 1, 0])
+    else:
+        bc_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [G, S, CHUNK], [2, 1, 0])
+
+    pid_b = gl.program_id(0)
+    d0 = gl.program_id(1) * BLOCK_D
+    # per-(channel, state) constants and the carried state, [BLOCK_D, G, S]
+    d_c = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, gl.SliceLayout(2, carry_l)))
+    g_c = gl.arange(0, G, layout=gl.SliceLayout(0, gl.SliceLayout(2, carry_l)))
+    s_c = gl.arange(0, S, layout=gl.SliceLayout(0, gl.SliceLayout(1, carry_l)))
+    n_c = gl.expand_dims(gl.expand_dims(g_c * S, 0), 2) + gl.expand_dims(gl.expand_dims(s_c, 0), 1)  # [1, G, S]
+    dn_mask = gl.expand_dims(gl.expand_dims(d_c < d_inner, 1), 2) & (n_c < N)
+    dn_offs = gl.expand_dims(gl.expand_dims(d_c * N, 1), 2) + n_c
+    A2 = gl.load(A_ptr + dn_offs, mask=dn_mask, other=0.0).to(gl.float32) * 1.4426950408889634
+    A2 = gl.expand_dims(A2, 3)                                          # [BLOCK_D, G, S, 1]
+    h = gl.zeros([BLOCK_D, G, S], gl.float32, carry_l)
+    # which registers hold step 0 of a sub-block / a polynomial exp2 (compile-time per register)
+    t_w = gl.arange(0, SUB, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, walk))))
+    t4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(t_w, 0), 1), 2)                     # [1, 1, 1, SUB]
+    s_w = gl.arange(0, S, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, walk))))
+    s4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(s_w, 0), 1), 3)                     # [1, 1, S, 1]
+    first = t4 == 0
+    if POLY_EVERY > 0:
+        poly = (s4 * SUB + t4) % POLY_EVERY == POLY_EVERY - 1
+
+    # phase 1/3 addresses: [BLOCK_D, CHUNK] tiles of u, delta, z, y
+    d_io = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io_l))
+    t_io = gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io_l)), 0)
+    mask_d = gl.expand_dims(d_io < d_inner, 1)
+    rows = (pid_b * d_inner + d_io).to(gl.int64)
+    offs = gl.expand_dims(rows * L, 1) + t_io
+    bias = gl.zeros([BLOCK_D, 1], gl.float32, io_l)
+    if HAS_DELTA_BIAS:
+        bias = gl.expand_dims(gl.load(bias_ptr + d_io, mask=d_io < d_inner, other=0.0).to(gl.float32), 1)
+    Dv = gl.zeros([BLOCK_D, 1], gl.float32, io_l)
+    if HAS_D:
+        Dv = gl.expand_dims(gl.load(D_ptr + d_io, mask=d_io < d_inner, other=0.0).to(gl.float32), 1)
+    g_bc = gl.arange(0, G, layout=gl.SliceLayout(1, gl.SliceLayout(2, bc_l)))
+    s_bc = gl.arange(0, S, layout=gl.SliceLayout(0, gl.SliceLayout(2, bc_l)))
+    n_bc = gl.expand_dims(gl.expand_dims(g_bc * S, 1), 2) + gl.expand_dims(gl.expand_dims(s_bc, 0), 2)  # [G, S, 1]
+    t_bc = gl.expand_dims(gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(0, gl.SliceLayout(1, bc_l))), 0), 1)
+    bc_offs = pid_b.to(gl.int64) * N * L + n_bc * L + t_bc
+    mask_n = n_bc < N
+
+    delta_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_pad)
+    du_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_pad)
+    B_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_pad)
+    C_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_pad)
+    part_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, G, CHUNK], part_pad)
+
+    # chunk 0's inputs; in the loop, chunk k+1's are loaded while chunk k computes
+    io_mask = mask_d & (t_io < L)
+    u_next = gl.load(u_ptr + offs, mask=io_mask, other=0.0)
+    delta_next = gl.load(delta_ptr + offs, mask=io_mask, other=0.0)
+    z_next = u_next
+    if HAS_Z:
+        z_next = gl.load(z_ptr + offs, mask=io_mask, other=0.0)
+    B_next = gl.load(B_ptr + bc_offs, mask=mask_n & (t_bc < L), other=0.0)
+    C_next = gl.load(C_ptr + bc_offs, mask=mask_n & (t_bc < L), other=0.0)
+    for start in range(0, L, CHUNK):
+        # phase 1: per (channel, step) work, once per channel
+        u = _to_float32(u_next)
+        delta = _to_float32(delta_next)
+        z_raw = z_next
+        B_f = _to_float32(B_next)
+        C_f = _to_float32(C_next)
+        nxt = start + CHUNK
+        io_mask = mask_d & (nxt + t_io < L)
+        u_next = gl.load(u_ptr + offs + nxt, mask=io_mask, other=0.0)
+        delta_next = gl.load(delta_ptr + offs + nxt, mask=io_mask, other=0.0)
+        if HAS_Z:
+            z_next = gl.load(z_ptr + offs + nxt, mask=io_mask, other=0.0)
+        B_next = gl.load(B_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < L), other=0.0)
+        C_next = gl.load(C_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < L), other=0.0)
+        if HAS_DELTA_BIAS:
+            delta = delta + bias
+        if DELTA_SOFTPLUS:
+            delta = _softplus(delta, FAST_MATH)
+        if not EVEN_L:  # padded steps are the recurrence's identity (a = 1, b = 0): the carry stays exact
+            delta = gl.where(start + t_io < L, delta, 0.0)
+        delta_s.store(delta)
+        du_s.store(delta * u)
+        B_s.store(B_f)
+        C_s.store(C_f)
+        skip = Dv * u
+        if HAS_Z:
+            gate = _silu(_to_float32(z_raw), FAST_MATH)
+        gl.thread_barrier()  # delta, delta u, B, C of this chunk are in shared memory
+        # phase 2: sequential in time, S states per thread
+        for j in gl.static_range(CHUNK // SUB):
+            dl = gl.expand_dims(gl.expand_dims(delta_s.slice(j * SUB, SUB, dim=1).load(step_l), 1), 2)
+            dub = gl.expand_dims(gl.expand_dims(du_s.slice(j * SUB, SUB, dim=1).load(step_l), 1), 2)
+            Bw = gl.expand_dims(B_s.slice(j * SUB, SUB, dim=2).load(bc_walk_l), 0)     # [1, G, S, SUB]
+            Cw = gl.expand_dims(C_s.slice(j * SUB, SUB, dim=2).load(bc_walk_l), 0)
+            x = dl * A2
+            if FAST_MATH:
+                if POLY_EVERY > 0:  # these registers' exp2 on the FMA pipe (the select folds per register)
+                    a = gl.where(poly, _exp2_poly(x), _exp2_ftz(x))
+                else:
+                    a = _exp2_ftz(x)
+            else:
+                a = gl.exp2(x)
+            b = dub * Bw
+            b = gl.where(first, a * gl.expand_dims(h, 3) + b, b)   # the carried state enters at step 0
+            _, hs = gl.associative_scan((a, b), 3, _combine)       # in-thread: h_t = a_t h_{t-1} + b_t
+            h = gl.reduce(hs, 3, _pick_last)
+            part_s.slice(j * SUB, SUB, dim=2).store(gl.sum(hs * Cw, axis=2))
+        gl.thread_barrier()  # partial y of every lane is in shared memory
+        # phase 3: the G partials of each of this thread's steps, D skip, gate, store
+        y = gl.sum(part_s.load(red_l), axis=1)
+        if HAS_D:
+            y = y + skip
+        if HAS_Z:
+            y = y * gate
+        if EVEN_L and EVEN_D:
+            gl.store(y_ptr + offs + start, y.to(y_ptr.dtype.element_ty))
+        else:
+            gl.store(y_ptr + offs + start, y.to(y_ptr.dtype.element_ty), mask=mask_d & (start + t_io < L))
+    last_offs = gl.expand_dims(gl.expand_dims((pid_b * d_inner + d_c).to(gl.int64) * N, 1), 2) + n_c
+    gl.store(last_ptr + last_offs, h, mask=dn_mask)
+
+
+def lanes_geometry(d_state: int, states_per_thread: int, num_warps: int) -> tuple[int, int, int]:
+    """(N_PAD, S, BLOCK_D): d_state padded to a power of two; states per thread, at most half of N_PAD
+    (two lanes per channel at least) and at least N_PAD / 32 (a channel's lanes within one warp);
+    channels per program."""
+    n_pad = triton.next_power_of_2(d_state)
+    s = max(min(states_per_thread, n_pad // 2), n_pad // 32, 1)
+    return n_pad, s, (32 // (n_pad // s)) * num_warps
+
+
+def plan(d_state: int, L: int, config: dict) -> dict | None:
+    """The launch parameters for this shape and config, or None where the kernel does not apply:
+    d_state 1 (one lane per channel, nothing to spread; the caller falls back to `selective_scan_gluon`).
+    CHUNK is at least 4 steps per lane and at most the sequence rounded up to a power of two."""
+    n_pad, s, _ = lanes_geometry(d_state, config.get("states_per_thread", 4), 1)
+    lanes = n_pad // s
+    if lanes < 2:
+        return None
+    chunk = max(4 * lanes, min(config.get("CHUNK", 32), triton.next_power_of_2(L)))
+    return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 8), chunk),
+                num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0))
+
+
+def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
+           states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0):
+    """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`) with the
+    parameters of `plan`. chunk: steps per iteration (shared-memory staging), sub: steps per in-thread
+    tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only)."""
+    batch, d_inner, L = u.shape
+    N = A.shape[1]
+    n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps)
+    dummy = u  # never read: the matching HAS_* flag is off
+    _scan_lanes_kernel[(batch, triton.cdiv(d_inner, bd))](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
+        N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), EVEN_L=L % chunk == 0,
+        EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math, POLY_EVERY=poly_every if fast_math else 0,
+        num_warps=num_warps)
+
+
+def scan_lanes_model(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
+    """The kernel's decomposition in plain PyTorch (float32), for CPU tests: states padded to N_PAD and
+    split into G lanes of S, time padded to whole chunks (delta = 0 there: a = 1, b = 0), each lane's
+    states walked step by step with the carry across chunks, per-lane partials sum_s C h summed over
+    the lanes, then D u and the silu(z) gate. Returns (y float32, last state)."""
+    import torch
+    batch, d_inner, L = u.shape
+    N = A.shape[1]
+    p = plan(N, L, config or {})
+    if p is None:
+        raise ValueError("the lanes decomposition needs d_state >= 2")
+    n_pad, s, _ = lanes_geometry(N, p["states_per_thread"], 1)
+    G, chunk = n_pad // s, p["chunk"]
+    Lp = -(-L // chunk) * chunk
+    f = lambda x: torch.nn.functional.pad(x.float(), (0, Lp - L))  # noqa: E731
+    u_, dl = f(u), delta.float() + (delta_bias.float()[:, None] if delta_bias is not None else 0.0)
+    if delta_softplus:
+        dl = torch.nn.functional.softplus(dl)
+    dl = f(dl)
+    pad_n = lambda x: torch.nn.functional.pad(f(x), (0, 0, 0, n_pad - N)).reshape(batch, G, s, Lp)  # noqa: E731
+    B_, C_ = pad_n(B), pad_n(C)
+    A2 = torch.nn.functional.pad(A.float(), (0, n_pad - N)).reshape(d_inner, G, s) * 1.4426950408889634
+    h = u_.new_zeros(batch, d_inner, G, s)
+    part = u_.new_zeros(batch, d_inner, G, Lp)                # each lane's partial y
+    for t in range(Lp):                                        # chunks and sub-blocks only regroup time
+        a = torch.exp2(dl[:, :, t, None, None] * A2)
+        h = a * h + (dl * u_)[:, :, t, None, None] * B_[:, None, :, :, t]
+        part[..., t] = (C_[:, None, :, :, t] * h).sum(-1)
+    y = part.sum(2)[..., :L]
+    if D is not None:
+        y = y + D.float()[:, None] * u.float()
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.float())
+    return y, h.reshape(batch, d_inner, n_pad)[..., :N]

@@ -1,0 +1,86 @@
+"""The lanes scan kernel (time inside a thread, states across lanes) without a GPU: its decomposition in
+plain PyTorch against the reference, its launch plan, and its sm_90 compilation (registers, no local
+memory, one exp2 per element). `test_cuda_kernels_match_reference` in test_selective_scan.py runs the
+kernel itself on a GPU."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from effprof.ops.selective_scan import selective_scan_ref
+
+HAS_GLUON = importlib.util.find_spec("triton") is not None and importlib.util.find_spec("triton.experimental.gluon")
+pytestmark = pytest.mark.skipif(not HAS_GLUON, reason="needs triton with Gluon (3.5+)")
+
+
+def rel_err(out, ref) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def make_inputs(batch, d_inner, L, d_state, with_D=True, with_z=True, with_bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    return dict(u=rnd(batch, d_inner, L), delta=0.5 * torch.rand(batch, d_inner, L, generator=g) - 0.1,
+                A=-torch.exp(0.5 * rnd(d_inner, d_state)), B=rnd(batch, d_state, L), C=rnd(batch, d_state, L),
+                D=rnd(d_inner) if with_D else None, z=rnd(batch, d_inner, L) if with_z else None,
+                delta_bias=0.3 * rnd(d_inner) if with_bias else None)
+
+
+@pytest.mark.parametrize("shape, config", [
+    ((2, 5, 37, 3, True, True, True), {}),                              # d_state 3: padded to 4, 2 lanes of 2
+    ((1, 4, 1, 16, False, False, False), {}),                           # L = 1
+    ((2, 3, 70, 16, True, True, True), {"states_per_thread": 8, "CHUNK": 16}),  # several chunks, a partial one
+    ((1, 2, 19, 64, False, True, False), {"states_per_thread": 1}),     # 64 states: at least 2 per lane
+    ((1, 3, 45, 16, True, False, True), {"states_per_thread": 2, "CHUNK": 32}),
+])
+def test_lanes_decomposition_matches_reference(shape, config):
+    from effprof.ops.selective_scan_lanes import scan_lanes_model
+    batch, d_inner, L, d_state, with_D, with_z, with_bias = shape
+    inputs = make_inputs(batch, d_inner, L, d_state, with_D, with_z, with_bias, seed=L + d_state)
+    ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    y, last = scan_lanes_model(**inputs, delta_softplus=True, config=config)
+    assert y.shape == ref_y.shape and last.shape == ref_last.shape
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(last, ref_last) < 1e-5
+
+
+def test_lanes_plan():
+    from effprof.ops.selective_scan_lanes import lanes_geometry, plan
+    assert plan(1, 4096, {}) is None                  # one state: no lanes to spread over (Gluon kernel)
+    p = plan(16, 4096, {})
+    assert (p["chunk"], p["states_per_thread"], p["sub"], p["num_warps"]) == (32, 4, 8, 4)
+    assert lanes_geometry(16, 4, 4) == (16, 4, 32)    # 4 lanes per channel, 8 channels per warp
+    assert plan(16, 1, {})["chunk"] == 16             # at least 4 steps per lane, even for L = 1
+    assert plan(3, 100, {})["states_per_thread"] == 2  # padded to 4 states: 2 lanes of 2
+    assert lanes_geometry(64, 1, 4) == (64, 2, 4)     # at most 32 lanes per channel
+    assert plan(16, 4096, {"states_per_thread": 1, "CHUNK": 32})["chunk"] == 64  # 16 lanes x 4 steps
+
+
+def test_lanes_kernel_compiles_for_hopper_with_one_exp2_per_element():
+    """Compile the kernel for sm_90 with triton's ptxas (no GPU needed): no local memory, at most 128
+    registers (4 programs of 4 warps per SM), and in the chunk loop exactly one MUFU per (channel,
+    state, step) element plus three per (channel, step) (softplus' ex2 and lg2, silu's tanh), i.e. the
+    per-channel work is not repeated in the lanes of a channel."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("triton's wheel ships no cuobjdump here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics"))
+    from sass_scan import compile_kernel, loop_mix, sass_of
+
+    from effprof.ops.selective_scan_lanes import _scan_lanes_kernel
+    chunk, states, lanes = 32, 4, 4
+    constants = dict(N=16, N_PAD=16, S=states, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
+                     CHUNK=chunk, SUB=8, EVEN_L=True, EVEN_D=True, FAST_MATH=True, POLY_EVERY=0, num_warps=4)
+    compiled = compile_kernel(_scan_lanes_kernel, constants, 4)
+    assert ".local" not in compiled.asm["ptx"]
+    sass, usage = sass_of(compiled)
+    assert int(re.search(r"STACK:(\d+)", usage).group(1)) == 0
+    assert int(re.search(r"REG:(\d+)", usage).group(1)) <= 128, usage
+    count, mix = loop_mix(sass)
+    assert mix["MUFU"] == chunk * states + 3 * chunk // lanes
+    assert count < 8 * chunk * states  # 7.5 SASS instructions per element when written (scan_notes.md)
