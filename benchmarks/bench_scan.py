@@ -46,6 +46,9 @@ TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
     dict(states_per_thread=1, CHUNK=64, sub=16),  # 9.59, 105 registers, 16 lanes per channel
     dict(poly_every=8),                        # 8.62: 1/8 of the exp2 on the FMA pipe (MUFU 1.19 -> 1.06)
     dict(poly_every=16),                       # ~8.0: 1/16 of them
+    dict(pad=False),                           # 7.47, 96 registers, shared memory without padding (bank conflicts)
+    dict(rows=2, sub=4, num_warps=2),          # 7.18, 210 registers: 2 channels per thread share B and C loads
+    dict(rows=2, sub=4, num_warps=2, poly_every=8),
 ]]
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
 # thread, CHUNK / 8 threads on time). Its other variants (CHUNK 16/64, 2 warps, poly_every, maxnreg) lost

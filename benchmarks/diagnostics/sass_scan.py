@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--sub", type=int, default=8, help="lanes: steps per in-thread tile")
     parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=1, help="lanes: channels per thread")
+    parser.add_argument("--no-pad", action="store_true", help="lanes: plain row-major shared memory")
     parser.add_argument("--poly-every", type=int, default=0)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
@@ -94,9 +96,9 @@ def main() -> int:
     if args.kernel == "lanes":
         from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, lanes_geometry
         _, s, _ = lanes_geometry(args.d_state, args.states, args.warps)
-        compiled = compile_kernel(_scan_lanes_kernel, {**common, "S": s, "SUB": min(args.sub, args.chunk)},
-                                  args.warps)
-        elements = args.chunk * s
+        constants = {**common, "S": s, "SUB": min(args.sub, args.chunk), "ROWS": args.rows, "PAD": not args.no_pad}
+        compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps)
+        elements = args.chunk * s * args.rows
     else:
         from effprof.ops.selective_scan_gluon import _scan_gluon_kernel
         compiled = compile_kernel(_scan_gluon_kernel, common, args.warps)

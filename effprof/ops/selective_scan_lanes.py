@@ -53,34 +53,48 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                        d_inner, L,
                        N: gl.constexpr, N_PAD: gl.constexpr, S: gl.constexpr, HAS_D: gl.constexpr,
                        HAS_Z: gl.constexpr, HAS_DELTA_BIAS: gl.constexpr, DELTA_SOFTPLUS: gl.constexpr,
-                       CHUNK: gl.constexpr, SUB: gl.constexpr, EVEN_L: gl.constexpr, EVEN_D: gl.constexpr,
-                       FAST_MATH: gl.constexpr, POLY_EVERY: gl.constexpr, num_warps: gl.constexpr):
+                       CHUNK: gl.constexpr, SUB: gl.constexpr, ROWS: gl.constexpr, PAD: gl.constexpr,
+                       EVEN_L: gl.constexpr, EVEN_D: gl.constexpr, FAST_MATH: gl.constexpr, POLY_EVERY: gl.constexpr,
+                       num_warps: gl.constexpr):
     """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), the whole sequence."""
     G: gl.constexpr = N_PAD // S              # lanes per channel
-    BLOCK_D: gl.constexpr = (32 // G) * num_warps
+    BLOCK_D: gl.constexpr = ROWS * (32 // G) * num_warps
     STEPS: gl.constexpr = CHUNK // G          # steps per thread in phases 1 and 3
-    # phase 2: [BLOCK_D, G, S, SUB], a thread holds [S, SUB] (its states x steps)
-    walk: gl.constexpr = gl.BlockedLayout([1, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1], [3, 2, 1, 0])
+    # phase 2: [BLOCK_D, G, S, SUB], a thread holds [ROWS, S, SUB] (its channels x states x steps)
+    walk: gl.constexpr = gl.BlockedLayout([ROWS, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1], [3, 2, 1, 0])
     carry_l: gl.constexpr = gl.SliceLayout(3, walk)                    # [BLOCK_D, G, S]
     step_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, walk))  # [BLOCK_D, SUB]: per channel and step
     bc_walk_l: gl.constexpr = gl.SliceLayout(0, walk)                  # [G, S, SUB]
     # phases 1 and 3: [BLOCK_D, G, CHUNK] partials with a thread's G partials of its STEPS steps in-thread
-    red_l: gl.constexpr = gl.BlockedLayout([1, G, STEPS], [32 // G, 1, G], [num_warps, 1, 1], [2, 1, 0])
+    red_l: gl.constexpr = gl.BlockedLayout([ROWS, G, STEPS], [32 // G, 1, G], [num_warps, 1, 1], [2, 1, 0])
     io_l: gl.constexpr = gl.SliceLayout(1, red_l)                      # [BLOCK_D, CHUNK]
     # the chunk's B and C rows, [G, S, CHUNK] loaded with 4 steps per thread
     TT: gl.constexpr = CHUNK // 4 if CHUNK <= 128 else 32
     TS: gl.constexpr = S if S < 32 // TT else 32 // TT
     bc_l: gl.constexpr = gl.BlockedLayout([1, 1, 4], [32 // (TT * TS), TS, TT], [num_warps, 1, 1], [2, 1, 0])
-    # shared memory, rows of CHUNK floats padded by 4: conflict-free 16-byte accesses across the
-    # channels of a warp; B and C rows (g, s) padded once more per g, so that the G lanes reading rows
-    # g S + s (same s) start on different banks
-    row_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, CHUNK], [1, 0])
-    part_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, G, CHUNK], [2, 1, 0])
-    if S > 1:
-        bc_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4], [S * CHUNK, 4]], [G, S, CHUNK],
-                                                                       [2, 1, 0])
+    # shared memory (PAD; else plain row-major), rows of CHUNK floats padded by 4: conflict-free 16-byte
+    # accesses across the channels of a warp; B and C rows (g, s) padded once more per g, so that the G
+    # lanes reading rows g S + s (same s) start on different banks
+    if PAD:
+        row_sl: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, CHUNK], [1, 0])
+        # partials: row (d, g) at d P_d + g P_g floats, P_g / 4 = CHUNK / 4 + 8 / G and P_d / 4 odd, so that the
+        # 8 threads of a quarter-warp hit 8 different 4-bank groups both when lanes store their rows (phase
+        # 2) and when each thread reads its steps of a channel's G rows (phase 3)
+        if G >= 8:
+            part_sl: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [BLOCK_D, G, CHUNK],
+                                                                            [2, 1, 0])
+        else:
+            part_sl: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 32 // G], [G * CHUNK, 4]],
+                                                                            [BLOCK_D, G, CHUNK], [2, 1, 0])
+        if S > 1:
+            bc_sl: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4], [S * CHUNK, 4]],
+                                                                          [G, S, CHUNK], [2, 1, 0])
+        else:
+            bc_sl: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [G, S, CHUNK], [2, 1, 0])
     else:
-        bc_pad: gl.constexpr = gl.PaddedSharedLayout.with_identity_for([[CHUNK, 4]], [G, S, CHUNK], [2, 1, 0])
+        row_sl: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        part_sl: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+        bc_sl: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
 
     pid_b = gl.program_id(0)
     d0 = gl.program_id(1) * BLOCK_D
@@ -122,11 +136,11 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     bc_offs = pid_b.to(gl.int64) * N * L + n_bc * L + t_bc
     mask_n = n_bc < N
 
-    delta_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_pad)
-    du_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_pad)
-    B_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_pad)
-    C_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_pad)
-    part_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, G, CHUNK], part_pad)
+    delta_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_sl)
+    du_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, CHUNK], row_sl)
+    B_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_sl)
+    C_s = gl.allocate_shared_memory(gl.float32, [G, S, CHUNK], bc_sl)
+    part_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, G, CHUNK], part_sl)
 
     # chunk 0's inputs; in the loop, chunk k+1's are loaded while chunk k computes
     io_mask = mask_d & (t_io < L)
@@ -200,13 +214,13 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     gl.store(last_ptr + last_offs, h, mask=dn_mask)
 
 
-def lanes_geometry(d_state: int, states_per_thread: int, num_warps: int) -> tuple[int, int, int]:
+def lanes_geometry(d_state: int, states_per_thread: int, num_warps: int, rows: int = 1) -> tuple[int, int, int]:
     """(N_PAD, S, BLOCK_D): d_state padded to a power of two; states per thread, at most half of N_PAD
     (two lanes per channel at least) and at least N_PAD / 32 (a channel's lanes within one warp);
-    channels per program."""
+    channels per program (rows channels per thread)."""
     n_pad = triton.next_power_of_2(d_state)
     s = max(min(states_per_thread, n_pad // 2), n_pad // 32, 1)
-    return n_pad, s, (32 // (n_pad // s)) * num_warps
+    return n_pad, s, rows * (32 // (n_pad // s)) * num_warps
 
 
 def plan(d_state: int, L: int, config: dict) -> dict | None:
@@ -219,25 +233,29 @@ def plan(d_state: int, L: int, config: dict) -> dict | None:
         return None
     chunk = max(4 * lanes, min(config.get("CHUNK", 32), triton.next_power_of_2(L)))
     return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 8), chunk),
-                num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0))
+                num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0),
+                rows=config.get("rows", 1), pad=config.get("pad", True))
 
 
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
-           states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0):
+           states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0, rows: int = 1,
+           pad: bool = True):
     """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`) with the
     parameters of `plan`. chunk: steps per iteration (shared-memory staging), sub: steps per in-thread
-    tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only)."""
+    tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only), rows:
+    channels per thread (they share the B and C rows a thread reads), pad: bank-conflict-free padded shared
+    memory (else plain row-major, for comparison)."""
     batch, d_inner, L = u.shape
     N = A.shape[1]
-    n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps)
+    n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps, rows)
     dummy = u  # never read: the matching HAS_* flag is off
     _scan_lanes_kernel[(batch, triton.cdiv(d_inner, bd))](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
         N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), EVEN_L=L % chunk == 0,
-        EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math, POLY_EVERY=poly_every if fast_math else 0,
-        num_warps=num_warps)
+        DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), ROWS=rows, PAD=pad,
+        EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
+        POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps)
 
 
 def scan_lanes_model(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
