@@ -1,11 +1,12 @@
 """How long `effprof compare projectors` takes, old-style (a fixed second of timing per row) against the default
 (timing sized by the steadiness it reaches), and whether the two agree.
 
-Runs the command line four times as a user would (`python -m effprof compare projectors --json ...`, each in a
-fresh process, so Python and torch start-up and CUDA initialisation count): the default twice (the first
-primes Python's bytecode cache; see `bytecode_env`), then old-style with
+Runs the command line as a user would (`python -m effprof compare projectors --json ...`, each in a
+fresh process, so Python and torch start-up and CUDA initialisation count; `RUNS`): the default twice (the
+first primes Python's bytecode cache; see `bytecode_env`), then old-style with
 `--warmup 0.2 --min-time 1 --max-cv 1` (the defaults before: 0.2 s of warm-up, then one second of timed calls
-whatever the CV), then the default again. For each it records the wall time of the whole command, where the
+whatever the CV), the default again, then `--processes 2` twice and old-style with `--processes 2` (every
+row measured in two fresh processes and pooled, so its interval covers what differs between processes). For each it records the wall time of the whole command, where the
 time went (start-up = wall minus the rows' own wall; per phase: build, count, warm-up, timing, summed over
 rows) and each row's median latency with its 95% confidence interval and the SM clock's median during it
 (NVML). A row agrees when the two intervals overlap. The default against itself says whether the short
@@ -13,7 +14,7 @@ timing reproduces its medians; against old-style, where the intervals do not ove
 second of sustained work draws more power, and a power-capped board lowers its clock). The verdict needs
 the default run under `--target-s` (10 s on an H200).
 
-    python3 benchmarks/bench_compare_speed.py --out DIR          # GPU machine: about 1 minute
+    python3 benchmarks/bench_compare_speed.py --out DIR          # GPU machine: about 1.5 minutes
     python3 benchmarks/bench_compare_speed.py --out DIR --smoke  # CPU, tiny projectors: checks the script
 
 Writes DIR/bench_compare_speed.json and DIR/bench_compare_speed.md; the table is printed last.
@@ -112,19 +113,35 @@ def agreement_table(rows: list[dict], new_name: str, old_name: str) -> list[str]
     return lines
 
 
+# (key, name, extra arguments, smoke's extra arguments): the runs, in this order
+POOLED = ["--processes", "2"]
+RUNS = (("first_run", "first run (bytecode cache cold)", [], []),
+        ("default", "default (sized by steadiness)", [], []),
+        ("old_style", "old-style (--min-time 1)", OLD_STYLE, ["--min-time", "0.1", "--max-cv", "1"]),
+        ("default_again", "default again", [], []),
+        ("pooled", "--processes 2", POOLED, POOLED),
+        ("pooled_again", "--processes 2 again", POOLED, POOLED),
+        ("old_style_pooled", "old-style --processes 2", OLD_STYLE + POOLED, ["--min-time", "0.1", "--max-cv", "1"] + POOLED))
+# (key of the row table, first run, second run, what the pair asks)
+PAIRS = (("rows_repeat", "default", "default_again", "does the short timing reproduce its medians?"),
+         ("rows", "default", "old_style", "does it agree with a second of timing per row?"),
+         ("rows_pooled_repeat", "pooled", "pooled_again", "with two processes per row, does it reproduce?"),
+         ("rows_pooled", "pooled", "old_style_pooled", "with two processes per row, does it agree with old-style?"))
+
+
 def markdown(doc: dict) -> str:
     lines = [f"`effprof compare {doc['target']}` on {doc['device']} ({doc['date_utc']}; {doc['bytecode']})", "",
              "| run | wall s | start-up s | build s | count s | warm-up s | timing s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, key in (("first run (bytecode cache cold)", "first_run"), ("default (sized by steadiness)", "default"),
-                      ("old-style (--min-time 1)", "old_style"), ("default again", "default_again")):
+    for key, name, _, _ in RUNS:
         run = doc[key]
         p = run["phases_s"]
         lines.append(f"| {name} | {run['wall_s']:.1f} | {run['startup_s']:.1f} | {p['build']:.2f} | {p['count']:.2f} | "
                      f"{p['warmup']:.2f} | {p['timing']:.2f} |")
-    lines += ["", "Default against default again (does the short timing reproduce its medians?):", ""]
-    lines += agreement_table(doc["rows_repeat"], "default", "again")
-    lines += ["", "Default against old-style (SM MHz: NVML's median SM clock during each row's timing):", ""]
-    lines += agreement_table(doc["rows"], "default", "old-style")
+    names = {key: name for key, name, _, _ in RUNS}
+    for key, a, b, question in PAIRS:
+        lines += ["", f"{names[a]} against {names[b]}: {question} (SM MHz: NVML's median SM clock during each row's "
+                  "timing; 95% CIs: one run's samples, drift-aware; with --processes, pooled over both processes)", ""]
+        lines += agreement_table(doc[key], a.replace("_", " "), b.replace("_", " "))
     lines += ["", f"verdict: {doc['verdict']}"]
     return "\n".join(lines) + "\n"
 
@@ -141,16 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     target = SMOKE_TARGET if args.smoke else ["projectors"]
     timeout = 300 if args.smoke else 240
     short = ["--min-time", "0.02", "--warmup", "0"] if args.smoke else []
-    cold = run_compare(target, short, out / "first.json", timeout)   # primes the bytecode cache
-    new = run_compare(target, short, out / "default.json", timeout)
-    old = run_compare(target, ["--min-time", "0.1", "--max-cv", "1", "--warmup", "0"] if args.smoke else OLD_STYLE,
-                      out / "old_style.json", timeout)
-    again = run_compare(target, short, out / "default_again.json", timeout)
-    rows, repeat = agreement(new, old), agreement(new, again)
-    all_agree = bool(rows) and all(r["cis_overlap"] for r in rows)
-    reproduces = bool(repeat) and all(r["cis_overlap"] for r in repeat)
+    runs = {}
+    for key, _, extra, smoke_extra in RUNS:  # the first primes the bytecode cache
+        runs[key] = run_compare(target, (short + smoke_extra) if args.smoke else extra, out / f"{key}.json", timeout)
+    pairs = {key: agreement(runs[a], runs[b]) for key, a, b, _ in PAIRS}
+    new, again, pooled = runs["default"], runs["default_again"], runs["pooled"]
     fast = new["wall_s"] <= args.target_s
-    failed = cold["exit_code"] or new["exit_code"] or old["exit_code"] or again["exit_code"]
+    failed = any(run["exit_code"] for run in runs.values())
 
     def spread(pairs: list[dict]) -> str:
         ratios = [r["ratio"] for r in pairs if r["ratio"] is not None]
@@ -162,15 +176,16 @@ def main(argv: list[str] | None = None) -> int:
 
     verdict = ("a run failed (see stderr_tail)" if failed else
                f"default {new['wall_s']:.1f} s and {again['wall_s']:.1f} s (first run, bytecode cache cold: "
-               f"{cold['wall_s']:.1f} s) vs old-style {old['wall_s']:.1f} s: {'within' if fast else 'ABOVE'} the "
-               f"{args.target_s:g} s target. Default vs default again: {spread(repeat)}. Default vs old-style: "
-               f"{spread(rows)}.")
+               f"{runs['first_run']['wall_s']:.1f} s) vs old-style {runs['old_style']['wall_s']:.1f} s: "
+               f"{'within' if fast else 'ABOVE'} the {args.target_s:g} s target; --processes 2 "
+               f"{pooled['wall_s']:.1f} s and {runs['pooled_again']['wall_s']:.1f} s. "
+               + " ".join(f"{key}: {spread(pairs[key])}." for key, _, _, _ in PAIRS))
     device = next((r["device_name"] for r in new["rows"] if r.get("device_name")), platform.processor() or "?")
     doc = {"benchmark": "bench_compare_speed", "target": " ".join(target), "smoke": args.smoke, "device": device,
            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command_line": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-           "versions": versions(), "bytecode": BYTECODE_NOTE, "first_run": cold, "default": new, "old_style": old, "default_again": again, "rows": rows,
-           "rows_repeat": repeat, "all_agree": all_agree, "default_reproduces": reproduces,
+           "versions": versions(), "bytecode": BYTECODE_NOTE, **runs, **pairs,
+           "agree": {key: bool(pairs[key]) and all(r["cis_overlap"] for r in pairs[key]) for key, _, _, _ in PAIRS},
            "default_within_target": fast, "verdict": verdict}
     (out / "bench_compare_speed.json").write_text(json.dumps(doc, indent=1) + "\n")
     table = markdown(doc)

@@ -3,9 +3,11 @@
 Through effprof's command line (`python -m effprof`, from the repository root), on a host with two GPUs:
 
   (a) fan-out: `effprof compare projectors` and `effprof compare clip-vtp` with `--gpus 1` and `--gpus 2`
-      (the same worker pool, one worker per GPU): wall time of the whole comparison, and per row the
-      two medians, their ratio and whether their 95% confidence intervals overlap (a fan-out must not
-      change what a row measures); the host's CPU load while the rows ran;
+      (the same worker pool, one worker per GPU), each also with `--processes 2` (every row measured in
+      two processes and pooled; with two GPUs the second pass starts on the other board): wall time of
+      the whole comparison, and per row the two medians, their ratio and whether their 95% confidence
+      intervals overlap (a fan-out must not change what a row measures); the host's CPU load while the
+      rows ran;
   (b) tensor parallelism: the largest LM that is ready (default `llava --preset llava-1.5-13b`: prefill of
       one image + 64 text tokens at batch 1, decode at batch 16 with 2048 tokens of context; `--lm
       transformer-lm:2.8b`: prefill of 2048 tokens, decode at 2048), and with `--with-mamba` `mamba-lm
@@ -13,7 +15,7 @@ Through effprof's command line (`python -m effprof`, from the repository root), 
       kernels' share of device time, scaling efficiency against tp 1.
 
 Writes DIR/bench_multigpu.json (every record, with device, versions, date and command line) and
-DIR/bench_multigpu.md, and prints the markdown tables last. About 3 minutes on two H200s.
+DIR/bench_multigpu.md, and prints the markdown tables last. About 4 minutes on two H200s.
 
     python3 benchmarks/bench_multigpu.py --out DIR            # on a two-GPU machine
     python3 benchmarks/bench_multigpu.py --out DIR --smoke    # CPU workers, tiny shapes: checks the script runs
@@ -73,14 +75,23 @@ def fan_out(out: Path, smoke: bool) -> dict:
         targets = {p: p for p in FAN_PROFILES}
     for name, target in targets.items():
         runs = {}
-        for n in (1, 2):
-            pool = ["--workers", str(n), "--device", "cpu"] if smoke else ["--gpus", str(n), "--min-time", "0.3"]
-            wall, records, code = effprof(["compare", target, *pool], out, f"fan_{name}_gpus{n}")
+        for n, processes in ((1, 1), (2, 1), (1, 2), (2, 2)):
+            pool = ["--workers", str(n), "--device", "cpu"] if smoke else ["--gpus", str(n)]
+            pool += ["--processes", str(processes)] if processes > 1 else []
+            key = n if processes == 1 else f"{n}x{processes}"
+            wall, records, code = effprof(["compare", target, *pool], out, f"fan_{name}_gpus{key}")
             busy = [r["host_cpu_busy_pct"] for r in records if r.get("host_cpu_busy_pct") is not None]
-            runs[n] = {"wall_s": wall, "exit_code": code, "records": records,
-                       "host_cpu_busy_pct_mean": sum(busy) / len(busy) if busy else None}
-        rows = []
-        for a, b in zip(runs[1]["records"], runs[2]["records"]):
+            runs[key] = {"wall_s": wall, "exit_code": code, "records": records,
+                         "host_cpu_busy_pct_mean": sum(busy) / len(busy) if busy else None}
+        result[name] = {"runs": runs, "rows": agreement(runs[1]["records"], runs[2]["records"]),
+                        "rows_processes2": agreement(runs["1x2"]["records"], runs["2x2"]["records"])}
+    return result
+
+
+def agreement(gpus1: list[dict], gpus2: list[dict]) -> list[dict]:
+    """Per row: both medians with their 95% CIs, the ratio, whether the CIs overlap, where the row ran."""
+    rows = []
+    for a, b in zip(gpus1, gpus2):
             if a.get("status") != "ok" or b.get("status") != "ok":
                 rows.append({"label": a["label"], "status": f"{a.get('status')}/{b.get('status')}"})
                 continue
@@ -91,13 +102,13 @@ def fan_out(out: Path, smoke: bool) -> dict:
                          "median_ms_gpus2": b["latency_ms_median"],
                          "ci_gpus2": [b["latency_ms_ci95_low"], b["latency_ms_ci95_high"]],
                          "ratio_2_over_1": b["latency_ms_median"] / a["latency_ms_median"], "cis_overlap": overlap,
-                         "ran_on_gpus2": (f"GPU {b['gpu_index']}: {b.get('gpu_name')}" if b.get("gpu_index") is not None
-                                          else f"cpu worker {b.get('worker')}"), "verdict": b.get("verdict")})
-        result[name] = {"runs": runs, "rows": rows}
-    return result
+                         "ran_on_gpus2": (f"GPU {b.get('gpu_index_by_process') or b['gpu_index']}: {b.get('gpu_name')}"
+                                          if b.get("gpu_index") is not None else f"cpu worker {b.get('worker')}"),
+                         "verdict": b.get("verdict")})
+    return rows
 
 
-def tensor_parallel(out: Path, smoke: bool, lm: str, with_mamba: bool) -> dict:
+def tensor_parallel(out: Path, smoke: bool, lm: str, with_mamba: bool, with_graphs: bool = False) -> dict:
     import yaml
 
     if smoke:
@@ -117,34 +128,40 @@ def tensor_parallel(out: Path, smoke: bool, lm: str, with_mamba: bool) -> dict:
             decode = {"preset": preset, "seq_len": 2048, "mode": "decode"}
         rows = [{"component": name, "params": prefill, "options": {"batch": 1}, "label": f"{name} {preset} prefill"},
                 {"component": name, "params": decode, "options": {"batch": 16}, "label": f"{name} {preset} decode"}]
+        if with_graphs:  # the decode step replayed as one CUDA graph per rank, NCCL's all-reduces captured in it
+            rows.append({"component": name, "params": decode, "options": {"batch": 16, "graphs": True},
+                         "label": f"{name} {preset} decode graphs"})
         if with_mamba:
             rows.append({"component": "mamba-lm", "params": {"preset": "2.8b", "seq_len": 2048, "mode": "prefill"},
                          "options": {"batch": 1}, "label": "mamba-lm 2.8b prefill"})
         doc = {"title": "tensor parallel", "options": {"min_time": 0.5}, "rows": rows}
     (out / "tp.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    wall, records, code = effprof(["compare", str(out / "tp.yaml"), "--tp", "1,2"], out, "tp", timeout_s=170)
+    wall, records, code = effprof(["compare", str(out / "tp.yaml"), "--tp", "1,2"], out, "tp",
+                                  timeout_s=170 + 60 * with_graphs + 40 * with_mamba)
     return {"wall_s": wall, "exit_code": code, "records": records}
 
 
 def markdown(result: dict) -> str:
     lines = ["## Fan-out: `effprof compare P --gpus N` (wall time of the whole comparison)", "",
-             "| profile | GPUs | wall s | host CPU busy % (mean over rows) |", "| --- | --- | --- | --- |"]
+             "| profile | GPUs (x processes per row) | wall s | host CPU busy % (mean over rows) |",
+             "| --- | --- | --- | --- |"]
     for name, fan in result["fan_out"].items():
         for n, run in fan["runs"].items():
             busy = run["host_cpu_busy_pct_mean"]
             lines.append(f"| {name} | {n} | {run['wall_s']:.1f} | {'-' if busy is None else f'{busy:.0f}'} |")
-    lines += ["", "Per row: medians (ms) with their 95% CIs at --gpus 1 and --gpus 2", "",
-              "| profile | row | gpus 1 median [CI] | gpus 2 median [CI] | ratio 2/1 | CIs overlap | ran on (gpus 2) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, fan in result["fan_out"].items():
-        for r in fan["rows"]:
-            if r["status"] != "ok":
-                lines.append(f"| {name} | {r['label']} | {r['status']} | | | | |")
-                continue
-            a, b = r["ci_gpus1"], r["ci_gpus2"]
-            lines.append(f"| {name} | {r['label']} | {r['median_ms_gpus1']:.4g} [{a[0]:.4g}, {a[1]:.4g}] | "
-                         f"{r['median_ms_gpus2']:.4g} [{b[0]:.4g}, {b[1]:.4g}] | {r['ratio_2_over_1']:.3f} | "
-                         f"{'yes' if r['cis_overlap'] else 'no'} | {r['ran_on_gpus2']} |")
+    for key, what in (("rows", ""), ("rows_processes2", ", both with --processes 2 (every row pooled over two processes)")):
+        lines += ["", f"Per row: medians (ms) with their 95% CIs at --gpus 1 and --gpus 2{what}", "",
+                  "| profile | row | gpus 1 median [CI] | gpus 2 median [CI] | ratio 2/1 | CIs overlap | ran on (gpus 2) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, fan in result["fan_out"].items():
+            for r in fan[key]:
+                if r["status"] != "ok":
+                    lines.append(f"| {name} | {r['label']} | {r['status']} | | | | |")
+                    continue
+                a, b = r["ci_gpus1"], r["ci_gpus2"]
+                lines.append(f"| {name} | {r['label']} | {r['median_ms_gpus1']:.4g} [{a[0]:.4g}, {a[1]:.4g}] | "
+                             f"{r['median_ms_gpus2']:.4g} [{b[0]:.4g}, {b[1]:.4g}] | {r['ratio_2_over_1']:.3f} | "
+                             f"{'yes' if r['cis_overlap'] else 'no'} | {r['ran_on_gpus2']} |")
     tp = result["tensor_parallel"]
     lines += ["", f"## Tensor parallelism: `effprof compare tp.yaml --tp 1,2` ({tp['wall_s']:.0f} s)", "",
               "| row | tp | latency ms median | tokens/s | peak act. MiB per rank | weights MiB per rank | "
@@ -173,11 +190,13 @@ def main() -> int:
     parser.add_argument("--lm", default="llava:llava-1.5-13b",
                         help="COMPONENT:PRESET of the tensor-parallel LM (llava:llava-1.5-13b, transformer-lm:2.8b)")
     parser.add_argument("--with-mamba", action="store_true", help="add mamba-lm 2.8b prefill at tp 1 and 2 (+40 s)")
+    parser.add_argument("--with-graphs", action="store_true", help="add the decode row under --graphs (+30 s)")
+    parser.add_argument("--skip-fan-out", action="store_true", help="tensor parallelism only")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"fan_out": fan_out(out, args.smoke), "tensor_parallel": tensor_parallel(out, args.smoke, args.lm,
-                                                                                args.with_mamba)}
+    result = {"fan_out": {} if args.skip_fan_out else fan_out(out, args.smoke),
+              "tensor_parallel": tensor_parallel(out, args.smoke, args.lm, args.with_mamba, args.with_graphs)}
     import torch  # only now: the parent must not hold a CUDA context while the workers measure
     import transformers
 

@@ -182,6 +182,9 @@ def compare_command(ctx: typer.Context,
                                                                    "processes on the one device (cpu: cores split).")] = None,
                     isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
                                                           "(a crash or leftover memory stays with its row).")] = False,
+                    processes: Annotated[int, typer.Option("--processes", help="Measure every row in N fresh "
+                                                           "processes, one pass after another, and pool them: "
+                                                           "the 95% CI then covers process-to-process variation.")] = 1,
                     fit: Annotated[Optional[str], typer.Option("--fit", help="Fit cost ∝ PARAM^k per series (log-log); "
                                                                "print k with its 95% CI; --plot draws the fit. "
                                                                "PARAM:LOW-HIGH fits that range only.")] = None,
@@ -190,6 +193,7 @@ def compare_command(ctx: typer.Context,
     """Measure many configurations into one table with ratios against a baseline row."""
     from effprof.distributed import expand_tp, tp_degrees
     from effprof.parallel import plan_slots
+    from effprof.passes import check_processes
 
     csv, json, plot, md, html = _check_outputs(csv=csv, json=json, plot=plot, md=md, html=html)
     _check_columns(columns)
@@ -210,8 +214,11 @@ def compare_command(ctx: typer.Context,
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
+    check_processes(processes, bool(tp))
     slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
-    records = _measure_profile(profile, baseline, csv, json, slots, isolate, min_flop_coverage, columns)
+    if processes > 1 and slots is None:  # each pass in one fresh worker on the device
+        slots = plan_slots(None, 1, False, overrides.get("device"))
+    records = _measure_profile(profile, baseline, csv, json, slots, isolate, min_flop_coverage, columns, processes)
     fits = _print_fits(records, fit) if fit else None
     if plot:
         _draw(records, profile, fits, plot)
@@ -329,13 +336,14 @@ def _set_on_rows(profile, extra: list[str]) -> None:
 
 def _measure_profile(profile, baseline: str | None, csv: str | None, json: str | None, slots=None,
                      isolate: bool = False, min_flop_coverage: float | None = None,
-                     columns: str = "brief") -> list[dict[str, Any]]:
+                     columns: str = "brief", processes: int = 1) -> list[dict[str, Any]]:
     """Measure a profile's rows with a progress bar, rewriting the files after every row (on a worker pool
-    when `slots` is given: effprof/parallel.py)."""
+    when `slots` is given: effprof/parallel.py; `processes` passes pooled: effprof/passes.py)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from effprof.distributed import add_tp_scaling, secondary_rank
     from effprof.parallel import add_ratios_same_device, host_summary, measure_parallel
+    from effprof.passes import measure_passes
     from effprof.report.table import print_records
     from effprof.runner import measure_many
 
@@ -351,6 +359,8 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
     done: list[dict[str, Any]] = []
 
     def keep(record):  # rewrite the files after every row: an interruption loses nothing finished
+        if "row" in record:  # a later pass of --processes replaces the row's record with the pooled one
+            done[:] = [r for r in done if r.get("row") != record["row"]]
         done.append(record)
         done.sort(key=lambda r: r.get("row", 0))  # a pool finishes rows out of order
         write_records(done, csv, json, partial=True)
@@ -359,7 +369,7 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
                         console=err_console, transient=True, disable=len(profile.configs) < 2)
     try:
         with progress:
-            task = progress.add_task("comparing", total=len(profile.configs))
+            task = progress.add_task("comparing", total=len(profile.configs) * processes)
 
             def step(record):
                 keep(record)
@@ -368,7 +378,9 @@ def _measure_profile(profile, baseline: str | None, csv: str | None, json: str |
             def phase(config, name):  # where the time goes: build, count, warm-up, timing
                 progress.update(task, description=f"{config.label or config.component}: {name}")
 
-            if slots:
+            if processes > 1:
+                records = measure_passes(profile.configs, slots, processes, isolate, on_record=step)
+            elif slots:
                 records = measure_parallel(profile.configs, slots, on_record=step, isolate=isolate)
             else:
                 records = measure_many(profile.configs, on_record=step, on_phase=phase)

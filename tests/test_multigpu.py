@@ -2,6 +2,7 @@
 NCCL instead of gloo)."""
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -171,3 +172,45 @@ def test_fan_out_over_every_gpu(tmp_path):
     fan = read_csv(out)
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     assert all(r["status"] == "ok" and r["gpu_name"] == names[r["gpu_index"]] for r in fan)
+
+
+def test_processes_pool_every_row_over_fresh_processes(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("EFFPROF_PLUGINS", "multigpu_helpers")
+    rows = [{"component": "linear", "params": DIMS}, {"component": "mlp", "params": DIMS},
+            {"component": "test-worker-dies", "params": {"how": "exit"}, "label": "dies"}]
+    out = tmp_path / "passes.json"
+    assert main(["compare", _profile(tmp_path, rows), "--processes", "2", "--json", str(out)]) == 1
+    records = json.loads(out.read_text())["records"]
+    assert [r["label"] for r in records] == ["linear", "mlp", "dies"]
+    for r in records[:2]:
+        assert r["processes"] == 2 and r["processes_ok"] == 2 and r["status"] == "ok"
+        sizes, samples = r["latency_samples_process_sizes"], r["latency_samples_ms"]
+        assert len(samples) == sum(sizes) and len(r["latency_ms_process_medians"]) == 2
+        first = samples[:sizes[0]]
+        assert r["latency_ms_process_medians"][0] == pytest.approx(sorted(first)[len(first) // 2], rel=0.5)
+        assert r["latency_ms_median"] == pytest.approx(float(np.median(samples)))
+        assert r["latency_ms_ci95_low"] <= min(r["latency_ms_process_medians"])
+        assert r["latency_ms_ci95_high"] >= max(r["latency_ms_process_medians"])
+        assert r["throughput_per_s"] == pytest.approx(r["items_per_call"] / (r["latency_ms_median"] / 1e3))
+    assert records[2]["status"] == "error" and "exit code 7" in records[2]["error"]
+    assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "0"]) == 2
+    assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "2", "--tp", "2"]) == 2
+
+
+def test_merged_record_rescales_what_divides_by_the_latency():
+    from effprof.passes import merge_passes
+
+    base = {"status": "ok", "latency_ms_median": 2.0, "n_calls": 10, "throughput_per_s": 500.0,
+            "tflops_per_s": 1.0, "compute_floor_ms": 0.3, "memory_floor_ms": 0.1, "verdict": "compute",
+            "latency_samples_ms": [2.0] * 10, "label": "x"}
+    other = dict(base, latency_ms_median=4.0, latency_samples_ms=[4.0] * 30, n_calls=30)
+    merged = merge_passes([base, other])
+    assert merged["latency_ms_median"] == 4.0 and merged["n_calls"] == 40
+    assert merged["throughput_per_s"] == 250.0 and merged["tflops_per_s"] == 0.5
+    assert merged["verdict"] == "overhead"   # 4 ms against a 0.3 ms floor: past the factor 10 (2 ms was not)
+    assert merged["latency_ms_ci95_low"] <= 2.0 and merged["latency_ms_ci95_high"] >= 4.0
+    failed = {"status": "error", "error": "boom", "label": "x"}
+    assert merge_passes([failed, failed]) == failed
+    assert merge_passes([failed, base])["processes_ok"] == 1

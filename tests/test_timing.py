@@ -220,10 +220,20 @@ def test_a_jittery_row_stops_once_its_median_is_pinned_down(monkeypatch):
     assert result.timing_s < 0.1  # at min_time (0.05 s of calls), not at the 0.5 s cap
 
 
-def test_median_precision_uses_the_binomial_interval():
+def test_median_precision_widens_with_drift_but_not_with_shuffled_jitter():
+    import random
+
+    from effprof.analysis.stats import binomial_median_ci95
     from effprof.measure.timing import median_ci95, median_is_precise
 
-    values = [float(v) for v in range(1, 101)]  # n = 100: the interval is the 40th..61st order statistics
-    assert median_ci95(values) == (41.0, 60.0)
+    values = [float(v) for v in range(1, 101)]  # n = 100: the binomial interval is the 40th..61st order statistics
+    assert binomial_median_ci95(values) == (41.0, 60.0)
+    # the same values taken in rising order are a drift across the run: batch medians 10.5, 30.5, ... 90.5
+    # (sd 31.6), so the interval is 50.5 +- 2.776 * 31.6 / sqrt(5)
+    lo, hi = median_ci95(values)
+    assert (hi - lo) / 2 == pytest.approx(2.776 * statistics.stdev([10.5, 30.5, 50.5, 70.5, 90.5]) / 5 ** 0.5)
+    random.Random(0).shuffle(values)  # no drift: back to about the binomial interval
+    lo, hi = median_ci95(values)
+    assert 41.0 - 8 <= lo <= 41.0 and 60.0 <= hi <= 60.0 + 8
     assert not median_is_precise(values, 0.02)
     assert median_is_precise([1.0] * 50 + [0.5, 2.0] * 5, 0.02)

@@ -6,10 +6,12 @@ a file is matched in order. For each pair:
 
 - `ratio` = median(NEW samples) / median(BASE samples) of the raw per-call latencies each record keeps in
   `latency_samples_ms` (> 1 = slower);
-- `ratio_ci95_low/high`: percentile bootstrap 95% interval of that ratio: both sample sets resampled with
-  replacement `n_boot` times (numpy Generator seeded with `seed`, so a diff is reproducible) and the
-  ratio of the resampled medians taken each time (Efron & Tibshirani, *An Introduction to the Bootstrap*,
-  ch. 13);
+- `ratio_ci95_low/high`: percentile bootstrap 95% interval of that ratio: both sample sets resampled
+  `n_boot` times (numpy Generator seeded with `seed`, so a diff is reproducible) and the ratio of the
+  resampled medians taken each time (Efron & Tibshirani, *An Introduction to the Bootstrap*, ch. 13). The
+  samples are a time series (clocks drift while a row is timed), so they are resampled in moving blocks of
+  a fifth of the run (Künsch 1989; `effprof.analysis.stats`): an i.i.d. resampling would call a drift
+  between the two halves of one run a significant difference;
 - `verdict` at `threshold` t (0.03 = 3%): `slower` when the whole interval lies above 1 + t (significantly
   slower, and by more than t), `faster` when it lies below 1 − t, else `no significant change` (no change
   larger than t is established; the interval may still exclude 1 by less than t, `ci_excludes_1` says so).
@@ -22,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from effprof.analysis.stats import block_bootstrap_medians
 
 MATCH_FIELDS = ("batch", "dtype", "exec_mode", "timing_mode")
 ENV_FIELDS = (("device_name", "device"), ("gpu_name", "GPU"), ("driver_version", "driver"),
@@ -38,18 +42,13 @@ def match_key(record: dict[str, Any]) -> tuple:
 
 def bootstrap_ratio_ci(base: list[float], new: list[float], n_boot: int = 2000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float, float]:
-    """(ratio of medians new/base, low, high): percentile bootstrap interval at `level`."""
+    """(ratio of medians new/base, low, high): percentile interval at `level` of a moving-block bootstrap
+    of each side (`effprof.analysis.stats.block_bootstrap_medians`)."""
     a, b = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
     if a.size == 0 or b.size == 0:
         raise ValueError("bootstrap needs samples on both sides")
     rng = np.random.default_rng(seed)
-    ratios = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // max(a.size, b.size))  # bounded memory for long per-call (--cold) sample sets
-    for start in range(0, n_boot, chunk):
-        k = min(chunk, n_boot - start)
-        med_a = np.median(a[rng.integers(0, a.size, size=(k, a.size))], axis=1)
-        med_b = np.median(b[rng.integers(0, b.size, size=(k, b.size))], axis=1)
-        ratios[start:start + k] = med_b / med_a
+    ratios = block_bootstrap_medians(b, n_boot, rng) / block_bootstrap_medians(a, n_boot, rng)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(np.median(b) / np.median(a)), float(low), float(high)

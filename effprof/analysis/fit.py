@@ -15,27 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from effprof.analysis.stats import t_quantile_975  # noqa: F401  (re-exported)
 from effprof.errors import UsageError
 
 METRICS = (("latency", "latency_ms_median"), ("GFLOP", "gflops"), ("peak mem", "peak_mem_mib"))
 SERIES_FIELDS = ("batch", "dtype", "exec_mode", "timing_mode")
-
-# Student's t, 0.975 quantile, for 1..30 degrees of freedom (any statistics table).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
-def t_quantile_975(df: int) -> float:
-    """0.975 quantile of Student's t: the table up to 30 degrees of freedom, then the Cornish–Fisher
-    expansion around the normal quantile (Abramowitz & Stegun 26.7.5; error < 1e-4 beyond 30)."""
-    if df < 1:
-        raise ValueError("degrees of freedom must be at least 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
 
 
 def fit_power_law(xs: list[float], ys: list[float]) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def diff_command(base: Annotated[str, typer.Argument(help="Records saved earlier
                          "dtype and modes)")
     console.print(diff_table(result, f"effprof diff {base} → {new}"))
     notes = [f"ratio = new/base of the median latency (> 1 slower); 95% CI: percentile bootstrap of the raw "
-             f"samples (2000 resamples, seed {seed}); verdict at ±{100 * limit:g}%: slower/faster only when the "
+             f"samples in moving blocks of a fifth of each run (2000 resamples, seed {seed}); verdict at ±{100 * limit:g}%: slower/faster only when the "
              "whole interval lies beyond it"]
     notes += result["warnings"]
     if result["only_base"]:

@@ -22,7 +22,9 @@ of timed calls (and at least 5 blocks) it stops as soon as the coefficient of va
 medians is at most `max_cv` ("steady"), or the median is already known precisely: its 95% confidence
 interval no wider than ±`max_cv` / 4 of it ("precise"; a µs kernel timed per call jitters by a few
 percent from call to call, so its block medians may never get steady although thousands of samples pin
-its median down). A quiet sub-millisecond row is done in a tenth of a second, a noisy one keeps going
+its median down). That interval (`effprof.analysis.stats.median_ci95`) takes the samples in the order they
+were taken and widens with drift across the run (clock states), so a row that moved between two levels is
+not called precise. A quiet sub-millisecond row is done in a tenth of a second, a noisy one keeps going
 until the cap (`max_time`, or 10 × `min_time`), and `max_time` bounds everything, warm-up and flushes
 included. The result says why it stopped (`stop`).
 
@@ -38,6 +40,7 @@ from typing import Any, Callable
 
 import torch
 
+from effprof.analysis.stats import median_ci95
 from effprof.measure import UNSTEADY_CV  # noqa: F401  (re-exported)
 
 
@@ -81,22 +84,13 @@ class TimingResult:
         return coefficient_of_variation(self.block_medians_ms)
 
     def median_ci95_ms(self) -> tuple[float, float]:
-        """Distribution-free 95% confidence interval of the median (binomial order statistics)."""
+        """95% confidence interval of the median, drift-aware (`effprof.analysis.stats.median_ci95`)."""
         return median_ci95(self.samples_ms)
 
 
-def median_ci95(values: list[float]) -> tuple[float, float]:
-    """Distribution-free 95% confidence interval of the median of `values` (binomial order statistics)."""
-    xs = sorted(values)
-    n = len(xs)
-    half = 1.96 * math.sqrt(n) / 2
-    lo = max(0, math.floor(n / 2 - half))
-    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
-    return xs[lo], xs[max(lo, hi)]
-
-
 def median_is_precise(values: list[float], max_cv: float) -> bool:
-    """True when the 95% confidence interval of the median is within ±max_cv / 4 of it."""
+    """True when the 95% confidence interval of the median (`median_ci95`: drift within the run widens
+    it) is within ±max_cv / 4 of it."""
     lo, hi = median_ci95(values)
     return (hi - lo) / 2 <= max_cv / 4 * statistics.median(values)
 
