@@ -64,7 +64,7 @@ def effprof(args: list[str], out: Path, name: str, timeout_s: float = 150) -> tu
     return wall, records, code
 
 
-def fan_out(out: Path, smoke: bool) -> dict:
+def fan_out(out: Path, smoke: bool, only_pooled: bool = False) -> dict:
     result = {}
     if smoke:
         import yaml
@@ -75,7 +75,7 @@ def fan_out(out: Path, smoke: bool) -> dict:
         targets = {p: p for p in FAN_PROFILES}
     for name, target in targets.items():
         runs = {}
-        for n, processes in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        for n, processes in ((1, 2), (2, 2)) if only_pooled else ((1, 1), (2, 1), (1, 2), (2, 2)):
             pool = ["--workers", str(n), "--device", "cpu"] if smoke else ["--gpus", str(n)]
             pool += ["--processes", str(processes)] if processes > 1 else []
             key = n if processes == 1 else f"{n}x{processes}"
@@ -83,7 +83,7 @@ def fan_out(out: Path, smoke: bool) -> dict:
             busy = [r["host_cpu_busy_pct"] for r in records if r.get("host_cpu_busy_pct") is not None]
             runs[key] = {"wall_s": wall, "exit_code": code, "records": records,
                          "host_cpu_busy_pct_mean": sum(busy) / len(busy) if busy else None}
-        result[name] = {"runs": runs, "rows": agreement(runs[1]["records"], runs[2]["records"]),
+        result[name] = {"runs": runs, "rows": [] if only_pooled else agreement(runs[1]["records"], runs[2]["records"]),
                         "rows_processes2": agreement(runs["1x2"]["records"], runs["2x2"]["records"])}
     return result
 
@@ -163,6 +163,8 @@ def markdown(result: dict) -> str:
                              f"{r['median_ms_gpus2']:.4g} [{b[0]:.4g}, {b[1]:.4g}] | {r['ratio_2_over_1']:.3f} | "
                              f"{'yes' if r['cis_overlap'] else 'no'} | {r['ran_on_gpus2']} |")
     tp = result["tensor_parallel"]
+    if tp is None:
+        return "\n".join(lines) + "\n"
     lines += ["", f"## Tensor parallelism: `effprof compare tp.yaml --tp 1,2` ({tp['wall_s']:.0f} s)", "",
               "| row | tp | latency ms median | tokens/s | peak act. MiB per rank | weights MiB per rank | "
               "comm % of device time | speedup vs tp 1 | scaling efficiency % |",
@@ -192,11 +194,14 @@ def main() -> int:
     parser.add_argument("--with-mamba", action="store_true", help="add mamba-lm 2.8b prefill at tp 1 and 2 (+40 s)")
     parser.add_argument("--with-graphs", action="store_true", help="add the decode row under --graphs (+30 s)")
     parser.add_argument("--skip-fan-out", action="store_true", help="tensor parallelism only")
+    parser.add_argument("--skip-tp", action="store_true", help="fan-out only")
+    parser.add_argument("--only-pooled", action="store_true", help="fan-out with --processes 2 only")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"fan_out": {} if args.skip_fan_out else fan_out(out, args.smoke),
-              "tensor_parallel": tensor_parallel(out, args.smoke, args.lm, args.with_mamba, args.with_graphs)}
+    result = {"fan_out": {} if args.skip_fan_out else fan_out(out, args.smoke, args.only_pooled),
+              "tensor_parallel": None if args.skip_tp else tensor_parallel(out, args.smoke, args.lm, args.with_mamba,
+                                                                           args.with_graphs)}
     import torch  # only now: the parent must not hold a CUDA context while the workers measure
     import transformers
 

@@ -202,6 +202,7 @@ class Pool:
 
     slots: list[Slot]
     isolate: bool = False
+    avoid: dict[int, set[int]] = field(default_factory=dict)  # row -> slots (worker numbers) it should not use
     workers: dict[int, _Worker] = field(default_factory=dict)
     startup_failures: int = 0
 
@@ -260,10 +261,13 @@ class Pool:
             while pending or any(w.row is not None for w in self.workers.values()):
                 for worker in list(self.workers.values()):
                     if worker.row is None and pending and worker.process.is_alive():
+                        row = self.next_row(worker, pending)
+                        if row is None:
+                            continue
                         if self.isolate and worker.rows_done:
                             self.stop(worker)
                             worker = self.start(worker.slot)
-                        self.assign(worker, pending.pop(0), configs)
+                        self.assign(worker, row, configs)
                 try:
                     message = self.results.get(timeout=0.2)
                 except queue.Empty:
@@ -273,6 +277,15 @@ class Pool:
         finally:
             self.close()
         return [r for r in records if r is not None]
+
+    def next_row(self, worker: _Worker, pending: list[int]) -> int | None:
+        """The first pending row this worker's slot is not to avoid (None: leave them to the other slots)."""
+        everyone = {slot.worker for slot in self.slots}
+        for i, row in enumerate(pending):
+            avoid = self.avoid.get(row, set())
+            if worker.slot.worker not in avoid or avoid >= everyone:
+                return pending.pop(i)
+        return None
 
     def assign(self, worker: _Worker, row: int, configs: list) -> None:
         worker.row, worker.started_s, worker.cpu_at_start = row, time.perf_counter(), cpu_times()
@@ -340,14 +353,15 @@ class Pool:
 
 
 def measure_parallel(configs: list, slots: list[Slot], on_record: Callable[[dict[str, Any]], None] | None = None,
-                     isolate: bool = False) -> list[dict[str, Any]]:
-    """Measure `configs` on a pool of `slots`; the records come back in the order of `configs`."""
+                     isolate: bool = False, avoid: dict[int, set[int]] | None = None) -> list[dict[str, Any]]:
+    """Measure `configs` on a pool of `slots`; the records come back in the order of `configs`. `avoid`
+    maps a row to the slots (worker numbers) it should not run on while another slot can take it."""
     for config in configs:  # refuse bad rows before starting anything (as measure_many does)
         config.resolved()
         config.options.validate()
         if getattr(config.options, "tp", 1) > 1:
             raise UsageError("--tp rows start their own processes; run them without --gpus/--workers/--isolate")
-    return Pool(slots, isolate).run(configs, on_record)
+    return Pool(slots, isolate, avoid or {}).run(configs, on_record)
 
 
 def add_ratios_same_device(records: list[dict[str, Any]], baseline: int = 0) -> list[str]:

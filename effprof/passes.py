@@ -7,13 +7,14 @@ asv answers that by running each benchmark in two processes (its `processes`); e
 
 - the profile is measured N times, each pass in its own worker process (effprof/parallel.py's pool, so
   `--gpus` / `--isolate` apply within a pass), passes one after another so that no two share the device;
-  with `--gpus`, pass p hands its first row to the p-th GPU, so a row usually meets several boards
-  (`gpu_index_by_process`) and its interval covers what differs between boards of one model too;
+  with `--gpus`, each pass runs a row on a GPU it has not used yet (while there is one: the first such
+  GPU to free up takes it), so a row meets several boards (`gpu_index_by_process`) and its interval
+  covers what differs between boards of one model too;
 - a row's record is its first pass's record with the timing columns recomputed over the pooled samples:
   median, quantiles, mean, CV, calls, throughput, TFLOP/s and the roofline figures that divide by the
   latency; its 95% interval comes from a two-level bootstrap over processes and blocks of samples
   (`effprof.analysis.stats.pooled_median_ci95`), so it covers what differs between processes;
-- `processes`, `latency_ms_process_medians` and `latency_samples_process_sizes` (the pooled
+- `processes`, `latency_ms_process_medians`, `latency_samples_process_sizes`, `worker_by_process` (the pooled
   `latency_samples_ms` are the passes' samples one after another) say what was pooled. Columns that are
   not the whole-call latency (stages, energy, peak memory, generation) stay the first pass's.
 
@@ -71,6 +72,7 @@ def merge_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
         phase_timing_s=sum(r.get("phase_timing_s") or 0.0 for r in ok),
         wall_s=sum(r.get("wall_s") or 0.0 for r in passes),
     )
+    merged["worker_by_process"] = [r.get("worker") for r in ok]
     if any(r.get("gpu_index") is not None for r in ok):
         merged["gpu_index_by_process"] = [r.get("gpu_index") for r in ok]
     if merged.get("verdict") is not None:
@@ -85,8 +87,9 @@ def measure_passes(configs: list, slots: list, processes: int, isolate: bool = F
     from effprof.parallel import measure_parallel
 
     per_row: list[list[dict[str, Any]]] = [[] for _ in configs]
-    for p in range(processes):
-        turn = p % len(slots)  # pass p starts from another GPU, so that a row meets more than one board
+    for _ in range(processes):
+        # each pass puts a row on a slot (GPU) it has not used yet, while one is free: boards differ too
+        avoid = {row: {r.get("worker") for r in records} for row, records in enumerate(per_row) if records}
         def finished(record: dict[str, Any]) -> None:
             row = record.get("row", 0)
             per_row[row].append(record)
@@ -95,7 +98,7 @@ def measure_passes(configs: list, slots: list, processes: int, isolate: bool = F
                 merged["row"] = row
                 on_record(merged)
 
-        measure_parallel(configs, slots[turn:] + slots[:turn], on_record=finished, isolate=isolate)
+        measure_parallel(configs, slots, on_record=finished, isolate=isolate, avoid=avoid)
     out = []
     for row, records in enumerate(per_row):
         merged = merge_passes(records)

@@ -195,6 +195,12 @@ def test_processes_pool_every_row_over_fresh_processes(tmp_path, monkeypatch):
         assert r["latency_ms_ci95_high"] >= max(r["latency_ms_process_medians"])
         assert r["throughput_per_s"] == pytest.approx(r["items_per_call"] / (r["latency_ms_median"] / 1e3))
     assert records[2]["status"] == "error" and "exit code 7" in records[2]["error"]
+    # two workers (one per GPU on a GPU host): the second pass runs every row on the slot it has not used
+    out2 = tmp_path / "passes2.json"
+    assert main(["compare", _profile(tmp_path, rows[:2]), "--processes", "2", "--workers", "2",
+                 "--json", str(out2)]) == 0
+    for r in json.loads(out2.read_text())["records"]:
+        assert sorted(r["worker_by_process"]) == [0, 1]
     assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "0"]) == 2
     assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "2", "--tp", "2"]) == 2
 
