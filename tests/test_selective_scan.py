@@ -269,7 +269,8 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
     cuda = torch.device("cuda")
     assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
     # the `tl` kernel: the Gluon kernel needs chunk 64 there and measured slower (benchmarks/RESULTS.md)
-    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True, "gluon": False}
+    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True, "gluon": False,
+             "kernel": "chunked"}
     assert kernels.occupancy_config(8, 1024, cuda) == {}  # MRSS's shape: 256 programs, still the default
     assert kernels.occupancy_config(2, 1536, cuda) == small  # 96 programs: SMs left idle
     assert kernels.occupancy_config(1, 1536, cuda) == small

@@ -39,7 +39,7 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # a program (48 for 132 SMs at batch 1) is the small-batch config used; shapes in between (e.g.
 # MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
-                      "gluon": False}
+                      "gluon": False, "kernel": "chunked"}
 PROGRAMS_PER_SM = 1
 
 
@@ -259,7 +259,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     num_warps; poly_every k: every k-th state's exp2 as an FMA polynomial, maxnreg: a register cap; BLOCK_D,
     num_stages, fast_unpack and pair_states are the `tl` kernel's), kernel "lanes" (CUDA: the kernel of
     `selective_scan_lanes`, time inside a thread and states across lanes, with states_per_thread, sub,
-    CHUNK, num_warps and poly_every; d_state 1 falls back to the Gluon kernel).
+    CHUNK, num_warps, rows, pad and poly_every; d_state 1 falls back to the Gluon kernel) or "chunked"
+    (the Gluon / `tl` kernels above, time split over lanes).
     """
     import os
     batch, d_inner, L = u.shape
