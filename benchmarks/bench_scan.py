@@ -38,6 +38,7 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
     dict(),                                    # states 4, CHUNK 32, sub 8, 4 warps: 7.48, 128 registers
     dict(sub=16),                              # 7.48, 128 registers, 3 barriers per chunk instead of 5
+    dict(sub=32, maxnreg=168),                 # 7.54, 168 registers (3 programs per SM), 2 barriers per chunk
     dict(CHUNK=16, sub=16),                    # 7.75, 124 registers, 2 barriers per 16 steps
     dict(num_warps=2),                         # 16 channels per program: 768 programs
     dict(CHUNK=64),                            # 7.44, 165 registers

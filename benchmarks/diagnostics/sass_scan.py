@@ -29,7 +29,7 @@ TYPES = {"u_ptr": "*bf16", "delta_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf
          "d_inner": "i32", "L": "i32"}
 
 
-def compile_kernel(kernel, constants: dict, num_warps: int):
+def compile_kernel(kernel, constants: dict, num_warps: int, maxnreg: int | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -37,7 +37,7 @@ def compile_kernel(kernel, constants: dict, num_warps: int):
     source = GluonASTSource(fn=kernel, signature={n: TYPES.get(n, "constexpr") for n in names},
                             constexprs={(names.index(n),): v for n, v in constants.items()},
                             attrs={(names.index(n),): [["tt.divisibility", 16]] for n in TYPES})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
 def sass_of(compiled) -> tuple[str, str]:
@@ -84,6 +84,7 @@ def main() -> int:
     parser.add_argument("--warps", type=int, default=4)
     parser.add_argument("--rows", type=int, default=1, help="lanes: channels per thread")
     parser.add_argument("--no-pad", action="store_true", help="lanes: plain row-major shared memory")
+    parser.add_argument("--maxnreg", type=int, default=None, help="register cap for ptxas")
     parser.add_argument("--poly-every", type=int, default=0)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
@@ -97,7 +98,7 @@ def main() -> int:
         from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, lanes_geometry
         _, s, _ = lanes_geometry(args.d_state, args.states, args.warps)
         constants = {**common, "S": s, "SUB": min(args.sub, args.chunk), "ROWS": args.rows, "PAD": not args.no_pad}
-        compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps)
+        compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps, args.maxnreg)
         elements = args.chunk * s * args.rows
     else:
         from effprof.ops.selective_scan_gluon import _scan_gluon_kernel

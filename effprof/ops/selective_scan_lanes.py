@@ -234,17 +234,17 @@ def plan(d_state: int, L: int, config: dict) -> dict | None:
     chunk = max(4 * lanes, min(config.get("CHUNK", 32), triton.next_power_of_2(L)))
     return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 8), chunk),
                 num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0),
-                rows=config.get("rows", 1), pad=config.get("pad", True))
+                rows=config.get("rows", 1), pad=config.get("pad", True), maxnreg=config.get("maxnreg"))
 
 
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
            states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0, rows: int = 1,
-           pad: bool = True):
+           pad: bool = True, maxnreg: int | None = None):
     """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`) with the
     parameters of `plan`. chunk: steps per iteration (shared-memory staging), sub: steps per in-thread
     tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only), rows:
     channels per thread (they share the B and C rows a thread reads), pad: bank-conflict-free padded shared
-    memory (else plain row-major, for comparison)."""
+    memory (else plain row-major, for comparison), maxnreg: the register cap passed to ptxas."""
     batch, d_inner, L = u.shape
     N = A.shape[1]
     n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps, rows)
@@ -255,7 +255,7 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, c
         N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), ROWS=rows, PAD=pad,
         EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
-        POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps)
+        POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
 
 
 def scan_lanes_model(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
