@@ -35,21 +35,19 @@ from effprof.ops.selective_scan import (available_backends, selective_scan, sele
 # The lanes kernel (effprof/ops/selective_scan_lanes.py: time inside a thread, states_per_thread states per
 # thread, d_state / states_per_thread lanes per channel), sixth session; SASS instructions per (channel,
 # state, step) element from benchmarks/diagnostics/sass_scan.py in the comments (the Gluon default: 10.4).
+# Call 1 (diagnostics/scan_notes.md): sub 16 0.373 ms best; 8 lanes, 16 lanes, 2 rows, CHUNK 16 and 64,
+# unpadded shared memory all slower; poly_every 8/16 no gain. Its conclusion: shared-memory bandwidth (one
+# register per lane and cycle) binds, mostly the B and C rows, hence the lane orders below.
 TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
-    dict(),                                    # states 4, CHUNK 32, sub 8, 4 warps: 7.48, 128 registers
-    dict(sub=16),                              # 7.48, 128 registers, 3 barriers per chunk instead of 5
-    dict(sub=32, maxnreg=168),                 # 7.54, 168 registers (3 programs per SM), 2 barriers per chunk
-    dict(CHUNK=16, sub=16),                    # 7.75, 124 registers, 2 barriers per 16 steps
-    dict(num_warps=2),                         # 16 channels per program: 768 programs
-    dict(CHUNK=64),                            # 7.44, 165 registers
-    dict(states_per_thread=8, num_warps=2),    # 7.16, 168 registers, 2 lanes per channel
-    dict(states_per_thread=2, sub=16),         # 8.38, 96 registers, 8 lanes per channel
-    dict(states_per_thread=1, CHUNK=64, sub=16),  # 9.59, 105 registers, 16 lanes per channel
-    dict(poly_every=8),                        # 8.62: 1/8 of the exp2 on the FMA pipe (MUFU 1.19 -> 1.06)
-    dict(poly_every=16),                       # ~8.0: 1/16 of them
-    dict(pad=False),                           # 7.47, 96 registers, shared memory without padding (bank conflicts)
-    dict(rows=2, sub=4, num_warps=2),          # 7.18, 210 registers: 2 channels per thread share B and C loads
-    dict(rows=2, sub=4, num_warps=2, poly_every=8),
+    dict(sub=16),                              # 7.49, 127 registers; call 1: 0.373 ms
+    dict(sub=16, lane_order="d"),              # 7.42: channels on the low lane bits, B/C loads uniform in pairs
+    dict(sub=16, lane_order="warp"),           # 7.45: one state group per warp, B/C loads warp-uniform
+    dict(lane_order="d"),                      # 7.52 (sub 8)
+    dict(sub=32, maxnreg=168, lane_order="d"),  # 7.55, 2 barriers per chunk
+    dict(sub=16, num_warps=2, lane_order="d"),  # 7.67
+    dict(sub=16, lane_order="d", poly_every=16),
+    dict(states_per_thread=2, rows=2, sub=4, lane_order="d"),  # 7.81, 128 registers: B/C loads halved per element
+    dict(rows=2, sub=4, num_warps=2, lane_order="d"),          # 7.18, 214 registers
 ]]
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
 # thread, CHUNK / 8 threads on time). Its other variants (CHUNK 16/64, 2 warps, poly_every, maxnreg) lost

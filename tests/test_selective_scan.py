@@ -158,6 +158,10 @@ CUDA_CASES = TRITON_CASES + [(2, 70, 300, 16, True, True, True, True)]
 # the lanes kernel (selective_scan_lanes) first, on every case; its variants (as in bench_scan.py's
 # TUNE_CONFIGS) on odd d_state and L, 64 states, and several programs and chunks (compile time on the GPU)
 CUDA_CONFIGS = {
+    "lanes_sub16": {"kernel": "lanes", "sub": 16},
+    "lanes_sub16_order_d": {"kernel": "lanes", "sub": 16, "lane_order": "d"},
+    "lanes_order_warp": {"kernel": "lanes", "sub": 16, "lane_order": "warp"},
+    "lanes_s2r2_order_d": {"kernel": "lanes", "states_per_thread": 2, "rows": 2, "sub": 4, "lane_order": "d"},
     "lanes": {"kernel": "lanes"},
     "lanes-s8-w2": {"kernel": "lanes", "states_per_thread": 8, "num_warps": 2},
     "lanes-s1-chunk64": {"kernel": "lanes", "states_per_thread": 1, "CHUNK": 64, "sub": 16},
@@ -170,7 +174,8 @@ CUDA_CONFIGS = {
 }
 CUDA_PAIRS = [pytest.param(config, case, id=f"{name}-case{i}") for name, config in CUDA_CONFIGS.items()
               for i, case in enumerate(CUDA_CASES)
-              if name in ("lanes",) or not name.startswith("lanes") or i in (0, 3, 5)]
+              if name in ("lanes", "lanes_sub16", "lanes_sub16_order_d") or not name.startswith("lanes")
+              or i in (0, 3, 5)]
 
 
 @needs_cuda

@@ -75,7 +75,7 @@ def test_lanes_kernel_compiles_for_hopper_with_one_exp2_per_element():
     from effprof.ops.selective_scan_lanes import _scan_lanes_kernel
     chunk, states, lanes = 32, 4, 4
     constants = dict(N=16, N_PAD=16, S=states, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
-                     CHUNK=chunk, SUB=8, ROWS=1, PAD=True, EVEN_L=True, EVEN_D=True, FAST_MATH=True, POLY_EVERY=0,
+                     CHUNK=chunk, SUB=8, ROWS=1, PAD=True, LANE_ORDER=0, EVEN_L=True, EVEN_D=True, FAST_MATH=True, POLY_EVERY=0,
                      num_warps=4)
     compiled = compile_kernel(_scan_lanes_kernel, constants, 4)
     assert ".local" not in compiled.asm["ptx"]

@@ -37,7 +37,8 @@ def compile_kernel(kernel, constants: dict, num_warps: int, maxnreg: int | None 
     source = GluonASTSource(fn=kernel, signature={n: TYPES.get(n, "constexpr") for n in names},
                             constexprs={(names.index(n),): v for n, v in constants.items()},
                             attrs={(names.index(n),): [["tt.divisibility", 16]] for n in TYPES})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})})
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def sass_of(compiled) -> tuple[str, str]:
@@ -85,6 +86,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1, help="lanes: channels per thread")
     parser.add_argument("--no-pad", action="store_true", help="lanes: plain row-major shared memory")
     parser.add_argument("--maxnreg", type=int, default=None, help="register cap for ptxas")
+    parser.add_argument("--lane-order", type=int, default=0, help="lanes: 0 lanes of a channel consecutive, "
+                        "1 channels on the lowest lane bits, 2 one state group per warp")
     parser.add_argument("--poly-every", type=int, default=0)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
@@ -97,7 +100,8 @@ def main() -> int:
     if args.kernel == "lanes":
         from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, lanes_geometry
         _, s, _ = lanes_geometry(args.d_state, args.states, args.warps)
-        constants = {**common, "S": s, "SUB": min(args.sub, args.chunk), "ROWS": args.rows, "PAD": not args.no_pad}
+        constants = {**common, "S": s, "SUB": min(args.sub, args.chunk), "ROWS": args.rows, "PAD": not args.no_pad,
+                     "LANE_ORDER": args.lane_order}
         compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps, args.maxnreg)
         elements = args.chunk * s * args.rows
     else:

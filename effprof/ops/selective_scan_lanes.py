@@ -54,14 +54,27 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                        N: gl.constexpr, N_PAD: gl.constexpr, S: gl.constexpr, HAS_D: gl.constexpr,
                        HAS_Z: gl.constexpr, HAS_DELTA_BIAS: gl.constexpr, DELTA_SOFTPLUS: gl.constexpr,
                        CHUNK: gl.constexpr, SUB: gl.constexpr, ROWS: gl.constexpr, PAD: gl.constexpr,
+                       LANE_ORDER: gl.constexpr,
                        EVEN_L: gl.constexpr, EVEN_D: gl.constexpr, FAST_MATH: gl.constexpr, POLY_EVERY: gl.constexpr,
                        num_warps: gl.constexpr):
     """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), the whole sequence."""
     G: gl.constexpr = N_PAD // S              # lanes per channel
     BLOCK_D: gl.constexpr = ROWS * (32 // G) * num_warps
     STEPS: gl.constexpr = CHUNK // G          # steps per thread in phases 1 and 3
-    # phase 2: [BLOCK_D, G, S, SUB], a thread holds [ROWS, S, SUB] (its channels x states x steps)
-    walk: gl.constexpr = gl.BlockedLayout([ROWS, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1], [3, 2, 1, 0])
+    # phase 2: [BLOCK_D, G, S, SUB], a thread holds [ROWS, S, SUB] (its channels x states x steps). Shared
+    # memory returns one register per lane and cycle, twice that when lanes n and n^1 (or n^2) read the same
+    # address: the B and C rows (the same for all channels) are most of phase 2's loads, so LANE_ORDER 1
+    # puts a warp's channels on its lowest lane bits, 2 gives each warp one lane group (warp-uniform B, C
+    # addresses); 0 has a channel's G lanes consecutive (then its delta loads are the uniform ones).
+    if LANE_ORDER == 2:
+        walk: gl.constexpr = gl.BlockedLayout([ROWS, 1, S, SUB], [32, 1, 1, 1], [num_warps // G, G, 1, 1],
+                                              [3, 2, 1, 0])
+    elif LANE_ORDER == 1:
+        walk: gl.constexpr = gl.BlockedLayout([ROWS, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1],
+                                              [3, 2, 0, 1])
+    else:
+        walk: gl.constexpr = gl.BlockedLayout([ROWS, 1, S, SUB], [32 // G, G, 1, 1], [num_warps, 1, 1, 1],
+                                              [3, 2, 1, 0])
     carry_l: gl.constexpr = gl.SliceLayout(3, walk)                    # [BLOCK_D, G, S]
     step_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, walk))  # [BLOCK_D, SUB]: per channel and step
     bc_walk_l: gl.constexpr = gl.SliceLayout(0, walk)                  # [G, S, SUB]
@@ -229,22 +242,28 @@ def plan(d_state: int, L: int, config: dict) -> dict | None:
     CHUNK is at least 4 steps per lane and at most the sequence rounded up to a power of two."""
     n_pad, s, _ = lanes_geometry(d_state, config.get("states_per_thread", 4), 1)
     lanes = n_pad // s
+    order = {"g": 0, "d": 1, "warp": 2}[config.get("lane_order", "g")]
     if lanes < 2:
         return None
+    if order == 2 and config.get("num_warps", 4) % lanes:  # one lane group per warp needs G | num_warps
+        order = 1
     chunk = max(4 * lanes, min(config.get("CHUNK", 32), triton.next_power_of_2(L)))
     return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 8), chunk),
                 num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0),
-                rows=config.get("rows", 1), pad=config.get("pad", True), maxnreg=config.get("maxnreg"))
+                rows=config.get("rows", 1), pad=config.get("pad", True), maxnreg=config.get("maxnreg"),
+                lane_order=order)
 
 
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
            states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0, rows: int = 1,
-           pad: bool = True, maxnreg: int | None = None):
+           pad: bool = True, maxnreg: int | None = None, lane_order: int = 0):
     """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`) with the
     parameters of `plan`. chunk: steps per iteration (shared-memory staging), sub: steps per in-thread
     tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only), rows:
     channels per thread (they share the B and C rows a thread reads), pad: bank-conflict-free padded shared
-    memory (else plain row-major, for comparison), maxnreg: the register cap passed to ptxas."""
+    memory (else plain row-major, for comparison), maxnreg: the register cap passed to ptxas, lane_order: how
+    phase 2's threads map to lanes (0: a channel's lanes consecutive, 1: channels on the lowest lane bits,
+    2: one state group per warp; see the kernel)."""
     batch, d_inner, L = u.shape
     N = A.shape[1]
     n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps, rows)
@@ -254,6 +273,7 @@ def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, c
         delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
         N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), ROWS=rows, PAD=pad,
+        LANE_ORDER=lane_order,
         EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
         POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
 
