@@ -120,7 +120,7 @@ def estimate_rows(records: list[dict], smoke: bool) -> list[dict]:
     from effprof.components.vlm import llama_shape
     from effprof.measure.estimate import estimate
     from effprof.models.llava import PRESETS, llava_config
-    from effprof.runner import estimate_ceilings
+    from effprof.inspection import estimate_ceilings
 
     ceilings = estimate_ceilings(None if not smoke else "H200", "auto")
     if ceilings is None:

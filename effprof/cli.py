@@ -486,8 +486,9 @@ def breakdown_command(ctx: typer.Context,
                       overrides: dict[str, Any] | None = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total (--train: the step's
     forward, backward and optimizer)."""
+    from effprof.inspection import breakdown_config
     from effprof.report.tree import kernels_table, print_breakdown
-    from effprof.runner import Config, breakdown_config
+    from effprof.runner import Config
 
     for option, value in (("--depth", depth), ("--kernels", kernels)):
         if value < 0:  # typer's min=0 does not survive @common_options' signature rewrite
@@ -496,7 +497,7 @@ def breakdown_command(ctx: typer.Context,
     config = Config(component, params, RunOptions(**overrides).validate())
     if config.options.train:
         from effprof.report.tree import phases_table
-        from effprof.runner import train_breakdown_config
+        from effprof.inspection import train_breakdown_config
 
         with err_console.status(f"timing the training step of {component} ..."):
             phases, facts = train_breakdown_config(config)
@@ -509,7 +510,7 @@ def breakdown_command(ctx: typer.Context,
         console.print(kernels_table(result.kernels, f"top {kernels} per call"))
     if uncovered:
         from effprof.report.tree import uncovered_table
-        from effprof.runner import coverage_config
+        from effprof.inspection import coverage_config
 
         console.print(uncovered_table(coverage_config(config)))
 
@@ -519,7 +520,7 @@ def breakdown_command(ctx: typer.Context,
 def env_command(overrides: dict[str, Any] | None = None):
     """Device, driver, CUDA and torch versions; which optional kernels and counters are importable."""
     from effprof.report.listing import facts_table
-    from effprof.runner import environment_facts
+    from effprof.inspection import environment_facts
 
     console.print(facts_table(environment_facts(overrides.get("device", "auto"))))
 

@@ -120,9 +120,29 @@ def test_generate_mode_through_the_cli(tmp_path):
     assert main(["run", "llava", "--preset", "tiny", "--mode", "generate", "--new-tokens", "4", "--prompt-tokens", "4",
                  "--device", "cpu", "--min-time", "0.01", "--warmup", "0", "--json", str(out)]) == 0
     r = read_json(out)[0]
-    assert r["stage_names"] == "prefill,decode" and r["generations_timed"] >= 3
+    assert r["stage_names"] == "prefill,decode" and r["generations_timed"] >= 3 and r["prefill_exec"] == "eager"
     assert 0 < r["ttft_ms"] <= r["e2e_ms"] and r["tpot_ms_p50"] <= r["tpot_ms_p90"]
     assert r["gen_tokens_per_s"] == pytest.approx(4 / (r["e2e_ms"] / 1e3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("component", ["llava", "cobra"])
+def test_generate_under_graphs_gives_the_eager_tokens(component):
+    from effprof.runner import Config, RunOptions, build
+
+    tokens, execs = {}, {}
+    for graphs in (False, True):
+        opts = RunOptions(device="cuda", dtype="fp32", graphs=graphs)
+        built, _, _ = build(Config(component, {"preset": "tiny", "mode": "generate", "new_tokens": 6,
+                                               "prompt_tokens": 5}, opts))
+        torch.manual_seed(0)
+        inputs = built.make_inputs(1)
+        with torch.inference_mode():
+            runs = [built.call(inputs) for _ in range(3)]  # the first captures, the others replay
+        assert all(torch.equal(r, runs[0]) for r in runs)
+        tokens[graphs], execs[graphs] = runs[-1].tolist(), built.info["prefill_exec"]
+    assert tokens[True] == tokens[False]
+    assert execs == {False: "eager", True: "graphs"}
 
 
 def test_a_checkpoint_written_by_save_pretrained_loads_with_its_weights(tmp_path):

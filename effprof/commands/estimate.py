@@ -21,7 +21,8 @@ def estimate_command(ctx: typer.Context,
     """Analytic per-layer operations, bytes, intensity and time bound of LLM prefill and decode
     (LLM-Viewer's method), for bf16/fp16 weights and, analytically, int8 and int4."""
     from effprof.commands.estimate_report import estimate_tables
-    from effprof.runner import Config, RunOptions, build, estimate_ceilings
+    from effprof.inspection import estimate_ceilings
+    from effprof.runner import Config, RunOptions, build
 
     params = _component_args(component, list(ctx.args))
     options = RunOptions(batch=overrides.get("batch", 1), device="meta").validate()

@@ -8,8 +8,9 @@ Modes (`--mode`), each measured directly:
   `state_mib` for Cobra's constant SSM state), read off the cache tensors themselves.
 - `generate`: prefill plus `--new-tokens` greedy tokens; the generation tracker reports TTFT, mean / p50 /
   p90 time per output token from device-timeline stamps per token, end-to-end latency and tokens/s. With
-  `--graphs` each decode step is a CUDA-graph replay (the prefill stays eager); with `--compile` the decode
-  step is compiled.
+  `--graphs` each prefill stage replays its own CUDA graph (as in `prefill` mode; a stage that reads a count
+  back on the host, PruMerge's, runs eagerly) and each decode step is a CUDA-graph replay; with `--compile`
+  the decode step is compiled and the prefill runs eagerly. The record's `prefill_exec` says which.
 
 Items: prefill counts prompt tokens (image + text) per second; decode and generate count new tokens.
 """
@@ -63,9 +64,24 @@ def _tokens(vocab: int, batch: int, length: int, device) -> torch.Tensor:
     return torch.randint(0, min(vocab, 32000), (batch, length), device=device)
 
 
-def _generate_built(module, stages_of, make_prefill_inputs, step, set_length, new_cache, prompt_len: int,
+def _generate_built(module, prefill_stages: list, make_prefill_inputs, step, set_length, new_cache, prompt_len: int,
                     new_tokens: int, ctx: BuildContext, info: dict[str, Any]) -> Built:
     """The `generate` mode of a VLM: stages `prefill` (to the first token) and `decode` (the rest)."""
+    if ctx.exec_mode == "graphs":  # each prefill stage its own graph, keyed by the shapes it receives
+        from effprof.measure.modes import graphed_stages
+
+        eager = {s.name for s in prefill_stages if s.host_sync}
+        prefill_stages = graphed_stages(prefill_stages, ctx.device, eager)
+        info = {**info, "prefill_exec": "graphs" + (f" ({', '.join(sorted(eager))} eager)" if eager else "")}
+    else:
+        info = {**info, "prefill_exec": "eager"}
+
+    def stages_of(inputs, state):
+        carry = (*inputs, state)
+        for stage in prefill_stages:
+            carry = stage.run(carry)
+        return carry
+
     def make_inputs(batch):
         state = new_cache(batch, prompt_len + new_tokens)
         generator = Generator(lambda inputs: stages_of(inputs, state), lambda tok, pos: step(tok, pos, state),
@@ -257,16 +273,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                                    "measured_field": "latency_ms_median"}
         return built
 
-    def stages_of(inputs, kv):
-        carry = (*inputs, kv)
-        for stage in prefill_stages:
-            carry = stage.run(carry)
-        return carry
-
     def step(token, position, kv):
         return pipe.decode(token, kv, position)
 
-    return _generate_built(pipe, stages_of, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+    return _generate_built(pipe, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
                            step, lambda kv, n: kv.set_length(n), new_cache, prompt_len, new_tokens, ctx,
                            {**info, "new_tokens": new_tokens})
 
@@ -339,12 +349,6 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                      forward=lambda module, inputs: model.lm.step(*inputs),
                      extras=lambda module, inputs: {**state_fields(inputs[1]), "context_len": context})
 
-    def stages_of(inputs, cache):
-        carry = (*inputs, cache)
-        for stage in prefill_stages:
-            carry = stage.run(carry)
-        return carry
-
-    return _generate_built(model, stages_of, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+    return _generate_built(model, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
                            lambda tok, pos, cache: model.lm.step(tok, cache), lambda cache, n: None, new_cache,
                            prompt_len, new_tokens, ctx, {**info, "new_tokens": new_tokens})

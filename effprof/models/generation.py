@@ -6,7 +6,7 @@ declares them, in the execution mode the run asks for (`BuildContext.exec_mode`)
 - eager: the steps are called one after another from Python;
 - graphs: the decode step is captured once into a CUDA graph (a static token, a static position that the
   graph itself advances, and the cache updated in place) and replayed per token, the way serving
-  stacks run decode; the prefill runs eagerly (its shapes change with the prompt);
+  stacks run decode (the VLM components replay each prefill stage from its own graph: effprof/components/vlm.py);
 - compile: the decode step is `torch.compile`d (its first call is made before timing).
 
 `TokenClock` stamps the device timeline after the prefill and after every decode step when armed, so a
