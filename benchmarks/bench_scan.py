@@ -52,9 +52,9 @@ TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
 # The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
 # thread, CHUNK / 8 threads on time). Its other variants (CHUNK 16/64, 2 warps, poly_every, maxnreg) lost
 # (diagnostics/scan_notes.md, third and fifth sessions).
-TUNE_CONFIGS += [dict(CHUNK=32, num_warps=4)]
+TUNE_CONFIGS += [dict(kernel="chunked", CHUNK=32, num_warps=4)]
 # The `tl` kernel (CPU interpreter; triton without Gluon), its best config of the second session.
-TUNE_CONFIGS += [dict(gluon=False, BLOCK_D=32, CHUNK=32, num_warps=4, num_stages=3, fast_unpack=True)]
+TUNE_CONFIGS += [dict(kernel="chunked", gluon=False, BLOCK_D=32, CHUNK=32, num_warps=4, num_stages=3, fast_unpack=True)]
 
 
 TUNE_KEYS = {k for config in TUNE_CONFIGS for k in config}

@@ -154,13 +154,13 @@ needs_cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()),
 CUDA_CASES = TRITON_CASES + [(2, 70, 300, 16, True, True, True, True)]
 
 
-# "gluon": True because these small shapes would otherwise get occupancy_config's small-batch `tl` config;
+# "kernel" and "gluon" explicit: these small shapes would otherwise get occupancy_config's small-batch `tl` config;
 # the lanes kernel (selective_scan_lanes) first, on every case; its variants (as in bench_scan.py's
 # TUNE_CONFIGS) on odd d_state and L, 64 states, and several programs and chunks (compile time on the GPU)
 CUDA_CONFIGS = {
+    "lanes_order_warp": {"kernel": "lanes", "sub": 16, "lane_order": "warp"},  # DEFAULT_CONFIG's on CUDA
     "lanes_sub16": {"kernel": "lanes", "sub": 16},
     "lanes_sub16_order_d": {"kernel": "lanes", "sub": 16, "lane_order": "d"},
-    "lanes_order_warp": {"kernel": "lanes", "sub": 16, "lane_order": "warp"},
     "lanes_s2r2_order_d": {"kernel": "lanes", "states_per_thread": 2, "rows": 2, "sub": 4, "lane_order": "d"},
     "lanes": {"kernel": "lanes"},
     "lanes-s8-w2": {"kernel": "lanes", "states_per_thread": 8, "num_warps": 2},
@@ -168,14 +168,16 @@ CUDA_CONFIGS = {
     "lanes-chunk16-poly8": {"kernel": "lanes", "CHUNK": 16, "sub": 16, "poly_every": 8},
     "lanes-unpadded": {"kernel": "lanes", "pad": False},
     "lanes-rows2": {"kernel": "lanes", "rows": 2, "sub": 4, "num_warps": 2},
-    "gluon": {"gluon": True, "CHUNK": 32}, "gluon-chunk64": {"gluon": True, "CHUNK": 64},
-    "gluon-chunk8": {"gluon": True, "CHUNK": 8, "num_warps": 1}, "tl": {"gluon": False},
-    "gluon-poly2": {"gluon": True, "CHUNK": 32, "poly_every": 2},
+    "gluon": {"kernel": "chunked", "gluon": True, "CHUNK": 32},
+    "gluon-chunk64": {"kernel": "chunked", "gluon": True, "CHUNK": 64},
+    "gluon-chunk8": {"kernel": "chunked", "gluon": True, "CHUNK": 8, "num_warps": 1},
+    "tl": {"kernel": "chunked", "gluon": False},
+    "gluon-poly2": {"kernel": "chunked", "gluon": True, "CHUNK": 32, "poly_every": 2},
 }
 CUDA_PAIRS = [pytest.param(config, case, id=f"{name}-case{i}") for name, config in CUDA_CONFIGS.items()
               for i, case in enumerate(CUDA_CASES)
-              if name in ("lanes", "lanes_sub16", "lanes_sub16_order_d") or not name.startswith("lanes")
-              or i in (0, 3, 5)]
+              if name in ("lanes_order_warp", "lanes", "lanes_sub16", "lanes_sub16_order_d")
+              or not name.startswith("lanes") or i in (0, 3, 5)]
 
 
 @needs_cuda

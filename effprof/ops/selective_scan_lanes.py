@@ -239,16 +239,18 @@ def lanes_geometry(d_state: int, states_per_thread: int, num_warps: int, rows: i
 def plan(d_state: int, L: int, config: dict) -> dict | None:
     """The launch parameters for this shape and config, or None where the kernel does not apply:
     d_state 1 (one lane per channel, nothing to spread; the caller falls back to `selective_scan_gluon`).
-    CHUNK is at least 4 steps per lane and at most the sequence rounded up to a power of two."""
+    CHUNK is at least 4 steps per lane and at most the sequence rounded up to a power of two. Defaults are
+    the fastest measured (H200, batch 8 × 1536 × 4096): 4 states per thread, CHUNK 32, sub 16, 4 warps,
+    one state group per warp."""
     n_pad, s, _ = lanes_geometry(d_state, config.get("states_per_thread", 4), 1)
     lanes = n_pad // s
-    order = {"g": 0, "d": 1, "warp": 2}[config.get("lane_order", "g")]
+    order = {"g": 0, "d": 1, "warp": 2}[config.get("lane_order", "warp")]
     if lanes < 2:
         return None
     if order == 2 and config.get("num_warps", 4) % lanes:  # one lane group per warp needs G | num_warps
         order = 1
     chunk = max(4 * lanes, min(config.get("CHUNK", 32), triton.next_power_of_2(L)))
-    return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 8), chunk),
+    return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 16), chunk),
                 num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0),
                 rows=config.get("rows", 1), pad=config.get("pad", True), maxnreg=config.get("maxnreg"),
                 lane_order=order)

@@ -26,10 +26,13 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-# Measured on an H100 (benchmarks/diagnostics/scan_notes.md): 3 pipeline stages on the chunk loop took the
-# reference shape from 0.664 to 0.481 ms; unpacking B and C with a shift and a mask (fast_unpack) to
-# 0.449 ms (2026-11-23). Overridable per call for tuning.
-DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "fast_unpack": True}
+# On CUDA the lanes kernel (selective_scan_lanes: 4 states per thread, sub-blocks of 16 steps, one state group
+# per warp), measured on an H200 at batch 8 × 1536 × 4096, d_state 16: 0.356 ms against the Gluon kernel's
+# 0.408 (benchmarks/results/h200-2026-12-01-scan/). BLOCK_D, num_stages, fast_unpack are the `tl` kernel's
+# (CPU interpreter), measured on an H100 (scan_notes.md: 3 stages 0.664 -> 0.481 ms, fast_unpack 0.449);
+# CHUNK and num_warps both kernels'. Overridable per call for tuning.
+DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "fast_unpack": True,
+                  "kernel": "lanes", "sub": 16, "lane_order": "warp"}
 # Parallelism is batch × channel blocks (time is walked inside a program), so at batch 1 a block of
 # 32 channels leaves most SMs idle (d_inner 1536: 48 programs for 132 SMs). Measured on an H100
 # (2026-11-23, benchmarks/results/h100-2026-11-23/), batch 1 × 1536 × 16384, d_state 16:
