@@ -2,11 +2,9 @@
 
 A GPU's latency drifts while it is timed: boost clocks move with power and temperature, and a row can sit
 at one level for a few hundred milliseconds and at another a percent or a few percent away for the next
-(an H200 timing `compare projectors` read `lowrank-r256` at 0.0533 ms for the first half of a run and
-0.0552 ms for the second). Samples taken one after another are then correlated, and the binomial interval
-of the median, which assumes independent samples, is far too narrow: two runs of the same command
-disagreed beyond their intervals on 4 rows of 6 (benchmarks/RESULTS.md, compare-speed). Two standard
-remedies for a correlated series are used here:
+(on an H200, `compare projectors`' 53 µs row reads 0.0533 ms in one half of a run and 0.0552 ms in the
+other). Samples taken one after another are then correlated, and the binomial interval of the median,
+which assumes independent samples, is far too narrow. Two standard remedies for a correlated series:
 
 - `median_ci95`: **batch medians** (the method of batch means, e.g. Law & Kelton, *Simulation Modeling and
   Analysis*, ch. 9): the samples, in the order they were taken, are cut into `batches` consecutive batches;

@@ -88,6 +88,10 @@ class Generator:
 
     def __call__(self, inputs: tuple, prompt_len: int) -> torch.Tensor:
         """Generated token ids (B, new_tokens)."""
+        if self.exec_mode == "graphs" and self._graph is None:
+            # the capture's warm-up runs the step for real, writing the cache (LLaVA's positions 0 and 1,
+            # Cobra's state): capture before this generation's prefill, which then rewrites what it needs
+            self._graphed(self.first_token(inputs))
         self.clock.stamps = []
         self.clock.mark()
         token = self.first_token(inputs)
