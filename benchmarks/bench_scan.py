@@ -49,9 +49,9 @@ TUNE_CONFIGS = [dict(kernel="lanes", **c) for c in [
     dict(states_per_thread=2, rows=2, sub=4, lane_order="d"),  # 7.81, 128 registers: B/C loads halved per element
     dict(rows=2, sub=4, num_warps=2, lane_order="d"),          # 7.18, 214 registers
 ]]
-# The Gluon kernel (the default on CUDA): its channel block follows from CHUNK and num_warps (8 steps per
-# thread, CHUNK / 8 threads on time). Its other variants (CHUNK 16/64, 2 warps, poly_every, maxnreg) lost
-# (diagnostics/scan_notes.md, third and fifth sessions).
+# The Gluon kernel (CUDA default until 2026-12-01, now kernel="chunked"): its channel block follows
+# from CHUNK and num_warps (8 steps per thread, CHUNK / 8 threads on time). Its other variants (CHUNK
+# 16/64, 2 warps, poly_every, maxnreg) lost (diagnostics/scan_notes.md, third and fifth sessions).
 TUNE_CONFIGS += [dict(kernel="chunked", CHUNK=32, num_warps=4)]
 # The `tl` kernel (CPU interpreter; triton without Gluon), its best config of the second session.
 TUNE_CONFIGS += [dict(kernel="chunked", gluon=False, BLOCK_D=32, CHUNK=32, num_warps=4, num_stages=3, fast_unpack=True)]

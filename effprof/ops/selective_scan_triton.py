@@ -12,8 +12,9 @@ the parallel form Mamba's CUDA kernel uses), with the state carried in folded in
 Triton lays a tile out with 8 consecutive steps per thread, so a chunk of 8 is a sequential recurrence
 inside each thread (one FMA per element), and a chunk of 16/32 adds 1/2 levels of warp shuffles.
 exp is exp2 with A pre-scaled by log2(e); arithmetic is float32; softplus(delta + bias), the D skip and
-the silu(z) gate are fused, and the last state is written (float32). `DEFAULT_CONFIG` holds the block
-sizes measured fastest on an H100 (benchmarks/diagnostics/scan_notes.md).
+the silu(z) gate are fused, and the last state is written (float32). `DEFAULT_CONFIG` holds what was
+measured fastest (benchmarks/diagnostics/scan_notes.md): on CUDA the lanes kernel of `selective_scan_lanes`
+(H200), for this `tl` kernel the block sizes of an H100.
 """
 from __future__ import annotations
 
@@ -253,17 +254,16 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
     `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` sizes the
-    channel block to the GPU): BLOCK_D (channels per program), CHUNK (time
-    steps per iteration), num_warps, num_stages (software pipelining of the chunk loop's loads; 1 = off),
-    fast_math (lg2.approx in softplus and tanh.approx in silu; default on unless interpreting, where
-    inline PTX cannot run), fast_unpack (bf16 B/C to float32 by shift and mask, inline PTX: with
-    fast_math only), pair_states (two states per associative_scan; N even), gluon (default on: CUDA
-    tensors run the Gluon kernel of `selective_scan_gluon`, whose channel block follows from CHUNK and
-    num_warps; poly_every k: every k-th state's exp2 as an FMA polynomial, maxnreg: a register cap; BLOCK_D,
-    num_stages, fast_unpack and pair_states are the `tl` kernel's), kernel "lanes" (CUDA: the kernel of
-    `selective_scan_lanes`, time inside a thread and states across lanes, with states_per_thread, sub,
-    CHUNK, num_warps, rows, pad and poly_every; d_state 1 falls back to the Gluon kernel) or "chunked"
-    (the Gluon / `tl` kernels above, time split over lanes).
+    channel block to the GPU). kernel: "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
+    thread and states across lanes; keys states_per_thread, sub, CHUNK, num_warps, rows, pad, lane_order,
+    poly_every, maxnreg; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
+    with gluon on, the default, CUDA tensors run the Gluon kernel of `selective_scan_gluon`, whose channel
+    block follows from CHUNK and num_warps, with poly_every k (every k-th state's exp2 as an FMA
+    polynomial) and maxnreg (a register cap); else and on CPU the `tl` kernel below, keys BLOCK_D (channels
+    per program), CHUNK (time steps per iteration), num_warps, num_stages (software pipelining of the
+    chunk loop's loads; 1 = off), fast_unpack (bf16 B/C to float32 by shift and mask, inline PTX: with
+    fast_math only), pair_states (two states per associative_scan; N even)). fast_math: lg2.approx in
+    softplus and tanh.approx in silu (default on unless interpreting, where inline PTX cannot run).
     """
     import os
     batch, d_inner, L = u.shape
