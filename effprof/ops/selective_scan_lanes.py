@@ -4,7 +4,8 @@ Same math, shapes and outputs as `selective_scan_gluon` (whose helpers it shares
 differs: a thread owns S states of one (batch, channel) and walks time sequentially, so that per
 (channel, state, step) element the work is FMUL (delta A), MUFU (exp2), FMUL (delta u B), FFMA (the
 recurrence) and FFMA (C h), with no running products, no scan across lanes and no fix-up. The
-N_PAD / S threads ("lanes") of a channel are consecutive lanes of one warp. Per chunk of CHUNK steps:
+G = N_PAD / S threads of a channel are its "lanes" (in one warp, or with lane_order "warp", the default,
+one per warp, so that a warp reads the same B and C row). Per chunk of CHUNK steps:
 
 1. every thread takes CHUNK / G consecutive steps of its channel (G = lanes per channel): loads u,
    delta, z (prefetched one chunk ahead), computes softplus(delta + bias), delta u, D u and silu(z) once
@@ -16,10 +17,11 @@ N_PAD / S threads ("lanes") of a channel are consecutive lanes of one warp. Per 
 3. barrier; every thread sums the G partials of its CHUNK / G steps, adds D u, gates with silu(z) and
    stores y (16-byte stores when CHUNK / G >= 8).
 
-Instructions per element, SASS counts and GPU timings: benchmarks/diagnostics/scan_notes.md (sixth
-session). d_state is padded to a power of two (padded states have A = B = C = 0 and stay 0). The
-launcher `launch` falls back to `selective_scan_gluon` where this decomposition does not apply
-(d_state 1: one lane per channel and no reduction, which is the old kernel's CHUNK 8 case, slower).
+The CUDA default of `selective_scan_triton` (H200, batch 8 × 1536 × 4096, d_state 16, bf16: 0.357 ms
+against the Gluon kernel's 0.408; 7.45 SASS instructions per element against 10.4). Variants, counts and
+timings: benchmarks/diagnostics/scan_notes.md (sixth session). d_state is padded to a power of two
+(padded states have A = B = C = 0 and stay 0). `plan` returns None for d_state 1 (one lane per channel,
+nothing to spread: the Gluon kernel's CHUNK 8 case), and `selective_scan_triton` then runs the Gluon kernel.
 """
 from __future__ import annotations
 
