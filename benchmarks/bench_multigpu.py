@@ -64,7 +64,7 @@ def effprof(args: list[str], out: Path, name: str, timeout_s: float = 150) -> tu
     return wall, records, code
 
 
-def fan_out(out: Path, smoke: bool, only_pooled: bool = False) -> dict:
+def fan_out(out: Path, smoke: bool, only_pooled: bool = False, profiles: tuple[str, ...] = FAN_PROFILES) -> dict:
     result = {}
     if smoke:
         import yaml
@@ -72,7 +72,7 @@ def fan_out(out: Path, smoke: bool, only_pooled: bool = False) -> dict:
         (out / "smoke_fan.yaml").write_text(yaml.safe_dump(SMOKE_FAN, sort_keys=False))
         targets = {"smoke": str(out / "smoke_fan.yaml")}
     else:
-        targets = {p: p for p in FAN_PROFILES}
+        targets = {p: p for p in profiles}
     for name, target in targets.items():
         runs = {}
         for n, processes in ((1, 2), (2, 2)) if only_pooled else ((1, 1), (2, 1), (1, 2), (2, 2)):
@@ -196,10 +196,12 @@ def main() -> int:
     parser.add_argument("--skip-fan-out", action="store_true", help="tensor parallelism only")
     parser.add_argument("--skip-tp", action="store_true", help="fan-out only")
     parser.add_argument("--only-pooled", action="store_true", help="fan-out with --processes 2 only")
+    parser.add_argument("--profiles", default=",".join(FAN_PROFILES), help="the fanned-out profiles, comma-separated")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"fan_out": {} if args.skip_fan_out else fan_out(out, args.smoke, args.only_pooled),
+    result = {"fan_out": {} if args.skip_fan_out else fan_out(out, args.smoke, args.only_pooled,
+                                                                    tuple(args.profiles.split(","))),
               "tensor_parallel": None if args.skip_tp else tensor_parallel(out, args.smoke, args.lm, args.with_mamba,
                                                                            args.with_graphs)}
     import torch  # only now: the parent must not hold a CUDA context while the workers measure
