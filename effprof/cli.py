@@ -214,7 +214,7 @@ def compare_command(ctx: typer.Context,
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
-    check_processes(processes, bool(tp))
+    check_processes(processes, bool(tp), overrides.get("device"))
     slots = plan_slots(gpus, workers, isolate, overrides.get("device"))
     if processes > 1 and slots is None:  # each pass in one fresh worker on the device
         slots = plan_slots(None, 1, False, overrides.get("device"))

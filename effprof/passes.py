@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 from effprof.analysis.stats import pooled_median_ci95
 from effprof.errors import UsageError
-from effprof.limits import MAX_WORKERS
 from effprof.measure import UNSTEADY_CV
 from effprof.measure.roofline import verdict
 from effprof.measure.timing import coefficient_of_variation, quantile
@@ -38,9 +37,14 @@ PER_LATENCY = ("throughput_per_s", "tflops_per_s", "achieved_gb_per_s", "pct_of_
                "pct_of_bandwidth_ceiling", "roofline_fraction")
 
 
-def check_processes(processes: int, tp: bool) -> None:
-    if not 1 <= processes <= MAX_WORKERS:
-        raise UsageError(f"--processes: {processes} is not in 1..{MAX_WORKERS}")
+MAX_PROCESSES = 16  # passes run one after another: past this, a typo rather than a plan
+
+
+def check_processes(processes: int, tp: bool, device: str | None = None) -> None:
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise UsageError(f"--processes: {processes} is not in 1..{MAX_PROCESSES}")
+    if processes > 1 and device == "meta":
+        raise UsageError("--processes with --device meta: nothing is timed, so there is nothing to pool")
     if processes > 1 and tp:
         raise UsageError("--processes with --tp: tensor-parallel rows start their own processes; "
                          "measure them in one pass")

@@ -202,6 +202,8 @@ def test_processes_pool_every_row_over_fresh_processes(tmp_path, monkeypatch):
     for r in json.loads(out2.read_text())["records"]:
         assert sorted(r["worker_by_process"]) == [0, 1]
     assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "0"]) == 2
+    assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "17"]) == 2
+    assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "2", "--device", "meta"]) == 2
     assert main(["compare", _profile(tmp_path, rows[:1]), "--processes", "2", "--tp", "2"]) == 2
 
 
