@@ -35,8 +35,6 @@ from effprof.measure.timing import coefficient_of_variation, quantile
 # columns that are (something) / latency: rescaled by old median / pooled median
 PER_LATENCY = ("throughput_per_s", "tflops_per_s", "achieved_gb_per_s", "pct_of_compute_ceiling",
                "pct_of_bandwidth_ceiling", "roofline_fraction")
-
-
 MAX_PROCESSES = 16  # passes run one after another: past this, a typo rather than a plan
 
 
