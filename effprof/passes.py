@@ -23,18 +23,16 @@ fails in every pass keeps its first failure.
 """
 from __future__ import annotations
 
-import statistics
 from typing import Any, Callable
 
 from effprof.analysis.stats import pooled_median_ci95
 from effprof.errors import UsageError
-from effprof.measure import UNSTEADY_CV
 from effprof.measure.roofline import verdict
-from effprof.measure.timing import coefficient_of_variation, quantile
+from effprof.measure.timing import TimingResult
 
-# columns that are (something) / latency: rescaled by old median / pooled median
-PER_LATENCY = ("throughput_per_s", "tflops_per_s", "achieved_gb_per_s", "pct_of_compute_ceiling",
-               "pct_of_bandwidth_ceiling", "roofline_fraction")
+# the roofline tracker's columns that are (something) / latency: rescaled by first median / pooled median
+# (timing_fields recomputes throughput and TFLOP/s itself)
+PER_LATENCY = ("achieved_gb_per_s", "pct_of_compute_ceiling", "pct_of_bandwidth_ceiling", "roofline_fraction")
 MAX_PROCESSES = 16  # passes run one after another: past this, a typo rather than a plan
 
 
@@ -50,23 +48,24 @@ def check_processes(processes: int, tp: bool, device: str | None = None) -> None
 
 def merge_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     """One record from the same row's records of several passes (see the module docstring)."""
+    from effprof.runner import timing_fields
+
     ok = [r for r in passes if r.get("status") == "ok" and r.get("latency_samples_ms")]
     if not ok:
         return dict(passes[0])
-    merged = dict(ok[0])
+    first = ok[0]
+    merged = dict(first)
     groups = [list(r["latency_samples_ms"]) for r in ok]
-    pooled = [x for g in groups for x in g]
-    median = statistics.median(pooled)
+    pooled = TimingResult([x for g in groups for x in g], first.get("calls_per_block", 1), [],
+                          first.get("timing_method", ""), 0, first.get("calls_per_sample", 1))
+    merged.update(timing_fields(pooled, first["items_per_call"], first.get("gflops")))
+    scale = first["latency_ms_median"] / merged["latency_ms_median"] if merged["latency_ms_median"] > 0 else 1.0
+    for key in PER_LATENCY:  # the roofline columns, computed by their tracker from the first pass's median
+        if first.get(key) is not None:
+            merged[key] = first[key] * scale
     lo, hi = pooled_median_ci95(groups)
-    scale = ok[0]["latency_ms_median"] / median if median > 0 else 1.0
-    for key in PER_LATENCY:
-        if merged.get(key) is not None:
-            merged[key] = merged[key] * scale
-    cv = coefficient_of_variation(pooled)
     merged.update(
-        latency_ms_median=median, latency_ms_p10=quantile(pooled, 0.10), latency_ms_p90=quantile(pooled, 0.90),
-        latency_ms_mean=statistics.fmean(pooled), latency_cv=cv, latency_unsteady=cv > UNSTEADY_CV,
-        latency_ms_ci95_low=lo, latency_ms_ci95_high=hi, latency_samples_ms=pooled,
+        latency_ms_ci95_low=lo, latency_ms_ci95_high=hi,
         n_calls=sum(r.get("n_calls", 0) for r in ok), processes=len(passes), processes_ok=len(ok),
         latency_ms_process_medians=[r["latency_ms_median"] for r in ok],
         latency_samples_process_sizes=[len(g) for g in groups],
@@ -78,7 +77,8 @@ def merge_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     if any(r.get("gpu_index") is not None for r in ok):
         merged["gpu_index_by_process"] = [r.get("gpu_index") for r in ok]
     if merged.get("verdict") is not None:
-        merged["verdict"] = verdict(median, merged.get("compute_floor_ms"), merged.get("memory_floor_ms"))
+        merged["verdict"] = verdict(merged["latency_ms_median"], merged.get("compute_floor_ms"),
+                                    merged.get("memory_floor_ms"))
     return merged
 
 

@@ -211,7 +211,7 @@ def test_merged_record_rescales_what_divides_by_the_latency():
     from effprof.passes import merge_passes
 
     base = {"status": "ok", "latency_ms_median": 2.0, "n_calls": 10, "throughput_per_s": 500.0,
-            "tflops_per_s": 1.0, "compute_floor_ms": 0.3, "memory_floor_ms": 0.1, "verdict": "compute",
+            "tflops_per_s": 1.0, "items_per_call": 1, "gflops": 2.0, "compute_floor_ms": 0.3, "memory_floor_ms": 0.1, "verdict": "compute",
             "latency_samples_ms": [2.0] * 10, "label": "x"}
     other = dict(base, latency_ms_median=4.0, latency_samples_ms=[4.0] * 30, n_calls=30)
     merged = merge_passes([base, other])
