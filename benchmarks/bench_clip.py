@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import anchor_time_ms, run_meta, write_result  # noqa: E402
 
-from effprof.profiles import load_profile  # noqa: E402
+from effprof.core.profiles import load_profile  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, free_memory, measure, measure_many  # noqa: E402
 

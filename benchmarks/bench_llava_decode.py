@@ -57,7 +57,7 @@ def rows(smoke: bool, impls: tuple[str, ...] = ("transformers", "fused", "triton
 
 
 def _generate(impl: str, mode: str, device: torch.device, new_tokens: int = 16) -> list:
-    from effprof.registry import BuildContext, get_component
+    from effprof.core.registry import BuildContext, get_component
 
     torch.manual_seed(0)
     component = get_component("llava")

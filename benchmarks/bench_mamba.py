@@ -37,8 +37,8 @@ from benchmarks.common import anchor_time_ms, run_meta, write_result  # noqa: E4
 
 from effprof.measure.timing import time_callable  # noqa: E402
 from effprof.ops.selective_scan import available_backends  # noqa: E402
-from effprof.profiles import load_profile  # noqa: E402
-from effprof.registry import BuildContext, create  # noqa: E402
+from effprof.core.profiles import load_profile  # noqa: E402
+from effprof.core.registry import BuildContext, create  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, free_memory, measure, measure_many  # noqa: E402
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import run_meta, write_result  # noqa: E402
 
-from effprof.profiles import load_profile  # noqa: E402
+from effprof.core.profiles import load_profile  # noqa: E402
 from effprof.report.table import print_records  # noqa: E402
 from effprof.runner import Config, add_ratios, measure_many, RunOptions  # noqa: E402
 

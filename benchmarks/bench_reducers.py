@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml  # noqa: E402
 
 from benchmarks.common import run_meta  # noqa: E402
-from effprof.errors import EffprofError  # noqa: E402
-from effprof.profiles import find_profile, load_profile  # noqa: E402
+from effprof.core.errors import EffprofError  # noqa: E402
+from effprof.core.profiles import find_profile, load_profile  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, measure_many  # noqa: E402
 
 PROFILES = ("token-reduction", "prumerge-table", "tome-vit")
@@ -120,7 +120,7 @@ def estimate_rows(records: list[dict], smoke: bool) -> list[dict]:
     from effprof.components.vlm import llama_shape
     from effprof.measure.estimate import estimate
     from effprof.models.llava import PRESETS, llava_config
-    from effprof.inspection import estimate_ceilings
+    from effprof.studies.inspection import estimate_ceilings
 
     ceilings = estimate_ceilings(None if not smoke else "H200", "auto")
     if ceilings is None:

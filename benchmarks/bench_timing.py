@@ -49,7 +49,7 @@ from effprof.measure.modes import compiled_module, graphed_callable  # noqa: E40
 from effprof.measure.nvml import CallCounter, NvmlSampler  # noqa: E402
 from effprof.measure.roofline import roofline_fields  # noqa: E402
 from effprof.measure.timing import L2Flusher, time_callable  # noqa: E402
-from effprof.registry import BuildContext, create  # noqa: E402
+from effprof.core.registry import BuildContext, create  # noqa: E402
 
 
 def cv(values):

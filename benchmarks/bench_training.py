@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import run_meta  # noqa: E402
 
-from effprof.profiles import load_profile  # noqa: E402
+from effprof.core.profiles import load_profile  # noqa: E402
 from effprof.runner import Config, RunOptions, add_ratios, measure_many  # noqa: E402
 
 PROJECTORS = [("linear", {}, "linear"), ("lowrank", {"rank": 256}, "lowrank-r256"), ("mlp", {}, "mlp2x_gelu"),

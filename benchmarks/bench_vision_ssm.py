@@ -116,8 +116,8 @@ def scan_section(device, dtype, shapes, min_time_s) -> list[dict]:
 
 
 def profile_section(device_name: str, smoke: bool, min_time_s: float, deadline: float) -> tuple[list, list]:
-    from effprof.options import RunOptions
-    from effprof.profiles import load_profile
+    from effprof.core.options import RunOptions
+    from effprof.core.profiles import load_profile
     from effprof.runner import Config, measure_many
 
     if smoke:

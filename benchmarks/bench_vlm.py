@@ -63,7 +63,7 @@ def hf_comparison(batch: int, smoke: bool) -> dict:
 def graphs_check(smoke: bool) -> dict:
     """Greedy tokens of a graph-replayed decode loop equal the eager loop's (the same kernels replayed), for
     the tiny LLaVA and Cobra on this device; and the eager loop equals transformers' generate (LLaVA)."""
-    from effprof.registry import BuildContext, get_component
+    from effprof.core.registry import BuildContext, get_component
 
     device = torch.device("cpu" if smoke else "cuda")
     modes = ("eager",) if smoke else ("eager", "graphs")
@@ -85,7 +85,7 @@ def graphs_check(smoke: bool) -> dict:
 
 
 def profile(name: str, out: Path, smoke: bool) -> list[dict]:
-    from effprof.cli import main
+    from effprof.cli.main import main
     from effprof.report.files import read_json
 
     path = out / f"{name.replace('-', '_')}.json"

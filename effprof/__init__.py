@@ -1,7 +1,7 @@
 """effprof: profile the efficiency of vision-language and state-space model components."""
 
-__version__ = "0.1.0"
+from effprof.core.version import __version__
 
-from effprof.registry import BuildContext, Built, Stage, create, get_component, list_components, register_component  # noqa: E402
+from effprof.core.registry import BuildContext, Built, Stage, create, get_component, list_components, register_component
 
 __all__ = ["BuildContext", "Built", "Stage", "create", "get_component", "list_components", "register_component", "__version__"]

@@ -1,3 +1,3 @@
-from effprof.cli import entry
+from effprof.cli.main import entry
 
 entry()

@@ -19,45 +19,20 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from effprof.errors import EffprofError, UsageError
+from effprof.core.errors import EffprofError, UsageError
 from effprof.measure.env import environment
 from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
 from effprof.measure.footprint import check_fits
 from effprof.measure.modes import GraphCaptureError, compiled_module, graphed_callable, graphed_stages
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
-from effprof.options import Config, RunOptions  # noqa: F401  (re-exported)
-from effprof.registry import BuildContext, Built, Stage, get_component
+from effprof.core.options import Config, RunOptions  # noqa: F401  (re-exported)
+from effprof.core.registry import BuildContext, Built, Stage, get_component
+from effprof.modules.tensor_parallel import shard
+from effprof.trackers import Run, enabled_trackers
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
-
-
-@dataclass
-class Run:
-    """One configuration being measured: what the trackers see (see `effprof.trackers.base`)."""
-
-    config: Config
-    options: RunOptions
-    built: Built
-    values: dict[str, Any]
-    ctx: BuildContext
-    input_sets: list[tuple]
-    items_per_call: int
-    record: dict[str, Any]
-    call: Callable[[], Any] | None = None
-    timing: TimingResult | None = None
-    calls: int = 0                        # calls made in the timed region (warm-up included)
-    counted_bytes: int | None = None      # bytes lower bound of one call (the counts tracker sets it)
-    shared: dict[str, Any] = field(default_factory=dict)  # for trackers that cooperate
-
-    @property
-    def device(self) -> torch.device:
-        return self.ctx.device
-
-    @property
-    def count_only(self) -> bool:
-        return self.ctx.device.type == "meta"
 
 
 def params_text(values: dict[str, Any], given: Iterable[str] | None = None) -> str:
@@ -96,9 +71,7 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     built = component.build(values, ctx)
     built.module.eval()
     refuse_interpreted_triton(built, ctx)
-    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/tensor_parallel.py)
-        from effprof.tensor_parallel import shard
-
+    if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/modules/tensor_parallel.py)
         shard(config.component, built, torch.distributed.get_rank(), opts.tp)
         free_memory()
     return built, values, ctx
@@ -128,14 +101,10 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     extras), warm-up, timing; the record gets each phase's wall seconds (`phase_build_s`, `phase_count_s`,
     `phase_warmup_s`, `phase_timing_s`), so a slow comparison says where its time went.
     """
-    from effprof.trackers import enabled_trackers
-
     opts = config.options.validate()
-    if opts.tp > 1:
-        from effprof import distributed
-
-        if not distributed.in_rank():  # start the ranks (or join torchrun's); each comes back here
-            return distributed.measure_tp(config)
+    if opts.tp > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise UsageError(f"--tp {opts.tp}: a tensor-parallel row is measured inside its ranks, which "
+                         "effprof.launch starts (effprof.launch.inline.measure_row)")
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     tell = on_phase or (lambda name: None)
     tell("build")
@@ -359,13 +328,17 @@ def is_oom(exc: BaseException) -> bool:
 def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], None] | None = None,
                  timer: Callable[..., TimingResult] = time_callable,
                  on_phase: Callable[[Config, str], None] | None = None,
-                 raise_refusals: bool = False) -> list[dict[str, Any]]:
+                 raise_refusals: bool = False,
+                 measure_one: Callable[..., dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
     `on_record` is called after every row (the CLI rewrites its CSV/JSON there), so an interrupted
     comparison keeps every finished row; `on_phase(config, phase)` when a row enters a phase (see `measure`).
+    `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.inline routes
+    `--tp` rows to their ranks).
     """
+    measure_one = measure_one or measure
     for config in configs:  # refuse bad rows before spending any time
         config.resolved()
         config.options.validate()
@@ -374,7 +347,7 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
     for config in configs:
         start = time.perf_counter()
         try:
-            record = measure(config, timer, None if on_phase is None else
+            record = measure_one(config, timer, None if on_phase is None else
                              (lambda name, config=config: on_phase(config, name)))
         except UsageError as exc:  # a combination only the factory can judge (e.g. streams on cpu)
             if raise_refusals:  # one row alone (`run`): the refusal is the one line the user gets

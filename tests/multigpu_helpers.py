@@ -5,8 +5,8 @@ import sys
 
 import torch
 
-from effprof.params import Param
-from effprof.registry import Built, register_component
+from effprof.core.params import Param
+from effprof.core.registry import Built, register_component
 
 
 @register_component("test-worker-dies", unit="seq", params=[

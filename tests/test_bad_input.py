@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
-from effprof.cli import main
-from effprof.errors import ParamError
+from effprof.cli.main import main
+from effprof.core.errors import ParamError
 from effprof.measure.footprint import footprint
-from effprof.options import RunOptions
-from effprof.params import Param
-from effprof.registry import Built, list_components, register_component
+from effprof.core.options import RunOptions
+from effprof.core.params import Param
+from effprof.core.registry import Built, list_components, register_component
 from effprof.report.files import read_csv
 from effprof.runner import Config, is_oom
 
@@ -78,7 +78,7 @@ def test_every_size_parameter_declares_an_upper_bound():
         for p in component.params:
             if p.type is int:
                 assert p.high is not None or p.choices is not None, \
-                    f"{component.name} --{p.name}: declare high= (effprof/limits.py)"
+                    f"{component.name} --{p.name}: declare high= (effprof/core/limits.py)"
     with pytest.raises(ParamError, match="larger than any size"):
         Param("n", int, 1, "undeclared", low=1).parse(str(2**40))
 
@@ -297,11 +297,11 @@ def test_profile_options_are_typed_like_the_cli_and_grids_merge(tmp_path, capsys
 PLUGINS = {
     "bi_raises": "raise RuntimeError('boom at import')\n",
     "bi_syntax": "def f(:\n",
-    "bi_dup": "from effprof.registry import register_component\n@register_component('linear', unit='tok')\n"
+    "bi_dup": "from effprof.core.registry import register_component\n@register_component('linear', unit='tok')\n"
               "def f(ctx): pass\n",
-    "bi_unit": "from effprof.registry import register_component\n@register_component('bi-px', unit='px')\n"
+    "bi_unit": "from effprof.core.registry import register_component\n@register_component('bi-px', unit='px')\n"
                "def f(ctx): pass\n",
-    "bi_ok": "from effprof.registry import register_component, Built\n@register_component('test-bi-ok', unit='tok')\n"
+    "bi_ok": "from effprof.core.registry import register_component, Built\n@register_component('test-bi-ok', unit='tok')\n"
              "def f(ctx):\n    raise ValueError('factory failed')\n",
 }
 
@@ -314,14 +314,14 @@ PLUGINS = {
     (".relative", "'.relative' is not an absolute module name"),
 ])
 def test_a_failing_plugin_is_one_line_and_list_still_works(plugin, says, tmp_path, monkeypatch, capsys):
-    from effprof import registry
-    from effprof.plugins import load_plugins
+    from effprof.core import registry
+    from effprof.core.plugins import load_plugins
 
     for name, text in PLUGINS.items():
         (tmp_path / f"{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.list_components()  # built-ins and EFFPROF_PLUGINS loaded first: the errors below replace theirs
-    monkeypatch.setattr(registry, "PLUGIN_ERRORS", load_plugins(f"{plugin},bi_ok"))
+    monkeypatch.setattr(registry, "PLUGIN_ERRORS", load_plugins(f"{plugin},bi_ok", registry._REGISTRY))
     assert main(["list"]) == 2
     out, err = capsys.readouterr()
     assert err.strip().startswith("effprof: error: EFFPROF_PLUGINS:") and says in err and err.count("\n") == 1
@@ -361,8 +361,8 @@ def test_terminals_ascii_closed_and_full_stdout(tmp_path):
 
 SLOW_PLUGIN = '''
 import os, signal, time, torch
-from effprof.params import Param
-from effprof.registry import Built, register_component
+from effprof.core.params import Param
+from effprof.core.registry import Built, register_component
 
 @register_component("bi-slow", unit="seq", params=[Param("n", int, 1, "row", low=1, high=9)])
 def build(ctx, n):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 from effprof.measure import calibrate as cal
 from effprof.measure.roofline import Ceilings
 

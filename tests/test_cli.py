@@ -8,10 +8,10 @@ import textwrap
 import pytest
 import torch
 
-from effprof.cli import main
-from effprof.registry import Built, register_component
-from effprof.errors import ParamError
-from effprof.params import Param
+from effprof.cli.main import main
+from effprof.core.registry import Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.params import Param
 from effprof.report.files import read_csv, read_json
 from effprof.runner import Config, RunOptions, add_ratios, measure_many
 
@@ -145,9 +145,9 @@ def test_a_refused_row_keeps_the_others_and_exits_2(tmp_path, fast):
 
 PLUGIN = '''
 import torch
-from effprof.errors import ParamError
-from effprof.params import Param
-from effprof.registry import Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.params import Param
+from effprof.core.registry import Built, register_component
 
 @register_component("test-interrupt", unit="seq", params=[Param("n", int, 1, "row number")])
 def build(ctx, n):

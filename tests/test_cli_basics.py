@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from effprof import __version__
-from effprof.cli import main
-from effprof.errors import ParamError
-from effprof.options import RunOptions
-from effprof.params import Param
-from effprof.registry import get_component
+from effprof.cli.main import main
+from effprof.core.errors import ParamError
+from effprof.core.options import RunOptions
+from effprof.core.params import Param
+from effprof.core.registry import get_component
 from effprof.report.files import read_json
 
 

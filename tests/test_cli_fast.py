@@ -1,5 +1,5 @@
 """`effprof --help`, `-h`, `--version` and `effprof list` do not import torch: they read the declarations only
-(component modules defer torch and their modules to the factories, effprof/lazy.py)."""
+(component modules defer torch and their modules to the factories, effprof/core/lazy.py)."""
 import subprocess
 import sys
 
@@ -7,7 +7,7 @@ import pytest
 
 CHECK = """
 import sys
-from effprof.cli import main
+from effprof.cli.main import main
 code = main({argv!r})
 heavy = sorted(m for m in ("torch", "transformers", "triton", "numpy") if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
@@ -39,7 +39,7 @@ def test_choices_declared_beside_components_match_their_modules():
 
 
 def test_lazy_stand_ins_behave_like_the_real_objects():
-    from effprof.lazy import lazy_from, lazy_import
+    from effprof.core.lazy import lazy_from, lazy_import
 
     json_module = lazy_import("json")
     assert json_module.dumps([1]) == "[1]"

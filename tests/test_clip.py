@@ -5,12 +5,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from effprof.cli import main
-from effprof.errors import ParamError
+from effprof.cli.main import main
+from effprof.core.errors import ParamError
 from effprof.measure.flops import count_flops
 from effprof.modules.token_pruning import NormTopKPruner, kept_patch_count, norm_topk_prune_reference
-from effprof.profiles import load_profile
-from effprof.registry import BuildContext, create
+from effprof.core.profiles import load_profile
+from effprof.core.registry import BuildContext, create
 from effprof.report.files import read_json
 from effprof.runner import RunOptions, count_params
 

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from effprof.modules.clip_dual import DualEncoder, clip_config, contrastive_loss
-from effprof.errors import ParamError, UsageError
+from effprof.models.clip_dual import DualEncoder, clip_config, contrastive_loss
+from effprof.core.errors import ParamError, UsageError
 from effprof.measure.training import TrainingStep, memory_split, param_counts
 from effprof.modules import lora as L
-from effprof.registry import create
+from effprof.core.registry import create
 
 
 def tiny_clip():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.measure.coverage import flop_coverage, formula_op_names, mark_low_coverage
 
 CPU = torch.device("cpu")
@@ -93,7 +93,7 @@ def test_breakdown_uncovered_lists_the_ops_counted_as_zero(capsys, fast):
 def test_coverage_is_on_by_default_on_cpu_and_opt_in_on_cuda(tmp_path, fast):
     from types import SimpleNamespace
 
-    from effprof.options import RunOptions
+    from effprof.core.options import RunOptions
     from effprof.trackers.coverage import CoverageTracker
 
     def enabled(device, **given):

@@ -6,7 +6,7 @@ import torch
 
 from effprof.measure.crosscheck import crosscheck, fvcore_macs, thop_macs
 from effprof.measure.flops import count_flops
-from effprof.registry import Built
+from effprof.core.registry import Built
 
 
 def mlp_built(dtype=torch.float32, forward=None):

@@ -7,7 +7,7 @@ import pytest
 
 from effprof.analysis.diff import bootstrap_ratio_ci, diff_records
 from effprof.analysis.fit import fit_power_law, fit_records, t_quantile_975
-from effprof.cli import main
+from effprof.cli.main import main
 
 
 def _record(label, samples, **extra):

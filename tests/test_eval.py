@@ -6,10 +6,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from effprof.cli import main
-from effprof.evaluate import Preprocess
-from effprof.params import Param
-from effprof.registry import Built, register_component
+from effprof.cli.main import main
+from effprof.studies.evaluate import Preprocess
+from effprof.core.params import Param
+from effprof.core.registry import Built, register_component
 from effprof.report.files import read_json
 
 # logits = W · (mean R, G, B) + b: classes 0-2 follow the colour, classes 3-6 have fixed scores
@@ -151,7 +151,7 @@ def _official_vmamba_keys(state, depths):
 
 
 def test_checkpoints_in_the_papers_own_key_names_load(tmp_path):
-    from effprof.evaluate import apply_checkpoint
+    from effprof.studies.evaluate import apply_checkpoint
     from effprof.models.mambavision import build_mambavision
     from effprof.models.vmamba import build_vmamba
 

@@ -4,12 +4,12 @@ import textwrap
 
 import pytest
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.report.files import read_json
 
 MODELS = textwrap.dedent('''
     import torch
-    from effprof.registry import Built
+    from effprof.core.registry import Built
 
 
     def conv(width: int = 8, kernel: int = 3):

@@ -30,7 +30,7 @@ import torch
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, seed as hseed, settings, strategies as st  # noqa: E402
 
-from effprof.cli import main  # noqa: E402
+from effprof.cli.main import main  # noqa: E402
 
 SEED = int(os.environ.get("EFFPROF_FUZZ_SEED", "0"))
 EXAMPLES = int(os.environ.get("EFFPROF_FUZZ_EXAMPLES", "140"))
@@ -340,17 +340,17 @@ def invocation(draw, command):
 
 
 PLUGINS = {"fz_raises": "raise RuntimeError('boom at import')\n", "fz_syntax": "def f(:\n",
-           "fz_dup": "from effprof.registry import register_component\n@register_component('linear', unit='tok')\n"
+           "fz_dup": "from effprof.core.registry import register_component\n@register_component('linear', unit='tok')\n"
                      "def f(ctx): pass\n",
-           "fz_unit": "from effprof.registry import register_component\n@register_component('fz-px', unit='px')\n"
+           "fz_unit": "from effprof.core.registry import register_component\n@register_component('fz-px', unit='px')\n"
                       "def f(ctx): pass\n",
            "fz_exit": "import sys\nsys.exit(3)\n"}
 
 
 def run_case(argv, folder: Path, plugin, monkeypatch):
     """Run one invocation in `folder`; return (exit code, stdout, stderr, seconds)."""
-    from effprof import registry
-    from effprof.plugins import load_plugins
+    from effprof.core import registry
+    from effprof.core.plugins import load_plugins
 
     argv = [a.replace(D, str(folder)) for a in argv]
     for i, a in enumerate(argv):
@@ -363,7 +363,7 @@ def run_case(argv, folder: Path, plugin, monkeypatch):
         for name, text in PLUGINS.items():
             (folder / f"{name}.py").write_text(text)
         monkeypatch.syspath_prepend(str(folder))
-        registry.PLUGIN_ERRORS[:] = load_plugins(plugin)
+        registry.PLUGIN_ERRORS[:] = load_plugins(plugin, registry._REGISTRY)
     start, cwd = time.perf_counter(), os.getcwd()
     os.chdir(folder)
     try:

@@ -75,7 +75,7 @@ def test_fusable_names_what_it_cannot_fuse():
 
 
 def test_decode_impl_is_reported_and_counts_the_same_flops(capsys):
-    from effprof.cli import main
+    from effprof.cli.main import main
     from effprof.ops.selective_scan import available_backends
     from effprof.runner import Config, RunOptions, measure
 

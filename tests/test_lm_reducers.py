@@ -6,7 +6,7 @@ import torch
 from effprof.modules.reducers.lm_prefill import (IMAGE, Sequence, attention_rows, initial_sequence, keep_top_image,
                                                  prefill_with_drops)
 from effprof.modules.reducers.lm_reducers import FastV, PyramidDrop, SparseVLM, dpc_knn_merge
-from effprof.reducers import get_reducer
+from effprof.core.reducers import get_reducer
 
 PREFIX, IMAGES, SUFFIX = 3, 576, 6
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.components.mamba import TRANSFORMER_PRESETS
-from effprof.errors import BackendUnavailable
+from effprof.core.errors import BackendUnavailable
 from effprof.measure.flops import count_flops
 from effprof.modules.mamba import (MAMBA_PRESETS, MambaBlock, MambaLM, MambaLMConfig, causal_conv1d_ref,
                                    causal_conv1d_update_ref, resolve_conv_backend)
-from effprof.profiles import load_profile
-from effprof.registry import BuildContext, create
+from effprof.core.profiles import load_profile
+from effprof.core.registry import BuildContext, create
 from effprof.report.files import read_json
 from effprof.runner import RunOptions
 

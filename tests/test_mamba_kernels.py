@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.core.errors import BackendUnavailable, UsageError
 from effprof.models.generation import greedy_mamba
 from effprof.ops.causal_conv1d import (causal_conv1d, causal_conv1d_ref, causal_conv1d_update,
                                        causal_conv1d_update_ref, resolve_conv_backend)
@@ -395,7 +395,7 @@ def test_block_step_is_the_ops_reference_step():
 
 def test_components_report_the_decode_path(tmp_path, fast):
     """The record names the decode path that ran (auto = ref on CPU), and an unavailable one is refused."""
-    from effprof.cli import main
+    from effprof.cli.main import main
     from effprof.report.files import read_json
 
     path = tmp_path / "r.json"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from effprof.errors import EffprofError
+from effprof.core.errors import EffprofError
 from effprof.measure.modes import CompileError, GraphCaptureError, compiled_module, graphed_callable
 
 
@@ -39,7 +39,7 @@ def test_graphed_stages_replay_per_shape_around_a_host_sync_stage(monkeypatch):
     """A stand-in for CUDA graphs (capture = remember the static inputs; replay = run on them): the stage
     after a host-sync stage captures once per shape it receives and reads the copied-in values."""
     import effprof.measure.modes as modes
-    from effprof.registry import Stage
+    from effprof.core.registry import Stage
 
     captures = []
 

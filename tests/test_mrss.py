@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.measure.flops import count_flops
 from effprof.modules.mamba import MambaBlock
 from effprof.modules.mrss import MRSS, pad_to_multiple
-from effprof.registry import create
+from effprof.core.registry import create
 from effprof.report.files import read_json
 
 D = 16

@@ -8,12 +8,12 @@ import torch
 import yaml
 
 import multigpu_helpers  # noqa: F401  (registers test-worker-dies here; workers load it via EFFPROF_PLUGINS)
-from effprof.cli import main
-from effprof.distributed import add_tp_scaling, expand_tp, launch
-from effprof.parallel import add_ratios_same_device, host_summary
+from effprof.cli.main import main
+from effprof.launch.torchrun import add_tp_scaling, expand_tp, launch
+from effprof.launch.pool import add_ratios_same_device, host_summary
 from effprof.report.files import read_csv
 from effprof.runner import Config, RunOptions, measure_many
-from effprof.tensor_parallel import RowParallelLinear, colwise
+from effprof.modules.tensor_parallel import RowParallelLinear, colwise
 
 OPTIONS = {"device": "cpu", "dtype": "fp32", "batch": 2, "min_time": 0.02, "warmup": 0}
 DIMS = {"tokens": 16, "in_dim": 32, "out_dim": 64}
@@ -208,7 +208,7 @@ def test_processes_pool_every_row_over_fresh_processes(tmp_path, monkeypatch):
 
 
 def test_merged_record_rescales_what_divides_by_the_latency():
-    from effprof.passes import merge_passes
+    from effprof.launch.passes import merge_passes
 
     base = {"status": "ok", "latency_ms_median": 2.0, "n_calls": 10, "throughput_per_s": 500.0,
             "tflops_per_s": 1.0, "items_per_call": 1, "gflops": 2.0, "compute_floor_ms": 0.3, "memory_floor_ms": 0.1, "verdict": "compute",

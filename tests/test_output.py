@@ -5,7 +5,7 @@ import re
 import pytest
 from rich.console import Console
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.report.export import to_html, to_markdown
 from effprof.report.table import chosen_columns, column_keys, records_table
 

@@ -1,7 +1,7 @@
 import pytest
 
-from effprof.errors import ParamError
-from effprof.params import Param, resolve
+from effprof.core.errors import ParamError
+from effprof.core.params import Param, resolve
 
 
 def test_float_range_open_low_closed_high():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from effprof import create
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.measure.flops import count_flops
 from effprof.runner import count_params
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from effprof import quality as Q
-from effprof.cli import main
-from effprof.errors import UsageError
-from effprof.registry import create
+from effprof.studies import quality as Q
+from effprof.cli.main import main
+from effprof.core.errors import UsageError
+from effprof.core.registry import create
 from effprof.report.files import read_json
 
 

@@ -10,8 +10,8 @@ from effprof.modules.reducers.prumerge import (PruMerge, iqr_outlier_count, merg
 from effprof.modules.reducers.tome import bipartite_soft_matching, merge_wavg, tome_token_counts
 from effprof.modules.reducers.vision import VisionOutput
 from effprof.modules.reducers.visionzip import VisionZip, class_attention_by_head, dominant_indices
-from effprof.reducers import list_reducers
-from effprof.registry import BuildContext, create
+from effprof.core.reducers import list_reducers
+from effprof.core.registry import BuildContext, create
 
 
 def test_iqr_selection_picks_exactly_the_outliers():
@@ -165,7 +165,7 @@ def _compare(tmp_path, rows: list[dict]) -> list[dict]:
     """`effprof compare` of a profile of `rows` on the CPU, tiny timing; the records it wrote."""
     import yaml
 
-    from effprof.cli import main
+    from effprof.cli.main import main
 
     profile, out = tmp_path / "p.yaml", tmp_path / "r.json"
     profile.write_text(yaml.safe_dump({"title": "t", "rows": rows, "options": {
@@ -196,7 +196,7 @@ def test_every_vision_reducer_through_the_cli(tmp_path, tiny_clip):
     (["--reducer", "tome", "--r", "-1"], "outside the allowed range"),
 ])
 def test_bad_reducer_input_is_one_line_and_exit_2(fast, tiny_clip, args, words, capsys):
-    from effprof.cli import main
+    from effprof.cli.main import main
 
     assert main(["run", "clip-vision", "--pretrained", tiny_clip, *fast, *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -240,7 +240,7 @@ def test_every_reducer_through_the_cli_on_a_tiny_llava(tmp_path):
 
 
 def test_lm_reducer_outside_prefill_is_refused(fast, capsys):
-    from effprof.cli import main
+    from effprof.cli.main import main
 
     assert main(["run", "llava", "--preset", "tiny", "--mode", "decode", "--context", "8", *fast,
                  "--reducer", "fastv", "--fastv-k", "1"]) == 2

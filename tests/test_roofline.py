@@ -1,7 +1,7 @@
 """Roofline fields and verdicts on synthetic numbers; the roofline plot."""
 import pytest
 
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 from effprof.measure.roofline import OVERHEAD_FACTOR, Ceilings, floors_ms, roofline_fields, verdict
 
 H100 = Ceilings("NVIDIA H100 80GB HBM3", "datasheet", {"bf16": 1000.0, "fp16": 1000.0, "tf32": 500.0, "fp32": 50.0},

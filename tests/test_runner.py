@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from effprof.cli import main
-from effprof.params import Param
-from effprof.registry import Built, Stage, register_component
+from effprof.cli.main import main
+from effprof.core.params import Param
+from effprof.core.registry import Built, Stage, register_component
 from effprof.runner import Config, RunOptions, measure, measure_many
 from effprof.trackers import Tracker, register_tracker, unregister_tracker
 

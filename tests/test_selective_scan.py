@@ -18,7 +18,7 @@ from conftest import triton_tests_in_interpreter
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.core.errors import BackendUnavailable, UsageError
 from effprof.ops.selective_scan import (BACKENDS, available_backends, resolve_backend, selective_scan,
                                         selective_scan_flops, selective_scan_ref, selective_state_update)
 

@@ -1,9 +1,9 @@
 """The ci-smoke profile: every registered component through `effprof compare` on CPU."""
 import yaml
 
-from effprof.cli import main
-from effprof.profiles import find_profile
-from effprof.registry import list_components
+from effprof.cli.main import main
+from effprof.core.profiles import find_profile
+from effprof.core.registry import list_components
 from effprof.report.files import read_csv
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.measure.flops import count_flops
 from effprof.modules.ssm_conv import (LowRankSSMConv, SparseTapSSMConv, SSMConv, lowrank_kernel_rel_error,
                                       relative_error, s4d_kernel, s4d_parameters, s4d_recurrence, svd_factors)

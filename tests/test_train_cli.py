@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.report.files import read_json
 
 B, T, IN, OUT = 2, 4, 8, 16
@@ -68,7 +68,7 @@ def test_breakdown_train_splits_the_step(fast, capsys):
 
 
 def test_clip_lora_profile_rows():
-    from effprof.profiles import load_profile
+    from effprof.core.profiles import load_profile
     from effprof.runner import RunOptions
 
     profile = load_profile("clip-lora", RunOptions(), {"device": "cpu"})

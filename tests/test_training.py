@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 from effprof.measure.training import (TrainingStep, TrainOptions, default_loss, memory_split, param_counts,
                                       step_phases, train_flops)
-from effprof.registry import Built
+from effprof.core.registry import Built
 
 BATCH, IN, HIDDEN, OUT = 3, 8, 16, 4
 

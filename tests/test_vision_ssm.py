@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.measure.paper_flops import paper_macs
 from effprof.models.mambavision import (MAMBAVISION_PUBLISHED, build_mambavision, mambavision_tower)
 from effprof.models.vmamba import VMAMBA_PRESETS, VMAMBA_PUBLISHED, build_vmamba, scan_flops_per_image

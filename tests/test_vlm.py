@@ -3,7 +3,7 @@ checkpoints the tests write themselves."""
 import pytest
 import torch
 
-from effprof.cli import main
+from effprof.cli.main import main
 from effprof.models.llava import PRESETS, LlavaPipeline, build_llava
 from effprof.report.files import read_json
 from effprof.runner import Config, RunOptions, measure

@@ -29,7 +29,8 @@ def test_wheel_installed_in_a_fresh_venv_runs_built_in_profiles_from_elsewhere(t
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "effprof", source / "effprof", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("effprof", "profiles"):  # the built-in profiles: the top-level folder, mapped into the wheel
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
          str(source)], cwd=tmp_path)
@@ -41,7 +42,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_built_in_profiles_from_elsewhere(t
     # then torch, typer, rich ... from this interpreter's site-packages, added as a plain path: its .pth files
     # (an editable install of effprof among them) are not processed, so only the wheel provides effprof
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    assert (site / "effprof" / "data" / "profiles" / "projectors.yaml").is_file()  # package data in the wheel
+    assert (site / "effprof" / "_profiles" / "projectors.yaml").is_file()  # package data in the wheel
     (site / "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     elsewhere = tmp_path / "elsewhere"

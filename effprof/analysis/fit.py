@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from effprof.analysis.stats import t_quantile_975  # noqa: F401  (re-exported)
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 
 METRICS = (("latency", "latency_ms_median"), ("GFLOP", "gflops"), ("peak mem", "peak_mem_mib"))
 SERIES_FIELDS = ("batch", "dtype", "exec_mode", "timing_mode")

@@ -21,36 +21,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from effprof.errors import CheckpointError, ParamError, PretrainedNotFound
-from effprof.lazy import lazy_attr, lazy_from, lazy_import
-from effprof.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import CheckpointError, ParamError, PretrainedNotFound
+from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
+from effprof.models.clip import PRESETS, ClipVisionPreset, vision_config  # noqa: F401  (re-exported)
 
-# Imported when a factory runs, not when the components are listed (effprof/lazy.py).
+# Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 PrunedCLIPVision, pooled_fidelity, vision_trunk = lazy_from("effprof.modules.clip_pruned", "PrunedCLIPVision",
                                                             "pooled_fidelity", "vision_trunk")
 NormTopKPruner = lazy_attr("effprof.modules.token_pruning", "NormTopKPruner")
 
-
-@dataclass(frozen=True)
-class ClipVisionPreset:
-    """One published CLIP vision architecture. Sizes in pixels (image, patch) and channels (widths)."""
-
-    image_size: int
-    patch_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    mlp_size: int
-
-
-PRESETS = {
-    "vit-b-16": ClipVisionPreset(224, 16, 768, 12, 12, 3072),
-    "vit-l-14": ClipVisionPreset(224, 14, 1024, 24, 16, 4096),
-    "vit-l-14-336": ClipVisionPreset(336, 14, 1024, 24, 16, 4096),
-}
 
 TOWER_PARAMS = [
     Param("preset", str, "vit-b-16", "Published OpenAI CLIP vision architecture (ignored with --pretrained).",
@@ -75,15 +58,6 @@ class Tower:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-
-def vision_config(preset: ClipVisionPreset, image_size: int):
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(hidden_size=preset.hidden_size, intermediate_size=preset.mlp_size,
-                            num_hidden_layers=preset.num_layers, num_attention_heads=preset.num_heads,
-                            image_size=image_size, patch_size=preset.patch_size, num_channels=3,
-                            hidden_act="quick_gelu", layer_norm_eps=1e-5, attn_implementation="sdpa")
 
 
 def _check_multiple(img_size: int, patch_size: int, where: str) -> None:
@@ -111,7 +85,7 @@ def _quiet_transformers():
 def check_clip_config(directory, spec: str) -> None:
     """Refuse a CLIP config.json with wrong types, impossible sizes or heads that do not divide the width
     before transformers reads it (it would fail deep inside with a traceback)."""
-    from effprof.pretrained import config_value, read_config
+    from effprof.core.pretrained import config_value, read_config
 
     doc = read_config(directory / "config.json", spec)
     vision = doc.get("vision_config", doc)
@@ -139,7 +113,7 @@ def build_tower(ctx: BuildContext, preset: str, img_size: int | None, pretrained
             model = CLIPVisionModel(vision_config(arch, size))
         tower = Tower(model, size, arch.patch_size, False, preset)
     else:
-        from effprof.pretrained import find_checkpoint
+        from effprof.core.pretrained import find_checkpoint
 
         directory = find_checkpoint(pretrained, ("config.json",))
         check_clip_config(directory, pretrained)

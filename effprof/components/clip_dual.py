@@ -17,10 +17,10 @@ weights. One call embeds a batch of images and as many captions of `seq_len` tok
 """
 from __future__ import annotations
 
-from effprof.errors import ParamError
-from effprof.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
 
 PRESET_NAMES = ("vit-b-16", "vit-l-14")
 TARGET_NAMES = ("projections", "qv", "projections+qv")
@@ -52,7 +52,7 @@ def clip_dual(ctx: BuildContext, preset, img_size, seq_len, layers, adapt, rank,
 
     from effprof.components.clip import PRESETS as VISION_PRESETS, _check_multiple
     from effprof.modules import lora as L
-    from effprof.modules.clip_dual import VOCAB, DualEncoder, adapt_model, clip_config, contrastive_loss
+    from effprof.models.clip_dual import VOCAB, DualEncoder, adapt_model, clip_config, contrastive_loss
 
     patch = VISION_PRESETS[preset].patch_size
     size = VISION_PRESETS[preset].image_size if img_size is None else img_size

@@ -28,13 +28,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from effprof.errors import ParamError
-from effprof.lazy import lazy_attr, lazy_from, lazy_import
-from effprof.limits import MAX_LAYERS, MAX_STATE, MAX_TOKENS, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
+from effprof.core.limits import MAX_LAYERS, MAX_STATE, MAX_TOKENS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
 
-# Imported when a factory runs, not when the components are listed (effprof/lazy.py).
+# Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 TransformerLM, kv_cache_bytes, truncate_kv_cache = lazy_from("effprof.models.transformer_lm", "TransformerLM",
                                                              "kv_cache_bytes", "truncate_kv_cache")
@@ -139,7 +139,7 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
     conv = resolve_conv_backend(conv_backend, ctx.device)
     decode = resolve_decode_backend(decode_backend, ctx.device)
     if pretrained is not None:
-        from effprof.pretrained import find_checkpoint
+        from effprof.core.pretrained import find_checkpoint
 
         if d_model is not None or n_layer is not None:
             raise ParamError("--d-model/--n-layer cannot be combined with --pretrained (the checkpoint sets them)")

@@ -18,13 +18,13 @@ Both are 0 for the baseline and, for the second, for r = 1.
 """
 from __future__ import annotations
 
-from effprof.errors import ParamError
-from effprof.lazy import lazy_from, lazy_import
-from effprof.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.lazy import lazy_from, lazy_import
+from effprof.core.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
 
-# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+# Imported when a factory runs, not when the component is listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 F = lazy_import("torch.nn.functional")
 MRSS, is_power_of_two, pad_to_multiple = lazy_from("effprof.modules.mrss", "MRSS", "is_power_of_two", "pad_to_multiple")

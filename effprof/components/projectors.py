@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 
-from effprof.errors import ParamError, PretrainedNotFound
-from effprof.lazy import lazy_import
-from effprof.limits import MAX_TOKENS, MAX_WIDTH
-from effprof.params import Param
-from effprof.pretrained import expand_spec, load_state_dict
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError, PretrainedNotFound
+from effprof.core.lazy import lazy_import
+from effprof.core.limits import MAX_TOKENS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.pretrained import expand_spec, load_state_dict
+from effprof.core.registry import BuildContext, Built, register_component
 
 TOKENS = Param("tokens", int, 576, "visual tokens per image (LLaVA-1.5: 24×24 = 576)", low=1,
                high=MAX_TOKENS)
@@ -26,7 +26,7 @@ RANK = Param("rank", int, 256, "rank of the factorisation", low=1, high=MAX_WIDT
 LORA_RANK = Param("rank", int, 8, "LoRA adapter rank", low=1, high=MAX_WIDTH)
 LORA_ALPHA = Param("alpha", float, 16.0, "LoRA scaling numerator (scale = alpha / rank)", low=0, low_open=True, high=1e6)
 
-# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+# Imported when a factory runs, not when the component is listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
 P = lazy_import("effprof.modules.projectors")

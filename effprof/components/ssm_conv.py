@@ -13,13 +13,13 @@ transform); inputs and outputs are in the run dtype. `kernel_dtype` records this
 """
 from __future__ import annotations
 
-from effprof.errors import ParamError
-from effprof.lazy import lazy_from, lazy_import
-from effprof.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError
+from effprof.core.lazy import lazy_from, lazy_import
+from effprof.core.limits import MAX_STATE, MAX_TOKENS, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
 
-# Imported when a factory runs, not when the component is listed (effprof/lazy.py).
+# Imported when a factory runs, not when the component is listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 (LowRankSSMConv, SparseTapSSMConv, SSMConv, lowrank_kernel_rel_error, relative_error, s4d_kernel,
  s4d_parameters) = lazy_from("effprof.modules.ssm_conv", "LowRankSSMConv", "SparseTapSSMConv", "SSMConv",

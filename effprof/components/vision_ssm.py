@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from effprof.errors import ParamError
-from effprof.evaluate import Preprocess
-from effprof.limits import MAX_IMAGE_SIDE, MAX_STATE, MAX_WIDTH
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, register_component
+from effprof.core.errors import ParamError
+from effprof.modules.preprocess import Preprocess
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_STATE, MAX_WIDTH
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, register_component
 
 SCAN = Param("scan_backend", str, "auto", "Selective-scan path: auto = mamba-ssm if importable on CUDA, else triton "
              "on CUDA, else ref.", choices=("auto", "ref", "triton", "mamba-ssm"))

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from effprof.components.mamba import CONV, DECODE, SCAN
-from effprof.lazy import lazy_attr, lazy_from, lazy_import
-from effprof.params import Param
-from effprof.registry import BuildContext, Built, Stage, register_component
+from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
+from effprof.core.params import Param
+from effprof.core.registry import BuildContext, Built, Stage, register_component
 
-# Imported when a factory runs, not when the components are listed (effprof/lazy.py).
+# Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
 COBRA_PRESETS, build_cobra = lazy_from("effprof.models.cobra", "PRESETS", "build_cobra")
@@ -108,7 +108,7 @@ def _generate_built(module, prefill_stages: list, make_prefill_inputs, step, set
 def _triton_unavailable(choice: str, mode: str, device) -> None:
     """`--decode-impl triton` where triton cannot run: one line, before the model is built (meta counts)."""
     if choice == "triton" and mode != "prefill" and device.type != "meta":
-        from effprof.errors import ParamError
+        from effprof.core.errors import ParamError
         from effprof.ops.selective_scan import _unavailable_reason
 
         reason = _unavailable_reason("triton", device)
@@ -118,7 +118,7 @@ def _triton_unavailable(choice: str, mode: str, device) -> None:
 
 def _decode_impl(choice: str, lm, device) -> str:
     """`--decode-impl` resolved: auto = fused on CUDA where the LM allows it (effprof.models.llama_decode)."""
-    from effprof.errors import ParamError
+    from effprof.core.errors import ParamError
     from effprof.models.llama_decode import fusable
 
     if choice == "transformers" or (choice == "auto" and device.type != "cuda"):
@@ -150,7 +150,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     _triton_unavailable(decode_impl, mode, ctx.device)
     if pretrained is not None:
-        from effprof.pretrained import find_checkpoint
+        from effprof.core.pretrained import find_checkpoint
 
         model = load_llava(find_checkpoint(pretrained), ctx.device, ctx.dtype)
     else:
@@ -176,7 +176,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     from effprof.models.llava import VisionOutput as vision_output  # the class itself: torch.compile traces it
     image_tokens = images * tokens_per_image
     if reducer is not None:  # effprof/modules/reducers/llava_hooks.py puts it in its slot
-        from effprof.errors import ParamError
+        from effprof.core.errors import ParamError
         from effprof.modules.reducers.llava_hooks import attach
 
         if reducer.where == "lm" and mode != "prefill":
@@ -240,7 +240,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             if reducer is not None:
                 from effprof.modules.reducers.llava_hooks import llava_fidelity
 
-                facts.update(llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir))
+                facts.update(llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir,
+                                            full_vision=LlavaPipeline.vision))
             return facts
 
         built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from effprof.errors import EffprofError, UsageError
-from effprof.fileio import write_atomic
+from effprof.core.errors import EffprofError, UsageError
+from effprof.core.fileio import write_atomic
 from effprof.measure.env import device_name, nvidia_driver
 from effprof.measure.roofline import DTYPE_KEYS, Ceilings
 from effprof.measure.timing import time_callable

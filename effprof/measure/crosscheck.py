@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from effprof.registry import Built
+    from effprof.core.registry import Built
 
 
 class _Call(torch.nn.Module):

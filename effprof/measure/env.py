@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from effprof.core.devices import resolve_device  # noqa: F401  (re-exported)
+
 OPTIONAL_MODULES = {
     "fvcore": "flops extra: fvcore FLOP counter",
     "thop": "flops extra: thop MAC counter",
@@ -19,23 +21,6 @@ OPTIONAL_MODULES = {
     "matplotlib": "plot extra",
     "pynvml": "NVML (nvidia-ml-py): clocks, power, energy",
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when a GPU is visible, else cpu."""
-    from effprof.errors import UsageError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "meta":  # count-only: build without memory, time nothing
-        return torch.device("meta")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise UsageError(f"--device: {name!r} is not one of auto, cuda, cuda:N, cpu, meta")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
-    return torch.device(name)
 
 
 def module_available(name: str) -> bool:
@@ -92,7 +77,7 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Columns that let two result files from different days be compared."""
-    from effprof import __version__
+    from effprof.core.version import __version__
 
     return {
         "device_name": device_name(device),

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from effprof.errors import EffprofError, TooLarge
+from effprof.core.errors import EffprofError, TooLarge
 
 META = torch.device("meta")
 
@@ -49,7 +49,7 @@ def footprint(config) -> Footprint | None:
     the component cannot be built on meta (a checkpoint to read, a factory that computes on its weights):
     the count is then unknown and nothing is refused on its account.
     """
-    from effprof.registry import BuildContext, get_component
+    from effprof.core.registry import BuildContext, get_component
 
     component = get_component(config.component)
     values = component.resolve(config.params)

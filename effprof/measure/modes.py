@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from effprof.errors import EffprofError
+from effprof.core.errors import EffprofError
 
 
 class GraphCaptureError(EffprofError):
@@ -111,7 +111,7 @@ def graphed_stages(stages: list, device: torch.device, eager: set[str]) -> list:
     """Stages whose `run` replays a CUDA graph (`ShapeKeyedGraph`), except those named in `eager` (a stage
     that reads a count back on the host cannot be captured): the graphs of the stages after it are keyed
     by the shapes it produces."""
-    from effprof.registry import Stage
+    from effprof.core.registry import Stage
 
     return [s if s.name in eager else Stage(s.name, ShapeKeyedGraph(s.run, device), s.module, s.host_sync)
             for s in stages]

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 from effprof.measure.flops import count_flops
 
 OPTIMIZERS = ("adamw", "sgd")

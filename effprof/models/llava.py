@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from effprof.errors import PretrainedNotFound
+from effprof.core.errors import PretrainedNotFound
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from effprof.errors import MissingExtra, UsageError
+from effprof.core.errors import MissingExtra, UsageError
 
 
 class LoRALinear(nn.Module):

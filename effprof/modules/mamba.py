@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from effprof.errors import UsageError
+from effprof.core.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.ops.mamba_decode import (add_rms_norm, fuse_out_proj, mamba_decode_step, mamba_lm_decode_step_triton,
@@ -187,8 +187,8 @@ class MambaLMConfig:
 
     def checked(self, where: str) -> "MambaLMConfig":
         """Refuse a config whose values have the wrong type or an impossible size, in one line."""
-        from effprof.errors import CheckpointError
-        from effprof.limits import MAX_LAYERS, MAX_STATE, MAX_WIDTH
+        from effprof.core.errors import CheckpointError
+        from effprof.core.limits import MAX_LAYERS, MAX_STATE, MAX_WIDTH
 
         sizes = {"d_model": MAX_WIDTH, "n_layer": MAX_LAYERS, "vocab_size": 2**22, "pad_vocab_size_multiple": 2**16,
                  "d_state": MAX_STATE, "d_conv": MAX_STATE, "expand": MAX_STATE}
@@ -410,7 +410,7 @@ def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", devic
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise UsageError(f"--pretrained {directory}: no config.json")
-    from effprof.pretrained import load_state_dict, read_config
+    from effprof.core.pretrained import load_state_dict, read_config
 
     config = MambaLMConfig.from_checkpoint_config(read_config(config_path), str(config_path))
     weights = directory / "model.safetensors"

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.core.errors import BackendUnavailable, UsageError
 
 CONV_BACKENDS = ("ref", "triton", "causal-conv1d")
 

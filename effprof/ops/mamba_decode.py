@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.core.errors import BackendUnavailable, UsageError
 from effprof.ops.causal_conv1d import causal_conv1d_flops, causal_conv1d_update
 from effprof.ops.selective_scan import selective_state_update, selective_state_update_flops
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from effprof.errors import BackendUnavailable, UsageError
+from effprof.core.errors import BackendUnavailable, UsageError
 
 BACKENDS = ("ref", "triton", "mamba-ssm")
 _CHOICES = ("auto",) + BACKENDS

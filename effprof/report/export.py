@@ -66,7 +66,7 @@ def write_reports(records: list[dict[str, Any]], title: str, columns: str = "bri
                   html_path: str | None = None, notes: list[str] | None = None,
                   images: list[tuple[str, bytes]] | None = None) -> None:
     """Write the Markdown and/or HTML files (atomically)."""
-    from effprof.fileio import write_atomic
+    from effprof.core.fileio import write_atomic
 
     if md_path:
         write_atomic(md_path, to_markdown(records, title, columns, notes))

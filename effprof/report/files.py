@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from effprof.fileio import is_stream, write_atomic
+from effprof.core.fileio import is_stream, write_atomic
 
 # Leading columns in this order; every other key follows in first-seen order.
 LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "status",
@@ -82,7 +82,7 @@ def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None
     import datetime as dt
     import platform
 
-    from effprof import __version__
+    from effprof.core.version import __version__
 
     meta: dict[str, Any] = {
         "effprof_version": __version__,
@@ -140,7 +140,7 @@ POSITIVE = ("peak_tflops", "peak_gb_per_s")
 def load_records(path: str | Path, option: str = "--from-json") -> list[dict[str, Any]]:
     """Records saved with `--json`, checked: a JSON object whose "records" is a list of mappings, numbers
     where numbers belong (finite; ceilings positive). Each refusal is one line naming the record and field."""
-    from effprof.errors import UsageError
+    from effprof.core.errors import UsageError
 
     where = f"{option} {path}"
     try:

@@ -13,7 +13,7 @@ def components_table(components) -> Table:
         params = c.own_params if sites else c.params  # a reducer's options are listed with the reducer
         lines = [_param_line(p) for p in params]
         if sites:
-            from effprof.reducers import list_reducers
+            from effprof.core.reducers import list_reducers
 
             names = ", ".join(r.name for r in list_reducers(sites=sites))
             lines.append(f"--reducer str | none = none  one of {names} or none  Visual token reducer at "

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from effprof.errors import MissingExtra
-from effprof.fileio import atomic_path
+from effprof.core.errors import MissingExtra
+from effprof.core.fileio import atomic_path
 
 
 def require_matplotlib():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from effprof.errors import UsageError
-from effprof.fileio import atomic_path
+from effprof.core.errors import UsageError
+from effprof.core.fileio import atomic_path
 from effprof.report.plot import require_matplotlib
 
 VERDICT_COLOURS = {"compute": "tab:blue", "memory": "tab:orange", "overhead": "tab:red", None: "tab:gray"}

@@ -171,7 +171,7 @@ def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> lis
     median latency only, leaves out a ratio column whose value is the same on every row (params ratio 1 when
     only the input changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage;
     `records_table` puts the parameters under the row's label."""
-    from effprof.errors import UsageError
+    from effprof.core.errors import UsageError
 
     keys = column_keys()
     if columns == "full":

@@ -4,11 +4,11 @@ Importing this package registers the built-in trackers in the order their fields
 """
 import importlib
 
-from effprof.trackers.base import TRACKERS, Tracker, enabled_trackers, register_tracker, unregister_tracker
+from effprof.trackers.base import TRACKERS, Run, Tracker, enabled_trackers, register_tracker, unregister_tracker
 
 BUILTIN = ("params", "counts", "coverage", "paper_flops", "extras", "training", "memory", "nvml", "crosscheck",
            "roofline", "stages", "generation", "estimate")
 for _module in BUILTIN:
     importlib.import_module(f"effprof.trackers.{_module}")
 
-__all__ = ["TRACKERS", "Tracker", "enabled_trackers", "register_tracker", "unregister_tracker"]
+__all__ = ["TRACKERS", "Run", "Tracker", "enabled_trackers", "register_tracker", "unregister_tracker"]

@@ -9,10 +9,43 @@ A new column is one new tracker: a class decorated with `@register_tracker`, not
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
-if TYPE_CHECKING:
-    from effprof.runner import Run
+import torch
+
+from effprof.core.options import Config, RunOptions
+from effprof.core.registry import BuildContext, Built
+from effprof.measure.timing import TimingResult
+
+
+@dataclass
+class Run:
+    """One configuration being measured (by `effprof.runner.measure`): what the trackers see."""
+
+    config: Config
+    options: RunOptions
+    built: Built
+    values: dict[str, Any]
+    ctx: BuildContext
+    input_sets: list[tuple]
+    items_per_call: int
+    record: dict[str, Any]
+    call: Callable[[], Any] | None = None
+    timing: TimingResult | None = None
+    calls: int = 0                        # calls made in the timed region (warm-up included)
+    counted_bytes: int | None = None      # bytes lower bound of one call (the counts tracker sets it)
+    shared: dict[str, Any] = field(default_factory=dict)  # for trackers that cooperate
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def count_only(self) -> bool:
+        return self.ctx.device.type == "meta"
+
+
 
 
 class Tracker:

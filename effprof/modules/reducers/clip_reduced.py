@@ -100,8 +100,8 @@ def reduced_clip_built(ctx, tower, reducer, feature_layer: int | None, pretraine
                        info: dict[str, Any], images_dir: str | None = None):
     """The `Built` of clip-vision with a reducer (or a feature layer): stages vision -> reduce, token facts
     and fidelity in the record."""
-    from effprof.errors import ParamError
-    from effprof.registry import Built
+    from effprof.core.errors import ParamError
+    from effprof.core.registry import Built
 
     where = getattr(reducer, "where", None)
     if where == "vision-output" and feature_layer is None:
@@ -129,9 +129,9 @@ def reduced_clip_built(ctx, tower, reducer, feature_layer: int | None, pretraine
 
 
 def _stages(module: ReducedCLIP):
-    """[vision, reduce] as runner stages where the runner has them (effprof.registry.Stage)."""
+    """[vision, reduce] as runner stages where the runner has them (effprof.core.registry.Stage)."""
     try:
-        from effprof.registry import Stage
+        from effprof.core.registry import Stage
     except ImportError:
         return None
     # the first stage receives the inputs tuple; `module` stays the owner of the reducer's (usually no) weights

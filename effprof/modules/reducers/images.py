@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from effprof.errors import MissingExtra, UsageError
+from effprof.core.errors import MissingExtra, UsageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -78,7 +78,7 @@ def attach(pipe: nn.Module, reducer: Any, image_tokens: int | None = None) -> di
     `image_tokens` first: a ParamError names what does not fit); returns record facts."""
     where = reducer.where
     if where == "lm" and image_tokens is not None:
-        from effprof.errors import ParamError
+        from effprof.core.errors import ParamError
 
         try:
             reducer.stages(image_tokens, len(pipe.lm.layers))
@@ -115,10 +115,10 @@ def _lm_pass(pipe, embeds: torch.Tensor, image_tokens: int, stages_from=None) ->
     return result
 
 
-def llava_fidelity(pipe, inputs: tuple, reducer: Any, weights: str, images_dir: str | None) -> dict[str, Any]:
-    """Fidelity and token facts of the reduced pipeline against the unreduced one on the same inputs."""
-    from effprof.models.llava import LlavaPipeline
-
+def llava_fidelity(pipe, inputs: tuple, reducer: Any, weights: str, images_dir: str | None,
+                   full_vision) -> dict[str, Any]:
+    """Fidelity and token facts of the reduced pipeline against the unreduced one on the same inputs;
+    `full_vision(pipe, pixel_values)` is the pipeline's unreduced vision stage (`LlavaPipeline.vision`)."""
     pixel_values, prompt_ids = inputs[0], inputs[1]
     batch = prompt_ids.shape[0]
     text = pipe.lm.get_input_embeddings()(prompt_ids)
@@ -127,7 +127,7 @@ def llava_fidelity(pipe, inputs: tuple, reducer: Any, weights: str, images_dir: 
         embeds = pipe.project(features).reshape(batch, -1, text.shape[-1])
         return torch.cat([embeds.to(text.dtype), text], dim=1), embeds.shape[1]
 
-    full = LlavaPipeline.vision(pipe, pixel_values)
+    full = full_vision(pipe, pixel_values)
     reference = _lm_pass(pipe, *lm_input(full.features))
     where = reducer.where
     if where == "vision-output":
