@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "effprof"
 DATA = Path(__file__).parent / "data"
 # The floors, lowest first: a module may import its own floor or one below, never one above.
-FLOORS = ["core", "analysis", "ops", "measure", "modules", "models", "components", "trackers", "runner", "studies",
+FLOORS = ["core", "analysis", "ops", "measure", "modules", "models", "scenarios", "components", "trackers", "runner", "studies",
           "launch", "report", "cli", "<root>"]
 
 

@@ -331,7 +331,7 @@ def test_transformer_decode_keeps_the_context_length():
     with torch.no_grad():
         for _ in range(3):
             out = built.call(inputs)
-    assert out.shape == (1, 1, 64) and inputs[1].get_seq_length() == 11
+    assert out.shape == (1, 1, 64) and inputs[1].kv.get_seq_length() == 11
 
 
 def test_scan_backend_refusals(monkeypatch, capsys):

@@ -32,7 +32,8 @@ from effprof.core.errors import ParamError
 from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.core.limits import MAX_LAYERS, MAX_STATE, MAX_TOKENS, MAX_WIDTH
 from effprof.core.params import Param
-from effprof.core.registry import BuildContext, Built, register_component
+from effprof.core.registry import BuildContext, Built, Stage, register_component
+from effprof.scenarios.lm import NEW_TOKENS, RUNS, LMParts, lm_scenario, random_tokens
 
 # Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
@@ -47,6 +48,7 @@ PRESET_NAMES = ("130m", "370m", "790m", "1.4b", "2.8b")  # = tuple(MAMBA_PRESETS
 
 MIB = 2**20
 MODES = ("prefill", "decode")
+LM_MODES = ("prefill", "decode", "generate")  # the LM scenario's (effprof/scenarios/lm.py)
 
 MODE = Param("mode", str, "prefill", "prefill = one forward over seq_len tokens; decode = one new token per sequence "
              "with a cache holding seq_len tokens of context.", choices=MODES)
@@ -57,6 +59,9 @@ CONV = Param("conv_backend", str, "auto", "Causal conv1d path: auto = causal-con
 DECODE = Param("decode_backend", str, "auto", "Decoding step path: triton = fused step (two kernels between in_proj "
                "and out_proj, fused residual add + RMSNorm); ref = the ops one by one; auto = triton on CUDA.",
                choices=("auto", "ref", "triton"))
+LM_MODE = Param("mode", str, "prefill", "prefill = one forward over seq_len tokens; decode = one new token per "
+                "sequence with a cache holding seq_len tokens of context; generate = prefill + --new-tokens greedy "
+                "tokens (with the LM head).", choices=LM_MODES)
 HEAD = Param("head", bool, False, "Add the tied LM head (last position in prefill, the new token in decode); "
              "off = backbone only, like transformers' MambaModel.")
 PRESET = Param("preset", str, "130m", "Size class: the released state-spaces/mamba-* architectures.",
@@ -124,7 +129,7 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
     PRESET,
     Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the cache (decode).", low=1,
           high=MAX_TOKENS),
-    MODE, HEAD, SCAN, CONV, DECODE,
+    LM_MODE, HEAD, SCAN, CONV, DECODE, NEW_TOKENS, RUNS,
     Param("pretrained", str, None, "Checkpoint directory (mamba-ssm or transformers layout) or cached hub id; "
           "none = random weights.", optional=True),
     Param("d_model", int, None, "Override the preset's width (none = the preset's).", low=1, high=MAX_WIDTH,
@@ -132,8 +137,8 @@ def mamba_block(ctx: BuildContext, d_model, d_state, d_conv, expand, seq_len, mo
     Param("n_layer", int, None, "Override the preset's number of layers (none = the preset's).", low=1,
           high=MAX_LAYERS, optional=True),
 ])
-def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, decode_backend, pretrained,
-             d_model, n_layer):
+def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_backend, decode_backend, new_tokens,
+             runs, pretrained, d_model, n_layer):
     """Mamba language model (mamba-ssm's MambaLMHeadModel), token ids -> hidden states or next-token logits."""
     scan = resolve_backend(scan_backend, ctx.device)
     conv = resolve_conv_backend(conv_backend, ctx.device)
@@ -153,34 +158,26 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
     model.eval()
     vocab = model.config.padded_vocab_size
 
-    def ids(batch, length):
-        return torch.randint(0, vocab, (batch, length), device=ctx.device)
-
-    if mode == "prefill":
-        def make_inputs(batch):
-            return (ids(batch, seq_len),)
-
-        def forward(module, inputs):
-            return module(inputs[0], num_last_tokens=1) if head else module.backbone(inputs[0])
-    else:
-        def make_inputs(batch):
-            cache = model.allocate_cache(batch)
-            _prefilled(lambda: model.backbone(ids(batch, seq_len), cache))
-            return ids(batch, 1), cache
-
-        def forward(module, inputs):
-            return module.step(*inputs) if head else module.backbone.step(*inputs)
-
-    def extras(module, inputs):
-        cache = module.allocate_cache(inputs[0].shape[0]) if mode == "prefill" else inputs[1]
-        return {"state_mib": cache.nbytes / MIB}
-
+    head = head or mode == "generate"  # generation needs the logits
     cfg = model.config
     info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
-            "weights": "pretrained" if pretrained else "random",
+            "weights": "pretrained" if pretrained else "random", "head": head,
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
-    return Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
-                 forward=forward, info=info, extras=extras)
+
+    def prefill(carry):  # the prompt -> hidden states, or the last position's logits (writing the state to decode on)
+        ids, cache = carry
+        if mode == "generate":
+            return model(ids, cache, num_last_tokens=1)
+        return model(ids, num_last_tokens=1) if head else model.backbone(ids)
+
+    def step(token, position, cache):
+        return model.step(token, cache) if head else model.backbone.step(token, cache)
+
+    parts = LMParts(model, [Stage("prefill", prefill, model)], lambda b: (random_tokens(vocab, b, seq_len, ctx.device),),
+                    seq_len, lambda batch, capacity: model.allocate_cache(batch), step,
+                    lambda cache, batch, length: model.backbone(random_tokens(vocab, batch, length, ctx.device), cache),
+                    vocab, info, cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB})
+    return lm_scenario(parts, mode, ctx, new_tokens, seq_len, runs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,7 +208,7 @@ def transformer_shape(preset: str, d_model: int | None, n_head: int | None) -> t
     PRESET,
     Param("seq_len", int, 1024, "Prompt length (prefill) or context length held in the KV cache (decode).", low=1,
           high=MAX_TOKENS),
-    MODE, HEAD,
+    LM_MODE, HEAD, NEW_TOKENS, RUNS,
     Param("n_layer", int, None, "Layers (none = half of Mamba's: Pythia's depth, parameter-matched; e.g. 24 for "
           "the same depth as mamba-130m).", low=1, high=MAX_LAYERS, optional=True),
     Param("d_model", int, None, "Override the width (none = the preset's); heads must divide it.", low=1,
@@ -219,7 +216,7 @@ def transformer_shape(preset: str, d_model: int | None, n_head: int | None) -> t
     Param("n_head", int, None, "Attention heads (none = the preset's, or d_model / 64 with --d-model); must "
           "divide the width.", low=1, high=MAX_WIDTH, optional=True),
 ])
-def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_model, n_head):
+def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, new_tokens, runs, n_layer, d_model, n_head):
     """Transformer LM of Mamba's size class (transformers GPTNeoXModel, Pythia layout, SDPA) to compare with."""
     width, layers, heads = transformer_shape(preset, d_model, n_head)
     from transformers import GPTNeoXConfig, GPTNeoXModel
@@ -231,36 +228,48 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_mo
                            use_parallel_residual=True, attn_implementation="sdpa")
     with torch.device(ctx.device):
         model = GPTNeoXModel(config)
+    head = head or mode == "generate"  # generation needs the logits
     module = TransformerLM(model.to(dtype=ctx.dtype), head).eval()
+    vocab = config.vocab_size
+    elem = torch.empty((), dtype=ctx.dtype).element_size()
 
-    def ids(batch, length):
-        return torch.randint(0, config.vocab_size, (batch, length), device=ctx.device)
+    def prefill(carry):  # the prompt -> hidden states or the last position's logits; generate fills a fresh cache
+        ids, cache = carry
+        if mode == "generate":
+            cache.fresh()
+            return module(ids, cache.kv)
+        return module(ids)
 
-    if mode == "prefill":
-        def make_inputs(batch):
-            return (ids(batch, seq_len),)
-        forward = None
-    else:
-        def make_inputs(batch):
-            with torch.no_grad():
-                cache = model(input_ids=ids(batch, seq_len), use_cache=True).past_key_values
-            return ids(batch, 1), cache
+    def fill(cache, batch, length):
+        cache.kv = model(input_ids=random_tokens(vocab, batch, length, ctx.device), use_cache=True).past_key_values
 
-        def forward(module, inputs):
-            truncate_kv_cache(inputs[1], seq_len)
-            return module(*inputs)
+    def decode_call(token, cache, position):
+        truncate_kv_cache(cache.kv, seq_len)  # every timed step decodes at the same context
+        return module(token, cache.kv)
 
-    def extras(module, inputs):
-        batch = inputs[0].shape[0]
-        if mode == "decode":
-            truncate_kv_cache(inputs[1], seq_len)
-            return {"kv_cache_mib": kv_cache_bytes(inputs[1]) / MIB}
-        elem = torch.empty((), dtype=ctx.dtype).element_size()
-        return {"kv_cache_mib": 2 * layers * batch * seq_len * width * elem / MIB}
+    def cache_facts(cache, tokens):
+        if cache.kv is not None and mode == "decode":
+            truncate_kv_cache(cache.kv, seq_len)
+            return {"kv_cache_mib": kv_cache_bytes(cache.kv) / MIB}
+        return {"kv_cache_mib": 2 * layers * cache.batch * seq_len * width * elem / MIB}
 
-    info: dict[str, Any] = {"scan_backend": None, "conv_backend": None,
+    info: dict[str, Any] = {"scan_backend": None, "conv_backend": None, "head": head,
                             "attention": getattr(model.config, "_attn_implementation", None), "d_model": width,
-                            "n_layer": layers, "n_head": heads, "vocab_size": config.vocab_size,
-                            "context_len": seq_len}
-    return Built(module, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
-                 forward=forward, info=info, extras=extras)
+                            "n_layer": layers, "n_head": heads, "vocab_size": vocab, "context_len": seq_len}
+    parts = LMParts(module, [Stage("prefill", prefill, module)], lambda b: (random_tokens(vocab, b, seq_len, ctx.device),),
+                    seq_len, lambda batch, capacity: DynamicKV(batch), lambda token, position, cache: module(token, cache.kv),
+                    fill, vocab, info, decode_call=decode_call, cache_facts=cache_facts,
+                    no_step_graph="transformers' DynamicCache grows by a token every step (new shapes each step)")
+    return lm_scenario(parts, mode, ctx, new_tokens, seq_len, runs)
+
+
+class DynamicKV:
+    """A transformers DynamicCache of `batch` sequences, made afresh for every generation (it grows as it decodes)."""
+
+    def __init__(self, batch: int):
+        self.batch, self.kv = batch, None
+
+    def fresh(self) -> None:
+        from transformers import DynamicCache
+
+        self.kv = DynamicCache()

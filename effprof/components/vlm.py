@@ -1,34 +1,24 @@
 """Whole vision-language models (family "vlm"): `llava` (LLaVA-1.5) and `cobra` (Cobra, a Mamba VLM).
 
-Modes (`--mode`), each measured directly:
-- `prefill`: image(s) + prompt -> the first token's logits, writing the KV cache / SSM state: the time to
-  first token (TTFT). Staged: `vision`, (`reduce`), `project`, `prefill`; the record splits TTFT by stage.
-- `decode`: one new token per sequence at a context of `--context` tokens already in the cache: time per
-  output token, and the memory that grows with the context (`kv_cache_mib` for LLaVA's static KV cache,
-  `state_mib` for Cobra's constant SSM state), read off the cache tensors themselves.
-- `generate`: prefill plus `--new-tokens` greedy tokens; the generation tracker reports TTFT, mean / p50 /
-  p90 time per output token from device-timeline stamps per token, end-to-end latency and tokens/s. With
-  `--graphs` each prefill stage replays its own CUDA graph (as in `prefill` mode; a stage that reads a count
-  back on the host, PruMerge's, runs eagerly) and each decode step is a CUDA-graph replay; with `--compile`
-  the decode step is compiled and the prefill runs eagerly. The record's `prefill_exec` says which.
-
-Items: prefill counts prompt tokens (image + text) per second; decode and generate count new tokens.
+Each factory builds its model and names its prefill stages (`vision`, (`reduce`), `project`, `prefill`); the
+modes (`--mode prefill | decode | generate`) are the LM scenario's (effprof/scenarios/lm.py), written once for
+every LM-like model. Decode reads the cache's own size: `kv_cache_mib` for LLaVA's static KV cache, `state_mib`
+for Cobra's constant SSM state.
 """
 from __future__ import annotations
 
-from typing import Any
 
 from effprof.components.mamba import CONV, DECODE, SCAN
 from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.core.params import Param
-from effprof.core.registry import BuildContext, Built, Stage, register_component
+from effprof.core.registry import BuildContext, Stage, register_component
+from effprof.scenarios.lm import CONTEXT, MODE, NEW_TOKENS as NEW, RUNS, LMParts, lm_scenario, random_tokens as _tokens
 
 # Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
 COBRA_PRESETS, build_cobra = lazy_from("effprof.models.cobra", "PRESETS", "build_cobra")
 LlamaShape = lazy_attr("effprof.measure.estimate", "LlamaShape")
-Generator = lazy_attr("effprof.models.generation", "Generator")
 PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava, swap_parts = lazy_from(
     "effprof.models.llava", "PRESETS", "LlavaPipeline", "VisionOutput", "build_llava", "load_llava", "swap_parts")
 resolve_conv_backend = lazy_attr("effprof.modules.mamba", "resolve_conv_backend")
@@ -40,16 +30,9 @@ COBRA_PRESET_NAMES = ("cobra-3b", "tiny")
 
 MIB = 2**20
 VISION_TOWERS = {"mambavision-t": "t", "mambavision-s": "s", "mambavision-b": "b"}
-MODES = ("prefill", "decode", "generate")
 
-MODE = Param("mode", str, "prefill", "prefill = image + prompt -> first token (TTFT, split by stage); decode = one "
-             "token at --context; generate = prefill + --new-tokens greedy tokens.", choices=MODES)
 IMAGES = Param("images", int, 1, "Images per sample (each adds its visual tokens to the prompt).", low=1, high=64)
 PROMPT = Param("prompt_tokens", int, 64, "Text tokens besides the image's.", low=1, high=1_000_000)
-NEW = Param("new_tokens", int, 32, "Tokens to generate (generate mode), the first from the prefill.", low=1,
-            high=100_000)
-CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the timed token is decoded (decode).",
-                low=1, high=1_000_000)
 PRETRAINED = Param("pretrained", str, None, "Local checkpoint directory (llava-hf layout for llava); none = random "
                    "weights from the preset.", optional=True)
 
@@ -58,51 +41,6 @@ def llama_shape(text) -> LlamaShape:
     """The cost model's view of a transformers LlamaConfig."""
     return LlamaShape(text.num_hidden_layers, text.hidden_size, text.num_attention_heads,
                       text.num_key_value_heads or text.num_attention_heads, text.intermediate_size, text.vocab_size)
-
-
-def _tokens(vocab: int, batch: int, length: int, device) -> torch.Tensor:
-    return torch.randint(0, min(vocab, 32000), (batch, length), device=device)
-
-
-def _generate_built(module, prefill_stages: list, make_prefill_inputs, step, set_length, new_cache, prompt_len: int,
-                    new_tokens: int, ctx: BuildContext, info: dict[str, Any]) -> Built:
-    """The `generate` mode of a VLM: stages `prefill` (to the first token) and `decode` (the rest)."""
-    if ctx.exec_mode == "graphs":  # each prefill stage its own graph, keyed by the shapes it receives
-        from effprof.measure.modes import graphed_stages
-
-        eager = {s.name for s in prefill_stages if s.host_sync}
-        prefill_stages = graphed_stages(prefill_stages, ctx.device, eager)
-        info = {**info, "prefill_exec": "graphs" + (f" ({', '.join(sorted(eager))} eager)" if eager else "")}
-    else:
-        info = {**info, "prefill_exec": "eager"}
-
-    def stages_of(inputs, state):
-        carry = (*inputs, state)
-        for stage in prefill_stages:
-            carry = stage.run(carry)
-        return carry
-
-    def make_inputs(batch):
-        state = new_cache(batch, prompt_len + new_tokens)
-        generator = Generator(lambda inputs: stages_of(inputs, state), lambda tok, pos: step(tok, pos, state),
-                              new_tokens, ctx.exec_mode, ctx.device, lambda n: set_length(state, n))
-        return (*make_prefill_inputs(batch), generator)
-
-    def prefill_stage(inputs):
-        return inputs[-1].first_token(inputs[:-1]), inputs[-1]
-
-    def decode_stage(carry):
-        token, generator = carry
-        return torch.cat([token, *generator.decode_tokens(token, prompt_len, new_tokens - 1)], dim=1)
-
-    def forward(module, inputs):
-        return inputs[-1](inputs[:-1], prompt_len)
-
-    stages = [Stage("prefill", prefill_stage, module), Stage("decode", decode_stage, module)]
-    built = Built(module, make_inputs, "tok", items_per_sample=new_tokens, forward=forward, info=info,
-                  stages=stages, handles_exec_mode=True)
-    built.hooks["generation"] = True
-    return built
 
 
 def _triton_unavailable(choice: str, mode: str, device) -> None:
@@ -132,7 +70,7 @@ def _decode_impl(choice: str, lm, device) -> str:
 @register_component("llava", unit="tok", family="vlm", params=[
     Param("preset", str, "llava-1.5-7b", "Published LLaVA-1.5 architecture (CLIP ViT-L/14-336, mlp2x_gelu, Vicuna); "
           "`tiny` is a toy of the same shape for tests.", choices=PRESET_NAMES),
-    MODE, IMAGES, PROMPT, NEW, CONTEXT, PRETRAINED,
+    MODE, IMAGES, PROMPT, NEW, CONTEXT, RUNS, PRETRAINED,
     Param("vision", str, "clip", "Vision tower: clip (the preset's CLIP ViT-L/14-336) or mambavision-t|s|b "
           "(MambaVision at 224 px, its last stage's 7×7 tokens).", choices=("clip", *VISION_TOWERS)),
     Param("projector", str, "mlp2x_gelu", "Projector: mlp2x_gelu (LLaVA-1.5's), linear (LLaVA-1's) or ldp (MobileVLM's, "
@@ -145,7 +83,7 @@ def _decode_impl(choice: str, lm, device) -> str:
           "attention; not yet measured on a GPU); auto = fused on CUDA.",
           choices=("auto", "transformers", "fused", "triton")),
 ], reducers=("vision-output", "vision-inner", "lm"))
-def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, pretrained, vision, projector,
+def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, pretrained, vision, projector,
           images_dir=None, decode_impl="auto", reducer=None):
     """LLaVA-1.5 (transformers' LlavaForConditionalGeneration, SDPA): prefill / decode / generate, split by stage."""
     _triton_unavailable(decode_impl, mode, ctx.device)
@@ -227,70 +165,43 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                                     host_sync=getattr(pipe.vision_reducer.reducer, "host_sync", False)))
     prefill_stages += [Stage("project", project, pipe.projector), Stage("prefill", prefill, pipe.lm)]
 
-    def new_cache(batch, length):
-        return pipe.new_cache(length, batch)
+    def fill(kv, batch, length):
+        pipe.prefill(pipe.lm.get_input_embeddings()(_tokens(vocab, batch, length, ctx.device)), kv)
 
-    if mode == "prefill":
-        def make_inputs(batch):
-            return pixels(batch), _tokens(vocab, batch, prompt_tokens, ctx.device), new_cache(batch, prompt_len)
+    def decode_call(token, kv, position):
+        kv.set_length(context)  # every timed step decodes at the same context: one kernel
+        return pipe.decode(token, kv, position, full=True)  # context + 1 slots: all valid, no mask
 
-        def extras(module, inputs):
-            kv = inputs[2]
-            facts = {"kv_cache_mib": kv.bytes_for(prompt_len) / MIB}
-            if reducer is not None:
-                from effprof.modules.reducers.llava_hooks import llava_fidelity
+    def fidelity(inputs):
+        from effprof.modules.reducers.llava_hooks import llava_fidelity
 
-                facts.update(llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir,
-                                            full_vision=LlavaPipeline.vision))
-            return facts
-
-        built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
-                      extras=extras)
-        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "prefill", "tokens": prompt_len,
-                                   "measured_field": "stage_prefill_ms"}
-        return built
+        return llava_fidelity(pipe, inputs, reducer, info["weights"], images_dir, full_vision=LlavaPipeline.vision)
 
     if mode != "prefill":
         info["decode_impl"] = pipe.decode_impl
-    if mode == "decode":
-        def make_inputs(batch):
-            kv = new_cache(batch, context + 1)
-            with torch.no_grad():  # fill the cache with `context` tokens (outside the timed region)
-                pipe.prefill(pipe.lm.get_input_embeddings()(_tokens(vocab, batch, context, ctx.device)), kv)
-            position = torch.full((1, 1), context, dtype=torch.long, device=ctx.device)
-            return _tokens(vocab, batch, 1, ctx.device), kv, position
-
-        def forward(module, inputs):
-            token, kv, position = inputs
-            kv.set_length(context)  # every timed step decodes at the same context: one kernel
-            return pipe.decode(token, kv, position, full=True)  # context + 1 slots: all valid, no mask
-
-        def extras(module, inputs):
-            kv = inputs[1]
-            return {"kv_cache_mib": kv.bytes_for(context + 1) / MIB, "context_len": context}
-
-        built = Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
-        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "decode", "tokens": context,
-                                   "measured_field": "latency_ms_median"}
-        return built
-
-    def step(token, position, kv):
-        return pipe.decode(token, kv, position)
-
-    return _generate_built(pipe, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
-                           step, lambda kv, n: kv.set_length(n), new_cache, prompt_len, new_tokens, ctx,
-                           {**info, "new_tokens": new_tokens})
+    shape = llama_shape(cfg.text_config)
+    parts = LMParts(pipe, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+                    prompt_len, lambda batch, capacity: pipe.new_cache(capacity, batch),
+                    lambda token, position, kv: pipe.decode(token, kv, position), fill, vocab, info,
+                    set_length=lambda kv, n: kv.set_length(n), decode_call=decode_call,
+                    cache_facts=lambda kv, tokens: {"kv_cache_mib": kv.bytes_for(tokens) / MIB},
+                    prefill_extras=fidelity if reducer is not None else None,
+                    estimate={"prefill": {"shape": shape, "stage": "prefill", "tokens": prompt_len,
+                                          "measured_field": "stage_prefill_ms"},
+                              "decode": {"shape": shape, "stage": "decode", "tokens": context,
+                                         "measured_field": "latency_ms_median"}})
+    return lm_scenario(parts, mode, ctx, new_tokens, context, runs)
 
 
 @register_component("cobra", unit="tok", family="vlm", params=[
     Param("preset", str, "cobra-3b", "Cobra-3B (DINOv2-L/14 reg4 + SigLIP so400m/14 at 384 px, Mamba-2.8B); `tiny` is a "
           "toy of the same shape for tests.", choices=COBRA_PRESET_NAMES),
-    MODE, IMAGES, PROMPT, NEW, CONTEXT,
+    MODE, IMAGES, PROMPT, NEW, CONTEXT, RUNS,
     Param("projector", str, "fused-gelu-mlp", "fused-gelu-mlp (Cobra's, 2176 -> 8704 -> 2560 -> 2560) or ldp "
           "(MobileVLM's lightweight downsample projector: 729 -> 196 tokens).", choices=("fused-gelu-mlp", "ldp")),
     SCAN, CONV, DECODE,
 ])
-def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, projector, scan_backend,
+def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, projector, scan_backend,
           conv_backend, decode_backend):
     """Cobra (Mamba-2.8B VLM): prefill / decode / generate with a constant-size state, split by stage."""
     scan, conv = resolve_backend(scan_backend, ctx.device), resolve_conv_backend(conv_backend, ctx.device)
@@ -326,30 +237,11 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     prefill_stages = [Stage("vision", vision, nn.ModuleList([model.dino, model.siglip])),
                       Stage("project", project, model.projector), Stage("prefill", prefill, model.lm)]
 
-    def new_cache(batch, length=0):
-        return model.lm.allocate_cache(batch)
+    def fill(cache, batch, length):
+        model.lm.backbone(_tokens(vocab, batch, length, ctx.device), cache)
 
-    def state_fields(cache):
-        return {"state_mib": cache.nbytes / MIB}
-
-    if mode == "prefill":
-        def make_inputs(batch):
-            return pixels(batch), _tokens(vocab, batch, prompt_tokens, ctx.device), new_cache(batch)
-
-        return Built(model, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
-                     extras=lambda module, inputs: state_fields(inputs[2]))
-
-    if mode == "decode":
-        def make_inputs(batch):
-            cache = new_cache(batch)
-            with torch.no_grad():  # a context of `context` tokens through the LM (outside the timed region)
-                model.lm.backbone(_tokens(vocab, batch, context, ctx.device), cache)
-            return _tokens(vocab, batch, 1, ctx.device), cache
-
-        return Built(model, make_inputs, "tok", items_per_sample=1, info=info,
-                     forward=lambda module, inputs: model.lm.step(*inputs),
-                     extras=lambda module, inputs: {**state_fields(inputs[1]), "context_len": context})
-
-    return _generate_built(model, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
-                           lambda tok, pos, cache: model.lm.step(tok, cache), lambda cache, n: None, new_cache,
-                           prompt_len, new_tokens, ctx, {**info, "new_tokens": new_tokens})
+    parts = LMParts(model, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
+                    prompt_len, lambda batch, capacity: model.lm.allocate_cache(batch),
+                    lambda token, position, cache: model.lm.step(token, cache), fill, vocab, info,
+                    cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB})
+    return lm_scenario(parts, mode, ctx, new_tokens, context, runs)
