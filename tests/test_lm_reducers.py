@@ -141,8 +141,12 @@ def test_lm_reducers_are_registered_with_their_defaults():
     assert get_reducer("fastv").create({"fastv_k": 2, "fastv_ratio": 0.5}).kept(576) == 288
     pdrop = get_reducer("pyramiddrop").create({"pdrop_layers": "8,16,24", "pdrop_ratio": 0.5})
     assert [pdrop.kept(576, s) for s in range(3)] == [288, 144, 72]
-    assert get_reducer("sparsevlm").create({"sparse_tokens": 64, "sparse_layers": "2,6,15",
-                                            "recycle": True}).schedule == (66, 30, 17)
+    sparse = lambda **v: get_reducer("sparsevlm").create({"sparse_version": "v1", "sparse_tokens": 192,  # noqa: E731
+                                                          "sparse_layers": "2,6,15", "recycle": None, **v})
+    assert sparse(sparse_tokens=64).schedule == (66, 30, 17) and sparse().recycle
+    assert sparse(sparse_tokens=96).schedule == (238, 48, 26)
+    v2 = sparse(sparse_version="v2", sparse_tokens=128)
+    assert v2.schedule == (238, 108, 60) and not v2.recycle
 
 
 def test_lm_fidelity_against_an_independent_computation():

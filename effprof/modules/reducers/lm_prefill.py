@@ -6,8 +6,8 @@ for a prompt without a cache (rotary embeddings from the position ids, causal at
 and lets `stages` drop tokens between layers: a stage scores the tokens from a layer's input
 (`score_layer`) and removes some before another layer runs (`drop_before`). The dropped tokens leave the
 sequence for every later layer; the kept ones keep their original position ids for rotary (unless a
-stage renumbers them, as PyramidDrop's reference does), and the causal mask is rebuilt over the shorter
-sequence. With no stages the result equals `lm(inputs_embeds=embeds)` (tested).
+stage renumbers them, as the references of PyramidDrop and SparseVLM v1 do), and the causal mask is
+rebuilt over the shorter sequence. With no stages the result equals `lm(inputs_embeds=embeds)` (tested).
 
 Returns the final-norm hidden state of the last token, its logits when the model has an `lm_head`, and
 the tokens and image tokens entering every layer.
@@ -105,7 +105,8 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, position_embeddings, 
     row_sin = sin.gather(1, rows.unsqueeze(-1).expand(-1, -1, d)).unsqueeze(1)
     q = q * row_cos + rotate_half(q) * row_sin
     k = k * cos.unsqueeze(1) + rotate_half(k) * sin.unsqueeze(1)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)         # grouped-query attention
+    groups = q.shape[1] // k.shape[1]                                # grouped-query attention: each kv head
+    k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, -1, length, d)   # serves `groups` q heads
     logits = (q.float() @ k.float().transpose(2, 3)) * attn.scaling
     future = torch.arange(length, device=x.device)[None, None, None, :] > rows[:, None, :, None]
     return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
