@@ -9,7 +9,7 @@ from effprof.modules.reducers.prumerge import (PruMerge, iqr_outlier_count, merg
                                                uniform_samples)
 from effprof.modules.reducers.tome import bipartite_soft_matching, merge_wavg, tome_token_counts
 from effprof.modules.reducers.vision import VisionOutput
-from effprof.modules.reducers.visionzip import VisionZip, class_attention_by_head, dominant_indices
+from effprof.modules.reducers.visionzip import VisionZip, class_attention_by_head, contextual_merge, dominant_indices
 from effprof.reducers import list_reducers
 from effprof.registry import BuildContext, create
 
@@ -85,6 +85,70 @@ def test_visionzip_defaults_give_64_128_192_tokens():
     vision = _vision_output(batch=1, tokens=577, width=8, heads=2)
     for (dominant, contextual), expected in (((54, 10), 64), ((108, 20), 128), ((162, 30), 192)):
         assert VisionZip(dominant, contextual)(vision).shape[1] == expected
+
+
+def _visionzip_hand_example() -> VisionOutput:
+    """Class + 7 patches, one head of width 2. The class query [1, 0] ranks patches by their keys' first
+    coordinate: 3 (3.0) and 6 (2.0) are the dominant ones. The rest, in order, are 1 2 4 5 7; with 2
+    contextual tokens the step is 5 // 2 = 2, so the targets are 1 and 4. By key direction 2 joins 1
+    ([0.5, 1] ~ [0, 1]), 5 and 7 join 4 ([0.5, -1] and [1, -0.1] ~ [0, -1])."""
+    keys = torch.tensor([[0.0, 0], [0, 1], [0.5, 1], [3, 0], [0, -1], [0.5, -1], [2, 0], [1, -0.1]])
+    queries = torch.zeros(8, 2)
+    queries[0] = torch.tensor([1.0, 0])
+    hidden = torch.stack([torch.tensor([100.0, 1, 2, 300, 4, 5, 600, 7]), torch.ones(8)], dim=-1)
+    return VisionOutput(hidden.unsqueeze(0), 1, (queries.unsqueeze(0), keys.unsqueeze(0)))
+
+
+def test_visionzip_known_answer_authors_merge_and_the_mean_option():
+    vision = _visionzip_hand_example()
+    dominant = [[100.0, 1], [300, 1], [600, 1]]
+    # authors: target + mean of its members: 1 + 2 = 3, 4 + (5 + 7) / 2 = 10 (second column: 1 + 1)
+    assert VisionZip(3, 2)(vision)[0].tolist() == dominant + [[3.0, 2], [10, 2]]
+    # mean: (1 + 2) / 2 = 1.5, (4 + 5 + 7) / 3 = 16 / 3
+    torch.testing.assert_close(VisionZip(3, 2, merge="mean")(vision)[0],
+                               torch.tensor(dominant + [[1.5, 1], [16 / 3, 1]]))
+
+
+def test_visionzip_contextual_merge_known_answer_with_an_empty_target():
+    # R = 6, 3 targets (step 2): 0, 2, 4; members 1, 3 -> target 0, member 5 -> target 2, target 4 gets none
+    metric = torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.9, 0.2], [-1, 0], [0.2, 1]]).unsqueeze(0)
+    x = torch.tensor([10.0, 1, 20, 3, 30, 5]).view(1, 6, 1)
+    assert contextual_merge(x, metric, 3)[0, :, 0].tolist() == [12.0, 25.0, 30.0]        # 10 + 2, 20 + 5, 30
+    torch.testing.assert_close(contextual_merge(x, metric, 3, "mean")[0, :, 0], torch.tensor([14 / 3, 12.5, 30]))
+
+
+def _visionzip_by_masks(vision: VisionOutput, dominant: int, contextual: int) -> torch.Tensor:
+    """VisionZip written the plain way, sample by sample with Python sets and boolean masks (the definition)."""
+    hidden, (q, k) = vision.hidden.float(), vision.qk
+    heads, width = vision.num_heads, k.shape[-1]
+    d = width // heads
+    out = []
+    for b in range(hidden.shape[0]):
+        qh, kh = q[b, 0].view(heads, d), k[b].view(-1, heads, d).transpose(0, 1)      # (h, d), (h, T, d)
+        cls = torch.stack([((kh[h] @ qh[h]) / d ** 0.5).softmax(dim=0) for h in range(heads)]).sum(dim=0)
+        keep = {0} | {int(i) + 1 for i in cls[1:].topk(dominant - 1).indices}
+        rest = [i for i in range(hidden.shape[1]) if i not in keep]
+        metric = kh.mean(dim=0)[rest]
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        step = max(1, len(rest) // contextual)
+        targets = list(range(0, len(rest), step))[:contextual]
+        members = [i for i in range(len(rest)) if i not in targets]
+        tokens = [hidden[b, i] for i in sorted(keep)]
+        joined = {t: [] for t in range(contextual)}
+        for m in members:
+            joined[int((metric[targets] @ metric[m]).argmax())].append(hidden[b, rest[m]])
+        for t, target in enumerate(targets):
+            group = joined[t]
+            tokens.append(hidden[b, rest[target]] + (torch.stack(group).mean(dim=0) if group else 0))
+        out.append(torch.stack(tokens))
+    return torch.stack(out)
+
+
+def test_visionzip_equals_the_plain_definition_on_random_inputs():
+    for seed, (dominant, contextual) in enumerate(((6, 3), (10, 7), (1, 5))):
+        vision = _vision_output(seed=seed)
+        torch.testing.assert_close(VisionZip(dominant, contextual)(vision),
+                                   _visionzip_by_masks(vision, dominant, contextual), rtol=1e-5, atol=1e-5)
 
 
 def test_tome_merge_preserves_size_and_merges_the_most_similar_pairs():

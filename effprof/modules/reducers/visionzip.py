@@ -47,7 +47,7 @@ def class_attention_by_head(q: torch.Tensor, k: torch.Tensor, num_heads: int) ->
 def dominant_indices(class_attention: torch.Tensor, dominant: int) -> torch.Tensor:
     """(B, dominant) token indices, ascending: 0 (the class token) and the top dominant-1 patches by attention."""
     top = class_attention[:, 1:].topk(dominant - 1, dim=1).indices + 1
-    zero = torch.zeros_like(top[:, :1])
+    zero = torch.zeros(top.shape[0], 1, dtype=top.dtype, device=top.device)   # (top may be empty: dominant 1)
     return torch.cat([zero, top], dim=1).sort(dim=1).values
 
 
