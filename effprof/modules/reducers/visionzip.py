@@ -75,7 +75,9 @@ def contextual_merge(hidden: torch.Tensor, metric: torch.Tensor, contextual: int
     normed = F.normalize(metric.float(), dim=-1)
     target_metric = normed[:, :contextual * step:step]
     similarity = _take(normed, members) @ target_metric.transpose(1, 2)                 # (B, R - c, c)
-    assign = F.one_hot(similarity.argmax(dim=-1), contextual).to(torch.float32)
+    nearest = similarity.argmax(dim=-1, keepdim=True)                                    # (B, R - c, 1)
+    assign = torch.zeros_like(similarity).scatter_(2, nearest, 1.0)   # one-hot (F.one_hot checks its range
+                                                                       # by reading back on a CPU)
     x = hidden.float()
     sums = assign.transpose(1, 2) @ _take(x, members)                                    # (B, c, C)
     counts = assign.sum(dim=1).unsqueeze(-1)                                             # (B, c, 1)
