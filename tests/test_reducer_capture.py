@@ -181,39 +181,54 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA grap
 
 
 def _replayed_equals_eager(built, make_inputs):
-    """Every stage as its own CUDA graph (effprof's --graphs path), captured on inputs A and replayed on B,
-    against the eager call on B; and the eager call on B under torch.cuda's sync debug mode (error)."""
-    from effprof.measure.modes import graphed_stages
-    from effprof.registry import Stage
+    """Capture on inputs A, copy inputs B into the captured inputs, replay, and compare with the eager call
+    on B. As `--graphs` runs it: the whole call as one graph and, separately, one graph per stage fed by the
+    previous stage's graph (the stage split); with a host_sync stage, a graph per stage keyed by shapes and
+    that stage eager (effprof.measure.modes.graphed_stages). The eager call on B runs under torch.cuda's
+    sync debug mode set to error (no host_sync stage)."""
+    from effprof.measure.modes import graphed_callable, graphed_stages
 
+    device = torch.device("cuda")
     eager_names = {s.name for s in built.stages if s.host_sync}
-    graphed = graphed_stages(built.stages, torch.device("cuda"), eager_names)
-    first = make_inputs()
-    # new pixels and prompt, the same KV cache object (a graph is keyed by the objects it was captured with)
-    second = tuple(b if isinstance(b, torch.Tensor) else a for a, b in zip(first, make_inputs()))
-
-    def run(stages, inputs):
-        carry = inputs
-        for stage in stages:
-            carry = stage.run(carry)
-        return carry
-
+    static, fresh = make_inputs(), make_inputs()
+    replays = []
     with torch.inference_mode():
-        run(graphed, first)                                   # captures each stage's graph
-        replayed = run(graphed, second)
-        replayed = [t.clone() for t in _tensors(replayed)]
-        run(built.stages, second)                              # warm (lazy inits) before the sync check
+        if eager_names:
+            staged = graphed_stages(built.stages, device, eager_names)
+            replays.append(lambda: _run(staged, static))
+        else:
+            replays.append(graphed_callable(built.call, static, device))
+            chain, carry = [], static
+            for stage in built.stages:
+                replay = graphed_callable(lambda s=stage, x=carry: s.run(x), None, device)
+                carry = replay()
+                chain.append(replay)
+            replays.append(lambda: [replay() for replay in chain][-1])
+        for replay in replays:
+            replay()                                            # captured (and replayed once) on A
+        for dst, src in zip(static, fresh):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        replayed = [[t.clone() for t in _tensors(replay())] for replay in replays]
+        _run(built.stages, static)                              # warm, then the eager call on B
         torch.cuda.synchronize()
-        if not eager_names:
-            torch.cuda.set_sync_debug_mode("error")
+        torch.cuda.set_sync_debug_mode("default" if eager_names else "error")
         try:
-            expected = _tensors(run(built.stages, second))
+            expected = _tensors(_run(built.stages, static))
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert isinstance(graphed[0], Stage) and len(replayed) == len(expected) > 0
-    assert not torch.equal(first[0], second[0])             # the replay saw new data
-    for got, want in zip(replayed, expected):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert expected and torch.equal(static[0], fresh[0])
+    for got in replayed:
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _run(stages, inputs):
+    carry = inputs
+    for stage in stages:
+        carry = stage.run(carry)
+    return carry
 
 
 def _tensors(out) -> list[torch.Tensor]:
