@@ -258,3 +258,62 @@ def test_sparsevlm_v2_score_against_the_models_attention_maps(monkeypatch):
         heads = per_head.topk(2).indices
         expected = corrected[heads].mean(dim=0)[rater_rows].mean(dim=0)
         torch.testing.assert_close(mine[b].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def _sparsevlm_loop(lm, embeds, images, schedule, layers, version):
+    """SparseVLM's prefill written as the authors' loop runs it (batch 1): the model's own layers with eager
+    attention and their attention maps, Python lists of kept indices; v1 recycles the best ⌊0.3·p⌋ + 1 pruned
+    tokens into ⌊m/10⌋ + 1 clusters after the kept image tokens and takes the first L' position ids; v2
+    divides by the RoPE gravity, averages the top-14 heads (all 4 here) and keeps the kept tokens' ids."""
+    model = lm.model
+    x, pos = embeds, torch.arange(embeds.shape[1])[None]
+    v_start, v_num = PREFIX, images
+    image, text = x[0, v_start:v_start + v_num].float(), x[0, v_start + v_num:].float()
+    relevance = (image @ text.T).softmax(dim=1).mean(dim=0)
+    raters = [j for j in range(text.shape[0]) if relevance[j] > relevance.mean()]
+    for i, layer in enumerate(model.layers):
+        length = x.shape[1]
+        cos_sin = model.rotary_emb(x, pos)
+        mask = torch.full((length, length), float("-inf")).triu(1)[None, None]
+        out = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin)
+        out = out[0] if isinstance(out, tuple) else out
+        if i in layers:
+            _, weights = layer.self_attn(layer.input_layernorm(x), position_embeddings=cos_sin, attention_mask=mask)
+            text_start = v_start + v_num
+            rows = [text_start + j for j in raters]
+            w = weights[0].float()                                                        # (H, L, L)
+            if version == "v2":
+                w = w / rope_gravity(cos_sin, torch.arange(length)[None])[0]                 # every query row
+                keep_heads = w[:, rows, v_start:text_start].sum(dim=(1, 2)).topk(min(14, w.shape[0])).indices
+                w = w[keep_heads]
+            relation = w.mean(dim=0)[rows, v_start:text_start].mean(dim=0)                  # (v_num,)
+            keep = min(schedule[layers.index(i)], v_num - 1)
+            top = sorted(relation.topk(keep).indices.tolist())
+            select = list(range(v_start)) + [v_start + j for j in top] + list(range(text_start, length))
+            if version == "v1":
+                pruned = [j for j in range(v_num) if j not in top]
+                best = relation[pruned].topk(int(len(pruned) * 0.3) + 1).indices.tolist()
+                tokens = out[:, [v_start + pruned[j] for j in best]]
+                clusters = int(tokens.shape[1] / 10) + 1
+                merged, _ = dpc_knn_merge(tokens, clusters)
+                cut = v_start + keep
+                out = torch.cat([out[:, select[:cut]], merged, out[:, select[cut:]]], dim=1)
+                pos, v_num = pos[:, :len(select) + clusters], keep + clusters
+            else:
+                out, pos, v_num = out[:, select], pos[:, select], keep
+        x = out
+    return model.norm(x)[:, -1]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_sparsevlm_prefill_equals_the_authors_loop(version):
+    lm = tiny_llama(layers=4, attn="eager")
+    embeds, mask = prompt(batch=1, images=20)
+    sparse = SparseVLM(192, (1, 2), version=version)
+    sparse.schedule = (12, 6)
+    with torch.inference_mode():
+        mine = sparse.prefill(lm, embeds, mask)
+        expected = _sparsevlm_loop(lm, embeds, 20, (12, 6), [1, 2], version)
+    recycled = [20, 20, 12 + 1, 6 + 1] if version == "v1" else [20, 20, 12, 6]
+    assert mine.image_tokens_per_layer == recycled
+    torch.testing.assert_close(mine.hidden, expected, rtol=1e-5, atol=1e-5)

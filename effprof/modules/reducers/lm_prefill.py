@@ -173,16 +173,20 @@ def prefill_with_drops(lm: nn.Module, embeds: torch.Tensor, image_mask: torch.Te
     tokens, images = [], []
     position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
     for i, layer in enumerate(model.layers):
-        for j, stage in enumerate(stages):
-            if stage.score_layer == i:
-                pending[j] = stage.score(layer, seq, position_embeddings)
-        changed = False
-        for j, stage in enumerate(stages):
-            if stage.drop_before == i and j in pending:
-                seq = stage.apply(seq, pending.pop(j))
-                changed = True
-        if changed:
-            position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
+        # drops scored at an earlier layer first, so that a stage scoring at this layer sees the shorter
+        # sequence (SparseVLM at consecutive layers); then this layer's scores, then the drops they make here
+        for scoring_now in (False, True):
+            if scoring_now:
+                for j, stage in enumerate(stages):
+                    if stage.score_layer == i:
+                        pending[j] = stage.score(layer, seq, position_embeddings)
+            changed = False
+            for j, stage in enumerate(stages):
+                if stage.drop_before == i and j in pending:
+                    seq = stage.apply(seq, pending.pop(j))
+                    changed = True
+            if changed:
+                position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
         tokens.append(seq.hidden.shape[1])
         images.append(seq.image_count())
         out = layer(seq.hidden, attention_mask=causal_mask(model, seq.hidden.shape[1], seq.hidden),
