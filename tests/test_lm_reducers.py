@@ -3,7 +3,7 @@ against the model's own attention maps, the kept sets against the scores, the pu
 import pytest
 import torch
 
-from effprof.modules.reducers.lm_prefill import (IMAGE, Sequence, attention_rows, initial_sequence, keep_top_image,
+from effprof.modules.reducers.lm_prefill import (IMAGE, attention_rows, initial_sequence, keep_top_image,
                                                  prefill_with_drops)
 from effprof.modules.reducers.lm_reducers import FastV, PyramidDrop, SparseStage, SparseVLM, dpc_knn_merge, rope_gravity
 from effprof.reducers import get_reducer

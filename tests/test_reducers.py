@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from effprof.modules.reducers.prumerge import (PruMerge, iqr_outlier_count, merge_batched, merge_loop_reference,
+from effprof.modules.reducers.prumerge import (iqr_outlier_count, merge_batched, merge_loop_reference,
                                                uniform_samples)
 from effprof.modules.reducers.tome import bipartite_soft_matching, merge_wavg, tome_token_counts
 from effprof.modules.reducers.vision import VisionOutput

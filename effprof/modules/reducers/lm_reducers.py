@@ -35,7 +35,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from effprof.modules.reducers.lm_prefill import (IMAGE, DropStage, PrefillResult, Sequence, attention_rows,
                                                  image_layout, initial_sequence, keep_top_image, prefill_with_drops,
