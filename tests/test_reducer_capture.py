@@ -175,6 +175,17 @@ def test_no_reducer_stage_reads_back_on_the_host_in_a_clip_tower(name, params, t
     _check(name, built, _guarded_stages(built, built.make_inputs(2)))
 
 
+def test_clip_vtp_reads_nothing_back(tiny_clip):
+    """`clip-vtp` (the patch-norm pruning before the encoder, one call without stages) under the guard."""
+    built = create("clip-vtp", BuildContext(torch.device("cpu"), torch.float32, 0), pretrained=tiny_clip, keep=0.5)
+    inputs = built.make_inputs(2)
+    with torch.no_grad():
+        built.call(inputs)
+        with HostSyncGuard() as found:
+            out = built.call(inputs)
+    assert out.shape == (2, 32) and not found, found
+
+
 # --- on a GPU: capture and replay ------------------------------------------------------------------------
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
