@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from effprof.modules.reducers.prumerge import (PruMerge, iqr_outlier_count, merge_batched, merge_loop_reference,
+from effprof.modules.reducers.prumerge import (iqr_outlier_count, merge_batched, merge_loop_reference,
                                                uniform_samples)
 from effprof.modules.reducers.tome import bipartite_soft_matching, merge_wavg, tome_token_counts
 from effprof.modules.reducers.vision import VisionOutput
-from effprof.modules.reducers.visionzip import VisionZip, class_attention_by_head, dominant_indices
+from effprof.modules.reducers.visionzip import VisionZip, class_attention_by_head, contextual_merge, dominant_indices
 from effprof.core.reducers import list_reducers
 from effprof.core.registry import BuildContext, create
 
@@ -87,6 +87,76 @@ def test_visionzip_defaults_give_64_128_192_tokens():
         assert VisionZip(dominant, contextual)(vision).shape[1] == expected
 
 
+def _visionzip_hand_example() -> VisionOutput:
+    """Class + 7 patches, one head of width 2. The class query [1, 0] ranks patches by their keys' first
+    coordinate: 3 (3.0) and 6 (2.0) are the dominant ones. The rest, in order, are 1 2 4 5 7; with 2
+    contextual tokens the step is 5 // 2 = 2, so the targets are 1 and 4. By key direction 2 joins 1
+    ([0.5, 1] ~ [0, 1]), 5 and 7 join 4 ([0.5, -1] and [1, -0.1] ~ [0, -1])."""
+    keys = torch.tensor([[0.0, 0], [0, 1], [0.5, 1], [3, 0], [0, -1], [0.5, -1], [2, 0], [1, -0.1]])
+    queries = torch.zeros(8, 2)
+    queries[0] = torch.tensor([1.0, 0])
+    hidden = torch.stack([torch.tensor([100.0, 1, 2, 300, 4, 5, 600, 7]), torch.ones(8)], dim=-1)
+    return VisionOutput(hidden.unsqueeze(0), 1, (queries.unsqueeze(0), keys.unsqueeze(0)))
+
+
+def test_visionzip_known_answer_authors_merge_and_the_mean_option():
+    vision = _visionzip_hand_example()
+    dominant = [[100.0, 1], [300, 1], [600, 1]]
+    # authors: target + mean of its members: 1 + 2 = 3, 4 + (5 + 7) / 2 = 10 (second column: 1 + 1)
+    assert VisionZip(3, 2)(vision)[0].tolist() == dominant + [[3.0, 2], [10, 2]]
+    # mean: (1 + 2) / 2 = 1.5, (4 + 5 + 7) / 3 = 16 / 3
+    torch.testing.assert_close(VisionZip(3, 2, merge="mean")(vision)[0],
+                               torch.tensor(dominant + [[1.5, 1], [16 / 3, 1]]))
+
+
+def test_visionzip_contextual_merge_known_answer_with_an_empty_target():
+    # R = 6, 3 targets (step 2): 0, 2, 4; members 1, 3 -> target 0, member 5 -> target 2, target 4 gets none
+    metric = torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.9, 0.2], [-1, 0], [0.2, 1]]).unsqueeze(0)
+    x = torch.tensor([10.0, 1, 20, 3, 30, 5]).view(1, 6, 1)
+    assert contextual_merge(x, metric, 3)[0, :, 0].tolist() == [12.0, 25.0, 30.0]        # 10 + 2, 20 + 5, 30
+    torch.testing.assert_close(contextual_merge(x, metric, 3, "mean")[0, :, 0], torch.tensor([14 / 3, 12.5, 30]))
+
+
+def _visionzip_by_masks(hidden: torch.Tensor, cls: torch.Tensor, keys: torch.Tensor, dominant: int,
+                        contextual: int) -> torch.Tensor:
+    """VisionZip written the plain way, sample by sample with Python sets (the definition): `hidden` (B, T, C),
+    `cls` (B, T - 1) the class token's attention over the patches summed over heads, `keys` (B, T, d) the
+    feature layer's keys averaged over heads."""
+    out = []
+    for b in range(hidden.shape[0]):
+        keep = {0} | {int(i) + 1 for i in cls[b].topk(dominant - 1).indices}
+        rest = [i for i in range(hidden.shape[1]) if i not in keep]
+        metric = keys[b, rest].float()
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        step = max(1, len(rest) // contextual)
+        targets = list(range(0, len(rest), step))[:contextual]
+        members = [i for i in range(len(rest)) if i not in targets]
+        tokens = [hidden[b, i].float() for i in sorted(keep)]
+        joined = {t: [] for t in range(contextual)}
+        for m in members:
+            joined[int((metric[targets] @ metric[m]).argmax())].append(hidden[b, rest[m]].float())
+        for t, target in enumerate(targets):
+            group = joined[t]
+            tokens.append(hidden[b, rest[target]].float() + (torch.stack(group).mean(dim=0) if group else 0))
+        out.append(torch.stack(tokens))
+    return torch.stack(out)
+
+
+def _visionzip_reference(vision: VisionOutput, dominant: int, contextual: int) -> torch.Tensor:
+    q, k = vision.qk
+    heads, d = vision.num_heads, k.shape[-1] // vision.num_heads
+    qh, kh = q.view(*q.shape[:2], heads, d).transpose(1, 2), k.view(*k.shape[:2], heads, d).transpose(1, 2)
+    maps = ((qh @ kh.transpose(2, 3)) / d ** 0.5).softmax(dim=-1)                   # every row, as output_attentions
+    return _visionzip_by_masks(vision.hidden, maps[:, :, 0, 1:].sum(dim=1), kh.mean(dim=1), dominant, contextual)
+
+
+def test_visionzip_equals_the_plain_definition_on_random_inputs():
+    for seed, (dominant, contextual) in enumerate(((6, 3), (10, 7), (1, 5))):
+        vision = _vision_output(seed=seed)
+        torch.testing.assert_close(VisionZip(dominant, contextual)(vision),
+                                   _visionzip_reference(vision, dominant, contextual), rtol=1e-5, atol=1e-5)
+
+
 def test_tome_merge_preserves_size_and_merges_the_most_similar_pairs():
     # tokens 0..6; A = even (0 is the class token), B = odd. 2 ~ 5 exactly, 4 ~ 1 nearly, 6 unlike all of B.
     metric = torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
@@ -147,6 +217,50 @@ def test_prumerge_module_keeps_outliers_plus_one(tiny_clip):
         out = built.call((pixels,))
         torch.testing.assert_close(out, loop.call((pixels,)), rtol=1e-4, atol=1e-4)
     assert out.shape[1] == built.module.reducer.last_kept + 1
+
+
+def test_visionzip_in_a_clip_tower_equals_the_authors_recipe(tiny_clip):
+    """The authors' recipe on the tower itself: transformers' attention maps of the penultimate layer
+    (output_attentions, eager attention), its hidden state, its keys averaged over heads (a hook on k_proj)."""
+    from transformers import CLIPVisionModel
+
+    tower = CLIPVisionModel.from_pretrained(tiny_clip, attn_implementation="eager").eval()
+    built = create("clip-vision", _tiny_ctx(), pretrained=tiny_clip, reducer="visionzip", dominant=5, contextual=3)
+    pixels = torch.randn(2, 3, 32, 32)
+    keys = {}
+    layer = getattr(tower, "vision_model", tower).encoder.layers[-2]   # transformers 5 drops vision_model
+    handle = layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: keys.__setitem__("k", o))
+    with torch.inference_mode():
+        out = tower(pixels, output_hidden_states=True, output_attentions=True)
+        mine = built.call((pixels,))
+    handle.remove()
+    heads = layer.self_attn.num_heads
+    metric = keys["k"].view(2, 17, heads, -1).mean(dim=2)
+    cls = out.attentions[-2][:, :, 0, 1:].sum(dim=1)
+    expected = _visionzip_by_masks(out.hidden_states[-2], cls, metric, 5, 3)
+    torch.testing.assert_close(mine, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_visionzip_in_llava_equals_the_authors_recipe():
+    """The same in the LLaVA pipeline, where the reduce stage recomputes the feature layer's q/k from its input."""
+    import copy
+
+    built = create("llava", _tiny_ctx(), preset="tiny", prompt_tokens=4, reducer="visionzip", dominant=5, contextual=3)
+    torch.manual_seed(0)
+    inputs = built.make_inputs(2)
+    tower = copy.deepcopy(built.module.tower)
+    tower.set_attn_implementation("eager")
+    layer = getattr(tower, "vision_model", tower).encoder.layers[-2]
+    keys = {}
+    handle = layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: keys.__setitem__("k", o))
+    with torch.inference_mode():
+        features = built.stages[1].run(built.stages[0].run(inputs))[0]      # vision -> reduce
+        out = tower(inputs[0], output_hidden_states=True, output_attentions=True)
+    handle.remove()
+    tokens, heads = out.hidden_states[-2].shape[1], layer.self_attn.num_heads
+    metric = keys["k"].view(2, tokens, heads, -1).mean(dim=2)
+    expected = _visionzip_by_masks(out.hidden_states[-2], out.attentions[-2][:, :, 0, 1:].sum(dim=1), metric, 5, 3)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_every_vision_reducer_is_registered_with_a_site():

@@ -65,12 +65,14 @@ def prumerge_plus(neighbours, merge):
     Param("dominant", int, 54, "Dominant tokens (class token + top class-attention patches); 108/162 for the "
           "128/192 variants.", low=1, high=MAX_TOKENS),
     Param("contextual", int, 10, "Contextual tokens merged by key similarity; 20/30 for 128/192.", low=1,
-          high=MAX_TOKENS)])
-def visionzip(dominant, contextual):
+          high=MAX_TOKENS),
+    Param("contextual_merge", str, "authors", "authors = target + mean of its members (the reference code); "
+          "mean = mean of target and members (half the scale; for comparison).", choices=("authors", "mean"))])
+def visionzip(dominant, contextual, contextual_merge):
     """VisionZip: dominant tokens by class attention + contextual tokens merged by key similarity."""
     from effprof.modules.reducers.visionzip import VisionZip
 
-    return VisionZip(dominant, contextual)
+    return VisionZip(dominant, contextual, contextual_merge)
 
 
 @register_reducer("fastv", where="lm", params=[
@@ -98,15 +100,20 @@ def _layers(text: str, option: str, lowest: int = 1, most: int | None = None) ->
 
 
 @register_reducer("sparsevlm", where="lm", params=[
-    Param("sparse_tokens", int, 192, "SparseVLM's schedule (average image tokens kept).", choices=(192, 128, 64)),
+    Param("sparse_version", str, "v1", "v1 = SparseVLM (the reference's default USE_VERSION=1_0: positions renumbered "
+          "after every drop, recycling); v2 = SparseVLM+ (USE_VERSION=2_0: original positions kept, RoPE-corrected "
+          "scores from 14 priority heads, no recycling, its own schedules).", choices=("v1", "v2")),
+    Param("sparse_tokens", int, 192, "SparseVLM's schedule (average image tokens kept).", choices=(192, 128, 96, 64)),
     Param("sparse_layers", str, "2,6,15", "Layers whose raters' attention prunes (SparseVLM's 2,6,15); fewer "
           "layers use the first steps of the schedule (for shallow test LMs)."),
-    Param("recycle", bool, True, "Recycle part of the pruned tokens into cluster tokens (SparseVLM's default).")])
-def sparsevlm(sparse_tokens, sparse_layers, recycle):
-    """SparseVLM: text raters' attention ranks image tokens at layers 2, 6, 15 (+ token recycling)."""
+    Param("recycle", bool, None, "Recycle part of the pruned tokens into cluster tokens; none = the version's own "
+          "(v1 yes, v2 no).", optional=True)])
+def sparsevlm(sparse_version, sparse_tokens, sparse_layers, recycle):
+    """SparseVLM (v1) or SparseVLM+ (v2): text raters' attention ranks image tokens at layers 2, 6, 15."""
     from effprof.modules.reducers.lm_reducers import SparseVLM
 
-    return SparseVLM(sparse_tokens, _layers(sparse_layers, "--sparse-layers", 0, 3), recycle=recycle)
+    return SparseVLM(sparse_tokens, _layers(sparse_layers, "--sparse-layers", 0, 3), recycle=recycle,
+                     version=sparse_version)
 
 
 @register_reducer("pyramiddrop", where="lm", params=[

@@ -136,4 +136,5 @@ def _stages(module: ReducedCLIP):
         return None
     # the first stage receives the inputs tuple; `module` stays the owner of the reducer's (usually no) weights
     return [Stage("vision", lambda inputs: module.vision(inputs[0]), module.tower),
-            Stage("reduce", module.reduce, module.reducer if isinstance(module.reducer, nn.Module) else None)]
+            Stage("reduce", module.reduce, module.reducer if isinstance(module.reducer, nn.Module) else None,
+                  host_sync=getattr(module.reducer, "host_sync", False))]

@@ -6,8 +6,8 @@ for a prompt without a cache (rotary embeddings from the position ids, causal at
 and lets `stages` drop tokens between layers: a stage scores the tokens from a layer's input
 (`score_layer`) and removes some before another layer runs (`drop_before`). The dropped tokens leave the
 sequence for every later layer; the kept ones keep their original position ids for rotary (unless a
-stage renumbers them, as PyramidDrop's reference does), and the causal mask is rebuilt over the shorter
-sequence. With no stages the result equals `lm(inputs_embeds=embeds)` (tested).
+stage renumbers them, as the references of PyramidDrop and SparseVLM v1 do), and the causal mask is
+rebuilt over the shorter sequence. With no stages the result equals `lm(inputs_embeds=embeds)` (tested).
 
 Returns the final-norm hidden state of the last token, its logits when the model has an `lm_head`, and
 the tokens and image tokens entering every layer.
@@ -105,7 +105,8 @@ def attention_rows(layer: nn.Module, hidden: torch.Tensor, position_embeddings, 
     row_sin = sin.gather(1, rows.unsqueeze(-1).expand(-1, -1, d)).unsqueeze(1)
     q = q * row_cos + rotate_half(q) * row_sin
     k = k * cos.unsqueeze(1) + rotate_half(k) * sin.unsqueeze(1)
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)         # grouped-query attention
+    groups = q.shape[1] // k.shape[1]                                # grouped-query attention: each kv head
+    k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, -1, length, d)   # serves `groups` q heads
     logits = (q.float() @ k.float().transpose(2, 3)) * attn.scaling
     future = torch.arange(length, device=x.device)[None, None, None, :] > rows[:, None, :, None]
     return logits.masked_fill(future, float("-inf")).softmax(dim=-1)
@@ -172,16 +173,20 @@ def prefill_with_drops(lm: nn.Module, embeds: torch.Tensor, image_mask: torch.Te
     tokens, images = [], []
     position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
     for i, layer in enumerate(model.layers):
-        for j, stage in enumerate(stages):
-            if stage.score_layer == i:
-                pending[j] = stage.score(layer, seq, position_embeddings)
-        changed = False
-        for j, stage in enumerate(stages):
-            if stage.drop_before == i and j in pending:
-                seq = stage.apply(seq, pending.pop(j))
-                changed = True
-        if changed:
-            position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
+        # drops scored at an earlier layer first, so that a stage scoring at this layer sees the shorter
+        # sequence (SparseVLM at consecutive layers); then this layer's scores, then the drops they make here
+        for scoring_now in (False, True):
+            if scoring_now:
+                for j, stage in enumerate(stages):
+                    if stage.score_layer == i:
+                        pending[j] = stage.score(layer, seq, position_embeddings)
+            changed = False
+            for j, stage in enumerate(stages):
+                if stage.drop_before == i and j in pending:
+                    seq = stage.apply(seq, pending.pop(j))
+                    changed = True
+            if changed:
+                position_embeddings = model.rotary_emb(seq.hidden, seq.position_ids)
         tokens.append(seq.hidden.shape[1])
         images.append(seq.image_count())
         out = layer(seq.hidden, attention_mask=causal_mask(model, seq.hidden.shape[1], seq.hidden),

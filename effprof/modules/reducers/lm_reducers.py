@@ -7,25 +7,45 @@
   and 24 rank the image tokens by the last instruction token's attention (head mean) in the next layer's
   q/k and keep ⌊n₀·λ^s⌋ of the n₀ original (λ = 0.5: 288, 144, 72 of 576); the reference renumbers the
   positions of the shortened sequence 0..L'-1, and so does this.
-- SparseVLM (Zhang et al., "SparseVLM", ICML 2025; code Gumpest/SparseVLMs): text "raters" are chosen
-  once from the input embeddings (the text tokens after the image whose mean softmax relevance to the
-  image tokens is above the mean); at layers 2, 6 and 15 the image tokens are ranked by the raters'
-  attention (head mean, rater mean) from that layer's q/k, the top `schedule` kept (192: 300/200/110,
-  128: 303/110/36, 64: 66/30/17, at most n-1), and the pruned ones are partly recycled: the top
-  ⌊0.3·p⌋ + 1 of the p pruned by the same score are clustered by density peaks (DPC-KNN) into
-  ⌊m/10⌋ + 1 tokens (cluster means), placed after the kept image tokens with their centres' positions.
-  Dropped from layer l + 1 on.
+- SparseVLM (Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model
+  Inference", ICML 2025; code Gumpest/SparseVLMs, `llava/model/language_model/modelling_sparse_llama.py`,
+  `score.py`, `utils.py`): text "raters" are chosen once from the input embeddings (the text tokens after
+  the image whose mean softmax relevance to the image tokens is above the mean); at layers 2, 6 and 15 the
+  image tokens are ranked by the raters' attention (head mean, rater mean) in that layer (from its q/k),
+  the top `schedule` kept (at most n-1), dropped from layer l + 1 on. Two versions, as the reference's
+  `USE_VERSION` switch defines them:
+  - `v1` (SparseVLM, the reference's default `1_0`; schedules 192: 300/200/110, 128: 303/110/36,
+    96: 238/48/26, 64: 66/30/17): the pruned tokens are partly recycled (the top ⌊0.3·p⌋ + 1 of the p
+    pruned, by the same score, are clustered by density peaks (DPC-KNN) into ⌊m/10⌋ + 1 cluster means,
+    placed after the kept image tokens), and the position ids are renumbered after every drop: the
+    shortened sequence of L' tokens takes the first L' position ids (0..L'-1 for a prompt), as the
+    reference's `position_ids[:, :L']`.
+  - `v2` (SparseVLM+, `2_0`; schedules 192: 300/200/118, 128: 238/108/60, 96: 246/54/28, 64: 66/34/20):
+    the kept tokens keep their original position ids; the attention is divided by the attention that
+    all-ones queries and keys would have under the same rotary embedding ("text-visual attention gravity
+    correction": (R_i 1)·(R_j 1)/√d for query i, key j); the head mean runs over the 14 "priority" heads
+    whose corrected rater-to-image attention sums are largest (all heads when the LM has fewer); nothing
+    is recycled.
+  `recycle` overrides the version's recycling (recycled tokens then take their cluster centres' position
+  ids in v2, an effprof extension). Departures: the reference runs one sample (batch 1) and picks heads
+  from sample 0; here every sample is ranked, and picks its heads, on its own; equal densities in DPC-KNN
+  are broken by index (the reference adds 1e-6 uniform noise); the gravity correction is computed in
+  float32 (the reference: the model's dtype).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from effprof.modules.reducers.lm_prefill import (IMAGE, DropStage, PrefillResult, Sequence, attention_rows,
-                                                 image_layout, initial_sequence, keep_top_image, prefill_with_drops)
+                                                 image_layout, initial_sequence, keep_top_image, prefill_with_drops,
+                                                 rotate_half)
 
 SPARSEVLM_LAYERS = (2, 6, 15)
-SPARSEVLM_SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+SPARSEVLM_SCHEDULES = {   # image tokens kept at layers 2 / 6 / 15, by version and target (the reference's score.py)
+    "v1": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
+    "v2": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
+}
+PRIORITY_HEADS = 14   # SparseVLM+'s heads kept for the score (the reference's select_attn_head_by_sum)
 
 
 def last_token_image_attention(layer, seq: Sequence, position_embeddings) -> torch.Tensor:
@@ -121,27 +141,54 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.T
     return merged.to(x.dtype), centres
 
 
+def rope_gravity(position_embeddings, rows: torch.Tensor) -> torch.Tensor:
+    """(B, R, L) the attention logit of an all-ones query at `rows` (B, R) and all-ones keys under the same
+    rotary embedding, (R_i 1)·(R_j 1)/√d: SparseVLM+'s "attention gravity" that its scores are divided by."""
+    cos, sin = (t.float() for t in position_embeddings)                      # (B, L, d)
+    ones = torch.ones_like(cos)
+    rotated = ones * cos + rotate_half(ones) * sin                          # R_j 1, every key
+    rows_rotated = rotated.gather(1, rows.unsqueeze(-1).expand(-1, -1, rotated.shape[-1]))
+    return rows_rotated @ rotated.transpose(1, 2) / cos.shape[-1] ** 0.5
+
+
 class SparseStage(DropStage):
-    def __init__(self, layer: int, keep: int, recycle: bool = True):
+    """One SparseVLM drop: rank by the raters' attention in layer `layer`, drop before layer `layer + 1`."""
+
+    def __init__(self, layer: int, keep: int, recycle: bool = True, version: str = "v1"):
         self.score_layer, self.drop_before, self.keep, self.recycle = layer, layer + 1, keep, recycle
+        self.version = version
 
     def score(self, layer, seq, position_embeddings):
         length = seq.hidden.shape[1]
         rows = torch.arange(length - seq.suffix, length, device=seq.hidden.device).expand(seq.hidden.shape[0], -1)
-        attention = attention_rows(layer, seq.hidden, position_embeddings, rows).mean(dim=1)  # (B, T, L)
-        raters = seq.extra["rater"].gather(1, rows).float()                             # (B, T)
+        attention = attention_rows(layer, seq.hidden, position_embeddings, rows)             # (B, H, T, L)
+        raters = seq.extra["rater"].gather(1, rows).float()                                  # (B, T)
+        if self.version == "v2":
+            attention = attention / rope_gravity(position_embeddings, rows).unsqueeze(1)
+            image = (seq.kind == IMAGE).float()                                             # (B, L)
+            per_head = torch.einsum("bhtl,bt,bl->bh", attention, raters, image)
+            heads = per_head.topk(min(PRIORITY_HEADS, per_head.shape[1]), dim=1).indices
+            attention = attention.gather(1, heads[:, :, None, None].expand(-1, -1, *attention.shape[2:]))
+        attention = attention.mean(dim=1)                                                    # (B, T, L)
         return (raters.unsqueeze(-1) * attention).sum(dim=1) / raters.sum(dim=1, keepdim=True).clamp(min=1)
 
     def apply(self, seq, scores):
         n = seq.image_count()
         keep = min(self.keep, n - 1)
+        kept = keep_top_image(seq, scores, keep)
+        if self.recycle and keep < n:
+            kept = self._recycled(seq, kept, scores, keep)
+        if self.version == "v1":   # the reference's position_ids[:, :L']: renumbered after every drop
+            kept.position_ids = seq.position_ids[:, :kept.hidden.shape[1]]
+        return kept
+
+    @staticmethod
+    def _recycled(seq: Sequence, kept: Sequence, scores: torch.Tensor, keep: int) -> Sequence:
+        """`kept` with cluster tokens of the best pruned image tokens after its image tokens."""
+        n = seq.image_count()
         image_scores = scores.masked_fill(seq.kind != IMAGE, float("-inf"))
         order = image_scores.topk(n, dim=1).indices                  # image tokens, best first
-        kept = keep_top_image(seq, scores, keep)
-        if not self.recycle or keep >= n:
-            return kept
-        pruned = order[:, keep:]
-        recycled = pruned[:, :int((n - keep) * 0.3) + 1]              # best of the pruned by the same score
+        recycled = order[:, keep:keep + int((n - keep) * 0.3) + 1]    # best of the pruned by the same score
         clusters = int(recycled.shape[1] / 10) + 1
         tokens = seq.hidden.gather(1, recycled.unsqueeze(-1).expand(-1, -1, seq.hidden.shape[-1]))
         merged, centres = dpc_knn_merge(tokens, clusters)
@@ -155,9 +202,14 @@ class SparseStage(DropStage):
 
 
 class SparseVLM(LMReducer):
-    def __init__(self, tokens: int = 192, layers: tuple[int, ...] = SPARSEVLM_LAYERS, recycle: bool = True):
-        self.schedule = SPARSEVLM_SCHEDULES[tokens]
-        self.layers, self.recycle = tuple(layers), recycle
+    def __init__(self, tokens: int = 192, layers: tuple[int, ...] = SPARSEVLM_LAYERS, recycle: bool | None = None,
+                 version: str = "v1"):
+        if version not in SPARSEVLM_SCHEDULES:
+            raise ValueError(f"SparseVLM version must be one of {tuple(SPARSEVLM_SCHEDULES)}, got {version!r}")
+        self.version = version
+        self.schedule = SPARSEVLM_SCHEDULES[version][tokens]
+        self.layers = tuple(layers)
+        self.recycle = (version == "v1") if recycle is None else recycle
 
     def prepare(self, seq: Sequence) -> Sequence:
         """Raters: text tokens after the image whose mean softmax relevance to the image is above the mean."""
@@ -175,4 +227,4 @@ class SparseVLM(LMReducer):
     def stages(self, image_tokens, num_layers):
         if max(self.layers) >= num_layers:
             raise ValueError(f"SparseVLM layers {self.layers} must be below the LM's {num_layers} layers")
-        return [SparseStage(layer, keep, self.recycle) for layer, keep in zip(self.layers, self.schedule)]
+        return [SparseStage(layer, keep, self.recycle, self.version) for layer, keep in zip(self.layers, self.schedule)]
