@@ -26,7 +26,7 @@ from effprof.measure.footprint import check_fits
 from effprof.measure.modes import GraphCaptureError, compiled_module, graphed_callable, graphed_stages
 from effprof.measure.nvml import CallCounter
 from effprof.measure.timing import UNSTEADY_CV, L2Flusher, TimingResult, time_callable
-from effprof.core.options import Config, RunOptions  # noqa: F401  (re-exported)
+from effprof.core.options import Config, RunOptions, check_rows  # noqa: F401  (re-exported)
 from effprof.core.registry import BuildContext, Built, Stage, get_component
 from effprof.modules.tensor_parallel import shard
 from effprof.trackers import Run, enabled_trackers
@@ -339,9 +339,7 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
     `--tp` rows to their ranks).
     """
     measure_one = measure_one or measure
-    for config in configs:  # refuse bad rows before spending any time
-        config.resolved()
-        config.options.validate()
+    check_rows(configs)  # refuse bad rows before spending any time
     freeze_imports()
     records = []
     for config in configs:

@@ -108,3 +108,10 @@ class Config:
         from effprof.core.registry import get_component
 
         return get_component(self.component).resolve(self.params)
+
+
+def check_rows(configs) -> None:
+    """Refuse a row whose parameters or options are bad before anything runs (one line, the first bad row)."""
+    for config in configs:
+        config.resolved()
+        config.options.validate()

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from effprof.core.errors import EffprofError, UsageError
 from effprof.core.limits import MAX_WORKERS
+from effprof.core.options import check_rows
 from effprof.launch.base import OnRecord, Plan, register_launcher
 from effprof.launch.procs import SAFE_ENV, child_env, last_line
 
@@ -332,10 +333,9 @@ def measure_parallel(configs: list, slots: list[Slot], on_record: Callable[[dict
                      isolate: bool = False, avoid: dict[int, set[int]] | None = None) -> list[dict[str, Any]]:
     """Measure `configs` on a pool of `slots`; the records come back in the order of `configs`. `avoid`
     maps a row to the slots (worker numbers) it should not run on while another slot can take it."""
-    for config in configs:  # refuse bad rows before starting anything (as measure_many does)
-        config.resolved()
-        config.options.validate()
-        if getattr(config.options, "tp", 1) > 1:
+    check_rows(configs)  # refuse bad rows before starting anything
+    for config in configs:
+        if config.options.tp > 1:
             raise UsageError("--tp rows start their own processes; run them without --gpus/--workers/--isolate")
     return Pool(slots, isolate, avoid or {}).run(configs, on_record)
 

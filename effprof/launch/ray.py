@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from effprof.core.errors import MissingExtra, UsageError
+from effprof.core.options import check_rows
 from effprof.launch.base import OnRecord, Plan, register_launcher
 
 
@@ -59,9 +60,8 @@ def _failed(config, error: BaseException) -> dict[str, Any]:
 
 @register_launcher("ray")
 def launch_ray(configs: list, plan: Plan, on_record: OnRecord | None = None) -> list[dict[str, Any]]:
-    for config in configs:  # refuse bad rows before starting anything
-        config.resolved()
-        config.options.validate()
+    check_rows(configs)  # refuse bad rows before starting anything
+    for config in configs:
         if config.options.tp > 1:
             raise UsageError("--launcher ray: --tp rows start their own ranks; run them with the inline launcher")
     ray = _import_ray()

@@ -16,11 +16,9 @@ ceiling), and `add_tp_scaling` adds speedup and scaling efficiency against the s
 """
 from __future__ import annotations
 
-import math
 import os
 import queue
 import socket
-import statistics
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -29,8 +27,7 @@ import torch
 import torch.distributed as dist
 
 from effprof.core.errors import UsageError
-from effprof.measure.timing import (TimingResult, _cpu_block_mean, _cpu_block_per_call, _cuda_block_mean,
-                                    _cuda_block_per_call, _sync, coefficient_of_variation)
+from effprof.measure.timing import Consensus, TimingResult, sync, time_callable
 from effprof.launch.procs import SAFE_ENV, child_env, last_line
 
 _IN_RANK = False
@@ -104,71 +101,47 @@ def _max(value: float) -> float:
     return float(t.item())
 
 
-def _rank0(flag: bool) -> bool:
-    t = torch.tensor([int(flag)], device=_flag_device())
+def _rank0(code: int) -> int:
+    t = torch.tensor([int(code)], device=_flag_device())
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return int(t.item())
+
+
+class Collective(Consensus):
+    """The timing's decisions taken by every rank together (`effprof.measure.timing.Consensus`): the warm-up
+    ends when every rank has warmed up, the blocks are sized from the slowest rank's estimate, and rank 0
+    decides when to stop (a collective inside the call would otherwise wait forever on a rank that stopped)."""
+
+    def all(self, flag: bool) -> bool:
+        return _all(flag)
+
+    def max(self, value: float) -> float:
+        return _max(value)
+
+    def decide(self, code: int) -> int:
+        return _rank0(code)
 
 
 class LockstepTimer:
-    """`time_callable`'s method (warm-up, blocks sized from an estimate, stop on time budget and `max_cv`),
-    with every decision taken together: the warm-up ends when every rank has warmed up, the estimate is
-    the slowest rank's, and rank 0 decides when to stop. Afterwards `fields` holds the comm share."""
+    """`time_callable` with the ranks' decisions taken together (`Collective`); afterwards `fields` holds the
+    communication's share of a few profiled calls."""
 
     def __init__(self, profile_calls: int = 5):
         self.profile_calls = profile_calls
         self.fields: dict[str, Any] = {}
 
-    def __call__(self, fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.2,
-                 min_time_s: float = 1.0, max_time_s: float | None = None, max_cv: float | None = None,
-                 min_blocks: int = 5, setup: Callable[[], None] | None = None,
-                 on_phase: Callable[[str], None] | None = None) -> TimingResult:
-        max_time_s = max(max_time_s if max_time_s is not None else 10 * min_time_s, min_time_s)
-        on_cuda = device.type == "cuda"
-        tell = on_phase or (lambda name: None)
-        tell("warm-up")
+    def __call__(self, fn: Callable[[], Any], device: torch.device, *, setup: Callable[[], None] | None = None,
+                 **options) -> TimingResult:
+        timing = time_callable(fn, device, setup=setup, consensus=Collective(), **options)
 
         def one():
             if setup is not None:
                 setup()
             fn()
 
-        warmup_calls, start = 0, time.perf_counter()
-        while True:
-            one()
-            warmup_calls += 1
-            _sync(device)
-            if _all(time.perf_counter() - start >= warmup_s):
-                break
-        t0 = time.perf_counter()
-        for _ in range(3):
-            one()
-        _sync(device)
-        est_ms = max(_max((time.perf_counter() - t0) / 3 * 1e3), 1e-4)
-        calls_per_block = max(1, min(100_000, math.ceil(min_time_s * 1e3 / 25 / est_ms)))
-        if setup is None:
-            run_block = _cuda_block_mean if on_cuda else _cpu_block_mean
-        else:
-            run_block = _cuda_block_per_call if on_cuda else _cpu_block_per_call
-        samples: list[float] = []
-        medians: list[float] = []
-        tell("timing")
-        timed_s, wall_start = 0.0, time.perf_counter()
-        while True:
-            block = run_block(fn, calls_per_block, setup)
-            samples.extend(block)
-            medians.append(statistics.median(block))
-            timed_s += sum(block) / 1e3 * (calls_per_block if setup is None else 1)
-            enough = timed_s >= min_time_s and len(medians) >= min_blocks
-            steady = max_cv is None or coefficient_of_variation(medians) <= max_cv
-            if _rank0((enough and steady) or (enough and time.perf_counter() - wall_start >= max_time_s)):
-                break
-        timing_s = time.perf_counter() - wall_start
         self.fields = comm_share(one, device, self.profile_calls)
-        method = ("cuda-events" if on_cuda else "perf_counter") + ("-blocked" if setup is None else "-per-call")
-        return TimingResult(samples, calls_per_block, medians, method + "-lockstep", warmup_calls,
-                            calls_per_block if setup is None else 1, warmup_s=wall_start - start,
-                            timing_s=timing_s, stop=("min-time" if max_cv is None else "steady") if steady else "cap")
+        timing.method += "-lockstep"
+        return timing
 
 
 COMM_MARKERS = ("nccl", "gloo", "allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter")
@@ -179,13 +152,13 @@ def comm_share(call: Callable[[], Any], device: torch.device, calls: int = 5) ->
     from torch.profiler import ProfilerActivity, profile
 
     on_cuda = device.type == "cuda"
-    _sync(device)
+    sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(calls):
             call()
-        _sync(device)
+        sync(device)
     wall_us = (time.perf_counter() - start) * 1e6
     total = comm = 0.0
     for event in prof.key_averages():

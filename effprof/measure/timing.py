@@ -28,6 +28,11 @@ not called precise. A quiet sub-millisecond row is done in a tenth of a second, 
 until the cap (`max_time`, or 10 × `min_time`), and `max_time` bounds everything, warm-up and flushes
 included. The result says why it stopped (`stop`).
 
+Processes that must time together (the ranks of a tensor-parallel row, whose call contains a collective)
+pass a `Consensus`: the warm-up ends when every process has warmed up, the blocks are sized from the
+slowest estimate and one process decides when to stop (effprof.launch.torchrun). Alone, each decision is
+the process's own.
+
 All times are in milliseconds.
 """
 from __future__ import annotations
@@ -88,6 +93,25 @@ class TimingResult:
         return median_ci95(self.samples_ms)
 
 
+class Consensus:
+    """How the timing's three decisions are taken: alone, each process takes its own (this base class).
+    `all(flag)`: every process agrees (the warm-up is over); `max(value)`: the largest estimate (block sizing);
+    `decide(code)`: the deciding process's stop code (0 = go on), so every process runs the same blocks."""
+
+    def all(self, flag: bool) -> bool:
+        return flag
+
+    def max(self, value: float) -> float:
+        return value
+
+    def decide(self, code: int) -> int:
+        return code
+
+
+ALONE = Consensus()
+STOPS = ("max-time", "min-time", "steady", "precise", "cap")  # why timing ended; decide() passes 1 + index
+
+
 def median_is_precise(values: list[float], max_cv: float) -> bool:
     """True when the 95% confidence interval of the median (`median_ci95`: drift within the run widens
     it) is within ±max_cv / 4 of it."""
@@ -113,7 +137,8 @@ def coefficient_of_variation(values: list[float]) -> float:
     return statistics.stdev(values) / mean if mean > 0 else 0.0
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -121,14 +146,14 @@ def _sync(device: torch.device) -> None:
 def estimate_call_ms(fn: Callable[[], Any], device: torch.device, setup: Callable[[], None] | None = None,
                      max_calls: int = 5, max_s: float = 0.2) -> float:
     """Mean wall time of a few synchronised calls: enough to size the blocks, not a measurement."""
-    _sync(device)
+    sync(device)
     calls, start = 0, time.perf_counter()
     while calls < max_calls:
         if setup is not None:
             setup()
         fn()
         calls += 1
-        _sync(device)
+        sync(device)
         if time.perf_counter() - start > max_s:
             break
     return (time.perf_counter() - start) / calls * 1e3
@@ -137,7 +162,7 @@ def estimate_call_ms(fn: Callable[[], Any], device: torch.device, setup: Callabl
 def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: float = 0.1, min_time_s: float = 0.1,
                   max_time_s: float | None = None, max_cv: float | None = None, min_blocks: int = 5,
                   setup: Callable[[], None] | None = None,
-                  on_phase: Callable[[str], None] | None = None) -> TimingResult:
+                  on_phase: Callable[[str], None] | None = None, consensus: Consensus = ALONE) -> TimingResult:
     """Time `fn()` on `device` (see the module docstring for the method).
 
     - warm-up: at least one call, then calls until `warmup_s` seconds have passed;
@@ -154,7 +179,8 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
       even before `min_time_s` or `min_blocks`.
 
     `setup()`, when given, runs before every call outside the timed region (L2 flush, input rotation).
-    `on_phase(name)` is told when "warm-up" and "timing" begin (progress display).
+    `on_phase(name)` is told when "warm-up" and "timing" begin (progress display). `consensus` takes the
+    decisions together with other processes (see `Consensus`).
     """
     if min_time_s <= 0:
         raise ValueError("min_time_s must be positive")
@@ -171,20 +197,22 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
         on_phase("warm-up")
     warmup_end = t0 + warmup_s if deadline is None else min(t0 + warmup_s, t0 + max_time_s / 4)
     warmup_calls = 0
-    while warmup_calls < 1 or time.perf_counter() < warmup_end:
+    while True:  # at least one call, then until warmup_end
         if setup is not None:
             setup()
         fn()
         warmup_calls += 1
-        _sync(device)
+        sync(device)
+        if consensus.all(time.perf_counter() >= warmup_end):
+            break
     budget_s = min_time_s if max_time_s is None else min(min_time_s, max_time_s)
     est_max_s = 0.2 if deadline is None else max(0.0, min(0.2, (deadline - time.perf_counter()) / 4))
-    est_ms = max(estimate_call_ms(fn, device, setup, max_s=est_max_s), 1e-4)
+    est_ms = consensus.max(max(estimate_call_ms(fn, device, setup, max_s=est_max_s), 1e-4))
     calls_per_block = max(1, min(100_000, math.ceil(budget_s * 1e3 / 25 / est_ms)))
     if setup is None:
-        run_block = _cuda_block_mean if on_cuda else _cpu_block_mean
+        run_block = cuda_block_mean if on_cuda else cpu_block_mean
     else:
-        run_block = _cuda_block_per_call if on_cuda else _cpu_block_per_call
+        run_block = cuda_block_per_call if on_cuda else cpu_block_per_call
 
     if on_phase is not None:
         on_phase("timing")
@@ -193,26 +221,29 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
     timed_s = 0.0
     wall_start = time.perf_counter()
     cap = deadline if deadline is not None else wall_start + 10 * min_time_s
+
+    def stop_reason(timed_s: float, block_medians: list[float], samples: list[float]) -> str | None:
+        if past(deadline):
+            return "max-time"
+        if not (timed_s >= min_time_s and len(block_medians) >= min_blocks):
+            return None
+        if max_cv is None:
+            return "min-time"
+        if coefficient_of_variation(block_medians) <= max_cv:
+            return "steady"
+        if median_is_precise(samples, max_cv):
+            return "precise"
+        return "cap" if past(cap) else None
+
     while True:
         block = run_block(fn, calls_per_block, setup)
         samples.extend(block)
         block_medians.append(statistics.median(block))
         timed_s += sum(block) / 1e3 * (calls_per_block if setup is None else 1)
-        if past(deadline):
-            stop = "max-time"
-            break
-        enough = timed_s >= min_time_s and len(block_medians) >= min_blocks
-        if enough and max_cv is None:
-            stop = "min-time"
-            break
-        if enough and coefficient_of_variation(block_medians) <= max_cv:
-            stop = "steady"
-            break
-        if enough and median_is_precise(samples, max_cv):
-            stop = "precise"
-            break
-        if enough and past(cap):
-            stop = "cap"
+        stop = stop_reason(timed_s, block_medians, samples)
+        code = consensus.decide(0 if stop is None else 1 + STOPS.index(stop))
+        if code:
+            stop = STOPS[code - 1]
             break
     end = time.perf_counter()
     method = ("cuda-events" if on_cuda else "perf_counter") + ("-blocked" if setup is None else "-per-call")
@@ -221,7 +252,7 @@ def time_callable(fn: Callable[[], Any], device: torch.device, *, warmup_s: floa
                         timing_s=end - wall_start, stop=stop)
 
 
-def _cuda_block_mean(fn, n: int, setup) -> list[float]:
+def cuda_block_mean(fn, n: int, setup) -> list[float]:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(n):
@@ -231,7 +262,7 @@ def _cuda_block_mean(fn, n: int, setup) -> list[float]:
     return [start.elapsed_time(end) / n]
 
 
-def _cuda_block_per_call(fn, n: int, setup) -> list[float]:
+def cuda_block_per_call(fn, n: int, setup) -> list[float]:
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
@@ -243,14 +274,14 @@ def _cuda_block_per_call(fn, n: int, setup) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def _cpu_block_mean(fn, n: int, setup) -> list[float]:
+def cpu_block_mean(fn, n: int, setup) -> list[float]:
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
     return [(time.perf_counter() - t0) * 1e3 / n]
 
 
-def _cpu_block_per_call(fn, n: int, setup) -> list[float]:
+def cpu_block_per_call(fn, n: int, setup) -> list[float]:
     out = []
     for _ in range(n):
         setup()
