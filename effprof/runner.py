@@ -14,7 +14,6 @@ import os
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
