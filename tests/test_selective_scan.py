@@ -266,7 +266,7 @@ def test_bad_shapes_raise_one_clear_error():
         selective_scan(**inputs)
 
 
-def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_the_gpu(monkeypatch):
+def test_occupancy_config_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch):
     pytest.importorskip("triton")
     from types import SimpleNamespace
 
@@ -274,13 +274,11 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
-    # the `tl` kernel: the Gluon kernel needs chunk 64 there and measured slower (benchmarks/RESULTS.md)
-    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True, "gluon": False,
-             "kernel": "chunked"}
-    assert kernels.occupancy_config(8, 1024, cuda) == {}  # MRSS's shape: 256 programs, still the default
-    assert kernels.occupancy_config(2, 1536, cuda) == small  # 96 programs: SMs left idle
-    assert kernels.occupancy_config(1, 1536, cuda) == small
+    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the lanes kernel
+    split = {"kernel": "split"}
+    assert kernels.occupancy_config(2, 1536, cuda) == split  # 96 programs: SMs left idle
+    assert kernels.occupancy_config(1, 1536, cuda) == split  # Mamba-130m at batch 1
+    assert kernels.occupancy_config(1, 5120, cuda) == split  # Mamba-2.8B (Cobra's LM) at batch 1: 160 programs
     assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}
 
 

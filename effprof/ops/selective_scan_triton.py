@@ -44,18 +44,22 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
                       "gluon": False, "kernel": "chunked"}
-PROGRAMS_PER_SM = 1
+# Since 2026-12-07 the shapes whose channel blocks of 32 give fewer than SPLIT_BELOW programs per SM run the
+# time-split kernel of `selective_scan_split` instead (batch 1 prefill: Mamba-2.8B's 160 blocks, 130m's 48;
+# benchmarks/results/*-2026-12-07-kernels/); the small-batch config above stays selectable for comparison.
+SPLIT_CONFIG = {"kernel": "split"}
+SPLIT_BELOW = 2
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """Block sizes for this shape: DEFAULT_CONFIG's when its channel blocks fill the GPU, else the
-    small-batch config (both measured; see above). Empty (= defaults) off CUDA."""
+    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU
+    (at least SPLIT_BELOW programs per SM), else the time-split kernel. Empty (= defaults) off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= PROGRAMS_PER_SM * sms:
+    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= SPLIT_BELOW * sms:
         return {}
-    return dict(SMALL_BATCH_CONFIG)
+    return dict(SPLIT_CONFIG)
 
 
 @triton.jit
@@ -253,8 +257,10 @@ def gluon_available() -> bool:
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` sizes the
-    channel block to the GPU). kernel: "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
+    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` picks the
+    kernel for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
+    `occupancy_config` picks where batch × d_inner leaves SMs idle, e.g. batch-1 prefill; any strides, its
+    own keys BLOCK_D, CHUNK, num_warps, programs_per_sm, max_chunks, chunks), "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
     thread and states across lanes; keys states_per_thread, sub, CHUNK, num_warps, rows, pad, lane_order,
     poly_every, maxnreg; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
     with gluon on, the default, CUDA tensors run the Gluon kernel of `selective_scan_gluon`, whose channel
@@ -273,6 +279,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
     N = A.shape[1]
+    if cfg.get("kernel") == "split":  # reads u, delta, z through their strides: no copies
+        from effprof.ops.selective_scan_split import selective_scan_split
+        return selective_scan_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config=config,
+                                    fast_math=fast_math)
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
