@@ -34,6 +34,7 @@ def parse():
     p.add_argument("--scan", action="store_true")
     p.add_argument("--scaling", action="store_true")
     p.add_argument("--cobra", action="store_true")
+    p.add_argument("--cobra-rows", default="cobra TTFT,llava TTFT,cobra decode 1k")
     p.add_argument("--presets", default="130m,2.8b")
     p.add_argument("--lengths", default="128,256,512,793,1024,2048,4096,8192,16384")
     p.add_argument("--min-time", type=float, default=0.2)
@@ -184,6 +185,8 @@ def part_cobra():
     for component, params, label in (("cobra", {"mode": "prefill"}, "cobra TTFT"),
                                      ("llava", {"mode": "prefill"}, "llava TTFT"),
                                      ("cobra", {"mode": "decode", "context": 1024}, "cobra decode 1k")):
+        if label not in ARGS.cobra_rows.split(","):
+            continue
         t0 = time.time()
         rec = measure(Config(component, params, opts, label))
         row = record_row(rec)
