@@ -34,6 +34,9 @@ def parse():
     p.add_argument("--scan", action="store_true")
     p.add_argument("--scaling", action="store_true")
     p.add_argument("--cobra", action="store_true")
+    p.add_argument("--scan-configs", default="default,lanes-k1,lanes-k2,lanes-k3,lanes-k4,lanes-k6,lanes-k8,"
+                   "lanes-k12,tl-small-batch")
+    p.add_argument("--scan-shapes", default=None, help="batch,d_inner,L,channel_last;... (default SCAN_SHAPES)")
     p.add_argument("--cobra-rows", default="cobra TTFT,llava TTFT,cobra decode 1k")
     p.add_argument("--presets", default="130m,2.8b")
     p.add_argument("--lengths", default="128,256,512,793,1024,2048,4096,8192,16384")
@@ -97,34 +100,37 @@ def scan_inputs(batch, d_inner, L, N, channel_last, seed=0):
 
 
 SCAN_CONFIGS = {
-    "default": None,
-    "lanes": {"kernel": "lanes"},
+    "default": None,                                          # what selective_scan_triton picks for the shape
+    "lanes-k1": {"kernel": "lanes", "time_chunks": 1},        # the lanes kernel without the time split
+    "lanes-k2": {"kernel": "lanes", "time_chunks": 2},
+    "lanes-k3": {"kernel": "lanes", "time_chunks": 3},
+    "lanes-k4": {"kernel": "lanes", "time_chunks": 4},
+    "lanes-k6": {"kernel": "lanes", "time_chunks": 6},
+    "lanes-k8": {"kernel": "lanes", "time_chunks": 8},
+    "lanes-k12": {"kernel": "lanes", "time_chunks": 12},
     "tl-small-batch": {"kernel": "chunked", "gluon": False, "BLOCK_D": 16, "CHUNK": 64, "pair_states": True,
-                       "fast_unpack": True},
-    "split": {"kernel": "split"},
-    "split-pps8": {"kernel": "split", "programs_per_sm": 8},
-    "split-pps16": {"kernel": "split", "programs_per_sm": 16},
-    "split-d64": {"kernel": "split", "BLOCK_D": 64},
-    "split-c64": {"kernel": "split", "CHUNK": 64},
-    "split-w2": {"kernel": "split", "num_warps": 2},
+                       "fast_unpack": True},                  # the batch-1 choice before 2026-12-07 (d_inner 1536)
+    "split-tl": {"kernel": "split"},                          # selective_scan_split (tl): slow on CUDA
 }
+SCAN_SHAPES = "1,5120,793,1;1,5120,793,0;1,5120,2048,1;1,5120,8192,1;1,1536,793,1;1,1536,2048,1;1,1536,16384,1;8,1536,4096,0"
 
 
 def part_scan():
+    ARGS.scan_shapes = ARGS.scan_shapes or SCAN_SHAPES
     from triton.testing import do_bench_cudagraph
 
     from effprof.ops.selective_scan import selective_scan_ref
     from effprof.ops.selective_scan_triton import selective_scan_triton
     rows = RESULT.setdefault("scan", [])
-    shapes = [(1, 5120, 793, True), (1, 5120, 2048, True), (1, 1536, 793, True), (1, 1536, 16384, True),
-              (8, 1536, 4096, False)]
+    shapes = [tuple(int(x) for x in spec.split(",")) for spec in ARGS.scan_shapes.split(";")]
     for batch, d_inner, L, cl in shapes:
+        cl = bool(cl)
         inputs = scan_inputs(batch, d_inner, L, 16, cl)
         ref = None
         if batch * d_inner * L <= 5120 * 2048:
             ref = selective_scan_ref(**{k: (v.float() if k in ("u", "delta", "z", "B", "C") else v)
                                         for k, v in inputs.items()}, delta_softplus=True, return_last_state=True)
-        names = ["default", "lanes"] if batch > 1 else list(SCAN_CONFIGS)
+        names = ARGS.scan_configs.split(",") if batch == 1 else ["default", "lanes-k1"]
         for name in names:
             cfg = SCAN_CONFIGS[name]
             fn = lambda: selective_scan_triton(**inputs, delta_softplus=True, config=cfg)  # noqa: E731

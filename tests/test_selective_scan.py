@@ -266,7 +266,7 @@ def test_bad_shapes_raise_one_clear_error():
         selective_scan(**inputs)
 
 
-def test_occupancy_config_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch):
+def test_lanes_kernel_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch):
     pytest.importorskip("triton")
     from types import SimpleNamespace
 
@@ -274,12 +274,15 @@ def test_occupancy_config_splits_time_when_the_batch_cannot_fill_the_gpu(monkeyp
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the lanes kernel
-    split = {"kernel": "split"}
-    assert kernels.occupancy_config(2, 1536, cuda) == split  # 96 programs: SMs left idle
-    assert kernels.occupancy_config(1, 1536, cuda) == split  # Mamba-130m at batch 1
-    assert kernels.occupancy_config(1, 5120, cuda) == split  # Mamba-2.8B (Cobra's LM) at batch 1: 160 programs
-    assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}
+    assert kernels.occupancy_config(8, 1536, cuda) == {}  # the lanes kernel everywhere on CUDA
+    assert kernels.occupancy_config(1, 5120, cuda) == {}
+    chunks = lambda batch, d_inner, L: kernels.lanes_time_chunks(batch, d_inner, L, cuda, {})  # noqa: E731
+    assert chunks(8, 1536, 4096) == 1     # 384 programs of 32 channels: 3 per SM already, no split
+    assert chunks(1, 5120, 793) == 3      # Cobra's LM prefill: 160 programs -> 3 chunks (480 >= 396)
+    assert chunks(1, 1536, 16384) == 9    # Mamba-130m: 48 programs -> 9 chunks
+    assert chunks(1, 1536, 300) == 2      # at least 128 steps per chunk
+    assert chunks(1, 1536, 100) == 1
+    assert kernels.lanes_time_chunks(1, 1536, 4096, torch.device("cpu"), {}) == 1
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton imported without the interpreter")

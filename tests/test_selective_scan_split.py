@@ -146,3 +146,43 @@ def test_cuda_split_kernel_matches_reference(shape, config):
         y, last = selective_scan_split(**inputs, delta_softplus=True, config=config, fast_math=fast)
         ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
         assert rel_err(y, ref_y) < tol and rel_err(last, ref_last) < max(tol, 1e-3)
+
+
+@needs_triton
+def test_triton_carry_kernel_turns_chunk_states_into_entering_states():
+    """`selective_scan_lanes._carry_kernel` (plain triton, so the interpreter runs it): hend[k] <- the state
+    entering chunk k + 1 = exp(A Σ_k) H_k + hend[k], H_0 = 0, against the same recurrence in float64."""
+    from effprof.ops.selective_scan_lanes import _carry_kernel
+
+    g = torch.Generator().manual_seed(5)
+    batch, K, N, d_inner = 2, 4, 3, 5
+    hend = torch.randn(batch, K, N, d_inner, generator=g)
+    dsum = torch.rand(batch, K, d_inner, generator=g)
+    A = -torch.rand(d_inner, N, generator=g)
+    expect = hend.double().clone()
+    H = torch.zeros(batch, N, d_inner, dtype=torch.float64)
+    for k in range(K - 1):
+        H = torch.exp(A.double().t()[None] * dsum.double()[:, k, None, :]) * H + hend.double()[:, k]
+        expect[:, k] = H
+    _carry_kernel[(batch, 1)](hend, dsum, A, d_inner, K, N=N, BLOCK=16)
+    assert rel_err(hend, expect) < 1e-6
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape, time_chunks", [((1, 300, 1000, 16, True), 3), ((1, 64, 777, 16, True), 5),
+                                                ((2, 70, 300, 16, False), 2), ((1, 40, 500, 3, True), 4),
+                                                ((1, 300, 1000, 16, True), 1), ((1, 5120, 793, 16, True), None)])
+def test_cuda_lanes_time_split_matches_reference(shape, time_chunks):
+    """The lanes kernel on channel-last or contiguous inputs, its sequence split into chunks across programs
+    (None: the automatic split of `lanes_time_chunks`); y in u's layout, the last state from the last chunk."""
+    from effprof.ops.selective_scan_triton import selective_scan_triton
+
+    *dims, channel_last = shape
+    cuda = torch.device("cuda")
+    config = {"kernel": "lanes"} if time_chunks is None else {"kernel": "lanes", "time_chunks": time_chunks}
+    for dtype, tol, fast in ((torch.float32, 1e-5, False), (torch.bfloat16, 1e-2, True)):
+        inputs = make_inputs(*dims, channel_last=channel_last, dtype=dtype, device=cuda)
+        y, last = selective_scan_triton(**inputs, delta_softplus=True, config={**config, "fast_math": fast})
+        ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+        assert rel_err(y, ref_y) < tol and rel_err(last, ref_last) < max(tol, 1e-3)
+        assert (y.stride(1) == 1) == channel_last

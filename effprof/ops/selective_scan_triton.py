@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from effprof.ops.layout import empty_in_layout
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -44,11 +46,36 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
                       "gluon": False, "kernel": "chunked"}
-# Since 2026-12-07 the shapes whose channel blocks of 32 give fewer than SPLIT_BELOW programs per SM run the
-# time-split kernel of `selective_scan_split` instead (batch 1 prefill: Mamba-2.8B's 160 blocks, 130m's 48;
-# benchmarks/results/*-2026-12-07-kernels/); the small-batch config above stays selectable for comparison.
+# The `tl` time-split kernel (`selective_scan_split`, kernel "split") measured 4× slower than the lanes kernel at
+# Cobra's batch-1 shape on an H100 (1 × 5120 × 793 × 16: 0.81 vs 0.19 ms, benchmarks/results/
+# h100-2026-12-07-kernels/): SPLIT_BELOW = 0 keeps every CUDA shape on the lanes kernel, which splits time
+# itself where the batch cannot fill the GPU (`lanes_time_chunks`); "split" stays selectable (and is the
+# time-split path the CPU interpreter tests run).
 SPLIT_CONFIG = {"kernel": "split"}
-SPLIT_BELOW = 2
+SPLIT_BELOW = 0
+
+
+# The lanes kernel keeps LANES_PROGRAMS_PER_SM programs of 4 warps resident per SM (its register budget,
+# tests/test_selective_scan.py::test_gluon_kernel_compiles_for_hopper_without_local_memory); where batch ×
+# channel blocks give fewer, each channel's sequence is split into time chunks across programs
+# (`selective_scan_lanes.launch`, time_chunks), at least MIN_STEPS_PER_CHUNK steps each.
+LANES_PROGRAMS_PER_SM = 3
+MIN_STEPS_PER_CHUNK = 128
+
+
+def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
+    """How many time chunks the lanes kernel splits each sequence into on `device`: enough for
+    `programs_per_sm` (default LANES_PROGRAMS_PER_SM) programs per SM, at most L / `min_steps_per_chunk`.
+    1 (no split) where batch × channel blocks already fill the GPU, and off CUDA."""
+    if device.type != "cuda":
+        return 1
+    from effprof.ops.selective_scan_lanes import lanes_geometry
+    _, _, block_d = lanes_geometry(16, config.get("states_per_thread", 4), config.get("num_warps", 4),
+                                   config.get("rows", 1))
+    programs = batch * triton.cdiv(d_inner, block_d)
+    want = triton.cdiv(config.get("programs_per_sm", LANES_PROGRAMS_PER_SM)
+                       * torch.cuda.get_device_properties(device).multi_processor_count, programs)
+    return max(1, min(want, L // config.get("min_steps_per_chunk", MIN_STEPS_PER_CHUNK)))
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
@@ -59,7 +86,7 @@ def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= SPLIT_BELOW * sms:
         return {}
-    return dict(SPLIT_CONFIG)
+    return dict(SPLIT_CONFIG) if SPLIT_BELOW > 0 else {}
 
 
 @triton.jit
@@ -283,6 +310,19 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         from effprof.ops.selective_scan_split import selective_scan_split
         return selective_scan_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config=config,
                                     fast_math=fast_math)
+    if L > 0 and cfg.get("kernel") == "lanes" and u.is_cuda and gluon_available():
+        from effprof.ops import selective_scan_lanes
+        chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
+        if "time_chunks" not in cfg:
+            cfg["time_chunks"] = lanes_time_chunks(batch, d_inner, L, u.device, cfg)
+        lanes = selective_scan_lanes.plan(N, L, cfg)
+        if lanes is not None:  # else (d_state 1) the Gluon kernel below
+            # u, delta, z read and y written through their strides (a Mamba block's channel-last views)
+            y = empty_in_layout(u)
+            last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
+            selective_scan_lanes.launch(u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D, z, delta_bias,
+                                        delta_softplus, y, last_state, fast_math=fast_math, **lanes)
+            return y, last_state
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
@@ -290,13 +330,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if L == 0:
         return y, last_state.zero_()
     chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
-    if cfg.get("kernel") == "lanes" and u.is_cuda and gluon_available():
-        from effprof.ops import selective_scan_lanes
-        lanes = selective_scan_lanes.plan(N, L, cfg)
-        if lanes is not None:  # else (d_state 1) the Gluon kernel below
-            selective_scan_lanes.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state,
-                                        fast_math=fast_math, **lanes)
-            return y, last_state
     if cfg.get("gluon", True) and u.is_cuda and gluon_available() and chunk <= 64:
         from effprof.ops import selective_scan_gluon
         selective_scan_gluon.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk,
