@@ -277,9 +277,9 @@ def test_lanes_kernel_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch
     assert kernels.occupancy_config(8, 1536, cuda) == {}  # the lanes kernel everywhere on CUDA
     assert kernels.occupancy_config(1, 5120, cuda) == {}
     chunks = lambda batch, d_inner, L: kernels.lanes_time_chunks(batch, d_inner, L, cuda, {})  # noqa: E731
-    assert chunks(8, 1536, 4096) == 1     # 384 programs of 32 channels: 3 per SM already, no split
-    assert chunks(1, 5120, 793) == 3      # Cobra's LM prefill: 160 programs -> 3 chunks (480 >= 396)
-    assert chunks(1, 1536, 16384) == 9    # Mamba-130m: 48 programs -> 9 chunks
+    assert chunks(8, 1536, 4096) == 1     # 384 programs of 32 channels: no split
+    assert chunks(1, 5120, 793) == 1      # Cobra's LM prefill: 160 programs, every SM has one: no split
+    assert chunks(1, 1536, 16384) == 9    # Mamba-130m: 48 programs -> 9 chunks (3 programs per SM)
     assert chunks(1, 1536, 300) == 2      # at least 128 steps per chunk
     assert chunks(1, 1536, 100) == 1
     assert kernels.lanes_time_chunks(1, 1536, 4096, torch.device("cpu"), {}) == 1

@@ -55,10 +55,13 @@ SPLIT_CONFIG = {"kernel": "split"}
 SPLIT_BELOW = 0
 
 
-# The lanes kernel keeps LANES_PROGRAMS_PER_SM programs of 4 warps resident per SM (its register budget,
-# tests/test_selective_scan.py::test_gluon_kernel_compiles_for_hopper_without_local_memory); where batch ×
-# channel blocks give fewer, each channel's sequence is split into time chunks across programs
-# (`selective_scan_lanes.launch`, time_chunks), at least MIN_STEPS_PER_CHUNK steps each.
+# Where batch × channel blocks of the lanes kernel leave SMs without a program, each channel's sequence is split
+# into time chunks across programs (`selective_scan_lanes.launch`, time_chunks): enough for LANES_PROGRAMS_PER_SM
+# programs per SM, at least MIN_STEPS_PER_CHUNK steps each. Measured on an H200 (2026-12-07, bf16, channel-last,
+# benchmarks/results/h200-2026-12-07-kernels/): 1 × 1536 × 2048 × 16 (48 programs) 0.102 ms unsplit, 0.059 with
+# 8 chunks; 1 × 1536 × 16384: 0.951 -> 0.393 ms; but 1 × 5120 × 793 (160 programs for 132 SMs) 0.066 ms unsplit,
+# 0.074-0.079 with 2-12 chunks, and 8 × 1536 × 4096 0.364 unsplit, 0.514 with 2: the split's second walk of
+# each chunk costs more than the occupancy it buys once every SM has a program.
 LANES_PROGRAMS_PER_SM = 3
 MIN_STEPS_PER_CHUNK = 128
 
@@ -73,8 +76,10 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
     _, _, block_d = lanes_geometry(16, config.get("states_per_thread", 4), config.get("num_warps", 4),
                                    config.get("rows", 1))
     programs = batch * triton.cdiv(d_inner, block_d)
-    want = triton.cdiv(config.get("programs_per_sm", LANES_PROGRAMS_PER_SM)
-                       * torch.cuda.get_device_properties(device).multi_processor_count, programs)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= sms:  # every SM has a program: splitting only adds the second walk (measured, see above)
+        return 1
+    want = triton.cdiv(config.get("programs_per_sm", LANES_PROGRAMS_PER_SM) * sms, programs)
     return max(1, min(want, L // config.get("min_steps_per_chunk", MIN_STEPS_PER_CHUNK)))
 
 
@@ -320,6 +325,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
             # u, delta, z read and y written through their strides (a Mamba block's channel-last views)
             y = empty_in_layout(u)
             last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
+            # B and C time-contiguous (a copy of 2·N·L values): strided B/C loads cost the kernel 36 registers
             selective_scan_lanes.launch(u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D, z, delta_bias,
                                         delta_softplus, y, last_state, fast_math=fast_math, **lanes)
             return y, last_state
