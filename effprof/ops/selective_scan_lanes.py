@@ -17,6 +17,15 @@ one per warp, so that a warp reads the same B and C row). Per chunk of CHUNK ste
 3. barrier; every thread sums the G partials of its CHUNK / G steps, adds D u, gates with silu(z) and
    stores y (16-byte stores when CHUNK / G >= 8).
 
+Any strides for u, delta, z and y (the time stride 1 of contiguous inputs is specialised by the launch, so
+the contiguous kernel is the one measured below; channel-last views of a Mamba block are read in place).
+Time split (`launch(time_chunks=K)`, for shapes whose batch × channel blocks leave SMs idle): each channel's
+sequence is cut into K chunks of whole CHUNKs across programs (grid axis 2), in three launches: MODE 1 walks
+chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32); `_carry_kernel`
+turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k + h_k (the chunk's decay is
+exp(A Σ delta') because the per-step decays multiply); MODE 2 walks every chunk from its entering state and
+writes y (the last chunk the last state). Chunks other than the last are walked twice.
+
 The CUDA default of `selective_scan_triton` (H200, batch 8 × 1536 × 4096, d_state 16, bf16: 0.357 ms
 against the Gluon kernel's 0.408; 7.45 SASS instructions per element against 10.4). Variants, counts and
 timings: benchmarks/diagnostics/scan_notes.md (sixth session). d_state is padded to a power of two

@@ -26,6 +26,13 @@ chunked state-space scans (as in Mamba-2's SSD "state passing", Dao & Gu 2024, �
 
 Inputs are read through their strides (u, delta, z, y: any (batch, channel, time) strides, e.g. the
 channel-last views of a Mamba block; B and C are made time-contiguous first, a copy of 2·N·L values).
+
+Status: correct (tests/test_selective_scan_split.py, CPU interpreter and CUDA) but slow on a GPU: on an H100,
+1 × 5120 × 793 × 16 bf16 channel-last took 0.81 ms against the lanes kernel's 0.19 ms (benchmarks/results/
+h100-2026-12-07-kernels/scan.log): a `tl` associative scan along time on tiles whose fast axis is the channel
+crosses warps. CUDA shapes therefore run the same decomposition inside the lanes kernel
+(`selective_scan_lanes.launch(time_chunks=...)`, chosen by `selective_scan_triton.lanes_time_chunks`); this
+kernel is selectable as config {"kernel": "split"} and is the time split the CPU interpreter tests run.
 """
 from __future__ import annotations
 
