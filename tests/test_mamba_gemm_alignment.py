@@ -130,3 +130,17 @@ def test_mamba_block_channel_last_matches_the_reference_loop():
     expect = F.linear(y.transpose(1, 2), block.out_proj.weight)
     with torch.no_grad():
         torch.testing.assert_close(block(h), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_rows_copies_only_what_a_copy_can_align():
+    from effprof.ops.layout import gemm_rows
+
+    x = torch.randn(2, 5, 40, dtype=torch.bfloat16)
+    assert gemm_rows(x) is x                                                 # aligned rows: no copy
+    head = x[..., :16]
+    assert gemm_rows(head).stride() == head.stride() and gemm_rows(head).data_ptr() == x.data_ptr()  # ld 40
+    odd = torch.randn(2, 5, 36, dtype=torch.bfloat16)
+    assert gemm_rows(odd[..., :16]).stride() == (80, 16, 1)                   # ld 36 -> a copy with ld 16
+    assert gemm_rows(odd[..., :20]).data_ptr() == odd.data_ptr()             # width 20: a copy cannot align it
+    t = torch.randn(2, 40, 5, dtype=torch.bfloat16).transpose(1, 2)
+    assert gemm_rows(t).is_contiguous()                                      # column-major rows: copied

@@ -41,9 +41,11 @@ def in_layout_of(y: Tensor, like: Tensor) -> Tensor:
 def gemm_rows(x: Tensor) -> Tensor:
     """x (..., features) as a GEMM operand with aligned rows: x itself when its rows are contiguous, the
     leading dimensions fold into one (so `F.linear` makes no copy of its own), the row stride is a multiple
-    of 8 elements and the data 16-byte aligned; else a contiguous copy. A copy whose width is not a multiple
-    of 8 keeps that width: such a leading dimension is the model's own (e.g. a dt_rank of 20)."""
+    of 8 elements and the data 16-byte aligned; else a contiguous copy. Where the width itself is not a
+    multiple of 8 (a leading dimension that is the model's own, e.g. MambaVision's dt_rank of 20) a copy
+    could not align the rows, so x is kept when only its row stride is off."""
     foldable = all(x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(x.dim() - 2))
-    if x.stride(-1) == 1 and foldable and (x.dim() < 2 or x.stride(-2) % 8 == 0) and x.data_ptr() % 16 == 0:
+    rows_aligned = x.dim() < 2 or x.stride(-2) % 8 == 0 or x.shape[-1] % 8 != 0
+    if x.stride(-1) == 1 and foldable and rows_aligned and x.data_ptr() % 16 == 0:
         return x
     return x.contiguous()
