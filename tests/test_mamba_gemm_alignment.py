@@ -144,3 +144,50 @@ def test_gemm_rows_copies_only_what_a_copy_can_align():
     assert gemm_rows(odd[..., :20]).data_ptr() == odd.data_ptr()             # width 20: a copy cannot align it
     t = torch.randn(2, 40, 5, dtype=torch.bfloat16).transpose(1, 2)
     assert gemm_rows(t).is_contiguous()                                      # column-major rows: copied
+
+
+def test_ss2d_channel_last_projections_equal_the_channel_first_ones():
+    """At H·W = 35 SS2D multiplies channel-last rows; the result equals VMamba's channel-first formula."""
+    import torch.nn.functional as F
+
+    from effprof.modules.ss2d import SS2D
+    from effprof.ops.cross_scan import cross_merge, cross_scan
+    from effprof.ops.grouped_scan import selective_scan_directions
+
+    torch.manual_seed(2)
+    m = SS2D(32, d_state=4, scan_mode="cross4", gated=True)
+    x = torch.randn(2, 5, 7, 32)
+    with torch.no_grad():
+        out = m(x)
+        h = m.in_proj(x)
+        h, z = h.chunk(2, dim=-1)
+        h = F.silu(m.conv2d(h.permute(0, 3, 1, 2)))
+        xs = cross_scan(h, "cross4", direction_first=True)
+        dts, Bs, Cs = torch.split(torch.matmul(m.x_proj_weight.unsqueeze(1), xs), [m.dt_rank, 4, 4], dim=2)
+        dts = torch.matmul(m.dt_projs_weight.unsqueeze(1), dts)
+        ys = selective_scan_directions(xs, dts, -torch.exp(m.A_logs).view(4, m.d_inner, 4), Bs, Cs,
+                                       m.Ds.view(4, m.d_inner), None, m.dt_projs_bias, delta_softplus=True,
+                                       stack=False)
+        y = m.out_norm(cross_merge(ys, "cross4", 5, 7).transpose(1, 2).reshape(2, 5, 7, m.d_inner))
+        expect = m.out_proj(y * F.silu(z))
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_mambavision_mixer_equals_its_channel_first_formula():
+    import torch.nn.functional as F
+
+    from effprof.modules.mambavision import MambaVisionMixer
+    from effprof.ops.selective_scan import selective_scan_ref
+
+    torch.manual_seed(3)
+    m = MambaVisionMixer(64, d_state=8)
+    hidden = torch.randn(2, 37, 64)
+    with torch.no_grad():
+        out = m(hidden)
+        x, z = m.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        x, z = F.silu(m.conv1d_x(x)), F.silu(m.conv1d_z(z))
+        dt, B, C = torch.split(m.x_proj(x.transpose(1, 2)), [m.dt_rank, 8, 8], dim=-1)
+        y = selective_scan_ref(x, m.dt_proj(dt).transpose(1, 2), -torch.exp(m.A_log.float()), B.transpose(1, 2),
+                               C.transpose(1, 2), m.D, None, m.dt_proj.bias, delta_softplus=True)
+        expect = m.out_proj(torch.cat([y, z], dim=1).transpose(1, 2))
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
