@@ -154,7 +154,7 @@ needs_cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()),
 CUDA_CASES = TRITON_CASES + [(2, 70, 300, 16, True, True, True, True)]
 
 
-# "kernel" and "gluon" explicit: these small shapes would otherwise get occupancy_config's small-batch `tl` config;
+# "kernel" and "gluon" explicit (these small shapes would otherwise get the lanes kernel with a time split);
 # the lanes kernel (selective_scan_lanes) first, on every case; its variants (as in bench_scan.py's
 # TUNE_CONFIGS) on odd d_state and L, 64 states, and several programs and chunks (compile time on the GPU)
 CUDA_CONFIGS = {

@@ -41,9 +41,10 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # (2026-11-23, benchmarks/results/h100-2026-11-23/), batch 1 × 1536 × 16384, d_state 16:
 # DEFAULT_CONFIG 0.80 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.433 ms, 0.408 with fast_unpack and two
 # states per scan; BLOCK_D 8 with 2 warps 0.667 ms, with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the
-# default (0.449 ms) beats 16/64/4 (0.471 ms). So only when the default's blocks cannot give every SM
-# a program (48 for 132 SMs at batch 1) is the small-batch config used; shapes in between (e.g.
-# MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
+# default (0.449 ms) beats 16/64/4 (0.471 ms). Until 2026-12-07 the shapes whose default blocks could not
+# give every SM a program (48 for 132 SMs at batch 1) ran this small-batch config; they now run the lanes
+# kernel with its time split (H200, 1 × 1536 × 16384 channel-last: 0.402 ms against this config's 0.902),
+# and this config stays selectable for comparison.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
                       "gluon": False, "kernel": "chunked"}
 # The `tl` time-split kernel (`selective_scan_split`, kernel "split") measured 4× slower than the lanes kernel at
