@@ -154,7 +154,7 @@ needs_cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()),
 CUDA_CASES = TRITON_CASES + [(2, 70, 300, 16, True, True, True, True)]
 
 
-# "kernel" and "gluon" explicit: these small shapes would otherwise get occupancy_config's small-batch `tl` config;
+# "kernel" and "gluon" explicit (these small shapes would otherwise get the lanes kernel with a time split);
 # the lanes kernel (selective_scan_lanes) first, on every case; its variants (as in bench_scan.py's
 # TUNE_CONFIGS) on odd d_state and L, 64 states, and several programs and chunks (compile time on the GPU)
 CUDA_CONFIGS = {
@@ -266,7 +266,7 @@ def test_bad_shapes_raise_one_clear_error():
         selective_scan(**inputs)
 
 
-def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_the_gpu(monkeypatch):
+def test_lanes_kernel_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch):
     pytest.importorskip("triton")
     from types import SimpleNamespace
 
@@ -274,14 +274,15 @@ def test_occupancy_config_shrinks_the_channel_block_when_the_batch_cannot_fill_t
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 programs of 32 channels: the default
-    # the `tl` kernel: the Gluon kernel needs chunk 64 there and measured slower (benchmarks/RESULTS.md)
-    small = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True, "gluon": False,
-             "kernel": "chunked"}
-    assert kernels.occupancy_config(8, 1024, cuda) == {}  # MRSS's shape: 256 programs, still the default
-    assert kernels.occupancy_config(2, 1536, cuda) == small  # 96 programs: SMs left idle
-    assert kernels.occupancy_config(1, 1536, cuda) == small
-    assert kernels.occupancy_config(1, 1536, torch.device("cpu")) == {}
+    assert kernels.occupancy_config(8, 1536, cuda) == {}  # the lanes kernel everywhere on CUDA
+    assert kernels.occupancy_config(1, 5120, cuda) == {}
+    chunks = lambda batch, d_inner, L: kernels.lanes_time_chunks(batch, d_inner, L, cuda, {})  # noqa: E731
+    assert chunks(8, 1536, 4096) == 1     # 384 programs of 32 channels: no split
+    assert chunks(1, 5120, 793) == 1      # Cobra's LM prefill: 160 programs, every SM has one: no split
+    assert chunks(1, 1536, 16384) == 9    # Mamba-130m: 48 programs -> 9 chunks (3 programs per SM)
+    assert chunks(1, 1536, 300) == 2      # at least 128 steps per chunk
+    assert chunks(1, 1536, 100) == 1
+    assert kernels.lanes_time_chunks(1, 1536, 4096, torch.device("cpu"), {}) == 1
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton imported without the interpreter")

@@ -86,3 +86,28 @@ def test_lanes_kernel_compiles_for_hopper_with_one_exp2_per_element():
     count, mix = loop_mix(sass)
     assert mix["MUFU"] == chunk * states + 3 * chunk // lanes
     assert count < 7.7 * chunk * states  # 7.45 SASS instructions per element when written (scan_notes.md)
+
+
+@pytest.mark.parametrize("channel_last, mode", [(False, 1), (False, 2), (True, 0), (True, 2)])
+def test_lanes_kernel_time_split_and_strided_modes_compile_within_the_register_budget(channel_last, mode):
+    """The time split's launches (MODE 1: chunk end states, MODE 2: output from the carried state) and
+    channel-last strides (time stride a run-time argument) compile for sm_90 without local memory and
+    within the 128 registers of 4 resident programs, like the default; MODE 1 skips silu's tanh."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("triton's wheel ships no cuobjdump here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics"))
+    from sass_scan import compile_kernel, lanes_constants, loop_mix, sass_of
+
+    from effprof.ops.selective_scan_lanes import _scan_lanes_kernel
+    constants = dict(N=16, N_PAD=16, S=4, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
+                     CHUNK=32, SUB=16, ROWS=1, PAD=True, LANE_ORDER=2, EVEN_L=False, EVEN_D=True, FAST_MATH=True,
+                     POLY_EVERY=0, num_warps=4, **lanes_constants(channel_last, mode))
+    compiled = compile_kernel(_scan_lanes_kernel, constants, 4)
+    assert ".local" not in compiled.asm["ptx"]
+    sass, usage = sass_of(compiled)
+    assert int(re.search(r"STACK:(\d+)", usage).group(1)) == 0
+    assert int(re.search(r"REG:(\d+)", usage).group(1)) <= 128, usage
+    _, mix = loop_mix(sass)
+    assert mix["MUFU"] == 32 * 4 + (2 if mode == 1 else 3) * 32 // 4

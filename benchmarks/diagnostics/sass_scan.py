@@ -26,7 +26,20 @@ sys.path.insert(0, str(REPO_ROOT))
 
 TYPES = {"u_ptr": "*bf16", "delta_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf16", "C_ptr": "*bf16",
          "D_ptr": "*fp32", "z_ptr": "*bf16", "bias_ptr": "*fp32", "y_ptr": "*bf16", "last_ptr": "*fp32",
-         "d_inner": "i32", "L": "i32"}
+         "hend_ptr": "*fp32", "dsum_ptr": "*fp32", "d_inner": "i32", "L": "i32", "T": "i32", "K": "i32",
+         **{f"s{t}_{a}": "i32" for t in "udzy" for a in "bdt"}}
+# The lanes kernel's time strides: 1 (contiguous (batch, d_inner, L), the launch specialises a stride of 1 to
+# a constant) unless the caller passes channel-last strides (`lanes_constants(channel_last=True)`).
+CONTIGUOUS_TIME = {f"s{t}_t": 1 for t in "udzy"}
+
+
+def lanes_constants(channel_last: bool = False, mode: int = 0) -> dict:
+    """The constexprs the lanes kernel takes besides its tuning: time strides (contiguous, or channel-last
+    as a run-time i32 argument) and MODE (0 whole sequence, 1/2 the time split's two launches)."""
+    out = {"MODE": mode}
+    if not channel_last:
+        out.update(CONTIGUOUS_TIME)
+    return out
 
 
 def compile_kernel(kernel, constants: dict, num_warps: int, maxnreg: int | None = None):
@@ -34,9 +47,13 @@ def compile_kernel(kernel, constants: dict, num_warps: int, maxnreg: int | None 
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     names = kernel.arg_names
-    source = GluonASTSource(fn=kernel, signature={n: TYPES.get(n, "constexpr") for n in names},
-                            constexprs={(names.index(n),): v for n, v in constants.items()},
-                            attrs={(names.index(n),): [["tt.divisibility", 16]] for n in TYPES})
+    if "MODE" in names and "MODE" not in constants:
+        constants = {**lanes_constants(), **constants}
+    signature = {n: "constexpr" if n in constants else TYPES.get(n, "constexpr") for n in names}
+    source = GluonASTSource(fn=kernel, signature=signature,
+                            constexprs={(names.index(n),): v for n, v in constants.items() if n in names},
+                            attrs={(names.index(n),): [["tt.divisibility", 16]] for n in TYPES
+                                   if n in names and n not in constants})
     options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 

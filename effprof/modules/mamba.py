@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from effprof.core.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
+from effprof.ops.layout import gemm_rows
 from effprof.ops.mamba_decode import (add_rms_norm, fuse_out_proj, mamba_decode_step, mamba_lm_decode_step_triton,
                                       norm_in_proj, use_layer_decode)
 from effprof.ops.selective_scan import selective_scan, selective_state_update
@@ -101,28 +102,32 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, state: MambaLayerState | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model). With `state`, also writes the conv and
-        SSM states after the last step into it (prefill before decoding)."""
+        SSM states after the last step into it (prefill before decoding).
+
+        Channel-last throughout: in_proj, x_proj, dt_proj and out_proj each multiply (batch·L, channels)
+        row-major operands, whose leading dimension is a channel count (a multiple of 8 for every
+        released size) whatever L is; the conv and the scan read the (batch, channels, L) views of those
+        buffers (`effprof.ops.layout`) and write their outputs in the same layout. (mamba-ssm computes in_proj
+        as W @ xᵀ, channels-first, whose output and out_proj's input have leading dimension batch·L: at
+        L = 793 cuBLAS then runs alignment-1 kernels at a few times the cost; see the diagnostics note
+        benchmarks/diagnostics/mamba_prefill_layout.md.)"""
         batch, seqlen, _ = hidden_states.shape
-        # (2·d_inner, batch·L) straight from the matmul, as mamba-ssm does: no transposed copy of xz
-        xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
-        xz = xz.view(-1, batch, seqlen).transpose(0, 1)                       # (batch, 2·d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias)    # (batch, L, 2·d_inner)
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)                             # (batch, d_inner, L) views
         if state is not None:
             state.conv_state.copy_(F.pad(x, (self.d_conv - seqlen, 0)))       # the last d_conv inputs
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend)
-        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)                # (batch, L, dt_rank + 2N)
-        dt, B, C = self._ssm_inputs(x_dbl)
-        delta = (self.dt_proj.weight @ dt.reshape(batch * seqlen, -1).t()).view(-1, batch, seqlen).transpose(0, 1)
+        x_rows = gemm_rows(x.transpose(1, 2))                                 # (batch, L, d_inner)
+        dt, B, C = self._ssm_inputs(F.linear(x_rows, self.x_proj.weight))     # (batch, L, dt_rank / N / N)
+        delta = F.linear(gemm_rows(dt), self.dt_proj.weight)                  # (batch, L, d_inner)
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+                           self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            return_last_state=state is not None, backend=self.scan_backend)
         if state is not None:
             y, last_state = y
             state.ssm_state.copy_(last_state)
-        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+        return F.linear(gemm_rows(y.transpose(1, 2)), self.out_proj.weight, self.out_proj.bias)
 
     def step(self, hidden_states: torch.Tensor, state: MambaLayerState) -> torch.Tensor:
         """One decoding step: hidden_states (batch, 1, d_model) -> (batch, 1, d_model); `state` updated in place."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effprof.modules.ss2d import Mlp
+from effprof.ops.layout import gemm_rows
 from effprof.ops.selective_scan import selective_scan
 
 
@@ -55,17 +56,18 @@ class MambaVisionMixer(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)            # (batch, d_inner/2, L) each
+        """Channel-leading GEMM operands at any L (`effprof.ops.layout`): x_proj and dt_proj multiply
+        (batch·L, channels) rows, out_proj the channel-last concatenation of y and z."""
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)            # (batch, d_inner/2, L) views
         x = F.silu(self.conv1d_x(x))
         z = F.silu(self.conv1d_z(z))
-        x_dbl = self.x_proj(x.transpose(1, 2))                                  # (batch, L, rank + 2N)
+        x_dbl = self.x_proj(gemm_rows(x.transpose(1, 2)))                       # (batch, L, rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = self.dt_proj(dt).transpose(1, 2)
+        dt = self.dt_proj(gemm_rows(dt)).transpose(1, 2)                        # (batch, d_inner/2, L)
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(x.contiguous(), dt.contiguous(), A, B.transpose(1, 2).contiguous(),
-                           C.transpose(1, 2).contiguous(), self.D, None, self.dt_proj.bias, delta_softplus=True,
-                           backend=self.scan_backend)
-        return self.out_proj(torch.cat([y, z], dim=1).transpose(1, 2))
+        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, None, self.dt_proj.bias,
+                           delta_softplus=True, backend=self.scan_backend)
+        return self.out_proj(torch.cat([y.transpose(1, 2), z.transpose(1, 2)], dim=-1))
 
 
 class WindowAttention(nn.Module):

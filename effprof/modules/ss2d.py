@@ -14,7 +14,9 @@ SS2D, forward type `v0` (vanilla VMamba): in_proj to 2·d_inner (x and z), conv 
     y = LayerNorm(y) · SiLU(z) before out_proj.
 
 d_inner = ssm_ratio · d_model, dt_rank = ceil(d_model / 16). Every tensor is channel-last (batch, H, W, C)
-between blocks; the conv and the scans run channel-first. `scan_mode` (effprof.ops.cross_scan) sets
+between blocks; the conv and the scans run channel-first. Where L = H·W is not a multiple of 8, the x and
+dt projections multiply channel-last rows (a transposed copy of the sequences) instead of channel-first
+columns, whose leading dimension L would send cuBLAS to its alignment-1 kernels (`effprof.ops.layout`). `scan_mode` (effprof.ops.cross_scan) sets
 the routes and K: "cross4" (VMamba), "bi2" (a true two-direction scan, K = 2 parameter sets and
 sequences), "uni1", or VMamba's own "v052d"/"v051d" (two or one routes, but K = 4 sequences and
 parameter sets, as VMamba builds them). The K scans run through effprof's selective scan op, one call
@@ -81,9 +83,14 @@ class SS2D(nn.Module):
             x, z = x.chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))                      # (batch, d_inner, H, W)
         xs = cross_scan(x, self.scan_mode, direction_first=True)            # (K, batch, d_inner, L)
-        x_dbl = torch.matmul(self.x_proj_weight.unsqueeze(1), xs)           # (K, batch, rank + 2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [rank, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight.unsqueeze(1), dts)          # (K, batch, d_inner, L)
+        if xs.shape[-1] % 8 == 0:
+            x_dbl = torch.matmul(self.x_proj_weight.unsqueeze(1), xs)       # (K, batch, rank + 2N, L)
+            dts, Bs, Cs = torch.split(x_dbl, [rank, n, n], dim=2)
+            dts = torch.matmul(self.dt_projs_weight.unsqueeze(1), dts)      # (K, batch, d_inner, L)
+        else:  # channel-first GEMMs would have leading dimension L: multiply channel-last rows instead
+            x_dbl = torch.matmul(xs.transpose(2, 3).contiguous(), self.x_proj_weight.transpose(1, 2).unsqueeze(1))
+            dts, Bs, Cs = (t.transpose(2, 3) for t in torch.split(x_dbl, [rank, n, n], dim=3))
+            dts = torch.matmul(dts.transpose(2, 3), self.dt_projs_weight.transpose(1, 2).unsqueeze(1)).transpose(2, 3)
         As = -torch.exp(self.A_logs.float()).view(k, d_inner, n)
         ys = selective_scan_directions(xs, dts, As, Bs, Cs, self.Ds.view(k, d_inner), None,
                                        self.dt_projs_bias, delta_softplus=True, backend=self.scan_backend,

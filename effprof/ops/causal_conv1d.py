@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
+from effprof.ops.layout import empty_in_layout, in_layout_of
 
 CONV_BACKENDS = ("ref", "triton", "causal-conv1d")
 
@@ -127,13 +128,13 @@ def _causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: b
     if backend == "causal-conv1d":
         from causal_conv1d import causal_conv1d_fn
 
-        return causal_conv1d_fn(x, weight, bias, activation="silu" if silu else None)
-    return causal_conv1d_ref(x, weight, bias, "silu" if silu else None).contiguous()
+        return in_layout_of(causal_conv1d_fn(x, weight, bias, activation="silu" if silu else None), x)
+    return in_layout_of(causal_conv1d_ref(x, weight, bias, "silu" if silu else None), x)
 
 
 @_causal_conv1d_op.register_fake
 def _(x, weight, bias, silu, backend):
-    return x.new_empty(x.shape)
+    return empty_in_layout(x)
 
 
 @register_flop_formula(torch.ops.effprof.causal_conv1d)
@@ -182,7 +183,8 @@ def _check(weight: Tensor, channels: int, bias: Optional[Tensor], activation: Op
 def causal_conv1d(x, weight, bias=None, activation=None, backend="ref"):
     """Causal depthwise conv of x (batch, channels, L) through `backend` (a resolved name: ref|triton|
     causal-conv1d); returns (batch, channels, L) in x's dtype. The ref path calls the definition directly
-    (FlopCounterMode then sees its aten conv); the others run as the `effprof::causal_conv1d` op."""
+    (FlopCounterMode then sees its aten conv) and returns a contiguous tensor; the others run as the
+    `effprof::causal_conv1d` op and return x's layout (channel-last when x is, `is_channel_last`)."""
     _check(weight, x.shape[1], bias, activation)
     if backend == "ref":
         return causal_conv1d_ref(x, weight, bias, activation)

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from effprof.ops import selective_scan_triton  # noqa: F401  (applies its interpreter fix for numpy >= 2.4)
+from effprof.ops import scan_math_triton  # noqa: F401  (applies its interpreter fix for numpy >= 2.4)
+from effprof.ops.layout import empty_in_layout, is_channel_last
 
 
 @triton.jit
@@ -54,13 +55,15 @@ def _causal_conv1d_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, C, L,
 
 def causal_conv1d_triton(x, weight, bias=None, silu=False, block_c=None, block_t=None):
     """x (batch, channels, L) any strides, weight (channels, width), bias (channels,) or None -> y
-    (batch, channels, L) contiguous in x's dtype."""
+    (batch, channels, L) in x's dtype, channel-last when x is (a (batch, L, channels) tensor's memory, as
+    the Mamba block passes it), else contiguous."""
     batch, channels, L = x.shape
     width = weight.shape[-1]
-    y = torch.empty(batch, channels, L, device=x.device, dtype=x.dtype)
+    y = empty_in_layout(x)
     if L == 0 or batch == 0:
         return y
-    block_t = block_t or min(128, max(16, triton.next_power_of_2(L)))
+    # channel-last: short time blocks and wide channel blocks (a step's channels are the contiguous bytes)
+    block_t = block_t or min(32 if is_channel_last(x) else 128, max(16, triton.next_power_of_2(L)))
     block_c = block_c or max(1, min(triton.next_power_of_2(channels), 4096 // block_t))
     grid = (batch, triton.cdiv(channels, block_c), triton.cdiv(L, block_t))
     _causal_conv1d_fwd_kernel[grid](

@@ -14,6 +14,12 @@ Shapes (only this layout is supported: real A, "variable" B and C without groups
 Output y: (batch, d_inner, L) in u's dtype; optionally the last state h_L: (batch, d_inner, d_state) fp32.
 All arithmetic is float32 whatever the input dtype.
 
+Layouts: any strides are accepted. y has u's layout: channel-last (the memory of a (batch, L, d_inner)
+tensor, `effprof.ops.layout.is_channel_last`) when u is, else contiguous (batch, d_inner, L). Mamba blocks pass channel-last
+views of their projections' outputs, so that every GEMM around the scan reads and writes (batch·L, channels)
+row-major operands whose leading dimension is the channel count (16-byte aligned at any L; a leading
+dimension of L = 793 sends cuBLAS to its alignment-1 kernels), and take y back the same way.
+
 Backends (`BACKENDS`): "ref" (plain PyTorch, `selective_scan_ref`, the definition), "triton" (fused
 forward kernel in `selective_scan_triton.py`) and "mamba-ssm" (the CUDA extension of the `mamba-ssm`
 package). `resolve_backend` picks one explicitly; nothing is ever substituted silently.
@@ -37,6 +43,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
+from effprof.ops.layout import empty_in_layout, in_layout_of
 
 BACKENDS = ("ref", "triton", "mamba-ssm")
 _CHOICES = ("auto",) + BACKENDS
@@ -245,13 +252,13 @@ def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
                        backend: str) -> tuple[Tensor, Tensor]:
     y, last_state = _run_backend(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return y.contiguous(), last_state.contiguous()
+    return in_layout_of(y, u), last_state.contiguous()
 
 
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     batch, d_inner, _ = u.shape
-    return torch.empty_like(u), u.new_empty((batch, d_inner, A.shape[1]), dtype=torch.float32)
+    return empty_in_layout(u), u.new_empty((batch, d_inner, A.shape[1]), dtype=torch.float32)
 
 
 @register_flop_formula(torch.ops.effprof.selective_scan)
@@ -294,8 +301,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """Selective scan through the chosen backend (see the module docstring for shapes and math).
 
     `backend` is one of auto|ref|triton|mamba-ssm (resolved with `resolve_backend` on u's device).
-    Returns y (batch, d_inner, L) in u's dtype, or (y, last_state) with last_state
-    (batch, d_inner, d_state) float32 when `return_last_state`. Forward only.
+    Returns y (batch, d_inner, L) in u's dtype and layout (channel-last when u is, else contiguous), or
+    (y, last_state) with last_state (batch, d_inner, d_state) float32 when `return_last_state`. Forward only.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     backend = resolve_backend(backend, u.device)

@@ -17,6 +17,15 @@ one per warp, so that a warp reads the same B and C row). Per chunk of CHUNK ste
 3. barrier; every thread sums the G partials of its CHUNK / G steps, adds D u, gates with silu(z) and
    stores y (16-byte stores when CHUNK / G >= 8).
 
+Any strides for u, delta, z and y (the time stride 1 of contiguous inputs is specialised by the launch, so
+the contiguous kernel is the one measured below; channel-last views of a Mamba block are read in place).
+Time split (`launch(time_chunks=K)`, for shapes whose batch × channel blocks leave SMs idle): each channel's
+sequence is cut into K chunks of whole CHUNKs across programs (grid axis 2), in three launches: MODE 1 walks
+chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32); `_carry_kernel`
+turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k + h_k (the chunk's decay is
+exp(A Σ delta') because the per-step decays multiply); MODE 2 walks every chunk from its entering state and
+writes y (the last chunk the last state). Chunks other than the last are walked twice.
+
 The CUDA default of `selective_scan_triton` (H200, batch 8 × 1536 × 4096, d_state 16, bf16: 0.357 ms
 against the Gluon kernel's 0.408; 7.45 SASS instructions per element against 10.4). Variants, counts and
 timings: benchmarks/diagnostics/scan_notes.md (sixth session). d_state is padded to a power of two
@@ -25,7 +34,9 @@ nothing to spread: the Gluon kernel's CHUNK 8 case), and `selective_scan_triton`
 """
 from __future__ import annotations
 
+import torch
 import triton
+import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
@@ -52,14 +63,21 @@ def _exp2_ftz(x):
 
 @gluon.jit
 def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
-                       d_inner, L,
+                       hend_ptr, dsum_ptr, d_inner, L, T, K,
+                       su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t,
+                       MODE: gl.constexpr,
                        N: gl.constexpr, N_PAD: gl.constexpr, S: gl.constexpr, HAS_D: gl.constexpr,
                        HAS_Z: gl.constexpr, HAS_DELTA_BIAS: gl.constexpr, DELTA_SOFTPLUS: gl.constexpr,
                        CHUNK: gl.constexpr, SUB: gl.constexpr, ROWS: gl.constexpr, PAD: gl.constexpr,
                        LANE_ORDER: gl.constexpr,
                        EVEN_L: gl.constexpr, EVEN_D: gl.constexpr, FAST_MATH: gl.constexpr, POLY_EVERY: gl.constexpr,
                        num_warps: gl.constexpr):
-    """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), the whole sequence."""
+    """One program: batch pid(0), channels pid(1) * BLOCK_D + [0, BLOCK_D), time chunk pid(2): steps
+    [pid(2) T, min(L, (pid(2) + 1) T)). MODE 0: the whole sequence (K = 1), y and the last state. MODE 1
+    (time split, first launch): the chunk from a zero state; stores its end state and Σ delta' (hend
+    (batch, K, N, d_inner), dsum (batch, K, d_inner), float32). MODE 2 (third launch, after `_carry_kernel`
+    turned hend[k] into the state entering chunk k + 1): the chunk from that state, y; the last chunk stores
+    the last state."""
     G: gl.constexpr = N_PAD // S              # lanes per channel
     BLOCK_D: gl.constexpr = ROWS * (32 // G) * num_warps
     STEPS: gl.constexpr = CHUNK // G          # steps per thread in phases 1 and 3
@@ -123,6 +141,12 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     A2 = gl.load(A_ptr + dn_offs, mask=dn_mask, other=0.0).to(gl.float32) * 1.4426950408889634
     A2 = gl.expand_dims(A2, 3)                                          # [BLOCK_D, G, S, 1]
     h = gl.zeros([BLOCK_D, G, S], gl.float32, carry_l)
+    k_t = gl.program_id(2)
+    t_begin = k_t * T
+    t_end = gl.minimum(t_begin + T, L)
+    if MODE == 2:  # the state entering chunk k: what `_carry_kernel` left in hend[k - 1] (zero for chunk 0)
+        h = gl.load(hend_ptr + ((pid_b.to(gl.int64) * K + k_t - 1) * N + n_c) * d_inner
+                    + gl.expand_dims(gl.expand_dims(d_c, 1), 2), mask=dn_mask & (k_t > 0), other=0.0)
     # which registers hold step 0 of a sub-block / a polynomial exp2 (compile-time per register)
     t_w = gl.arange(0, SUB, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, walk))))
     t4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(t_w, 0), 1), 2)                     # [1, 1, 1, SUB]
@@ -136,8 +160,13 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     d_io = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, io_l))
     t_io = gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(0, io_l)), 0)
     mask_d = gl.expand_dims(d_io < d_inner, 1)
-    rows = (pid_b * d_inner + d_io).to(gl.int64)
-    offs = gl.expand_dims(rows * L, 1) + t_io
+    b64 = pid_b.to(gl.int64)
+    d64 = gl.expand_dims(d_io.to(gl.int64), 1)
+    u_row = b64 * su_b + d64 * su_d           # [BLOCK_D, 1]: (batch, channel) bases; time at stride s*_t
+    delta_row = b64 * sd_b + d64 * sd_d
+    z_row = b64 * sz_b + d64 * sz_d
+    y_row = b64 * sy_b + d64 * sy_d
+    dsum_acc = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, io_l))
     bias = gl.zeros([BLOCK_D, 1], gl.float32, io_l)
     if HAS_DELTA_BIAS:
         bias = gl.expand_dims(gl.load(bias_ptr + d_io, mask=d_io < d_inner, other=0.0).to(gl.float32), 1)
@@ -158,15 +187,16 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     part_s = gl.allocate_shared_memory(gl.float32, [BLOCK_D, G, CHUNK], part_sl)
 
     # chunk 0's inputs; in the loop, chunk k+1's are loaded while chunk k computes
-    io_mask = mask_d & (t_io < L)
-    u_next = gl.load(u_ptr + offs, mask=io_mask, other=0.0)
-    delta_next = gl.load(delta_ptr + offs, mask=io_mask, other=0.0)
+    t0 = t_begin + t_io
+    io_mask = mask_d & (t0 < t_end)
+    u_next = gl.load(u_ptr + u_row + t0 * su_t, mask=io_mask, other=0.0)
+    delta_next = gl.load(delta_ptr + delta_row + t0 * sd_t, mask=io_mask, other=0.0)
     z_next = u_next
-    if HAS_Z:
-        z_next = gl.load(z_ptr + offs, mask=io_mask, other=0.0)
-    B_next = gl.load(B_ptr + bc_offs, mask=mask_n & (t_bc < L), other=0.0)
-    C_next = gl.load(C_ptr + bc_offs, mask=mask_n & (t_bc < L), other=0.0)
-    for start in range(0, L, CHUNK):
+    if HAS_Z and MODE != 1:
+        z_next = gl.load(z_ptr + z_row + t0 * sz_t, mask=io_mask, other=0.0)
+    B_next = gl.load(B_ptr + bc_offs + t_begin, mask=mask_n & (t_begin + t_bc < t_end), other=0.0)
+    C_next = gl.load(C_ptr + bc_offs + t_begin, mask=mask_n & (t_begin + t_bc < t_end), other=0.0)
+    for start in range(t_begin, t_end, CHUNK):
         # phase 1: per (channel, step) work, once per channel
         u = _to_float32(u_next)
         delta = _to_float32(delta_next)
@@ -174,25 +204,28 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         B_f = _to_float32(B_next)
         C_f = _to_float32(C_next)
         nxt = start + CHUNK
-        io_mask = mask_d & (nxt + t_io < L)
-        u_next = gl.load(u_ptr + offs + nxt, mask=io_mask, other=0.0)
-        delta_next = gl.load(delta_ptr + offs + nxt, mask=io_mask, other=0.0)
-        if HAS_Z:
-            z_next = gl.load(z_ptr + offs + nxt, mask=io_mask, other=0.0)
-        B_next = gl.load(B_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < L), other=0.0)
-        C_next = gl.load(C_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < L), other=0.0)
+        t1 = nxt + t_io
+        io_mask = mask_d & (t1 < t_end)
+        u_next = gl.load(u_ptr + u_row + t1 * su_t, mask=io_mask, other=0.0)
+        delta_next = gl.load(delta_ptr + delta_row + t1 * sd_t, mask=io_mask, other=0.0)
+        if HAS_Z and MODE != 1:
+            z_next = gl.load(z_ptr + z_row + t1 * sz_t, mask=io_mask, other=0.0)
+        B_next = gl.load(B_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < t_end), other=0.0)
+        C_next = gl.load(C_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < t_end), other=0.0)
         if HAS_DELTA_BIAS:
             delta = delta + bias
         if DELTA_SOFTPLUS:
             delta = _softplus(delta, FAST_MATH)
         if not EVEN_L:  # padded steps are the recurrence's identity (a = 1, b = 0): the carry stays exact
-            delta = gl.where(start + t_io < L, delta, 0.0)
+            delta = gl.where(start + t_io < t_end, delta, 0.0)
+        if MODE == 1:
+            dsum_acc += gl.sum(delta, axis=1)
         delta_s.store(delta)
         du_s.store(delta * u)
         B_s.store(B_f)
         C_s.store(C_f)
         skip = Dv * u
-        if HAS_Z:
+        if HAS_Z and MODE != 1:
             gate = _silu(_to_float32(z_raw), FAST_MATH)
         gl.thread_barrier()  # delta, delta u, B, C of this chunk are in shared memory
         # phase 2: sequential in time, S states per thread
@@ -216,17 +249,44 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             part_s.slice(j * SUB, SUB, dim=2).store(gl.sum(hs * Cw, axis=2))
         gl.thread_barrier()  # partial y of every lane is in shared memory
         # phase 3: the G partials of each of this thread's steps, D skip, gate, store
-        y = gl.sum(part_s.load(red_l), axis=1)
-        if HAS_D:
-            y = y + skip
-        if HAS_Z:
-            y = y * gate
-        if EVEN_L and EVEN_D:
-            gl.store(y_ptr + offs + start, y.to(y_ptr.dtype.element_ty))
-        else:
-            gl.store(y_ptr + offs + start, y.to(y_ptr.dtype.element_ty), mask=mask_d & (start + t_io < L))
-    last_offs = gl.expand_dims(gl.expand_dims((pid_b * d_inner + d_c).to(gl.int64) * N, 1), 2) + n_c
-    gl.store(last_ptr + last_offs, h, mask=dn_mask)
+        if MODE != 1:
+            y = gl.sum(part_s.load(red_l), axis=1)
+            if HAS_D:
+                y = y + skip
+            if HAS_Z:
+                y = y * gate
+            y_addr = y_ptr + y_row + (start + t_io) * sy_t
+            if EVEN_L and EVEN_D:
+                gl.store(y_addr, y.to(y_ptr.dtype.element_ty))
+            else:
+                gl.store(y_addr, y.to(y_ptr.dtype.element_ty), mask=mask_d & (start + t_io < t_end))
+    if MODE == 1:
+        sum_at = (pid_b.to(gl.int64) * K + k_t)
+        gl.store(dsum_ptr + sum_at * d_inner + d_io, dsum_acc, mask=d_io < d_inner)
+        gl.store(hend_ptr + (sum_at * N + n_c) * d_inner + gl.expand_dims(gl.expand_dims(d_c, 1), 2), h, mask=dn_mask)
+    else:
+        if k_t == K - 1:  # MODE 0: K = 1
+            last_offs = gl.expand_dims(gl.expand_dims((pid_b * d_inner + d_c).to(gl.int64) * N, 1), 2) + n_c
+            gl.store(last_ptr + last_offs, h, mask=dn_mask)
+
+
+@triton.jit
+def _carry_kernel(hend_ptr, dsum_ptr, A_ptr, d_inner, K, N: tl.constexpr, BLOCK: tl.constexpr):
+    """The carry over chunk boundaries, in place: hend[b, k] (chunk k's end state from zero) becomes the state
+    entering chunk k + 1, H_{k+1} = exp(A Σ_k delta') H_k + hend[b, k] with H_0 = 0. One program per
+    (batch, BLOCK (state, channel) pairs), sequential over the K - 1 chunks; float32 throughout."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)          # n * d_inner + d
+    mask = idx < N * d_inner
+    n = idx // d_inner
+    d = idx % d_inner
+    A2 = tl.load(A_ptr + d * N + n, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    h = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(0, K - 1):
+        at = (pid_b * K + k) * (N * d_inner) + idx
+        dsum = tl.load(dsum_ptr + (pid_b * K + k) * d_inner + d, mask=mask, other=0.0)
+        h = tl.exp2(A2 * dsum) * h + tl.load(hend_ptr + at, mask=mask, other=0.0)
+        tl.store(hend_ptr + at, h, mask=mask)
 
 
 def lanes_geometry(d_state: int, states_per_thread: int, num_warps: int, rows: int = 1) -> tuple[int, int, int]:
@@ -255,31 +315,55 @@ def plan(d_state: int, L: int, config: dict) -> dict | None:
     return dict(chunk=chunk, states_per_thread=s, sub=min(config.get("sub", 16), chunk),
                 num_warps=config.get("num_warps", 4), poly_every=config.get("poly_every", 0),
                 rows=config.get("rows", 1), pad=config.get("pad", True), maxnreg=config.get("maxnreg"),
-                lane_order=order)
+                lane_order=order, time_chunks=config.get("time_chunks", 1))
+
+
+def time_split(L: int, chunk: int, time_chunks: int) -> tuple[int, int]:
+    """(T, K): K chunks of T steps covering L (T a multiple of chunk, no empty chunk), K <= time_chunks."""
+    k = max(1, min(time_chunks, triton.cdiv(L, chunk)))
+    T = triton.cdiv(triton.cdiv(L, k), chunk) * chunk
+    return T, triton.cdiv(L, T)
 
 
 def launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk: int, num_warps: int,
            states_per_thread: int = 4, sub: int = 8, fast_math: bool = True, poly_every: int = 0, rows: int = 1,
-           pad: bool = True, maxnreg: int | None = None, lane_order: int = 0):
-    """Run the kernel into y and last_state (contiguous tensors, shapes as `selective_scan_ref`) with the
-    parameters of `plan`. chunk: steps per iteration (shared-memory staging), sub: steps per in-thread
-    tile, poly_every k > 0: every k-th exponential of a thread's tile by `_exp2_poly` (fast math only), rows:
-    channels per thread (they share the B and C rows a thread reads), pad: bank-conflict-free padded shared
-    memory (else plain row-major, for comparison), maxnreg: the register cap passed to ptxas, lane_order: how
-    phase 2's threads map to lanes (0: a channel's lanes consecutive, 1: channels on the lowest lane bits,
-    2: one state group per warp; see the kernel)."""
+           pad: bool = True, maxnreg: int | None = None, lane_order: int = 0, time_chunks: int = 1):
+    """Run the kernel into y and last_state (shapes as `selective_scan_ref`; u, delta, z, y any strides,
+    B and C contiguous, last_state contiguous) with the parameters of `plan`. chunk: steps per iteration
+    (shared-memory staging), sub: steps per in-thread tile, poly_every k > 0: every k-th exponential of a
+    thread's tile by `_exp2_poly` (fast math only), rows: channels per thread (they share the B and C rows a
+    thread reads), pad: bank-conflict-free padded shared memory (else plain row-major, for comparison),
+    maxnreg: the register cap passed to ptxas, lane_order: how phase 2's threads map to lanes (0: a
+    channel's lanes consecutive, 1: channels on the lowest lane bits, 2: one state group per warp; see the
+    kernel), time_chunks: split each channel's sequence into at most this many chunks of whole CHUNKs
+    across programs (three launches: the chunks' end states from zero, the carry over chunk boundaries,
+    then y from each chunk's entering state)."""
     batch, d_inner, L = u.shape
     N = A.shape[1]
     n_pad, s, bd = lanes_geometry(N, states_per_thread, num_warps, rows)
+    T, K = time_split(L, chunk, time_chunks)
     dummy = u  # never read: the matching HAS_* flag is off
-    _scan_lanes_kernel[(batch, triton.cdiv(d_inner, bd))](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, y, last_state, d_inner, L,
-        N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk, SUB=min(sub, chunk), ROWS=rows, PAD=pad,
-        LANE_ORDER=lane_order,
-        EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
-        POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
+    zz = z if z is not None else u
+    if K > 1:
+        hend = torch.empty(batch, K, N, d_inner, device=u.device, dtype=torch.float32)
+        dsum = torch.empty(batch, K, d_inner, device=u.device, dtype=torch.float32)
+    else:
+        hend = dsum = last_state  # never touched in MODE 0
+    args = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+            y, last_state, hend, dsum, d_inner, L, T, K, *u.stride(), *delta.stride(), *zz.stride(), *y.stride())
+    flags = dict(N=N, N_PAD=n_pad, S=s, HAS_D=D is not None, HAS_Z=z is not None,
+                 HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=bool(delta_softplus), CHUNK=chunk,
+                 SUB=min(sub, chunk), ROWS=rows, PAD=pad, LANE_ORDER=lane_order,
+                 EVEN_L=L % chunk == 0, EVEN_D=d_inner % bd == 0, FAST_MATH=fast_math,
+                 POLY_EVERY=poly_every if fast_math else 0, num_warps=num_warps,
+                 **({"maxnreg": maxnreg} if maxnreg else {}))
+    blocks = triton.cdiv(d_inner, bd)
+    if K > 1:
+        _scan_lanes_kernel[(batch, blocks, K - 1)](*args, MODE=1, **flags)
+        _carry_kernel[(batch, triton.cdiv(N * d_inner, 512))](hend, dsum, A, d_inner, K, N=N, BLOCK=512, num_warps=4)
+        _scan_lanes_kernel[(batch, blocks, K)](*args, MODE=2, **flags)
+    else:
+        _scan_lanes_kernel[(batch, blocks, 1)](*args, MODE=0, **flags)
 
 
 def scan_lanes_model(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
@@ -287,7 +371,6 @@ def scan_lanes_model(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_s
     split into G lanes of S, time padded to whole chunks (delta = 0 there: a = 1, b = 0), each lane's
     states walked step by step with the carry across chunks, per-lane partials sum_s C h summed over
     the lanes, then D u and the silu(z) gate. Returns (y float32, last state)."""
-    import torch
     batch, d_inner, L = u.shape
     N = A.shape[1]
     p = plan(N, L, config or {})

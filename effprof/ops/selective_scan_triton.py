@@ -24,6 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
+from effprof.ops.layout import empty_in_layout
+from effprof.ops.scan_math_triton import (_scan_combine, _scan_combine_pair, _silu,  # noqa: F401
+                                          _softplus, _to_float32)
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -39,71 +43,60 @@ DEFAULT_CONFIG = {"BLOCK_D": 32, "CHUNK": 32, "num_warps": 4, "num_stages": 3, "
 # (2026-11-23, benchmarks/results/h100-2026-11-23/), batch 1 × 1536 × 16384, d_state 16:
 # DEFAULT_CONFIG 0.80 ms; BLOCK_D 16 / CHUNK 64 / 4 warps 0.433 ms, 0.408 with fast_unpack and two
 # states per scan; BLOCK_D 8 with 2 warps 0.667 ms, with 1 warp 5.47 ms. At batch 8 × 1536 × 4096 the
-# default (0.449 ms) beats 16/64/4 (0.471 ms). So only when the default's blocks cannot give every SM
-# a program (48 for 132 SMs at batch 1) is the small-batch config used; shapes in between (e.g.
-# MRSS's 8 × 1024: 256 programs) keep the default they were measured with.
+# default (0.449 ms) beats 16/64/4 (0.471 ms). Until 2026-12-07 the shapes whose default blocks could not
+# give every SM a program (48 for 132 SMs at batch 1) ran this small-batch config; they now run the lanes
+# kernel with its time split (H200, 1 × 1536 × 16384 channel-last: 0.402 ms against this config's 0.902),
+# and this config stays selectable for comparison.
 SMALL_BATCH_CONFIG = {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4, "fast_unpack": True, "pair_states": True,
                       "gluon": False, "kernel": "chunked"}
-PROGRAMS_PER_SM = 1
+# The `tl` time-split kernel (`selective_scan_split`, kernel "split") measured 4× slower than the lanes kernel at
+# Cobra's batch-1 shape on an H100 (1 × 5120 × 793 × 16: 0.81 vs 0.19 ms, benchmarks/results/
+# h100-2026-12-07-kernels/): SPLIT_BELOW = 0 keeps every CUDA shape on the lanes kernel, which splits time
+# itself where the batch cannot fill the GPU (`lanes_time_chunks`); "split" stays selectable (and is the
+# time-split path the CPU interpreter tests run).
+SPLIT_CONFIG = {"kernel": "split"}
+SPLIT_BELOW = 0
+
+
+# Where batch × channel blocks of the lanes kernel leave SMs without a program, each channel's sequence is split
+# into time chunks across programs (`selective_scan_lanes.launch`, time_chunks): enough for LANES_PROGRAMS_PER_SM
+# programs per SM, at least MIN_STEPS_PER_CHUNK steps each. Measured on an H200 (2026-12-07, bf16, channel-last,
+# benchmarks/results/h200-2026-12-07-kernels/): 1 × 1536 × 2048 × 16 (48 programs) 0.102 ms unsplit, 0.059 with
+# 8 chunks; 1 × 1536 × 16384: 0.951 -> 0.393 ms; but 1 × 5120 × 793 (160 programs for 132 SMs) 0.066 ms unsplit,
+# 0.074-0.079 with 2-12 chunks, and 8 × 1536 × 4096 0.364 unsplit, 0.514 with 2: the split's second walk of
+# each chunk costs more than the occupancy it buys once every SM has a program.
+LANES_PROGRAMS_PER_SM = 3
+MIN_STEPS_PER_CHUNK = 128
+
+
+def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
+    """How many time chunks the lanes kernel splits each sequence into on `device`: enough for
+    `programs_per_sm` (default LANES_PROGRAMS_PER_SM) programs per SM, at most L / `min_steps_per_chunk`.
+    1 (no split) where batch × channel blocks already fill the GPU, and off CUDA."""
+    if device.type != "cuda":
+        return 1
+    from effprof.ops.selective_scan_lanes import lanes_geometry
+    _, _, block_d = lanes_geometry(16, config.get("states_per_thread", 4), config.get("num_warps", 4),
+                                   config.get("rows", 1))
+    programs = batch * triton.cdiv(d_inner, block_d)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= sms:  # every SM has a program: splitting only adds the second walk (measured, see above)
+        return 1
+    want = triton.cdiv(config.get("programs_per_sm", LANES_PROGRAMS_PER_SM) * sms, programs)
+    return max(1, min(want, L // config.get("min_steps_per_chunk", MIN_STEPS_PER_CHUNK)))
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """Block sizes for this shape: DEFAULT_CONFIG's when its channel blocks fill the GPU, else the
-    small-batch config (both measured; see above). Empty (= defaults) off CUDA."""
+    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU
+    (at least SPLIT_BELOW programs per SM), else the time-split kernel. Empty (= defaults) off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= PROGRAMS_PER_SM * sms:
+    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= SPLIT_BELOW * sms:
         return {}
-    return dict(SMALL_BATCH_CONFIG)
+    return dict(SPLIT_CONFIG) if SPLIT_BELOW > 0 else {}
 
 
-@triton.jit
-def _scan_combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _scan_combine_pair(a1, b1, c1, d1, a2, b2, c2, d2):
-    return a1 * a2, a2 * b1 + b2, c1 * c2, c2 * d1 + d2
-
-
-@triton.jit
-def _to_float32(x, FAST_UNPACK: tl.constexpr):
-    """bf16 -> float32. FAST_UNPACK: two values per 32-bit register with one shift and one mask (the
-    compiler's own conversion spends a byte permute and a shift on the high half: 3 instructions per
-    pair instead of 2; B and C are unpacked once per state, ~1 of the loop's 14 instructions per element)."""
-    if FAST_UNPACK:
-        return tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }", "=r,=r,r", [x],
-                                         dtype=tl.float32, is_pure=True, pack=2)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
-def _log2(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:  # one MUFU.LG2 instead of libm's ~20-instruction polynomial
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.log2(x)
-
-
-@triton.jit
-def _softplus(x, FAST_MATH: tl.constexpr):
-    # log(1 + e^x) through exp2/log2; identity above 20 (torch's threshold, and Mamba's kernel's)
-    return tl.where(x <= 20.0, _log2(1.0 + tl.exp2(x * 1.4426950408889634), FAST_MATH) * 0.6931471805599453, x)
-
-
-@triton.jit
-def _silu(z, FAST_MATH: tl.constexpr):
-    if FAST_MATH:  # z sigmoid(z) = z/2 (1 + tanh(z/2)): one MUFU.TANH
-        half = 0.5 * z
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [half], dtype=tl.float32,
-                                      is_pure=True, pack=1)
-        return half + half * t
-    else:  # z sigmoid(z) with an approximate division (MUFU.RCP + FMUL, ~1 ulp)
-        return tl.fdiv(z, 1.0 + tl.exp2(-z * 1.4426950408889634), ieee_rounding=False)
 
 
 @triton.jit
@@ -216,27 +209,6 @@ def _scan_chunked_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bi
         tl.store(last_ptr + rows * N + n, h[n], mask=mask_d)
 
 
-def _fix_interpreter_scalar_index() -> None:
-    """Under TRITON_INTERPRET=1 with numpy >= 2.4, triton <= 3.6's interpreter turns a run-time scalar
-    (a 1-element array) into a loop bound with `int(array)`, which numpy 2.4 rejects
-    (triton-lang/triton#9171, fixed upstream by #9172). Apply that one-line fix, in interpret mode only."""
-    import os
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return
-    from triton.runtime import interpreter
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "effprof_fixed", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched.effprof_fixed = True
-    interpreter._patch_lang_tensor = patched
-
-
-_fix_interpreter_scalar_index()
 
 
 @functools.cache
@@ -253,8 +225,10 @@ def gluon_available() -> bool:
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` sizes the
-    channel block to the GPU). kernel: "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
+    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` picks the
+    kernel for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
+    `occupancy_config` picks where batch × d_inner leaves SMs idle, e.g. batch-1 prefill; any strides, its
+    own keys BLOCK_D, CHUNK, num_warps, programs_per_sm, max_chunks, chunks), "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
     thread and states across lanes; keys states_per_thread, sub, CHUNK, num_warps, rows, pad, lane_order,
     poly_every, maxnreg; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
     with gluon on, the default, CUDA tensors run the Gluon kernel of `selective_scan_gluon`, whose channel
@@ -273,6 +247,24 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
     N = A.shape[1]
+    if cfg.get("kernel") == "split":  # reads u, delta, z through their strides: no copies
+        from effprof.ops.selective_scan_split import selective_scan_split
+        return selective_scan_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, config=config,
+                                    fast_math=fast_math)
+    if L > 0 and cfg.get("kernel") == "lanes" and u.is_cuda and gluon_available():
+        from effprof.ops import selective_scan_lanes
+        chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
+        if "time_chunks" not in cfg:
+            cfg["time_chunks"] = lanes_time_chunks(batch, d_inner, L, u.device, cfg)
+        lanes = selective_scan_lanes.plan(N, L, cfg)
+        if lanes is not None:  # else (d_state 1) the Gluon kernel below
+            # u, delta, z read and y written through their strides (a Mamba block's channel-last views)
+            y = empty_in_layout(u)
+            last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
+            # B and C time-contiguous (a copy of 2·N·L values): strided B/C loads cost the kernel 36 registers
+            selective_scan_lanes.launch(u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D, z, delta_bias,
+                                        delta_softplus, y, last_state, fast_math=fast_math, **lanes)
+            return y, last_state
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
@@ -280,13 +272,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if L == 0:
         return y, last_state.zero_()
     chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
-    if cfg.get("kernel") == "lanes" and u.is_cuda and gluon_available():
-        from effprof.ops import selective_scan_lanes
-        lanes = selective_scan_lanes.plan(N, L, cfg)
-        if lanes is not None:  # else (d_state 1) the Gluon kernel below
-            selective_scan_lanes.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state,
-                                        fast_math=fast_math, **lanes)
-            return y, last_state
     if cfg.get("gluon", True) and u.is_cuda and gluon_available() and chunk <= 64:
         from effprof.ops import selective_scan_gluon
         selective_scan_gluon.launch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y, last_state, chunk,
