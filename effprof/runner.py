@@ -31,6 +31,9 @@ from effprof.core.registry import BuildContext, Built, Stage, get_component
 from effprof.modules.tensor_parallel import shard
 from effprof.trackers import Run, enabled_trackers
 
+EAGER_NOTE = ("eager (--eager): the host-bound, as-deployed figure: kernels launched one by one from Python, so at "
+              "batch 1 the host's launch work sets the time and it moves with the host (--graphs times the "
+              "device's work)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
 
@@ -192,6 +195,10 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
         static = input_sets[0]
         step = compiled_call(built, static, device, fields) if opts.compile else built.call
         call = graphed_callable(step, static, device)
+        if opts.train:  # effprof.measure.training.StepCall: PyTorch's whole-network capture
+            fields["train_exec"] = ("one CUDA graph per step: forward, loss, backward and optimizer step "
+                                    f"({opts.optimizer}{', capturable' if opts.optimizer == 'adamw' else ''}), "
+                                    "static gradients, warm-up on a side stream")
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)
@@ -267,6 +274,11 @@ def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildCon
         "status": "ok",
     }
     record.update({f"param_{k}": v for k, v in values.items() if k != "pretrained"})
+    notes = list(config.notes)
+    if opts.eager and ctx.device.type == "cuda":
+        notes.append(EAGER_NOTE)
+    if notes:
+        record["exec_note"] = "; ".join(notes)
     record["timing_mode"] = "cold" if opts.cold else "warm"
     # what reproduces the row: the options that shape the timing and the inputs
     record.update(seed=opts.seed, warmup_s=opts.warmup, min_time_s=opts.min_time, max_time_s=opts.max_time,
@@ -329,7 +341,8 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
                  timer: Callable[..., TimingResult] = time_callable,
                  on_phase: Callable[[Config, str], None] | None = None,
                  raise_refusals: bool = False,
-                 measure_one: Callable[..., dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 measure_one: Callable[..., dict[str, Any]] | None = None,
+                 stop_if_unfit: bool = False) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
@@ -337,6 +350,12 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
     comparison keeps every finished row; `on_phase(config, phase)` when a row enters a phase (see `measure`).
     `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.inline routes
     `--tp` rows to their ranks).
+
+    After a row that failed (error or OOM), `effprof.measure.modes.recover` puts back what a failed CUDA-graph
+    capture or compile left in the process (the generator's capture state, the capture stream, dynamo's
+    caches) and probes it. When the process cannot measure another row, the row's record gets
+    `process_unfit` (why) and, with `stop_if_unfit`, the loop stops there: the records returned are fewer
+    than the configurations and the caller (a launcher) measures the rest in a fresh process.
     """
     measure_one = measure_one or measure
     for config in configs:  # refuse bad rows before spending any time
@@ -364,13 +383,31 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             if config.options.debug:  # whoever writes a component needs the whole story
                 record["traceback"] = traceback.format_exc()
         free_memory()
+        unfit = None
+        if record.get("status") in ("error", "OOM"):
+            unfit = recover_after(config)
+            if unfit:
+                record["process_unfit"] = unfit
         if not records:  # what the first row imported lazily (dynamo, kernel modules) joins the frozen set
             gc.freeze()
         record["wall_s"] = time.perf_counter() - start
         records.append(record)
         if on_record is not None:
             on_record(record)
+        if unfit and stop_if_unfit:
+            break
     return records
+
+
+def recover_after(config: Config) -> str | None:
+    """`modes.recover` on the row's device (None: the process may measure the next row; else why not)."""
+    from effprof.measure import modes
+
+    try:
+        device = config.options.torch_device()
+    except EffprofError:
+        return None
+    return modes.recover(device, compiled=config.options.compile)
 
 
 def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:

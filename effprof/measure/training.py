@@ -328,9 +328,19 @@ def step_phases(step: TrainingStep, inputs: tuple, repeats: int = 5, warmup: int
 
 class StepCall:
     """A training step shaped like a `Built` for the runner's execution modes: `call(inputs, module)` runs one
-    step (on `module`, e.g. the compiled one, when given); `module` is the module stepped."""
+    step (on `module`, e.g. the compiled one, when given); `module` is the module stepped.
+
+    Under `--graphs` the runner captures the whole step (forward, loss, backward, optimizer step) in one
+    CUDA graph, PyTorch's whole-network capture: warm-up steps on a side stream, then `graph_body` captured
+    with the gradients set to None before it, so that backward allocates them from the graph's pool and
+    every replay writes the same (static) gradient tensors; the optimizer is AdamW with `capturable=True`
+    (its step counters live on the device and are updated by the replay). `graph_body` is the eager step
+    in another order (zero_grad first): the same updates, step for step (tests/test_training.py).
+    """
 
     handles_exec_mode = False  # the runner applies graphs / compile to the step
+    stages = None              # one step is one call: no stage split
+    forward = None             # the call is `call`, not module(*inputs)
 
     def __init__(self, step: TrainingStep, graphs: bool = False):
         self.step = step
