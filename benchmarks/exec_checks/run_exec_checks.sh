@@ -12,7 +12,7 @@ here=benchmarks/exec_checks
 python $here/probe_recover.py > "$OUT/probe_recover.json" 2>&1
 python -m effprof compare $here/isolation.yaml --no-isolate --json "$OUT/isolation.json" > "$OUT/isolation.log" 2>&1
 python -m effprof compare $here/clip-lora-subset.yaml --json "$OUT/clip_lora_pass1.json" > "$OUT/clip_lora.log" 2>&1
-python -m effprof compare $here/clip-lora-subset.yaml --json "$OUT/clip_lora_pass2.json" >> "$OUT/clip_lora.log" 2>&1
 python -m effprof compare $here/token-reduction-tiny.yaml --json "$OUT/token_reduction_tiny.json" > "$OUT/token_reduction_tiny.log" 2>&1
+python -m effprof compare $here/clip-lora-subset.yaml --json "$OUT/clip_lora_pass2.json" >> "$OUT/clip_lora.log" 2>&1
 python -m effprof compare $here/clip-lora-subset.yaml --eager --json "$OUT/clip_lora_eager.json" >> "$OUT/clip_lora.log" 2>&1
 echo done >> "$OUT/env.txt"
