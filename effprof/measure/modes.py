@@ -50,14 +50,20 @@ def _closure(call: Callable, inputs: tuple | None) -> Callable[[], Any]:
 def graphed_callable(call: Callable, inputs: tuple | None = None, device: torch.device | None = None,
                      warmup_calls: int = 3) -> Callable[[], Any]:
     """A zero-argument function replaying a CUDA graph of `call(inputs)` (or of `call()` when `inputs`
-    is None); returns the graph's static output. Raises GraphCaptureError off CUDA or when capture fails."""
+    is None); returns the graph's static output. Raises GraphCaptureError off CUDA or when capture fails,
+    after putting back what the failed capture left (`_undo_capture`).
+
+    The capture is `torch.cuda.graph`'s, spelled out (synchronise, empty the cache, capture on a side stream
+    into a pool of our own) so that a failure is known to have happened before, during or at the end of the
+    capture: `torch.cuda.graph.__exit__` leaves its stream current when `capture_end` raises."""
     device = device or torch.device("cuda")
     if device.type != "cuda" or not torch.cuda.is_available():
         raise GraphCaptureError(f"CUDA graphs need a CUDA device (got {device.type})")
     fn = _closure(call, inputs)
-    before = torch.cuda.current_stream(device)
-    graph = None
+    graph = pool = None
+    phase = "warm-up"
     try:
+        before = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(before)
         with torch.cuda.stream(side):
@@ -65,15 +71,29 @@ def graphed_callable(call: Callable, inputs: tuple | None = None, device: torch.
                 fn()
         before.wait_stream(side)
         torch.cuda.synchronize(device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn()
+        torch.cuda.empty_cache()
+        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        with torch.cuda.stream(torch.cuda.Stream(device)):  # its exit makes `before` current again, always
+            phase = "capture"
+            graph.capture_begin(pool=pool)
+            failure = None
+            try:
+                static_out = fn()
+            except Exception as exc:  # the call's own error is the one to report, not capture_end's after it
+                failure = exc
+            try:
+                graph.capture_end()  # raises when the capture was invalidated (a host sync inside it)
+                phase = "ended"
+            except Exception as exc:
+                failure = failure or exc
+            if failure is not None:
+                raise failure
         torch.cuda.synchronize(device)
     except Exception as exc:
         first = str(exc).strip().splitlines()
         message = f"CUDA graph capture failed: {type(exc).__name__}: {first[0][:200] if first else ''}"
         del exc
-        _undo_capture(graph, before)
+        _undo_capture(graph, device, pool, capture_unfinished=phase == "capture")
         raise GraphCaptureError(message) from None
 
     def replay():
@@ -84,25 +104,29 @@ def graphed_callable(call: Callable, inputs: tuple | None = None, device: torch.
     return replay
 
 
-def _undo_capture(graph, stream) -> None:
-    """What a failed capture leaves in this process, put back as far as the public API reaches: the stream
-    that was current before (`torch.cuda.graph` leaves its capture stream current when `capture_end` raises),
-    a capture still open on it ended, and the failed graph reset (its generator registration and capture
-    bookkeeping dropped). Best effort: `recover` checks the result."""
-    try:
-        if torch.cuda.is_current_stream_capturing() and graph is not None:
-            graph.capture_end()
-    except Exception:  # an invalidated capture ends with an error: it is over either way
-        pass
-    try:
-        torch.cuda.set_stream(stream)
-    except Exception:
-        pass
-    if graph is not None:
+def _undo_capture(graph, device: torch.device, pool, capture_unfinished: bool) -> None:
+    """What a failed capture leaves in this process, put back as far as the API reaches. When `capture_end`
+    raised (`capture_unfinished`), the allocator may still route the capture's allocations to its pool and
+    nothing will release that pool (a graph releases it on reset only after a capture that ended): end the
+    routing and release it. Then reset the graph (its generator registration and capture bookkeeping go).
+    Best effort, every step on its own: `recover` checks the result."""
+    def attempt(step, *args) -> bool:
         try:
-            graph.reset()
-        except Exception:
-            pass
+            step(*args)
+            return True
+        except Exception:  # noqa: BLE001  (what is already undone raises: fine)
+            return False
+
+    if capture_unfinished and pool is not None:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        end_pool = getattr(torch._C, "_cuda_endAllocateToPool", None)
+        release_pool = getattr(torch._C, "_cuda_releasePool", None)
+        if end_pool is not None:
+            attempt(end_pool, index, pool)  # fails harmlessly where capture_end ended it before failing
+        if release_pool is not None:
+            attempt(release_pool, index, pool)
+    if graph is not None:
+        attempt(graph.reset)
 
 
 def recover(device: torch.device, compiled: bool = False) -> str | None:
