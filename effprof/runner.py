@@ -107,7 +107,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     opts = config.options.validate()
     if opts.tp > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise UsageError(f"--tp {opts.tp}: a tensor-parallel row is measured inside its ranks, which "
-                         "effprof.launch starts (effprof.launch.inline.measure_row)")
+                         "effprof.launch starts (effprof.launch.rows.measure_row)")
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     tell = on_phase or (lambda name: None)
     tell("build")
@@ -162,7 +162,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     into the captured tensors); compile: the `torch.compile`d module (or the compiled call, or each compiled
     stage), its compile time (the first call) reported apart and never inside the latency; compile+graphs:
     the compiled call captured in a CUDA graph (Inductor's fused kernels, replayed without launches). With --train, `built` is the training tracker's
-    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
+    `StepCall` (effprof.measure.training): each call is one training step, in the same modes; under graphs
+    the whole step (forward, loss, backward, capturable AdamW step) is one CUDA graph.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
@@ -348,7 +349,7 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
 
     `on_record` is called after every row (the CLI rewrites its CSV/JSON there), so an interrupted
     comparison keeps every finished row; `on_phase(config, phase)` when a row enters a phase (see `measure`).
-    `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.inline routes
+    `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.rows routes
     `--tp` rows to their ranks).
 
     After a row that failed (error or OOM), `effprof.measure.modes.recover` puts back what a failed CUDA-graph

@@ -3,7 +3,7 @@ or a fresh process per row (`--isolate`).
 
 A plain pool, nothing more: workers are `multiprocessing` processes of the *spawn* context (a forked
 CUDA context is unusable); each sees only its GPU (`CUDA_VISIBLE_DEVICES` set before it starts) and
-calls `effprof.launch.inline.measure_rows` on one pickled `Config` at a time. Rows are handed out as workers
+calls `effprof.launch.rows.measure_rows` on one pickled `Config` at a time. Rows are handed out as workers
 free up and the records are merged back in the profile's order. What the pool adds over a loop:
 
 - a row that fails or runs out of memory is a row of the table (the runner already does that), and
@@ -119,7 +119,7 @@ def _worker_main(slot: Slot, tasks, results, log_path: str) -> None:
     import torch
 
     from effprof.core.errors import EffprofError
-    from effprof.launch.inline import measure_rows
+    from effprof.launch.rows import measure_rows
     from effprof.runner import failed_record
 
     if slot.threads:
