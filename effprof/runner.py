@@ -182,7 +182,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
         eager = {s.name for s in built.stages if s.host_sync}
         if opts.compile:
             raise GraphCaptureError(f"--compile --graphs: stage(s) {', '.join(sorted(eager))} read a count back on "
-                                    "the host, so the compiled call cannot be captured; use --graphs, or --compile --no-graphs")
+                                    "the host, so the compiled call cannot be captured; use --graphs, or "
+                                    "--compile --no-graphs")
         staged = Built(built.module, built.make_inputs, built.unit,
                        stages=graphed_stages(built.stages, device, eager))
         fields["exec_mode"] += f" (a graph per stage; {', '.join(sorted(eager))} eager: host read-back)"
