@@ -357,8 +357,11 @@ def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False
                count_flops: bool = True) -> tuple[StepCall, dict[str, Any]]:
     """Set up `--train`: a fresh step, its memory split (first step) and FLOPs; returns what to time and
     the record fields. With `graphs` the optimizer is capturable (its step counter lives on the device)."""
+    import warnings
     from dataclasses import replace
 
+    if graphs:  # the eager steps before the capture (memory split, warm-up) are meant to run uncaptured
+        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
     step = TrainingStep(built, replace(options, capturable=graphs), name=name)
     trainable, frozen = param_counts(built.module)
     try:  # forward + backward once before the split: cuBLAS workspaces and autograd's device threads
