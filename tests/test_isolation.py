@@ -96,3 +96,38 @@ def test_recover_on_cpu_resets_dynamo_after_a_compile_failure(monkeypatch):
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
     assert modes.recover(torch.device("cpu")) is None and resets == []
     assert modes.recover(torch.device("cpu"), compiled=True) is None and resets == [1]
+
+
+POISONING_COMPONENT = '''
+import torch
+from effprof.measure import modes
+
+
+def poisons():
+    """Its call fails, and the process it ran in cannot be put back (modes.recover says so)."""
+    modes.recover = lambda device, compiled=False: "after the failure: RuntimeError: poisoned for the test"
+
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("capture failed (injected)")
+
+    return Fails(), lambda batch: (torch.zeros(batch, 4),)
+'''
+
+
+def test_a_pool_worker_left_unfit_is_replaced_before_the_next_row(tmp_path):
+    """In a worker pool (the --isolate path without isolation here: one worker for every row), a row that leaves
+    its worker unfit ends that worker, and the next row runs in a fresh one."""
+    (tmp_path / "poison.py").write_text(POISONING_COMPONENT)
+    linear = {"component": "linear", "params": {"tokens": 4, "in_dim": 8, "out_dim": 8}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({
+        "options": {"device": "cpu", "min_time": 0.02, "warmup": 0, "max_cv": 1},
+        "rows": [dict(linear, label="first"), {"component": "poison.py:poisons", "label": "poisons"},
+                 dict(linear, label="after")]}))
+    out = tmp_path / "r.json"
+    assert main(["compare", str(path), "--workers", "1", "--json", str(out)]) == 1
+    first, poisoned, after = read_json(out)
+    assert [first["status"], poisoned["status"], after["status"]] == ["ok", "error", "ok"]
+    assert "poisoned for the test" in poisoned["process_unfit"] and after["latency_ms_median"] > 0
+    assert first["worker_pid"] == poisoned["worker_pid"] != after["worker_pid"]
