@@ -10,7 +10,7 @@ from effprof.core.profiles import load_profile
 from effprof.report.files import read_json
 
 
-@pytest.mark.parametrize("name", ["token-reduction", "vmamba-directions", "clip-lora"])
+@pytest.mark.parametrize("name", ["token-reduction", "vmamba-directions", "clip-lora", "tome-vit"])
 def test_graphs_profiles_fall_back_to_eager_on_cpu_with_a_note(name):
     on_cpu = load_profile(name, RunOptions(), {"device": "cpu"})
     assert on_cpu.configs and not any(c.options.graphs for c in on_cpu.configs)
@@ -62,3 +62,32 @@ def test_launch_key_is_checked(tmp_path, launch, message):
     path.write_text(yaml.safe_dump({"launch": launch, "rows": [{"component": "linear"}]}))
     with pytest.raises(ProfileError, match=message):
         load_profile(str(path), RunOptions(), {"device": "cpu"})
+
+
+def test_tome_in_a_clip_tower_reads_nothing_back_on_the_host():
+    """tome-vit's graphs default needs ToMe's forward in a CLIP tower to be capturable: no op that reads a value
+    back on the host (seen at the dispatcher on CPU)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from effprof.core.registry import BuildContext, get_component
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    component = get_component("clip-vision")
+    values = component.resolve({"preset": "vit-b-16", "reducer": "tome", "r": 16, "img_size": 64})
+    built = component.build(values, BuildContext(torch.device("cpu"), torch.float32, 0, "graphs"))
+    built.module.eval()
+    inputs = built.make_inputs(1)
+    ops = Ops()
+    with torch.inference_mode(), ops:
+        built.call(inputs)
+    assert "argsort" in ops.seen or "sort" in ops.seen  # the merge ran
+    assert not ops.seen & {"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "_unique2"}
