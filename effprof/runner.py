@@ -30,6 +30,9 @@ from effprof.core.registry import BuildContext, Built, Stage, get_component
 from effprof.modules.tensor_parallel import shard
 from effprof.trackers import Run, enabled_trackers
 
+EAGER_NOTE = ("eager (--eager): the host-bound, as-deployed figure: kernels launched one by one from Python, so at "
+              "batch 1 the host's launch work sets the time and it moves with the host (--graphs times the "
+              "device's work)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIB = 2**20
 
@@ -103,7 +106,7 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     opts = config.options.validate()
     if opts.tp > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise UsageError(f"--tp {opts.tp}: a tensor-parallel row is measured inside its ranks, which "
-                         "effprof.launch starts (effprof.launch.inline.measure_row)")
+                         "effprof.launch starts (effprof.launch.rows.measure_row)")
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
     tell = on_phase or (lambda name: None)
     tell("build")
@@ -158,7 +161,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     into the captured tensors); compile: the `torch.compile`d module (or the compiled call, or each compiled
     stage), its compile time (the first call) reported apart and never inside the latency; compile+graphs:
     the compiled call captured in a CUDA graph (Inductor's fused kernels, replayed without launches). With --train, `built` is the training tracker's
-    `StepCall` (effprof.measure.training): each call is one training step, in the same three modes.
+    `StepCall` (effprof.measure.training): each call is one training step, in the same modes; under graphs
+    the whole step (forward, loss, backward, capturable AdamW step) is one CUDA graph.
     """
     state = {"i": 0}
     fields: dict[str, Any] = {"exec_mode": exec_mode(opts)}
@@ -177,7 +181,8 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
         eager = {s.name for s in built.stages if s.host_sync}
         if opts.compile:
             raise GraphCaptureError(f"--compile --graphs: stage(s) {', '.join(sorted(eager))} read a count back on "
-                                    "the host, so the compiled call cannot be captured; use --graphs or --compile")
+                                    "the host, so the compiled call cannot be captured; use --graphs, or "
+                                    "--compile --no-graphs")
         staged = Built(built.module, built.make_inputs, built.unit,
                        stages=graphed_stages(built.stages, device, eager))
         fields["exec_mode"] += f" (a graph per stage; {', '.join(sorted(eager))} eager: host read-back)"
@@ -191,6 +196,10 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
         static = input_sets[0]
         step = compiled_call(built, static, device, fields) if opts.compile else built.call
         call = graphed_callable(step, static, device)
+        if opts.train:  # effprof.measure.training.StepCall: PyTorch's whole-network capture
+            fields["train_exec"] = ("one CUDA graph per step: forward, loss, backward and optimizer step "
+                                    f"({opts.optimizer}{', capturable' if opts.optimizer == 'adamw' else ''}), "
+                                    "static gradients, warm-up on a side stream")
 
         def rotate():
             state["i"] = (state["i"] + 1) % len(input_sets)
@@ -266,6 +275,11 @@ def base_record(config: Config, values: dict[str, Any], unit: str, ctx: BuildCon
         "status": "ok",
     }
     record.update({f"param_{k}": v for k, v in values.items() if k != "pretrained"})
+    notes = list(config.notes)
+    if opts.eager and ctx.device.type == "cuda":
+        notes.append(EAGER_NOTE)
+    if notes:
+        record["exec_note"] = "; ".join(notes)
     record["timing_mode"] = "cold" if opts.cold else "warm"
     # what reproduces the row: the options that shape the timing and the inputs
     record.update(seed=opts.seed, warmup_s=opts.warmup, min_time_s=opts.min_time, max_time_s=opts.max_time,
@@ -328,14 +342,21 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
                  timer: Callable[..., TimingResult] = time_callable,
                  on_phase: Callable[[Config, str], None] | None = None,
                  raise_refusals: bool = False,
-                 measure_one: Callable[..., dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 measure_one: Callable[..., dict[str, Any]] | None = None,
+                 stop_if_unfit: bool = False) -> list[dict[str, Any]]:
     """Measure each configuration in turn. An OOM, a failure or a refusal that only the component's
     factory can make (a combination of values) marks that row and the rest go on.
 
     `on_record` is called after every row (the CLI rewrites its CSV/JSON there), so an interrupted
     comparison keeps every finished row; `on_phase(config, phase)` when a row enters a phase (see `measure`).
-    `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.inline routes
+    `measure_one(config, timer, on_phase)` measures a row (default `measure`; effprof.launch.rows routes
     `--tp` rows to their ranks).
+
+    After a row that failed (error or OOM), `effprof.measure.modes.recover` puts back what a failed CUDA-graph
+    capture or compile left in the process (the generator's capture state, the capture stream, dynamo's
+    caches) and probes it. When the process cannot measure another row, the row's record gets
+    `process_unfit` (why) and, with `stop_if_unfit`, the loop stops there: the records returned are fewer
+    than the configurations and the caller (a launcher) measures the rest in a fresh process.
     """
     measure_one = measure_one or measure
     check_rows(configs)  # refuse bad rows before spending any time
@@ -361,13 +382,31 @@ def measure_many(configs: list[Config], on_record: Callable[[dict[str, Any]], No
             if config.options.debug:  # whoever writes a component needs the whole story
                 record["traceback"] = traceback.format_exc()
         free_memory()
+        unfit = None
+        if record.get("status") in ("error", "OOM"):
+            unfit = recover_after(config)
+            if unfit:
+                record["process_unfit"] = unfit
         if not records:  # what the first row imported lazily (dynamo, kernel modules) joins the frozen set
             gc.freeze()
         record["wall_s"] = time.perf_counter() - start
         records.append(record)
         if on_record is not None:
             on_record(record)
+        if unfit and stop_if_unfit:
+            break
     return records
+
+
+def recover_after(config: Config) -> str | None:
+    """`modes.recover` on the row's device (None: the process may measure the next row; else why not)."""
+    from effprof.measure import modes
+
+    try:
+        device = config.options.torch_device()
+    except EffprofError:
+        return None
+    return modes.recover(device, compiled=config.options.compile)
 
 
 def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:

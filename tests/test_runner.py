@@ -73,6 +73,18 @@ def test_stage_times_add_up_to_the_whole():
     assert r["stages_sum_over_whole"] == pytest.approx(1.0, abs=0.15)
 
 
+def test_a_stage_split_that_does_not_add_up_is_marked():
+    from effprof.report.table import footer
+
+    r = measure(Config("test-sleepy", {}, RunOptions(device="cpu", dtype="fp32", min_time=0.2, warmup=0.0)))
+    assert r["stages_additive"] is (abs(r["stages_sum_over_whole"] - 1) <= 0.05)
+    assert r["stages_whole_ms"] == pytest.approx(r["stages_sum_ms"], rel=0.2)
+    bad = dict(r, label="prumerge+", stages_additive=False, stages_sum_over_whole=1.71)
+    text = footer([bad])
+    assert "stage split not additive: prumerge+ (stages sum / whole = 1.71)" in text
+    assert "stage split not additive" not in footer([dict(r, stages_additive=True)])
+
+
 def test_a_new_tracker_adds_a_column_without_touching_the_runner():
     class CallsSeen(Tracker):
         name = "test-calls-seen"

@@ -82,3 +82,15 @@ def test_clip_lora_profile_rows():
     trained = [c.label for c in profile.configs if c.options.train]
     assert len(trained) == 10 and "projections" in trained
     assert rows["infer lora-qv r8 merged"].resolved()["merged"] and not rows["infer lora-qv r8 merged"].options.train
+
+
+def test_train_graphs_is_one_line_on_cpu_and_clip_lora_falls_back_to_eager(capsys):
+    from effprof.core.profiles import load_profile
+    from effprof.runner import RunOptions
+
+    assert main(["run", *LINEAR, "--device", "cpu", "--train", "--graphs"]) == 2
+    err = capsys.readouterr().err
+    assert "--graphs needs a CUDA device" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    profile = load_profile("clip-lora", RunOptions(), {"device": "cpu"})
+    assert not any(c.options.graphs for c in profile.configs)
+    assert all("-> eager on cpu" in c.notes[0] for c in profile.configs)

@@ -158,3 +158,81 @@ def test_cuda_allocator_deltas_match_the_tensor_sizes():
     assert fields["train_grads_tensors_mib"] == pytest.approx(4 * n / 2**20)
     assert fields["train_activations_mib"] >= fields["train_saved_activations_mib"]
     assert fields["train_peak_mib"] >= fields["train_weights_mib"] + fields["train_optimizer_mib"]
+
+
+def test_the_graph_body_is_the_eager_step_in_math():
+    """`graph_body` (the order PyTorch's whole-network capture needs: zero_grad first, gradients left in place)
+    takes the same steps as the eager step: the same losses over 3 steps and the same weights after them."""
+    eager, graphed = tiny(freeze_first=False), tiny(freeze_first=False)
+    torch.manual_seed(1)
+    inputs = eager.make_inputs(BATCH)
+    step_a, step_b = TrainingStep(eager, TrainOptions(lr=1e-2)), TrainingStep(graphed, TrainOptions(lr=1e-2))
+    losses_a = [float(step_a(inputs)) for _ in range(3)]
+    losses_b = [float(step_b.graph_body(inputs)) for _ in range(3)]
+    assert losses_a == losses_b and len(set(losses_a)) == 3  # the weights move: three different losses
+    for a, b in zip(eager.module.parameters(), graphed.module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_train_step_under_graphs_goes_through_the_runner(monkeypatch):
+    """`--train --graphs`: the runner captures the StepCall (no AttributeError), warms up on the step and
+    replays it; a stand-in for CUDA graphs on CPU (capture = warm-up calls; replay = the call on the static
+    inputs) shows each replay is one more optimizer step."""
+    import effprof.runner as runner
+    from effprof.core.options import RunOptions
+    from effprof.measure.training import train_mode
+
+    captured = []
+
+    def fake_graph(call, inputs, device, warmup_calls=3):
+        for _ in range(warmup_calls):
+            call(inputs)
+        captured.append(inputs)
+        return lambda: call(inputs)
+
+    monkeypatch.setattr(runner, "graphed_callable", fake_graph)
+    built = tiny(freeze_first=False)
+    inputs = built.make_inputs(BATCH)
+    step_call, fields = train_mode(built, inputs, TrainOptions(), graphs=False, count_flops=False)
+    step_call.graphs = True  # what train_mode(graphs=True) sets (its capturable AdamW needs CUDA)
+    opts = RunOptions(device="cpu", train=True, graphs=True)  # not validated: --graphs is refused on cpu
+    call, setup, mode = runner.execution_mode(step_call, [inputs], opts, torch.device("cpu"))
+    assert mode["exec_mode"] == "train-graphs" and "one CUDA graph per step" in mode["train_exec"]
+    assert setup is None and captured == [inputs]
+    steps = step_call.step.optimizer.state[step_call.step.params[0]]["step"]
+    before = float(steps)
+    losses = [float(call()) for _ in range(3)]
+    assert float(steps) == before + 3 and losses[0] != losses[-1]
+
+
+HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "_unique2", "equal"}
+
+
+@pytest.mark.parametrize("adapt", [{"adapt": "full"}, {"adapt": "lora", "rank": 4, "lora_targets": "qv"}])
+def test_clip_dual_training_step_reads_nothing_back_on_the_host(adapt):
+    """clip-lora's default on CUDA captures the whole step in one graph: its forward, loss and backward must call
+    no op that reads a value back on the host (seen at the dispatcher on CPU; the capturable optimizer keeps its
+    step counters on the device, so its update reads none either)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from effprof.core.registry import BuildContext, get_component
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    component = get_component("clip-dual")
+    values = component.resolve({**adapt, "layers": 1, "img_size": 32, "seq_len": 8})
+    built = component.build(values, BuildContext(torch.device("cpu"), torch.float32, 0, "graphs"))
+    inputs = built.make_inputs(2)
+    step = TrainingStep(built, TrainOptions())
+    ops = Ops()
+    with ops:
+        step.loss(inputs).backward()
+    assert "mm" in ops.seen or "addmm" in ops.seen  # the recorder saw the step
+    assert not ops.seen & HOST_SYNC_OPS

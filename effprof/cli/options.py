@@ -41,7 +41,10 @@ COMMON: tuple[CommonOption, ...] = (
                  "(a fraction) or the median's 95% CI is within ±this/4 (a large value such as 1 stops at --min-time)."),
     CommonOption("seed", ("--seed",), int, "Seed for random weights and inputs."),
     CommonOption("cold", ("--cold/--warm",), bool, "Flush the L2 cache and rotate input sets between calls."),
-    CommonOption("graphs", ("--graphs/--no-graphs",), bool, "Time replays of a CUDA graph of the call."),
+    CommonOption("graphs", ("--graphs/--no-graphs",), bool, "Time replays of a CUDA graph of the call (some "
+                 "profiles default to it on CUDA; off CUDA they fall back to eager with a note)."),
+    CommonOption("eager", ("--eager",), bool, "Time the call as deployed, kernels launched one by one from Python "
+                 "(neither graphs nor compile, whatever the profile says): the host-bound figure."),
     CommonOption("compile", ("--compile/--no-compile",), bool,
                  "Time the torch.compile'd module (compile time reported apart)."),
     CommonOption("flops_crosscheck", ("--flops-crosscheck/--no-flops-crosscheck",), bool,
@@ -71,6 +74,16 @@ def annotation(option: CommonOption, default: Any = "?") -> Any:
                                                          show_default=False)]
 
 
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse options that contradict each other before anything runs (one line)."""
+    from effprof.core.errors import UsageError
+
+    if overrides.get("eager"):
+        both = [f"--{name}" for name in ("graphs", "compile") if overrides.get(name)]
+        if both:
+            raise UsageError(f"--eager times the call as deployed: drop {' and '.join(both)}")
+
+
 def common_options(*only: str, defaults: dict[str, Any] | None = None) -> Callable:
     """Decorate a typer command: add the common options (all, or those named in `only`) as keyword
     options and call the command with `overrides={field: value}` of the ones given."""
@@ -88,6 +101,7 @@ def common_options(*only: str, defaults: dict[str, Any] | None = None) -> Callab
             overrides = {o.field: kwargs.pop(o.dest) for o in chosen if kwargs.get(o.dest) is not None}
             for o in chosen:
                 kwargs.pop(o.dest, None)
+            check_overrides(overrides)
             return fn(*args, overrides=overrides, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=kept + added)

@@ -29,6 +29,7 @@ class RunOptions:
     cold: bool = False           # flush L2 and rotate inputs between calls
     input_sets: int = 4          # how many input sets --cold rotates through
     graphs: bool = False         # time replays of a CUDA graph of the call
+    eager: bool = False          # --eager: neither graphs nor compile, whatever a profile says (as deployed)
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
@@ -38,6 +39,11 @@ class RunOptions:
     train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
     optimizer: str = "adamw"     # --train: adamw | sgd
     grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.eager:  # eager wins over a profile's graphs/compile default (a contradiction on the CLI is refused)
+            object.__setattr__(self, "graphs", False)
+            object.__setattr__(self, "compile", False)
 
     def validate(self) -> "RunOptions":
         from effprof.core.limits import check_options
@@ -97,12 +103,13 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Config:
-    """One row to measure: a component, its (unparsed) parameters, options and a display label."""
+    """One row to measure: a component, its (unparsed) parameters, options, a display label and notes."""
 
     component: str
     params: dict[str, Any]
     options: RunOptions
     label: str = ""
+    notes: tuple[str, ...] = ()   # how the row's execution differs from what was asked (recorded as exec_note)
 
     def resolved(self) -> dict[str, Any]:
         from effprof.core.registry import get_component

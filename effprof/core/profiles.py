@@ -18,11 +18,18 @@ or, for one component over a grid (a cartesian product; keys are parameters or b
     grid: {keep: [1.0, 0.9, 0.7, 0.5, 0.25]}
 
 Rows are validated against each component's declared parameters before anything runs.
+
+Execution defaults a profile may declare:
+
+    options: {graphs: true}         # time CUDA-graph replays on CUDA; off CUDA the rows fall back to eager
+                                    # with a note (the CLI's --graphs is refused there instead); --eager
+                                    # (or options: {eager: true}) gives the host-bound, as-deployed figure
+    launch: {isolate: true}         # on CUDA, every row in a fresh worker process unless --no-isolate
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,8 @@ class Profile:
     configs: list[Config]
     baseline: int = 0
     varied: list[str] | None = None  # the grid's keys, for plots
+    launch: dict[str, Any] = field(default_factory=dict)  # launcher defaults (LAUNCH_KEYS)
+    notes: list[str] = field(default_factory=list)         # how the execution differs from the file (e.g. cpu)
 
 
 def find_profile(name: str) -> Path | None:
@@ -82,7 +91,8 @@ def available_profiles() -> list[str]:
 
 
 # ---- the schema: the whole file is checked before any row is built, each refusal naming file, row and field
-TOP_KEYS = ("title", "description", "options", "baseline", "rows", "component", "params", "grid")
+TOP_KEYS = ("title", "description", "options", "launch", "baseline", "rows", "component", "params", "grid")
+LAUNCH_KEYS = {"isolate": bool}  # launcher defaults a profile may declare (the CLI's --isolate/--no-isolate wins)
 ROW_KEYS = ("component", "params", "label", "options")
 SCALARS = (str, int, float, bool)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -177,6 +187,11 @@ def validate_document(doc: Any, where: str) -> None:
         if doc.get(key) is not None and not isinstance(doc[key], SCALARS):
             raise ProfileError(f"{where}: {key} must be a single value, not {type(doc[key]).__name__}")
     _mapping(doc.get("options"), where, "options")
+    for key, value in _mapping(doc.get("launch"), where, "launch").items():
+        if key not in LAUNCH_KEYS:
+            raise ProfileError(f"{where}: launch: unknown key {key!r} (keys: {', '.join(LAUNCH_KEYS)})")
+        if not isinstance(value, LAUNCH_KEYS[key]):
+            raise ProfileError(f"{where}: launch: {key}: {value!r} is not a {LAUNCH_KEYS[key].__name__}")
     if ("rows" in doc) == ("component" in doc):
         raise ProfileError(f"{where}: needs 'rows' or 'component' (with an optional 'grid'), not "
                            + ("both" if "rows" in doc else "neither"))
@@ -250,6 +265,7 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
         except EffprofError as exc:
             raise ProfileError(f"{path} {exc}") from None
         varied = list(grid)
+    configs, notes = graphs_fallback(configs, overrides)
     labels = [c.label or c.component for c in configs]
     baseline = doc.get("baseline")
     if baseline is None:
@@ -266,7 +282,25 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
             at = f"row {i} ({config.label or config.component})" if "rows" in doc else f"row {config.label}"
             raise ProfileError(f"{path}: {at}: {exc}") from None
     title = doc.get("title")
-    return Profile(str(title) if title is not None else path.stem, configs, index, varied)
+    return Profile(str(title) if title is not None else path.stem, configs, index, varied,
+                   dict(doc.get("launch") or {}), notes)
+
+
+def graphs_fallback(configs: list[Config], overrides: dict[str, Any]) -> tuple[list[Config], list[str]]:
+    """A profile's `graphs: true` is a default for CUDA: rows that run elsewhere fall back to eager, with a
+    note in their record (`exec_note`) and in the returned notes. `--graphs` given on the command line is
+    not a default: off CUDA it stays and `RunOptions.validate` refuses it in one line."""
+    if overrides.get("graphs"):
+        return configs, []
+    out, moved = [], {}
+    for config in configs:
+        device = config.options.torch_device().type
+        if config.options.graphs and device != "cuda":
+            note = (f"graphs (the profile's default on CUDA) -> eager on {device}: CUDA graphs exist only on CUDA")
+            moved.setdefault(note, []).append(config.label or config.component)
+            config = replace(config, options=replace(config.options, graphs=False), notes=config.notes + (note,))
+        out.append(config)
+    return out, [f"{note} ({len(rows)} row{'s' if len(rows) > 1 else ''})" for note, rows in moved.items()]
 
 
 def _beside(profile: Path, component: str) -> str:

@@ -3,13 +3,15 @@ or a fresh process per row (`--isolate`).
 
 A plain pool, nothing more: workers are `multiprocessing` processes of the *spawn* context (a forked
 CUDA context is unusable); each sees only its GPU (`CUDA_VISIBLE_DEVICES` set before it starts) and
-calls `effprof.launch.inline.measure_rows` on one pickled `Config` at a time. Rows are handed out as workers
+calls `effprof.launch.rows.measure_rows` on one pickled `Config` at a time. Rows are handed out as workers
 free up and the records are merged back in the profile's order. What the pool adds over a loop:
 
 - a row that fails or runs out of memory is a row of the table (the runner already does that), and
   a worker that *dies* (a device-side assert poisons its CUDA context for good; a segfault; `os._exit`)
   takes only its row with it: the row is marked `error` with the last line the worker wrote, and a
   fresh worker takes its place;
+- a row that leaves its worker unfit for the next (`process_unfit`: a failed CUDA-graph capture whose state
+  could not be put back) ends that worker too, and the next row gets a fresh one;
 - `--isolate` runs every row in its own process, so nothing a row leaves behind (allocator cache,
   a poisoned context, fragmented memory) reaches the next row's peak;
 - every record carries `gpu_index` / `gpu_name` (CPU workers: `worker` only), the host's CPU load over
@@ -118,7 +120,7 @@ def _worker_main(slot: Slot, tasks, results, log_path: str) -> None:
     import torch
 
     from effprof.core.errors import EffprofError
-    from effprof.launch.inline import measure_rows
+    from effprof.launch.rows import measure_rows
     from effprof.runner import failed_record
 
     if slot.threads:
@@ -131,12 +133,13 @@ def _worker_main(slot: Slot, tasks, results, log_path: str) -> None:
             return
         row, config = item
         try:
-            record = measure_rows([config])[0]
+            record = measure_rows([config], stop_if_unfit=True)[0]
         except EffprofError as exc:  # not a refusal: a failure of this row only
             record = failed_record(config, "error", str(exc))
-        fatal = record.get("status") == "error" and any(m in record.get("error", "") for m in FATAL_MARKERS)
+        fatal = bool(record.get("process_unfit")) or (record.get("status") == "error" and any(
+            m in record.get("error", "") for m in FATAL_MARKERS))
         results.put(("done", slot.worker, row, record, fatal))
-        if fatal:  # the CUDA context is gone: leave, the parent starts a fresh worker
+        if fatal:  # the CUDA context is gone or unfit (effprof.measure.modes.recover): leave, a fresh worker follows
             results.close()
             results.join_thread()
             os._exit(3)

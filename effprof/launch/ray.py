@@ -2,7 +2,7 @@
 
 For sweeps that outgrow one host. Each row is one Ray task that asks for one GPU (`num_gpus=1`: Ray sets the
 task's CUDA_VISIBLE_DEVICES, so the row sees one board) or, on a CPU-only cluster, one CPU; the task measures
-the row with `effprof.launch.inline.measure_rows` in a Ray worker process, exactly as a pool worker does.
+the row with `effprof.launch.rows.measure_rows` in a Ray worker process, exactly as a pool worker does.
 Records come back in the rows' order as they finish (a later row that finishes first waits for the earlier
 ones, so the files grow row by row); a task that raises, a worker that dies (a segfault, a lost node) or a
 task that cannot be placed becomes a failed row with the reason, and the other rows go on.
@@ -34,7 +34,7 @@ def measure_task(config) -> dict[str, Any]:
     """What one Ray task runs: the row measured in this worker, with where it ran."""
     import os
 
-    from effprof.launch.inline import measure_rows
+    from effprof.launch.rows import measure_rows
 
     record = measure_rows([config])[0]
     record.update(ray_node=socket.gethostname(), worker_pid=os.getpid(),

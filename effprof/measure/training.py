@@ -328,9 +328,19 @@ def step_phases(step: TrainingStep, inputs: tuple, repeats: int = 5, warmup: int
 
 class StepCall:
     """A training step shaped like a `Built` for the runner's execution modes: `call(inputs, module)` runs one
-    step (on `module`, e.g. the compiled one, when given); `module` is the module stepped."""
+    step (on `module`, e.g. the compiled one, when given); `module` is the module stepped.
+
+    Under `--graphs` the runner captures the whole step (forward, loss, backward, optimizer step) in one
+    CUDA graph, PyTorch's whole-network capture: warm-up steps on a side stream, then `graph_body` captured
+    with the gradients set to None before it, so that backward allocates them from the graph's pool and
+    every replay writes the same (static) gradient tensors; the optimizer is AdamW with `capturable=True`
+    (its step counters live on the device and are updated by the replay). `graph_body` is the eager step
+    in another order (zero_grad first): the same updates, step for step (tests/test_training.py).
+    """
 
     handles_exec_mode = False  # the runner applies graphs / compile to the step
+    stages = None              # one step is one call: no stage split
+    forward = None             # the call is `call`, not module(*inputs)
 
     def __init__(self, step: TrainingStep, graphs: bool = False):
         self.step = step
@@ -347,8 +357,11 @@ def train_mode(built, inputs: tuple, options: TrainOptions, graphs: bool = False
                count_flops: bool = True) -> tuple[StepCall, dict[str, Any]]:
     """Set up `--train`: a fresh step, its memory split (first step) and FLOPs; returns what to time and
     the record fields. With `graphs` the optimizer is capturable (its step counter lives on the device)."""
+    import warnings
     from dataclasses import replace
 
+    if graphs:  # the eager steps before the capture (memory split, warm-up) are meant to run uncaptured
+        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
     step = TrainingStep(built, replace(options, capturable=graphs), name=name)
     trainable, frozen = param_counts(built.module)
     try:  # forward + backward once before the split: cuBLAS workspaces and autograd's device threads

@@ -267,9 +267,42 @@ def footer(records: list[dict[str, Any]]) -> str:
     if any(phases.values()):
         lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
                                                            for name, seconds in phases.items()))
-    lines += (sorted(notes) + unsteady_notes(records) + host_bound_notes(records) + train_notes(records)
-              + coverage_notes(records) + energy_notes(records) + errors)
+    lines += (sorted(notes) + exec_notes(records) + unsteady_notes(records) + host_bound_notes(records)
+              + stage_split_notes(records) + train_notes(records) + coverage_notes(records) + energy_notes(records)
+              + errors + fresh_process_notes(records))
     return "\n".join(lines)
+
+
+def exec_notes(records: list[dict[str, Any]]) -> list[str]:
+    """How the rows were executed where that differs from what the profile or the options asked (a graphs
+    default that falls back to eager off CUDA; eager by request: the host-bound, as-deployed figure)."""
+    notes: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("exec_note"):
+            notes.setdefault(str(r["exec_note"]), []).append(str(r.get("label", "?")))
+    return [f"{note} ({', '.join(rows) if len(rows) < len(records) else 'every row'})" for note, rows in notes.items()]
+
+
+def stage_split_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One line naming the rows whose stage split does not add up to their latency (within 5%)."""
+    rows = [r for r in records if r.get("stages_additive") is False]
+    if not rows:
+        return []
+    parts = ", ".join(f"{r.get('label', '?')} (stages sum / whole = {r['stages_sum_over_whole']:.2f})" for r in rows)
+    return [f"stage split not additive: {parts}: the stage times (a separate run, stamped between stages) do not add "
+            "up to the row's latency within 5%, so they are not a split of it (host-bound eager rows and a busy "
+            "host do this; --graphs times the device's work)"]
+
+
+def fresh_process_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Rows that left their process unfit for the next, and rows measured in a fresh process because of it."""
+    lines = [f"{r.get('label', '?')}: left its process unfit for the next row ({r['process_unfit']}); the rows after "
+             "it ran in a fresh process" for r in records if r.get("process_unfit")]
+    moved = [r for r in records if r.get("fresh_process")]
+    if moved:
+        lines.append(f"{', '.join(str(r.get('label', '?')) for r in moved)}: measured in a fresh worker process "
+                     f"({moved[0]['fresh_process']})")
+    return lines
 
 
 def unsteady_notes(records: list[dict[str, Any]]) -> list[str]:

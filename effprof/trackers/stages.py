@@ -10,7 +10,13 @@ above the allocation before one eager run of it alone (CUDA).
 Columns: `stage_names`, per stage `stage_<name>_ms` (median), `stage_<name>_share` (of the stages' sum),
 `stage_<name>_params`, `stage_<name>_gflops`, `stage_<name>_moved_mib`, `stage_<name>_peak_mem_mib`, and
 `stages_sum_ms` with `stages_sum_over_whole` = that sum / the whole call's median latency (1.0 = the parts add
-up to the whole; above 1 by the cost of the stamps and of running stages apart).
+up to the whole; above 1 by the cost of the stamps and of running stages apart), `stages_whole_ms` = the median
+of the stamped calls' whole (first stamp to last, the same calls as the stages), and `stages_additive` = the
+sum is within 5% of the latency. A split that is not additive is kept in the record but is not a split of the
+row's latency: the table's footer names such rows with their ratio. Eager rows whose time is the host's launch
+work (batch 1 on a GPU) and any row on a busy CPU host (the whole and the split are two runs, minutes apart
+in a loaded machine's terms) are where it happens; under `--graphs` each stage replays its own graph and
+the split adds up.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from effprof.measure.memory import PeakMemory, count_params
 from effprof.measure.modes import graphed_callable, graphed_stages
 from effprof.measure.stages import time_stages
 from effprof.trackers.base import Tracker, register_tracker
+
+ADDITIVE_TOLERANCE = 0.05  # |stages sum / whole - 1| at most this: the split adds up to the latency
 
 
 def stage_carries(stages, inputs) -> list:
@@ -82,6 +90,8 @@ class StagesTracker(Tracker):
         for i, name in enumerate(names):
             fields[f"stage_{name}_ms"] = timing.median_ms(i)
             fields[f"stage_{name}_share"] = timing.median_ms(i) / total if total > 0 else None
-        fields.update(stages_sum_ms=total, stage_method=method,
-                      stages_sum_over_whole=total / run.timing.median_ms if run.timing.median_ms > 0 else None)
+        ratio = total / run.timing.median_ms if run.timing.median_ms > 0 else None
+        fields.update(stages_sum_ms=total, stage_method=method, stages_sum_over_whole=ratio,
+                      stages_whole_ms=timing.whole_median_ms,
+                      stages_additive=None if ratio is None else abs(ratio - 1.0) <= ADDITIVE_TOLERANCE)
         return fields

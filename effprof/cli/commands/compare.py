@@ -26,8 +26,11 @@ def compare_command(ctx: typer.Context,
                                                                 "'all'): one worker process per GPU.")] = None,
                     workers: Annotated[Optional[int], typer.Option("--workers", help="Fan the rows out over N worker "
                                                                    "processes on the one device (cpu: cores split).")] = None,
-                    isolate: Annotated[bool, typer.Option("--isolate", help="Every row in a fresh worker process "
-                                                          "(a crash or leftover memory stays with its row).")] = False,
+                    isolate: Annotated[Optional[bool], typer.Option("--isolate/--no-isolate", help="Every row in a "
+                                                                    "fresh worker process (a crash or leftover "
+                                                                    "memory stays with its row). Default: the "
+                                                                    "profile's `launch: {isolate: ...}` on CUDA, "
+                                                                    "else off.")] = None,
                     processes: Annotated[int, typer.Option("--processes", help="Measure every row in N fresh "
                                                            "processes, one pass after another, and pool them: "
                                                            "the 95% CI then covers process-to-process variation.")] = 1,
@@ -67,6 +70,8 @@ def compare_command(ctx: typer.Context,
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))
+    if isolate is None:
+        isolate = profile_isolates(profile, launcher)
     plan = plan_for(launcher, gpus, workers, isolate, processes, address, overrides.get("device"), bool(tp))
     records = measure_profile(profile, baseline, csv, json, plan, min_flop_coverage, columns)
     fits = _print_fits(records, fit) if fit else None
@@ -82,6 +87,14 @@ def compare_command(ctx: typer.Context,
         raise typer.Exit(2)
     if any(r.get("status") == "error" for r in records):
         raise typer.Exit(1)
+
+
+def profile_isolates(profile, launcher: str | None) -> bool:
+    """The profile's `launch: {isolate: true}` default: on when its rows run on CUDA under a launcher that
+    places rows in processes of this host (not ray, whose tasks are processes already)."""
+    if not getattr(profile, "launch", {}).get("isolate") or launcher not in (None, "inline", "pool"):
+        return False
+    return all(c.options.torch_device().type == "cuda" and c.options.tp == 1 for c in profile.configs)
 
 
 def _print_fits(records: list[dict[str, Any]], spec: str) -> list[dict[str, Any]]:
