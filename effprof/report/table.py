@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich import box
 from rich.table import Table
 
+from effprof.core.columns import View, views
+
 UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
 
 
@@ -83,108 +85,150 @@ def _train_split(r):
         "/" + _num(act)
 
 
-# (header, function of a record) pairs; a column is shown when any record has a value for it.
-COLUMNS = [
-    ("row", lambda r: r.get("label")),
-    ("params", lambda r: r.get("params") or "-"),
-    ("batch", lambda r: _num(r.get("batch"))),
-    ("dtype", lambda r: r.get("dtype")),
-    ("device", lambda r: r.get("device")),
-    ("status", lambda r: None if r.get("status") == "ok" else r.get("status")),
-    ("latency ms\nmedian [p10, p90]", _latency),
-    ("latency\nms (median)", lambda r: None if r.get("latency_ms_median") is None
-     else _latency(r).split(" [")[0] + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")),
-    ("CV\n(fraction)", _cv),
-    ("throughput", _throughput),
-    ("peak mem\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
-    ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
-    ("params M", _params_m),
-    ("train MiB\nwts/grad/opt/act", _train_split),
-    ("train peak\nMiB", lambda r: None if r.get("train_peak_mib") is None else _num(r["train_peak_mib"])),
-    ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
-    ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
-    ("FLOP\ncov. %", lambda r: None if r.get("flop_coverage") is None
-     else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else "")),
-    ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
-    ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
-     else _num(r["achieved_gb_per_s"])),
-    ("bound", lambda r: r.get("verdict")),
-    ("J/item\ntotal", lambda r: None if r.get("energy_j_per_item") is None else _num(r["energy_j_per_item"])),
-    ("J/item\nabove idle", lambda r: None if r.get("energy_above_idle_j_per_item") is None
-     else _num(r["energy_above_idle_j_per_item"])),
-    ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
-     else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
-    ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
-     r["exec_mode"] + (f" ({r['compile_s']:.1f} s compile)" if r.get("compile_s") is not None else "")),
-    ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
-    ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
-    ("scan", lambda r: r.get("scan_backend")),
-    ("scan K\n(seqs)", lambda r: r.get("scan_sequences")),
-    ("paper G/img\n(MAC, fvcore)", lambda r: None if r.get("paper_gmacs_per_img") is None
-     else _num(r["paper_gmacs_per_img"], 4)),
-    ("GPU", lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}"),
-    ("tp", lambda r: None if not r.get("tp") else str(r["tp"])),
-    ("peak act. MiB\nper rank", lambda r: r.get("peak_mem_mib_per_rank") or None),
-    ("comm %\n(profiler)", lambda r: None if r.get("comm_share") is None else f"{100 * r['comm_share']:.1f}"),
-    ("tp scaling\neff. %", lambda r: None if r.get("tp_scaling_efficiency") is None
-     else f"{100 * r['tp_scaling_efficiency']:.0f}"),
-    ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
-    ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
-    ("top-1 %", lambda r: None if r.get("top1_pct") is None else f"{r['top1_pct']:.2f}"),
-    ("top-5 %", lambda r: None if r.get("top5_pct") is None else f"{r['top5_pct']:.2f}"),
-    ("eval img/s\n(decode incl.)", lambda r: None if r.get("eval_img_per_s") is None else _num(r["eval_img_per_s"])),
-    ("speedup\n×", _ratio("speedup", 2, flagged=True)),
-    ("params\nratio", _ratio("params_ratio", 3)),
-    ("GFLOP\nratio", _ratio("gflops_ratio", 3)),
-    ("mem\nratio", _ratio("peak_mem_ratio", 3)),
-]
+def _fixed(digits: int, scale: float = 1.0):
+    def cell(value):
+        return f"{scale * value:.{digits}f}"
+    return cell
 
 
+def _status(r):
+    return None if r.get("status") == "ok" else r.get("status")
+
+
+def _latency_median(r):
+    if r.get("latency_ms_median") is None:
+        return None
+    return plain(r["latency_ms_median"], 4) + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")
+
+
+def _peak_mem(r):
+    if r.get("peak_mem_below_resolution"):
+        return BELOW_RESOLUTION
+    return None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])
+
+
+def _unreliable(r) -> bool:
+    return bool(r.get("ratio_unreliable"))
+
+
+def _speedup(r):
+    if r.get("speedup") is None:
+        return None
+    if _unreliable(r):
+        return UNRELIABLE
+    return f"{r['speedup']:.2f}" + (f" {UNSTEADY}" if r.get("speedup_unsteady") else "")
+
+
+def _mem_ratio(r):
+    if r.get("peak_mem_ratio") is None:
+        return None
+    return UNRELIABLE if r.get("peak_mem_below_resolution") else f"{r['peak_mem_ratio']:.3f}"
+
+
+def _stages(r):
+    names = [n for n in str(r.get("stage_names") or "").split(",") if n]
+    times = [(n, r.get(f"stage_{n}_ms")) for n in names]
+    if not times or any(t is None for _, t in times):
+        return None
+    return "\n".join(f"{n} {plain(t, 3)}" for n, t in times)
+
+
+# Renderers of a view (effprof.core.column_table.VIEWS, `fmt`): a function of the record, or of the value of
+# the view's first source key (`VALUE_FORMATS`).
+RECORD_FORMATS = {
+    "status": _status,
+    "latency": _latency,
+    "latency_median": _latency_median,
+    "cv": _cv,
+    "throughput": _throughput,
+    "peak_mem": _peak_mem,
+    "params_m": lambda r: None if r.get("params_total") is None else _params_m(r),
+    "train_split": _train_split,
+    "flop_cov": lambda r: None if r.get("flop_coverage") is None
+    else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else ""),
+    "gb_s": lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
+    else _num(r["achieved_gb_per_s"]),
+    "sm_mhz": lambda r: None if r.get("sm_clock_mhz_median") is None
+    else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else ""),
+    "mode": lambda r: None if r.get("exec_mode") in (None, "eager") else
+    r["exec_mode"] + (f" ({r['compile_s']:.1f} s compile)" if r.get("compile_s") is not None else ""),
+    "tokens": lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}",
+    "image_tokens": lambda r: None if r.get("image_tokens_in") is None
+    else f"{r['image_tokens_in']}→{r['image_tokens_out']}",
+    "stages": _stages,
+    "gpu": lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}",
+    "tp": lambda r: None if not r.get("tp") else str(r["tp"]),
+    "speedup": _speedup,
+    "ratio3": None,  # filled below: a ratio of the view's key, ~ when unreliable
+    "mem_ratio": _mem_ratio,
+}
+VALUE_FORMATS = {
+    "num": _num, "num4": lambda v: _num(v, 4), "int": lambda v: _num(v), "text": lambda v: v or None,
+    "pct0": _fixed(0, 100), "pct1": _fixed(1, 100), "fixed1": _fixed(1), "fixed2": _fixed(2), "fixed3": _fixed(3),
+    "fixed4": _fixed(4),
+}
+
+
+def _cell_function(view: View):
+    """The function of a record that writes `view`'s cell (None or "-": no value)."""
+    if view.fmt == "ratio3":
+        key = view.sources[0]
+        return lambda r: None if r.get(key) is None else (UNRELIABLE if _unreliable(r) else f"{r[key]:.3f}")
+    if view.fmt in RECORD_FORMATS:
+        return RECORD_FORMATS[view.fmt]
+    fmt, key = VALUE_FORMATS[view.fmt], view.sources[0]
+    return lambda r: None if r.get(key) is None else fmt(r[key])
+
+
+def _columns():
+    return [(view.header, _cell_function(view)) for view in views()]
+
+
+COLUMNS = _columns()  # (header, function of a record), one per view, in the order of the declaration
+VIEWS = views()
 HOISTED = ("batch", "dtype", "device", "mode")  # shown once in the title when every row agrees
-
-# `--columns` names: a header listed here has this key; any other header's key is its first line, slugged.
-COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)": "latency_median", "peak mem\nMiB": "peak_mem", "weights\nMiB": "weights",
-               "params M": "params_m", "GFLOP/call\n(2×MAC)": "gflops", "TFLOP/s": "tflops", "FLOP\ncov. %": "flop_cov",
-               "% of\npeak": "pct_peak", "speedup\n×": "speedup", "params\nratio": "params_ratio",
-               "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio",
-               "J/item\ntotal": "energy", "J/item\nabove idle": "energy_above_idle"}
-# The default set: fits a 120-column terminal for the usual rows. Files always hold every field.
-BRIEF = ("row", "batch", "dtype", "device", "mode", "status", "latency_median", "throughput", "peak_mem", "params_m",
-         "gflops", "tflops", "bound", "speedup", "params_ratio", "gflops_ratio", "mem_ratio")
-BRIEF_HEADERS = {"latency_median": "latency\nms\n(median)", "peak_mem": "peak\nmem\nMiB", "gflops": "GFLOP/\ncall\n(2×MAC)",
-                 "params_m": "params\nM"}  # narrower spellings of the same headers
 RATIOS = ("speedup", "params_ratio", "gflops_ratio", "mem_ratio")
+UNRELIABLE = "~"
+BELOW_RESOLUTION = "below resolution"
 
 
 def column_key(header: str) -> str:
+    for view in VIEWS:
+        if header in (view.header, view.brief_header):
+            return view.key
     import re
 
-    return COLUMN_KEYS.get(header) or re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
 
 
 def column_keys() -> list[str]:
-    return [column_key(h) for h, _ in COLUMNS]
+    return [view.key for view in VIEWS]
 
 
 def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> list[int]:
     """Indices into COLUMNS for `--columns full|brief|KEY,KEY,...` (a list keeps its order). Brief shows the
-    median latency only, leaves out a ratio column whose value is the same on every row (params ratio 1 when
-    only the input changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage;
-    `records_table` puts the parameters under the row's label."""
+    views declared `brief`, and those declared `present` when a row has a value (what a component or flag
+    exists for: fidelity, tokens in→out, top-1, fvcore/thop, TTFT/TPOT, MFU, ...); it shows the median latency
+    only, leaves out a ratio column whose value is the same on every row (params ratio 1 when only the input
+    changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage; `records_table`
+    puts the parameters under the row's label."""
     from effprof.core.errors import UsageError
 
     keys = column_keys()
     if columns == "full":
         return [i for i, k in enumerate(keys) if k != "latency_median"]
     if columns == "brief":
-        wanted = list(BRIEF)
+        wanted = []
+        for i, view in enumerate(VIEWS):
+            if view.shown == "brief" or (view.shown == "present" and any(
+                    COLUMNS[i][1](r) not in (None, "-") for r in records)):
+                wanted.append(view.key)
         for i, k in enumerate(keys):
-            if k in RATIOS and k != "speedup" and len({COLUMNS[i][1](r) for r in records}) == 1 and len(records) > 1:
+            if k in RATIOS and k != "speedup" and k in wanted and len(records) > 1 and \
+                    len({COLUMNS[i][1](r) for r in records}) == 1:
                 wanted.remove(k)
         if any(r.get("flop_coverage_low") for r in records):
             wanted.append("flop_cov")
-        if any(r.get("train") for r in records):  # --train rows: the step's memory by part
-            wanted += ["train_mib", "train_peak"]
         return [i for i, k in enumerate(keys) if k in wanted]
     picked = [k.strip() for k in columns.split(",") if k.strip()]
     unknown = [k for k in picked if k not in keys]
@@ -205,9 +249,15 @@ def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: 
     """What a table of `records` shows: (facts common to every row, for the title; headers; rows of cell
     text; left-justified per column). Shared by the terminal table and the Markdown/HTML files; `newline`
     is how a cell breaks a line."""
+    return _table_parts(records, columns, newline)[:4]
+
+
+def _table_parts(records, columns="brief", newline="\n", leave_out=()):
+    """`table_cells`, and the views shown (indices into VIEWS); `leave_out`: view keys not to show."""
     cells = [[fn(r) for _, fn in COLUMNS] for r in records]
     headers = [h for h, _ in COLUMNS]
-    shown = [i for i in chosen_columns(records, columns) if any(row[i] not in (None, "-") for row in cells)]
+    shown = [i for i in chosen_columns(records, columns) if any(row[i] not in (None, "-") for row in cells)
+             and VIEWS[i].key not in leave_out]
     common = []
     for name in HOISTED:
         i = headers.index(name)
@@ -221,23 +271,55 @@ def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: 
             common += [kv for kv in str(records[0].get("params") or "").split(",") if kv and kv not in differ[0]]
         for row, r, extra in zip(cells, records, differ):
             row[0] = newline.join([str(row[0])] + [kv for kv in extra if kv not in str(r.get("label") or "")])
-    names = [BRIEF_HEADERS.get(column_key(headers[i]), headers[i]) if columns == "brief" else headers[i] for i in shown]
+    names = [(VIEWS[i].brief_header or headers[i]) if columns == "brief" else headers[i] for i in shown]
     rows = [[cell_text(headers[i], row[i], newline) for i in shown] for row in cells]
-    return common, names, rows, [i < 6 for i in shown]
+    return common, names, rows, [i < 6 for i in shown], shown
 
 
-def records_table(records: list[dict[str, Any]], title: str = "", columns: str = "brief") -> Table:
-    common, headers, rows, left = table_cells(records, columns)
+def records_table(records: list[dict[str, Any]], title: str = "", columns: str = "brief",
+                  width: int | None = None, left_out: list[str] | None = None) -> Table:
+    """The rich table. With `width` (the terminal's), views are left out, least needed first (`View.priority`),
+    until the table fits without cutting a cell: a number is never truncated; the headers of the views left
+    out are appended to `left_out`."""
+    dropped: list[str] = []
+    while True:
+        table, shown = _rich_table(records, title, columns, dropped)
+        if width is None or _min_width(table) <= width:
+            break
+        candidates = [i for i in shown if VIEWS[i].priority > 0]
+        if not candidates:
+            break
+        worst = max(candidates, key=lambda i: (VIEWS[i].priority, i))
+        dropped.append(VIEWS[worst].key)
+    if left_out is not None:
+        left_out += [VIEWS[column_keys().index(k)].header.replace("\n", " ") for k in dropped]
+    return table
+
+
+def _min_width(table: Table) -> int:
+    from rich.console import Console
+
+    probe = Console(width=10_000)
+    return probe.measure(table).minimum
+
+
+def _rich_table(records, title, columns, leave_out):
+    common, headers, rows, left, shown = _table_parts(records, columns, leave_out=leave_out)
     if common:
         title = f"{title}  ({', '.join(common)})" if title else ", ".join(common)
     table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
-    for header, is_left in zip(headers, left):
+    for j, (header, is_left) in enumerate(zip(headers, left)):
+        lines = [line for row in rows for line in row[j].split("\n")]
+        words = lines if VIEWS[shown[j]].fmt == "stages" else [w for line in lines for w in line.split(" ")]
+        words += header.split()
+        # a number (or a word) is never cut: the column is at least as wide as its longest word
         table.add_column(escape(header), justify="left" if is_left else "right",
-                         no_wrap=column_key(header) in ("params", "row"))
+                         no_wrap=column_key(header) in ("params", "row"),
+                         min_width=max((len(w) for w in words), default=1))
     for row in rows:
         table.add_row(*[escape(cell) for cell in row])
-    return table
+    return table, shown
 
 
 def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
@@ -249,10 +331,12 @@ def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> lis
     return [kv for kv in items(record) if kv not in common]
 
 
-def footer(records: list[dict[str, Any]]) -> str:
-    """Notes that apply to the whole table (environment, conventions)."""
+def footer(records: list[dict[str, Any]], columns: str = "brief") -> str:
+    """Notes that apply to the whole table (environment, conventions); a note that explains a column is
+    written only when the table (`columns`) shows that column."""
     if not records:
         return ""
+    shown = {VIEWS[i].key for i in _table_parts(records, columns)[4]}
     r = records[0]
     bits = [f"{r.get('device_name', '?')}", f"torch {r.get('torch_version', '?')}"]
     if r.get("timing_method"):
@@ -267,9 +351,49 @@ def footer(records: list[dict[str, Any]]) -> str:
     if any(phases.values()):
         lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
                                                            for name, seconds in phases.items()))
-    lines += (sorted(notes) + unsteady_notes(records) + host_bound_notes(records) + train_notes(records)
-              + coverage_notes(records) + energy_notes(records) + errors)
+    lines += (sorted(notes) + unsteady_notes(records) + ratio_notes(records, shown) + host_bound_notes(records)
+              + (train_notes(records) if "train_mib" in shown else [])
+              + (coverage_notes(records) if "flop_cov" in shown else [])
+              + (energy_notes(records) if shown & {"energy", "energy_above_idle"} else [])
+              + utilization_notes(records, shown) + generation_notes(records, shown) + errors)
     return "\n".join(lines)
+
+
+def ratio_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """Why a ratio reads `~` (too unsteady to mean anything) and what `below resolution` is."""
+    lines = []
+    unreliable = [r for r in records if r.get("ratio_unreliable")]
+    if unreliable and shown & set(RATIOS):
+        reasons = sorted({str(r.get("speedup_note")) for r in unreliable if r.get("speedup_note")})
+        lines.append(f"{UNRELIABLE} ratio not shown: {', '.join(str(r.get('label', '?')) for r in unreliable)}"
+                     + (f": {'; '.join(reasons)}" if reasons else ": the rows are too unsteady for it"))
+    below = [r for r in records if r.get("peak_mem_below_resolution")]
+    if below and "peak_mem" in shown:
+        resolution = {r.get("peak_mem_resolution_mib") for r in below} - {None}
+        lines.append(f"{BELOW_RESOLUTION}: the peak memory is below what the method resolves"
+                     + (f" ({', '.join(_num(x) for x in sorted(resolution))} MiB)" if resolution else "")
+                     + (f"; its mem ratio reads {UNRELIABLE}" if "mem_ratio" in shown else ""))
+    return lines
+
+
+def utilization_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """The conventions of the MFU and MBU columns shown (each row's own text is in mfu_convention)."""
+    lines = []
+    if shown & {"mfu", "mfu_measured"}:
+        lines += sorted({str(r["mfu_convention"]) for r in records if r.get("mfu_convention")})
+    if shown & {"mbu", "mbu_measured"}:
+        lines += sorted({str(r["mbu_convention"]) for r in records if r.get("mbu_convention")})
+    return lines
+
+
+def generation_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    lines = []
+    if "ttft" in shown or "tpot" in shown:
+        lines.append("TTFT = time to first token (median over generations); TPOT = time per output token after the "
+                     "first (mean over every later token of every generation)")
+    if "stages" in shown:
+        lines.append("stages ms = median time of each stage of the call (device-timeline stamps between stages)")
+    return lines
 
 
 def unsteady_notes(records: list[dict[str, Any]]) -> list[str]:
@@ -345,7 +469,11 @@ def make_console(stderr: bool = False) -> Console:
 def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None,
                   columns: str = "brief") -> None:
     console = console or make_console()
-    console.print(records_table(records, escape(title), columns))
-    text = footer(records)
+    left_out: list[str] = []
+    console.print(records_table(records, escape(title), columns, width=console.width, left_out=left_out))
+    text = footer(records, columns)
+    if left_out:
+        text += (f"\nnot shown, to fit {console.width} columns: {', '.join(left_out)} (a wider terminal, "
+                 "--columns KEY,..., or --csv/--json, which hold every column)")
     if text:
         console.print(escape(text), style="dim", highlight=False)
