@@ -73,3 +73,45 @@ def ceilings_table(measured, datasheet=None) -> Table:
     table.add_row("device copy, GB/s (read + write)", fmt(measured.bandwidth_gb_per_s),
                   fmt(datasheet.bandwidth_gb_per_s) if datasheet else "-")
     return table
+
+
+def column_shown(column) -> str:
+    """When the table shows `column` (effprof.core.columns.View.shown), as `effprof columns` says it."""
+    from effprof.core.columns import view_of
+
+    view = view_of(column.name)
+    if view is None:
+        return "files only"
+    if view.shown == "brief":
+        return "brief table"
+    if view.shown == "present":
+        return f"brief table with {view.when}" if view.when else "brief table when present"
+    return f"--columns {view.key} (or full)"
+
+
+def _column_rows(columns):
+    from effprof.core.columns import UNITS
+
+    return [(c.name, c.unit, c.filled_by, c.meaning, column_shown(c), UNITS[c.unit]) for c in columns]
+
+
+def columns_table(columns) -> Table:
+    """`effprof columns`: one line per column (a wide terminal shows the meaning on the same line)."""
+    table = Table(title=f"record columns ({len(columns)}; <name> matches any word; units: MiB = 2^20 bytes, "
+                        "GFLOP = 1e9 FLOP = 2 x 1e9 MAC)", title_justify="left")
+    for header in ("column", "unit", "filled by", "meaning", "in the table"):
+        table.add_column(header, no_wrap=header in ("column", "unit"))
+    for name, unit, filled_by, meaning, shown, _ in _column_rows(columns):
+        table.add_row(name, unit, filled_by, meaning, shown)
+    return table
+
+
+def columns_markdown(columns) -> str:
+    """`effprof columns --markdown`: the same as a GitHub-flavoured Markdown table."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["| column | unit | filled by | meaning | in the table |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| `{cell(name)}` | {cell(unit)} | {cell(filled_by)} | {cell(meaning)} | {cell(shown)} |"
+              for name, unit, filled_by, meaning, shown, _ in _column_rows(columns)]
+    return "\n".join(lines) + "\n"

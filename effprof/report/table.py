@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from rich.console import Console
@@ -196,7 +197,6 @@ def column_key(header: str) -> str:
     for view in VIEWS:
         if header in (view.header, view.brief_header):
             return view.key
-    import re
 
     return re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
 
@@ -241,7 +241,7 @@ def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> lis
 def cell_text(header: str, value: Any, newline: str = "\n") -> str:
     """A cell as text; a params string breaks after its commas (never inside a name=value)."""
     text = "-" if value is None else str(value)
-    return text.replace(",", "," + newline) if column_key(header) == "params" else text
+    return ("," + newline).join(param_items({"params": text})) if column_key(header) == "params" else text
 
 
 def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: str = "\n"
@@ -268,7 +268,7 @@ def _table_parts(records, columns="brief", newline="\n", leave_out=()):
     if columns == "brief" and records:  # the parameters that tell rows apart go under the label, one a line
         differ = [varying_params(records, r) for r in records]
         if len(records) > 1:
-            common += [kv for kv in str(records[0].get("params") or "").split(",") if kv and kv not in differ[0]]
+            common += [kv for kv in param_items(records[0]) if kv not in differ[0]]
         for row, r, extra in zip(cells, records, differ):
             row[0] = newline.join([str(row[0])] + [kv for kv in extra if kv not in str(r.get("label") or "")])
     names = [(VIEWS[i].brief_header or headers[i]) if columns == "brief" else headers[i] for i in shown]
@@ -322,11 +322,14 @@ def _rich_table(records, title, columns, leave_out):
     return table, shown
 
 
+def param_items(record: dict[str, Any]) -> list[str]:
+    """The `name=value` items of a record's params text; a value may hold commas (depths=1,1,2,1)."""
+    return [kv for kv in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", str(record.get("params") or "")) if kv]
+
+
 def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     """`name=value` items of `record`'s params text that are not the same on every row (all of them for one row)."""
-    def items(r):
-        return [kv for kv in str(r.get("params") or "").split(",") if kv]
-
+    items = param_items
     common = set(items(records[0])).intersection(*(set(items(r)) for r in records[1:])) if len(records) > 1 else set()
     return [kv for kv in items(record) if kv not in common]
 
