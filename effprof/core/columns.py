@@ -165,4 +165,7 @@ def views() -> tuple[View, ...]:
 
 
 def view_of(key: str) -> View | None:
-    return next((v for v in views() if key in v.sources), None)
+    """The table column that shows record key `key` (the brief table's, when several do), or None."""
+    rank = {"brief": 0, "present": 1, "full": 2}
+    found = [v for v in views() if key in v.sources]
+    return min(found, key=lambda v: rank[v.shown]) if found else None
