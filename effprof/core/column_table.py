@@ -98,7 +98,7 @@ params_frozen | count | tracker training | parameters that do not require grad
 flops_scope | text | tracker training | what gflops counts (forward+backward; optimizer updates count 0)
 gflops_forward | GFLOP | tracker training | FLOPs of the forward alone
 train_weights_mib | MiB | tracker training | weights during the step
-train_grads_mib | MiB | tracker training | gradients
+train_grads_mib | MiB | tracker training | gradients during the step
 train_optimizer_mib | MiB | tracker training | optimizer state
 train_activations_mib | MiB | tracker training | activations the forward allocates (cuda)
 train_saved_activations_mib | MiB | tracker training | tensors saved for backward (cpu)
@@ -214,7 +214,7 @@ latency_ms_process_<stat> | ms | launch.passes | a statistic over the passes' me
 ray_node | id | launch.ray | the Ray node that ran the row
 ray_gpu_ids | id | launch.ray | the GPU ids Ray gave the task
 tp | count | launch.torchrun | tensor-parallel degree (--tp)
-tp_backend | id | launch.torchrun | nccl or gloo
+tp_backend | id | launch.torchrun | the collectives' backend: nccl or gloo
 tp_rank_devices | text | launch.torchrun | each rank's device, ;-separated
 peak_mem_mib_per_rank | text | launch.torchrun | each rank's peak memory, MiB
 weights_mib_per_rank | text | launch.torchrun | each rank's weights, MiB
@@ -233,8 +233,8 @@ weights | id | component | random, or the checkpoint loaded (--pretrained)
 architecture | id | component | the architecture built (preset)
 attention | id | component | the attention implementation (sdpa, eager, ...)
 n_head | count | component | attention heads
-image_size | px | component | image side
-patch_size | px | component | patch side
+image_size | px | component | image side in pixels
+patch_size | px | component | patch side in pixels
 patches | count | component | patches per image
 pos_interpolated | bool | component | True when the position embeddings were interpolated to the image size
 caption_tokens | tokens | component | text tokens per caption (clip-dual)
@@ -271,8 +271,8 @@ scan_gflops_per_img | GFLOP | component | the selective scans' FLOPs per image
 d_state | count | component | SSM state size
 d_inner | count | component | Mamba's inner width
 dt_rank | count | component | Mamba's dt rank
-d_model | count | component | model width
-n_layer | count | component | layers
+d_model | count | component | model width (hidden size)
+n_layer | count | component | layers of the model
 vocab_size | count | component | vocabulary size
 context_len | tokens | component (extras) | tokens in the cache when the timed token is decoded
 state_mib | MiB | component (extras) | conv + SSM state (constant in the context)

@@ -118,6 +118,7 @@ def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None
 def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """The JSON document; `meta` (e.g. from `metadata`) is completed with the facts the records share."""
     full = {**metadata(records=records), **{k: v for k, v in (meta or {}).items() if v is not None}}
+    full["columns"] = column_units(records)
     doc = {"effprof": full, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
     return json.dumps(doc, indent=1) + "\n"
 
