@@ -22,6 +22,25 @@ def components_table(components) -> Table:
     return table
 
 
+def components_compact(components) -> Table:
+    """`effprof list`: a line per component (name, unit, what it is); `effprof list NAME` has the parameters."""
+    table = Table(title=f"registered components ({len(components)})", title_justify="left", box=None,
+                  pad_edge=False)
+    for header in ("component", "unit", "what"):
+        table.add_column(header, no_wrap=header in ("component", "unit"))
+    for c in components:
+        table.add_row(c.name, c.unit, c.description + (" (--reducer NAME)" if c.reducer_sites else ""))
+    return table
+
+
+def component_detail(component, reducers=()) -> list[Table]:
+    """`effprof list COMPONENT`: its parameters, then the reducers it accepts with their options."""
+    tables = [params_table(component)]
+    if reducers:
+        tables.append(reducers_table(reducers))
+    return tables
+
+
 def _param_line(p) -> str:
     return f"{p.option} {p.type_name} = {'none' if p.default is None else p.default}  {p.range_text()}  {p.help}"
 
@@ -38,12 +57,18 @@ def reducers_table(reducers) -> Table:
 
 
 def params_table(component) -> Table:
-    """One component's parameters: option, type, default, allowed values, help."""
+    """One component's parameters: option, type, default, allowed values, help (a reducer's options are in the
+    reducers table)."""
     table = Table(title=f"{component.name} parameters ({component.unit}; {component.description})",
                   title_justify="left")
     for header in ("option", "type", "default", "allowed", "help"):
         table.add_column(header)
-    for p in component.params:
+    params = list(component.own_params) if component.reducer_sites else list(component.params)
+    if component.reducer_sites:
+        from effprof.core.reducers import REDUCER_PARAM
+
+        params.append(REDUCER_PARAM)
+    for p in params:
         table.add_row(p.option, p.type_name, "none" if p.default is None else str(p.default), p.range_text(), p.help)
     return table
 
