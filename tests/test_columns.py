@@ -200,3 +200,20 @@ def test_columns_keys_unchanged_for_users():
                 "speedup", "params_ratio", "gflops_ratio", "mem_ratio", "fvcore_g", "top_1", "scan_k"):
         assert key in keys
     assert [column_keys()[i] for i in chosen_columns([_row("a")], "tflops,row")] == ["tflops", "row"]
+
+
+def test_profile_titles_and_labels_follow_overridden_parameters(tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["compare", "projectors", "--device", "meta", "--tokens", "16", "--in-dim", "32", "--out-dim", "64",
+                 "--rank", "4", "--csv", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "LLaVA projectors, 16 tokens, 32 -> 64" in text and "1024" not in text and "576" not in text
+    labels = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert labels == ["linear", "lowrank-r4", "mlp2x_gelu", "gated", "lora-r4", "ldp (16->4)"]
+    assert main(["compare", "projectors", "--device", "meta"]) == 0
+    assert "LLaVA projectors, 576 tokens, 1024 -> 4096" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: 'x {no_such} y'\nrows:\n  - {component: linear}\n")
+    assert main(["compare", str(bad), "--device", "meta"]) == 2
+    err = capsys.readouterr().err
+    assert "{no_such} is not a parameter of the row" in err and len(err.strip().splitlines()) == 1
