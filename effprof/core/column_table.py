@@ -3,11 +3,33 @@
 `TABLE` holds one line per column, `name | unit | filled by | meaning`, in sections by filler: the runner, each
 tracker (`effprof/trackers/NAME.py`), the launchers, the comparison, the components' facts (`Built.info` and
 `Built.extras`) and the studies. A new column is one line here next to the code that fills it; a test
-(tests/test_columns.py) runs real rows and refuses any key that is not declared.
+(tests/test_columns.py) runs real rows and refuses any key that is not declared. `View` (a column of the
+table) is declared here too; `effprof.core.columns` reads this table and answers questions about it.
 """
 from __future__ import annotations
 
-from effprof.core.columns import View
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class View:
+    """One column of the table. `key` is its `--columns` name; `sources` the record keys it shows (the first
+    is the one whose presence decides whether a row has a value); `header` its header (a newline breaks it),
+    `brief_header` a narrower spelling for the brief table; `fmt` how report.table writes a cell (a format
+    name: num, num4, int, pct0, pct1, fixed2, fixed3, fixed4, text, or a renderer named after the view);
+    `shown`: `brief` = in the brief table, `present` = in the brief table when a row has a value (the
+    component or flag named in `when` exists for it), `full` = only with `--columns full` or by key;
+    `priority`: where the terminal is too narrow, the views of the highest priority number go first."""
+
+    key: str
+    header: str
+    sources: tuple[str, ...]
+    fmt: str = "num"
+    shown: str = "full"
+    when: str = ""
+    priority: int = 2
+    brief_header: str | None = None
+
 
 # The CSV's first columns, in this order; every other key follows in first-seen order.
 LEADING = ("label", "component", "params", "batch", "dtype", "device", "unit", "status",

@@ -21,6 +21,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from effprof.core.column_table import LEADING, TABLE, VIEWS, View
+
+__all__ = ["UNITS", "Column", "View", "all_columns", "declare", "leading", "lookup", "matching", "undeclared",
+           "view_of", "views"]
+
 UNITS = {  # the vocabulary of `Column.unit`
     "ms": "milliseconds", "s": "seconds", "MiB": "2^20 bytes", "MB": "1e6 bytes", "GB/s": "1e9 bytes per second",
     "GFLOP": "1e9 floating-point operations (2 x multiply-accumulate)", "TFLOP/s": "1e12 FLOP per second",
@@ -63,26 +68,6 @@ def _regex(name: str) -> re.Pattern:
     return re.compile(re.sub(r"<[a-z_]+>", "[A-Za-z0-9_]+?", re.escape(name).replace(r"\<", "<").replace(r"\>", ">")))
 
 
-@dataclass(frozen=True)
-class View:
-    """One column of the table. `key` is its `--columns` name; `sources` the record keys it shows (the first
-    is the one whose presence decides whether a row has a value); `header` its header (a newline breaks it),
-    `brief_header` a narrower spelling for the brief table; `fmt` how report.table writes a cell (a format
-    name: num, num4, int, pct0, pct1, fixed2, fixed3, fixed4, text, or a renderer named after the view);
-    `shown`: `brief` = in the brief table, `present` = in the brief table when a row has a value (the
-    component or flag named in `when` exists for it), `full` = only with `--columns full` or by key;
-    `priority`: where the terminal is too narrow, the views of the highest priority number go first."""
-
-    key: str
-    header: str
-    sources: tuple[str, ...]
-    fmt: str = "num"
-    shown: str = "full"
-    when: str = ""
-    priority: int = 2
-    brief_header: str | None = None
-
-
 def _parse(text: str) -> tuple[Column, ...]:
     rows = []
     for line in text.strip().splitlines():
@@ -99,8 +84,6 @@ def _parse(text: str) -> tuple[Column, ...]:
 @lru_cache(maxsize=1)
 def all_columns() -> tuple[Column, ...]:
     """Every declared column, in the order of the declaration (the CSV's leading columns first)."""
-    from effprof.core.column_table import TABLE
-
     columns = _parse(TABLE)
     seen = set()
     for c in columns:
@@ -146,8 +129,6 @@ def undeclared(keys) -> list[str]:
 
 def leading() -> list[str]:
     """The CSV's first columns, in this order (the rest follow in first-seen order)."""
-    from effprof.core.column_table import LEADING
-
     return list(LEADING)
 
 
@@ -159,8 +140,6 @@ def matching(pattern: str = "*") -> list[Column]:
 
 
 def views() -> tuple[View, ...]:
-    from effprof.core.column_table import VIEWS
-
     return VIEWS
 
 

@@ -347,9 +347,9 @@ def footer(records: list[dict[str, Any]], columns: str = "brief") -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     methods = sorted({x["peak_mem_method"] for x in records if x.get("peak_mem_method")})
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
-    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes; "
-             "CV = std/mean of the samples, a fraction"]
-    lines += [f"peak mem = {m}" for m in methods]
+    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes"
+             + ("; CV = std/mean of the samples, a fraction" if "cv" in shown else "")]
+    lines += [f"peak mem = {m}" for m in methods if "peak_mem" in shown]
     phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records) for name in ("build", "count", "warmup", "timing")}
     if any(phases.values()):
         lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
