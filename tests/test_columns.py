@@ -217,3 +217,12 @@ def test_profile_titles_and_labels_follow_overridden_parameters(tmp_path, capsys
     assert main(["compare", str(bad), "--device", "meta"]) == 2
     err = capsys.readouterr().err
     assert "{no_such} is not a parameter of the row" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_tracker_declares_the_columns_it_fills():
+    from effprof.trackers import TRACKERS
+
+    fillers = {c.filled_by for c in all_columns()}
+    missing = [t.name for t in TRACKERS if t.name != "extras" and f"tracker {t.name}" not in fillers]
+    assert missing == []  # extras passes on a component's facts: those are declared as "component (extras)"
+    assert "component (extras)" in fillers
