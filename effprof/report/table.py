@@ -280,7 +280,7 @@ def records_table(records: list[dict[str, Any]], title: str = "", columns: str =
                   width: int | None = None, left_out: list[str] | None = None) -> Table:
     """The rich table. With `width` (the terminal's), views are left out, least needed first (`View.priority`),
     until the table fits without cutting a cell: a number is never truncated; the headers of the views left
-    out are appended to `left_out`."""
+    out (their keys) are appended to `left_out`."""
     dropped: list[str] = []
     while True:
         table, shown = _rich_table(records, title, columns, dropped)
@@ -292,7 +292,7 @@ def records_table(records: list[dict[str, Any]], title: str = "", columns: str =
         worst = max(candidates, key=lambda i: (VIEWS[i].priority, i))
         dropped.append(VIEWS[worst].key)
     if left_out is not None:
-        left_out += [VIEWS[column_keys().index(k)].header.replace("\n", " ") for k in dropped]
+        left_out += dropped
     return table
 
 
@@ -334,12 +334,12 @@ def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> lis
     return [kv for kv in items(record) if kv not in common]
 
 
-def footer(records: list[dict[str, Any]], columns: str = "brief") -> str:
+def footer(records: list[dict[str, Any]], columns: str = "brief", left_out: tuple[str, ...] | list[str] = ()) -> str:
     """Notes that apply to the whole table (environment, conventions); a note that explains a column is
-    written only when the table (`columns`) shows that column."""
+    written only when the table (`columns`, less the view keys `left_out`) shows that column."""
     if not records:
         return ""
-    shown = {VIEWS[i].key for i in _table_parts(records, columns)[4]}
+    shown = {VIEWS[i].key for i in _table_parts(records, columns, leave_out=tuple(left_out))[4]}
     r = records[0]
     bits = [f"{r.get('device_name', '?')}", f"torch {r.get('torch_version', '?')}"]
     if r.get("timing_method"):
@@ -474,9 +474,10 @@ def print_records(records: list[dict[str, Any]], title: str = "", console: Conso
     console = console or make_console()
     left_out: list[str] = []
     console.print(records_table(records, escape(title), columns, width=console.width, left_out=left_out))
-    text = footer(records, columns)
+    text = footer(records, columns, left_out)
     if left_out:
-        text += (f"\nnot shown, to fit {console.width} columns: {', '.join(left_out)} (a wider terminal, "
+        headers = [VIEWS[column_keys().index(k)].header.replace("\n", " ") for k in left_out]
+        text += (f"\nnot shown, to fit {console.width} columns: {', '.join(headers)} (a wider terminal, "
                  "--columns KEY,..., or --csv/--json, which hold every column)")
     if text:
         console.print(escape(text), style="dim", highlight=False)
