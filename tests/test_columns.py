@@ -55,6 +55,10 @@ def test_every_key_of_real_records_is_declared_with_a_unit_and_a_meaning(real_re
     for key in ("fvcore_gmacs", "train_grads_mib", "fidelity_cos", "stage_vision_ms", "ttft_ms", "state_mib",
                 "mfu_datasheet_pct", "mbu_mib_per_token", "param_keep"):
         assert any(key in r for r in records), key
+    # MFU's FLOPs are the whole call's: a VLM's vision tower and projector are in them
+    llava = next(r for r in records if r["label"] == "llava")
+    stages = [llava[f"stage_{name}_gflops"] for name in llava["stage_names"].split(",")]
+    assert llava["stage_vision_gflops"] > 0 and llava["gflops"] == pytest.approx(sum(stages), rel=1e-6)
     # the JSON says what each of its columns is
     described = real_records["effprof"]["columns"]
     assert described["latency_ms_median"].startswith("ms: ") and "undeclared" not in described.values()

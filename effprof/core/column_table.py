@@ -77,7 +77,8 @@ latency_ms_p10 | ms | runner (timing) | 10th percentile of the per-call samples
 latency_ms_p90 | ms | runner (timing) | 90th percentile of the per-call samples
 latency_ms_mean | ms | runner (timing) | mean of the per-call samples
 latency_cv | fraction | runner (timing) | coefficient of variation std/mean of the samples (0.02 = 2%)
-latency_unsteady | bool | runner (timing) | True when latency_cv is above 0.05; ratios against such a row carry that noise
+latency_unsteady | bool | runner (timing) | True when latency_cv is above 0.05; ratios against such a row carry that
+    noise
 latency_ms_ci95_low | ms | runner (timing) | lower end of the 95% confidence interval of the median (order statistics)
 latency_ms_ci95_high | ms | runner (timing) | upper end of the 95% confidence interval of the median
 latency_samples_ms | list | runner (timing) | the raw per-call samples (JSON only)
@@ -89,7 +90,8 @@ timing_stop | id | runner (timing) | why timing stopped: steady, precise, min-ti
 items_per_call | count | runner (timing) | items (unit) one call processes: batch x items per sample
 throughput_per_s | items/s | runner (timing) | items_per_call / median latency
 phase_<phase>_s | s | runner | wall seconds of a phase of the row (build, count, warmup, timing, ...)
-exec_mode | text | runner | eager, graphs, compile or compile+graphs (train- for --train; by the component if it applies it)
+exec_mode | text | runner | eager, graphs, compile or compile+graphs (train- for --train; by the component if it
+    applies it)
 compile_s | s | runner | torch.compile time of the first call (never inside the latency)
 peak_mem_note | text | runner | why the peak memory is missing or what it leaves out
 # --- tracker params ---
@@ -97,17 +99,22 @@ params_total | count | tracker params | parameters of the component (all)
 params_trainable | count | tracker params | parameters that require grad (LoRA's frozen base excluded)
 weights_mib | MiB | tracker params | bytes of parameters and buffers
 # --- tracker flops_bytes (effprof.measure.bytes) ---
-gflops | GFLOP | tracker flops_bytes | FLOPs of one call for the whole batch, 2 x MAC (FlopCounterMode + effprof's formulas); --train: forward+backward
-moved_mib_lower_bound | MiB | tracker flops_bytes | bytes one call must move at least (each input read once, each output written once)
+gflops | GFLOP | tracker flops_bytes | FLOPs of one call for the whole batch, 2 x MAC (FlopCounterMode + effprof's
+    formulas); --train: forward+backward
+moved_mib_lower_bound | MiB | tracker flops_bytes | bytes one call must move at least (each input read once, each
+    output written once)
 tflops_per_s | TFLOP/s | runner (timing) | gflops / median latency
 # --- tracker flop_coverage (effprof.measure.coverage) ---
 flop_coverage | fraction | tracker flop_coverage | share of the call's time in ops that have a FLOP formula
-flop_coverage_method | text | tracker flop_coverage | what time the share is of (kernel time on cuda, aten op CPU time on cpu)
+flop_coverage_method | text | tracker flop_coverage | what time the share is of (kernel time on cuda, aten op CPU time
+    on cpu)
 flop_coverage_note | text | tracker flop_coverage | why the coverage is missing
-flop_uncovered_top | text | tracker flop_coverage | the op without a FLOP formula that takes the most time, with its share
+flop_uncovered_top | text | tracker flop_coverage | the op without a FLOP formula that takes the most time, with its
+    share
 flop_coverage_low | bool | cli | True when flop_coverage is below --min-flop-coverage
 # --- tracker paper_flops ---
-paper_gmacs_per_img | GMAC | tracker paper_flops | the vision papers' "GFLOPs": fvcore-style MACs per image (comparable with VMamba's 4.9G)
+paper_gmacs_per_img | GMAC | tracker paper_flops | the vision papers' "GFLOPs": fvcore-style MACs per image
+    (comparable with VMamba's 4.9G)
 paper_gmacs_convention | text | tracker paper_flops | what paper_gmacs_per_img counts and leaves out
 paper_gmacs_note | text | tracker paper_flops | why paper_gmacs_per_img is missing
 # --- tracker training (--train, effprof.measure.training) ---
@@ -128,7 +135,8 @@ train_inputs_mib | MiB | tracker training | the inputs of the step
 train_peak_mib | MiB | tracker training | the step's allocator peak (cuda)
 train_memory_method | text | tracker training | how the split was measured
 # --- tracker peak_memory ---
-peak_mem_mib | MiB | tracker peak_memory | peak memory above what was allocated before the timed calls (activations, workspaces)
+peak_mem_mib | MiB | tracker peak_memory | peak memory above what was allocated before the timed calls (activations,
+    workspaces)
 peak_mem_method | text | tracker peak_memory | CUDA allocator peak, or the process's resident-set growth on cpu
 peak_mem_below_resolution | bool | tracker peak_memory | True when the cpu peak is below what the method can resolve
 peak_mem_resolution_mib | MiB | tracker peak_memory | the smallest peak the cpu method resolves
@@ -140,7 +148,8 @@ mem_clock_mhz_median | MHz | tracker nvml | median memory clock
 power_w_median | W | tracker nvml | median board power
 temp_c_max | degC | tracker nvml | hottest GPU temperature
 energy_j | J | tracker nvml | board energy over the timed region
-energy_j_per_item | J/item | tracker nvml | energy_j per item, idle power included (as Zeus and the ML.ENERGY leaderboard)
+energy_j_per_item | J/item | tracker nvml | energy_j per item, idle power included (as Zeus and the ML.ENERGY
+    leaderboard)
 energy_method | id | tracker nvml | energy-counter or power-integration
 idle_power_w | W | tracker nvml | idle board power measured before the first timed region
 idle_power_method | text | tracker nvml | when idle power was measured
@@ -156,7 +165,8 @@ fvcore_note | text | tracker crosscheck | fvcore's convention, or why it is miss
 thop_gmacs | GMAC | tracker crosscheck | thop's count (MACs of module hooks)
 thop_note | text | tracker crosscheck | thop's convention, or why it is missing
 # --- tracker roofline (effprof.measure.roofline) ---
-achieved_gb_per_s | GB/s | tracker roofline | moved bytes lower bound / latency: a lower bound on the bandwidth achieved
+achieved_gb_per_s | GB/s | tracker roofline | moved bytes lower bound / latency: a lower bound on the bandwidth
+    achieved
 arithmetic_intensity_flop_per_byte | count | tracker roofline | FLOPs / bytes moved (lower bound), FLOP per byte
 ceilings_source | id | tracker roofline | the ceilings used: measured (effprof calibrate), datasheet or unknown
 peak_tflops | TFLOP/s | tracker roofline | compute ceiling of the row's dtype (dense)
@@ -168,12 +178,15 @@ memory_floor_ms | ms | tracker roofline | bytes / peak_gb_per_s
 roofline_fraction | fraction | tracker roofline | larger floor / latency (1 = on the roof)
 verdict | id | tracker roofline | compute, memory or overhead (latency above 10 x the larger floor)
 # --- tracker utilization (MFU / MBU, effprof.measure.utilization) ---
-mfu_datasheet_pct | % | tracker utilization | model FLOPs utilization: 100 x counted FLOPs of the call / latency / the dense datasheet peak of the dtype (never the sparse figure)
+mfu_datasheet_pct | % | tracker utilization | model FLOPs utilization: 100 x counted FLOPs of the call / latency / the
+    dense datasheet peak of the dtype (never the sparse figure)
 mfu_measured_pct | % | tracker utilization | the same against the measured matmul ceiling (effprof calibrate's cache)
 mfu_convention | text | tracker utilization | the FLOPs, time and peaks MFU uses
-mbu_datasheet_pct | % | tracker utilization | model bandwidth utilization of a decode step: 100 x bytes a step reads (weights + KV cache or SSM state) / time per output token / the datasheet bandwidth
+mbu_datasheet_pct | % | tracker utilization | model bandwidth utilization of a decode step: 100 x bytes a step reads
+    (weights + KV cache or SSM state) / time per output token / the datasheet bandwidth
 mbu_measured_pct | % | tracker utilization | the same against the measured copy bandwidth (effprof calibrate's cache)
-mbu_mib_per_token | MiB | tracker utilization | bytes one decode step moves (weights read once + KV cache or SSM state; counted), per step of the batch
+mbu_mib_per_token | MiB | tracker utilization | bytes one decode step moves (weights read once + KV cache or SSM
+    state; counted), per step of the batch
 mbu_convention | text | tracker utilization | the bytes, time and bandwidths MBU uses
 utilization_note | text | tracker utilization | why MFU / MBU are missing
 # --- tracker stages (a staged component's split) ---
@@ -201,7 +214,8 @@ e2e_ms_<stat> | ms | tracker generation | end-to-end latency, statistic <stat>
 <metric>_cv | fraction | tracker generation | coefficient of variation of a generation metric
 # --- tracker estimate (analytic cost model) ---
 estimate_stage | id | tracker estimate | the LM stage the estimate models (prefill or decode)
-estimate_gflops | GFLOP | tracker estimate | matrix-product FLOPs of that stage, analytic (must equal its counted FLOPs)
+estimate_gflops | GFLOP | tracker estimate | matrix-product FLOPs of that stage, analytic (must equal its counted
+    FLOPs)
 estimate_mbytes | MB | tracker estimate | bytes the stage moves, analytic (decimal MB)
 estimate_ms | ms | tracker estimate | the roofline bound on this device's ceilings (cuda)
 estimate_ceilings | id | tracker estimate | the ceilings used
@@ -276,7 +290,8 @@ image_tokens_in | tokens | component (extras) | image tokens before the reducer
 image_tokens_out | tokens | component (extras) | image tokens after it
 lm_tokens_per_layer | text | component (extras) | tokens the LM sees per layer (NxL: N tokens in L layers)
 lm_image_tokens_per_layer | text | component (extras) | image tokens the LM sees per layer
-fidelity_cos | fraction | component (extras) | cosine similarity of the reduced model's output to the full model's (mean over the batch)
+fidelity_cos | fraction | component (extras) | cosine similarity of the reduced model's output to the full model's
+    (mean over the batch)
 fidelity_cos_min | fraction | component (extras) | the lowest cosine over the batch
 fidelity_dtype | id | component (extras) | the dtype the fidelity was computed in
 fidelity_of | text | component (extras) | which output fidelity_cos compares

@@ -69,10 +69,14 @@ def _regex(name: str) -> re.Pattern:
 
 
 def _parse(text: str) -> tuple[Column, ...]:
-    rows = []
-    for line in text.strip().splitlines():
-        line = line.strip()
+    rows: list[Column] = []
+    for raw in text.strip().splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
+            continue
+        if raw[:1].isspace() and rows:  # an indented line continues the meaning above
+            last = rows.pop()
+            rows.append(Column(last.name, last.unit, last.filled_by, f"{last.meaning} {line}"))
             continue
         name, unit, filled_by, meaning = (part.strip() for part in line.split("|", 3))
         if unit not in UNITS:

@@ -35,7 +35,12 @@ def components_compact(components) -> Table:
 
 def component_detail(component, reducers=()) -> list[Table]:
     """`effprof list COMPONENT`: its parameters, then the reducers it accepts with their options."""
-    tables = [params_table(component)]
+    params = None
+    if component.reducer_sites:  # its own options and --reducer; each reducer's options in the reducers table
+        from effprof.core.reducers import REDUCER_PARAM
+
+        params = [*component.own_params, REDUCER_PARAM]
+    tables = [params_table(component, params)]
     if reducers:
         tables.append(reducers_table(reducers))
     return tables
@@ -56,19 +61,14 @@ def reducers_table(reducers) -> Table:
     return table
 
 
-def params_table(component) -> Table:
-    """One component's parameters: option, type, default, allowed values, help (a reducer's options are in the
-    reducers table)."""
+def params_table(component, params=None) -> Table:
+    """One component's parameters (default: all, a reducer's options included): option, type, default,
+    allowed values, help."""
     table = Table(title=f"{component.name} parameters ({component.unit}; {component.description})",
                   title_justify="left")
     for header in ("option", "type", "default", "allowed", "help"):
         table.add_column(header)
-    params = list(component.own_params) if component.reducer_sites else list(component.params)
-    if component.reducer_sites:
-        from effprof.core.reducers import REDUCER_PARAM
-
-        params.append(REDUCER_PARAM)
-    for p in params:
+    for p in component.params if params is None else params:
         table.add_row(p.option, p.type_name, "none" if p.default is None else str(p.default), p.range_text(), p.help)
     return table
 
