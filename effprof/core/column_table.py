@@ -241,7 +241,9 @@ host_cpu_busy_pct | % | launch.pool | the host's CPU busy share during the row
 host_load_1min | count | launch.pool | the host's 1-minute load average at the row's end
 host_cpus | count | launch.pool | the host's CPUs
 host_<name> | text | cli | a fact about the host's load during the run
-rows_at_once | count | launch.pool | rows measured at the same time as this one
+rows_in_flight_max | count | launch.pool | the most rows measured at the same time as this one (sharing the host)
+isolated | bool | launch.pool | True when the row had a fresh worker process of its own (--isolate)
+gpu_index_by_process | list | launch.passes | the GPU of each pass (JSON only)
 processes | count | launch.passes | passes (fresh processes) the row was measured in (--processes)
 processes_ok | count | launch.passes | passes in which the row succeeded
 latency_ms_process_medians | list | launch.passes | each pass's median (JSON only)
@@ -347,6 +349,8 @@ eval_model_img_per_s | items/s | studies.evaluate (eval) | images / time inside 
 eval_batch | count | studies.evaluate (eval) | evaluation batch
 eval_data | text | studies.evaluate (eval) | the image folder
 preprocess | text | studies.evaluate (eval) | the preprocessing (resize, crop, normalisation)
+head | id | cli (eval) | the classifier head evaluated: checkpoint, fresh (the checkpoint's dropped) or random
+cost_note | text | cli (eval) | where the cost columns of an eval record come from
 quality_train_mse | count | studies.quality (quality) | training-set mean squared error after the steps
 quality_test_mse | count | studies.quality (quality) | held-out mean squared error
 quality_steps | count | studies.quality (quality) | optimisation steps
