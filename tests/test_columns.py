@@ -118,6 +118,8 @@ def test_columns_command_prints_the_dictionary(capsys):
     assert lines[0] == "| column | unit | filled by | meaning | in the table |"
     assert "| `latency_ms_median` | ms | runner (timing) |" in text and "brief table" in text
     assert all(line.count(" | ") == 4 for line in lines)
+    assert main(["columns", "stage_vision_ms"]) == 0  # a key read off a CSV header: its pattern's entry
+    assert "stage_<stage>_ms" in capsys.readouterr().out
     assert main(["columns", "no_such_thing"]) == 2
     assert "no column matches 'no_such_thing'" in capsys.readouterr().err
 

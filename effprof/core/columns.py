@@ -137,10 +137,13 @@ def leading() -> list[str]:
 
 
 def matching(pattern: str = "*") -> list[Column]:
-    """Columns whose name (or filler) matches a shell-style pattern, or contains it as a word."""
+    """Columns whose name (or filler) matches a shell-style pattern or contains it, and the column that
+    declares the key `pattern` itself (a name read off a CSV header)."""
     pattern = pattern.strip() or "*"
     glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
-    return [c for c in all_columns() if fnmatch.fnmatchcase(c.name, glob) or fnmatch.fnmatchcase(c.filled_by, glob)]
+    found = [c for c in all_columns() if fnmatch.fnmatchcase(c.name, glob) or fnmatch.fnmatchcase(c.filled_by, glob)]
+    exact = lookup(pattern)  # a key read off a CSV header: stage_vision_ms -> stage_<stage>_ms
+    return ([exact] if exact is not None and exact not in found else []) + found
 
 
 def views() -> tuple[View, ...]:
