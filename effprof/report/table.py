@@ -188,7 +188,7 @@ def footer(records: list[dict[str, Any]], columns: str = "brief", left_out: tupl
               + (train_notes(records) if "train_mib" in shown else [])
               + (coverage_notes(records) if "flop_cov" in shown else [])
               + (energy_notes(records) if shown & {"energy", "energy_above_idle"} else [])
-              + utilization_notes(records, shown) + generation_notes(records, shown) + errors)
+              + utilization_notes(records, shown) + column_notes(records, shown) + errors)
     return "\n".join(lines)
 
 
@@ -219,8 +219,17 @@ def utilization_notes(records: list[dict[str, Any]], shown: set[str]) -> list[st
     return lines
 
 
-def generation_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """What the columns a flag or a component added mean (TTFT/TPOT, the stage split, fvcore/thop, top-k)."""
     lines = []
+    if shown & {"fvcore_g", "thop_g"}:
+        lines.append("fvcore G / thop G = their counts of the same call in GMAC (fvcore leaves out attention's "
+                     "matmuls, thop counts module hooks): compare with GFLOP/call / 2")
+    if shown & {"top_1", "top_5"}:
+        sets = sorted({f"{r.get('eval_images')} images of {r.get('eval_data')}" for r in records
+                       if r.get("top1_pct") is not None})
+        lines.append("top-1 / top-5 % = images whose label is the first / among the first 5 logits (" +
+                     "; ".join(sets) + ")")
     if "ttft" in shown or "tpot" in shown:
         lines.append("TTFT = time to first token (median over generations); TPOT = time per output token after the "
                      "first (mean over every later token of every generation)")
