@@ -74,6 +74,10 @@ CONVENTIONS = {
     "throughput_per_s": "items (unit column: img, tok, seq) per second at the median latency",
     "peak_mem_mib": "see peak_mem_method: CUDA allocator peak above the start, or the process resident set on CPU",
     "latency_unsteady": "True when latency_cv is above the unsteady threshold; ratios against such a row carry it",
+    "mfu": "mfu_*_pct = 100 x counted FLOPs of the whole call / median latency / dense matmul peak of the dtype "
+           "(datasheet: NVIDIA's dense figure; measured: effprof calibrate); each row's mfu_convention names its peaks",
+    "mbu": "mbu_*_pct (decode and generation rows) = 100 x bytes one decode step reads (weights + KV cache or SSM "
+           "state) / time per output token / peak bandwidth (Databricks); each row's mbu_convention says more",
 }
 LOAD_WITH = 'pandas: pd.json_normalize(json.load(open(PATH))["records"])'
 SHARED = ("device_name", "device_type", "cpu_model", "torch_num_threads", "torch_version", "cuda_version",
