@@ -99,8 +99,14 @@ def test_compare_profile_file_and_list(tmp_path, fast, capsys):
     assert rows[0]["gflops_ratio"] == pytest.approx(8 / 64) and rows[0]["batch"] == 2
     assert main(["list", "proj*"]) == 2  # no component is named like that
     assert main(["list"]) == 0
-    listing = capsys.readouterr().out
-    assert "--keep" in listing and "(0, 1]" in listing and "projectors" in listing
+    listing = capsys.readouterr().out  # a line per component; the parameters are in `list COMPONENT`
+    assert "clip-vtp" in listing and "projectors" in listing and "--keep" not in listing
+    assert len([line for line in listing.splitlines() if line.startswith("clip-vtp ")]) == 1
+    assert main(["list", "clip-vtp"]) == 0
+    detail = capsys.readouterr().out
+    assert "--keep" in detail and "(0, 1]" in detail
+    assert main(["list", "clip-*"]) == 0  # several matches: a line each
+    assert "--keep" not in capsys.readouterr().out
 
 
 def test_bad_profile_is_refused_before_running(tmp_path, capsys):

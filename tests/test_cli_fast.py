@@ -15,14 +15,15 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--version"], ["list"], ["list", "mamba*"]])
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["--version"], ["list"], ["list", "mamba*"], ["list", "mamba-lm"]])
 def test_help_version_and_list_import_no_torch(argv):
     proc = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY=", proc.stdout[-500:]
-    if argv[0] == "list":
-        assert "--scan-backend" in proc.stdout and "profiles:" in proc.stdout
+    if argv[0] == "list":  # a line per component; one component's parameters in detail
+        assert "mamba-lm" in proc.stdout and "profiles:" in proc.stdout
+        assert ("--scan-backend" in proc.stdout) == (argv == ["list", "mamba-lm"])
 
 
 def test_choices_declared_beside_components_match_their_modules():

@@ -162,7 +162,7 @@ def test_a_new_launcher_plugs_in_without_touching_the_runner(tmp_path, fast):
     finally:
         unregister_launcher("reverse")
     assert "reverse" not in LAUNCHERS
-    assert seen[0] == "ldp (576->144)" and seen[-1] == "linear"
+    assert seen[0] == "ldp (16->4)" and seen[-1] == "linear"  # the label follows --tokens 16
     labels = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
     assert labels[0] == "linear" and len(labels) == len(seen)
 

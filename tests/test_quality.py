@@ -60,6 +60,7 @@ def test_quality_command_on_a_profile(tmp_path, one_thread, capsys):
     assert main(args) == 0
     records = read_json(out)
     assert [r["label"] for r in records][:2] == ["linear", "lowrank-r256"]
+    assert records[-1]["label"] == "ldp (4->1)"  # the label follows --set tokens=4
     assert all(r["quality_steps"] == 5 and r["quality_test_mse"] > 0 for r in records)
     text = capsys.readouterr().out
     assert "synthetic features" in text and "test MSE" in text

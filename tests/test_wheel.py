@@ -60,7 +60,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_built_in_profiles_from_elsewhere(t
     import json
 
     rows = json.loads(out.read_text())["records"]
-    assert [r["label"] for r in rows] == ["linear", "lowrank-r256", "mlp2x_gelu", "gated", "lora-r8", "ldp (576->144)"]
+    assert [r["label"] for r in rows] == ["linear", "lowrank-r256", "mlp2x_gelu", "gated", "lora-r8", "ldp (16->4)"]
     assert all(r["status"] == "ok" for r in rows)
     assert rows[0]["params_total"] == 32 * 64 + 64 and rows[1]["param_rank"] == 256  # the built-in rows, shrunk
     assert rows[5]["tokens_out"] == 4  # ldp: 16 tokens -> 4

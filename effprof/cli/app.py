@@ -156,7 +156,10 @@ def _set_on_rows(profile, extra: list[str]) -> None:
         configs.append(replace(config, params={**config.params, **{k: v for k, v in fixed.items() if k in names}}))
         configs[-1].resolved()  # refuse a value a row's component does not accept, before anything runs
     profile.configs = configs
-    profile.title += " (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + " on every row)"
+    profile.fill()  # a title or label written with {name} follows the new values
+    rest = {k: v for k, v in fixed.items() if k not in profile.placeholders()}
+    if rest:
+        profile.title += " (" + ", ".join(f"{k}={v}" for k, v in rest.items()) + " on every row)"
 
 
 def _table_console(*outputs: str | None) -> Console:

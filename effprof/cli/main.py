@@ -9,7 +9,7 @@ import effprof.cli.app as shared
 from effprof.cli.app import Interrupted, app, console, err_console  # noqa: F401  (Interrupted: re-exported)
 # Importing a command module registers its commands, in the order `effprof --help` lists them.
 from effprof.cli.commands import listing, run, compare, calibrate, roofline, breakdown, env  # noqa: F401,I001
-from effprof.cli.commands import estimate, eval, quality, diff  # noqa: F401,I001
+from effprof.cli.commands import estimate, eval, quality, diff, columns  # noqa: F401,I001
 from effprof.core.errors import EffprofError
 from effprof.core.registry import get_component
 

@@ -4,12 +4,15 @@ A profile is a built-in name (a YAML file in the top-level `profiles/` folder, s
 `effprof/_profiles/`) or a path
 to a YAML file:
 
-    title: LLaVA projectors, 576 tokens, 1024 -> 4096
+    title: LLaVA projectors, {tokens} tokens, {in_dim} -> {out_dim}
     options: {batch: 16}            # any RunOptions field (batch, dtype, device, min_time, ...)
     baseline: linear                # the label of the ratio row (default: the first row)
     rows:
       - component: linear
-      - {component: lowrank, params: {rank: 256}, label: lowrank-256}
+      - {component: lowrank, params: {rank: 256}, label: "lowrank-r{rank}"}
+
+`{name}` (or `{name//N}`, `{name*N}`) in the title or a label is the row's parameter value (the title takes
+the baseline row's), so both follow parameters set on the command line beside the profile.
 
 or, for one component over a grid (a cartesian product; keys are parameters or batch/dtype):
 
@@ -29,6 +32,7 @@ Execution defaults a profile may declare:
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,52 @@ class Profile:
     varied: list[str] | None = None  # the grid's keys, for plots
     launch: dict[str, Any] = field(default_factory=dict)  # launcher defaults (LAUNCH_KEYS)
     notes: list[str] = field(default_factory=list)         # how the execution differs from the file (e.g. cpu)
+    title_template: str | None = None  # the title as written, `{name}` placeholders unfilled
+    label_templates: list[str] | None = None  # each row's label as written
+
+    def fill(self) -> None:
+        """Write the title and the labels from their templates with the rows' current parameter values, so
+        that they follow parameters set beside the profile (`compare projectors --in-dim 32`)."""
+        if self.label_templates is not None:
+            self.configs = [replace(c, label=fill_template(t, row_values(c), f"row {i + 1} label"))
+                            if "{" in t else c for i, (c, t) in enumerate(zip(self.configs, self.label_templates))]
+        if self.title_template is not None and "{" in self.title_template:
+            values: dict[str, Any] = {}
+            for config in [self.configs[self.baseline]] + self.configs:  # the baseline row's values first
+                for key, value in row_values(config).items():
+                    values.setdefault(key, value)
+            self.title = fill_template(self.title_template, values, "title")
+
+    def placeholders(self) -> set[str]:
+        """The names the title's template fills in."""
+        return {m.group(1) for m in PLACEHOLDER.finditer(self.title_template or "")}
+
+
+# `{name}`, `{name//N}` or `{name*N}` in a profile's title or a row's label: the row's parameter (or batch,
+# dtype, device), e.g. `label: ldp ({tokens}->{tokens//4})`.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?:\s*(//|\*)\s*(\d+))?\}")
+
+
+def row_values(config: Config) -> dict[str, Any]:
+    opts = config.options
+    return {**config.resolved(), "batch": opts.batch, "dtype": opts.dtype, "device": opts.device}
+
+
+def fill_template(template: str, values: dict[str, Any], where: str) -> str:
+    """`template` with each placeholder replaced by its value; an unknown name is a ProfileError."""
+    def one(match: re.Match) -> str:
+        name, op, number = match.groups()
+        if name not in values:
+            raise ProfileError(f"{where}: {{{name}}} is not a parameter of the row (one of: "
+                               f"{', '.join(sorted(values))})")
+        value = values[name]
+        if op:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ProfileError(f"{where}: {{{name}{op}{number}}} needs a whole number, {name} is {value!r}")
+            value = value // int(number) if op == "//" else value * int(number)
+        return str(value)
+
+    return PLACEHOLDER.sub(one, template)
 
 
 def find_profile(name: str) -> Path | None:
@@ -282,8 +332,14 @@ def load_profile(name: str, base: RunOptions, overrides: dict[str, Any]) -> Prof
             at = f"row {i} ({config.label or config.component})" if "rows" in doc else f"row {config.label}"
             raise ProfileError(f"{path}: {at}: {exc}") from None
     title = doc.get("title")
-    return Profile(str(title) if title is not None else path.stem, configs, index, varied,
-                   dict(doc.get("launch") or {}), notes)
+    profile = Profile(str(title) if title is not None else path.stem, configs, index, varied,
+                      dict(doc.get("launch") or {}), notes, title_template=None if title is None else str(title),
+                      label_templates=[c.label for c in configs] if "rows" in doc else None)
+    try:
+        profile.fill()
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+    return profile
 
 
 def graphs_fallback(configs: list[Config], overrides: dict[str, Any]) -> tuple[list[Config], list[str]]:

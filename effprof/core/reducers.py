@@ -27,8 +27,8 @@ from effprof.core.errors import ParamError, UsageError
 from effprof.core.params import Param, resolve
 
 SITES = ("vision-output", "vision-inner", "lm")
-REDUCER_PARAM = Param("reducer", str, None, "Visual token reducer (see the reducers table of `effprof list`); "
-                      "none = no reduction.", optional=True)
+REDUCER_PARAM = Param("reducer", str, None, "Visual token reducer (see the reducers table of `effprof list "
+                      "COMPONENT`); none = no reduction.", optional=True)
 
 
 class UnknownReducer(UsageError):

@@ -26,7 +26,7 @@ def to_markdown(records: list[dict[str, Any]], title: str = "", columns: str = "
     lines.append("| " + " | ".join(cell(h) for h in headers) + " |")
     lines.append("| " + " | ".join("---" if is_left else "---:" for is_left in left) + " |")
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    text = "\n".join([footer(records)] + list(notes or [])).strip()
+    text = "\n".join([footer(records, columns)] + list(notes or [])).strip()
     if text:
         lines += [""] + [f"{line}  " for line in text.splitlines()]
     return "\n".join(lines) + "\n"
@@ -52,7 +52,7 @@ def to_html(records: list[dict[str, Any]], title: str = "", columns: str = "brie
     head = "".join(f"<th{cls(lf)}>{esc(h)}</th>" for h, lf in zip(headers, left))
     body = "".join("<tr>" + "".join(f"<td{cls(lf)}>{esc(c)}</td>" for c, lf in zip(row, left)) + "</tr>\n"
                    for row in rows)
-    text = "\n".join([footer(records)] + list(notes or [])).strip()
+    text = "\n".join([footer(records, columns)] + list(notes or [])).strip()
     figures = "".join(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
                       f'{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}</figcaption></figure>\n'
                       for caption, data in images or [])

@@ -1,8 +1,9 @@
 """CSV and JSON output, written atomically (temporary file in the same folder, then rename).
 
 The JSON file is `{"effprof": METADATA, "records": [flat records]}`; METADATA says what wrote it (version,
-command line, time), the environment the rows share and the units of the columns. The records load into
-pandas in one call:
+command line, time), the environment the rows share and, under "columns", each key's unit and meaning (from
+the declaration in effprof.core.column_table; `effprof columns` prints the whole dictionary). The records
+load into pandas in one call:
 
     import json, pandas as pd
     df = pd.json_normalize(json.load(open("out.json"))["records"])
@@ -19,26 +20,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from effprof.core.columns import leading, lookup
 from effprof.core.fileio import is_stream, write_atomic
 
-# Leading columns in this order; every other key follows in first-seen order.
-LEADING = ["label", "component", "params", "batch", "dtype", "device", "unit", "status",
-           "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latency_cv", "throughput_per_s",
-           "peak_mem_mib", "weights_mib", "params_total", "params_trainable", "gflops", "tflops_per_s"]
+LEADING = leading()  # the first columns, in the order effprof.core.column_table declares them
 
 
 def columns(records: list[dict[str, Any]]) -> list[str]:
     """CSV columns: the leading ones, then every other key in first-seen order; lists (the raw timing
-    samples) are left to the JSON."""
+    samples, declared with unit `list`) are left to the JSON."""
     seen: dict[str, None] = {}
     for key in LEADING:
         if any(key in r for r in records):
             seen[key] = None
     for r in records:
         for key, value in r.items():
-            if not isinstance(value, (list, tuple, dict)):
+            if not _json_only(key, value):
                 seen.setdefault(key, None)
     return list(seen)
+
+
+def _json_only(key: str, value: Any) -> bool:
+    column = lookup(key)
+    return (column is not None and column.json_only) or isinstance(value, (list, tuple, dict))
 
 
 def _clean(value: Any) -> Any:
@@ -50,7 +54,7 @@ def _clean(value: Any) -> Any:
 def to_csv(records: list[dict[str, Any]]) -> str:
     """One row per record; list fields (the raw timing samples) are left out: they live in the JSON."""
     buf = io.StringIO()
-    lists = {k for r in records for k, v in r.items() if isinstance(v, (list, tuple, dict))}
+    lists = {k for r in records for k, v in r.items() if _json_only(k, v)}
     names = [c for c in columns(records) if c not in lists]
     writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -70,10 +74,25 @@ CONVENTIONS = {
     "throughput_per_s": "items (unit column: img, tok, seq) per second at the median latency",
     "peak_mem_mib": "see peak_mem_method: CUDA allocator peak above the start, or the process resident set on CPU",
     "latency_unsteady": "True when latency_cv is above the unsteady threshold; ratios against such a row carry it",
+    "mfu": "mfu_*_pct = 100 x counted FLOPs of the whole call / median latency / dense matmul peak of the dtype "
+           "(datasheet: NVIDIA's dense figure; measured: effprof calibrate); each row's mfu_convention names its peaks",
+    "mbu": "mbu_*_pct (decode and generation rows) = 100 x bytes one decode step reads (weights + KV cache or SSM "
+           "state) / time per output token / peak bandwidth (Databricks); each row's mbu_convention says more",
 }
 LOAD_WITH = 'pandas: pd.json_normalize(json.load(open(PATH))["records"])'
 SHARED = ("device_name", "device_type", "cpu_model", "torch_num_threads", "torch_version", "cuda_version",
           "driver_version", "transformers_version", "triton_version", "python_version", "effprof_version")
+
+
+def column_units(records: list[dict[str, Any]]) -> dict[str, str]:
+    """`{key: "unit: meaning"}` for every key of `records` (`effprof columns` prints the whole dictionary)."""
+    units: dict[str, str] = {}
+    for r in records:
+        for key in r:
+            if key not in units:
+                column = lookup(key)
+                units[key] = f"{column.unit}: {column.meaning}" if column else "undeclared"
+    return units
 
 
 def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -91,6 +110,7 @@ def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None
         "hostname": platform.node(),
         "load_with": LOAD_WITH,
         "conventions": CONVENTIONS,
+        "columns": column_units(records or []),
     }
     for key in SHARED:
         values = {r.get(key) for r in records or [] if key in r}
@@ -102,6 +122,7 @@ def metadata(command_line: str = "", records: list[dict[str, Any]] | None = None
 def to_json(records: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """The JSON document; `meta` (e.g. from `metadata`) is completed with the facts the records share."""
     full = {**metadata(records=records), **{k: v for k, v in (meta or {}).items() if v is not None}}
+    full["columns"] = column_units(records)
     doc = {"effprof": full, "records": [{k: _clean(v) for k, v in r.items()} for r in records]}
     return json.dumps(doc, indent=1) + "\n"
 

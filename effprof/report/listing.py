@@ -22,6 +22,30 @@ def components_table(components) -> Table:
     return table
 
 
+def components_compact(components) -> Table:
+    """`effprof list`: a line per component (name, unit, what it is); `effprof list NAME` has the parameters."""
+    table = Table(title=f"registered components ({len(components)})", title_justify="left", box=None,
+                  pad_edge=False)
+    for header in ("component", "unit", "what"):
+        table.add_column(header, no_wrap=header in ("component", "unit"))
+    for c in components:
+        table.add_row(c.name, c.unit, c.description + (" (--reducer NAME)" if c.reducer_sites else ""))
+    return table
+
+
+def component_detail(component, reducers=()) -> list[Table]:
+    """`effprof list COMPONENT`: its parameters, then the reducers it accepts with their options."""
+    params = None
+    if component.reducer_sites:  # its own options and --reducer; each reducer's options in the reducers table
+        from effprof.core.reducers import REDUCER_PARAM
+
+        params = [*component.own_params, REDUCER_PARAM]
+    tables = [params_table(component, params)]
+    if reducers:
+        tables.append(reducers_table(reducers))
+    return tables
+
+
 def _param_line(p) -> str:
     return f"{p.option} {p.type_name} = {'none' if p.default is None else p.default}  {p.range_text()}  {p.help}"
 
@@ -37,13 +61,14 @@ def reducers_table(reducers) -> Table:
     return table
 
 
-def params_table(component) -> Table:
-    """One component's parameters: option, type, default, allowed values, help."""
+def params_table(component, params=None) -> Table:
+    """One component's parameters (default: all, a reducer's options included): option, type, default,
+    allowed values, help."""
     table = Table(title=f"{component.name} parameters ({component.unit}; {component.description})",
                   title_justify="left")
     for header in ("option", "type", "default", "allowed", "help"):
         table.add_column(header)
-    for p in component.params:
+    for p in component.params if params is None else params:
         table.add_row(p.option, p.type_name, "none" if p.default is None else str(p.default), p.range_text(), p.help)
     return table
 
@@ -73,3 +98,45 @@ def ceilings_table(measured, datasheet=None) -> Table:
     table.add_row("device copy, GB/s (read + write)", fmt(measured.bandwidth_gb_per_s),
                   fmt(datasheet.bandwidth_gb_per_s) if datasheet else "-")
     return table
+
+
+def column_shown(column) -> str:
+    """When the table shows `column` (effprof.core.columns.View.shown), as `effprof columns` says it."""
+    from effprof.core.columns import view_of
+
+    view = view_of(column.name)
+    if view is None:
+        return "files only"
+    if view.shown == "brief":
+        return "brief table"
+    if view.shown == "present":
+        return f"brief table with {view.when}" if view.when else "brief table when present"
+    return f"--columns {view.key} (or full)"
+
+
+def _column_rows(columns):
+    from effprof.core.columns import UNITS
+
+    return [(c.name, c.unit, c.filled_by, c.meaning, column_shown(c), UNITS[c.unit]) for c in columns]
+
+
+def columns_table(columns) -> Table:
+    """`effprof columns`: one line per column (a wide terminal shows the meaning on the same line)."""
+    table = Table(title=f"record columns ({len(columns)}; <name> matches any word; units: MiB = 2^20 bytes, "
+                        "GFLOP = 1e9 FLOP = 2 x 1e9 MAC)", title_justify="left")
+    for header in ("column", "unit", "filled by", "meaning", "in the table"):
+        table.add_column(header, no_wrap=header in ("column", "unit"))
+    for name, unit, filled_by, meaning, shown, _ in _column_rows(columns):
+        table.add_row(name, unit, filled_by, meaning, shown)
+    return table
+
+
+def columns_markdown(columns) -> str:
+    """`effprof columns --markdown`: the same as a GitHub-flavoured Markdown table."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["| column | unit | filled by | meaning | in the table |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| `{cell(name)}` | {cell(unit)} | {cell(filled_by)} | {cell(meaning)} | {cell(shown)} |"
+              for name, unit, filled_by, meaning, shown, _ in _column_rows(columns)]
+    return "\n".join(lines) + "\n"

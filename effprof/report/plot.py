@@ -84,3 +84,81 @@ def plot_fits(records: list[dict[str, Any]], fits: list[dict[str, Any]], path: s
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+# (x key, x label, smaller x is better; y key, y label, larger y is better): the trade-offs a comparison can show
+# once a quality column exists. The first pair whose keys two ok rows hold is drawn (and the others that exist).
+PARETO_PAIRS = [
+    ("ttft_ms", "TTFT, ms (median)", True, "fidelity_cos", "fidelity (cosine to the full model)", True),
+    ("latency_ms_median", "latency, ms (median)", True, "fidelity_cos", "fidelity (cosine to the full model)", True),
+    ("tokens_out", "tokens kept", True, "fidelity_cos", "fidelity (cosine to the full model)", True),
+    ("image_tokens_out", "image tokens kept", True, "fidelity_cos", "fidelity (cosine to the full model)", True),
+    ("throughput_per_s", "throughput, img/s", False, "top1_pct", "top-1 accuracy, %", True),
+    ("latency_ms_median", "step time, ms (median)", True, "params_trainable", "trainable parameters", True),
+]
+
+
+def pareto_front(points: list[tuple[float, float]], x_smaller_better: bool = True,
+                 y_larger_better: bool = True) -> list[int]:
+    """Indices of the points no other point dominates (at least as good on both axes, better on one), in
+    order of x. E.g. latency (smaller better) against fidelity (larger better)."""
+    def key(p):
+        return (p[0] if x_smaller_better else -p[0], -p[1] if y_larger_better else p[1])
+
+    front = []
+    for i, p in enumerate(points):
+        kp = key(p)
+        dominated = any(kq[0] <= kp[0] and kq[1] <= kp[1] and kq != kp
+                        for kq in (key(q) for j, q in enumerate(points) if j != i))
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: key(points[i]))
+
+
+def _numbers(records: list[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return [r for r in records if r.get("status") == "ok" and number(r.get(x)) and number(r.get(y))]
+
+
+def pareto_pairs(records: list[dict[str, Any]]) -> list[tuple]:
+    """The PARETO_PAIRS that at least two ok rows hold numbers for (latency vs fidelity only without TTFT; step
+    time vs trainable parameters only for --train rows whose trainable parameters differ)."""
+    found = [pair for pair in PARETO_PAIRS if len(_numbers(records, pair[0], pair[3])) >= 2]
+    if any(p[0] == "ttft_ms" for p in found):
+        found = [p for p in found if not (p[0] == "latency_ms_median" and p[3] == "fidelity_cos")]
+    rows = _numbers(records, "latency_ms_median", "params_trainable")
+    if not any(r.get("train") for r in rows) or len({r["params_trainable"] for r in rows}) < 2:
+        found = [p for p in found if p[3] != "params_trainable"]
+    return found
+
+
+def plot_pareto(records: list[dict[str, Any]], path: str, title: str) -> bool:
+    """One panel per trade-off (`pareto_pairs`): every row a point, labelled, the Pareto front joined. False
+    (and no file) when the records hold no quality column."""
+    pairs = pareto_pairs(records)
+    if not pairs:
+        return False
+    plt = require_matplotlib()
+    ok = [r for r in records if r.get("status") == "ok"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
+    for ax, (x, x_label, x_small, y, y_label, y_large) in zip(axes[0], pairs):
+        rows = _numbers(ok, x, y)
+        points = [(float(r[x]), float(r[y])) for r in rows]
+        front = pareto_front(points, x_small, y_large)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0", zorder=2)
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "-o", color="C3", zorder=3,
+                label="Pareto front")
+        for r, (px, py) in zip(rows, points):
+            ax.annotate(str(r.get("label")), (px, py), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(x_label + (" (lower is better)" if x_small else " (higher is better)"))
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: trade-offs")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return True

@@ -1,7 +1,7 @@
 """Rich tables of records: every column names its unit."""
 from __future__ import annotations
 
-import math
+import re
 from typing import Any
 
 from rich.console import Console
@@ -9,182 +9,56 @@ from rich.markup import escape
 from rich import box
 from rich.table import Table
 
-UNIT_RATE = {"img": "img/s", "tok": "tok/s", "seq": "seq/s"}
+from effprof.core.columns import views
+from effprof.report.cells import (BELOW_RESOLUTION, UNRELIABLE, UNSTEADY, _num, cell_function,  # noqa: F401
+                                  plain)
+
+def _columns():
+    return [(view.header, cell_function(view)) for view in views()]
 
 
-def plain(value: float, digits: int = 3) -> str:
-    """`value` with `digits` significant digits in plain notation (0.0000123, 12.3, 1,235), never 1.23e-05."""
-    if value == 0 or not math.isfinite(value):
-        return "0" if value == 0 else str(value)
-    if abs(value) >= 10 ** (digits - 1):
-        return f"{value:,.0f}"
-    decimals = digits - 1 - math.floor(math.log10(abs(value)))
-    return f"{value:.{decimals}f}" if decimals <= 9 else f"{value:.{digits}g}"  # 1e-12 fits no plain column
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return plain(value, digits)
-    return str(value)
-
-
-def _params_m(r):
-    total, trainable = r.get("params_total"), r.get("params_trainable")
-    if total is None:
-        return "-"
-    text = f"{total / 1e6:.3f}"
-    if trainable is not None and trainable != total:
-        text += f" ({trainable / 1e6:.3f} train.)"
-    return text
-
-
-UNSTEADY = "!"  # marks a latency whose CV is above UNSTEADY_CV, and the ratios computed from it
-
-
-def _latency(r):
-    if r.get("latency_ms_median") is None:
-        return "-"
-    text = f"{plain(r['latency_ms_median'], 4)} [{plain(r['latency_ms_p10'], 4)}, {plain(r['latency_ms_p90'], 4)}]"
-    return text + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")
-
-
-def _cv(r):
-    if r.get("latency_cv") is None:
-        return None
-    return f"{r['latency_cv']:.3f}" + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")
-
-
-def _ratio(key: str, digits: int, flagged: bool = False):
-    def cell(r):
-        if r.get(key) is None:
-            return None
-        return f"{r[key]:.{digits}f}" + (f" {UNSTEADY}" if flagged and r.get("speedup_unsteady") else "")
-    return cell
-
-
-def _throughput(r):
-    value = r.get("throughput_per_s")
-    return "-" if value is None else f"{_num(value)} {UNIT_RATE.get(r.get('unit'), '/s')}"
-
-
-def _train_split(r):
-    """Training-step memory by part (effprof.measure.training): weights/gradients/optimizer/activations, MiB."""
-    if not r.get("train"):
-        return None
-    act = r.get("train_activations_mib")
-    act = r.get("train_saved_activations_mib") if act is None else act
-    return "/".join(_num(r.get(k)) for k in ("train_weights_mib", "train_grads_mib", "train_optimizer_mib")) + \
-        "/" + _num(act)
-
-
-# (header, function of a record) pairs; a column is shown when any record has a value for it.
-COLUMNS = [
-    ("row", lambda r: r.get("label")),
-    ("params", lambda r: r.get("params") or "-"),
-    ("batch", lambda r: _num(r.get("batch"))),
-    ("dtype", lambda r: r.get("dtype")),
-    ("device", lambda r: r.get("device")),
-    ("status", lambda r: None if r.get("status") == "ok" else r.get("status")),
-    ("latency ms\nmedian [p10, p90]", _latency),
-    ("latency\nms (median)", lambda r: None if r.get("latency_ms_median") is None
-     else _latency(r).split(" [")[0] + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")),
-    ("CV\n(fraction)", _cv),
-    ("throughput", _throughput),
-    ("peak mem\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
-    ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
-    ("params M", _params_m),
-    ("train MiB\nwts/grad/opt/act", _train_split),
-    ("train peak\nMiB", lambda r: None if r.get("train_peak_mib") is None else _num(r["train_peak_mib"])),
-    ("GFLOP/call\n(2×MAC)", lambda r: _num(r.get("gflops"), 4)),
-    ("TFLOP/s", lambda r: None if r.get("tflops_per_s") is None else _num(r["tflops_per_s"])),
-    ("FLOP\ncov. %", lambda r: None if r.get("flop_coverage") is None
-     else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else "")),
-    ("% of\npeak", lambda r: None if r.get("pct_of_compute_ceiling") is None else f"{r['pct_of_compute_ceiling']:.1f}"),
-    ("GB/s\n(≥, lower bd.)", lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
-     else _num(r["achieved_gb_per_s"])),
-    ("bound", lambda r: r.get("verdict")),
-    ("J/item\ntotal", lambda r: None if r.get("energy_j_per_item") is None else _num(r["energy_j_per_item"])),
-    ("J/item\nabove idle", lambda r: None if r.get("energy_above_idle_j_per_item") is None
-     else _num(r["energy_above_idle_j_per_item"])),
-    ("SM MHz\n(median)", lambda r: None if r.get("sm_clock_mhz_median") is None
-     else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else "")),
-    ("mode", lambda r: None if r.get("exec_mode") in (None, "eager") else
-     r["exec_mode"] + (f" ({r['compile_s']:.1f} s compile)" if r.get("compile_s") is not None else "")),
-    ("tokens\nin→out", lambda r: None if r.get("tokens_in") is None else f"{r['tokens_in']}→{r['tokens_out']}"),
-    ("fidelity\n(cos)", lambda r: None if r.get("fidelity_cos") is None else f"{r['fidelity_cos']:.4f}"),
-    ("scan", lambda r: r.get("scan_backend")),
-    ("scan K\n(seqs)", lambda r: r.get("scan_sequences")),
-    ("paper G/img\n(MAC, fvcore)", lambda r: None if r.get("paper_gmacs_per_img") is None
-     else _num(r["paper_gmacs_per_img"], 4)),
-    ("GPU", lambda r: None if r.get("gpu_index") is None else f"{r['gpu_index']}: {r.get('gpu_name') or '?'}"),
-    ("tp", lambda r: None if not r.get("tp") else str(r["tp"])),
-    ("peak act. MiB\nper rank", lambda r: r.get("peak_mem_mib_per_rank") or None),
-    ("comm %\n(profiler)", lambda r: None if r.get("comm_share") is None else f"{100 * r['comm_share']:.1f}"),
-    ("tp scaling\neff. %", lambda r: None if r.get("tp_scaling_efficiency") is None
-     else f"{100 * r['tp_scaling_efficiency']:.0f}"),
-    ("fvcore G\n(MAC, no attn)", lambda r: None if r.get("fvcore_gmacs") is None else _num(r["fvcore_gmacs"], 4)),
-    ("thop G\n(MAC, modules)", lambda r: None if r.get("thop_gmacs") is None else _num(r["thop_gmacs"], 4)),
-    ("top-1 %", lambda r: None if r.get("top1_pct") is None else f"{r['top1_pct']:.2f}"),
-    ("top-5 %", lambda r: None if r.get("top5_pct") is None else f"{r['top5_pct']:.2f}"),
-    ("eval img/s\n(decode incl.)", lambda r: None if r.get("eval_img_per_s") is None else _num(r["eval_img_per_s"])),
-    ("speedup\n×", _ratio("speedup", 2, flagged=True)),
-    ("params\nratio", _ratio("params_ratio", 3)),
-    ("GFLOP\nratio", _ratio("gflops_ratio", 3)),
-    ("mem\nratio", _ratio("peak_mem_ratio", 3)),
-]
-
-
+COLUMNS = _columns()  # (header, function of a record), one per view, in the order of the declaration
+VIEWS = views()
 HOISTED = ("batch", "dtype", "device", "mode")  # shown once in the title when every row agrees
-
-# `--columns` names: a header listed here has this key; any other header's key is its first line, slugged.
-COLUMN_KEYS = {"latency ms\nmedian [p10, p90]": "latency", "latency\nms (median)": "latency_median", "peak mem\nMiB": "peak_mem", "weights\nMiB": "weights",
-               "params M": "params_m", "GFLOP/call\n(2×MAC)": "gflops", "TFLOP/s": "tflops", "FLOP\ncov. %": "flop_cov",
-               "% of\npeak": "pct_peak", "speedup\n×": "speedup", "params\nratio": "params_ratio",
-               "GFLOP\nratio": "gflops_ratio", "mem\nratio": "mem_ratio",
-               "J/item\ntotal": "energy", "J/item\nabove idle": "energy_above_idle"}
-# The default set: fits a 120-column terminal for the usual rows. Files always hold every field.
-BRIEF = ("row", "batch", "dtype", "device", "mode", "status", "latency_median", "throughput", "peak_mem", "params_m",
-         "gflops", "tflops", "bound", "speedup", "params_ratio", "gflops_ratio", "mem_ratio")
-BRIEF_HEADERS = {"latency_median": "latency\nms\n(median)", "peak_mem": "peak\nmem\nMiB", "gflops": "GFLOP/\ncall\n(2×MAC)",
-                 "params_m": "params\nM"}  # narrower spellings of the same headers
 RATIOS = ("speedup", "params_ratio", "gflops_ratio", "mem_ratio")
 
 
 def column_key(header: str) -> str:
-    import re
+    for view in VIEWS:
+        if header in (view.header, view.brief_header):
+            return view.key
 
-    return COLUMN_KEYS.get(header) or re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", header.split("\n")[0].lower()).strip("_")
 
 
 def column_keys() -> list[str]:
-    return [column_key(h) for h, _ in COLUMNS]
+    return [view.key for view in VIEWS]
 
 
 def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> list[int]:
     """Indices into COLUMNS for `--columns full|brief|KEY,KEY,...` (a list keeps its order). Brief shows the
-    median latency only, leaves out a ratio column whose value is the same on every row (params ratio 1 when
-    only the input changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage;
-    `records_table` puts the parameters under the row's label."""
+    views declared `brief`, and those declared `present` when a row has a value (what a component or flag
+    exists for: fidelity, tokens in→out, top-1, fvcore/thop, TTFT/TPOT, MFU, ...); it shows the median latency
+    only, leaves out a ratio column whose value is the same on every row (params ratio 1 when only the input
+    changes), and adds the FLOP coverage when a row is marked below --min-flop-coverage; `records_table`
+    puts the parameters under the row's label."""
     from effprof.core.errors import UsageError
 
     keys = column_keys()
     if columns == "full":
         return [i for i, k in enumerate(keys) if k != "latency_median"]
     if columns == "brief":
-        wanted = list(BRIEF)
+        wanted = []
+        for i, view in enumerate(VIEWS):
+            if view.shown == "brief" or (view.shown == "present" and any(
+                    COLUMNS[i][1](r) not in (None, "-") for r in records)):
+                wanted.append(view.key)
         for i, k in enumerate(keys):
-            if k in RATIOS and k != "speedup" and len({COLUMNS[i][1](r) for r in records}) == 1 and len(records) > 1:
+            if k in RATIOS and k != "speedup" and k in wanted and len(records) > 1 and \
+                    len({COLUMNS[i][1](r) for r in records}) == 1:
                 wanted.remove(k)
         if any(r.get("flop_coverage_low") for r in records):
             wanted.append("flop_cov")
-        if any(r.get("train") for r in records):  # --train rows: the step's memory by part
-            wanted += ["train_mib", "train_peak"]
         return [i for i, k in enumerate(keys) if k in wanted]
     picked = [k.strip() for k in columns.split(",") if k.strip()]
     unknown = [k for k in picked if k not in keys]
@@ -197,7 +71,7 @@ def chosen_columns(records: list[dict[str, Any]], columns: str = "brief") -> lis
 def cell_text(header: str, value: Any, newline: str = "\n") -> str:
     """A cell as text; a params string breaks after its commas (never inside a name=value)."""
     text = "-" if value is None else str(value)
-    return text.replace(",", "," + newline) if column_key(header) == "params" else text
+    return ("," + newline).join(param_items({"params": text})) if column_key(header) == "params" else text
 
 
 def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: str = "\n"
@@ -205,9 +79,15 @@ def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: 
     """What a table of `records` shows: (facts common to every row, for the title; headers; rows of cell
     text; left-justified per column). Shared by the terminal table and the Markdown/HTML files; `newline`
     is how a cell breaks a line."""
+    return _table_parts(records, columns, newline)[:4]
+
+
+def _table_parts(records, columns="brief", newline="\n", leave_out=()):
+    """`table_cells`, and the views shown (indices into VIEWS); `leave_out`: view keys not to show."""
     cells = [[fn(r) for _, fn in COLUMNS] for r in records]
     headers = [h for h, _ in COLUMNS]
-    shown = [i for i in chosen_columns(records, columns) if any(row[i] not in (None, "-") for row in cells)]
+    shown = [i for i in chosen_columns(records, columns) if any(row[i] not in (None, "-") for row in cells)
+             and VIEWS[i].key not in leave_out]
     common = []
     for name in HOISTED:
         i = headers.index(name)
@@ -218,41 +98,78 @@ def table_cells(records: list[dict[str, Any]], columns: str = "brief", newline: 
     if columns == "brief" and records:  # the parameters that tell rows apart go under the label, one a line
         differ = [varying_params(records, r) for r in records]
         if len(records) > 1:
-            common += [kv for kv in str(records[0].get("params") or "").split(",") if kv and kv not in differ[0]]
+            common += [kv for kv in param_items(records[0]) if kv not in differ[0]]
         for row, r, extra in zip(cells, records, differ):
             row[0] = newline.join([str(row[0])] + [kv for kv in extra if kv not in str(r.get("label") or "")])
-    names = [BRIEF_HEADERS.get(column_key(headers[i]), headers[i]) if columns == "brief" else headers[i] for i in shown]
+    names = [(VIEWS[i].brief_header or headers[i]) if columns == "brief" else headers[i] for i in shown]
     rows = [[cell_text(headers[i], row[i], newline) for i in shown] for row in cells]
-    return common, names, rows, [i < 6 for i in shown]
+    return common, names, rows, [i < 6 for i in shown], shown
 
 
-def records_table(records: list[dict[str, Any]], title: str = "", columns: str = "brief") -> Table:
-    common, headers, rows, left = table_cells(records, columns)
+def records_table(records: list[dict[str, Any]], title: str = "", columns: str = "brief",
+                  width: int | None = None, left_out: list[str] | None = None) -> Table:
+    """The rich table. With `width` (the terminal's), views are left out, least needed first (`View.priority`),
+    until the table fits without cutting a cell: a number is never truncated; the headers of the views left
+    out (their keys) are appended to `left_out`."""
+    dropped: list[str] = []
+    while True:
+        table, shown = _rich_table(records, title, columns, dropped)
+        if width is None or _min_width(table) <= width:
+            break
+        candidates = [i for i in shown if VIEWS[i].priority > 0]
+        if not candidates:
+            break
+        worst = max(candidates, key=lambda i: (VIEWS[i].priority, i))
+        dropped.append(VIEWS[worst].key)
+    if left_out is not None:
+        left_out += dropped
+    return table
+
+
+def _min_width(table: Table) -> int:
+    from rich.console import Console
+
+    probe = Console(width=10_000)
+    return probe.measure(table).minimum
+
+
+def _rich_table(records, title, columns, leave_out):
+    common, headers, rows, left, shown = _table_parts(records, columns, leave_out=leave_out)
     if common:
         title = f"{title}  ({', '.join(common)})" if title else ", ".join(common)
     table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
-    for header, is_left in zip(headers, left):
+    for j, (header, is_left) in enumerate(zip(headers, left)):
+        lines = [line for row in rows for line in row[j].split("\n")]
+        words = lines if VIEWS[shown[j]].fmt == "stages" else [w for line in lines for w in line.split(" ")]
+        words += header.split()
+        # a number (or a word) is never cut: the column is at least as wide as its longest word
         table.add_column(escape(header), justify="left" if is_left else "right",
-                         no_wrap=column_key(header) in ("params", "row"))
+                         no_wrap=column_key(header) in ("params", "row"),
+                         min_width=max((len(w) for w in words), default=1))
     for row in rows:
         table.add_row(*[escape(cell) for cell in row])
-    return table
+    return table, shown
+
+
+def param_items(record: dict[str, Any]) -> list[str]:
+    """The `name=value` items of a record's params text; a value may hold commas (depths=1,1,2,1)."""
+    return [kv for kv in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", str(record.get("params") or "")) if kv]
 
 
 def varying_params(records: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     """`name=value` items of `record`'s params text that are not the same on every row (all of them for one row)."""
-    def items(r):
-        return [kv for kv in str(r.get("params") or "").split(",") if kv]
-
+    items = param_items
     common = set(items(records[0])).intersection(*(set(items(r)) for r in records[1:])) if len(records) > 1 else set()
     return [kv for kv in items(record) if kv not in common]
 
 
-def footer(records: list[dict[str, Any]]) -> str:
-    """Notes that apply to the whole table (environment, conventions)."""
+def footer(records: list[dict[str, Any]], columns: str = "brief", left_out: tuple[str, ...] | list[str] = ()) -> str:
+    """Notes that apply to the whole table (environment, conventions); a note that explains a column is
+    written only when the table (`columns`, less the view keys `left_out`) shows that column."""
     if not records:
         return ""
+    shown = {VIEWS[i].key for i in _table_parts(records, columns, leave_out=tuple(left_out))[4]}
     r = records[0]
     bits = [f"{r.get('device_name', '?')}", f"torch {r.get('torch_version', '?')}"]
     if r.get("timing_method"):
@@ -260,16 +177,19 @@ def footer(records: list[dict[str, Any]]) -> str:
     notes = {x.get("peak_mem_note") for x in records if x.get("peak_mem_note")}
     methods = sorted({x["peak_mem_method"] for x in records if x.get("peak_mem_method")})
     errors = [f"{x['label']}: {x['error']}" for x in records if x.get("error")]
-    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes; "
-             "CV = std/mean of the samples, a fraction"]
-    lines += [f"peak mem = {m}" for m in methods]
+    lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes"
+             + ("; CV = std/mean of the samples, a fraction" if "cv" in shown else "")]
+    lines += [f"peak mem = {m}" for m in methods if "peak_mem" in shown]
     phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records) for name in ("build", "count", "warmup", "timing")}
     if any(phases.values()):
         lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
                                                            for name, seconds in phases.items()))
-    lines += (sorted(notes) + exec_notes(records) + unsteady_notes(records) + host_bound_notes(records)
-              + stage_split_notes(records) + train_notes(records) + coverage_notes(records) + energy_notes(records)
-              + errors + fresh_process_notes(records))
+    lines += (sorted(notes) + exec_notes(records) + unsteady_notes(records) + ratio_notes(records, shown)
+              + host_bound_notes(records) + stage_split_notes(records)
+              + (train_notes(records) if "train_mib" in shown else [])
+              + (coverage_notes(records) if "flop_cov" in shown else [])
+              + (energy_notes(records) if shown & {"energy", "energy_above_idle"} else [])
+              + utilization_notes(records, shown) + column_notes(records, shown) + errors + fresh_process_notes(records))
     return "\n".join(lines)
 
 
@@ -302,6 +222,52 @@ def fresh_process_notes(records: list[dict[str, Any]]) -> list[str]:
     if moved:
         lines.append(f"{', '.join(str(r.get('label', '?')) for r in moved)}: measured in a fresh worker process "
                      f"({moved[0]['fresh_process']})")
+    return lines
+
+
+def ratio_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """Why a ratio reads `~` (too unsteady to mean anything) and what `below resolution` is."""
+    lines = []
+    unreliable = [r for r in records if r.get("ratio_unreliable")]
+    if unreliable and shown & set(RATIOS):
+        reasons = sorted({str(r.get("speedup_note")) for r in unreliable if r.get("speedup_note")})
+        lines.append(f"{UNRELIABLE} ratio not shown: {', '.join(str(r.get('label', '?')) for r in unreliable)}"
+                     + (f": {'; '.join(reasons)}" if reasons else ": the rows are too unsteady for it"))
+    below = [r for r in records if r.get("peak_mem_below_resolution")]
+    if below and "peak_mem" in shown:
+        resolution = {r.get("peak_mem_resolution_mib") for r in below} - {None}
+        lines.append(f"{BELOW_RESOLUTION}: the peak memory is below what the method resolves"
+                     + (f" ({', '.join(_num(x) for x in sorted(resolution))} MiB)" if resolution else "")
+                     + (f"; its mem ratio reads {UNRELIABLE}" if "mem_ratio" in shown else ""))
+    return lines
+
+
+def utilization_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """The conventions of the MFU and MBU columns shown (each row's own text is in mfu_convention)."""
+    lines = []
+    if shown & {"mfu", "mfu_measured"}:
+        lines += sorted({str(r["mfu_convention"]) for r in records if r.get("mfu_convention")})
+    if shown & {"mbu", "mbu_measured"}:
+        lines += sorted({str(r["mbu_convention"]) for r in records if r.get("mbu_convention")})
+    return lines
+
+
+def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
+    """What the columns a flag or a component added mean (TTFT/TPOT, the stage split, fvcore/thop, top-k)."""
+    lines = []
+    if shown & {"fvcore_g", "thop_g"}:
+        lines.append("fvcore G / thop G = their counts of the same call in GMAC (fvcore leaves out attention's "
+                     "matmuls, thop counts module hooks): compare with GFLOP/call / 2")
+    if shown & {"top_1", "top_5"}:
+        sets = sorted({f"{r.get('eval_images')} images of {r.get('eval_data')}" for r in records
+                       if r.get("top1_pct") is not None})
+        lines.append("top-1 / top-5 % = images whose label is the first / among the first 5 logits (" +
+                     "; ".join(sets) + ")")
+    if "ttft" in shown or "tpot" in shown:
+        lines.append("TTFT = time to first token (median over generations); TPOT = time per output token after the "
+                     "first (mean over every later token of every generation)")
+    if "stages" in shown:
+        lines.append("stages ms = median time of each stage of the call (device-timeline stamps between stages)")
     return lines
 
 
@@ -378,7 +344,12 @@ def make_console(stderr: bool = False) -> Console:
 def print_records(records: list[dict[str, Any]], title: str = "", console: Console | None = None,
                   columns: str = "brief") -> None:
     console = console or make_console()
-    console.print(records_table(records, escape(title), columns))
-    text = footer(records)
+    left_out: list[str] = []
+    console.print(records_table(records, escape(title), columns, width=console.width, left_out=left_out))
+    text = footer(records, columns, left_out)
+    if left_out:
+        headers = [VIEWS[column_keys().index(k)].header.replace("\n", " ") for k in left_out]
+        text += (f"\nnot shown, to fit {console.width} columns: {', '.join(headers)} (a wider terminal, "
+                 "--columns KEY,..., or --csv/--json, which hold every column)")
     if text:
         console.print(escape(text), style="dim", highlight=False)

@@ -78,6 +78,11 @@ def compare_command(ctx: typer.Context,
     if plot:
         _draw(records, profile, fits, plot)
         console.print(f"plot written to {plot}", highlight=False)
+        pareto = _pareto_path(plot)
+        from effprof.report.plot import plot_pareto
+
+        if plot_pareto(records, pareto, profile.title):
+            console.print(f"Pareto plot (a quality column against cost) written to {pareto}", highlight=False)
     if md or html:
         from effprof.analysis.fit import fit_lines
 
@@ -122,14 +127,31 @@ def _images(records, profile, fits, plot: str | None) -> list[tuple[str, bytes]]
     from effprof.core.errors import MissingExtra
 
     caption = "log-log fit" if fits else "latency and peak memory"
+    pareto_caption = "trade-offs: a quality column against cost, the Pareto front joined"
     if plot:
-        return [(caption, Path(plot).read_bytes())]
+        images = [(caption, Path(plot).read_bytes())]
+        if Path(_pareto_path(plot)).is_file():
+            images.append((pareto_caption, Path(_pareto_path(plot)).read_bytes()))
+        return images
     if len([r for r in records if r.get("status") == "ok"]) < 2:
         return []
     try:
+        from effprof.report.plot import plot_pareto
+
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder) / "plot.png")
             _draw(records, profile, fits, path)
-            return [(caption, Path(path).read_bytes())]
+            images = [(caption, Path(path).read_bytes())]
+            if plot_pareto(records, _pareto_path(path), profile.title):
+                images.append((pareto_caption, Path(_pareto_path(path)).read_bytes()))
+            return images
     except MissingExtra:
         return []
+
+
+def _pareto_path(plot: str) -> str:
+    """Where the Pareto plot goes beside a --plot file: NAME.png -> NAME-pareto.png."""
+    from pathlib import Path
+
+    path = Path(plot)
+    return str(path.with_name(f"{path.stem}-pareto{path.suffix or '.png'}"))

@@ -1,4 +1,5 @@
-"""`effprof list`: the registered components with their parameters, the reducers and the profiles."""
+"""`effprof list [PATTERN]`: the registered components, a line each; `effprof list COMPONENT` (or a pattern that
+matches one component): its parameters, the reducers it accepts and the profiles that use it."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -11,19 +12,29 @@ from effprof.core.registry import check_plugins, list_components
 
 
 @app.command("list")
-def list_command(pattern: Annotated[str, typer.Argument(help="Shell-style name pattern.")] = "*"):
-    """Every registered component with its parameters (type, default, allowed range, help)."""
+def list_command(pattern: Annotated[str, typer.Argument(help="A component's name (its parameters in detail) or a "
+                                                        "shell-style pattern (a line per matching component).")]
+                 = "*"):
+    """The registered components, a line each; with a component's name, its parameters (type, default, allowed
+    range, help) and the reducers it accepts."""
     from effprof.core.profiles import available_profiles
-    from effprof.report.listing import components_table
+    from effprof.report.listing import component_detail, components_compact
 
     components = list_components(pattern)
     if not components:
         raise UsageError(f"no component matches {pattern!r}")
-    console.print(components_table(components))
-    if any(c.reducer_sites for c in components):
-        from effprof.core.reducers import list_reducers
-        from effprof.report.listing import reducers_table
+    if len(components) == 1:
+        component = components[0]
+        reducers = []
+        if component.reducer_sites:
+            from effprof.core.reducers import list_reducers
 
-        console.print(reducers_table(list_reducers()))
+            reducers = list_reducers(sites=component.reducer_sites)
+        for table in component_detail(component, reducers):
+            console.print(table)
+    else:
+        console.print(components_compact(components))
+        console.print("effprof list COMPONENT: its parameters (type, default, allowed range, help) and the reducers "
+                      "it accepts", highlight=False)
     console.print(f"profiles: {', '.join(available_profiles()) or 'none'}", highlight=False)
     check_plugins()  # a plugin that failed: the rest is listed above, then one line and exit 2

@@ -86,7 +86,9 @@ def projectors_command(
         data = None
     if data is not None:  # the features decide the projectors' input: tokens and width
         given = {**given, "tokens": str(data.shape[1]), "in_dim": str(data.shape[2])}
-    configs = _with_params(loaded.configs, given)
+    loaded.configs = _with_params(loaded.configs, given)
+    loaded.fill()  # labels written with {name} follow --set
+    configs = loaded.configs
     values = [c.resolved() for c in configs]
     if data is None:
         data = Q.synthetic_features(samples, values[0]["tokens"], values[0]["in_dim"], seed)
