@@ -114,7 +114,7 @@ def test_generate_of_mamba_and_transformer_lms_and_the_graphs_refusal():
         built = create(name, mode="generate", new_tokens=3, seq_len=5, d_model=32, n_layer=2)
         with torch.no_grad():
             tokens = built.call(built.make_inputs(2))
-        assert tokens.shape == (2, 3) and built.info["head"] is True
+        assert tokens.shape == (2, 3) and built.info["lm_head"] is True
     ctx = BuildContext(torch.device("cpu"), torch.float32, exec_mode="graphs")
     with pytest.raises(ParamError, match="DynamicCache grows"):
         create("transformer-lm", ctx, mode="generate", new_tokens=3, seq_len=5, d_model=32, n_layer=2)

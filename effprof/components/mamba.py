@@ -161,7 +161,7 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
     head = head or mode == "generate"  # generation needs the logits
     cfg = model.config
     info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
-            "weights": "pretrained" if pretrained else "random", "head": head,
+            "weights": "pretrained" if pretrained else "random", "lm_head": head,
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
 
     def prefill(carry):  # the prompt -> hidden states, or the last position's logits (writing the state to decode on)
@@ -253,7 +253,7 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, new_tokens, r
             return {"kv_cache_mib": kv_cache_bytes(cache.kv) / MIB}
         return {"kv_cache_mib": 2 * layers * cache.batch * seq_len * width * elem / MIB}
 
-    info: dict[str, Any] = {"scan_backend": None, "conv_backend": None, "head": head,
+    info: dict[str, Any] = {"scan_backend": None, "conv_backend": None, "lm_head": head,
                             "attention": getattr(model.config, "_attn_implementation", None), "d_model": width,
                             "n_layer": layers, "n_head": heads, "vocab_size": vocab, "context_len": seq_len}
     parts = LMParts(module, [Stage("prefill", prefill, module)], lambda b: (random_tokens(vocab, b, seq_len, ctx.device),),

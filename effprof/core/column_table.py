@@ -118,6 +118,7 @@ paper_gmacs_per_img | GMAC | tracker paper_flops | the vision papers' "GFLOPs": 
 paper_gmacs_convention | text | tracker paper_flops | what paper_gmacs_per_img counts and leaves out
 paper_gmacs_note | text | tracker paper_flops | why paper_gmacs_per_img is missing
 # --- tracker training (--train, effprof.measure.training) ---
+train_exec | text | runner | how a training step ran (one CUDA graph per step under --graphs, else eager or compiled)
 train | bool | tracker training | True: a call is one training step (forward, loss, backward, optimizer step)
 train_optimizer | id | tracker training | the optimizer (--optimizer)
 train_lr | fraction | tracker training | its learning rate
@@ -200,6 +201,8 @@ stage_<stage>_peak_mem_mib | MiB | tracker stages | the stage's peak memory run 
 stages_sum_ms | ms | tracker stages | sum of the stages' medians
 stages_sum_over_whole | x | tracker stages | stages_sum_ms / the whole call's median latency (1 = the parts add up)
 stage_method | text | tracker stages | how the stages were timed
+stages_whole_ms | ms | tracker stages | the whole call's median latency that stages_sum_over_whole divides by
+stages_additive | bool | tracker stages | the stages' sum is within 5% of the whole (false: not a split of the row's latency)
 # --- tracker generation (--mode generate) ---
 ttft_ms | ms | tracker generation | time to first token (median over generations)
 e2e_ms | ms | tracker generation | end-to-end latency of one generation (median)
@@ -211,6 +214,16 @@ ttft_ms_<stat> | ms | tracker generation | time to first token, statistic <stat>
 tpot_ms_<stat> | ms | tracker generation | time per output token, statistic <stat>
 itl_ms_<stat> | ms | tracker generation | inter-token latency, statistic <stat>
 e2e_ms_<stat> | ms | tracker generation | end-to-end latency, statistic <stat>
+ttft_cv | fraction | tracker generation | time to first token: std / mean over generations
+tpot_cv | fraction | tracker generation | time per output token (per generation): std / mean
+itl_cv | fraction | tracker generation | inter-token latency (every gap): std / mean
+e2e_cv | fraction | tracker generation | end-to-end latency: std / mean over generations
+energy_prefill_j_per_token | J/tok | tracker generation | board energy of the prefill alone (repeated >= 1 s) per prompt token, idle included
+energy_decode_j_per_token | J/tok | tracker generation | board energy of the decode steps alone (repeated >= 1 s) per generated token, idle included
+energy_prefill_above_idle_j_per_token | J/tok | tracker generation | energy_prefill_j_per_token less idle power x duration (a lower bound)
+energy_decode_above_idle_j_per_token | J/tok | tracker generation | energy_decode_j_per_token less idle power x duration (a lower bound)
+energy_phase_method | text | tracker generation | how the per-phase energy was measured
+energy_phase_note | text | tracker generation | why there is no per-phase energy (NVML unavailable)
 <metric>_cv | fraction | tracker generation | coefficient of variation of a generation metric
 # --- tracker estimate (analytic cost model) ---
 estimate_stage | id | tracker estimate | the LM stage the estimate models (prefill or decode)
@@ -222,6 +235,9 @@ estimate_ceilings | id | tracker estimate | the ceilings used
 estimate_method | text | tracker estimate | the model (LLM-Viewer-style roofline)
 measured_over_estimate | x | tracker estimate | measured stage time / estimate_ms
 # --- launchers and the comparison ---
+exec_note | text | runner | how the row was executed where that differs from what was asked (a graphs default off CUDA; --eager's as-deployed figure)
+process_unfit | text | runner | why this row left its process unfit for the next row (the rows after it ran in a fresh process)
+fresh_process | text | launcher inline | this row ran in a fresh worker process because an earlier row left the process unfit
 baseline | id | compare | the label of the row the ratios are against
 speedup | x | compare | baseline latency / this row's latency
 params_ratio | x | compare | params_total / the baseline's
@@ -328,6 +344,8 @@ vision | id | component | the VLM's vision tower
 lm_width | count | component | the LM's width
 lm_layers | count | component | the LM's layers
 new_tokens | tokens | component | tokens generated per sequence
+runs | count | component | generations to time, as --runs asked (none: at least 10, more while 2 x min-time lasts, at most 200)
+lm_head | bool | component | the LM head is applied (logits of the last position); off = the backbone's hidden states
 prefill_exec | text | component | how the prefill of a generation ran (eager or graphs)
 causal | bool | component | causal convolution (mrss)
 streams | count | component | parallel streams (mrss)

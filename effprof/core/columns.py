@@ -32,7 +32,7 @@ UNITS = {  # the vocabulary of `Column.unit`
     "GMAC": "1e9 multiply-accumulates", "fraction": "a fraction (0.02 = 2%)", "%": "percent (2 = 2%)",
     "x": "a ratio (row / baseline unless said)", "count": "a whole number", "tokens": "a number of tokens",
     "items/s": "items (the unit column: img, tok, seq) per second", "tok/s": "tokens per second",
-    "J": "joules", "J/item": "joules per item", "W": "watts", "MHz": "megahertz", "degC": "degrees Celsius",
+    "J": "joules", "J/item": "joules per item", "J/tok": "joules per token", "W": "watts", "MHz": "megahertz", "degC": "degrees Celsius",
     "px": "pixels", "M": "millions", "bool": "True or False", "text": "free text", "id": "a name or identifier",
     "list": "a list (in the JSON only; the CSV leaves it out)", "param": "the parameter's own type",
     "UTC": "ISO 8601 time, UTC",
