@@ -265,7 +265,8 @@ def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
                      "; ".join(sets) + ")")
     if "ttft" in shown or "tpot" in shown:
         lines.append("TTFT = time to first token (median over generations); TPOT = time per output token after the "
-                     "first (mean over every later token of every generation)")
+                     "first, (last - first token) / (new tokens - 1) per generation, vLLM's definition (mean); "
+                     "p50-p99 of TTFT, TPOT, ITL (every gap) and E2E are in the files")
     if "stages" in shown:
         lines.append("stages ms = median time of each stage of the call (device-timeline stamps between stages)")
     return lines
