@@ -77,7 +77,10 @@ def common_options(*only: str, defaults: dict[str, Any] | None = None) -> Callab
     chosen = [o for o in COMMON if not only or o.field in only]
 
     def decorate(fn):
-        signature = inspect.signature(fn)
+        # eval_str: the command's own annotations are strings under `from __future__ import annotations`;
+        # a `__signature__` is taken as is by typer, so unresolved strings would lose their typer.Option/Argument
+        # (their help, their flags, an Argument turned into an option).
+        signature = inspect.signature(fn, eval_str=True)
         kept = [p for p in signature.parameters.values() if p.name != "overrides"]
         shown = defaults if defaults is not None else run_option_defaults()
         added = [inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=None,
