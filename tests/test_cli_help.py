@@ -56,3 +56,28 @@ def test_help_shows_every_flag_whole_with_its_help(path, command, columns, capsy
                 assert flag in words, f"effprof {' '.join(path)} -h at {columns} columns: {flag} cut or missing"
         first_word = (param.help or "").split()[0]
         assert first_word in out
+
+
+def test_roofline_takes_the_profile_as_its_argument_as_the_readme_writes_it(tmp_path, capsys, monkeypatch):
+    """`effprof roofline projectors --plot roofline.png`: the profile is the positional argument."""
+    pytest.importorskip("matplotlib")
+    import torch
+
+    import effprof.cli.commands.roofline as roofline
+    import effprof.core.devices as devices
+    from effprof.core.errors import UsageError
+
+    plot = str(tmp_path / "roofline.png")
+    assert main(["roofline", "projectors", "--plot", plot]) == 2  # parsed; on a CPU machine: needs CUDA
+    err = capsys.readouterr().err
+    assert "CUDA device" in err and "unexpected" not in err
+    seen = {}
+
+    def profile(target, grid, overrides):
+        seen.update(target=target, grid=grid, device=overrides.get("device"))
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(roofline, "_profile", profile)
+    assert main(["roofline", "projectors", "--plot", plot, "--device", "cuda"]) == 2
+    assert seen == {"target": "projectors", "grid": None, "device": "cuda"}
