@@ -43,6 +43,7 @@ MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend = lazy_from("effprof.mo
 resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
 resolve_decode_backend = lazy_attr("effprof.ops.mamba_decode", "resolve_decode_backend")
 MAMBA_PRESETS = lazy_attr("effprof.modules.mamba", "MAMBA_PRESETS")
+MambaShape, NeoXShape = lazy_from("effprof.measure.estimate", "MambaShape", "NeoXShape")
 PRESET_NAMES = ("130m", "370m", "790m", "1.4b", "2.8b")  # = tuple(MAMBA_PRESETS) (tests/test_cli_fast.py)
 
 MIB = 2**20
@@ -179,8 +180,26 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
     info = {"scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
             "weights": "pretrained" if pretrained else "random",
             "d_model": cfg.d_model, "n_layer": cfg.n_layer, "vocab_size": vocab, "context_len": seq_len}
-    return Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
-                 forward=forward, info=info, extras=extras)
+    built = Built(model, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
+                  forward=forward, info=info, extras=extras)
+    built.hooks["estimate"] = lm_estimate(mamba_shape(model), mode, seq_len, head)
+    return built
+
+
+def mamba_shape(model) -> MambaShape:
+    """The cost model's view of a MambaLM (effprof.modules.mamba)."""
+    cfg, mixer = model.config, model.mixers[0]
+    return MambaShape(cfg.n_layer, cfg.d_model, mixer.d_inner, mixer.d_state, mixer.d_conv, mixer.dt_rank,
+                      cfg.padded_vocab_size, mixer.conv1d.bias is not None, mixer.in_proj.bias is not None)
+
+
+def lm_estimate(shape, mode: str, tokens: int, head: bool, measured_field: str = "latency_ms_median",
+                prefill_tokens: int | None = None, context: int | None = None) -> dict[str, Any]:
+    """`Built.hooks["estimate"]` of an LM row: the cost model's shape, the stage this row measures and its
+    tokens, whether the LM head is in the call, and the prefill length and decode context `effprof
+    estimate` tables (this row's, unless given)."""
+    return {"shape": shape, "stage": mode, "tokens": tokens, "head": head, "measured_field": measured_field,
+            "prefill_tokens": prefill_tokens or tokens, "context": context or tokens}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,5 +281,10 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_mo
                             "attention": getattr(model.config, "_attn_implementation", None), "d_model": width,
                             "n_layer": layers, "n_head": heads, "vocab_size": config.vocab_size,
                             "context_len": seq_len}
-    return Built(module, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
-                 forward=forward, info=info, extras=extras)
+    built = Built(module, make_inputs, "tok", items_per_sample=seq_len if mode == "prefill" else 1,
+                  forward=forward, info=info, extras=extras)
+    rotary = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor",
+                                                                 getattr(config, "rotary_pct", 0.25))
+    built.hooks["estimate"] = lm_estimate(NeoXShape(layers, width, heads, config.intermediate_size, config.vocab_size,
+                                                    rotary), mode, seq_len, head)
+    return built

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from effprof.components.mamba import CONV, DECODE, SCAN
+from effprof.components.mamba import CONV, DECODE, SCAN, lm_estimate, mamba_shape
 from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Built, Stage, register_component
@@ -246,8 +246,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
         built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
                       extras=extras)
-        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "prefill", "tokens": prompt_len,
-                                   "measured_field": "stage_prefill_ms"}
+        built.hooks["estimate"] = lm_estimate(llama_shape(cfg.text_config), "prefill", prompt_len, True,
+                                              "stage_prefill_ms", context=context)
         return built
 
     if mode != "prefill":
@@ -270,8 +270,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             return {"kv_cache_mib": kv.bytes_for(context + 1) / MIB, "context_len": context}
 
         built = Built(pipe, make_inputs, "tok", items_per_sample=1, forward=forward, info=info, extras=extras)
-        built.hooks["estimate"] = {"shape": llama_shape(cfg.text_config), "stage": "decode", "tokens": context,
-                                   "measured_field": "latency_ms_median"}
+        built.hooks["estimate"] = lm_estimate(llama_shape(cfg.text_config), "decode", context, True,
+                                              prefill_tokens=prompt_len)
         return built
 
     def step(token, position, kv):
@@ -336,8 +336,11 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         def make_inputs(batch):
             return pixels(batch), _tokens(vocab, batch, prompt_tokens, ctx.device), new_cache(batch)
 
-        return Built(model, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
-                     extras=lambda module, inputs: state_fields(inputs[2]))
+        built = Built(model, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
+                      extras=lambda module, inputs: state_fields(inputs[2]))
+        built.hooks["estimate"] = lm_estimate(mamba_shape(model.lm), "prefill", prompt_len, True, "stage_prefill_ms",
+                                              context=context)
+        return built
 
     if mode == "decode":
         def make_inputs(batch):
@@ -346,9 +349,11 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                 model.lm.backbone(_tokens(vocab, batch, context, ctx.device), cache)
             return _tokens(vocab, batch, 1, ctx.device), cache
 
-        return Built(model, make_inputs, "tok", items_per_sample=1, info=info,
-                     forward=lambda module, inputs: model.lm.step(*inputs),
-                     extras=lambda module, inputs: {**state_fields(inputs[1]), "context_len": context})
+        built = Built(model, make_inputs, "tok", items_per_sample=1, info=info,
+                      forward=lambda module, inputs: model.lm.step(*inputs),
+                      extras=lambda module, inputs: {**state_fields(inputs[1]), "context_len": context})
+        built.hooks["estimate"] = lm_estimate(mamba_shape(model.lm), "decode", context, True, prefill_tokens=prompt_len)
+        return built
 
     return _generate_built(model, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
                            lambda tok, pos, cache: model.lm.step(tok, cache), lambda cache, n: None, new_cache,

@@ -1,7 +1,7 @@
 """The analytic cost model beside the measurement (`effprof.measure.estimate`) for components that declare an
 LLM shape (`Built.hooks["estimate"]`: shape, stage, tokens, and the record field holding the measured time
 of that stage). Columns: `estimate_gflops` (matrix products of the LM stage, must equal its counted FLOPs),
-`estimate_mbytes`, `estimate_ms` (the bound on this device's ceilings; none on CPU) and
+`estimate_mib` (bytes moved, MiB), `estimate_ms` (the bound on this device's ceilings; none on CPU) and
 `measured_over_estimate` (the measured stage time / that bound: how far reality is from the roofline model).
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ class EstimateTracker(Tracker):
 
     def fields(self, run):
         spec = run.built.hooks["estimate"]
-        est = estimate(spec["shape"], spec["stage"], run.options.batch, spec["tokens"], spec.get("weight", "bf16"))
+        est = estimate(spec["shape"], spec["stage"], run.options.batch, spec["tokens"], spec.get("weight", "bf16"),
+                       spec.get("head", True))
         fields = {"estimate_stage": spec["stage"], "estimate_gflops": est.flops / 1e9,
-                  "estimate_mbytes": est.bytes / 1e6, "estimate_method": "LLM-Viewer-style roofline, analytic"}
+                  "estimate_mib": est.bytes / 2**20, "estimate_method": "LLM-Viewer-style roofline, analytic"}
         if run.device.type != "cuda":
             return fields
         from effprof.measure.calibrate import ceilings
