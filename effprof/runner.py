@@ -13,7 +13,7 @@ import gc
 import os
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -106,6 +106,40 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
         raise UsageError(f"--tp {opts.tp}: a tensor-parallel row is measured inside its ranks, which "
                          "effprof.launch starts (effprof.launch.inline.measure_row)")
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
+    if opts.device == "meta":
+        with refused_where_meta_needs_data(config):
+            return _measure(config, opts, timer, on_phase)
+    return _measure(config, opts, timer, on_phase)
+
+
+class NotCountableOnMeta(UsageError):
+    """A row whose call reads tensor values (a data-dependent token count, an index list), which meta tensors
+    do not have: refused on --device meta, with the reason, instead of failing with torch's words."""
+
+
+# torch's words when a call reads the values of a meta tensor
+_META_DATA_READS = ("item() cannot be called on meta", "nonzero", "cannot copy out of meta tensor",
+                    "_local_scalar_dense", "data-dependent", "no data")
+
+
+@contextmanager
+def refused_where_meta_needs_data(config: Config):
+    try:
+        yield
+    except EffprofError:
+        raise
+    except Exception as exc:
+        text = str(exc).lower()
+        if not any(words in text for words in _META_DATA_READS):
+            raise
+        reducer = config.params.get("reducer")
+        who = f"--reducer {reducer}" if reducer else config.label or config.component
+        raise NotCountableOnMeta(f"{who}: not countable on --device meta (the call reads tensor values, e.g. a "
+                                 f"data-dependent token count); count it on cpu or cuda [{type(exc).__name__}]") from None
+
+
+def _measure(config: Config, opts: RunOptions, timer: Callable[..., TimingResult],
+             on_phase: Callable[[str], None] | None) -> dict[str, Any]:
     tell = on_phase or (lambda name: None)
     tell("build")
     t_build = time.perf_counter()
