@@ -25,13 +25,18 @@ def estimate_command(ctx: typer.Context,
                      overrides: dict[str, Any] | None = None):
     """Analytic per-layer operations, bytes, intensity and time bound of LLM prefill and decode
     (LLM-Viewer's method), for bf16/fp16 weights and, analytically, int8 and int4. Bytes in MiB/GiB."""
-    from effprof.report.estimate import estimate_tables
-    from effprof.studies.inspection import estimate_ceilings
-    from effprof.runner import Config, RunOptions, build
+    from effprof.core.options import Config, RunOptions
 
     params = _component_args(component, list(ctx.args))
     options = RunOptions(batch=overrides.get("batch", 1), device="meta").validate()
-    built, values, _ = build(Config(component, params, options))
+    config = Config(component, params, options)
+    config.resolved()  # names and ranges refused before torch is imported
+
+    from effprof.report.estimate import estimate_tables
+    from effprof.runner import build
+    from effprof.studies.inspection import estimate_ceilings
+
+    built, values, _ = build(config)
     spec = built.hooks.get("estimate")
     if spec is None:
         raise UsageError(f"estimate: {component} declares no LM shape in --mode {values.get('mode', '?')} (components "

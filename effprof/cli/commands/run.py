@@ -22,10 +22,8 @@ def run_command(ctx: typer.Context,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.core.options import Config
-    from effprof.launch import Plan, launch
-    from effprof.launch.torchrun import add_tp_scaling, expand_tp, secondary_rank
-    from effprof.report.table import print_records
 
+    # every name and range is checked against the declarations before torch is imported (effprof.launch does)
     csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
     _check_columns(columns)
     if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
@@ -34,6 +32,11 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
+
+    from effprof.launch import Plan, launch
+    from effprof.launch.torchrun import add_tp_scaling, expand_tp, secondary_rank
+    from effprof.report.table import print_records
+
     configs = expand_tp([config], tp)
     with err_console.status(f"{component}: build ...") as status:
         # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
