@@ -98,8 +98,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     columns; every tracker's `fields`, in registration order. On the meta device nothing is timed.
 
     `on_phase(name)` is told when each phase begins: build, count (the trackers' `before`: FLOPs, bytes,
-    extras), warm-up, timing; the record gets each phase's wall seconds (`phase_build_s`, `phase_count_s`,
-    `phase_warmup_s`, `phase_timing_s`), so a slow comparison says where its time went.
+    extras), warm-up, timing, passes (the trackers' `fields`: FLOP coverage, the stage split, ...); the record
+    gets each phase's wall seconds (`phase_build_s`, `phase_count_s`, `phase_warmup_s`, `phase_timing_s`,
+    `phase_passes_s`), so a slow comparison says where its time went.
+
+    `--threads N` sets torch's intra-op threads for the row (restored after it).
     """
     opts = config.options.validate()
     if opts.tp > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -140,6 +143,18 @@ def refused_where_meta_needs_data(config: Config):
 
 def _measure(config: Config, opts: RunOptions, timer: Callable[..., TimingResult],
              on_phase: Callable[[str], None] | None) -> dict[str, Any]:
+    if opts.threads is None:
+        return _measure_row(config, opts, timer, on_phase)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        return _measure_row(config, opts, timer, on_phase)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure_row(config: Config, opts: RunOptions, timer: Callable[..., TimingResult],
+                 on_phase: Callable[[str], None] | None) -> dict[str, Any]:
     tell = on_phase or (lambda name: None)
     tell("build")
     t_build = time.perf_counter()
@@ -175,8 +190,11 @@ def _measure(config: Config, opts: RunOptions, timer: Callable[..., TimingResult
                     tracker.stop(run)
             run.calls = counter.calls
             record.update(timing_fields(run.timing, run.items_per_call, record.get("gflops")))
-        for tracker in trackers:
+        t_passes = time.perf_counter()
+        tell("passes")
+        for tracker in trackers:  # the passes after timing (FLOP coverage, the stage split, ...) are timed too
             record.update(tracker.fields(run))
+        record["phase_passes_s"] = time.perf_counter() - t_passes
     return record
 
 
@@ -417,6 +435,8 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
     for r in records:
         r["baseline"] = base["label"]
         r["speedup_unsteady"] = bool(r.get("latency_unsteady") or base.get("latency_unsteady"))
+        r.pop("ratio_unreliable", None)
+        r.pop("speedup_note", None)
         for key, name, invert in (("latency_ms_median", "speedup", True), ("params_total", "params_ratio", False),
                                   ("gflops", "gflops_ratio", False), ("peak_mem_mib", "peak_mem_ratio", False)):
             a, b = r.get(key), base.get(key)
@@ -426,3 +446,43 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
                 r[name] = b / a if a > 0 else None
             else:
                 r[name] = a / b if b > 0 else None
+        if r.get("speedup") is not None and r is not base:
+            r.update(speedup_reliability(r, base))
+
+
+# A speedup is marked unreliable (`ratio_unreliable`, shown as `~`) when a row's CV is above this whatever
+# the interval (its samples disagree by a factor: 15.7 ms and 0.013 ms on a loaded 2-core host), or when a
+# row is unsteady (CV > UNSTEADY_CV) and the ratio's 95% interval spans more than this factor (hi / lo).
+WILD_CV = 0.5
+RATIO_SPAN = 1.5
+
+
+def _cv(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def speedup_reliability(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The speedup's 95% interval from the two medians' intervals (log space: the half-widths add in
+    quadrature) and whether the rows are too unsteady for the ratio to mean what it says."""
+    import math
+
+    def half_width(r):
+        lo, hi = r.get("latency_ms_ci95_low"), r.get("latency_ms_ci95_high")
+        return math.log(hi / lo) / 2 if lo and hi and lo > 0 and hi >= lo else None
+
+    fields: dict[str, Any] = {"ratio_unreliable": False}
+    widths = [half_width(row), half_width(base)]
+    speedup = row["speedup"]
+    if None not in widths:
+        h = math.hypot(*widths)
+        fields.update(speedup_ci95_low=speedup * math.exp(-h), speedup_ci95_high=speedup * math.exp(h))
+    cv, base_cv = row.get("latency_cv"), base.get("latency_cv")
+    cvs = f"CV {_cv(cv)} here, {_cv(base_cv)} in the baseline ({base.get('label')})"
+    span = (fields["speedup_ci95_high"] / fields["speedup_ci95_low"]) if "speedup_ci95_low" in fields else None
+    if any(c is not None and c > WILD_CV for c in (cv, base_cv)):
+        fields.update(ratio_unreliable=True, speedup_note=f"{cvs}: samples differ by more than a ratio can bear")
+    elif (any(c is not None and c > UNSTEADY_CV for c in (cv, base_cv)) and span is not None
+          and span > RATIO_SPAN):
+        fields.update(ratio_unreliable=True, speedup_note=f"{cvs}: the ratio's 95% interval is "
+                      f"[{fields['speedup_ci95_low']:.3g}, {fields['speedup_ci95_high']:.3g}]")
+    return fields

@@ -49,8 +49,8 @@ COMMON: tuple[CommonOption, ...] = (
     CommonOption("flops_crosscheck", ("--flops-crosscheck/--no-flops-crosscheck",), bool,
                  "Add fvcore's and thop's counts (flops extra)."),
     CommonOption("flop_coverage", ("--flop-coverage/--no-flop-coverage",), bool,
-                 "FLOP coverage from one profiler pass after timing (default on for cpu, off for cuda: CUPTI stays "
-                 "loaded after a CUDA profiler session and slows later kernels)."),
+                 "FLOP coverage from one profiler pass after timing (opt-in: on cpu the pass costs about the "
+                 "row's own time; on cuda CUPTI stays loaded after a profiler session and slows later kernels)."),
     CommonOption("debug", ("--debug/--no-debug",), bool, "Keep the traceback of a failing row (default: one line)."),
     CommonOption("train", ("--train/--no-train",), bool, "Time training steps: forward, loss, backward, optimizer "
                  "step, zero_grad; only the component's trainable parameters get gradients."),

@@ -39,7 +39,7 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
-    flop_coverage: bool | None = None  # None: on for cpu, off for cuda (a CUDA profiler pass leaves CUPTI loaded)
+    flop_coverage: bool | None = None  # None/False: off (opt-in: the profiler pass doubles a CPU row's wall time)
     debug: bool = False          # keep the traceback of a failing row
     tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
     train: bool = False          # time training steps (effprof.measure.training) instead of inference calls

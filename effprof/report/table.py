@@ -64,6 +64,8 @@ def _ratio(key: str, digits: int, flagged: bool = False):
     def cell(r):
         if r.get(key) is None:
             return None
+        if key == "speedup" and r.get("ratio_unreliable"):  # too unsteady for the ratio: see the footer
+            return "~"
         return f"{r[key]:.{digits}f}" + (f" {UNSTEADY}" if flagged and r.get("speedup_unsteady") else "")
     return cell
 
@@ -96,7 +98,8 @@ COLUMNS = [
      else _latency(r).split(" [")[0] + (f" {UNSTEADY}" if r.get("latency_unsteady") else "")),
     ("CV\n(fraction)", _cv),
     ("throughput", _throughput),
-    ("peak mem\nMiB", lambda r: None if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
+    ("peak mem\nMiB", lambda r: (f"<{r['peak_mem_resolution_mib']:g}" if r.get("peak_mem_below_resolution") else None)
+     if r.get("peak_mem_mib") is None else _num(r["peak_mem_mib"])),
     ("weights\nMiB", lambda r: _num(r.get("weights_mib"))),
     ("params M", _params_m),
     ("train MiB\nwts/grad/opt/act", _train_split),
@@ -263,10 +266,14 @@ def footer(records: list[dict[str, Any]]) -> str:
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes; "
              "CV = std/mean of the samples, a fraction"]
     lines += [f"peak mem = {m}" for m in methods]
-    phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records) for name in ("build", "count", "warmup", "timing")}
-    if any(phases.values()):
-        lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
-                                                           for name, seconds in phases.items()))
+    phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records)
+              for name in ("build", "count", "warmup", "timing", "passes")}
+    if any(phases.values()):  # every phase: the rest of the rows' wall time (process start, imports) as "other"
+        wall = sum(x.get("wall_s") or 0.0 for x in records)
+        phases["other"] = max(0.0, wall - sum(phases.values())) if wall else 0.0
+        lines.append("time spent (all rows): " + ", ".join(
+            f"{name.replace('warmup', 'warm-up').replace('passes', 'passes after timing')} {seconds:.1f} s"
+            for name, seconds in phases.items()) + (f" (wall {wall:.1f} s)" if wall else ""))
     lines += (sorted(notes) + unsteady_notes(records) + host_bound_notes(records) + train_notes(records)
               + coverage_notes(records) + energy_notes(records) + errors)
     return "\n".join(lines)
@@ -276,10 +283,12 @@ def unsteady_notes(records: list[dict[str, Any]]) -> list[str]:
     """One line naming the rows whose CV is above the threshold (marked `!`), and what it means for ratios."""
     from effprof.measure import UNSTEADY_CV
 
+    shaky = [f"{r.get('label', '?')}: {r['speedup_note']}" for r in records if r.get("ratio_unreliable")]
+    lines = [f"~ speedup not shown, the rows too unsteady for it: {'; '.join(shaky)}"] if shaky else []
     rows = [str(r.get("label", "?")) for r in records if r.get("latency_unsteady")]
     if not rows:
-        return []
-    return [f"{UNSTEADY} unsteady (CV > {UNSTEADY_CV:g}): {', '.join(rows)}: the latency varied between samples "
+        return lines
+    return lines + [f"{UNSTEADY} unsteady (CV > {UNSTEADY_CV:g}): {', '.join(rows)}: the latency varied between samples "
             "(a loaded host?); ratios against such a row carry that noise; rerun or raise --min-time"]
 
 

@@ -57,6 +57,10 @@ def run_command(ctx: typer.Context,
         raise EffprofError(f"{component}: {record['status']}: {record.get('error')}")
     print_records(records, title=f"effprof run {component}", console=_table_console(csv, json), columns=columns)
     _write_reports(records, f"effprof run {component}", columns, md, html)
+    from effprof.cli.rows import cpu_load_line
+
+    if cpu_load_line(records):
+        err_console.print(f"effprof: {cpu_load_line(records)}", highlight=False, soft_wrap=True)
     for record in records:
         if record.get("traceback"):
             err_console.print(record["traceback"], highlight=False)
