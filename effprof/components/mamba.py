@@ -36,8 +36,8 @@ from effprof.core.registry import BuildContext, Built, register_component
 
 # Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
-TransformerLM, kv_cache_bytes, truncate_kv_cache = lazy_from("effprof.models.transformer_lm", "TransformerLM",
-                                                             "kv_cache_bytes", "truncate_kv_cache")
+TransformerLM, kv_cache_bytes, output_cache, truncate_kv_cache = lazy_from(
+    "effprof.models.transformer_lm", "TransformerLM", "kv_cache_bytes", "output_cache", "truncate_kv_cache")
 MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend = lazy_from("effprof.modules.mamba", "MambaBlock", "MambaLM",
                                                                      "load_mamba_lm", "resolve_conv_backend")
 resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
@@ -262,7 +262,7 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, n_layer, d_mo
     else:
         def make_inputs(batch):
             with torch.no_grad():
-                cache = model(input_ids=ids(batch, seq_len), use_cache=True).past_key_values
+                cache = output_cache(model(input_ids=ids(batch, seq_len), use_cache=True))
             return ids(batch, 1), cache
 
         def forward(module, inputs):
