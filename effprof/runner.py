@@ -450,11 +450,13 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
             r.update(speedup_reliability(r, base))
 
 
-# A speedup is marked unreliable (`ratio_unreliable`, shown as `~`) when a row's CV is above this whatever
+# A speedup is marked unreliable (`ratio_unreliable`, shown as `~`) when a row's CV is above WILD_CV whatever
 # the interval (its samples disagree by a factor: 15.7 ms and 0.013 ms on a loaded 2-core host), or when a
-# row is unsteady (CV > UNSTEADY_CV) and the ratio's 95% interval spans more than this factor (hi / lo).
+# row is unsteady (CV > UNSTEADY_CV) and the ratio's 95% interval spans more than a factor RATIO_SPAN
+# (hi / lo), or holds 1 while the ratio claims a change of more than SAME (which way is then unknown).
 WILD_CV = 0.5
-RATIO_SPAN = 1.5
+RATIO_SPAN = 2.0
+SAME = 0.1
 
 
 def _cv(value: float | None) -> str:
@@ -482,7 +484,8 @@ def speedup_reliability(row: dict[str, Any], base: dict[str, Any]) -> dict[str, 
     if any(c is not None and c > WILD_CV for c in (cv, base_cv)):
         fields.update(ratio_unreliable=True, speedup_note=f"{cvs}: samples differ by more than a ratio can bear")
     elif (any(c is not None and c > UNSTEADY_CV for c in (cv, base_cv)) and span is not None
-          and span > RATIO_SPAN):
+          and (span > RATIO_SPAN or (fields["speedup_ci95_low"] <= 1 <= fields["speedup_ci95_high"]
+                                     and abs(speedup - 1) > SAME))):
         fields.update(ratio_unreliable=True, speedup_note=f"{cvs}: the ratio's 95% interval is "
                       f"[{fields['speedup_ci95_low']:.3g}, {fields['speedup_ci95_high']:.3g}]")
     return fields

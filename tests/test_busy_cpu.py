@@ -41,7 +41,7 @@ def test_a_speedup_between_wild_rows_is_shown_as_tilde_with_the_reason():
     assert b["speedup"] == pytest.approx(2.0) and b["ratio_unreliable"] is False
     assert b["speedup_ci95_low"] < 2.0 < b["speedup_ci95_high"]
     # the reading: a row whose samples disagree by a factor (15.75 ms and 0.013 ms)
-    wild = [_row("base", 15.7, 0.02), _row("noisy", 11.6, 1.4, half=0.03), _row("shaky", 10.0, 0.2, half=0.3)]
+    wild = [_row("base", 15.7, 0.02), _row("noisy", 11.6, 1.4, half=0.03), _row("shaky", 10.0, 0.2, half=0.4)]
     add_ratios(wild)
     assert wild[1]["ratio_unreliable"] and "CV 1.40 here" in wild[1]["speedup_note"]
     assert wild[2]["ratio_unreliable"] and "95% interval" in wild[2]["speedup_note"]
@@ -93,3 +93,11 @@ def test_transformer_lm_decode_uses_the_current_cache_argument():
         r = measure(Config("transformer-lm", {"d_model": 64, "n_layer": 1, "seq_len": 5, "mode": "decode"},
                            RunOptions(device="cpu", dtype="fp32", min_time=0.01, warmup=0.0, max_cv=1.0)))
     assert r["status"] == "ok" and r["kv_cache_mib"] > 0
+
+
+def test_an_unsteady_ratio_whose_direction_is_clear_is_kept():
+    rows = [_row("base", 10.0, 0.12, half=0.1), _row("slower", 30.0, 0.12, half=0.1),
+            _row("unclear", 8.0, 0.2, half=0.2)]
+    add_ratios(rows)
+    assert rows[1]["ratio_unreliable"] is False  # [0.27, 0.41]: three times slower, whatever the noise
+    assert rows[2]["ratio_unreliable"] and rows[2]["speedup_ci95_low"] < 1 < rows[2]["speedup_ci95_high"]
