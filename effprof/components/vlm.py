@@ -146,6 +146,30 @@ def fit_lm_reducer(reducer, num_layers: int, image_tokens: int) -> str | None:
             f"LM's {num_layers} layers)")
 
 
+def _count_by_declared_tokens(pipe, reducer, tokens_per_image: int, images: int) -> tuple[str, int] | None:
+    """On --device meta a vision-output reducer whose selection reads values (VisionZip's top-k and masks)
+    cannot run; one that declares its output count (`tokens_out`) is counted with that many tokens: the
+    reducer's stage hands the first `tokens_out` tokens on, so the projector and the LM are counted at the
+    reduced length, and the view the reducer reads (its q/k projections) is counted too; the reducer's own
+    scoring and merging are not. Returns the record's note, or None (the row is then refused if it reads
+    values: effprof.runner.NotCountableOnMeta)."""
+    if reducer.where != "vision-output" or not hasattr(reducer, "tokens_out"):
+        return None
+    kept = int(reducer.tokens_out(tokens_per_image))
+    if kept == tokens_per_image:  # a reducer that keeps everything runs on meta as it is
+        return None
+
+    class DeclaredCount(nn.Module):
+        needs_qk = getattr(reducer, "needs_qk", False)
+
+        def forward(self, vision):
+            return vision.hidden[:, :kept]
+
+    pipe.vision_reducer.reducer = DeclaredCount()
+    return (f"meta: counted with the reducer's declared {kept} tokens per image (tokens_out); its own scoring "
+            "and merging are not counted"), kept * images
+
+
 def _triton_unavailable(choice: str, mode: str, device) -> None:
     """`--decode-impl triton` where triton cannot run: one line, before the model is built (meta counts)."""
     if choice == "triton" and mode != "prefill" and device.type != "meta":
@@ -228,6 +252,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                              f"per-token projector (not --vision {vision} / --projector {projector})")
         fitted = fit_lm_reducer(reducer, len(pipe.lm.layers), image_tokens) if reducer.where == "lm" else None
         attach(pipe, reducer, image_tokens)
+        meta_count = (_count_by_declared_tokens(pipe, reducer, tokens_per_image, images) if ctx.device.type == "meta"
+                      else None)
     prompt_len = image_tokens + prompt_tokens
     vocab = cfg.text_config.vocab_size
     if mode != "prefill":
@@ -239,6 +265,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             "kv_cache": "static (transformers StaticCache)"}
     if reducer is not None and fitted:
         info["reducer_fitted"] = fitted
+    if reducer is not None and meta_count:
+        info["reducer_meta_count"], info["image_tokens_out"] = meta_count
 
     def pixels(batch):
         if images_dir is not None:
@@ -290,8 +318,8 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
 
         built = Built(pipe, make_inputs, "tok", items_per_sample=prompt_len, info=info, stages=prefill_stages,
                       extras=extras)
-        built.hooks["estimate"] = lm_estimate(llama_shape(cfg.text_config), "prefill", prompt_len, True,
-                                              "stage_prefill_ms", context=context)
+        built.hooks["estimate"] = {**lm_estimate(llama_shape(cfg.text_config), "prefill", prompt_len, True,
+                                                 "stage_prefill_ms", context=context), "static_cache": True}
         return built
 
     if mode != "prefill":

@@ -249,12 +249,14 @@ class StageEstimate:
         return self.layers * per_layer + sum(op.bound_ms(peak_tflops, bandwidth_gb_per_s) for op in self.head)
 
 
-def estimate(shape, stage: str, batch: int, tokens: int, weight: str = "bf16", head: bool = True) -> StageEstimate:
+def estimate(shape, stage: str, batch: int, tokens: int, weight: str = "bf16", head: bool = True,
+             kv_tokens: int | None = None) -> StageEstimate:
     """`prefill` of `tokens` positions from an empty cache, or `decode` of one token at a context of `tokens`;
     `head`: the LM head on the last position (False: the backbone only, as `mamba-lm`/`transformer-lm` time
-    by default)."""
+    by default). `kv_tokens`: a prefill's attention range where it differs from `tokens` (a static cache
+    sized for the unreduced prompt that a token reducer shortened: SDPA attends over all its slots)."""
     if stage == "prefill":
-        q_len, kv_len = tokens, tokens
+        q_len, kv_len = tokens, kv_tokens or tokens
     elif stage == "decode":
         q_len, kv_len = 1, tokens + 1
     else:
