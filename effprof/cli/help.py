@@ -4,8 +4,8 @@ typer's own rich help puts an option's flag, its short form, its `--no-` form, i
 type and its help in six columns that rich squeezes to the terminal's width in proportion, cutting long
 flags (`--grad-checkpointi…`) well before the help text runs out of room. Here a flag is never cut: the
 names column is as wide as its longest flag (a `--no-` form goes on the line below), and only the help
-column wraps. Only public parameter attributes are read (opts, secondary_opts, help, default; the type as typer or
-click show it).
+column wraps. Only public parameter attributes are read (opts, secondary_opts, help, default; the type as
+typer or click show it).
 """
 from __future__ import annotations
 
