@@ -101,3 +101,10 @@ def test_an_unsteady_ratio_whose_direction_is_clear_is_kept():
     add_ratios(rows)
     assert rows[1]["ratio_unreliable"] is False  # [0.27, 0.41]: three times slower, whatever the noise
     assert rows[2]["ratio_unreliable"] and rows[2]["speedup_ci95_low"] < 1 < rows[2]["speedup_ci95_high"]
+
+
+def test_the_ratio_rules_use_the_measurement_threshold():
+    from effprof.analysis import ratios
+    from effprof.measure import UNSTEADY_CV
+
+    assert ratios.UNSTEADY_CV == UNSTEADY_CV
