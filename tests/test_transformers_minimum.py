@@ -21,12 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def declared_minimum() -> Version:
     text = (ROOT / "pyproject.toml").read_text()
-    return Version(re.search(r'"transformers>=([0-9][0-9.]*)"', text).group(1))
+    return Version(re.search(r'"transformers>=([0-9][0-9.]*)[,"]', text).group(1))
+
+
+def declared_bound() -> Version:
+    """The exclusive upper bound of the tested range (pyproject: "transformers>=5.4,<6")."""
+    text = (ROOT / "pyproject.toml").read_text()
+    return Version(re.search(r'"transformers>=[0-9.]+,<([0-9][0-9.]*)"', text).group(1))
 
 
 def test_installed_transformers_meets_the_declared_minimum():
     assert declared_minimum() >= Version("5.4")  # the oldest version both cache paths run on (module docstring)
-    assert Version(metadata.version("transformers")) >= declared_minimum()
+    assert declared_minimum() <= Version(metadata.version("transformers")) < declared_bound()
 
 
 def test_dynamic_cache_layers_hold_keys_and_values_that_truncate_and_count():
