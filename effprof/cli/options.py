@@ -41,7 +41,7 @@ COMMON: tuple[CommonOption, ...] = (
                  "(a fraction) or the median's 95% CI is within ±this/4 (a large value such as 1 stops at --min-time)."),
     CommonOption("seed", ("--seed",), int, "Seed for random weights and inputs."),
     CommonOption("threads", ("--threads",), int, "torch's CPU threads for the row (torch.set_num_threads; none = "
-                 "torch's default, one per core). On a shared host fewer threads than cores steady the timings."),
+                 "torch's default, one per core). On a shared host fewer threads than cores may steady the timings."),
     CommonOption("cold", ("--cold/--warm",), bool, "Flush the L2 cache and rotate input sets between calls."),
     CommonOption("graphs", ("--graphs/--no-graphs",), bool, "Time replays of a CUDA graph of the call."),
     CommonOption("compile", ("--compile/--no-compile",), bool,

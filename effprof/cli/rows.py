@@ -101,5 +101,5 @@ def cpu_load_line(records: list[dict[str, Any]]) -> str:
         text += f"; load average {max(loads):.2f}"
     text += f"; torch threads {', '.join(map(str, threads))}" if threads else ""
     if other and max(other) > 25:
-        text += " (a shared host: fewer --threads than cores, or a quieter moment, steadies the timings)"
+        text += " (a shared host: fewer --threads than cores, or a quieter moment, may steady the timings)"
     return text
