@@ -13,11 +13,12 @@ import gc
 import os
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterable
 
 import torch
 
+from effprof.analysis.ratios import speedup_reliability
 from effprof.core.errors import EffprofError, UsageError
 from effprof.measure.env import environment
 from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
@@ -100,14 +101,63 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
     columns; every tracker's `fields`, in registration order. On the meta device nothing is timed.
 
     `on_phase(name)` is told when each phase begins: build, count (the trackers' `before`: FLOPs, bytes,
-    extras), warm-up, timing; the record gets each phase's wall seconds (`phase_build_s`, `phase_count_s`,
-    `phase_warmup_s`, `phase_timing_s`), so a slow comparison says where its time went.
+    extras), warm-up, timing, passes (the trackers' `fields`: FLOP coverage, the stage split, ...); the record
+    gets each phase's wall seconds (`phase_build_s`, `phase_count_s`, `phase_warmup_s`, `phase_timing_s`,
+    `phase_passes_s`), so a slow comparison says where its time went.
+
+    `--threads N` sets torch's intra-op threads for the row (restored after it).
     """
     opts = config.options.validate()
     if opts.tp > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise UsageError(f"--tp {opts.tp}: a tensor-parallel row is measured inside its ranks, which "
                          "effprof.launch starts (effprof.launch.rows.measure_row)")
     check_fits(config)  # weights + inputs that cannot fit are refused before anything is allocated
+    if opts.device == "meta":
+        with refused_where_meta_needs_data(config):
+            return _measure(config, opts, timer, on_phase)
+    return _measure(config, opts, timer, on_phase)
+
+
+class NotCountableOnMeta(UsageError):
+    """A row whose call reads tensor values (a data-dependent token count, an index list), which meta tensors
+    do not have: refused on --device meta, with the reason, instead of failing with torch's words."""
+
+
+# torch's words when a call reads the values of a meta tensor
+_META_DATA_READS = ("item() cannot be called on meta", "nonzero", "cannot copy out of meta tensor",
+                    "_local_scalar_dense", "data-dependent", "no data")
+
+
+@contextmanager
+def refused_where_meta_needs_data(config: Config):
+    try:
+        yield
+    except EffprofError:
+        raise
+    except Exception as exc:
+        text = str(exc).lower()
+        if not any(words in text for words in _META_DATA_READS):
+            raise
+        reducer = config.params.get("reducer")
+        who = f"--reducer {reducer}" if reducer else config.label or config.component
+        raise NotCountableOnMeta(f"{who}: not countable on --device meta (the call reads tensor values, e.g. a "
+                                 f"data-dependent token count); count it on cpu or cuda [{type(exc).__name__}]") from None
+
+
+def _measure(config: Config, opts: RunOptions, timer: Callable[..., TimingResult],
+             on_phase: Callable[[str], None] | None) -> dict[str, Any]:
+    if opts.threads is None:
+        return _measure_row(config, opts, timer, on_phase)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        return _measure_row(config, opts, timer, on_phase)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure_row(config: Config, opts: RunOptions, timer: Callable[..., TimingResult],
+                 on_phase: Callable[[str], None] | None) -> dict[str, Any]:
     tell = on_phase or (lambda name: None)
     tell("build")
     t_build = time.perf_counter()
@@ -143,8 +193,11 @@ def measure(config: Config, timer: Callable[..., TimingResult] = time_callable,
                     tracker.stop(run)
             run.calls = counter.calls
             record.update(timing_fields(run.timing, run.items_per_call, record.get("gflops")))
-        for tracker in trackers:
+        t_passes = time.perf_counter()
+        tell("passes")
+        for tracker in trackers:  # the passes after timing (FLOP coverage, the stage split, ...) are timed too
             record.update(tracker.fields(run))
+        record["phase_passes_s"] = time.perf_counter() - t_passes
     return record
 
 
@@ -419,6 +472,8 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
     for r in records:
         r["baseline"] = base["label"]
         r["speedup_unsteady"] = bool(r.get("latency_unsteady") or base.get("latency_unsteady"))
+        r.pop("ratio_unreliable", None)
+        r.pop("speedup_note", None)
         for key, name, invert in (("latency_ms_median", "speedup", True), ("params_total", "params_ratio", False),
                                   ("gflops", "gflops_ratio", False), ("peak_mem_mib", "peak_mem_ratio", False)):
             a, b = r.get(key), base.get(key)
@@ -428,3 +483,5 @@ def add_ratios(records: list[dict[str, Any]], baseline: int = 0) -> None:
                 r[name] = b / a if a > 0 else None
             else:
                 r[name] = a / b if b > 0 else None
+        if r.get("speedup") is not None and r is not base:
+            r.update(speedup_reliability(r, base))

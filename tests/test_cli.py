@@ -66,7 +66,8 @@ def test_run_writes_csv_and_json_that_round_trip(tmp_path, fast):
     assert r["gflops"] == pytest.approx(2 * 2 * 16 * 32 * 48 / 1e9)
     assert r["throughput_per_s"] == pytest.approx(32 / (r["latency_ms_median"] / 1e3))
     assert r["params_total"] == 32 * 48 + 48 and r["param_tokens"] == 16
-    assert r["peak_mem_mib"] >= 0 and "resident set" in r["peak_mem_method"]
+    assert "resident set" in r["peak_mem_method"]  # a tiny call: below the method's resolution, or a number above it
+    assert (r["peak_mem_mib"] is None and r["peak_mem_below_resolution"]) or r["peak_mem_mib"] >= 0.0625
     for column in ("device_name", "torch_version", "effprof_version", "timestamp_utc"):
         assert r[column]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files

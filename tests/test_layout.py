@@ -133,7 +133,7 @@ def test_components_and_parameters_unchanged_by_the_moves():
 def test_a_profiles_csv_header_unchanged_by_the_moves(tmp_path, fast):
     out = tmp_path / "p.csv"
     assert main(["compare", "projectors", "--tokens", "16", "--in-dim", "32", "--out-dim", "64", *fast,
-                 "--csv", str(out)]) == 0
+                 "--flop-coverage", "--csv", str(out)]) == 0  # coverage: opt-in on cpu since issue 27
     before = (DATA / "layout_projectors_csv_header_before.txt").read_text().strip().split(",")
     now = out.read_text().splitlines()[0].split(",")
     assert [c for c in before if c not in now] == []

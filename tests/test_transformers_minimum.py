@@ -21,27 +21,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def declared_minimum() -> Version:
     text = (ROOT / "pyproject.toml").read_text()
-    return Version(re.search(r'"transformers>=([0-9][0-9.]*)"', text).group(1))
+    return Version(re.search(r'"transformers>=([0-9][0-9.]*)[,"]', text).group(1))
+
+
+def declared_bound() -> Version:
+    """The exclusive upper bound of the tested range (pyproject: "transformers>=5.4,<6")."""
+    text = (ROOT / "pyproject.toml").read_text()
+    return Version(re.search(r'"transformers>=[0-9.]+,<([0-9][0-9.]*)"', text).group(1))
 
 
 def test_installed_transformers_meets_the_declared_minimum():
     assert declared_minimum() >= Version("5.4")  # the oldest version both cache paths run on (module docstring)
-    assert Version(metadata.version("transformers")) >= declared_minimum()
+    assert declared_minimum() <= Version(metadata.version("transformers")) < declared_bound()
 
 
 def test_dynamic_cache_layers_hold_keys_and_values_that_truncate_and_count():
     from transformers import GPTNeoXConfig, GPTNeoXModel
 
-    from effprof.models.transformer_lm import kv_cache_bytes, truncate_kv_cache
+    from effprof.models.transformer_lm import cache_keyword, kv_cache_bytes, output_cache, truncate_kv_cache
 
     torch.manual_seed(0)
     config = GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=64, attn_implementation="sdpa")
     model = GPTNeoXModel(config).eval()
     with torch.no_grad():
-        cache = model(input_ids=torch.randint(0, 64, (1, 8)), use_cache=True).past_key_values
+        cache = output_cache(model(input_ids=torch.randint(0, 64, (1, 8)), use_cache=True))
         assert [tuple(layer.keys.shape) for layer in cache.layers] == [(1, 2, 8, 16)] * 2
-        model(input_ids=torch.randint(0, 64, (1, 1)), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.randint(0, 64, (1, 1)), **{cache_keyword(model): cache}, use_cache=True)
         assert cache.layers[0].keys.shape[2] == 9  # a decode step appends one position
         truncate_kv_cache(cache, 8)
     assert kv_cache_bytes(cache) == 2 * 2 * (1 * 2 * 8 * 16) * 4  # layers × (keys, values) × fp32 bytes

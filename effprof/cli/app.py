@@ -14,7 +14,18 @@ from effprof.core.options import RunOptions
 from effprof.core.registry import get_component
 from effprof.report.table import make_console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+
+class EffprofTyper(typer.Typer):
+    """typer's app whose commands print `effprof.cli.help`'s help (every option's help, flags never cut)."""
+
+    def command(self, *args, cls=None, **kwargs):
+        from effprof.cli.help import HelpCommand
+
+        return super().command(*args, cls=cls or HelpCommand, **kwargs)
+
+
+app = EffprofTyper(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Profile the efficiency of vision-language and state-space model components.")
 console = make_console()

@@ -40,6 +40,8 @@ COMMON: tuple[CommonOption, ...] = (
     CommonOption("max_cv", ("--max-cv",), float, "Stop timing once the CV of the block medians is at most this "
                  "(a fraction) or the median's 95% CI is within ±this/4 (a large value such as 1 stops at --min-time)."),
     CommonOption("seed", ("--seed",), int, "Seed for random weights and inputs."),
+    CommonOption("threads", ("--threads",), int, "torch's CPU threads for the row (torch.set_num_threads; none = "
+                 "torch's default, one per core). On a shared host fewer threads than cores may steady the timings."),
     CommonOption("cold", ("--cold/--warm",), bool, "Flush the L2 cache and rotate input sets between calls."),
     CommonOption("graphs", ("--graphs/--no-graphs",), bool, "Time replays of a CUDA graph of the call (some "
                  "profiles default to it on CUDA; off CUDA they fall back to eager with a note)."),
@@ -50,8 +52,8 @@ COMMON: tuple[CommonOption, ...] = (
     CommonOption("flops_crosscheck", ("--flops-crosscheck/--no-flops-crosscheck",), bool,
                  "Add fvcore's and thop's counts (flops extra)."),
     CommonOption("flop_coverage", ("--flop-coverage/--no-flop-coverage",), bool,
-                 "FLOP coverage from one profiler pass after timing (default on for cpu, off for cuda: CUPTI stays "
-                 "loaded after a CUDA profiler session and slows later kernels)."),
+                 "FLOP coverage from one profiler pass after timing (opt-in: on cpu the pass costs about the "
+                 "row's own time; on cuda CUPTI stays loaded after a profiler session and slows later kernels)."),
     CommonOption("debug", ("--debug/--no-debug",), bool, "Keep the traceback of a failing row (default: one line)."),
     CommonOption("train", ("--train/--no-train",), bool, "Time training steps: forward, loss, backward, optimizer "
                  "step, zero_grad; only the component's trainable parameters get gradients."),
@@ -90,7 +92,10 @@ def common_options(*only: str, defaults: dict[str, Any] | None = None) -> Callab
     chosen = [o for o in COMMON if not only or o.field in only]
 
     def decorate(fn):
-        signature = inspect.signature(fn)
+        # eval_str: the command's own annotations are strings under `from __future__ import annotations`;
+        # a `__signature__` is taken as is by typer, so unresolved strings would lose their typer.Option/Argument
+        # (their help, their flags, an Argument turned into an option).
+        signature = inspect.signature(fn, eval_str=True)
         kept = [p for p in signature.parameters.values() if p.name != "overrides"]
         shown = defaults if defaults is not None else run_option_defaults()
         added = [inspect.Parameter(o.dest, inspect.Parameter.KEYWORD_ONLY, default=None,

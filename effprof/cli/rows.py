@@ -78,7 +78,28 @@ def measure_profile(profile, baseline: str | None, csv: str | None, json: str | 
     for record in records:  # --debug: the whole story of each failed row
         if record.get("traceback"):
             err_console.print(f"{record['label']}:\n{record['traceback']}", highlight=False)
-    for line in warnings + ([host_summary(records)] if plan.slots else []):
+    for line in warnings + ([host_summary(records)] if plan.slots else [cpu_load_line(records)]):
         if line:
             err_console.print(f"effprof: {line}", highlight=False, soft_wrap=True)
     return records
+
+
+def cpu_load_line(records: list[dict[str, Any]]) -> str:
+    """One line on the host's load while the CPU rows were timed (effprof.trackers.host), or ""."""
+    rows = [r for r in records if r.get("host_cpu_busy_pct") is not None]
+    if not rows:
+        return ""
+    busy = [r["host_cpu_busy_pct"] for r in rows]
+    other = [r["host_other_busy_pct"] for r in rows if r.get("host_other_busy_pct") is not None]
+    loads = [r["host_load_1min"] for r in rows if r.get("host_load_1min") is not None]
+    threads = sorted({r.get("torch_num_threads") for r in rows if r.get("torch_num_threads")})
+    text = (f"host while timing: {rows[0].get('host_cpus')} CPUs, busy {sum(busy) / len(busy):.0f}% on average "
+            f"(max {max(busy):.0f}%)")
+    if other:
+        text += f", {max(other):.0f}% of it other processes at most"
+    if loads:
+        text += f"; load average {max(loads):.2f}"
+    text += f"; torch threads {', '.join(map(str, threads))}" if threads else ""
+    if other and max(other) > 25:
+        text += " (a shared host: fewer --threads than cores, or a quieter moment, may steady the timings)"
+    return text

@@ -37,13 +37,14 @@ from effprof.scenarios.lm import NEW_TOKENS, RUNS, LMParts, lm_scenario, random_
 
 # Imported when a factory runs, not when the components are listed (effprof/core/lazy.py).
 torch = lazy_import("torch")
-TransformerLM, kv_cache_bytes, truncate_kv_cache = lazy_from("effprof.models.transformer_lm", "TransformerLM",
-                                                             "kv_cache_bytes", "truncate_kv_cache")
+TransformerLM, kv_cache_bytes, output_cache, truncate_kv_cache = lazy_from(
+    "effprof.models.transformer_lm", "TransformerLM", "kv_cache_bytes", "output_cache", "truncate_kv_cache")
 MambaBlock, MambaLM, load_mamba_lm, resolve_conv_backend = lazy_from("effprof.modules.mamba", "MambaBlock", "MambaLM",
                                                                      "load_mamba_lm", "resolve_conv_backend")
 resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
 resolve_decode_backend = lazy_attr("effprof.ops.mamba_decode", "resolve_decode_backend")
 MAMBA_PRESETS = lazy_attr("effprof.modules.mamba", "MAMBA_PRESETS")
+MambaShape, NeoXShape = lazy_from("effprof.measure.estimate", "MambaShape", "NeoXShape")
 PRESET_NAMES = ("130m", "370m", "790m", "1.4b", "2.8b")  # = tuple(MAMBA_PRESETS) (tests/test_cli_fast.py)
 
 MIB = 2**20
@@ -176,8 +177,25 @@ def mamba_lm(ctx: BuildContext, preset, seq_len, mode, head, scan_backend, conv_
     parts = LMParts(model, [Stage("prefill", prefill, model)], lambda b: (random_tokens(vocab, b, seq_len, ctx.device),),
                     seq_len, lambda batch, capacity: model.allocate_cache(batch), step,
                     lambda cache, batch, length: model.backbone(random_tokens(vocab, batch, length, ctx.device), cache),
-                    vocab, info, cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB})
+                    vocab, info, cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB},
+                    estimate={m: lm_estimate(mamba_shape(model), m, seq_len, head) for m in ("prefill", "decode")})
     return lm_scenario(parts, mode, ctx, new_tokens, seq_len, runs)
+
+
+def mamba_shape(model) -> MambaShape:
+    """The cost model's view of a MambaLM (effprof.modules.mamba)."""
+    cfg, mixer = model.config, model.mixers[0]
+    return MambaShape(cfg.n_layer, cfg.d_model, mixer.d_inner, mixer.d_state, mixer.d_conv, mixer.dt_rank,
+                      cfg.padded_vocab_size, mixer.conv1d.bias is not None, mixer.in_proj.bias is not None)
+
+
+def lm_estimate(shape, mode: str, tokens: int, head: bool, measured_field: str = "latency_ms_median",
+                prefill_tokens: int | None = None, context: int | None = None) -> dict[str, Any]:
+    """`Built.hooks["estimate"]` of an LM row: the cost model's shape, the stage this row measures and its
+    tokens, whether the LM head is in the call, and the prefill length and decode context `effprof
+    estimate` tables (this row's, unless given)."""
+    return {"shape": shape, "stage": mode, "tokens": tokens, "head": head, "measured_field": measured_field,
+            "prefill_tokens": prefill_tokens or tokens, "context": context or tokens}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,7 +259,7 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, new_tokens, r
         return module(ids)
 
     def fill(cache, batch, length):
-        cache.kv = model(input_ids=random_tokens(vocab, batch, length, ctx.device), use_cache=True).past_key_values
+        cache.kv = output_cache(model(input_ids=random_tokens(vocab, batch, length, ctx.device), use_cache=True))
 
     def decode_call(token, cache, position):
         truncate_kv_cache(cache.kv, seq_len)  # every timed step decodes at the same context
@@ -256,10 +274,14 @@ def transformer_lm(ctx: BuildContext, preset, seq_len, mode, head, new_tokens, r
     info: dict[str, Any] = {"scan_backend": None, "conv_backend": None, "lm_head": head,
                             "attention": getattr(model.config, "_attn_implementation", None), "d_model": width,
                             "n_layer": layers, "n_head": heads, "vocab_size": vocab, "context_len": seq_len}
+    rotary = (getattr(config, "rope_parameters", None) or {}).get("partial_rotary_factor",
+                                                                 getattr(config, "rotary_pct", 0.25))
+    neox = NeoXShape(layers, width, heads, config.intermediate_size, vocab, rotary)
     parts = LMParts(module, [Stage("prefill", prefill, module)], lambda b: (random_tokens(vocab, b, seq_len, ctx.device),),
                     seq_len, lambda batch, capacity: DynamicKV(batch), lambda token, position, cache: module(token, cache.kv),
                     fill, vocab, info, decode_call=decode_call, cache_facts=cache_facts,
-                    no_step_graph="transformers' DynamicCache grows by a token every step (new shapes each step)")
+                    no_step_graph="transformers' DynamicCache grows by a token every step (new shapes each step)",
+                    estimate={m: lm_estimate(neox, m, seq_len, head) for m in ("prefill", "decode")})
     return lm_scenario(parts, mode, ctx, new_tokens, seq_len, runs)
 
 

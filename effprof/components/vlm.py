@@ -8,7 +8,8 @@ for Cobra's constant SSM state.
 from __future__ import annotations
 
 
-from effprof.components.mamba import CONV, DECODE, SCAN
+from effprof.components.mamba import CONV, DECODE, SCAN, lm_estimate, mamba_shape
+from effprof.components.reducer_fit import count_by_declared_tokens, fit_lm_reducer
 from effprof.core.lazy import lazy_attr, lazy_from, lazy_import
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Stage, register_component
@@ -123,7 +124,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
         if reducer.where != "lm" and (vision != "clip" or projector == "ldp"):
             raise ParamError(f"--reducer {reducer.reducer_name}: vision-side reducers need the CLIP tower and a "
                              f"per-token projector (not --vision {vision} / --projector {projector})")
+        fitted = fit_lm_reducer(reducer, len(pipe.lm.layers), image_tokens) if reducer.where == "lm" else None
         attach(pipe, reducer, image_tokens)
+        meta_count = (count_by_declared_tokens(pipe, reducer, tokens_per_image, images) if ctx.device.type == "meta"
+                      else None)
     prompt_len = image_tokens + prompt_tokens
     vocab = cfg.text_config.vocab_size
     if mode != "prefill":
@@ -133,6 +137,10 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
             "prompt_tokens": prompt_tokens, "sequence_tokens": prompt_len, "attention": "sdpa",
             "lm_width": cfg.text_config.hidden_size, "lm_layers": cfg.text_config.num_hidden_layers,
             "kv_cache": "static (transformers StaticCache)"}
+    if reducer is not None and fitted:
+        info["reducer_fitted"] = fitted
+    if reducer is not None and meta_count:
+        info["reducer_meta_count"], info["image_tokens_out"] = meta_count
 
     def pixels(batch):
         if images_dir is not None:
@@ -186,10 +194,9 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
                     set_length=lambda kv, n: kv.set_length(n), decode_call=decode_call,
                     cache_facts=lambda kv, tokens: {"kv_cache_mib": kv.bytes_for(tokens) / MIB},
                     prefill_extras=fidelity if reducer is not None else None,
-                    estimate={"prefill": {"shape": shape, "stage": "prefill", "tokens": prompt_len,
-                                          "measured_field": "stage_prefill_ms"},
-                              "decode": {"shape": shape, "stage": "decode", "tokens": context,
-                                         "measured_field": "latency_ms_median"}})
+                    estimate={"prefill": {**lm_estimate(shape, "prefill", prompt_len, True, "stage_prefill_ms",
+                                                        context=context), "static_cache": True},
+                              "decode": lm_estimate(shape, "decode", context, True, prefill_tokens=prompt_len)})
     return lm_scenario(parts, mode, ctx, new_tokens, context, runs)
 
 
@@ -243,5 +250,9 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     parts = LMParts(model, prefill_stages, lambda b: (pixels(b), _tokens(vocab, b, prompt_tokens, ctx.device)),
                     prompt_len, lambda batch, capacity: model.lm.allocate_cache(batch),
                     lambda token, position, cache: model.lm.step(token, cache), fill, vocab, info,
-                    cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB})
+                    cache_facts=lambda cache, tokens: {"state_mib": cache.nbytes / MIB},
+                    estimate={"prefill": lm_estimate(mamba_shape(model.lm), "prefill", prompt_len, True,
+                                                     "stage_prefill_ms", context=context),
+                              "decode": lm_estimate(mamba_shape(model.lm), "decode", context, True,
+                                                    prefill_tokens=prompt_len)})
     return lm_scenario(parts, mode, ctx, new_tokens, context, runs)

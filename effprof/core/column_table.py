@@ -229,12 +229,16 @@ energy_phase_note | text | tracker generation | why there is no per-phase energy
 estimate_stage | id | tracker estimate | the LM stage the estimate models (prefill or decode)
 estimate_gflops | GFLOP | tracker estimate | matrix-product FLOPs of that stage, analytic (must equal its counted
     FLOPs)
-estimate_mbytes | MB | tracker estimate | bytes the stage moves, analytic (decimal MB)
+estimate_mib | MiB | tracker estimate | bytes the stage moves, analytic (MiB = 2^20 bytes)
+estimate_tokens | tokens | tracker estimate | the LM length the estimate is made at (a vision reducer's output length)
+estimate_note | text | tracker estimate | how the estimate differs from the measured call (an LM reducer's rows: unreduced length)
 estimate_ms | ms | tracker estimate | the roofline bound on this device's ceilings (cuda)
 estimate_ceilings | id | tracker estimate | the ceilings used
 estimate_method | text | tracker estimate | the model (LLM-Viewer-style roofline)
 measured_over_estimate | x | tracker estimate | measured stage time / estimate_ms
 # --- launchers and the comparison ---
+speedup_ci95_low | x | comparison | speedup's 95% interval, low end (from the two medians' intervals)
+speedup_ci95_high | x | comparison | speedup's 95% interval, high end
 exec_note | text | runner | how the row was executed where that differs from what was asked (a graphs default off CUDA; --eager's as-deployed figure)
 process_unfit | text | runner | why this row left its process unfit for the next row (the rows after it ran in a fresh process)
 fresh_process | text | launcher inline | this row ran in a fresh worker process because an earlier row left the process unfit
@@ -256,7 +260,7 @@ gpu_index | count | launch.pool | the GPU the row ran on (--gpus)
 host_cpu_busy_pct | % | launch.pool | the host's CPU busy share during the row
 host_load_1min | count | launch.pool | the host's 1-minute load average at the row's end
 host_cpus | count | launch.pool | the host's CPUs
-host_<name> | text | cli | a fact about the host's load during the run
+host_<name> | text | tracker host_load | a fact about the host's load while the row ran (host_cpu_busy_pct, host_other_busy_pct, host_load_1min, host_cpus)
 rows_in_flight_max | count | launch.pool | the most rows measured at the same time as this one (sharing the host)
 isolated | bool | launch.pool | True when the row had a fresh worker process of its own (--isolate)
 gpu_index_by_process | list | launch.passes | the GPU of each pass (JSON only)
@@ -283,6 +287,8 @@ tp_speedup | x | launch.torchrun | tp=1 latency / this latency
 tp_scaling_efficiency | fraction | launch.torchrun | tp_speedup / tp
 world_size | count | launch.torchrun | processes in the group
 # --- components' facts (Built.info, Built.extras) ---
+reducer_fitted | text | component | an LM reducer's layer defaults scaled to a shallower LM (e.g. fastv_k 2 -> 1)
+reducer_meta_count | text | component | on --device meta: the reducer counted at the token count it declares
 weights | id | component | random, or the checkpoint loaded (--pretrained)
 architecture | id | component | the architecture built (preset)
 attention | id | component | the attention implementation (sdpa, eager, ...)

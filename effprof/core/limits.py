@@ -55,6 +55,7 @@ OPTION_BOUNDS = {
     "max_cv": Bound("--max-cv", 0, 1, low_open=True),
     "seed": Bound("--seed", 0, 2**63 - 2),  # torch seeds are 64-bit; effprof seeds the inputs with seed + 1
     "input_sets": Bound("input_sets", 1, 64),
+    "threads": Bound("--threads", 1, 4096),
 }
 
 

@@ -10,6 +10,13 @@ from effprof.core.errors import UsageError
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 
 
+def check_device_name(name: str) -> str:
+    """The kind a `--device` name asks for (auto, cpu, meta, cuda), checked without torch."""
+    if name in ("auto", "cpu", "meta", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name.split(":")[0]
+    raise UsageError(f"--device: {name!r} is not one of auto, cuda, cuda:N, cpu, meta")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to measure, common to every component. Times are in seconds.
@@ -33,12 +40,13 @@ class RunOptions:
     compile: bool = False        # time the torch.compile'd module (compile time reported apart)
     count_flops: bool = True
     flops_crosscheck: bool = False
-    flop_coverage: bool | None = None  # None: on for cpu, off for cuda (a CUDA profiler pass leaves CUPTI loaded)
+    flop_coverage: bool | None = None  # None/False: off (opt-in: the profiler pass doubles a CPU row's wall time)
     debug: bool = False          # keep the traceback of a failing row
     tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
     train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
     optimizer: str = "adamw"     # --train: adamw | sgd
     grad_checkpointing: bool = False
+    threads: int | None = None   # torch's intra-op threads on cpu (None: torch's default)
 
     def __post_init__(self):
         if self.eager:  # eager wins over a profile's graphs/compile default (a contradiction on the CLI is refused)
@@ -63,24 +71,30 @@ class RunOptions:
             raise UsageError("--input-sets must be at least 1")
         if self.tp < 1:
             raise UsageError(f"--tp: {self.tp} must be at least 1")
-        device = self.torch_device()
-        if self.graphs and device.type != "cuda":
-            raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {device.type})")
-        if device.type == "meta" and (self.cold or self.compile or self.flops_crosscheck):
-            raise UsageError("--device meta only counts (params, FLOPs, bytes): --cold, --compile and "
-                             "--flops-crosscheck need a real device")
-        if device.type == "meta" and self.tp > 1:
-            raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
-        if self.train and self.tp > 1:
-            raise UsageError("--tp splits models for inference; --train with --tp is not measured")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads: {self.threads} must be at least 1")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer: {self.optimizer!r} is not one of adamw, sgd")
         if self.grad_checkpointing and not self.train:
             raise UsageError("--grad-checkpointing needs --train")
-        if self.train and device.type == "meta":
-            raise UsageError("--train takes real steps: --device meta only counts")
         if self.train and self.tp > 1:
-            raise UsageError("--train times one process's step: --tp is for inference")
+            raise UsageError("--tp splits models for inference; --train with --tp is not measured")
+        # The device's kind from its name, without torch: typos and contradictions are refused before torch
+        # loads. Only a `cuda...` name (is one visible?) and `auto` with --graphs import torch, last.
+        meta = check_device_name(self.device) == "meta"
+        if meta and (self.cold or self.compile or self.flops_crosscheck):
+            raise UsageError("--device meta only counts (params, FLOPs, bytes): --cold, --compile and "
+                             "--flops-crosscheck need a real device")
+        if meta and self.tp > 1:
+            raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        if self.train and meta:
+            raise UsageError("--train takes real steps: --device meta only counts")
+        if self.device.startswith("cuda") or (self.graphs and self.device == "auto"):
+            kind = self.torch_device().type
+        else:
+            kind = self.device
+        if self.graphs and kind != "cuda":
+            raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {kind})")
         return self
 
     def torch_device(self):

@@ -350,7 +350,8 @@ def graphs_fallback(configs: list[Config], overrides: dict[str, Any]) -> tuple[l
         return configs, []
     out, moved = [], {}
     for config in configs:
-        device = config.options.torch_device().type
+        # only a graphs row asks where it runs (resolving `auto` imports torch; a refusal comes before that)
+        device = config.options.torch_device().type if config.options.graphs else None
         if config.options.graphs and device != "cuda":
             note = (f"graphs (the profile's default on CUDA) -> eager on {device}: CUDA graphs exist only on CUDA")
             moved.setdefault(note, []).append(config.label or config.component)

@@ -38,6 +38,7 @@ from effprof.core.limits import MAX_WORKERS
 from effprof.core.options import check_rows
 from effprof.launch.base import OnRecord, Plan, register_launcher
 from effprof.launch.procs import SAFE_ENV, child_env, last_line
+from effprof.measure.host import busy_pct, cpu_times  # noqa: F401  (re-exported)
 
 # Messages a CUDA error leaves: after one the worker's context is unusable, so the worker is replaced.
 FATAL_MARKERS = ("CUDA error", "device-side assert", "AcceleratorError", "illegal memory access")
@@ -157,23 +158,6 @@ class _Worker:
     cpu_at_start: tuple[int, int] | None = None
     in_flight_max: int = 0
     rows_done: int = 0
-
-
-def cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
-    try:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-def busy_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.coverage import quiet_profile
 
 ADDITIVITY_REL_TOL = 0.01
 ADDITIVITY_ABS_TOL_MS = 1e-3
@@ -83,7 +84,7 @@ def time_with_profiler(module: torch.nn.Module, call: Callable[[], Any], device:
     """Total ms per module path over `repeats` calls from torch.profiler ranges: device time of the kernels
     launched inside each range on CUDA, CPU time of the range elsewhere."""
     from torch.autograd.profiler import record_function
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     on_cuda = device.type == "cuda"
     ranges: dict[str, list] = {}
@@ -107,7 +108,7 @@ def time_with_profiler(module: torch.nn.Module, call: Callable[[], Any], device:
         for name, sub in _modules(module):
             handles.append(sub.register_forward_pre_hook(pre(name)))
             handles.append(sub.register_forward_hook(post(name), always_call=True))
-        with profile(activities=activities) as prof:
+        with quiet_profile(activities) as prof:  # the profiler's own log lines stay off stderr
             for _ in range(repeats):
                 call()
             _sync(device)
@@ -223,14 +224,14 @@ def top_kernels(call: Callable[[], Any], device: torch.device, top: int = 15, re
     `time_ms` and `calls` are per call of `call()` (totals over `repeats` calls divided by `repeats`);
     `share` is of the summed time of all rows, the last row `(other)` holds what is past `top`.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     on_cuda = device.type == "cuda"
     for _ in range(warmup):
         call()
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profile(activities=activities) as prof:
+    with quiet_profile(activities) as prof:  # the profiler's own log lines stay off stderr
         for _ in range(repeats):
             call()
         _sync(device)

@@ -77,6 +77,22 @@ def profiler_notes_silenced():
         os.close(saved)
 
 
+@contextmanager
+def quiet_profile(activities):
+    """`torch.profiler.profile(activities=...)` whose start and stop write nothing to stderr (the profiled
+    calls inside still may)."""
+    from torch.profiler import profile
+
+    with profiler_notes_silenced():
+        prof = profile(activities=activities)
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with profiler_notes_silenced():
+            prof.stop()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,23 +102,17 @@ def flop_coverage(call: Callable[[], Any], device: torch.device, repeats: int = 
     """Profile `repeats` calls; return `coverage` (fraction of time in ops with a FLOP formula, None when
     nothing was timed), `total_ms` and `covered_ms` per call, `method` and `uncovered`: [{name, time_ms,
     share}] per call, costliest first (ops whose time counted zero FLOPs)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     on_cuda = device.type == "cuda"
     for _ in range(warmup):
         call()
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    with profiler_notes_silenced():
-        prof = profile(activities=activities)
-        prof.start()
-    try:
+    with quiet_profile(activities) as prof:
         for _ in range(repeats):
             call()
         _sync(device)
-    finally:
-        with profiler_notes_silenced():
-            prof.stop()
     formulas = formula_op_names()
     cpu = torch.autograd.DeviceType.CPU
     events = [e for e in prof.events() if e.device_type == cpu and not e.is_async]

@@ -19,6 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+# Growth below this is not told apart from the allocator's and the interpreter's own pages (page size 4 KiB,
+# glibc arenas and Python objects allocated during the call): recorded as below resolution, not as a number.
+RESOLUTION_BYTES = 64 * 1024
 METHOD = "cpu process resident set: VmHWM high-water mark of one call above VmRSS before it (after malloc_trim)"
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -180,10 +180,14 @@ def footer(records: list[dict[str, Any]], columns: str = "brief", left_out: tupl
     lines = ["; ".join(bits) + "; FLOPs = 2×MAC per call (whole batch); MiB = 2^20 bytes"
              + ("; CV = std/mean of the samples, a fraction" if "cv" in shown else "")]
     lines += [f"peak mem = {m}" for m in methods if "peak_mem" in shown]
-    phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records) for name in ("build", "count", "warmup", "timing")}
-    if any(phases.values()):
-        lines.append("time spent (all rows): " + ", ".join(f"{name.replace('warmup', 'warm-up')} {seconds:.1f} s"
-                                                           for name, seconds in phases.items()))
+    phases = {name: sum(x.get(f"phase_{name}_s") or 0.0 for x in records)
+              for name in ("build", "count", "warmup", "timing", "passes")}
+    if any(phases.values()):  # every phase: the rest of the rows' wall time (process start, imports) as "other"
+        wall = sum(x.get("wall_s") or 0.0 for x in records)
+        phases["other"] = max(0.0, wall - sum(phases.values())) if wall else 0.0
+        lines.append("time spent (all rows): " + ", ".join(
+            f"{name.replace('warmup', 'warm-up').replace('passes', 'passes after timing')} {seconds:.1f} s"
+            for name, seconds in phases.items()) + (f" (wall {wall:.1f} s)" if wall else ""))
     lines += (sorted(notes) + exec_notes(records) + unsteady_notes(records) + ratio_notes(records, shown)
               + host_bound_notes(records) + stage_split_notes(records)
               + (train_notes(records) if "train_mib" in shown else [])
@@ -276,10 +280,12 @@ def unsteady_notes(records: list[dict[str, Any]]) -> list[str]:
     """One line naming the rows whose CV is above the threshold (marked `!`), and what it means for ratios."""
     from effprof.measure import UNSTEADY_CV
 
+    shaky = [f"{r.get('label', '?')}: {r['speedup_note']}" for r in records if r.get("ratio_unreliable")]
+    lines = [f"~ speedup not shown, the rows too unsteady for it: {'; '.join(shaky)}"] if shaky else []
     rows = [str(r.get("label", "?")) for r in records if r.get("latency_unsteady")]
     if not rows:
-        return []
-    return [f"{UNSTEADY} unsteady (CV > {UNSTEADY_CV:g}): {', '.join(rows)}: the latency varied between samples "
+        return lines
+    return lines + [f"{UNSTEADY} unsteady (CV > {UNSTEADY_CV:g}): {', '.join(rows)}: the latency varied between samples "
             "(a loaded host?); ratios against such a row carry that noise; rerun or raise --min-time"]
 
 

@@ -7,7 +7,7 @@ import importlib
 from effprof.trackers.base import TRACKERS, Run, Tracker, enabled_trackers, register_tracker, unregister_tracker
 
 BUILTIN = ("params", "counts", "coverage", "paper_flops", "extras", "training", "memory", "nvml", "crosscheck",
-           "roofline", "stages", "generation", "estimate", "utilization")
+           "roofline", "stages", "generation", "estimate", "host", "utilization")
 for _module in BUILTIN:
     importlib.import_module(f"effprof.trackers.{_module}")
 

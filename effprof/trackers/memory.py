@@ -2,8 +2,9 @@
 
 CUDA: the caching allocator's peak during the timed calls; with `--graphs` the window opens before the
 capture, since the graph's private pool holds the activations. CPU: torch keeps no allocator statistics,
-so the process's resident-set growth during one more call (`effprof.measure.rss`). `peak_mem_method`
-says which.
+so the process's resident-set growth during one more call (`effprof.measure.rss`); growth below that
+method's resolution (64 KiB) is recorded as `peak_mem_below_resolution: true` with `peak_mem_mib` None and
+`peak_mem_resolution_mib`, never as a tiny number. `peak_mem_method` says which method.
 """
 from effprof.measure.memory import PeakMemory, cpu_note
 from effprof.trackers.base import Tracker, register_tracker
@@ -32,4 +33,13 @@ class MemoryTracker(Tracker):
             self.mib = self.peak.cpu_peak_mib(getattr(run.call, "fn", run.call))
 
     def fields(self, run):
-        return cpu_note() if self.mib is None else {"peak_mem_mib": self.mib, "peak_mem_method": self.peak.method}
+        if self.mib is None:
+            return cpu_note()
+        if run.device.type == "cpu":
+            from effprof.measure.rss import RESOLUTION_BYTES
+
+            resolution = RESOLUTION_BYTES / 2**20
+            if self.mib < resolution:  # a page or two of noise is not a figure: say so, print no number
+                return {"peak_mem_mib": None, "peak_mem_below_resolution": True,
+                        "peak_mem_resolution_mib": resolution, "peak_mem_method": self.peak.method}
+        return {"peak_mem_mib": self.mib, "peak_mem_method": self.peak.method}

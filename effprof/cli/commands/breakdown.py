@@ -24,15 +24,18 @@ def breakdown_command(ctx: typer.Context,
                       overrides: dict[str, Any] | None = None):
     """Where the time goes: each module's params, FLOPs, time and share of the total (--train: the step's
     forward, backward and optimizer)."""
-    from effprof.studies.inspection import breakdown_config
-    from effprof.report.tree import kernels_table, print_breakdown
-    from effprof.runner import Config
+    from effprof.core.options import Config
 
     for option, value in (("--depth", depth), ("--kernels", kernels)):
         if value < 0:  # typer's min=0 does not survive @common_options' signature rewrite
             raise UsageError(f"{option}: {value} must be at least 0")
     params = _component_args(component, list(ctx.args))
     config = Config(component, params, RunOptions(**overrides).validate())
+    config.resolved()  # names and ranges refused before torch is imported
+
+    from effprof.report.tree import kernels_table, print_breakdown
+    from effprof.studies.inspection import breakdown_config
+
     if config.options.train:
         from effprof.report.tree import phases_table
         from effprof.studies.inspection import train_breakdown_config

@@ -48,9 +48,6 @@ def compare_command(ctx: typer.Context,
                     min_flop_coverage: MinCoverage = None, columns: Columns = "brief", md: MdPath = None,
                     html: HtmlPath = None, tp: Tp = None, overrides: dict[str, Any] | None = None):
     """Measure many configurations into one table with ratios against a baseline row."""
-    from effprof.launch import plan_for
-    from effprof.launch.torchrun import expand_tp, tp_degrees
-
     csv, json, plot, md, html = _check_outputs(csv=csv, json=json, plot=plot, md=md, html=html)
     _check_columns(columns)
     if min_flop_coverage is not None:
@@ -67,6 +64,10 @@ def compare_command(ctx: typer.Context,
         if name != "batch" and not any(p.name == name for c in profile.configs
                                        for p in get_component(c.component).params):
             raise UsageError(f"--fit {fit}: no row's component has a parameter {name!r} (or fit batch)")
+    # names and ranges are checked above, before effprof.launch imports torch
+    from effprof.launch import plan_for
+    from effprof.launch.torchrun import expand_tp, tp_degrees
+
     if tp:
         profile.configs = expand_tp(profile.configs, tp)
         profile.baseline *= len(tp_degrees(tp))

@@ -5,11 +5,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from effprof.cli.app import CsvPath, JsonPath, _check_outputs, app, console, err_console
+from effprof.cli.app import CsvPath, EffprofTyper, JsonPath, _check_outputs, app, console, err_console
 from effprof.cli.options import common_options
 from effprof.core.errors import UsageError
 
-quality_app = typer.Typer(no_args_is_help=True, help="Quality beside cost (projectors: reconstruction MSE).")
+quality_app = EffprofTyper(no_args_is_help=True, help="Quality beside cost (projectors: reconstruction MSE).")
 app.add_typer(quality_app, name="quality")
 
 

@@ -22,10 +22,8 @@ def run_command(ctx: typer.Context,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.core.options import Config
-    from effprof.launch import Plan, launch
-    from effprof.launch.torchrun import add_tp_scaling, expand_tp, secondary_rank
-    from effprof.report.table import print_records
 
+    # every name and range is checked against the declarations before torch is imported (effprof.launch does)
     csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
     _check_columns(columns)
     if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
@@ -34,6 +32,11 @@ def run_command(ctx: typer.Context,
     options = RunOptions(**overrides)
     config = Config(component, params, options.validate())
     config.resolved()
+
+    from effprof.launch import Plan, launch
+    from effprof.launch.torchrun import add_tp_scaling, expand_tp, secondary_rank
+    from effprof.report.table import print_records
+
     configs = expand_tp([config], tp)
     with err_console.status(f"{component}: build ...") as status:
         # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
@@ -54,6 +57,10 @@ def run_command(ctx: typer.Context,
         raise EffprofError(f"{component}: {record['status']}: {record.get('error')}")
     print_records(records, title=f"effprof run {component}", console=_table_console(csv, json), columns=columns)
     _write_reports(records, f"effprof run {component}", columns, md, html)
+    from effprof.cli.rows import cpu_load_line
+
+    if cpu_load_line(records):
+        err_console.print(f"effprof: {cpu_load_line(records)}", highlight=False, soft_wrap=True)
     for record in records:
         if record.get("traceback"):
             err_console.print(record["traceback"], highlight=False)

@@ -1,0 +1,47 @@
+"""On --device meta every reducer row is counted or refused with a reason in one line, never torch's internal
+words (issue 27: `compare token-reduction --device meta`)."""
+import pytest
+
+from effprof.cli.main import main
+from effprof.core.reducers import list_reducers
+from effprof.runner import Config, RunOptions, measure_many
+
+META = RunOptions(device="meta", dtype="fp32")
+REDUCERS = [r.name for r in list_reducers()]
+FIT_TINY = {"visionzip": {"dominant": 4, "contextual": 2}}  # the defaults keep 64 of 576 tokens; tiny has 17
+
+
+def test_every_reducer_on_meta_is_counted_or_refused_in_one_line():
+    configs = [Config("llava", {"preset": "tiny", "reducer": name, **FIT_TINY.get(name, {})}, META, label=name) for name in REDUCERS]
+    records = measure_many(configs)
+    assert len(records) == len(REDUCERS) >= 9
+    for record in records:
+        assert record["status"] in ("ok", "refused"), (record["label"], record.get("error"))
+        if record["status"] == "ok":
+            assert record["gflops"] > 0
+        else:
+            error = record["error"]
+            assert "\n" not in error and "not countable on --device meta" in error, error
+            assert error.startswith(f"--reducer {record['label']}:") and "count it on cpu or cuda" in error
+    assert any(r["status"] == "ok" for r in records)  # those that do not read values are counted
+
+
+def test_run_on_meta_refuses_a_data_dependent_reducer_in_one_line(capsys):
+    assert main(["run", "llava", "--preset", "tiny", "--reducer", "prumerge", "--device", "meta"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not countable on --device meta" in err and "\n" not in err and "Tensor.item()" not in err
+
+
+def test_a_reducer_that_declares_its_token_count_is_counted_on_meta_with_it():
+    """VisionZip's selection reads values, but it declares its output (tokens_out = dominant + contextual):
+    on meta the projector and the LM are counted at that length, as a real run counts them."""
+    params = {"preset": "tiny", "reducer": "visionzip", "dominant": 4, "contextual": 2}
+    meta, cpu = measure_many([Config("llava", params, META),
+                              Config("llava", params, RunOptions(device="cpu", dtype="fp32", min_time=0.01,
+                                                                 warmup=0.0, max_cv=1.0))])
+    assert meta["status"] == cpu["status"] == "ok"
+    assert "declared 6 tokens" in meta["reducer_meta_count"] and meta["image_tokens_out"] == cpu["image_tokens_out"] == 6
+    for stage in ("vision", "project", "prefill"):
+        assert meta[f"stage_{stage}_gflops"] == cpu[f"stage_{stage}_gflops"]
+    # the cost model follows the reduced prompt (a static cache of the unreduced length: attention over all of it)
+    assert meta["estimate_gflops"] == cpu["estimate_gflops"] == cpu["stage_prefill_gflops"]
