@@ -76,3 +76,15 @@ MAX_LAYERS = 1024        # layers of a model
 MAX_STATE = 4096         # SSM state size, conv widths, expansion factors, ratios
 MAX_IMAGE_SIDE = 2**14   # pixels
 MAX_WORKERS = 256        # worker processes of a comparison (`compare --workers N`)
+
+# Input files read whole: a records file (`diff`, `roofline --from-json`), a class map, a profile. Past
+# these sizes the file is not what the option expects (256 MiB of JSON holds millions of rows).
+MAX_RECORDS_BYTES = 256 * 2**20
+MAX_TEXT_BYTES = 16 * 2**20
+# Nesting of a records file: a record is flat (values, lists of numbers, a mapping of those at most).
+MAX_RECORD_DEPTH = 4
+# Every number in a records file lies in [RECORD_VALUE_MIN, RECORD_VALUE_MAX] in magnitude (or is 0 where 0
+# is allowed): no time, size, rate or count effprof writes comes near either end, and plotting or dividing
+# values past them overflows.
+RECORD_VALUE_MIN = 1e-12
+RECORD_VALUE_MAX = 1e15

@@ -29,15 +29,11 @@ def parse_threshold(text: str) -> float:
 
 
 def _read(path: str) -> list[dict]:
-    from effprof.report.files import read_json
+    """The records of a --json file, validated (effprof.report.files.load_records): one line per problem."""
+    from effprof.report.files import load_records
 
-    try:
-        records = read_json(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: cannot read effprof records ({type(exc).__name__}: {exc})") from None
-    if not isinstance(records, list):
-        raise UsageError(f"{path}: 'records' is not a list")
-    return records
+    return load_records(path, option="", needs="diff needs the JSON records written with --json (a CSV has no "
+                        "timing samples)")
 
 
 def diff_table(result: dict, title: str) -> Table:
