@@ -88,3 +88,14 @@ MAX_RECORD_DEPTH = 4
 # values past them overflows.
 RECORD_VALUE_MIN = 1e-12
 RECORD_VALUE_MAX = 1e15
+
+# `effprof quality projectors`: a training study. 10^6 AdamW steps of the largest projector take hours; a
+# learning rate past 10 diverges in any optimiser; seeds as --seed.
+MAX_TRAIN_STEPS = 1_000_000
+STUDY_BOUNDS = {
+    "steps": Bound("--steps", 1, MAX_TRAIN_STEPS),
+    "lr": Bound("--lr", 0, 10, low_open=True),
+    "seed": Bound("--seed", 0, 2**63 - 2),
+    "samples": Bound("--samples", 2, 2**20),
+    "batch": Bound("--batch", 1, 2**20),
+}

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,17 @@ class ImageFolder:
 
 
 def read_class_map(path: str | Path) -> dict[str, int]:
-    """Folder name -> head index, from JSON ({"n01440764": 0, ...}) or text lines "NAME INDEX"."""
-    path = Path(path).expanduser()
+    """Folder name -> head index, from UTF-8 JSON ({"n01440764": 0, ...}) or text lines "NAME INDEX"; a regular
+    file of at most MAX_TEXT_BYTES (a FIFO or a device is refused, never waited on)."""
+    from effprof.core.fileio import read_bounded
+    from effprof.core.limits import MAX_TEXT_BYTES
+
+    data = read_bounded(path, "--class-map", MAX_TEXT_BYTES)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EvalDataError(f"--class-map {path}: cannot read it ({exc.strerror or exc})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalDataError(f"--class-map {path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                            f"{exc.start})") from None
     try:
         mapping = json.loads(text) if text.lstrip().startswith("{") else dict(
             (parts[0], parts[1]) for parts in (line.split() for line in text.splitlines()) if parts)
@@ -61,9 +67,24 @@ def read_class_map(path: str | Path) -> dict[str, int]:
 
 def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> ImageFolder:
     """List DIR/<class>/<image>; refuse an empty tree, a class without images or one the map lacks."""
-    root = Path(root).expanduser()
+    from effprof.core.fileio import expand
+
+    root = expand(root, "--data")
+    try:
+        return _scan(root, class_map)
+    except OSError as exc:  # a folder or an entry that cannot be read (permissions, a vanished file)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise EvalDataError(f"--data {root}: cannot read{where} ({exc.strerror or exc})") from None
+
+
+def _scan(root: Path, class_map: dict[str, int] | None) -> ImageFolder:
+    from effprof.core.fileio import PSEUDO_ROOTS
+
     if not root.is_dir():
         raise EvalDataError(f"--data {root}: not a folder")
+    real = str(root.resolve())
+    if any(real == r or real.startswith(r + "/") for r in PSEUDO_ROOTS):
+        raise EvalDataError(f"--data {root}: a kernel pseudo-file system ({real}), not an image folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise EvalDataError(f"--data {root}: no class subfolders (expected DIR/<class>/<image>)")
@@ -156,8 +177,12 @@ def evaluate(module, folder: ImageFolder, preprocess: Preprocess, device, dtype,
     start = time.perf_counter()
     correct1 = correct5 = 0
     model_s = 0.0
+    from PIL import Image
+
     chunks = [folder.samples[i:i + batch] for i in range(0, len(folder.samples), batch)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Preprocess.load refuses such an image
         def submit(chunk):  # decode a batch in the background while the model runs the previous one
             return [pool.submit(preprocess.load, path) for path, _ in chunk]
 

@@ -43,7 +43,7 @@ def diff_table(result: dict, title: str) -> Table:
         table.add_column(name, justify="left" if name in ("row", "params", "verdict") else "right")
     for r in result["rows"]:
         ci = "" if r["ratio_ci95_low"] is None else f" [{r['ratio_ci95_low']:.3f}, {r['ratio_ci95_high']:.3f}]"
-        style = {"slower": "red", "faster": "green"}.get(r["verdict"], "")
+        style = {"slower": "red", "faster": "green", "inconclusive (the runs are too noisy)": "yellow"}.get(r["verdict"], "")
         params = (r.get("params") or "-").replace(",", ",\n")
         table.add_row(escape(str(r["label"])), escape(params), f"{r['base_ms']:.4g}", f"{r['new_ms']:.4g}",
                       f"{r['ratio']:.3f}{ci}", f"{r['change_pct']:+.1f}",
@@ -63,13 +63,16 @@ def diff_command(base: Annotated[str, typer.Argument(help="Records saved earlier
                  json: Annotated[Optional[str], typer.Option("--json", help="Write the comparison to this JSON "
                                                              "file.")] = None):
     """Compare two runs row by row: ratio of medians with a bootstrap 95% CI and a verdict."""
-    from effprof.analysis.diff import diff_records, regressions
+    from effprof.analysis.diff import INCONCLUSIVE, NOISY_FACTOR, diff_records, regressions
+
+    from effprof.core.limits import OPTION_BOUNDS
 
     limit = parse_threshold(threshold)
-    if json:
+    OPTION_BOUNDS["seed"].check(seed)
+    if json is not None:  # an empty path is refused, never read as "no file"
         from effprof.cli.app import _check_outputs
 
-        _check_outputs(json)
+        (json,) = _check_outputs(json=json)
     result = diff_records(_read(base), _read(new), threshold=limit, seed=seed)
     if not result["rows"] and not result["now_failing"]:
         raise UsageError(f"no row of {new} matches a row of {base} (rows match by component, parameters, batch, "
@@ -83,10 +86,14 @@ def diff_command(base: Annotated[str, typer.Argument(help="Records saved earlier
         notes.append(f"only in {base}: {', '.join(result['only_base'])}")
     if result["only_new"]:
         notes.append(f"only in {new}: {', '.join(result['only_new'])}")
+    noisy = [str(r["label"]) for r in result["rows"] if r["verdict"] == INCONCLUSIVE]
+    if noisy:
+        notes.append(f"inconclusive (interval wider than a factor {NOISY_FACTOR:g}): measure again with a longer "
+                     f"--min-time or on a quieter machine: {', '.join(noisy)}")
     if result["now_failing"]:
         notes.append(f"measured in {base} but failing in {new}: {', '.join(result['now_failing'])}")
     console.print(escape("\n".join(notes)), style="dim", highlight=False)
-    if json:
+    if json is not None:
         import json as _json
 
         from effprof.core.fileio import write_atomic

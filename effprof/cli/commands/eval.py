@@ -35,6 +35,9 @@ def eval_command(ctx: typer.Context,
     from effprof.runner import Config, build, measure
 
     _check_outputs(csv, json)
+    for option, value in (("--pretrained", pretrained), ("--class-map", class_map), ("--data", data)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option}: the path is empty (name a file{', or leave it out for random weights' if option == '--pretrained' else ''})")
     if importlib.util.find_spec("PIL") is None:
         raise MissingExtra("effprof eval decodes images with Pillow: pip install 'effprof[eval]'")
     params = _component_args(component, list(ctx.args))
