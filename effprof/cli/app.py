@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Profile the efficiency of vision-language and state-space model components.")
 console = make_console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)  # ":boom" in a factory name stays text
 
 # Common measurement options: declared once in effprof/cli/options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]

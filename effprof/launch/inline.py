@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from effprof.core.registry import is_external
 from effprof.launch.base import OnRecord, Plan, register_launcher
+from effprof.launch.procs import crash_note
 from effprof.launch.torchrun import in_rank, measure_tp
 from effprof.runner import measure, measure_many
 
@@ -25,4 +27,10 @@ def measure_rows(configs: list, on_record: OnRecord | None = None, on_phase=None
 
 @register_launcher("inline")
 def launch_inline(configs: list, plan: Plan, on_record: OnRecord | None = None) -> list[dict[str, Any]]:
-    return measure_rows(configs, on_record, plan.on_phase, plan.raise_refusals)
+    """Rows of user code (`FILE.py:FUNCTION`) run under `procs.crash_note`: a crash of the interpreter is one
+    line that points at `--isolate` (the pool launcher, a worker process per row)."""
+    user = [c.label or c.component for c in configs if is_external(c.component) and not c.component.startswith("hf:")]
+    if not user:
+        return measure_rows(configs, on_record, plan.on_phase, plan.raise_refusals)
+    with crash_note(user):
+        return measure_rows(configs, on_record, plan.on_phase, plan.raise_refusals)

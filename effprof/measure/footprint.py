@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from effprof.core.errors import EffprofError, TooLarge
+from effprof.core.libwarnings import quiet_libraries
 
 META = torch.device("meta")
 
@@ -58,7 +59,7 @@ def footprint(config) -> Footprint | None:
     opts = config.options
     try:
         dtype = opts.torch_dtype()
-        with META:  # tensors a factory makes without naming a device are meta too: nothing is allocated
+        with META, quiet_libraries():  # tensors a factory makes without naming a device are meta too
             built = component.build(values, BuildContext(META, dtype, opts.seed))
             seen: set[int] = set()
             weights = sum(_tensor_bytes(t, seen) for t in [*built.module.parameters(), *built.module.buffers()])

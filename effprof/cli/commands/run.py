@@ -19,6 +19,9 @@ def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                 csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, min_flop_coverage: MinCoverage = None,
                 columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
+                isolate: Annotated[bool, typer.Option("--isolate", help="Measure in a worker process: a crash of "
+                                                      "the interpreter (a segfault in user code) fails the row "
+                                                      "instead of ending effprof.")] = False,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.core.options import Config
@@ -35,10 +38,17 @@ def run_command(ctx: typer.Context,
     config = Config(component, params, options.validate())
     config.resolved()
     configs = expand_tp([config], tp)
+    if isolate and tp:
+        raise UsageError("--isolate and --tp: a --tp row already runs in its own rank processes")
     with err_console.status(f"{component}: build ...") as status:
         # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
-        records = launch(configs, Plan(raise_refusals=True,
-                                       on_phase=lambda _, phase: status.update(f"{component}: {phase} ...")))
+        if isolate:
+            from effprof.launch import plan_for
+
+            plan = plan_for(isolate=True, device=overrides.get("device"))
+        else:
+            plan = Plan(raise_refusals=True, on_phase=lambda _, phase: status.update(f"{component}: {phase} ..."))
+        records = launch(configs, plan)
     if tp:
         add_tp_scaling(records)
     if secondary_rank():  # under torchrun, rank 0 reports
