@@ -17,7 +17,7 @@ from typing import Any
 
 from effprof.core.errors import ParamError
 from effprof.modules.preprocess import Preprocess
-from effprof.core.limits import MAX_IMAGE_SIDE, MAX_STATE, MAX_WIDTH
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_STATE, MAX_WIDTH
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Built, register_component
 
@@ -47,6 +47,9 @@ def _depths(text: str | None) -> tuple[int, ...] | None:
         depths = ()
     if len(depths) != 4 or min(depths) < 1:
         raise ParamError(f"--depths: {text!r} is not four positive integers such as 2,2,8,2")
+    if sum(depths) > MAX_LAYERS:  # each block is built in Python: 99,999 of them never finish building
+        raise ParamError(f"--depths: {text!r} is {sum(depths):,} blocks in all, more than {MAX_LAYERS} (the most "
+                         "layers any component takes)")
     return depths
 
 

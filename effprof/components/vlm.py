@@ -39,6 +39,10 @@ PRESET_NAMES = ("llava-1.5-7b", "llava-1.5-13b", "tiny")
 COBRA_PRESET_NAMES = ("cobra-3b", "tiny")
 
 MIB = 2**20
+# A generation loop runs one decode step per token from Python, at least ~1 ms each on any device (and on
+# meta, which only counts): 8192 steps are seconds to minutes per call, every timed call; 100,000 never
+# finish a row. Twice the context LLaVA-1.5 and Vicuna were trained with (4096).
+MAX_NEW_TOKENS = 8192
 VISION_TOWERS = {"mambavision-t": "t", "mambavision-s": "s", "mambavision-b": "b"}
 MODES = ("prefill", "decode", "generate")
 
@@ -47,7 +51,7 @@ MODE = Param("mode", str, "prefill", "prefill = image + prompt -> first token (T
 IMAGES = Param("images", int, 1, "Images per sample (each adds its visual tokens to the prompt).", low=1, high=64)
 PROMPT = Param("prompt_tokens", int, 64, "Text tokens besides the image's.", low=1, high=1_000_000)
 NEW = Param("new_tokens", int, 32, "Tokens to generate (generate mode), the first from the prefill.", low=1,
-            high=100_000)
+            high=MAX_NEW_TOKENS)
 CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the timed token is decoded (decode).",
                 low=1, high=1_000_000)
 PRETRAINED = Param("pretrained", str, None, "Local checkpoint directory (llava-hf layout for llava); none = random "
