@@ -76,6 +76,7 @@ MAX_LAYERS = 1024        # layers of a model
 MAX_STATE = 4096         # SSM state size, conv widths, expansion factors, ratios
 MAX_IMAGE_SIDE = 2**14   # pixels
 MAX_WORKERS = 256        # worker processes of a comparison (`compare --workers N`)
+MAX_TP = 1024            # tensor-parallel ranks (`--tp N`): one process each; the machine's own bound is tighter
 
 # Input files read whole: a records file (`diff`, `roofline --from-json`), a class map, a profile. Past
 # these sizes the file is not what the option expects (256 MiB of JSON holds millions of rows).

@@ -65,6 +65,7 @@ class RunOptions:
                              "--flops-crosscheck need a real device")
         if device.type == "meta" and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
+        self._check_tp_fits(device)
         if self.train and self.tp > 1:
             raise UsageError("--tp splits models for inference; --train with --tp is not measured")
         if self.optimizer not in ("adamw", "sgd"):
@@ -76,6 +77,20 @@ class RunOptions:
         if self.train and self.tp > 1:
             raise UsageError("--train times one process's step: --tp is for inference")
         return self
+
+    def _check_tp_fits(self, device) -> None:
+        """`--tp N` starts N processes (one rank per GPU, on CPU per core): refused before any starts when the
+        machine has fewer (under torchrun the launcher started the ranks: its world size decides)."""
+        import os
+
+        if self.tp <= 1 or all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+            return
+        from effprof.core.devices import rank_capacity
+
+        capacity, what = rank_capacity(device)
+        if self.tp > capacity:
+            raise UsageError(f"--tp: {self.tp} ranks, but this machine has {capacity} {what} (one rank each); "
+                             f"--tp at most {capacity}")
 
     def torch_device(self):
         from effprof.core.devices import resolve_device
