@@ -28,6 +28,15 @@ Columns = Annotated[str, typer.Option("--columns", help="Table columns: brief (f
 MdPath = Annotated[Optional[str], typer.Option("--md", help="Also write the table as Markdown to PATH.")]
 HtmlPath = Annotated[Optional[str], typer.Option("--html", help="Also write one self-contained HTML page (table, notes, "
                                                  "plots inlined) to PATH.")]
+def check_min_coverage(value: float | None) -> float | None:
+    """--min-flop-coverage: a fraction in [0, 1]; nan, inf and values outside are refused before measuring."""
+    if value is not None:
+        from effprof.core.limits import Bound
+
+        Bound("--min-flop-coverage", 0, 1).check(value)
+    return value
+
+
 MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
                                                       help="Mark rows whose FLOP coverage (share of time in ops "
                                                            "with a FLOP formula) is below this fraction.")]

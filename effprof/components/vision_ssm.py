@@ -116,7 +116,8 @@ def vmamba(ctx: BuildContext, preset, img_size, directions, vmamba_v052d, scan_b
 @register_component("ss2d", unit="img", family="vision", params=[
     Param("d_model", int, 96, "Block width (VMamba-T stage 1: 96).", low=1, high=MAX_WIDTH),
     Param("d_state", int, 1, "SSM state size N (VMamba v2: 1; vanilla: 16).", low=1, high=MAX_STATE),
-    Param("ssm_ratio", float, 1.0, "d_inner / d_model (VMamba-T: 1.0, S/B: 2.0).", low=0, low_open=True),
+    Param("ssm_ratio", float, 1.0, "d_inner / d_model (VMamba-T: 1.0, S/B: 2.0).", low=0, low_open=True,
+          high=MAX_STATE),
     Param("img_size", int, 224, "Image side in pixels; the block runs on the stage-1 map, (img/4)².", low=4,
           high=MAX_IMAGE_SIDE),
     DIRECTIONS, V052D, SCAN,

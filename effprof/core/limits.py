@@ -100,3 +100,6 @@ STUDY_BOUNDS = {
     "samples": Bound("--samples", 2, 2**20),
     "batch": Bound("--batch", 1, 2**20),
 }
+# LoRA's scale numerator (`--alpha`; adapters scale by alpha / rank): published values are 8 to 512; past
+# 65,504 (fp16's largest number) the scale alone overflows a half-precision output.
+MAX_LORA_ALPHA = 65504.0

@@ -24,6 +24,8 @@ def estimate_command(ctx: typer.Context,
     from effprof.studies.inspection import estimate_ceilings
     from effprof.runner import Config, RunOptions, build
 
+    if gpu is not None and not gpu.strip():  # empty is refused, never read as "this machine's"
+        raise UsageError("--gpu: empty (name a GPU such as H100, or leave it out for this machine's)")
     params = _component_args(component, list(ctx.args))
     options = RunOptions(batch=overrides.get("batch", 1), device="meta").validate()
     built, values, _ = build(Config(component, params, options))

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
-from effprof.cli.app import (Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
+from effprof.cli.app import (check_min_coverage, Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
                              _check_outputs, _component_args, _mark_coverage, _table_console, _write_reports, app,
                              err_console, write_records)
 from effprof.cli.options import common_options
@@ -31,6 +31,7 @@ def run_command(ctx: typer.Context,
 
     csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
     _check_columns(columns)
+    check_min_coverage(min_flop_coverage)
     if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
         overrides.setdefault("flop_coverage", True)
     params = _component_args(component, list(ctx.args))
