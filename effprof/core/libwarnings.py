@@ -15,16 +15,35 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+_SHOWING = [False]  # the innermost block's choice: a nested block without `show` inherits it
+
+
 def debugging() -> bool:
     return bool(os.environ.get("EFFPROF_DEBUG"))
 
 
 @contextmanager
-def quiet_libraries(show: bool = False) -> Iterator[None]:
-    """Silence library warnings inside the block unless `show` (--debug) or EFFPROF_DEBUG is set."""
+def quiet_libraries(show: bool | None = None) -> Iterator[None]:
+    """Silence library warnings inside the block unless `show` (--debug) or EFFPROF_DEBUG is set; `show`
+    None keeps the enclosing block's choice (a loader inside a build shows what the build shows)."""
+    show = _SHOWING[-1] if show is None else show
     if show or debugging():
-        yield
+        _SHOWING.append(True)
+        try:
+            yield
+        finally:
+            _SHOWING.pop()
         return
+    _SHOWING.append(False)
+    try:
+        with _silenced():
+            yield
+    finally:
+        _SHOWING.pop()
+
+
+@contextmanager
+def _silenced() -> Iterator[None]:
     had_transformers = "transformers" in sys.modules
     saved_env = os.environ.get("TRANSFORMERS_VERBOSITY")
     hf_logging, level = None, None

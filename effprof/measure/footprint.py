@@ -71,7 +71,7 @@ def footprint(config) -> Footprint | None:
     opts = config.options
     try:
         dtype = opts.torch_dtype()
-        with META, quiet_libraries():  # tensors a factory makes without naming a device are meta too
+        with META, quiet_libraries(opts.debug):  # tensors a factory makes without naming a device are meta too
             built = component.build(values, BuildContext(META, dtype, opts.seed))
             seen: set[int] = set()
             weights = sum(_tensor_bytes(t, seen) for t in [*built.module.parameters(), *built.module.buffers()])
@@ -88,7 +88,7 @@ def _meta_flops(built, inputs) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        with META, quiet_libraries(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with META, torch.no_grad(), FlopCounterMode(display=False) as counter:
             if built.hooks.get("generation") and built.stages:
                 built.stages[0].run(inputs)
             else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from effprof.core.errors import MissingExtra, PretrainedNotFound, UsageError
+from effprof.core.libwarnings import quiet_libraries
 from effprof.modules.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalDataError, Preprocess  # noqa: F401
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"})
@@ -121,9 +122,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A state dict from .safetensors, or from a torch file read with weights_only=True (no pickled code)."""
     import torch
 
+    from effprof.core.fileio import check_readable
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise PretrainedNotFound(f"--pretrained {path}: no such file")
+    check_readable(path, "--pretrained")  # a FIFO or a device is refused, never waited on
     try:
         if path.suffix == ".safetensors":
             if importlib.util.find_spec("safetensors") is None:
@@ -132,7 +136,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with quiet_libraries():  # torch's loading notes: --debug's, not one more line before ours
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except MissingExtra:
         raise
     except Exception as exc:  # unpickling refused, a truncated file, ...

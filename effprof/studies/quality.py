@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effprof.core.errors import UsageError
+from effprof.core.libwarnings import quiet_libraries
 from effprof.measure.training import TrainingStep, TrainOptions
 from effprof.core.registry import Built
 
@@ -69,7 +70,8 @@ def load_features(path: str) -> FeatureSet:
 
             data: Any = load_file(str(file))
         else:
-            data = torch.load(file, map_location="cpu", weights_only=True)
+            with quiet_libraries():  # torch's loading notes: --debug's, not one more line before ours
+                data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UsageError(f"--features {path}: cannot read a tensor file ({type(exc).__name__})") from None
     if isinstance(data, dict):
