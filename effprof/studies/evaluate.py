@@ -125,9 +125,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     from effprof.core.fileio import check_readable
 
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise PretrainedNotFound(f"--pretrained {path}: no such file")
-    check_readable(path, "--pretrained")  # a FIFO or a device is refused, never waited on
+    check_readable(path, "--pretrained")  # a folder, a FIFO or a device is refused, never waited on
     try:
         if path.suffix == ".safetensors":
             if importlib.util.find_spec("safetensors") is None:
