@@ -486,3 +486,18 @@ def test_min_flop_coverage_outside_a_fraction_is_refused(value, says, capsys):
 def test_empty_values_are_refused_not_read_as_defaults(capsys):
     refused(["compare", "linear", "--grid", "tokens=4,8", *FAST, "--fit", ""], capsys, says="--fit '': name a parameter")
     refused(["estimate", "llava", "--gpu", ""], capsys, says="--gpu: empty")
+
+
+def test_a_checkpoint_of_meta_tensors_claiming_4_tib_is_one_line(tmp_path, capsys):
+    path = tmp_path / "huge.pt"
+    torch.save({"weight": torch.empty(2**20, 2**20, device="meta"), "bias": torch.empty(2**20, device="meta")}, path)
+    refused(["run", "linear", *TINY, *FAST, "--pretrained", str(path)], capsys,
+            says="entry 'weight' is a meta tensor (1048576, 1048576) without data")
+
+
+def test_diff_json_to_standard_output_is_json_alone(tmp_path, capsys):
+    base = records_file(tmp_path / "base.json")
+    assert main(["diff", base, base, "--json", "-"]) == 0
+    out, _ = capsys.readouterr()
+    assert json.loads(out)["rows"][0]["verdict"] == "no significant change"
+    assert not (tmp_path / "-").exists() and not os.path.exists("-")

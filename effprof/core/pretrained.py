@@ -112,6 +112,9 @@ def load_state_dict(path: Path, spec: str | None = None) -> dict[str, Any]:
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{where}: {path.name}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if value.is_meta:  # saved from the meta device: a shape without numbers (it can claim any size)
+            raise CheckpointError(f"{where}: {path.name}: entry {key!r} is a meta tensor {tuple(value.shape)} "
+                                  "without data, not weights")
     return state
 
 

@@ -149,6 +149,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedNotFound(f"--pretrained {path}: not a state dict of tensors")
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:  # saved from the meta device: shapes without numbers (they can claim any size)
+        raise PretrainedNotFound(f"--pretrained {path}: {meta[0]!r} is a meta tensor without data, not weights")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from effprof.cli.app import app, console
+from effprof.cli.app import app, console, err_console
 from effprof.core.errors import UsageError
 
 
@@ -77,7 +77,8 @@ def diff_command(base: Annotated[str, typer.Argument(help="Records saved earlier
     if not result["rows"] and not result["now_failing"]:
         raise UsageError(f"no row of {new} matches a row of {base} (rows match by component, parameters, batch, "
                          "dtype and modes)")
-    console.print(diff_table(result, f"effprof diff {base} → {new}"))
+    shown = err_console if json == "-" else console  # `--json -`: standard output holds the JSON alone
+    shown.print(diff_table(result, f"effprof diff {base} → {new}"))
     notes = [f"ratio = new/base of the median latency (> 1 slower); 95% CI: percentile bootstrap of the raw "
              f"samples in moving blocks of a fifth of each run (2000 resamples, seed {seed}); verdict at ±{100 * limit:g}%: slower/faster only when the "
              "whole interval lies beyond it"]
@@ -92,14 +93,20 @@ def diff_command(base: Annotated[str, typer.Argument(help="Records saved earlier
                      f"--min-time or on a quieter machine: {', '.join(noisy)}")
     if result["now_failing"]:
         notes.append(f"measured in {base} but failing in {new}: {', '.join(result['now_failing'])}")
-    console.print(escape("\n".join(notes)), style="dim", highlight=False)
+    shown.print(escape("\n".join(notes)), style="dim", highlight=False)
     if json is not None:
         import json as _json
 
         from effprof.core.fileio import write_atomic
 
-        write_atomic(json, _json.dumps(result, indent=1) + "\n")
+        text = _json.dumps(result, indent=1) + "\n"
+        if json == "-":
+            import sys
+
+            sys.stdout.write(text)
+        else:
+            write_atomic(json, text)
     bad = regressions(result)
     if fail_on_regression and bad:
-        console.print(f"regression: {', '.join(bad)}", style="bold red", highlight=False)
+        shown.print(f"regression: {', '.join(bad)}", style="bold red", highlight=False)
         raise typer.Exit(1)
