@@ -412,23 +412,37 @@ def _attention(ctx, seq_len):
 
 
 def test_a_call_that_cannot_finish_is_refused_from_its_flops_on_meta(capsys):
-    # 4 · (2^22)² · 8 FLOPs = 5.6e14: over 600 s even at 250 GFLOP/s on each of this machine's cores... unless
-    # it has more than ~3,700 of them; the inputs are 3 x 128 MiB, so memory does not refuse it first
-    if os.cpu_count() > 2000:
-        pytest.skip("a machine this large could finish it")
+    # 4 · (2^22)² · 8 FLOPs = 5.6e14: over 120 s even at 250 GFLOP/s on each of this machine's cores... unless
+    # it has more than ~18,000 of them; the inputs are 3 x 128 MiB, so memory does not refuse it first
     line = refused(["run", "test-bi2-attention", "--seq-len", str(2**22), *FAST], capsys, says="TFLOP",
                    within_s=20)
-    assert "more than the 600 s a call may take" in line
+    assert "more than the 120 s a call may take" in line
+    # a shorter --max-time lowers the bound: 2^18 tokens, 2.2e12 FLOPs, is 4.4 s or more at 0.5 TFLOP/s
+    if os.cpu_count() <= 2:
+        refused(["run", "test-bi2-attention", "--seq-len", str(2**18), *FAST, "--max-time", "1"], capsys,
+                says="more than the 1 s a call may take")
     assert main(["run", "test-bi2-attention", "--seq-len", "64", *FAST]) == 0  # a small one still runs
 
 
-@pytest.mark.parametrize("argv, says", [
+DECLARED = [
     (["run", "llava", "--preset", "tiny", "--mode", "generate", "--new-tokens", "100000"], "--new-tokens: 100000 is outside"),
     (["run", "llava", "--preset", "tiny", "--mode", "generate", "--new-tokens", "100000", "--device", "meta"],
      "--new-tokens: 100000 is outside"),
     (["run", "vmamba", "--depths", "99999,1,1,1"], "--depths: '99999,1,1,1' is 100,002 blocks in all"),
     (["run", "clip-dual", "--adapt", "lora", "--alpha", "1e30"], "--alpha: 1e+30 is outside"),
-])
+]
+
+
+def test_llava_with_a_million_prompt_tokens_is_refused_before_it_runs(capsys):
+    pytest.importorskip("transformers")
+    # 512 TFLOP (mostly attention over 10^6 tokens): past 120 s at 250 GFLOP/s per core below ~17 cores
+    if os.cpu_count() > 16:
+        pytest.skip("enough cores to finish a call in 120 s at their peak")
+    refused(["run", "llava", "--preset", "tiny", "--prompt-tokens", "1000000", *FAST], capsys,
+            says="TFLOP (FLOP = 2 x MAC, counted on meta)", within_s=60)
+
+
+@pytest.mark.parametrize("argv, says", DECLARED)
 def test_declared_ranges_refuse_sizes_that_never_finish(argv, says, capsys):
     refused([*argv, *FAST] if "--device" not in argv else [*argv, "--min-time", "0.01"], capsys, says=says,
             within_s=20)

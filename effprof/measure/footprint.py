@@ -4,8 +4,8 @@ the device it would run on. A configuration that cannot fit is refused with a li
 would need; one that fits by this count may still run out of memory in its activations, which is then an
 OOM row (runner.is_oom).
 
-The same meta build counts the FLOPs of one call (FlopCounterMode; for a generation loop, its prefill
-only: a lower bound), and a call that would take longer than MAX_CALL_S even at an optimistic peak of the
+The same meta build counts the FLOPs of one call (FlopCounterMode, for at most META_COUNT_S; a generation
+loop: its prefill only; either way a lower bound), and a call that would take longer than MAX_CALL_S even at an optimistic peak of the
 device (CPU_CORE_PEAK per core, GPU_PEAK per GPU: above what any current core or GPU does, so the time is
 a lower bound) is refused in one line (`--prompt-tokens 1000000` on a CPU), or past `--max-time` when
 that is shorter: such a row could not finish one timed call.
@@ -13,10 +13,12 @@ that is shorter: such a row could not finish one timed call.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from effprof.core.errors import EffprofError, TooLarge
 from effprof.core.libwarnings import quiet_libraries
@@ -26,7 +28,8 @@ META = torch.device("meta")
 # fastest single GPU (B200) does 2.25 PFLOP/s dense at 16 bits. Real rows run slower, never faster.
 CPU_CORE_PEAK = 250e9
 GPU_PEAK = 5e15
-MAX_CALL_S = 600.0  # one call longer than this at the peak: a size typed by mistake, not a benchmark
+MAX_CALL_S = 120.0  # one call longer than this at the peak (real rows run several times slower): a typo
+META_COUNT_S = 1.0  # the most a row spends counting its FLOPs on meta (a lower bound is enough)
 
 
 @dataclass(frozen=True)
@@ -83,19 +86,41 @@ def footprint(config) -> Footprint | None:
     return Footprint(int(weights), int(inputs) * sets, _meta_flops(built, made))
 
 
+class _Deadline(TorchDispatchMode):
+    """Stops a meta call at a deadline: what FlopCounterMode counted by then is a lower bound of its FLOPs."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.deadline = time.perf_counter() + seconds
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if time.perf_counter() > self.deadline:
+            raise _Stop
+        return func(*args, **(kwargs or {}))
+
+
+class _Stop(Exception):
+    pass
+
+
 def _meta_flops(built, inputs) -> float | None:
-    """FLOPs of one call on the meta device (nothing computed); a generation loop counts its first stage."""
+    """A lower bound of the FLOPs of one call, counted on the meta device (nothing computed) for at most
+    META_COUNT_S seconds (a Python loop over tokens on meta stops there, with what it counted so far); a
+    generation loop counts its first stage. None when the call cannot run on meta."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    counter = FlopCounterMode(display=False)
     try:
-        with META, torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with META, torch.no_grad(), counter, _Deadline(META_COUNT_S):
             if built.hooks.get("generation") and built.stages:
                 built.stages[0].run(inputs)
             else:
                 built.call(inputs)
-        return float(counter.get_total_flops())
+    except _Stop:
+        pass
     except (EffprofError, Exception):  # noqa: BLE001 - not countable on meta: no time check
         return None
+    return float(counter.get_total_flops())
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -116,9 +141,9 @@ def check_time(config, need: Footprint | None, device: torch.device) -> None:
     seconds = need.call_flops / peak
     if seconds > limit:
         label = config.label or config.component
-        raise TooLarge(f"{label}: one call is {need.call_flops / 1e12:,.0f} TFLOP (FLOP = 2 x MAC), at least "
-                       f"{seconds:,.0f} s on {device.type} even at {peak / 1e12:g} TFLOP/s, more than the "
-                       f"{limit:g} s a call may take; choose smaller sizes")
+        raise TooLarge(f"{label}: one call is at least {need.call_flops / 1e12:,.0f} TFLOP (FLOP = 2 x MAC, counted "
+                       f"on meta), {seconds:,.0f} s or more on {device.type} even at {peak / 1e12:g} TFLOP/s, more "
+                       f"than the {limit:g} s a call may take; choose smaller sizes")
 
 
 def available_bytes(device: torch.device) -> int | None:
