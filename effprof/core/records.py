@@ -29,6 +29,7 @@ class Column:
     zero_ok: bool = False
     low: int = 0
     choices: tuple[str, ...] = ()
+    floor: bool = True  # a nonzero magnitude below RECORD_VALUE_MIN is refused (False: a ratio may be tiny)
 
 
 TEXT, POSITIVE, NONNEG = Column("text"), Column("number"), Column("number", zero_ok=True)
@@ -41,7 +42,8 @@ COLUMNS: dict[str, Column] = {
     **{k: POSITIVE for k in ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latency_ms_mean",
                              "throughput_per_s", "peak_tflops", "peak_gb_per_s")},
     **{k: NONNEG for k in ("gflops", "tflops_per_s", "peak_mem_mib", "arithmetic_intensity_flop_per_byte",
-                           "mbytes_lower_bound", "latency_cv")},
+                           "mbytes_lower_bound")},
+    "latency_cv": Column("number", zero_ok=True, floor=False),
     "latency_samples_ms": Column("samples"),
     "latency_unsteady": Column("flag"),
 }
@@ -57,7 +59,7 @@ def _number(value: Any, column: Column) -> str | None:
         return None if column.zero_ok else "not positive"
     if value < 0:
         return "negative" if column.zero_ok else "not positive"
-    if not RECORD_VALUE_MIN <= value <= RECORD_VALUE_MAX:
+    if value > RECORD_VALUE_MAX or (column.floor and value < RECORD_VALUE_MIN):
         return f"outside [{RECORD_VALUE_MIN:g}, {RECORD_VALUE_MAX:g}]"
     return None
 
