@@ -137,7 +137,7 @@ def check_readable(path: str | Path, option: str, limit: int | None = None) -> P
     except OSError as exc:
         raise UsageError(f"{option} {shown}".strip() + f": cannot read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"{option} {shown}".strip() + f": is a directory, not a file")
+        raise UsageError(f"{option} {shown}".strip() + ": is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
         kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or \
             stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
@@ -148,7 +148,7 @@ def check_readable(path: str | Path, option: str, limit: int | None = None) -> P
         raise UsageError(f"{option} {shown}".strip() + f": {info.st_size / 2**20:,.0f} MiB is more than effprof reads from such a "
                          f"file ({limit / 2**20:,.0f} MiB)")
     if not os.access(file, os.R_OK):
-        raise UsageError(f"{option} {shown}".strip() + f": cannot read (permission denied)")
+        raise UsageError(f"{option} {shown}".strip() + ": cannot read (permission denied)")
     return file
 
 
