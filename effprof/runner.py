@@ -20,6 +20,7 @@ import torch
 
 from effprof.analysis.ratios import speedup_reliability
 from effprof.core.errors import EffprofError, UsageError
+from effprof.core.libwarnings import quiet_libraries
 from effprof.measure.env import environment
 from effprof.measure.memory import count_params, tensor_bytes  # noqa: F401  (re-exported: public helpers)
 from effprof.measure.footprint import check_fits
@@ -71,7 +72,8 @@ def build(config: Config) -> tuple[Built, dict[str, Any], BuildContext]:
     opts = config.options
     ctx = BuildContext(opts.torch_device(), opts.torch_dtype(), opts.seed, exec_mode(opts))
     torch.manual_seed(opts.seed)
-    built = component.build(values, ctx)
+    with quiet_libraries(show=opts.debug):  # library warnings while building: --debug shows them
+        built = component.build(values, ctx)
     built.module.eval()
     refuse_interpreted_triton(built, ctx)
     if opts.tp > 1:  # inside a rank of a --tp row: keep this rank's slice (effprof/modules/tensor_parallel.py)

@@ -263,13 +263,91 @@ RECORDS_GOOD = {"records": [{"label": "a", "dtype": "bf16", "status": "ok", "ari
 RECORDS = [(RECORDS_GOOD, GOOD), (3, BAD), ("records", BAD), ({"records": [1, 2]}, BAD), ([1, 2], BAD),
            ({"records": [{**RECORDS_GOOD["records"][0], "tflops_per_s": "fast"}]}, BAD),
            ({"records": [{**RECORDS_GOOD["records"][0], "peak_gb_per_s": -5.0}]}, BAD),
-           ({"records": [{**RECORDS_GOOD["records"][0], "label": [1]}]}, BAD), ({"records": []}, BAD)]
+           ({"records": [{**RECORDS_GOOD["records"][0], "label": [1]}]}, BAD), ({"records": []}, BAD),
+           ({"records": [{**RECORDS_GOOD["records"][0], "tflops_per_s": 1e308}]}, BAD),
+           ({"records": [{**RECORDS_GOOD["records"][0], "peak_gb_per_s": 1e-300}]}, BAD),
+           ({"records": [{**RECORDS_GOOD["records"][0], "status": 1}]}, BAD),
+           ({"records": [{**RECORDS_GOOD["records"][0], "tflops_per_s": float("nan")}]}, BAD)]
+# Records files: what a path may name instead of a JSON file (written by `input_file`).
+INPUT_FILES = [("r.json", GOOD), ("fifo", BAD), ("/dev/zero", BAD), ("/proc/self/status", BAD), ("deep.json", BAD),
+               ("r.csv", BAD), ("latin.json", BAD), ("missing.json", BAD), ("", BAD)]
+
+
+def input_file(kind: str, folder: Path, doc) -> str:
+    """Write the records file `kind` (holding `doc` where it is a JSON file) under `folder`; return its path."""
+    if kind.startswith("/") or not kind:
+        return kind
+    path = folder / kind
+    if kind == "r.json":
+        path.write_text(json.dumps(doc))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "deep.json":
+        path.write_text("[" * 50_000 + "]" * 50_000)
+    elif kind == "r.csv":
+        path.write_text("label,component,status,latency_ms_median\na,linear,ok,1.0\n")
+    elif kind == "latin.json":
+        path.write_bytes(b'{"records": [{"label": "caf\xe9"}]}')
+    return str(path)
+
+
+SAMPLES_MS = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99]
+DIFF_RECORD = {"label": "a", "component": "linear", "status": "ok", "batch": 1, "dtype": "fp32",
+               "latency_ms_median": 1.0, "latency_samples_ms": SAMPLES_MS}
+DIFF_PIECES = [({}, GOOD), ({}, GOOD), ({"latency_samples_ms": None}, GOOD),
+               ({"latency_samples_ms": [[1.0]]}, BAD), ({"latency_samples_ms": {"a": 1}}, BAD),
+               ({"latency_samples_ms": 3.0}, BAD), ({"component": ["linear"]}, BAD), ({"latency_ms_median": 0}, BAD),
+               ({"latency_samples_ms": [float("nan")] * 3}, BAD), ({"latency_samples_ms": [-1.0] * 3}, BAD),
+               ({"latency_samples_ms": ["1"] * 3}, BAD), ({"latency_samples_ms": [True] * 3}, BAD),
+               ({"status": 1}, BAD), ({"latency_ms_median": None, "latency_samples_ms": None}, BAD),
+               ({"batch": "one"}, BAD)]
 
 
 # ---- one invocation -----------------------------------------------------------------------------------
 # Examples per kind of invocation, out of EXAMPLES (140 by default): every command is driven every run.
 BUDGET = {"run": 28, "compare": 18, "profile": 28, "checkpoint": 18, "mamba-checkpoint": 8, "list": 5, "env": 5,
-          "breakdown": 10, "roofline": 9, "calibrate": 1, "plugin": 8, "nothing": 1}
+          "breakdown": 10, "roofline": 9, "calibrate": 1, "plugin": 8, "nothing": 1, "diff": 14, "quality": 6,
+          "eval": 5, "estimate": 3, "tp": 5}
+QUALITY_TINY = ["--profile", f"{D}/q.yaml", "--device", "cpu", "--set", "tokens=4", "--set", "in_dim=8", "--set",
+                "out_dim=8", "--steps", "2", "--no-cost", "--samples", "8"]
+EVAL_TINY = ["fuzz-classifier", "--device", "cpu", "--batch", "2", "--min-time", "0.01", "--warmup", "0"]
+
+
+class MeanColour(torch.nn.Module):
+    """Two classes from the mean colour, with the evaluation preprocessing `effprof eval` needs."""
+
+    def __init__(self):
+        from effprof.modules.preprocess import Preprocess
+
+        super().__init__()
+        self.head = torch.nn.Linear(3, 2)
+        self.preprocess = Preprocess(8, crop_pct=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    def forward(self, images):
+        return self.head(images.mean(dim=(2, 3)))
+
+
+def _register_classifier():
+    from effprof.core.registry import Built, register_component
+
+    @register_component("fuzz-classifier", unit="img", family="vision")
+    def classifier(ctx):
+        """A two-class classifier on mean colour (eval's good input)."""
+        return Built(MeanColour().to(ctx.device, ctx.dtype),
+                     lambda b: (torch.rand(b, 3, 8, 8, device=ctx.device, dtype=ctx.dtype),), "img")
+
+
+_register_classifier()
+
+
+def image_folder(folder: Path, bomb: bool = False) -> None:
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (folder / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "data" / name / "0.png")
+    if bomb:  # 400 million pixels in a few kB: past Pillow's decompression-bomb limit
+        Image.new("1", (20000, 20000)).save(folder / "data" / "a" / "bomb.png")
 
 
 @st.composite
@@ -329,8 +407,63 @@ def invocation(draw, command):
     if command == "roofline":
         doc, good = draw(one(RECORDS))
         setup.append(lambda d: (d / "r.json").write_text(json.dumps(doc)))
-        out, ok = draw(one([((f"--plot", f"{D}/roof.png"), GOOD), (("--plot", ""), BAD), (("--plot", D), BAD)]))
+        out, ok = draw(one([((f"--plot", f"{D}/roof.png"), GOOD), (("--plot", ""), BAD), (("--plot", D), BAD),
+                            (("--plot", f"{D}/roof.bogus"), BAD)]))
+        kind, ok2 = draw(one(INPUT_FILES[:1] * 4 + INPUT_FILES[1:-1]))
+        if kind != "r.json":
+            setup.append(lambda d: input_file(kind, d, doc))
+            return (["roofline", "--from-json", kind if kind.startswith("/") else f"{D}/{kind}", *out], BAD, setup, (),
+                    plugin)
         return ["roofline", "--from-json", f"{D}/r.json", *out], good and ok, setup, ("roof.png",) if good and ok else (), plugin
+    if command == "diff":
+        pieces = [draw(one(DIFF_PIECES)) for _ in range(2)]
+        files = [draw(one(INPUT_FILES[:1] * 6 + INPUT_FILES)) for _ in range(2)]
+        opts, ok = draw(one([([], GOOD)] * 4 + [(["--threshold", "5%"], GOOD), (["--seed", "7"], GOOD),
+                                                (["--json", f"{D}/d.json"], GOOD), (["--threshold", "nan"], BAD),
+                                                (["--threshold", "150%"], BAD), (["--seed", "18446744073709551616"], BAD),
+                                                (["--seed", "-1"], BAD), (["--json", ""], BAD)]))
+        good = ok and all(g for _, g in pieces) and all(g for _, g in files)
+        paths = []
+        for i, ((changes, _), (kind, _)) in enumerate(zip(pieces, files)):
+            doc = {"effprof": {}, "records": [{**DIFF_RECORD, **changes}]}
+            sub = f"side{i}"
+            setup.append(lambda d, sub=sub, kind=kind, doc=doc: ((d / sub).mkdir(), input_file(kind, d / sub, doc)))
+            paths.append(kind if kind.startswith("/") or not kind else f"{D}/{sub}/{kind}")
+        return ["diff", *paths, *opts], good, setup, ("d.json",) if good and "--json" in opts else (), plugin
+    if command == "quality":
+        extra, good = draw(one([([], GOOD), (["--lr", "1e-2"], GOOD), (["--lr", "inf"], BAD), (["--lr", "nan"], BAD),
+                                (["--seed", "-1"], BAD), (["--steps", "1000000000"], BAD), (["--device", "meta"], BAD),
+                                (["--features", "/dev/zero"], BAD), (["--samples", "99999999999"], BAD)]))
+        setup.append(lambda d: (d / "q.yaml").write_text("title: q\nrows:\n  - component: linear\n"))
+        return ["quality", "projectors", *QUALITY_TINY, *extra], good, setup, expected, plugin
+    if command == "eval":
+        kind, good = draw(one([("good", GOOD), ("bomb", BAD), ("latin-map", BAD), ("fifo-map", BAD), ("proc", BAD),
+                               ("empty-pretrained", BAD), ("depths", BAD)]))
+        setup.append(lambda d: image_folder(d, bomb=kind == "bomb"))
+        args = [*EVAL_TINY, "--data", "/proc" if kind == "proc" else f"{D}/data"]
+        if kind == "latin-map":
+            setup.append(lambda d: (d / "map.txt").write_bytes(b"a 0\n\xff b 1\n"))
+            args += ["--class-map", f"{D}/map.txt"]
+        elif kind == "fifo-map":
+            setup.append(lambda d: os.mkfifo(d / "map.txt"))
+            args += ["--class-map", f"{D}/map.txt"]
+        elif kind == "empty-pretrained":
+            args += ["--pretrained", ""]
+        elif kind == "depths":  # a size no run finishes building
+            args = ["vmamba", "--depths", "99999,1,1,1", *args[1:]]
+        return ["eval", *args], good, setup, expected, plugin
+    if command == "estimate":
+        extra, good = draw(one([([], GOOD), (["--gpu", "H100"], GOOD), (["--gpu", ""], BAD), (["--gpu", "XYZ"], BAD),
+                                (["--prompt-tokens", "0"], BAD)]))
+        return ["estimate", "llava", "--preset", "tiny", *extra], good, setup, expected, plugin
+    if command == "tp":  # absurd degrees: refused before any rank starts (test_bad_input_2 counts the processes)
+        tp, good = draw(one([("1", GOOD), (str(max(64, 2 * (os.cpu_count() or 1))), BAD), ("1000", BAD),
+                             ("99999999999999999999", BAD), ("0", BAD), ("1,99999", BAD)]))
+        cover, ok = draw(one([([], GOOD), (["--min-flop-coverage", "0.5"], GOOD), (["--min-flop-coverage", "nan"], BAD),
+                              (["--min-flop-coverage", "inf"], BAD), (["--min-flop-coverage", "-1"], BAD),
+                              (["--min-flop-coverage", "1.5"], BAD)]))
+        return (["run", "transformer-lm", "--n-layer", "1", "--d-model", "64", "--seq-len", "8", "--tp", tp, *cover, "--device", "cpu", "--min-time",
+                 "0.01", "--warmup", "0"], good and ok, setup, expected, plugin)
     if command == "calibrate":  # measures GPU ceilings: refused on a CPU machine
         return ["calibrate", "--device", "cpu"], BAD, setup, expected, plugin
     if command == "plugin":

@@ -14,7 +14,13 @@ a file is matched in order. For each pair:
   between the two halves of one run a significant difference;
 - `verdict` at `threshold` t (0.03 = 3%): `slower` when the whole interval lies above 1 + t (significantly
   slower, and by more than t), `faster` when it lies below 1 − t, else `no significant change` (no change
-  larger than t is established; the interval may still exclude 1 by less than t, `ci_excludes_1` says so).
+  larger than t is established; the interval may still exclude 1 by less than t, `ci_excludes_1` says so),
+  unless the interval is too wide to bear that verdict: when high / low > max(NOISY_FACTOR, ((1 + t) /
+  (1 − t))²) — the interval spans more than a factor of 2, or more than twice the width of the band of
+  "no change" (1 − t, 1 + t) on a log scale — the verdict is `inconclusive (the runs are too noisy)`: data
+  that cannot tell a halving from a doubling (e.g. ratio 606 with the interval [0.98, 880]) establish
+  nothing either way. It never fails the gate; the notes say which rows to measure again (longer
+  `--min-time`, a quieter machine).
 
 Records without samples (files from before they were kept) get the ratio of their stored medians and the
 verdict `no samples`, which never fails a gate.
@@ -30,7 +36,9 @@ from effprof.analysis.stats import block_bootstrap_medians
 MATCH_FIELDS = ("batch", "dtype", "exec_mode", "timing_mode")
 ENV_FIELDS = (("device_name", "device"), ("gpu_name", "GPU"), ("driver_version", "driver"),
               ("torch_version", "torch"), ("cuda_version", "CUDA"))
-VERDICTS = ("faster", "slower", "no significant change", "no samples")
+INCONCLUSIVE = "inconclusive (the runs are too noisy)"
+VERDICTS = ("faster", "slower", "no significant change", INCONCLUSIVE, "no samples")
+NOISY_FACTOR = 2.0  # an interval wider than this factor (high / low) cannot say "no significant change"
 
 
 def match_key(record: dict[str, Any]) -> tuple:
@@ -55,10 +63,13 @@ def bootstrap_ratio_ci(base: list[float], new: list[float], n_boot: int = 2000, 
 
 
 def verdict(low: float, high: float, threshold: float) -> str:
+    """The verdict of an interval [low, high] of new/base at `threshold` (see the module docstring)."""
     if low > 1 + threshold:
         return "slower"
     if high < 1 - threshold:
         return "faster"
+    if high / low > max(NOISY_FACTOR, ((1 + threshold) / (1 - threshold)) ** 2):
+        return INCONCLUSIVE
     return "no significant change"
 
 
@@ -67,8 +78,8 @@ def diff_records(base: list[dict[str, Any]], new: list[dict[str, Any]], threshol
     """Compare two runs. Returns {"rows": [...], "only_base": [labels], "only_new": [labels],
     "warnings": [lines]}; each row has label, params, base/new medians (ms), ratio, its interval,
     change_pct, ci_excludes_1 and verdict."""
-    if threshold < 0:
-        raise ValueError("threshold must not be negative")
+    if not 0 <= threshold < 1:
+        raise ValueError("threshold must be in [0, 1)")
     ok_base = [r for r in base if r.get("status", "ok") == "ok" and r.get("latency_ms_median") is not None]
     ok_new = [r for r in new if r.get("status", "ok") == "ok" and r.get("latency_ms_median") is not None]
     pool: dict[tuple, list[dict[str, Any]]] = {}

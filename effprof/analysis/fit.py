@@ -74,6 +74,8 @@ def series(records: list[dict[str, Any]], param: str) -> list[tuple[str, list[di
 def parse_fit(text: str) -> tuple[str, float | None, float | None]:
     """`seq_len` or `seq_len:4096-16384` (also `:4096-`, `:-8192`) -> (param, low, high)."""
     param, _, span = text.partition(":")
+    if not param.strip():
+        raise UsageError(f"--fit {text!r}: name a parameter, e.g. --fit seq_len or --fit seq_len:4096-16384")
     low = high = None
     if span:
         lo, sep, hi = span.partition("-")

@@ -29,7 +29,7 @@ app = EffprofTyper(add_completion=False, no_args_is_help=True, pretty_exceptions
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Profile the efficiency of vision-language and state-space model components.")
 console = make_console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)  # ":boom" in a factory name stays text
 
 # Common measurement options: declared once in effprof/cli/options.py (`@common_options`).
 CsvPath = Annotated[Optional[str], typer.Option("--csv", help="Write the records to this CSV file (atomically).")]
@@ -39,9 +39,19 @@ Columns = Annotated[str, typer.Option("--columns", help="Table columns: brief (f
 MdPath = Annotated[Optional[str], typer.Option("--md", help="Also write the table as Markdown to PATH.")]
 HtmlPath = Annotated[Optional[str], typer.Option("--html", help="Also write one self-contained HTML page (table, notes, "
                                                  "plots inlined) to PATH.")]
-MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage", min=0, max=1,
+def check_min_coverage(value: float | None) -> float | None:
+    """--min-flop-coverage: a fraction in [0, 1]; nan, inf and values outside are refused before measuring."""
+    if value is not None:
+        from effprof.core.limits import Bound
+
+        Bound("--min-flop-coverage", 0, 1).check(value)
+    return value
+
+
+# no typer min/max: check_min_coverage refuses nan and inf too, in words that say why
+MinCoverage = Annotated[Optional[float], typer.Option("--min-flop-coverage",
                                                       help="Mark rows whose FLOP coverage (share of time in ops "
-                                                           "with a FLOP formula) is below this fraction.")]
+                                                           "with a FLOP formula) is below this fraction (0 to 1).")]
 Tp = Annotated[Optional[str], typer.Option("--tp", help="Tensor-parallel degree(s) of LM rows: N or 1,2,... (one process "
                                            "per rank, NCCL on GPUs, gloo on cpu; scaling against tp 1).")]
 

@@ -5,7 +5,7 @@ Refused: an empty path; `~user` for an unknown user; a directory; a path under a
 folder named); a folder effprof cannot create a file in (read-only, /proc, permissions: found by creating
 and removing a probe file, which is what the real write will do); a file name longer than the file system
 allows; an existing file that is not writable; a link to nothing; two options naming the same file.
-`-` is standard output (CSV and JSON only). Destinations that are not regular files (/dev/null, a FIFO, a
+`-` is standard output (CSV and JSON only). A plot is a PNG: `--plot` must name a `.png` file. Destinations that are not regular files (/dev/null, a FIFO, a
 symbolic link) are written through once at the end, never renamed over (see `effprof.core.fileio`).
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from effprof.core.fileio import expand, is_stream
 
 STDOUT = "-"
 TEXT_OPTIONS = ("--csv", "--json")  # those that may be "-"
+IMAGE_OPTIONS = ("--plot",)          # written as PNG: a file named for another format is refused
+IMAGE_SUFFIXES = (".png",)
 
 
 def name_max(folder: Path) -> int:
@@ -52,6 +54,9 @@ def check_output(option: str, given: str) -> str:
             raise UsageError(f"{option} {given}: is a directory (name a file in it)")
         if os.path.lexists(path) and not path.exists():
             raise UsageError(f"{option} {given}: is a link to {os.readlink(path)}, which does not exist")
+        if option in IMAGE_OPTIONS and not is_stream(path) and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UsageError(f"{option} {given}: effprof draws PNG images; name a .png file"
+                             + (f" (not {path.suffix})" if path.suffix else ""))
         if is_stream(path):  # a device, a FIFO or a link: written through (effprof.core.fileio)
             if not os.access(path, os.W_OK):
                 raise UsageError(f"{option} {given}: not writable")

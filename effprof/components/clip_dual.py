@@ -18,7 +18,7 @@ weights. One call embeds a batch of images and as many captions of `seq_len` tok
 from __future__ import annotations
 
 from effprof.core.errors import ParamError
-from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_WIDTH
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_LORA_ALPHA, MAX_WIDTH
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Built, register_component
 
@@ -37,7 +37,8 @@ CONTEXT = 77
     Param("adapt", str, "full", "What trains: full | projections (the two) | lora (adapters only).",
           choices=("full", "projections", "lora")),
     Param("rank", int, 8, "LoRA rank r (with --adapt lora).", low=1, high=MAX_WIDTH),
-    Param("alpha", float, 16.0, "LoRA scale numerator: adapters are scaled by alpha / rank.", low=0, low_open=True),
+    Param("alpha", float, 16.0, "LoRA scale numerator: adapters are scaled by alpha / rank.", low=0, low_open=True,
+          high=MAX_LORA_ALPHA),
     Param("lora_targets", str, "projections", "Layers that get adapters: projections | qv (attention q/v, both "
           "towers) | projections+qv.", choices=TARGET_NAMES),
     Param("lora_backend", str, "auto", "auto (peft when installed) | peft | builtin (effprof.modules.lora).",

@@ -30,11 +30,14 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Any
 
-from effprof.core.errors import PretrainedNotFound, UnknownComponent, UsageError
+from effprof.core.errors import EffprofError, PretrainedNotFound, UnknownComponent, UsageError, UserCodeError
+from effprof.core.fileio import expand
+from effprof.core.libwarnings import quiet_libraries
 from effprof.core.params import Param
 from effprof.core.registry import Built, Component, is_external, register_external_source
 
@@ -54,19 +57,46 @@ def external_component(name: str):
 
 # -- a factory in a Python file -------------------------------------------------------------------------
 
+def user_frame(tb, path: Path) -> str:
+    """`file:line` of the innermost traceback frame in the user's file `path` (else the innermost frame)."""
+    frames = traceback.extract_tb(tb)
+    try:
+        mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()]
+    except OSError:
+        mine = []
+    frame = (mine or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame is not None else str(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _load_function(name: str):
     path_text, _, func = name.rpartition(":")
-    path = Path(path_text).expanduser()
-    if not path.is_file():
+    path = expand(path_text, "file")  # ~user of an unknown user: one line
+    try:
+        found = path.is_file()
+        resolved = path.resolve()
+    except OSError as exc:  # a name longer than the file system allows (ENAMETOOLONG), a loop of links
+        raise UnknownComponent(f"{name[:80]}{'...' if len(name) > 80 else ''}: cannot use that path "
+                               f"({exc.strerror or exc})") from None
+    if not found:
         raise UnknownComponent(f"{name}: no file {path_text}")
-    module_name = f"effprof_user_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    module_name = f"effprof_user_{path.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         try:
-            spec.loader.exec_module(module)
+            with quiet_libraries():
+                spec.loader.exec_module(module)
+        except SystemExit as exc:  # the module's own sys.exit(): its import never finished
+            raise UsageError(f"{path_text}: cannot import: it called sys.exit({exc.code!r}) at import (at "
+                             f"{user_frame(exc.__traceback__, path)})") from None
         except Exception as exc:
-            raise UsageError(f"{path_text}: cannot import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise UsageError(f"{path_text}: cannot import ({_first_line(exc)}, at "
+                             f"{user_frame(exc.__traceback__, path)})") from None
         sys.modules[module_name] = module
     module = sys.modules[module_name]
     factory = getattr(module, func, None)
@@ -74,7 +104,30 @@ def _load_function(name: str):
         found = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                  and getattr(v, "__module__", None) == module_name]
         raise UnknownComponent(f"{name}: {path_text} has no function {func!r} (functions: {', '.join(found) or 'none'})")
-    return factory
+    if inspect.iscoroutinefunction(factory) or inspect.isasyncgenfunction(factory):
+        raise UsageError(f"{name}: an async function; effprof calls a factory directly: define it with def")
+    return factory, path
+
+
+def call_factory(factory, name: str, path: Path, *args, **kwargs):
+    """Call the user's factory; what it raises is reported as its failure, with the file and line where it
+    happened (`UserCodeError`, a failed row), and a `sys.exit()` inside it as such, never as effprof's
+    exit. Library warnings it triggers are kept for --debug (`captured_warnings`)."""
+    try:
+        with quiet_libraries():
+            return factory(*args, **kwargs)
+    except EffprofError:
+        raise
+    except SystemExit as exc:
+        raise UserCodeError(f"the factory called sys.exit({exc.code!r}) while building (at "
+                            f"{user_frame(exc.__traceback__, path)}); a factory returns a module") from None
+    except MemoryError:
+        raise  # an OOM row, as for any component
+    except Exception as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        raise UserCodeError(f"the factory raised {_first_line(exc)} (at {user_frame(exc.__traceback__, path)}: "
+                            "the user's code, not effprof's)") from None
 
 
 def _params_of(factory, name: str) -> tuple[list[Param], set[str], bool]:
@@ -110,7 +163,7 @@ def _params_of(factory, name: str) -> tuple[list[Param], set[str], bool]:
 
 
 def _file_component(name: str):
-    factory = _load_function(name)
+    factory, path = _load_function(name)
     params, required, takes_ctx = _params_of(factory, name)
     own = {p.name for p in params}
     extra = [p for p in (INPUT_SHAPE, UNIT) if p.name not in own]
@@ -121,7 +174,8 @@ def _file_component(name: str):
             raise UsageError(f"{name}: --{missing[0].replace('_', '-')} is required")
         shape = values.pop("input_shape", None) if "input_shape" not in own else values.get("input_shape")
         unit = values.pop("unit", "img") if "unit" not in own else "img"
-        result = factory(ctx, **values) if takes_ctx else factory(**values)
+        result = call_factory(factory, name, path, ctx, **values) if takes_ctx else \
+            call_factory(factory, name, path, **values)
         return to_built(result, ctx, shape, unit, name)
 
     doc = (inspect.getdoc(factory) or "").strip().splitlines()
@@ -154,6 +208,10 @@ def to_built(result: Any, ctx, shape_text: str | None, unit: str, name: str):
 
     if isinstance(result, Built):
         return result
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        result.close()  # never run: closing it keeps Python's "never awaited" warning away
+        raise UsageError(f"{name} returned a {type(result).__name__}; a factory returns a module directly "
+                         "(not async, not a generator)")
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module) and callable(result[1]):
         module, make = result
         module = module.to(ctx.device, ctx.dtype)
@@ -213,11 +271,12 @@ def hf_built(model_id: str, ctx, seq_len: int, input_shape: str | None, pretrain
 
     folder = hf_snapshot(model_id)
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        if pretrained:
-            model = AutoModel.from_pretrained(folder, local_files_only=True)
-        else:
-            model = AutoModel.from_config(config)
+        with quiet_libraries():  # transformers' config warnings: shown with --debug only
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            if pretrained:
+                model = AutoModel.from_pretrained(folder, local_files_only=True)
+            else:
+                model = AutoModel.from_config(config)
     except (OSError, ValueError, KeyError) as exc:
         raise PretrainedNotFound(f"hf:{model_id}: cannot build from {folder} ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:160]})") from None

@@ -17,7 +17,7 @@ from typing import Any
 
 from effprof.core.errors import ParamError
 from effprof.modules.preprocess import Preprocess
-from effprof.core.limits import MAX_IMAGE_SIDE, MAX_STATE, MAX_WIDTH
+from effprof.core.limits import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_STATE, MAX_WIDTH
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Built, register_component
 
@@ -47,6 +47,9 @@ def _depths(text: str | None) -> tuple[int, ...] | None:
         depths = ()
     if len(depths) != 4 or min(depths) < 1:
         raise ParamError(f"--depths: {text!r} is not four positive integers such as 2,2,8,2")
+    if sum(depths) > MAX_LAYERS:  # each block is built in Python: 99,999 of them never finish building
+        raise ParamError(f"--depths: {text!r} is {sum(depths):,} blocks in all, more than {MAX_LAYERS} (the most "
+                         "layers any component takes)")
     return depths
 
 
@@ -113,7 +116,8 @@ def vmamba(ctx: BuildContext, preset, img_size, directions, vmamba_v052d, scan_b
 @register_component("ss2d", unit="img", family="vision", params=[
     Param("d_model", int, 96, "Block width (VMamba-T stage 1: 96).", low=1, high=MAX_WIDTH),
     Param("d_state", int, 1, "SSM state size N (VMamba v2: 1; vanilla: 16).", low=1, high=MAX_STATE),
-    Param("ssm_ratio", float, 1.0, "d_inner / d_model (VMamba-T: 1.0, S/B: 2.0).", low=0, low_open=True),
+    Param("ssm_ratio", float, 1.0, "d_inner / d_model (VMamba-T: 1.0, S/B: 2.0).", low=0, low_open=True,
+          high=MAX_STATE),
     Param("img_size", int, 224, "Image side in pixels; the block runs on the stage-1 map, (img/4)².", low=4,
           high=MAX_IMAGE_SIDE),
     DIRECTIONS, V052D, SCAN,

@@ -24,3 +24,19 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
     return torch.device(name)
+
+
+def rank_capacity(device: "torch.device") -> tuple[int, str]:
+    """How many `--tp` ranks this machine can hold on `device`, and what they are: one per visible GPU on
+    CUDA, one per core this process may run on on CPU (a rank is a process with its own torch threads)."""
+    import os
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.device_count(), "CUDA devices"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores, "CPU cores"

@@ -56,3 +56,8 @@ class OutputError(EffprofError):
 
 class StdoutClosed(EffprofError):
     """Standard output is closed, full or a broken pipe: effprof ends quietly with a non-zero exit."""
+
+
+class UserCodeError(EffprofError):
+    """A user's factory (`FILE.py:FUNCTION`) raised or called sys.exit() while building: its failure, not
+    effprof's; the message names the file and line where it happened. The row fails (exit 1)."""

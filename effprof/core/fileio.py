@@ -118,3 +118,49 @@ def read_utf8(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+
+
+# Kernel pseudo-file systems: their "regular" files report size 0 and some never end (/proc/kcore is the
+# machine's memory); none holds a user's data.
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_readable(path: str | Path, option: str, limit: int | None = None) -> Path:
+    """The path of an input file that can be read to its end: a regular file (a FIFO, a device such as
+    /dev/zero or a terminal would block or never end), outside /proc, /sys and /dev, at most `limit` bytes.
+    Each refusal is a one-line UsageError naming `option` and the file."""
+    file = expand(path, option)
+    shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:70]}...{str(path)[-40:]}"
+    try:
+        info = os.stat(file)
+        real = os.path.realpath(file)
+    except OSError as exc:
+        raise UsageError(f"{option} {shown}".strip() + f": cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{option} {shown}".strip() + ": is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or \
+            stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
+        raise UsageError(f"{option} {shown}".strip() + f": is {kind}; name a regular file (it is read to its end)")
+    if any(real == root or real.startswith(root + "/") for root in PSEUDO_ROOTS):
+        raise UsageError(f"{option} {shown}".strip() + f": is a kernel pseudo-file ({real}), not a data file")
+    if limit is not None and info.st_size > limit:
+        raise UsageError(f"{option} {shown}".strip() + f": {info.st_size / 2**20:,.0f} MiB is more than effprof reads from such a "
+                         f"file ({limit / 2**20:,.0f} MiB)")
+    if not os.access(file, os.R_OK):
+        raise UsageError(f"{option} {shown}".strip() + ": cannot read (permission denied)")
+    return file
+
+
+def read_bounded(path: str | Path, option: str, limit: int) -> bytes:
+    """The bytes of a file checked by `check_readable`, read up to `limit` (a file that grew while read is
+    refused rather than read on)."""
+    file = check_readable(path, option, limit)
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}".strip() + f": cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise UsageError(f"{option} {path}".strip() + f": more than effprof reads from such a file ({limit / 2**20:,.0f} MiB)")
+    return data

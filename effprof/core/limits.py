@@ -77,3 +77,34 @@ MAX_LAYERS = 1024        # layers of a model
 MAX_STATE = 4096         # SSM state size, conv widths, expansion factors, ratios
 MAX_IMAGE_SIDE = 2**14   # pixels
 MAX_WORKERS = 256        # worker processes of a comparison (`compare --workers N`)
+MAX_TP = 1024            # tensor-parallel ranks (`--tp N`): one process each; the machine's own bound is tighter
+
+# Input files read whole: a records file (`diff`, `roofline --from-json`), a class map, a profile. Past
+# these sizes the file is not what the option expects (256 MiB of JSON holds millions of rows).
+MAX_RECORDS_BYTES = 256 * 2**20
+MAX_TEXT_BYTES = 16 * 2**20
+# Nesting of a records file: a record is flat (values, lists of numbers, a mapping of those at most).
+MAX_RECORD_DEPTH = 4
+# Every number in a records file lies in [RECORD_VALUE_MIN, RECORD_VALUE_MAX] in magnitude (or is 0 where 0
+# is allowed): no time, size, rate or count effprof writes comes near either end, and plotting or dividing
+# values past them overflows.
+RECORD_VALUE_MIN = 1e-12
+RECORD_VALUE_MAX = 1e15
+
+# `effprof quality projectors`: a training study. 10^6 AdamW steps of the largest projector take hours; a
+# learning rate past 10 diverges in any optimiser; seeds as --seed.
+MAX_TRAIN_STEPS = 1_000_000
+STUDY_BOUNDS = {
+    "steps": Bound("--steps", 1, MAX_TRAIN_STEPS),
+    "lr": Bound("--lr", 0, 10, low_open=True),
+    "seed": Bound("--seed", 0, 2**63 - 2),
+    "samples": Bound("--samples", 2, 2**20),
+    "batch": Bound("--batch", 1, 2**20),
+}
+# LoRA's scale numerator (`--alpha`; adapters scale by alpha / rank): published values are 8 to 512; past
+# 65,504 (fp16's largest number) the scale alone overflows a half-precision output.
+MAX_LORA_ALPHA = 65504.0
+# A generation loop runs one decode step per token from Python, at least ~1 ms each on any device (and on
+# meta, which only counts): 8192 steps are seconds to minutes per call, every timed call; 100,000 never
+# finish a row. Twice the context LLaVA-1.5 and Vicuna were trained with (4096).
+MAX_NEW_TOKENS = 8192

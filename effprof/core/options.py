@@ -95,7 +95,23 @@ class RunOptions:
             kind = self.device
         if self.graphs and kind != "cuda":
             raise UsageError(f"--graphs needs a CUDA device (CUDA graphs do not exist on {kind})")
+        if self.tp > 1:  # N processes (one per GPU, or per core): refused before any starts where they do not fit
+            self._check_tp_fits(self.torch_device())
         return self
+
+    def _check_tp_fits(self, device) -> None:
+        """`--tp N` starts N processes (one rank per GPU, on CPU per core): refused before any starts when the
+        machine has fewer (under torchrun the launcher started the ranks: its world size decides)."""
+        import os
+
+        if self.tp <= 1 or all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+            return
+        from effprof.core.devices import rank_capacity
+
+        capacity, what = rank_capacity(device)
+        if self.tp > capacity:
+            raise UsageError(f"--tp: {self.tp} ranks, but this machine has {capacity} {what} (one rank each); "
+                             f"--tp at most {capacity}")
 
     def torch_device(self):
         from effprof.core.devices import resolve_device

@@ -81,7 +81,9 @@ def load_state_dict(path: Path, spec: str | None = None) -> dict[str, Any]:
             raise CheckpointError(f"{where}: reading {path.name} needs safetensors (pip install safetensors)") from None
         try:
             state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
+        except MemoryError:
+            raise CheckpointError(f"{where}: {path.name} holds tensors larger than the memory free here") from None
+        except (SafetensorError, OSError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"{where}: {path.name} is not a valid safetensors file "
                                   f"({_first_line(exc)})") from None
     else:
@@ -95,7 +97,9 @@ def load_state_dict(path: Path, spec: str | None = None) -> dict[str, Any]:
             raise CheckpointError(f"{where}: {path.name} holds pickled code{what}, not only weights; effprof "
                                   "loads weights only and runs nothing from a checkpoint (save a state dict, or "
                                   "use safetensors)") from None
-        except (EOFError, RuntimeError, KeyError, ValueError, OSError, IndexError, TypeError,
+        except MemoryError:
+            raise CheckpointError(f"{where}: {path.name} holds tensors larger than the memory free here") from None
+        except (EOFError, RuntimeError, KeyError, ValueError, OSError, IndexError, TypeError, OverflowError,
                 AttributeError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"{where}: {path.name} is not a readable PyTorch checkpoint "
                                   f"({type(exc).__name__}: {_first_line(exc)})") from None
@@ -108,6 +112,9 @@ def load_state_dict(path: Path, spec: str | None = None) -> dict[str, Any]:
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{where}: {path.name}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if value.is_meta:  # saved from the meta device: a shape without numbers (it can claim any size)
+            raise CheckpointError(f"{where}: {path.name}: entry {key!r} is a meta tensor {tuple(value.shape)} "
+                                  "without data, not weights")
     return state
 
 

@@ -7,10 +7,13 @@ replaced by a fresh one), and each of those records says so in `fresh_process` (
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
+from effprof.core.registry import is_external
 from effprof.launch.base import OnRecord, Plan, register_launcher
 from effprof.launch.pool import measure_parallel, plan_slots
+from effprof.launch.procs import crash_note
 from effprof.launch.rows import measure_row, measure_rows
 
 __all__ = ["launch_inline", "hand_over", "measure_row", "measure_rows"]
@@ -33,8 +36,12 @@ def hand_over(rest: list, first_row: int, after: dict[str, Any], on_record: OnRe
 
 @register_launcher("inline")
 def launch_inline(configs: list, plan: Plan, on_record: OnRecord | None = None) -> list[dict[str, Any]]:
-    records = measure_rows(configs, on_record, plan.on_phase, plan.raise_refusals,
-                           stop_if_unfit=not any(c.options.tp > 1 for c in configs))
+    """Rows of user code (`FILE.py:FUNCTION`) run under `procs.crash_note`: a crash of the interpreter is one
+    line that points at `--isolate` (the pool launcher, a worker process per row)."""
+    user = [c.label or c.component for c in configs if is_external(c.component) and not c.component.startswith("hf:")]
+    with crash_note(user) if user else nullcontext():
+        records = measure_rows(configs, on_record, plan.on_phase, plan.raise_refusals,
+                               stop_if_unfit=not any(c.options.tp > 1 for c in configs))
     if len(records) < len(configs):  # the last row left this process unfit: the rest run in a fresh one
         records += hand_over(configs[len(records):], len(records), records[-1], on_record)
     return records

@@ -296,8 +296,9 @@ class Pool:
             if worker.row is not None:
                 from effprof.runner import failed_record
 
-                record = failed_record(configs[worker.row], "error",
-                                       f"worker died (exit code {worker.process.exitcode}): {line}")
+                code = worker.process.exitcode
+                how = f"exit code {code}" if code is None or code >= 0 else f"killed by {_signal_name(-code)}"
+                record = failed_record(configs[worker.row], "error", f"worker died ({how}): {line}")
                 record["wall_s"] = time.perf_counter() - worker.started_s
                 finish(worker, record)
             if pending and self.workers.get(worker.slot.worker) is worker:
@@ -362,6 +363,13 @@ def host_summary(records: list[dict[str, Any]]) -> str:
         text += (f"; {', '.join(shared)}: launch-bound and run beside other rows, so their latency shares the "
                  f"host's cores (measure them alone or with --graphs)")
     return text
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name}, signal {number}"
+    except ValueError:
+        return f"signal {number}"
 
 
 @register_launcher("pool")

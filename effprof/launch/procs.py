@@ -32,3 +32,43 @@ def last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""
+
+
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
+
+
+@contextmanager
+def crash_note(names: list[str]) -> Iterator[None]:
+    """While the block runs rows of user code (`FILE.py:FUNCTION`) in this process, a crash of the interpreter
+    (SIGSEGV, SIGBUS, SIGILL, SIGFPE: no Python exception can catch it) ends effprof with one line naming the
+    rows and saying that `--isolate` contains such a crash, and the exit code 128 + signal, as a shell
+    reports it. The handler is a C-level one (through ctypes): it writes with os.write and leaves with
+    os._exit; the previous handlers come back after the block. Without ctypes or libc it does nothing."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        install = libc.signal
+        install.restype = ctypes.c_void_p
+        install.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    except (OSError, AttributeError, ImportError):
+        yield
+        return
+    rows = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    def on_crash(signum: int) -> None:  # runs in a signal handler: no allocation beyond the message
+        os.write(2, (f"effprof: error: {rows}: the user code crashed the interpreter ({signal.Signals(signum).name}) "
+                     "while building or measuring; --isolate runs such rows in a worker process, where a "
+                     "crash fails only its row\n").encode())
+        os._exit(128 + signum)
+
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(on_crash)
+    numbers = [getattr(signal, name) for name in CRASH_SIGNALS if hasattr(signal, name)]
+    previous = {n: install(n, ctypes.cast(handler, ctypes.c_void_p)) for n in numbers}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            install(number, old)

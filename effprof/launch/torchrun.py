@@ -51,13 +51,18 @@ def secondary_rank() -> bool:
 
 
 def tp_degrees(text: str) -> list[int]:
-    """`--tp 2` or `--tp 1,2,4` -> [2] or [1, 2, 4]."""
+    """`--tp 2` or `--tp 1,2,4` -> [2] or [1, 2, 4]; each at most MAX_TP (a machine's bound, devices or
+    cores, is checked by RunOptions.validate before any rank starts)."""
+    from effprof.core.limits import MAX_TP
+
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"--tp: expected N or N1,N2,... but got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise UsageError(f"--tp: {text!r}: degrees must be at least 1")
+    if max(values) > MAX_TP:
+        raise UsageError(f"--tp: {max(values)} is more ranks than any machine holds (at most {MAX_TP})")
     return values
 
 
@@ -77,7 +82,9 @@ def expand_tp(configs: list, text: str | None) -> list:
                              f"{', '.join(sorted(TP_PLANS))})")
         for tp in degrees:
             label = config.label or config.component
-            out.append(replace(config, options=replace(config.options, tp=tp),
+            options = replace(config.options, tp=tp)
+            options.validate()  # more ranks than devices (or cores): refused before any process starts
+            out.append(replace(config, options=options,
                                label=f"{label} tp={tp}" if len(degrees) > 1 else config.label))
     return out
 

@@ -35,12 +35,18 @@ class Preprocess:
                 f"normalise mean {self.mean} std {self.std}")
 
     def load(self, path: Path):
-        """Decode one image file into a float32 array (3, img_size, img_size)."""
+        """Decode one image file into a float32 array (3, img_size, img_size). An image of more pixels than
+        Pillow's `Image.MAX_IMAGE_PIXELS` (a decompression bomb) is refused, never decoded (the caller
+        silences Pillow's DecompressionBombWarning: the refusal says it in one line)."""
         import numpy as np
         from PIL import Image
 
         try:
             with Image.open(path) as image:
+                pixels_in_file = image.size[0] * image.size[1]
+                if Image.MAX_IMAGE_PIXELS and pixels_in_file > Image.MAX_IMAGE_PIXELS:
+                    raise EvalDataError(f"image {path}: {image.size[0]}x{image.size[1]} pixels, more than Pillow "
+                                        f"decodes safely ({Image.MAX_IMAGE_PIXELS:,}): a decompression bomb?")
                 image = image.convert("RGB")
                 width, height = image.size
                 scale = self.resize_size / min(width, height)
@@ -50,6 +56,8 @@ class Preprocess:
                 left, top = (size[0] - self.img_size) // 2, (size[1] - self.img_size) // 2
                 image = image.crop((left, top, left + self.img_size, top + self.img_size))
                 pixels = np.asarray(image, dtype=np.float32) / 255.0
+        except Image.DecompressionBombError as exc:  # past twice MAX_IMAGE_PIXELS: Image.open refuses it
+            raise EvalDataError(f"image {path}: {str(exc).splitlines()[0][:120]}") from None
         except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
             raise EvalDataError(f"cannot decode image {path}: {str(exc).splitlines()[0][:120]}") from None
         pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)

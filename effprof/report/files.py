@@ -153,44 +153,33 @@ def read_json(path: str | Path) -> list[dict[str, Any]]:
         return json.load(fh)["records"]
 
 
-NUMERIC = ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "gflops", "tflops_per_s", "peak_mem_mib",
-           "arithmetic_intensity_flop_per_byte", "peak_tflops", "peak_gb_per_s", "mbytes_lower_bound")
-POSITIVE = ("peak_tflops", "peak_gb_per_s")
-
-
-def load_records(path: str | Path, option: str = "--from-json") -> list[dict[str, Any]]:
-    """Records saved with `--json`, checked: a JSON object whose "records" is a list of mappings, numbers
-    where numbers belong (finite; ceilings positive). Each refusal is one line naming the record and field."""
+def load_records(path: str | Path, option: str = "--from-json", needs: str = "") -> list[dict[str, Any]]:
+    """Records saved with `--json`, checked before any is used: a regular file (not a FIFO or a device) of at
+    most MAX_RECORDS_BYTES, UTF-8 JSON, an object whose "records" is a list of mappings whose columns hold
+    their declared types (`effprof.core.records`). Each refusal is one line naming the file, the record and
+    the field. `needs` is what to say when a CSV is given instead."""
     from effprof.core.errors import UsageError
+    from effprof.core.fileio import read_bounded
+    from effprof.core.limits import MAX_RECORDS_BYTES
+    from effprof.core.records import check_records
 
-    where = f"{option} {path}"
+    where = f"{option} {path}".strip()
+    data = read_bounded(path, option, MAX_RECORDS_BYTES)
     try:
-        with open(Path(path).expanduser(), "rb") as fh:
-            doc = json.loads(fh.read().decode("utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{where}: not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{where}: JSON nested deeper than a records file can be") from None
+    except ValueError as exc:
+        first = text.lstrip().split("\n", 1)[0]
+        if str(path).lower().endswith(".csv") or (first.startswith("label,") or ",component," in first):
+            raise UsageError(f"{where}: a CSV; {needs or 'this needs the JSON records written with --json'}") \
+                from None
         raise UsageError(f"{where}: not JSON ({str(exc).splitlines()[0][:120]})") from None
-    records = doc.get("records") if isinstance(doc, dict) else None
-    if not isinstance(records, list):
-        raise UsageError(f"{where}: not effprof records (expected an object with a \"records\" list, as --json writes)")
-    for i, record in enumerate(records, start=1):
-        if not isinstance(record, dict):
-            raise UsageError(f"{where}: record {i} is a {type(record).__name__}, not a mapping of fields")
-        for key in NUMERIC:
-            value = record.get(key)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UsageError(f"{where}: record {i}: {key} is {value!r}, not a finite number")
-            if key in POSITIVE and value <= 0:
-                raise UsageError(f"{where}: record {i}: {key} is {value}, not positive")
-        for key in ("label", "dtype", "device_name", "status", "verdict"):
-            if record.get(key) is not None and not isinstance(record[key], str):
-                raise UsageError(f"{where}: record {i}: {key} is {record[key]!r}, not text")
-    return records
+    return check_records(doc, where)
 
 
 def _parse(text: str) -> Any:

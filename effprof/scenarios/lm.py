@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from effprof.core.errors import ParamError
 from effprof.core.lazy import lazy_attr, lazy_import
+from effprof.core.limits import MAX_NEW_TOKENS
 from effprof.core.params import Param
 from effprof.core.registry import BuildContext, Built, Stage
 
@@ -37,7 +38,7 @@ MODES = ("prefill", "decode", "generate")
 MODE = Param("mode", str, "prefill", "prefill = image + prompt -> first token (TTFT, split by stage); decode = one "
              "token at --context; generate = prefill + --new-tokens greedy tokens.", choices=MODES)
 NEW_TOKENS = Param("new_tokens", int, 32, "Tokens to generate (generate mode), the first from the prefill.", low=1,
-                   high=100_000)
+                   high=MAX_NEW_TOKENS)
 CONTEXT = Param("context", int, 1024, "Tokens already in the cache when the timed token is decoded (decode).",
                 low=1, high=1_000_000)
 RUNS = Param("runs", int, None, "Generations timed in generate mode, for TTFT/TPOT/ITL percentiles (none = at "

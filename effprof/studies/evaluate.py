@@ -22,12 +22,14 @@ import importlib.util
 import json
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from effprof.core.errors import MissingExtra, PretrainedNotFound, UsageError
+from effprof.core.libwarnings import quiet_libraries
 from effprof.modules.preprocess import IMAGENET_MEAN, IMAGENET_STD, EvalDataError, Preprocess  # noqa: F401
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"})
@@ -44,12 +46,17 @@ class ImageFolder:
 
 
 def read_class_map(path: str | Path) -> dict[str, int]:
-    """Folder name -> head index, from JSON ({"n01440764": 0, ...}) or text lines "NAME INDEX"."""
-    path = Path(path).expanduser()
+    """Folder name -> head index, from UTF-8 JSON ({"n01440764": 0, ...}) or text lines "NAME INDEX"; a regular
+    file of at most MAX_TEXT_BYTES (a FIFO or a device is refused, never waited on)."""
+    from effprof.core.fileio import read_bounded
+    from effprof.core.limits import MAX_TEXT_BYTES
+
+    data = read_bounded(path, "--class-map", MAX_TEXT_BYTES)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EvalDataError(f"--class-map {path}: cannot read it ({exc.strerror or exc})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalDataError(f"--class-map {path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                            f"{exc.start})") from None
     try:
         mapping = json.loads(text) if text.lstrip().startswith("{") else dict(
             (parts[0], parts[1]) for parts in (line.split() for line in text.splitlines()) if parts)
@@ -61,9 +68,24 @@ def read_class_map(path: str | Path) -> dict[str, int]:
 
 def scan_folder(root: str | Path, class_map: dict[str, int] | None = None) -> ImageFolder:
     """List DIR/<class>/<image>; refuse an empty tree, a class without images or one the map lacks."""
-    root = Path(root).expanduser()
+    from effprof.core.fileio import expand
+
+    root = expand(root, "--data")
+    try:
+        return _scan(root, class_map)
+    except OSError as exc:  # a folder or an entry that cannot be read (permissions, a vanished file)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise EvalDataError(f"--data {root}: cannot read{where} ({exc.strerror or exc})") from None
+
+
+def _scan(root: Path, class_map: dict[str, int] | None) -> ImageFolder:
+    from effprof.core.fileio import PSEUDO_ROOTS
+
     if not root.is_dir():
         raise EvalDataError(f"--data {root}: not a folder")
+    real = str(root.resolve())
+    if any(real == r or real.startswith(r + "/") for r in PSEUDO_ROOTS):
+        raise EvalDataError(f"--data {root}: a kernel pseudo-file system ({real}), not an image folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise EvalDataError(f"--data {root}: no class subfolders (expected DIR/<class>/<image>)")
@@ -100,9 +122,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A state dict from .safetensors, or from a torch file read with weights_only=True (no pickled code)."""
     import torch
 
+    from effprof.core.fileio import check_readable
+
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise PretrainedNotFound(f"--pretrained {path}: no such file")
+    check_readable(path, "--pretrained")  # a folder, a FIFO or a device is refused, never waited on
     try:
         if path.suffix == ".safetensors":
             if importlib.util.find_spec("safetensors") is None:
@@ -111,7 +136,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with quiet_libraries():  # torch's loading notes: --debug's, not one more line before ours
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except MissingExtra:
         raise
     except Exception as exc:  # unpickling refused, a truncated file, ...
@@ -123,6 +149,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedNotFound(f"--pretrained {path}: not a state dict of tensors")
+    meta = [k for k, v in state.items() if v.is_meta]
+    if meta:  # saved from the meta device: shapes without numbers (they can claim any size)
+        raise PretrainedNotFound(f"--pretrained {path}: {meta[0]!r} is a meta tensor without data, not weights")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -156,8 +185,12 @@ def evaluate(module, folder: ImageFolder, preprocess: Preprocess, device, dtype,
     start = time.perf_counter()
     correct1 = correct5 = 0
     model_s = 0.0
+    from PIL import Image
+
     chunks = [folder.samples[i:i + batch] for i in range(0, len(folder.samples), batch)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode():
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, torch.inference_mode(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Preprocess.load refuses such an image
         def submit(chunk):  # decode a batch in the background while the model runs the previous one
             return [pool.submit(preprocess.load, path) for path, _ in chunk]
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effprof.core.errors import UsageError
+from effprof.core.libwarnings import quiet_libraries
 from effprof.measure.training import TrainingStep, TrainOptions
 from effprof.core.registry import Built
 
@@ -60,16 +61,17 @@ def synthetic_features(samples: int, tokens: int, channels: int, seed: int = 0) 
 def load_features(path: str) -> FeatureSet:
     """A tensor (samples, tokens, channels) saved with torch.save or safetensors (key `features`), or a dict
     with `inputs` and `targets`."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"--features {path}: no such file")
+    from effprof.core.fileio import check_readable
+
+    file = check_readable(path, "--features")  # a regular file: a FIFO or a device is refused, never waited on
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             data: Any = load_file(str(file))
         else:
-            data = torch.load(file, map_location="cpu", weights_only=True)
+            with quiet_libraries():  # torch's loading notes: --debug's, not one more line before ours
+                data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UsageError(f"--features {path}: cannot read a tensor file ({type(exc).__name__})") from None
     if isinstance(data, dict):
@@ -81,8 +83,17 @@ def load_features(path: str) -> FeatureSet:
             raise UsageError(f"--features {path}: a dict needs 'features' or 'inputs' (and 'targets')")
     else:
         inputs, targets, what = data, data, "reconstruction"
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape != targets.shape:
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or inputs.dim() != 3 \
+            or inputs.shape != targets.shape:
         raise UsageError(f"--features {path}: expected (samples, tokens, channels) tensors of one shape")
+    for name, tensor in (("inputs", inputs), ("targets", targets)):
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise UsageError(f"--features {path}: {name} are {str(tensor.dtype).removeprefix('torch.')}; "
+                             "expected real numbers")
+        if tensor.numel() == 0:
+            raise UsageError(f"--features {path}: {name} are empty {tuple(tensor.shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"--features {path}: {name} hold NaN or infinite values")
     return FeatureSet(inputs.float(), targets.float(), f"features from {file.name} {tuple(inputs.shape)} ({what})")
 
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from effprof.cli.app import (Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
+from effprof.cli.app import (check_min_coverage, Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
                              _check_outputs, _profile, _write_reports, app, console)
 from effprof.cli.options import common_options
 from effprof.cli.rows import measure_profile
@@ -50,6 +50,7 @@ def compare_command(ctx: typer.Context,
     """Measure many configurations into one table with ratios against a baseline row."""
     csv, json, plot, md, html = _check_outputs(csv=csv, json=json, plot=plot, md=md, html=html)
     _check_columns(columns)
+    check_min_coverage(min_flop_coverage)
     if min_flop_coverage is not None:
         overrides.setdefault("flop_coverage", True)
     if plot:
@@ -57,7 +58,7 @@ def compare_command(ctx: typer.Context,
 
         require_matplotlib()
     profile = _profile(target, grid, overrides, list(ctx.args))
-    if fit:
+    if fit is not None:  # an empty --fit is refused, never read as "no fit"
         from effprof.analysis.fit import parse_fit
 
         name = parse_fit(fit)[0]
@@ -75,7 +76,7 @@ def compare_command(ctx: typer.Context,
         isolate = profile_isolates(profile, launcher)
     plan = plan_for(launcher, gpus, workers, isolate, processes, address, overrides.get("device"), bool(tp))
     records = measure_profile(profile, baseline, csv, json, plan, min_flop_coverage, columns)
-    fits = _print_fits(records, fit) if fit else None
+    fits = _print_fits(records, fit) if fit is not None else None
     if plot:
         _draw(records, profile, fits, plot)
         console.print(f"plot written to {plot}", highlight=False)

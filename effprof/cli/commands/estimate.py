@@ -27,6 +27,8 @@ def estimate_command(ctx: typer.Context,
     (LLM-Viewer's method), for bf16/fp16 weights and, analytically, int8 and int4. Bytes in MiB/GiB."""
     from effprof.core.options import Config, RunOptions
 
+    if gpu is not None and not gpu.strip():  # empty is refused, never read as "this machine's"
+        raise UsageError("--gpu: empty (name a GPU such as H100, or leave it out for this machine's)")
     params = _component_args(component, list(ctx.args))
     options = RunOptions(batch=overrides.get("batch", 1), device="meta").validate()
     config = Config(component, params, options)

@@ -8,6 +8,7 @@ import typer
 from effprof.cli.app import CsvPath, JsonPath, _check_outputs, _component_args, app, console
 from effprof.cli.options import common_options
 from effprof.core.errors import MissingExtra, ParamError, UsageError
+from effprof.core.limits import MAX_WORKERS
 from effprof.core.options import RunOptions
 
 EVAL_BATCH = 64  # images per forward unless --batch says otherwise
@@ -35,6 +36,11 @@ def eval_command(ctx: typer.Context,
     from effprof.runner import Config, build, measure
 
     _check_outputs(csv, json)
+    for option, value in (("--pretrained", pretrained), ("--class-map", class_map), ("--data", data)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option}: the path is empty (name a file{', or leave it out for random weights' if option == '--pretrained' else ''})")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: {workers} decoding threads is outside [1, {MAX_WORKERS}]")
     if importlib.util.find_spec("PIL") is None:
         raise MissingExtra("effprof eval decodes images with Pillow: pip install 'effprof[eval]'")
     params = _component_args(component, list(ctx.args))

@@ -40,6 +40,14 @@ def _with_params(configs, given: dict[str, Any]):
     return rows
 
 
+def check_study_options(**values: Any) -> None:
+    """Refuse a study option that is not finite or past what a run can finish (effprof.core.limits.STUDY_BOUNDS)."""
+    from effprof.core.limits import STUDY_BOUNDS
+
+    for name, value in values.items():
+        STUDY_BOUNDS[name].check(value)
+
+
 @quality_app.command("projectors")
 @common_options("device", "min_time")
 def projectors_command(
@@ -70,6 +78,7 @@ def projectors_command(
     from effprof.runner import Config, RunOptions, build, measure_many
 
     _check_outputs(csv, json)
+    check_study_options(steps=steps, lr=lr, seed=seed, samples=samples, batch=batch)
     if (images_dir is None) != (pretrained is None):
         raise UsageError("--images-dir and --pretrained go together (a CLIP tower extracts the features)")
     if features is not None and images_dir is not None:
@@ -77,6 +86,8 @@ def projectors_command(
     loaded = load_profile(profile, RunOptions(min_time=0.2), overrides or {})
     given = _overrides(set_params)
     target = loaded.configs[0].options.torch_device()
+    if target.type == "meta":
+        raise UsageError("quality trains each projector on real numbers: use --device cpu or cuda, not meta")
     if features is not None:
         data = Q.load_features(features)
     elif images_dir is not None:

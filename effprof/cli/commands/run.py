@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
-from effprof.cli.app import (Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
+from effprof.cli.app import (check_min_coverage, Columns, CsvPath, HtmlPath, JsonPath, MdPath, MinCoverage, Tp, _check_columns,
                              _check_outputs, _component_args, _mark_coverage, _table_console, _write_reports, app,
                              err_console, write_records)
 from effprof.cli.options import common_options
@@ -19,6 +19,9 @@ def run_command(ctx: typer.Context,
                 component: Annotated[str, typer.Argument(help="Component name (see `effprof list`).")],
                 csv: CsvPath = None, json: JsonPath = None, tp: Tp = None, min_flop_coverage: MinCoverage = None,
                 columns: Columns = "brief", md: MdPath = None, html: HtmlPath = None,
+                isolate: Annotated[bool, typer.Option("--isolate", help="Measure in a worker process: a crash of "
+                                                      "the interpreter (a segfault in user code) fails the row "
+                                                      "instead of ending effprof.")] = False,
                 overrides: dict[str, Any] | None = None):
     """Measure one component in one configuration. Component parameters follow as --name VALUE."""
     from effprof.core.options import Config
@@ -26,6 +29,7 @@ def run_command(ctx: typer.Context,
     # every name and range is checked against the declarations before torch is imported (effprof.launch does)
     csv, json, md, html = _check_outputs(csv=csv, json=json, md=md, html=html)
     _check_columns(columns)
+    check_min_coverage(min_flop_coverage)
     if min_flop_coverage is not None:  # a minimum asks for the coverage (opt-in on CUDA)
         overrides.setdefault("flop_coverage", True)
     params = _component_args(component, list(ctx.args))
@@ -38,10 +42,17 @@ def run_command(ctx: typer.Context,
     from effprof.report.table import print_records
 
     configs = expand_tp([config], tp)
+    if isolate and tp:
+        raise UsageError("--isolate and --tp: a --tp row already runs in its own rank processes")
     with err_console.status(f"{component}: build ...") as status:
         # a failure is a row with its reason, as in a comparison; a refusal is one line on stderr (exit 2)
-        records = launch(configs, Plan(raise_refusals=True,
-                                       on_phase=lambda _, phase: status.update(f"{component}: {phase} ...")))
+        if isolate:
+            from effprof.launch import plan_for
+
+            plan = plan_for(isolate=True, device=overrides.get("device"))
+        else:
+            plan = Plan(raise_refusals=True, on_phase=lambda _, phase: status.update(f"{component}: {phase} ..."))
+        records = launch(configs, plan)
     if tp:
         add_tp_scaling(records)
     if secondary_rank():  # under torchrun, rank 0 reports
