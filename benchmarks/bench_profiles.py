@@ -65,6 +65,8 @@ def main() -> int:
         else:
             name = target
             command = [sys.executable, "-m", "effprof", "compare", target]
+        seen = sum(1 for earlier in args.targets[:i] if earlier == target)
+        name += f"-run{seen + 1}" if seen else ""  # a profile run twice keeps both runs' files
         records_path = out / f"{name}.json"
         t0 = time.time()
         try:

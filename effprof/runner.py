@@ -174,8 +174,9 @@ def _measure_row(config: Config, opts: RunOptions, timer: Callable[..., TimingRe
     t_count = time.perf_counter()
     tell("count")
     with nullcontext() if opts.train else torch.inference_mode():  # a training step needs autograd
-        for tracker in trackers:
-            tracker.before(run)
+        with built.counted():  # a call that replays graphs itself counts its ops eagerly (Built.counting)
+            for tracker in trackers:
+                tracker.before(run)
         record.update(phase_build_s=t_count - t_build, phase_count_s=time.perf_counter() - t_count)
         if run.count_only:
             record["exec_mode"] = "count-only (meta device)"

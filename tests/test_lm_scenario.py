@@ -118,3 +118,25 @@ def test_generate_of_mamba_and_transformer_lms_and_the_graphs_refusal():
     ctx = BuildContext(torch.device("cpu"), torch.float32, exec_mode="graphs")
     with pytest.raises(ParamError, match="DynamicCache grows"):
         create("transformer-lm", ctx, mode="generate", new_tokens=3, seq_len=5, d_model=32, n_layer=2)
+
+
+def test_a_generation_is_counted_eagerly_even_where_it_replays_graphs(counting_lm):
+    """Under --graphs a generation captures its graphs at its first call (warm-up calls included) and then replays
+    them: the counting passes run inside `Built.counted()`, where it is one eager generation, so the FLOPs are
+    one prefill and new_tokens - 1 decode steps (checked against the same model built eagerly)."""
+    from effprof.core.registry import create
+    from effprof.measure.bytes import count_flops_and_bytes
+
+    graphs = create(counting_lm, BuildContext(torch.device("cpu"), torch.float32, exec_mode="graphs"),
+                    mode="generate", new_tokens=5, seq_len=4)
+    eager = create(counting_lm, mode="generate", new_tokens=5, seq_len=4)
+    inputs_g, inputs_e = graphs.make_inputs(1), eager.make_inputs(1)
+    generator = inputs_g[-1]
+    with graphs.counted():
+        assert generator.exec_mode == "eager"
+        counted = count_flops_and_bytes(lambda: graphs.call(inputs_g))
+    assert generator.exec_mode == "graphs" and generator._graph is None  # nothing was captured while counting
+    reference = count_flops_and_bytes(lambda: eager.call(inputs_e))
+    assert counted.flops == reference.flops > 0
+    head_flops = 2 * 8 * 16  # the head's matmul, 2 x MAC: (1, 8) x (8, 16); the bias add has no FLOP formula
+    assert counted.flops == 5 * head_flops  # one prefill + 4 steps, each one head

@@ -11,7 +11,8 @@ import fnmatch
 import importlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Sequence
 
 from effprof.core.errors import PluginError, UnknownComponent
 from effprof.core.params import Param, resolve
@@ -67,6 +68,9 @@ class Built:
     - `hooks`: objects a tracker may use and the record does not show (e.g. a per-token clock).
     - `loss(output, inputs)`: the scalar a training step (`--train`) backpropagates; None = the mean of
       the output (see effprof.measure.training). Trainable parameters are those with requires_grad.
+    - `counting()`: a context in which `call` runs eagerly, for a call that applies the execution mode itself
+      (`handles_exec_mode`): the counting passes (FLOPs, bytes, coverage, the stages' counts) must see the ops
+      of one call, not a CUDA graph's warm-up, capture or replay. None = `call` is already what to count.
     """
 
     module: torch.nn.Module
@@ -80,6 +84,7 @@ class Built:
     handles_exec_mode: bool = False
     hooks: dict[str, Any] = field(default_factory=dict)
     loss: Callable[[Any, "torch.Tensor"], Any] | None = None
+    counting: Callable[[], ContextManager] | None = None
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -88,6 +93,10 @@ class Built:
             names = [s.name for s in self.stages]
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"stages need distinct names, got {names}")
+
+    def counted(self) -> ContextManager:
+        """The context the counting passes run `call` in (see `counting`)."""
+        return self.counting() if self.counting is not None else nullcontext()
 
     def call(self, inputs: tuple, module: torch.nn.Module | None = None) -> Any:
         """One call on `inputs`; `module` replaces `self.module` (e.g. its torch.compile'd version)."""

@@ -20,6 +20,7 @@ Items: prefill counts prompt tokens per second; decode and generate count new to
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -163,10 +164,12 @@ def _generate(parts: LMParts, ctx: BuildContext, new_tokens: int, runs: int | No
     else:
         info["prefill_exec"] = "eager"
     prompt_len = parts.prompt_len
+    counting = {"eager": False}   # the counting passes run the generation eagerly (Built.counting)
+    generators: list = []
 
     def run_prefill(inputs, cache):
         carry = (*inputs, cache)
-        for stage in prefill_stages:
+        for stage in parts.prefill_stages if counting["eager"] else prefill_stages:
             carry = stage.run(carry)
         return carry
 
@@ -175,7 +178,23 @@ def _generate(parts: LMParts, ctx: BuildContext, new_tokens: int, runs: int | No
         generator = Generator(lambda inputs: run_prefill(inputs, cache),
                               lambda token, position: parts.step(token, position, cache),
                               new_tokens, ctx.exec_mode, ctx.device, lambda n: parts.set_length(cache, n))
+        generators.append(generator)
         return (*parts.prompt_inputs(batch), generator)
+
+    @contextmanager
+    def eagerly():
+        """Graphs are captured (and their warm-up calls made) at the first call outside: a count sees one
+        prefill and `new_tokens - 1` decode steps, as an eager generation makes them."""
+        modes = [(g, g.exec_mode) for g in generators]
+        counting["eager"] = True
+        for generator, _ in modes:
+            generator.exec_mode = "eager"
+        try:
+            yield
+        finally:
+            counting["eager"] = False
+            for generator, mode in modes:
+                generator.exec_mode = mode
 
     def prefill_stage(inputs):
         return inputs[-1].first_token(inputs[:-1]), inputs[-1]
@@ -189,6 +208,6 @@ def _generate(parts: LMParts, ctx: BuildContext, new_tokens: int, runs: int | No
 
     stages = [Stage("prefill", prefill_stage, parts.module), Stage("decode", decode_stage, parts.module)]
     built = Built(parts.module, make_inputs, "tok", items_per_sample=new_tokens, forward=forward, info=info,
-                  stages=stages, handles_exec_mode=True)
+                  stages=stages, handles_exec_mode=True, counting=eagerly)
     built.hooks["generation"] = True
     return built

@@ -50,21 +50,22 @@ class StagesTracker(Tracker):
 
     def fields(self, run):
         stages = run.built.stages
-        carries = stage_carries(stages, run.input_sets[0])
         fields = {"stage_names": ",".join(s.name for s in stages)}
-        for stage, carry in zip(stages, carries):
-            key = f"stage_{stage.name}"
-            fields[f"{key}_params"] = count_params(stage.module)[0]
-            if run.options.count_flops:
-                counts = count_flops_and_bytes(lambda: stage.run(carry))
-                fields[f"{key}_gflops"] = counts.flops / 1e9
-                fields[f"{key}_moved_mib"] = counts.bytes / 2**20
-            if not run.count_only:
-                peak = PeakMemory(run.device)
-                if peak.supported:
-                    peak.start()
-                    stage.run(carry)
-                    fields[f"{key}_peak_mem_mib"] = peak.peak_mib()
+        with run.built.counted():  # counts and peaks of one eager call (Built.counting)
+            carries = stage_carries(stages, run.input_sets[0])
+            for stage, carry in zip(stages, carries):
+                key = f"stage_{stage.name}"
+                fields[f"{key}_params"] = count_params(stage.module)[0]
+                if run.options.count_flops:
+                    counts = count_flops_and_bytes(lambda: stage.run(carry))
+                    fields[f"{key}_gflops"] = counts.flops / 1e9
+                    fields[f"{key}_moved_mib"] = counts.bytes / 2**20
+                if not run.count_only:
+                    peak = PeakMemory(run.device)
+                    if peak.supported:
+                        peak.start()
+                        stage.run(carry)
+                        fields[f"{key}_peak_mem_mib"] = peak.peak_mib()
         if run.count_only:
             return fields
         names = [s.name for s in stages]
