@@ -310,7 +310,7 @@ BUDGET = {"run": 28, "compare": 18, "profile": 28, "checkpoint": 18, "mamba-chec
           "eval": 5, "estimate": 3, "tp": 5}
 QUALITY_TINY = ["--profile", f"{D}/q.yaml", "--device", "cpu", "--set", "tokens=4", "--set", "in_dim=8", "--set",
                 "out_dim=8", "--steps", "2", "--no-cost", "--samples", "8"]
-EVAL_TINY = ["fuzz-classifier", "--device", "cpu", "--batch", "2", "--min-time", "0.01", "--warmup", "0"]
+EVAL_TINY = ["test-fuzz-classifier", "--device", "cpu", "--batch", "2", "--min-time", "0.01", "--warmup", "0"]
 
 
 class MeanColour(torch.nn.Module):
@@ -330,7 +330,7 @@ class MeanColour(torch.nn.Module):
 def _register_classifier():
     from effprof.core.registry import Built, register_component
 
-    @register_component("fuzz-classifier", unit="img", family="vision")
+    @register_component("test-fuzz-classifier", unit="img", family="vision")
     def classifier(ctx):
         """A two-class classifier on mean colour (eval's good input)."""
         return Built(MeanColour().to(ctx.device, ctx.dtype),

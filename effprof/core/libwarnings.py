@@ -67,5 +67,18 @@ def _silenced() -> Iterator[None]:
             os.environ["TRANSFORMERS_VERBOSITY"] = saved_env
         if hf_logging is not None and level is not None:
             hf_logging.set_verbosity(level)
-        # imported inside the block, transformers stays at "error" (it read the variable once): effprof builds
-        # are where its warnings come from, and they are silenced there anyway
+        elif not had_transformers and "transformers" in sys.modules:
+            _restore_first_import_level(saved_env)
+
+
+def _restore_first_import_level(saved_env: str | None) -> None:
+    """Imported inside the block, transformers read TRANSFORMERS_VERBOSITY=error once: set the level it would
+    have had outside (the user's variable, else transformers' default, warning), so that a later `--debug`
+    run in this process shows its warnings."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        levels = getattr(hf_logging, "log_levels", {})
+        hf_logging.set_verbosity(levels.get(saved_env or "warning", hf_logging.WARNING))
+    except Exception:  # noqa: BLE001 - an unusual transformers: it keeps the level it has
+        pass
