@@ -178,7 +178,7 @@ def test_train_step_under_graphs_goes_through_the_runner(monkeypatch):
     """`--train --graphs`: the runner captures the StepCall (no AttributeError), warms up on the step and
     replays it; a stand-in for CUDA graphs on CPU (capture = warm-up calls; replay = the call on the static
     inputs) shows each replay is one more optimizer step."""
-    import effprof.runner as runner
+    import effprof.measure.execution as execution
     from effprof.core.options import RunOptions
     from effprof.measure.training import train_mode
 
@@ -190,13 +190,13 @@ def test_train_step_under_graphs_goes_through_the_runner(monkeypatch):
         captured.append(inputs)
         return lambda: call(inputs)
 
-    monkeypatch.setattr(runner, "graphed_callable", fake_graph)
+    monkeypatch.setattr(execution, "graphed_callable", fake_graph)
     built = tiny(freeze_first=False)
     inputs = built.make_inputs(BATCH)
     step_call, fields = train_mode(built, inputs, TrainOptions(), graphs=False, count_flops=False)
     step_call.graphs = True  # what train_mode(graphs=True) sets (its capturable AdamW needs CUDA)
     opts = RunOptions(device="cpu", train=True, graphs=True)  # not validated: --graphs is refused on cpu
-    call, setup, mode = runner.execution_mode(step_call, [inputs], opts, torch.device("cpu"))
+    call, setup, mode = execution.execution_mode(step_call, [inputs], opts, torch.device("cpu"))
     assert mode["exec_mode"] == "train-graphs" and "one CUDA graph per step" in mode["train_exec"]
     assert setup is None and captured == [inputs]
     steps = step_call.step.optimizer.state[step_call.step.params[0]]["step"]
