@@ -214,3 +214,15 @@ def test_ray_launcher_on_a_local_instance(tmp_path, fast):
     assert "ray task failed" in records[1]["error"]
     assert all(r["launcher"] == "ray" for r in records) and records[0]["ray_node"] and records[2]["ray_node"]
     assert records[0]["latency_ms_median"] > 0 and records[2]["params_total"] == 8 * 2 + 2 * 8 + 8
+
+
+def test_the_torchrun_launcher_runs_tp_rows_and_refuses_single_rank_ones(tmp_path, capsys):
+    assert main(["compare", "mamba-lm", "--grid", "seq_len=16", "--d-model", "32", "--n-layer", "2",
+                 "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--launcher", "torchrun"]) == 2
+    assert "one rank" in capsys.readouterr().err
+    out = tmp_path / "tp.json"
+    assert main(["compare", "mamba-lm", "--grid", "seq_len=16", "--d-model", "32", "--n-layer", "2", "--tp", "2",
+                 "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--max-cv", "1", "--launcher",
+                 "torchrun", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())["records"]
+    assert record["status"] == "ok" and record["tp"] == 2 and record["tp_backend"] == "gloo"

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from effprof.core.errors import UsageError
 from effprof.measure.timing import Consensus, TimingResult, sync, time_callable
+from effprof.launch.base import OnRecord, Plan, register_launcher
 from effprof.launch.procs import SAFE_ENV, child_env, last_line
 
 _IN_RANK = False
@@ -362,3 +363,16 @@ def add_tp_scaling(records: list[dict[str, Any]]) -> None:
             r["tp_speedup"] = one["latency_ms_median"] / r["latency_ms_median"]
             r["tp_scaling_efficiency"] = r["tp_speedup"] / tp
 
+
+@register_launcher("torchrun")
+def launch_torchrun(configs: list, plan: Plan, on_record: OnRecord | None = None) -> list[dict[str, Any]]:
+    """Every row over its tensor-parallel ranks (`compare --tp N --launcher torchrun`; the inline launcher
+    hands `--tp` rows here too). A row of one rank has nothing to spread: refused before anything starts."""
+    from effprof.runner import measure_many
+
+    single = [c.label or c.component for c in configs if c.options.tp < 2]
+    if single:
+        raise UsageError(f"--launcher torchrun runs each row over its --tp ranks; {', '.join(single[:3])} "
+                         f"{'has' if len(single) == 1 else 'have'} one rank (give --tp N, N >= 2)")
+    return measure_many(configs, on_record=on_record, on_phase=plan.on_phase,
+                        measure_one=lambda config, timer=None, on_phase=None: measure_tp(config))
