@@ -42,7 +42,7 @@ class RunOptions:
     flops_crosscheck: bool = False
     flop_coverage: bool | None = None  # None/False: off (opt-in: the profiler pass doubles a CPU row's wall time)
     debug: bool = False          # keep the traceback of a failing row
-    tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (distributed.py)
+    tp: int = 1                  # tensor-parallel degree: the LM split over this many processes (effprof/launch/torchrun.py)
     train: bool = False          # time training steps (effprof.measure.training) instead of inference calls
     optimizer: str = "adamw"     # --train: adamw | sgd
     grad_checkpointing: bool = False

@@ -75,7 +75,8 @@ def projectors_command(
     from effprof.studies import quality as Q
     from effprof.core.profiles import load_profile
     from effprof.report.files import write_records
-    from effprof.runner import Config, RunOptions, build, measure_many
+    from effprof.launch import launch
+    from effprof.runner import Config, RunOptions, build
 
     _check_outputs(csv, json)
     check_study_options(steps=steps, lr=lr, seed=seed, samples=samples, batch=batch)
@@ -104,7 +105,7 @@ def projectors_command(
     if data is None:
         data = Q.synthetic_features(samples, values[0]["tokens"], values[0]["in_dim"], seed)
         console.print(f"no --features: using {data.description}", highlight=False)
-    records = measure_many(configs) if cost else [{"label": c.label or c.component, "status": "ok"} for c in configs]
+    records = launch(configs) if cost else [{"label": c.label or c.component, "status": "ok"} for c in configs]
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err_console, transient=True)
     with progress:
