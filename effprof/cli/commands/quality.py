@@ -76,7 +76,7 @@ def projectors_command(
     from effprof.core.profiles import load_profile
     from effprof.report.files import write_records
     from effprof.launch import launch
-    from effprof.runner import Config, RunOptions, build
+    from effprof.runner import RunOptions, build
 
     _check_outputs(csv, json)
     check_study_options(steps=steps, lr=lr, seed=seed, samples=samples, batch=batch)
