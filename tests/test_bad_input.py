@@ -26,9 +26,12 @@ FAST = ["--device", "cpu", "--min-time", "0.01", "--warmup", "0"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def refused(argv, capsys, code=2, says=""):
-    """Run the CLI; assert exit `code` and exactly one line on stderr naming `says`, no traceback."""
+def refused(argv, capsys, code=2, says="", within_s=None):
+    """Run the CLI; assert exit `code` and exactly one line on stderr naming `says`, no traceback (and, with
+    `within_s`, an answer within that many seconds)."""
+    start = time.perf_counter()
     assert main(argv) == code
+    assert within_s is None or time.perf_counter() - start < within_s
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("effprof: error:"), err
