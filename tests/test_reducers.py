@@ -36,18 +36,43 @@ def test_iqr_count_matches_numpy_over_the_flattened_batch():
     assert iqr_outlier_count(attention) == max(1, expected)
 
 
-def test_prumerge_batched_merge_equals_the_per_token_loop():
+def _merge_pair_by_pair(features, keys, attention, kept, neighbours):
+    """PruMerge's merge written out pair by pair: the simplest model of the reference's loop."""
+    out = []
+    for b in range(features.shape[0]):
+        x, a = features[b].float(), attention[b].float()
+        keep_list = kept[b].tolist()
+        pruned = [j for j in range(x.shape[0]) if j not in set(keep_list)]
+        normed = torch.nn.functional.normalize(keys[b].float(), dim=-1)
+        rows = []
+        for i, token in enumerate(keep_list):
+            rest = keep_list[:i] + keep_list[i + 1:] + pruned
+            sims = torch.stack([normed[token] @ normed[j] for j in rest])
+            chosen = [rest[j] for j in sims.topk(min(neighbours, len(rest))).indices.tolist()]
+            rows.append(x[token] + sum(a[j] * x[j] for j in chosen))
+        rows.append(sum(a[j] * x[j] for j in pruned))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def test_prumerge_batched_merge_and_the_reference_loop_equal_a_pair_by_pair_merge():
     torch.manual_seed(1)
     features, keys = torch.randn(2, 20, 8), torch.randn(2, 20, 8)
     attention = torch.rand(2, 20).softmax(dim=-1)
     kept = attention.topk(4, dim=1).indices
+    expected = _merge_pair_by_pair(features, keys, attention, kept, neighbours=5)
     fast = merge_batched(features, keys, attention, kept, neighbours=5)
-    slow = merge_loop_reference(features, keys, attention, kept, neighbours=5)
-    assert fast.shape == (2, 5, 8)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    loop = merge_loop_reference(features, keys, attention, kept, neighbours=5)
+    assert fast.shape == loop.shape == (2, 5, 8)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loop, expected, rtol=1e-5, atol=1e-5)
     # the last token is the pruned mass: sum over the pruned of a_j x_j
     pruned = [j for j in range(20) if j not in kept[0].tolist()]
     torch.testing.assert_close(fast[0, -1], sum(attention[0, j] * features[0, j] for j in pruned), rtol=1e-5, atol=1e-5)
+    # more neighbours asked for than there are other tokens: every other token is a neighbour
+    many = merge_loop_reference(features, keys, attention, kept, neighbours=100)
+    torch.testing.assert_close(many, _merge_pair_by_pair(features, keys, attention, kept, neighbours=100),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_prumerge_plus_samples_are_uniform_and_not_kept():

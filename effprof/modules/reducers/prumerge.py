@@ -16,8 +16,9 @@ On the feature layer's patch tokens X (B, N, C) (LLaVA's penultimate CLIP layer)
    Σ_{j pruned} a_j x_j carries the pruned mass. Output (B, k + 1, C) (k + samples + 1 for PruMerge+).
 
 `merge_batched` is the fast path (one similarity matmul, one top-k, one sparse-weights matmul for the whole
-batch); `merge_loop_reference` follows the reference's per-sample, per-token Python loop. The tests compare
-them. Departures, all documented in the record: the softmax runs in float32 (the reference: the model's
+batch); `merge_loop_reference` follows the reference's per-sample, per-kept-token Python loop, with the
+reference's granularity (one batched op per step of an iteration: its cost is the host's launches of ~10
+small kernels per kept token). The tests compare both with a pair-by-pair model of the merge. Departures, all documented in the record: the softmax runs in float32 (the reference: the model's
 dtype); at least one token is kept (the reference divides by zero when no attention value is an outlier).
 """
 from __future__ import annotations
@@ -76,22 +77,30 @@ def merge_batched(features: torch.Tensor, keys: torch.Tensor, attention: torch.T
 
 def merge_loop_reference(features: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor, kept: torch.Tensor,
                          neighbours: int) -> torch.Tensor:
-    """The same merge, sample by sample and kept token by kept token (the reference's loop). Slow."""
-    out = []
-    for b in range(features.shape[0]):
-        x, a = features[b].float(), attention[b].float()
-        keep_list = kept[b].tolist()
-        pruned = [j for j in range(x.shape[0]) if j not in set(keep_list)]   # ascending, like complement_idx
-        normed = F.normalize(keys[b].float(), dim=-1)
-        rows = []
-        for i, token in enumerate(keep_list):
-            rest = keep_list[:i] + keep_list[i + 1:] + pruned
-            sims = torch.stack([normed[token] @ normed[j] for j in rest])
-            chosen = [rest[j] for j in sims.topk(min(neighbours, len(rest))).indices.tolist()]
-            rows.append(x[token] + sum(a[j] * x[j] for j in chosen))
-        rows.append(sum(a[j] * x[j] for j in pruned) if pruned else torch.zeros_like(x[0]))
-        out.append(torch.stack(rows))
-    return torch.stack(out).to(features.dtype)
+    """The same merge as the reference runs it: a Python loop over the samples and, inside, over the kept tokens,
+    each iteration one tensor op per step on the whole rest (the other kept tokens, then the pruned ones in
+    ascending order): cosine similarity of the token's key with every rest key (one matmul), top-`neighbours`,
+    gather the neighbours and their class attention, weighted sum; the pruned-mass token is one sum for the
+    batch. The loop's cost is about ten small kernels per kept token, launched from the host. Slow."""
+    batch, n, width = features.shape
+    x, a, normed = features.float(), attention.float(), F.normalize(keys.float(), dim=-1)
+    pruned_mask = torch.ones(batch, n, device=x.device, dtype=torch.bool).scatter_(1, kept, False)
+    pruned = pruned_mask.nonzero()[:, 1].reshape(batch, n - kept.shape[1])   # ascending within each sample
+    kept_x = x.gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
+    kept_a, kept_keys = a.gather(1, kept), normed.gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
+    pruned_x = x.gather(1, pruned.unsqueeze(-1).expand(-1, -1, width))
+    pruned_a, pruned_keys = a.gather(1, pruned), normed.gather(1, pruned.unsqueeze(-1).expand(-1, -1, width))
+    updated = kept_x.clone()
+    for b in range(batch):
+        for i in range(kept.shape[1]):
+            rest_keys = torch.cat([kept_keys[b, :i], kept_keys[b, i + 1:], pruned_keys[b]])
+            rest_x = torch.cat([kept_x[b, :i], kept_x[b, i + 1:], pruned_x[b]])
+            rest_a = torch.cat([kept_a[b, :i], kept_a[b, i + 1:], pruned_a[b]])
+            similarity = kept_keys[b, i] @ rest_keys.T
+            chosen = similarity.topk(max(1, min(neighbours, similarity.shape[0]))).indices
+            updated[b, i] = kept_x[b, i] + (rest_x[chosen] * rest_a[chosen].unsqueeze(-1)).sum(dim=0)
+    extra = (pruned_x * pruned_a.unsqueeze(-1)).sum(dim=1, keepdim=True)
+    return torch.cat([updated, extra], dim=1).to(features.dtype)
 
 
 class PruMerge(nn.Module):
