@@ -318,6 +318,52 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
         assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-5
 
 
+@needs_triton
+@pytest.mark.parametrize("conv_bias, programs", [(True, 3), (False, 5)])
+def test_triton_persistent_step_equals_the_step_reference(monkeypatch, conv_bias, programs):
+    """The persistent whole-step kernel (mamba_decode_persistent_triton.py) through its interpreter model (one
+    grid per phase where the GPU meets at a grid barrier; 3 or 5 programs, so units wrap around programs and
+    some programs have none): logits and both states of 3 layers equal the op-by-op reference to float32
+    rounding over 4 greedy steps, at d_inner 42 (a unit of in_proj rows straddles x and z), d_state 1."""
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+    from effprof.ops import mamba_decode_persistent_triton, mamba_decode_triton
+
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_max_d_model", 64)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_programs", programs)
+    calls = []
+    real = mamba_decode_persistent_triton.step_persistent_triton
+    monkeypatch.setattr(mamba_decode_persistent_triton, "step_persistent_triton",
+                        lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    torch.manual_seed(1)
+    model = MambaLM(MambaLMConfig(d_model=21, n_layer=3, vocab_size=40, d_state=1, conv_bias=conv_bias)).eval()
+    with torch.no_grad():
+        for mixer in model.mixers:
+            mixer.D.copy_(torch.randn_like(mixer.D))
+    prompt = torch.randint(0, 40, (1, 3), generator=torch.Generator().manual_seed(2))
+    ref, out, ref_cache, cache, _ = _lm_steps_per_layer_kernels(model, prompt, 4)
+    assert calls == [3] * 4                                              # 4 steps, all 3 layers in one kernel
+    assert rel_err(out, ref) < 1e-5 and (ref[:, 1:] - ref[:, :-1]).abs().amax() > 1e-3
+    for layer, ref_layer in zip(cache.layers, ref_cache.layers):
+        assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-6
+        assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-5
+
+
+def test_persistent_layer_table_refuses_mixed_layers():
+    """Layers of different shapes, or a tensor off the 16-element grid, cannot share the persistent kernel."""
+    pytest.importorskip("triton")
+    from effprof.ops.mamba_decode_persistent_triton import KINDS, layer_table
+
+    def tensors(shapes):
+        return {kind: [torch.zeros(shape) for shape in shapes] for kind in KINDS}
+
+    found = layer_table(tensors([(4, 8), (4, 8)]))
+    assert found is not None and found[1].shape == (2, 12) and found[1][0].eq(0).all()
+    assert layer_table(tensors([(4, 8), (4, 9)])) is None
+    odd = tensors([(4, 8), (4, 8)])
+    odd["A_log"][1] = torch.zeros(40)[3:35].view(4, 8)
+    assert layer_table(odd) is None
+
+
 def test_decode_backend_resolution(monkeypatch):
     from effprof.ops.mamba_decode import resolve_decode_backend
 
