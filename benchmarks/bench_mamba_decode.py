@@ -26,6 +26,7 @@ Sections (all in one process, about 70 s on an H200):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -144,15 +145,51 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-split4": {"layer_out_split_k": 4},
             "triton-bk512-split4": {"layer_block_k": 512, "layer_out_split_k": 4},
             "triton-w8": {"layer_num_warps": 8}, "triton-normin": {"layer_norm_in": True},
-            "triton-normin-split4": {"layer_norm_in": True, "layer_out_split_k": 4}}
+            "triton-normin-split4": {"layer_norm_in": True, "layer_out_split_k": 4},
+            # L2 prefetches (mamba_decode_layer_triton.prefetch_l2): l2self = a GEMV program's own rows before its
+            # wait; l2ahead = the state-update kernel prefetches out_proj's weight (or, fused, the next in_proj),
+            # the out_proj kernel the first layer_l2_ahead_bytes of the next in_proj; l2all = both + in_proj's
+            # kernel prefetching out_proj
+            "triton-l2self": {"layer_l2_self": True}, "triton-l2ahead": {"layer_l2_ahead": True},
+            "triton-l2self-ahead": {"layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-l2self-ahead8m": {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_bytes": 8 << 20},
+            "triton-l2self-ahead32m": {"layer_l2_self": True, "layer_l2_ahead": True,
+                                       "layer_l2_ahead_bytes": 32 << 20},
+            "triton-l2all": {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_in": True},
+            "triton-bm4": {"layer_block_m": 4},
+            "triton-bm4-l2": {"layer_block_m": 4, "layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-bm16-l2": {"layer_block_m": 16, "layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-fused": {"layer_fuse_out_max_bytes": BIG},
+            # the persistent whole-step kernel (mamba_decode_persistent_triton.py), batch 1 up to d_model 1024
+            "persistent": {"persistent_max_d_model": 1024},
+            "persistent-nol2": {"persistent_max_d_model": 1024, "persistent_l2": False},
+            "persistent-head0": {"persistent_max_d_model": 1024, "persistent_head_bytes": 0},
+            "persistent-head40m": {"persistent_max_d_model": 1024, "persistent_head_bytes": 40 << 20},
+            "persistent-p66": {"persistent_max_d_model": 1024, "persistent_programs": 66},
+            "persistent-bd32": {"persistent_max_d_model": 1024, "persistent_block_d": 32},
+            "persistent-w4": {"persistent_max_d_model": 1024, "persistent_num_warps": 4}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 2, ("triton", "triton-2kernel")),
                ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
                ("2.8b", 1, ("ref", "triton", "triton-2kernel")), ("2.8b", 8, ("ref", "triton"))]
 # section `layers`: the per-layer kernels' variants (about 1 minute on an H200)
-LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-unfused", "triton-unfused-bn8-bm4",
-                           "triton-bn8", "triton-normin", "triton-2kernel")),
-              ("2.8b", 1, ("triton", "triton-nopdl", "triton-bk256", "triton-split4", "triton-bk512-split4",
-                           "triton-w8", "triton-normin", "triton-normin-split4", "triton-2kernel"))]
+LAYER_ROWS = [("130m", 1, ("triton", "triton-l2self", "triton-l2all", "persistent", "persistent-nol2",
+                           "persistent-head0", "persistent-head40m", "persistent-p66", "persistent-bd32",
+                           "persistent-w4")),
+              ("2.8b", 1, ("triton", "triton-l2self", "triton-l2ahead", "triton-l2self-ahead", "triton-l2self-ahead8m",
+                           "triton-l2self-ahead32m", "triton-l2all", "triton-bm4", "triton-bm4-l2", "triton-bm16-l2",
+                           "triton-fused"))]
+
+
+def parse_rows(text: str) -> list:
+    """`130m:a,b;2.8b:c` -> [("130m", 1, ("a", "b")), ("2.8b", 1, ("c",))] (batch 1)."""
+    rows = []
+    for part in filter(None, text.split(";")):
+        preset, names = part.split(":")
+        unknown = [n for n in names.split(",") if n not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        rows.append((preset, 1, tuple(names.split(","))))
+    return rows
 
 
 def run(component, params, opts, label) -> dict:
@@ -162,6 +199,33 @@ def run(component, params, opts, label) -> dict:
     print(f"{label:<44} {row['latency_ms_median'] or float('nan'):9.4f} ms  {row.get('status')} "
           f"{(row.get('error') or '')[:120]}", flush=True)
     return row
+
+
+@contextlib.contextmanager
+def count_paths():
+    """Counts of host calls of the persistent step and of the per-layer kernels while a row is built, warmed
+    up and captured (which path its graph replays)."""
+    counts = {"persistent": 0, "per_layer": 0}
+    try:
+        from effprof.ops import mamba_decode_layer_triton as layer, mamba_decode_persistent_triton as persistent
+    except ImportError:  # no triton: neither path runs
+        yield counts
+        return
+    real_p, real_l = persistent.step_persistent_triton, layer.layer_decode_triton
+
+    def p(*a, **k):
+        counts["persistent"] += 1
+        return real_p(*a, **k)
+
+    def l(*a, **k):
+        counts["per_layer"] += 1
+        return real_l(*a, **k)
+
+    persistent.step_persistent_triton, layer.layer_decode_triton = p, l
+    try:
+        yield counts
+    finally:
+        persistent.step_persistent_triton, layer.layer_decode_triton = real_p, real_l
 
 
 def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
@@ -186,16 +250,20 @@ def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
                       "scan_backend": "ref" if smoke else "triton", **tiny}
             kernels.DECODE_CONFIG.update(VARIANTS[variant] or {})
             try:
-                row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
+                with count_paths() as paths:
+                    row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
             finally:
                 kernels.DECODE_CONFIG.clear()
                 kernels.DECODE_CONFIG.update(default)
-            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset])
+            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset], paths=paths)
             if bandwidth and row.get("latency_ms_median"):
                 row["weights_floor_ms"] = weights[preset] / bandwidth / 1e6
                 row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
             rows.append(row)
     return rows
+
+
+COBRA_VARIANTS = ("triton", "triton-2kernel")
 
 
 def section_cobra(opts, smoke) -> list[dict]:
@@ -204,7 +272,7 @@ def section_cobra(opts, smoke) -> list[dict]:
 
     rows = []
     default = dict(kernels.DECODE_CONFIG)
-    for variant in ("triton", "triton-2kernel"):
+    for variant in COBRA_VARIANTS:
         kernels.DECODE_CONFIG.update(VARIANTS[variant])
         backend = "ref" if smoke else "triton"  # as in section_decode
         params = {"preset": "tiny" if smoke else "cobra-3b", "mode": "decode", "decode_backend": backend,
@@ -265,13 +333,14 @@ def markdown(doc) -> str:
              f"command: `{doc['meta']['command']}`; torch {doc['meta']['torch']}, triton {doc['meta']['triton']}; "
              f"ceilings: {doc.get('ceilings')}", "",
              "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms "
-             "| x floor |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| x floor | host calls (persistent, per-layer) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in (doc.get("decode") or []) + (doc.get("layers") or []):
         ms, tps = r.get("latency_ms_median"), r.get("throughput_per_s")
         lines.append(f"| {r['param_preset']} {r.get('variant')} | {r['batch']} | "
                      f"{'-' if ms is None else f'{ms:.4f}'} | {'-' if tps is None else f'{tps:,.0f}'} | "
-                     f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} |")
+                     f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} | "
+                     f"{r.get('paths')} |")
     for r in doc.get("cobra") or []:
         lines.append(f"| cobra-3b {r['variant']} | 1 | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} "
                      "| | |")
@@ -307,8 +376,22 @@ def main() -> int:
     parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill",
                         help="comma-separated sections: calibrate, greedy, kernels, decode, layers (the per-layer "
                              "kernels' variants), cobra (Cobra-3B decode), conv, prefill")
+    parser.add_argument("--rows", default=None,
+                        help="the layers section's rows instead of LAYER_ROWS, as 130m:VARIANT,...;2.8b:VARIANT,...")
+    parser.add_argument("--greedy-variants", default=None, help="comma-separated variants for the greedy section")
+    parser.add_argument("--cobra-variants", default=None, help="comma-separated variants for the cobra section")
+    parser.add_argument("--decode-rows", default=None, help="the decode section's rows (same form as --rows)")
     args = parser.parse_args()
     sections = args.only.split(",")
+    global GREEDY_VARIANTS, COBRA_VARIANTS, LAYER_ROWS, DECODE_ROWS
+    if args.rows:
+        LAYER_ROWS = parse_rows(args.rows)
+    if args.decode_rows:
+        DECODE_ROWS = parse_rows(args.decode_rows)
+    if args.greedy_variants:
+        GREEDY_VARIANTS = tuple(args.greedy_variants.split(","))
+    if args.cobra_variants:
+        COBRA_VARIANTS = tuple(args.cobra_variants.split(","))
     if not args.smoke and not torch.cuda.is_available():
         print("bench_mamba_decode.py needs a CUDA device (or --smoke)", file=sys.stderr)
         return 2

@@ -417,6 +417,64 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
         assert rel_err(cache.layers[1].ssm_state, ref_cache.layers[1].ssm_state) < tol
 
 
+@needs_cuda
+@pytest.mark.parametrize("config", [
+    {"persistent_max_d_model": 1024},                                            # grid barrier, L2 prefetch, head
+    {"persistent_max_d_model": 1024, "persistent_l2": False, "persistent_programs": 7, "persistent_num_warps": 4},
+    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_in": True},  # per-layer, out_proj fused
+    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 4}])
+def test_cuda_persistent_step_and_l2_prefetch_match_reference(config):
+    """On the GPU: the persistent whole-step kernel with its real grid barrier, and the per-layer kernels with
+    L2 prefetches, give the op-by-op reference's logits and states (bf16, 3 layers: odd, so the last layer's
+    buffers are the second pair), and a CUDA graph of the step replays to what the eager step gives."""
+    import copy
+
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+    from effprof.ops import mamba_decode_persistent_triton, mamba_decode_triton
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = MambaLM(MambaLMConfig(d_model=768, n_layer=3, vocab_size=512), device=cuda, dtype=torch.bfloat16).eval()
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in config.items():
+            patch.setitem(mamba_decode_triton.DECODE_CONFIG, key, value)
+        real = mamba_decode_persistent_triton.step_persistent_triton
+        patch.setattr(mamba_decode_persistent_triton, "step_persistent_triton",
+                      lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+        ref, out, ref_cache, cache, _ = _lm_steps_per_layer_kernels(model, torch.tensor([[3, 5]], device=cuda), 4)
+        assert len(calls) == (4 if "persistent_max_d_model" in config else 0)
+        assert rel_err(out, ref) < 1e-2
+        for layer, ref_layer in zip(cache.layers, ref_cache.layers):
+            assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-2
+            assert torch.equal(layer.conv_state, ref_layer.conv_state)
+        ids = torch.tensor([[7]], device=cuda)
+        eager_cache = copy.deepcopy(cache)
+        with torch.no_grad():
+            eager = [model.step(ids, eager_cache) for _ in range(2)]
+            saved = copy.deepcopy(cache)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm up off the graph on these very states (caches the table)
+                model.step(ids, cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            for layer, kept in zip(cache.layers, saved.layers):
+                layer.conv_state.copy_(kept.conv_state)
+                layer.ssm_state.copy_(kept.ssm_state)
+            calls.clear()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = model.step(ids, cache)
+            replayed = []
+            for _ in range(2):
+                graph.replay()
+                replayed.append(logits.clone())
+        torch.cuda.synchronize()
+        assert len(calls) == (1 if "persistent_max_d_model" in config else 0)  # the capture took that path too
+        for a, b in zip(replayed, eager):  # float32 atomics add in any order: to about a bf16 rounding
+            assert rel_err(a, b) < 1e-2
+
+
 def test_block_step_is_the_ops_reference_step():
     """MambaBlock.step's op-by-op path (kept in the module for subclasses) equals mamba_decode_step_ref."""
     import copy
