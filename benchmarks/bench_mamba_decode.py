@@ -93,32 +93,44 @@ def section_greedy(device, smoke) -> list[dict]:
     return rows
 
 
+KERNEL_VARIANTS = ("triton",)
+
+
 def section_kernels(device) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
 
+    from effprof.ops import mamba_decode_triton as config
+
     rows = []
+    default = dict(config.DECODE_CONFIG)
     for preset in ("130m", "2.8b"):
         model = MambaLM(MAMBA_PRESETS[preset], "triton", "triton", device=device, dtype=torch.bfloat16).eval()
-        for backend in ("ref", "triton"):
+        for backend, variant in [("ref", "ref")] + [("triton", v) for v in KERNEL_VARIANTS]:
             model.set_backends(decode_backend=backend)
             cache = model.allocate_cache(1)
             ids = torch.randint(0, 50000, (1, 1), device=device)
-            for _ in range(3):
-                model.step(ids, cache)
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                model.step(ids, cache)
+            config.DECODE_CONFIG.update(VARIANTS[variant] or {})
+            try:
+                for _ in range(3):
+                    model.step(ids, cache)
                 torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    model.step(ids, cache)
+                    torch.cuda.synchronize()
+            finally:
+                config.DECODE_CONFIG.clear()
+                config.DECODE_CONFIG.update(default)
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
             by_name: dict = {}
             for e in kernels:
                 entry = by_name.setdefault(e.name[:80], [0, 0.0])
                 entry[0] += 1
                 entry[1] += e.device_time
-            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:8]
-            rows.append({"preset": preset, "decode_backend": backend, "kernels_per_token": len(kernels),
+            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:10]
+            rows.append({"preset": preset, "decode_backend": backend, "variant": variant,
+                         "kernels_per_token": len(kernels),
                          "kernel_time_ms": sum(e.device_time for e in kernels) / 1e3,
                          "top_kernels_us": [(name, count, round(us, 1)) for name, (count, us) in top]})
             print("kernels", json.dumps(rows[-1]), flush=True)
@@ -160,6 +172,10 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-bm4-l2": {"layer_block_m": 4, "layer_l2_self": True, "layer_l2_ahead": True},
             "triton-bm16-l2": {"layer_block_m": 16, "layer_l2_self": True, "layer_l2_ahead": True},
             "triton-fused": {"layer_fuse_out_max_bytes": BIG},
+            # pre = a GEMV loop's first 1 or 2 tiles loaded before the wait on the previous kernel
+            "triton-pre1": {"layer_pre_tiles": 1}, "triton-pre2": {"layer_pre_tiles": 2},
+            "triton-pre2-bm4": {"layer_pre_tiles": 2, "layer_block_m": 4},
+            "triton-pre1-bn8": {"layer_pre_tiles": 1, "layer_block_n": 8},
             # the persistent whole-step kernel (mamba_decode_persistent_triton.py), batch 1 up to d_model 1024
             "persistent": {"persistent_max_d_model": 1024},
             "persistent-nol2": {"persistent_max_d_model": 1024, "persistent_l2": False},
@@ -353,8 +369,8 @@ def markdown(doc) -> str:
     lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:
-        lines.append(f"| {r['preset']} {r['decode_backend']} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
-                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:5])} |")
+        lines.append(f"| {r['preset']} {r.get('variant', r['decode_backend'])} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
+                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:8])} |")
     conv = doc.get("conv")
     if conv:
         lines += ["", f"conv alone {conv['shape']} bf16: ref {conv['ref']['ms']:.4f} ms, triton "
@@ -381,9 +397,12 @@ def main() -> int:
     parser.add_argument("--greedy-variants", default=None, help="comma-separated variants for the greedy section")
     parser.add_argument("--cobra-variants", default=None, help="comma-separated variants for the cobra section")
     parser.add_argument("--decode-rows", default=None, help="the decode section's rows (same form as --rows)")
+    parser.add_argument("--kernel-variants", default=None, help="comma-separated variants for the kernels section")
     args = parser.parse_args()
     sections = args.only.split(",")
-    global GREEDY_VARIANTS, COBRA_VARIANTS, LAYER_ROWS, DECODE_ROWS
+    global GREEDY_VARIANTS, COBRA_VARIANTS, LAYER_ROWS, DECODE_ROWS, KERNEL_VARIANTS
+    if args.kernel_variants:
+        KERNEL_VARIANTS = tuple(args.kernel_variants.split(","))
     if args.rows:
         LAYER_ROWS = parse_rows(args.rows)
     if args.decode_rows:
@@ -416,11 +435,11 @@ def main() -> int:
         doc["wall_s"] = time.perf_counter() - t0
         (out / "bench_mamba_decode.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
-    steps = [("greedy", lambda: section_greedy(device, args.smoke)),
-             ("kernels", lambda: None if args.smoke else section_kernels(device)),
-             ("decode", lambda: section_decode(opts, args.smoke, bandwidth)),
-             ("layers", lambda: section_decode(opts, args.smoke, bandwidth, LAYER_ROWS)),
+    steps = [("decode", lambda: section_decode(opts, args.smoke, bandwidth)),  # timings first (a time limit
+             ("layers", lambda: section_decode(opts, args.smoke, bandwidth, LAYER_ROWS)),  # cuts the end)
              ("cobra", lambda: section_cobra(opts, args.smoke)),
+             ("greedy", lambda: section_greedy(device, args.smoke)),
+             ("kernels", lambda: None if args.smoke else section_kernels(device)),
              ("conv", lambda: section_conv(device, torch.float32 if args.smoke else torch.bfloat16, opts, args.smoke)),
              ("prefill_2.8b", lambda: section_prefill_28b(opts, args.smoke))]
     with torch.inference_mode():

@@ -282,13 +282,16 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in", [
-    (True, False, 2, 1, True), (True, True, 1, 1, False), (False, True, 1, 2, True), (False, False, 2, 1, False)])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in):
+@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in, pre_tiles", [
+    (True, False, 2, 1, True, 1), (True, True, 1, 1, False, 0), (False, True, 1, 2, True, 0),
+    (False, False, 2, 1, False, 0), (False, False, 1, 2, True, 2)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in,
+                                                           pre_tiles):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
     its own GEMV, the residual add + next norm by the last program or by every program of the next layer's
     first kernel (norm_in); weights loaded in loops of 16 columns or
-    as one tile, at batch 1 the conv state with them; out_proj split in two): logits and both states equal the
+    as one tile, at batch 1 the conv state with them; a loop's first 1 or 2 tiles loaded before the wait
+    (pre_tiles); out_proj split in two): logits and both states equal the
     op-by-op reference to
     float32 rounding over 4 greedy steps, at d_inner 42 (a block of in_proj rows straddles x and z), d_state 1,
     with and without conv bias."""
@@ -302,6 +305,7 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_out_split_k", split_k)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_norm_in", norm_in)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_pre_tiles", pre_tiles)
     real = mamba_decode_layer_triton.layer_decode_triton   # loops of 16 columns where not one tile
     monkeypatch.setattr(mamba_decode_layer_triton, "layer_decode_triton", lambda *a, **k: real(*a, **k, loop_tile=0))
     torch.manual_seed(1)
@@ -422,7 +426,8 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
     {"persistent_max_d_model": 1024},                                            # grid barrier, L2 prefetch, head
     {"persistent_max_d_model": 1024, "persistent_l2": False, "persistent_programs": 7, "persistent_num_warps": 4},
     {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_in": True},  # per-layer, out_proj fused
-    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 4}])
+    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 4},
+    {"layer_pre_tiles": 2, "layer_fuse_out_max_bytes": 0}])                     # first tiles before the wait
 def test_cuda_persistent_step_and_l2_prefetch_match_reference(config):
     """On the GPU: the persistent whole-step kernel with its real grid barrier, and the per-layer kernels with
     L2 prefetches, give the op-by-op reference's logits and states (bf16, 3 layers: odd, so the last layer's
@@ -445,9 +450,9 @@ def test_cuda_persistent_step_and_l2_prefetch_match_reference(config):
         ref, out, ref_cache, cache, _ = _lm_steps_per_layer_kernels(model, torch.tensor([[3, 5]], device=cuda), 4)
         assert len(calls) == (4 if "persistent_max_d_model" in config else 0)
         assert rel_err(out, ref) < 1e-2
-        for layer, ref_layer in zip(cache.layers, ref_cache.layers):
+        for layer, ref_layer in zip(cache.layers, ref_cache.layers):  # in_proj's bf16 output may differ by an ulp
             assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-2
-            assert torch.equal(layer.conv_state, ref_layer.conv_state)
+            assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-2
         ids = torch.tensor([[7]], device=cuda)
         eager_cache = copy.deepcopy(cache)
         with torch.no_grad():

@@ -248,7 +248,8 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         split_k=DECODE_CONFIG["layer_out_split_k"], num_warps=DECODE_CONFIG["layer_num_warps"],
                         num_stages=DECODE_CONFIG["layer_num_stages"], l2_self=DECODE_CONFIG["layer_l2_self"],
                         l2_ahead=DECODE_CONFIG["layer_l2_ahead"], l2_ahead_in=DECODE_CONFIG["layer_l2_ahead_in"],
-                        next_in_proj_weight=next_in_proj_weight, l2_ahead_bytes=DECODE_CONFIG["layer_l2_ahead_bytes"])
+                        next_in_proj_weight=next_in_proj_weight, l2_ahead_bytes=DECODE_CONFIG["layer_l2_ahead_bytes"],
+                        pre_tiles=DECODE_CONFIG["layer_pre_tiles"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

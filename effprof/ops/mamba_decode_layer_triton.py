@@ -137,6 +137,16 @@ def _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_
 
 
 @triton.jit
+def _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN: tl.constexpr):
+    """in_proj's input at columns k: `normed`, or (NORM_IN) `_layer_input` of the previous layer's output."""
+    if NORM_IN:
+        xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN)
+    else:
+        xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+    return xn
+
+
+@triton.jit
 def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
                      acc_in_ptr, res_in_ptr, res_out_ptr, nw_ptr, xacc_zero_ptr, pf_ptr, pf_count,
                      batch, d_model, d_inner, O, eps,
@@ -145,8 +155,10 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
                      HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
                      PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr, NORM_IN: tl.constexpr,
                      L2_SELF: tl.constexpr = False, L2_AHEAD: tl.constexpr = False, EPL_W: tl.constexpr = 64,
-                     EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256):
-    """L2_SELF: the program's in_proj rows are prefetched into L2 before the wait; L2_AHEAD: its share of
+                     EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0):
+    """PRE_TILES (where the rows' weight is a loop, not one tile): the loop's first 1 or 2 tiles are loaded
+    before the wait, so that the DRAM streams this layer's weight while the previous kernel ends.
+    L2_SELF: the program's in_proj rows are prefetched into L2 before the wait; L2_AHEAD: its share of
     pf_count elements of pf_ptr (a weight a later kernel reads). NORM_IN: the input is the previous layer's output (acc_in, float32 sum) and residual (res_in), not
     `normed`: every program adds and normalises them itself (program 0 also writes residual' to res_out and
     zeroes the other x_proj accumulator, xacc_zero, for the next layer)."""
@@ -166,6 +178,14 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
         state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
         cols, conv_acc, w_last = conv_state_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
                                                  stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS)
+    if not PREFETCH and PRE_TILES >= 1:
+        k_pre0 = tl.arange(0, BLOCK_K)
+        w_pre0 = tl.load(w_ptr + n[:, None] * stride_wn + k_pre0[None, :],
+                         mask=mask_n[:, None] & (k_pre0 < d_model)[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 2:
+        k_pre1 = BLOCK_K + tl.arange(0, BLOCK_K)
+        w_pre1 = tl.load(w_ptr + n[:, None] * stride_wn + k_pre1[None, :],
+                         mask=mask_n[:, None] & (k_pre1 < d_model)[None, :], other=0.0)
     row0 = pid * BLOCK_N
     prefetch_l2(w_ptr, row0.to(tl.int64) * stride_wn, tl.minimum(BLOCK_N, 2 * d_inner - row0) * stride_wn, EPL_W,
                 LINES, L2_SELF and not PREFETCH)
@@ -177,6 +197,7 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
             for b in range(batch):
                 tl.store(xacc_zero_ptr + b * O + o0, tl.zeros([O_PAD], dtype=tl.float32), mask=o0 < O)
     for b in range(batch):
+        inv = 0.0
         if NORM_IN:  # inv = 1 / rms of the residual' rounded to the model dtype (pass 1 over the row)
             ss = tl.zeros([BLOCK_K], dtype=tl.float32)
             for k0 in range(0, d_model, BLOCK_K):
@@ -197,14 +218,17 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
             v = tl.sum(w_all.to(tl.float32) * xn[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-            for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
+            if PRE_TILES >= 1:  # the tiles loaded before the wait, added in the loop's order
+                acc += w_pre0.to(tl.float32) * _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b,
+                                                           k_pre0, k_pre0 < d_model, d_model, inv, NORM_IN)[None, :]
+            if PRE_TILES >= 2:
+                acc += w_pre1.to(tl.float32) * _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b,
+                                                           k_pre1, k_pre1 < d_model, d_model, inv, NORM_IN)[None, :]
+            for k0 in tl.range(PRE_TILES * BLOCK_K, d_model, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = k < d_model
-                if NORM_IN:
-                    xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv,
-                                      NORM_IN)
-                else:
-                    xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+                xn = _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv,
+                                 NORM_IN)
                 w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
                             other=0.0).to(tl.float32)
                 acc += w * xn[None, :]
@@ -308,11 +332,11 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
                       BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
                       PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, NORM_IN: tl.constexpr,
                       L2_SELF: tl.constexpr = False, L2_AHEAD: tl.constexpr = False, EPL_W: tl.constexpr = 64,
-                      EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256):
+                      EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0):
     """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
     with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program).
     L2_SELF (SPLIT_K 1): the program's rows are prefetched into L2 before the wait; L2_AHEAD: its share of
-    pf_count elements of pf_ptr (the next layer's in_proj)."""
+    pf_count elements of pf_ptr (the next layer's in_proj). PRE_TILES: as in `_layer_in_kernel`."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
     k_start = tl.program_id(1) * k_per
@@ -322,6 +346,14 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
         mask_k_all = k_all < k_end
         w_all = tl.load(wout_ptr + m[:, None] * stride_wo + k_all[None, :],
                         mask=mask_m[:, None] & mask_k_all[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 1:
+        k_pre0 = k_start + tl.arange(0, BLOCK_K)
+        w_pre0 = tl.load(wout_ptr + m[:, None] * stride_wo + k_pre0[None, :],
+                         mask=mask_m[:, None] & (k_pre0 < k_end)[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 2:
+        k_pre1 = k_start + BLOCK_K + tl.arange(0, BLOCK_K)
+        w_pre1 = tl.load(wout_ptr + m[:, None] * stride_wo + k_pre1[None, :],
+                         mask=mask_m[:, None] & (k_pre1 < k_end)[None, :], other=0.0)
     row0 = tl.program_id(0) * BLOCK_M
     prefetch_l2(wout_ptr, row0.to(tl.int64) * stride_wo, tl.minimum(BLOCK_M, d_model - row0) * stride_wo, EPL_W,
                 LINES, L2_SELF and SPLIT_K == 1 and not PREFETCH)
@@ -333,7 +365,13 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
             out = tl.sum(w_all.to(tl.float32) * y[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if PRE_TILES >= 1:  # the tiles loaded before the wait, added in the loop's order
+                acc += w_pre0.to(tl.float32) * tl.load(xz_ptr + b * 2 * d_inner + k_pre0, mask=k_pre0 < k_end,
+                                                       other=0.0).to(tl.float32)[None, :]
+            if PRE_TILES >= 2:
+                acc += w_pre1.to(tl.float32) * tl.load(xz_ptr + b * 2 * d_inner + k_pre1, mask=k_pre1 < k_end,
+                                                       other=0.0).to(tl.float32)[None, :]
+            for k0 in tl.range(k_start + PRE_TILES * BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = k < k_end
                 y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
@@ -425,7 +463,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
                         pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4, norm_in=False,
                         norm_weight=None, parity=0, last=False, l2_self=False, l2_ahead=False, l2_ahead_in=False,
-                        next_in_proj_weight=None, l2_ahead_bytes=1 << 62):
+                        next_in_proj_weight=None, l2_ahead_bytes=1 << 62, pre_tiles=0):
     """One layer (module docstring), updating both states in place. Default: reads work.normed, leaves
     work.residual[0] and work.normed (the next norm's output) for the next layer. norm_in: reads the previous
     output work.acc[parity] and work.residual[parity], applies `norm_weight` itself, leaves the output in
@@ -436,7 +474,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     wait on the previous one: l2_self, a GEMV program's own weight rows (where they are not one register tile);
     l2_ahead, the weight of the kernel after next: the state-update kernel prefetches out_proj's weight (or,
     with out_proj fused, `next_in_proj_weight`), the out_proj kernel the first `l2_ahead_bytes` of
-    `next_in_proj_weight`; l2_ahead_in, the in_proj kernel prefetches this layer's out_proj weight."""
+    `next_in_proj_weight`; l2_ahead_in, the in_proj kernel prefetches this layer's out_proj weight.
+    pre_tiles (0-2): a GEMV whose rows' weight is a loop loads its first tiles before that wait."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
     batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
@@ -471,7 +510,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
         PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, NORM_IN=norm_in,
-        **l2_in, **pdl_options)
+        **l2_in, PRE_TILES=pre_tiles, **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
@@ -499,7 +538,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
             NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=_epl(out_proj_weight),
-            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), **pdl_options)
+            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, **pdl_options)
     if norm_in and last:
         _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,
                                      BLOCK_MODEL=block_model, num_warps=4, **pdl_options)
