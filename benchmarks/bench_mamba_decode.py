@@ -2,7 +2,8 @@
 """Mamba's decode and conv paths on one CUDA device: the fused Triton decode step against the step-by-step
 reference, and the Triton causal conv against PyTorch's.
 
-Sections (all in one process, about 70 s on an H200):
+Sections (all in one process, about 70 s on an H200; the timing sections run first, so that a time limit cuts
+the checks at the end):
   calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
   greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
              `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused, with
@@ -13,8 +14,10 @@ Sections (all in one process, about 70 s on an H200):
              8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
              before the fused step) and the triton one; tokens/s =
              batch / latency; the bytes of weights read once per step over the copy bandwidth (the floor);
-  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`; about 1 minute);
-  cobra      Cobra-3B decode (context 1,024, graphs) with the per-layer kernels and with the two-kernel step;
+  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`, or --rows; about 3 s a
+             row), each row with the host calls of the persistent step and of the per-layer kernels (which path
+             its graph replays);
+  cobra      Cobra-3B decode (context 1,024, graphs) with COBRA_VARIANTS (the defaults and those before);
   conv       the causal conv alone at Mamba-130m's 16k prefill (1 × 1536 × 16384 bf16, the block's strided
              view), ref vs triton, and Mamba-130m prefill at 16k (graphs) with each: the conv's share;
   prefill    Mamba-2.8b prefill at 2k tokens (batch 1, bf16, graphs) with the ref and triton convs: share
@@ -22,6 +25,9 @@ Sections (all in one process, about 70 s on an H200):
 
     python3 benchmarks/bench_mamba_decode.py --out DIR      # JSON + markdown table under DIR
     python3 benchmarks/bench_mamba_decode.py --smoke --out DIR   # CPU, tiny shapes (TRITON_INTERPRET=1)
+    python3 benchmarks/bench_mamba_decode.py --only calibrate,layers,cobra,greedy,kernels \
+        --rows "130m:triton,triton-old,persistent;2.8b:triton,triton-old" --cobra-variants triton,triton-old \
+        --greedy-variants triton,persistent --kernel-variants triton,triton-old   # one GPU call's comparison
 """
 from __future__ import annotations
 
@@ -172,7 +178,9 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-bm4-l2": {"layer_block_m": 4, "layer_l2_self": True, "layer_l2_ahead": True},
             "triton-bm16-l2": {"layer_block_m": 16, "layer_l2_self": True, "layer_l2_ahead": True},
             "triton-fused": {"layer_fuse_out_max_bytes": BIG},
-            # pre = a GEMV loop's first 1 or 2 tiles loaded before the wait on the previous kernel
+            # pre = a GEMV loop's first 1 or 2 tiles loaded before the wait on the previous kernel (the default
+            # is 1 since 2026-12-07; "triton-old" = the defaults before, no tile before the wait)
+            "triton-old": {"layer_pre_tiles": 0},
             "triton-pre1": {"layer_pre_tiles": 1}, "triton-pre2": {"layer_pre_tiles": 2},
             "triton-pre2-bm4": {"layer_pre_tiles": 2, "layer_block_m": 4},
             "triton-pre1-bn8": {"layer_pre_tiles": 1, "layer_block_n": 8},
@@ -188,12 +196,10 @@ DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 2, ("t
                ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
                ("2.8b", 1, ("ref", "triton", "triton-2kernel")), ("2.8b", 8, ("ref", "triton"))]
 # section `layers`: the per-layer kernels' variants (about 1 minute on an H200)
-LAYER_ROWS = [("130m", 1, ("triton", "triton-l2self", "triton-l2all", "persistent", "persistent-nol2",
-                           "persistent-head0", "persistent-head40m", "persistent-p66", "persistent-bd32",
-                           "persistent-w4")),
-              ("2.8b", 1, ("triton", "triton-l2self", "triton-l2ahead", "triton-l2self-ahead", "triton-l2self-ahead8m",
-                           "triton-l2self-ahead32m", "triton-l2all", "triton-bm4", "triton-bm4-l2", "triton-bm16-l2",
-                           "triton-fused"))]
+LAYER_ROWS = [("130m", 1, ("triton", "triton-old", "triton-pre2", "triton-l2all", "persistent", "persistent-nol2",
+                           "persistent-p66", "persistent-bd32")),
+              ("2.8b", 1, ("triton", "triton-old", "triton-pre2", "triton-pre2-bm4", "triton-pre1-bn8", "triton-l2self",
+                           "triton-l2ahead", "triton-l2self-ahead", "triton-l2all", "triton-fused"))]
 
 
 def parse_rows(text: str) -> list:
@@ -279,11 +285,11 @@ def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
     return rows
 
 
-COBRA_VARIANTS = ("triton", "triton-2kernel")
+COBRA_VARIANTS = ("triton", "triton-old")
 
 
 def section_cobra(opts, smoke) -> list[dict]:
-    """Cobra-3B decode (context 1,024, graphs) with the default fused step and with the two-kernel one."""
+    """Cobra-3B decode (context 1,024, graphs) with COBRA_VARIANTS (the defaults and those before)."""
     from effprof.ops import mamba_decode_triton as kernels
 
     rows = []
