@@ -26,8 +26,10 @@ itself, with two buffers of acc, xacc and the residual alternating by layer, eac
 after its last reader and before its next writer; a last small kernel applies norm_f.
 
 Weights (and this layer's states, which no kernel of the step before wrote) are loaded at a kernel's start,
-before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, so that they stream in
-while the previous kernel finishes; every program waits before reading what the previous kernel wrote.
+before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, else the loop's first
+`pre_tiles` tiles, so that they stream in while the previous kernel finishes; every program waits before
+reading what the previous kernel wrote. Optional L2 prefetches (`prefetch_l2`, measured slower on an H100 and
+off by default) ask L2 for a program's own rows or a later kernel's weight instead.
 """
 from __future__ import annotations
 
