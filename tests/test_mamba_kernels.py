@@ -231,6 +231,13 @@ def test_triton_fused_step_counts_the_reference_flops():
             model.step(ids, cache)
         counts[f"lm_{backend}"] = counter.get_total_flops()
     assert counts["lm_ref"] == counts["lm_triton"] > 0
+    from effprof.ops import mamba_decode_triton  # and all layers in the persistent kernel's op
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), FlopCounterMode(display=False) as counter:
+        patch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_max_d_model", 64)
+        model.step(ids, model.allocate_cache(1))
+    assert counter.get_total_flops() == counts["lm_ref"]
+    assert "mamba_lm_decode_persistent" in str(counter.get_flop_counts())
 
 
 @needs_triton

@@ -235,7 +235,8 @@ def layer_table(tensors: dict) -> tuple | None:
     table is cached by the tensors' addresses; None too during CUDA graph capture before it is cached
     (a host-to-device copy cannot be captured)."""
     firsts = {kind: tensors[kind][0] for kind in KINDS}
-    key = tuple(t.data_ptr() for kind in KINDS for t in tensors[kind]) + (str(firsts["in_proj_weight"].device),)
+    key = tuple(t.data_ptr() for kind in KINDS for t in tensors[kind]) + tuple(str(firsts[kind].dtype) for kind in
+                                                                               KINDS) + (str(firsts[KINDS[0]].device),)
     if key in _TABLES:
         return firsts, _TABLES[key]
     device = firsts["in_proj_weight"].device
