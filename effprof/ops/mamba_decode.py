@@ -208,7 +208,9 @@ def norm_in_proj(hidden, residual, norm_weight, eps, in_proj_weight, backend="re
 
 # ---------------------------------------------------------------------------------------------------
 # A whole LM step at small batch: a prologue kernel, then two or three kernels per layer
-# (mamba_decode_layer_triton.py); the reference is the block-by-block step above.
+# (mamba_decode_layer_triton.py), or (batch 1, small width, `use_persistent_decode`; off by default: slower on
+# an H100) one persistent kernel for all layers (mamba_decode_persistent_triton.py); the reference is the
+# block-by-block step above.
 # ---------------------------------------------------------------------------------------------------
 _WORK = ("normed", "residual", "xz", "acc", "xacc", "count")
 
