@@ -375,7 +375,8 @@ def markdown(doc) -> str:
     lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:
-        lines.append(f"| {r['preset']} {r.get('variant', r['decode_backend'])} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
+        lines.append(f"| {r['preset']} {r.get('variant', r['decode_backend'])} | {r['kernels_per_token']} | "
+                     f"{r['kernel_time_ms']:.4f} | "
                      f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:8])} |")
     conv = doc.get("conv")
     if conv:

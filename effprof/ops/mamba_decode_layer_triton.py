@@ -161,7 +161,8 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
     """PRE_TILES (where the rows' weight is a loop, not one tile): the loop's first 1 or 2 tiles are loaded
     before the wait, so that the DRAM streams this layer's weight while the previous kernel ends.
     L2_SELF: the program's in_proj rows are prefetched into L2 before the wait; L2_AHEAD: its share of
-    pf_count elements of pf_ptr (a weight a later kernel reads). NORM_IN: the input is the previous layer's output (acc_in, float32 sum) and residual (res_in), not
+    pf_count elements of pf_ptr (a weight a later kernel reads). NORM_IN: the input is the previous layer's
+    output (acc_in, float32 sum) and residual (res_in), not
     `normed`: every program adds and normalises them itself (program 0 also writes residual' to res_out and
     zeroes the other x_proj accumulator, xacc_zero, for the next layer)."""
     pid = tl.program_id(0)
@@ -506,7 +507,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc[p],
         work.acc[p], work.residual[p], work.residual[q], norm_weight if norm_in else next_norm_weight, work.xacc[q],
-        out_proj_weight, out_proj_weight.numel() if l2_in["L2_AHEAD"] else 0, batch, d_model, d_inner, O, eps, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
+        out_proj_weight, out_proj_weight.numel() if l2_in["L2_AHEAD"] else 0, batch, d_model, d_inner, O, eps,
+        in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
