@@ -2,7 +2,8 @@
 """Mamba's decode and conv paths on one CUDA device: the fused Triton decode step against the step-by-step
 reference, and the Triton causal conv against PyTorch's.
 
-Sections (all in one process, about 70 s on an H200):
+Sections (all in one process, about 70 s on an H200; the timing sections run first, so that a time limit cuts
+the checks at the end):
   calibrate  effprof's measured bf16 matmul and copy ceilings (the denominators of the shares below);
   greedy     Mamba-130m (random weights, batch 1): 64 greedy tokens after a 16-token prompt with
              `--decode-backend ref` (conv and scan ref: the definition, op by op) and `triton` (fused, with
@@ -13,8 +14,10 @@ Sections (all in one process, about 70 s on an H200):
              8, 64 and Mamba-2.8b at batch 1, 8, with the ref decode step (conv ref, state update triton: the path
              before the fused step) and the triton one; tokens/s =
              batch / latency; the bytes of weights read once per step over the copy bandwidth (the floor);
-  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`; about 1 minute);
-  cobra      Cobra-3B decode (context 1,024, graphs) with the per-layer kernels and with the two-kernel step;
+  layers     the per-layer kernels' variants only (DECODE_CONFIG knobs, `LAYER_ROWS`, or --rows; about 3 s a
+             row), each row with the host calls of the persistent step and of the per-layer kernels (which path
+             its graph replays);
+  cobra      Cobra-3B decode (context 1,024, graphs) with COBRA_VARIANTS (the defaults and those before);
   conv       the causal conv alone at Mamba-130m's 16k prefill (1 × 1536 × 16384 bf16, the block's strided
              view), ref vs triton, and Mamba-130m prefill at 16k (graphs) with each: the conv's share;
   prefill    Mamba-2.8b prefill at 2k tokens (batch 1, bf16, graphs) with the ref and triton convs: share
@@ -22,10 +25,14 @@ Sections (all in one process, about 70 s on an H200):
 
     python3 benchmarks/bench_mamba_decode.py --out DIR      # JSON + markdown table under DIR
     python3 benchmarks/bench_mamba_decode.py --smoke --out DIR   # CPU, tiny shapes (TRITON_INTERPRET=1)
+    python3 benchmarks/bench_mamba_decode.py --only calibrate,layers,cobra,greedy,kernels \
+        --rows "130m:triton,triton-old,persistent;2.8b:triton,triton-old" --cobra-variants triton,triton-old \
+        --greedy-variants triton,persistent --kernel-variants triton,triton-old   # one GPU call's comparison
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -92,32 +99,44 @@ def section_greedy(device, smoke) -> list[dict]:
     return rows
 
 
+KERNEL_VARIANTS = ("triton",)
+
+
 def section_kernels(device) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     from effprof.modules.mamba import MAMBA_PRESETS, MambaLM
 
+    from effprof.ops import mamba_decode_triton as config
+
     rows = []
+    default = dict(config.DECODE_CONFIG)
     for preset in ("130m", "2.8b"):
         model = MambaLM(MAMBA_PRESETS[preset], "triton", "triton", device=device, dtype=torch.bfloat16).eval()
-        for backend in ("ref", "triton"):
+        for backend, variant in [("ref", "ref")] + [("triton", v) for v in KERNEL_VARIANTS]:
             model.set_backends(decode_backend=backend)
             cache = model.allocate_cache(1)
             ids = torch.randint(0, 50000, (1, 1), device=device)
-            for _ in range(3):
-                model.step(ids, cache)
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                model.step(ids, cache)
+            config.DECODE_CONFIG.update(VARIANTS[variant] or {})
+            try:
+                for _ in range(3):
+                    model.step(ids, cache)
                 torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    model.step(ids, cache)
+                    torch.cuda.synchronize()
+            finally:
+                config.DECODE_CONFIG.clear()
+                config.DECODE_CONFIG.update(default)
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
             by_name: dict = {}
             for e in kernels:
                 entry = by_name.setdefault(e.name[:80], [0, 0.0])
                 entry[0] += 1
                 entry[1] += e.device_time
-            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:8]
-            rows.append({"preset": preset, "decode_backend": backend, "kernels_per_token": len(kernels),
+            top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:10]
+            rows.append({"preset": preset, "decode_backend": backend, "variant": variant,
+                         "kernels_per_token": len(kernels),
                          "kernel_time_ms": sum(e.device_time for e in kernels) / 1e3,
                          "top_kernels_us": [(name, count, round(us, 1)) for name, (count, us) in top]})
             print("kernels", json.dumps(rows[-1]), flush=True)
@@ -144,15 +163,55 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-split4": {"layer_out_split_k": 4},
             "triton-bk512-split4": {"layer_block_k": 512, "layer_out_split_k": 4},
             "triton-w8": {"layer_num_warps": 8}, "triton-normin": {"layer_norm_in": True},
-            "triton-normin-split4": {"layer_norm_in": True, "layer_out_split_k": 4}}
+            "triton-normin-split4": {"layer_norm_in": True, "layer_out_split_k": 4},
+            # L2 prefetches (mamba_decode_layer_triton.prefetch_l2): l2self = a GEMV program's own rows before its
+            # wait; l2ahead = the state-update kernel prefetches out_proj's weight (or, fused, the next in_proj),
+            # the out_proj kernel the first layer_l2_ahead_bytes of the next in_proj; l2all = both + in_proj's
+            # kernel prefetching out_proj
+            "triton-l2self": {"layer_l2_self": True}, "triton-l2ahead": {"layer_l2_ahead": True},
+            "triton-l2self-ahead": {"layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-l2self-ahead8m": {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_bytes": 8 << 20},
+            "triton-l2self-ahead32m": {"layer_l2_self": True, "layer_l2_ahead": True,
+                                       "layer_l2_ahead_bytes": 32 << 20},
+            "triton-l2all": {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_in": True},
+            "triton-bm4": {"layer_block_m": 4},
+            "triton-bm4-l2": {"layer_block_m": 4, "layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-bm16-l2": {"layer_block_m": 16, "layer_l2_self": True, "layer_l2_ahead": True},
+            "triton-fused": {"layer_fuse_out_max_bytes": BIG},
+            # pre = a GEMV loop's first 1 or 2 tiles loaded before the wait on the previous kernel (the default
+            # is 1 since 2026-12-07; "triton-old" = the defaults before, no tile before the wait)
+            "triton-old": {"layer_pre_tiles": 0},
+            "triton-pre1": {"layer_pre_tiles": 1}, "triton-pre2": {"layer_pre_tiles": 2},
+            "triton-pre2-bm4": {"layer_pre_tiles": 2, "layer_block_m": 4},
+            "triton-pre1-bn8": {"layer_pre_tiles": 1, "layer_block_n": 8},
+            # the persistent whole-step kernel (mamba_decode_persistent_triton.py), batch 1 up to d_model 1024
+            "persistent": {"persistent_max_d_model": 1024},
+            "persistent-nol2": {"persistent_max_d_model": 1024, "persistent_l2": False},
+            "persistent-head0": {"persistent_max_d_model": 1024, "persistent_head_bytes": 0},
+            "persistent-head40m": {"persistent_max_d_model": 1024, "persistent_head_bytes": 40 << 20},
+            "persistent-p66": {"persistent_max_d_model": 1024, "persistent_programs": 66},
+            "persistent-bd32": {"persistent_max_d_model": 1024, "persistent_block_d": 32},
+            "persistent-w4": {"persistent_max_d_model": 1024, "persistent_num_warps": 4}}
 DECODE_ROWS = [("130m", 1, ("ref", "triton", "triton-2kernel")), ("130m", 2, ("triton", "triton-2kernel")),
                ("130m", 8, ("ref", "triton")), ("130m", 64, ("ref", "triton")),
                ("2.8b", 1, ("ref", "triton", "triton-2kernel")), ("2.8b", 8, ("ref", "triton"))]
 # section `layers`: the per-layer kernels' variants (about 1 minute on an H200)
-LAYER_ROWS = [("130m", 1, ("triton", "triton-nopdl", "triton-noprefetch", "triton-unfused", "triton-unfused-bn8-bm4",
-                           "triton-bn8", "triton-normin", "triton-2kernel")),
-              ("2.8b", 1, ("triton", "triton-nopdl", "triton-bk256", "triton-split4", "triton-bk512-split4",
-                           "triton-w8", "triton-normin", "triton-normin-split4", "triton-2kernel"))]
+LAYER_ROWS = [("130m", 1, ("triton", "triton-old", "triton-pre2", "triton-l2all", "persistent", "persistent-nol2",
+                           "persistent-p66", "persistent-bd32")),
+              ("2.8b", 1, ("triton", "triton-old", "triton-pre2", "triton-pre2-bm4", "triton-pre1-bn8", "triton-l2self",
+                           "triton-l2ahead", "triton-l2self-ahead", "triton-l2all", "triton-fused"))]
+
+
+def parse_rows(text: str) -> list:
+    """`130m:a,b;2.8b:c` -> [("130m", 1, ("a", "b")), ("2.8b", 1, ("c",))] (batch 1)."""
+    rows = []
+    for part in filter(None, text.split(";")):
+        preset, names = part.split(":")
+        unknown = [n for n in names.split(",") if n not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        rows.append((preset, 1, tuple(names.split(","))))
+    return rows
 
 
 def run(component, params, opts, label) -> dict:
@@ -162,6 +221,33 @@ def run(component, params, opts, label) -> dict:
     print(f"{label:<44} {row['latency_ms_median'] or float('nan'):9.4f} ms  {row.get('status')} "
           f"{(row.get('error') or '')[:120]}", flush=True)
     return row
+
+
+@contextlib.contextmanager
+def count_paths():
+    """Counts of host calls of the persistent step and of the per-layer kernels while a row is built, warmed
+    up and captured (which path its graph replays)."""
+    counts = {"persistent": 0, "per_layer": 0}
+    try:
+        from effprof.ops import mamba_decode_layer_triton as layer, mamba_decode_persistent_triton as persistent
+    except ImportError:  # no triton: neither path runs
+        yield counts
+        return
+    real_p, real_l = persistent.step_persistent_triton, layer.layer_decode_triton
+
+    def p(*a, **k):
+        counts["persistent"] += 1
+        return real_p(*a, **k)
+
+    def l(*a, **k):
+        counts["per_layer"] += 1
+        return real_l(*a, **k)
+
+    persistent.step_persistent_triton, layer.layer_decode_triton = p, l
+    try:
+        yield counts
+    finally:
+        persistent.step_persistent_triton, layer.layer_decode_triton = real_p, real_l
 
 
 def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
@@ -186,11 +272,12 @@ def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
                       "scan_backend": "ref" if smoke else "triton", **tiny}
             kernels.DECODE_CONFIG.update(VARIANTS[variant] or {})
             try:
-                row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
+                with count_paths() as paths:
+                    row = run("mamba-lm", params, replace(opts, batch=batch), f"decode {preset} b{batch} {variant}")
             finally:
                 kernels.DECODE_CONFIG.clear()
                 kernels.DECODE_CONFIG.update(default)
-            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset])
+            row.update(variant=variant, config=VARIANTS[variant], weights_bytes=weights[preset], paths=paths)
             if bandwidth and row.get("latency_ms_median"):
                 row["weights_floor_ms"] = weights[preset] / bandwidth / 1e6
                 row["x_floor"] = row["latency_ms_median"] / row["weights_floor_ms"]
@@ -198,13 +285,16 @@ def section_decode(opts, smoke, bandwidth, row_groups=None) -> list[dict]:
     return rows
 
 
+COBRA_VARIANTS = ("triton", "triton-old")
+
+
 def section_cobra(opts, smoke) -> list[dict]:
-    """Cobra-3B decode (context 1,024, graphs) with the default fused step and with the two-kernel one."""
+    """Cobra-3B decode (context 1,024, graphs) with COBRA_VARIANTS (the defaults and those before)."""
     from effprof.ops import mamba_decode_triton as kernels
 
     rows = []
     default = dict(kernels.DECODE_CONFIG)
-    for variant in ("triton", "triton-2kernel"):
+    for variant in COBRA_VARIANTS:
         kernels.DECODE_CONFIG.update(VARIANTS[variant])
         backend = "ref" if smoke else "triton"  # as in section_decode
         params = {"preset": "tiny" if smoke else "cobra-3b", "mode": "decode", "decode_backend": backend,
@@ -265,13 +355,14 @@ def markdown(doc) -> str:
              f"command: `{doc['meta']['command']}`; torch {doc['meta']['torch']}, triton {doc['meta']['triton']}; "
              f"ceilings: {doc.get('ceilings')}", "",
              "| decode (graphs, head on, context 1,024) | batch | ms/token | tokens/s | weights read once: floor ms "
-             "| x floor |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| x floor | host calls (persistent, per-layer) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in (doc.get("decode") or []) + (doc.get("layers") or []):
         ms, tps = r.get("latency_ms_median"), r.get("throughput_per_s")
         lines.append(f"| {r['param_preset']} {r.get('variant')} | {r['batch']} | "
                      f"{'-' if ms is None else f'{ms:.4f}'} | {'-' if tps is None else f'{tps:,.0f}'} | "
-                     f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} |")
+                     f"{r.get('weights_floor_ms', float('nan')):.4f} | {r.get('x_floor', float('nan')):.2f} | "
+                     f"{r.get('paths')} |")
     for r in doc.get("cobra") or []:
         lines.append(f"| cobra-3b {r['variant']} | 1 | {r.get('latency_ms_median')} | {r.get('throughput_per_s')} "
                      "| | |")
@@ -284,8 +375,9 @@ def markdown(doc) -> str:
     lines += ["", "| kernels of one eager step (b1) | kernels | device ms | top kernels (name, count, µs) |",
               "| --- | --- | --- | --- |"]
     for r in doc.get("kernels") or []:
-        lines.append(f"| {r['preset']} {r['decode_backend']} | {r['kernels_per_token']} | {r['kernel_time_ms']:.4f} | "
-                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:5])} |")
+        lines.append(f"| {r['preset']} {r.get('variant', r['decode_backend'])} | {r['kernels_per_token']} | "
+                     f"{r['kernel_time_ms']:.4f} | "
+                     f"{'; '.join(f'{n[:40]} ×{c} {us}' for n, c, us in r['top_kernels_us'][:8])} |")
     conv = doc.get("conv")
     if conv:
         lines += ["", f"conv alone {conv['shape']} bf16: ref {conv['ref']['ms']:.4f} ms, triton "
@@ -307,8 +399,25 @@ def main() -> int:
     parser.add_argument("--only", default="calibrate,greedy,kernels,decode,conv,prefill",
                         help="comma-separated sections: calibrate, greedy, kernels, decode, layers (the per-layer "
                              "kernels' variants), cobra (Cobra-3B decode), conv, prefill")
+    parser.add_argument("--rows", default=None,
+                        help="the layers section's rows instead of LAYER_ROWS, as 130m:VARIANT,...;2.8b:VARIANT,...")
+    parser.add_argument("--greedy-variants", default=None, help="comma-separated variants for the greedy section")
+    parser.add_argument("--cobra-variants", default=None, help="comma-separated variants for the cobra section")
+    parser.add_argument("--decode-rows", default=None, help="the decode section's rows (same form as --rows)")
+    parser.add_argument("--kernel-variants", default=None, help="comma-separated variants for the kernels section")
     args = parser.parse_args()
     sections = args.only.split(",")
+    global GREEDY_VARIANTS, COBRA_VARIANTS, LAYER_ROWS, DECODE_ROWS, KERNEL_VARIANTS
+    if args.kernel_variants:
+        KERNEL_VARIANTS = tuple(args.kernel_variants.split(","))
+    if args.rows:
+        LAYER_ROWS = parse_rows(args.rows)
+    if args.decode_rows:
+        DECODE_ROWS = parse_rows(args.decode_rows)
+    if args.greedy_variants:
+        GREEDY_VARIANTS = tuple(args.greedy_variants.split(","))
+    if args.cobra_variants:
+        COBRA_VARIANTS = tuple(args.cobra_variants.split(","))
     if not args.smoke and not torch.cuda.is_available():
         print("bench_mamba_decode.py needs a CUDA device (or --smoke)", file=sys.stderr)
         return 2
@@ -333,11 +442,11 @@ def main() -> int:
         doc["wall_s"] = time.perf_counter() - t0
         (out / "bench_mamba_decode.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
-    steps = [("greedy", lambda: section_greedy(device, args.smoke)),
-             ("kernels", lambda: None if args.smoke else section_kernels(device)),
-             ("decode", lambda: section_decode(opts, args.smoke, bandwidth)),
-             ("layers", lambda: section_decode(opts, args.smoke, bandwidth, LAYER_ROWS)),
+    steps = [("decode", lambda: section_decode(opts, args.smoke, bandwidth)),  # timings first (a time limit
+             ("layers", lambda: section_decode(opts, args.smoke, bandwidth, LAYER_ROWS)),  # cuts the end)
              ("cobra", lambda: section_cobra(opts, args.smoke)),
+             ("greedy", lambda: section_greedy(device, args.smoke)),
+             ("kernels", lambda: None if args.smoke else section_kernels(device)),
              ("conv", lambda: section_conv(device, torch.float32 if args.smoke else torch.bfloat16, opts, args.smoke)),
              ("prefill_2.8b", lambda: section_prefill_28b(opts, args.smoke))]
     with torch.inference_mode():

@@ -26,7 +26,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 30  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 33  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -231,6 +231,13 @@ def test_triton_fused_step_counts_the_reference_flops():
             model.step(ids, cache)
         counts[f"lm_{backend}"] = counter.get_total_flops()
     assert counts["lm_ref"] == counts["lm_triton"] > 0
+    from effprof.ops import mamba_decode_triton  # and all layers in the persistent kernel's op
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), FlopCounterMode(display=False) as counter:
+        patch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_max_d_model", 64)
+        model.step(ids, model.allocate_cache(1))
+    assert counter.get_total_flops() == counts["lm_ref"]
+    assert "mamba_lm_decode_persistent" in str(counter.get_flop_counts())
 
 
 @needs_triton
@@ -282,13 +289,16 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 
 @needs_triton
-@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in", [
-    (True, False, 2, 1, True), (True, True, 1, 1, False), (False, True, 1, 2, True), (False, False, 2, 1, False)])
-def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in):
+@pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in, pre_tiles", [
+    (True, False, 2, 1, True, 1), (True, True, 1, 1, False, 0), (False, True, 1, 2, True, 0),
+    (False, False, 2, 1, False, 0), (False, False, 1, 2, True, 2)])
+def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in,
+                                                           pre_tiles):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
     its own GEMV, the residual add + next norm by the last program or by every program of the next layer's
     first kernel (norm_in); weights loaded in loops of 16 columns or
-    as one tile, at batch 1 the conv state with them; out_proj split in two): logits and both states equal the
+    as one tile, at batch 1 the conv state with them; a loop's first 1 or 2 tiles loaded before the wait
+    (pre_tiles); out_proj split in two): logits and both states equal the
     op-by-op reference to
     float32 rounding over 4 greedy steps, at d_inner 42 (a block of in_proj rows straddles x and z), d_state 1,
     with and without conv bias."""
@@ -302,6 +312,7 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_block_k", 256 if prefetch else 16)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_out_split_k", split_k)
     monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_norm_in", norm_in)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "layer_pre_tiles", pre_tiles)
     real = mamba_decode_layer_triton.layer_decode_triton   # loops of 16 columns where not one tile
     monkeypatch.setattr(mamba_decode_layer_triton, "layer_decode_triton", lambda *a, **k: real(*a, **k, loop_tile=0))
     torch.manual_seed(1)
@@ -316,6 +327,52 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
     for layer, ref_layer in zip(cache.layers, ref_cache.layers):  # in_proj sums in another order than F.linear
         assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-6
         assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("conv_bias, programs", [(True, 3), (False, 5)])
+def test_triton_persistent_step_equals_the_step_reference(monkeypatch, conv_bias, programs):
+    """The persistent whole-step kernel (mamba_decode_persistent_triton.py) through its interpreter model (one
+    grid per phase where the GPU meets at a grid barrier; 3 or 5 programs, so units wrap around programs and
+    some programs have none): logits and both states of 3 layers equal the op-by-op reference to float32
+    rounding over 4 greedy steps, at d_inner 42 (a unit of in_proj rows straddles x and z), d_state 1."""
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+    from effprof.ops import mamba_decode_persistent_triton, mamba_decode_triton
+
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_max_d_model", 64)
+    monkeypatch.setitem(mamba_decode_triton.DECODE_CONFIG, "persistent_programs", programs)
+    calls = []
+    real = mamba_decode_persistent_triton.step_persistent_triton
+    monkeypatch.setattr(mamba_decode_persistent_triton, "step_persistent_triton",
+                        lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    torch.manual_seed(1)
+    model = MambaLM(MambaLMConfig(d_model=21, n_layer=3, vocab_size=40, d_state=1, conv_bias=conv_bias)).eval()
+    with torch.no_grad():
+        for mixer in model.mixers:
+            mixer.D.copy_(torch.randn_like(mixer.D))
+    prompt = torch.randint(0, 40, (1, 3), generator=torch.Generator().manual_seed(2))
+    ref, out, ref_cache, cache, _ = _lm_steps_per_layer_kernels(model, prompt, 4)
+    assert calls == [3] * 4                                              # 4 steps, all 3 layers in one kernel
+    assert rel_err(out, ref) < 1e-5 and (ref[:, 1:] - ref[:, :-1]).abs().amax() > 1e-3
+    for layer, ref_layer in zip(cache.layers, ref_cache.layers):
+        assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-6
+        assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-5
+
+
+def test_persistent_layer_table_refuses_mixed_layers():
+    """Layers of different shapes, or a tensor off the 16-element grid, cannot share the persistent kernel."""
+    pytest.importorskip("triton")
+    from effprof.ops.mamba_decode_persistent_triton import KINDS, layer_table
+
+    def tensors(shapes):
+        return {kind: [torch.zeros(shape) for shape in shapes] for kind in KINDS}
+
+    found = layer_table(tensors([(4, 8), (4, 8)]))
+    assert found is not None and found[1].shape == (2, 12) and found[1][0].eq(0).all()
+    assert layer_table(tensors([(4, 8), (4, 9)])) is None
+    odd = tensors([(4, 8), (4, 8)])
+    odd["A_log"][1] = torch.zeros(40)[3:35].view(4, 8)
+    assert layer_table(odd) is None
 
 
 def test_decode_backend_resolution(monkeypatch):
@@ -369,6 +426,65 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
             ref, out, ref_cache, cache, calls = _lm_steps_per_layer_kernels(model, prompt, 4)
         assert calls == [fuse_out] * 8 and rel_err(out, ref) < tol
         assert rel_err(cache.layers[1].ssm_state, ref_cache.layers[1].ssm_state) < tol
+
+
+@needs_cuda
+@pytest.mark.parametrize("config", [
+    {"persistent_max_d_model": 1024},                                            # grid barrier, L2 prefetch, head
+    {"persistent_max_d_model": 1024, "persistent_l2": False, "persistent_programs": 7, "persistent_num_warps": 4},
+    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_l2_ahead_in": True},  # per-layer, out_proj fused
+    {"layer_l2_self": True, "layer_l2_ahead": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 4},
+    {"layer_pre_tiles": 2, "layer_fuse_out_max_bytes": 0}])                     # first tiles before the wait
+def test_cuda_persistent_step_and_l2_prefetch_match_reference(config):
+    """On the GPU: the persistent whole-step kernel with its real grid barrier, and the per-layer kernels with
+    L2 prefetches, give the op-by-op reference's logits and states (bf16, 3 layers: odd, so the last layer's
+    buffers are the second pair), and a CUDA graph of the step replays to what the eager step gives."""
+    import copy
+
+    from effprof.modules.mamba import MambaLM, MambaLMConfig
+    from effprof.ops import mamba_decode_persistent_triton, mamba_decode_triton
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = MambaLM(MambaLMConfig(d_model=768, n_layer=3, vocab_size=512), device=cuda, dtype=torch.bfloat16).eval()
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in config.items():
+            patch.setitem(mamba_decode_triton.DECODE_CONFIG, key, value)
+        real = mamba_decode_persistent_triton.step_persistent_triton
+        patch.setattr(mamba_decode_persistent_triton, "step_persistent_triton",
+                      lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+        ref, out, ref_cache, cache, _ = _lm_steps_per_layer_kernels(model, torch.tensor([[3, 5]], device=cuda), 4)
+        assert len(calls) == (4 if "persistent_max_d_model" in config else 0)
+        assert rel_err(out, ref) < 1e-2
+        for layer, ref_layer in zip(cache.layers, ref_cache.layers):  # in_proj's bf16 output may differ by an ulp
+            assert rel_err(layer.ssm_state, ref_layer.ssm_state) < 1e-2
+            assert rel_err(layer.conv_state, ref_layer.conv_state) < 1e-2
+        ids = torch.tensor([[7]], device=cuda)
+        eager_cache = copy.deepcopy(cache)
+        with torch.no_grad():
+            eager = [model.step(ids, eager_cache) for _ in range(2)]
+            saved = copy.deepcopy(cache)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm up off the graph on these very states (caches the table)
+                model.step(ids, cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            for layer, kept in zip(cache.layers, saved.layers):
+                layer.conv_state.copy_(kept.conv_state)
+                layer.ssm_state.copy_(kept.ssm_state)
+            calls.clear()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = model.step(ids, cache)
+            replayed = []
+            for _ in range(2):
+                graph.replay()
+                replayed.append(logits.clone())
+        torch.cuda.synchronize()
+        assert len(calls) == (1 if "persistent_max_d_model" in config else 0)  # the capture took that path too
+        for a, b in zip(replayed, eager):  # float32 atomics add in any order: to about a bf16 rounding
+            assert rel_err(a, b) < 1e-2
 
 
 def test_block_step_is_the_ops_reference_step():

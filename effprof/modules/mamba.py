@@ -339,10 +339,11 @@ class MambaBackbone(nn.Module):
         residual = hidden_states + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
-    def step(self, input_ids, cache: MambaCache):
+    def step(self, input_ids, cache: MambaCache, head_weight=None):
         """One token per sequence: input_ids (batch, 1) -> (batch, 1, d_model); `cache` updated in place.
         With the fused triton step at small batch, the whole step is the per-layer kernels of
-        `mamba_lm_decode_step_triton` (same math)."""
+        `mamba_lm_decode_step_triton` (same math); `head_weight`, the LM head's weight that reads the result
+        next, may be prefetched into L2 by them."""
         if not self._per_layer_kernels(input_ids):
             return self.forward(input_ids, cache, step=True)
         mixers = [layer.mixer for layer in self.layers]
@@ -353,7 +354,7 @@ class MambaBackbone(nn.Module):
         out = mamba_lm_decode_step_triton(input_ids.reshape(-1), self.embedding.weight,
                                           [layer.norm.weight for layer in self.layers], weights,
                                           [(s.conv_state, s.ssm_state) for s in cache.layers], self.norm_f.weight,
-                                          self.norm_f.eps)
+                                          self.norm_f.eps, head_weight)
         cache.seqlen_offset += 1
         return out.unsqueeze(1)
 
@@ -404,7 +405,7 @@ class MambaLM(nn.Module):
 
     def step(self, input_ids, cache: MambaCache):
         """Logits (batch, 1, vocab) of one new token per sequence; `cache` updated in place."""
-        return self.lm_head(self.backbone.step(input_ids, cache))
+        return self.lm_head(self.backbone.step(input_ids, cache, self.lm_head.weight))
 
 
 def load_mamba_lm(directory: Path, scan_backend="ref", conv_backend="ref", device=None, dtype=None,

@@ -208,7 +208,9 @@ def norm_in_proj(hidden, residual, norm_weight, eps, in_proj_weight, backend="re
 
 # ---------------------------------------------------------------------------------------------------
 # A whole LM step at small batch: a prologue kernel, then two or three kernels per layer
-# (mamba_decode_layer_triton.py); the reference is the block-by-block step above.
+# (mamba_decode_layer_triton.py), or (batch 1, small width, `use_persistent_decode`; off by default: slower on
+# an H100) one persistent kernel for all layers (mamba_decode_persistent_triton.py); the reference is the
+# block-by-block step above.
 # ---------------------------------------------------------------------------------------------------
 _WORK = ("normed", "residual", "xz", "acc", "xacc", "count")
 
@@ -228,7 +230,8 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                      conv_state: Tensor, ssm_state: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
                      conv_bias: Optional[Tensor], x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor,
                      A_log: Tensor, D: Optional[Tensor], out_proj_weight: Tensor, norm_weight: Tensor,
-                     next_norm_weight: Tensor, eps: float, parity: int, last: bool) -> None:
+                     next_norm_weight: Tensor, eps: float, parity: int, last: bool,
+                     next_in_proj_weight: Optional[Tensor] = None) -> None:
     from effprof.ops.mamba_decode_layer_triton import DecodeWork, layer_decode_triton
     from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
@@ -245,14 +248,18 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         norm_in=DECODE_CONFIG["layer_norm_in"], norm_weight=norm_weight, parity=parity, last=last,
                         pdl=DECODE_CONFIG["pdl"], prefetch_weights=DECODE_CONFIG["layer_prefetch"],
                         split_k=DECODE_CONFIG["layer_out_split_k"], num_warps=DECODE_CONFIG["layer_num_warps"],
-                        num_stages=DECODE_CONFIG["layer_num_stages"])
+                        num_stages=DECODE_CONFIG["layer_num_stages"], l2_self=DECODE_CONFIG["layer_l2_self"],
+                        l2_ahead=DECODE_CONFIG["layer_l2_ahead"], l2_ahead_in=DECODE_CONFIG["layer_l2_ahead_in"],
+                        next_in_proj_weight=next_in_proj_weight, l2_ahead_bytes=DECODE_CONFIG["layer_l2_ahead_bytes"],
+                        pre_tiles=DECODE_CONFIG["layer_pre_tiles"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)
 def _layer_decode_flop(normed_shape, residual_shape, xz_shape, acc_shape, xacc_shape, count_shape, conv_state_shape,
                        ssm_state_shape, in_proj_weight_shape, conv_weight_shape, conv_bias_shape, x_proj_weight_shape,
                        dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape, out_proj_weight_shape,
-                       norm_weight_shape, next_norm_weight_shape, eps, parity, last, out_shape=None, **kwargs) -> int:
+                       norm_weight_shape, next_norm_weight_shape, eps, parity, last, next_in_proj_weight_shape=None,
+                       out_shape=None, **kwargs) -> int:
     batch, d_model = normed_shape
     d_inner = conv_weight_shape[0]
     projections = 2 * batch * d_model * in_proj_weight_shape[0] + 2 * batch * d_inner * d_model
@@ -267,12 +274,96 @@ def use_layer_decode(batch: int, d_model: int) -> bool:
     return batch <= DECODE_CONFIG["layer_max_batch"] and d_model <= DECODE_CONFIG["layer_max_d_model"]
 
 
-def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, states, norm_f_weight, eps):
+@torch.library.custom_op("effprof::mamba_lm_decode_persistent", mutates_args=_WORK + ("conv_states", "ssm_states"))
+def _persistent_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor,
+                   conv_states: list[Tensor], ssm_states: list[Tensor], in_proj_weight: list[Tensor],
+                   conv_weight: list[Tensor], conv_bias: list[Tensor], x_proj_weight: list[Tensor],
+                   dt_proj_weight: list[Tensor], dt_proj_bias: list[Tensor], A_log: list[Tensor], D: list[Tensor],
+                   out_proj_weight: list[Tensor], norm_weight: list[Tensor], norm_f_weight: Tensor, eps: float,
+                   head_weight: Optional[Tensor] = None) -> None:
+    """All layers of a batch-1 step in one persistent kernel (mamba_decode_persistent_triton.py); conv_bias
+    and D empty where the model has none."""
+    from effprof.ops.mamba_decode_layer_triton import DecodeWork
+    from effprof.ops.mamba_decode_persistent_triton import layer_table, step_persistent_triton
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    found = layer_table(_persistent_tensors(locals()))
+    if found is None:
+        raise UsageError("the persistent decode kernel needs layers of one shape whose tensors are 16-element "
+                         "aligned (mamba_decode_persistent_triton.layer_table)")
+    firsts, table = found
+    firsts.update(has_conv_bias=bool(conv_bias), has_D=bool(D))
+    step_persistent_triton(firsts, table, len(in_proj_weight), norm_f_weight, eps,
+                           DecodeWork.of(normed, residual, xz, acc, xacc, count), head_weight,
+                           DECODE_CONFIG["persistent_head_bytes"], DECODE_CONFIG["persistent_programs"],
+                           DECODE_CONFIG["persistent_block_n"], DECODE_CONFIG["persistent_block_d"],
+                           DECODE_CONFIG["persistent_num_warps"], DECODE_CONFIG["persistent_l2"], DECODE_CONFIG["pdl"])
+
+
+def _persistent_tensors(args: dict) -> dict:
+    """The persistent op's arguments by the table's kinds (absent conv bias and D stand in as the conv weight and
+    A_log, never read)."""
+    return {"in_proj_weight": args["in_proj_weight"], "conv_weight": args["conv_weight"],
+            "conv_bias": args["conv_bias"] or args["conv_weight"], "x_proj_weight": args["x_proj_weight"],
+            "dt_proj_weight": args["dt_proj_weight"], "dt_proj_bias": args["dt_proj_bias"], "A_log": args["A_log"],
+            "D": args["D"] or args["A_log"], "out_proj_weight": args["out_proj_weight"],
+            "norm_weight": args["norm_weight"], "conv_state": args["conv_states"], "ssm_state": args["ssm_states"]}
+
+
+@register_flop_formula(torch.ops.effprof.mamba_lm_decode_persistent)
+def _persistent_flop(normed_shape, residual_shape, xz_shape, acc_shape, xacc_shape, count_shape, conv_states_shape,
+                     ssm_states_shape, in_proj_weight_shape, conv_weight_shape, conv_bias_shape, x_proj_weight_shape,
+                     dt_proj_weight_shape, dt_proj_bias_shape, A_log_shape, D_shape, *args, out_shape=None,
+                     **kwargs) -> int:
+    """The per-layer op's count (`_layer_decode_flop`) summed over the layers."""
+    batch, d_model = normed_shape
+    total = 0
+    for i, in_shape in enumerate(in_proj_weight_shape):
+        d_inner = conv_weight_shape[i][0]
+        total += 2 * batch * d_model * in_shape[0] + 2 * batch * d_inner * d_model + mamba_decode_step_flops(
+            batch, d_inner, conv_weight_shape[i][-1], dt_proj_weight_shape[i][1], A_log_shape[i][1], bool(D_shape))
+    return total
+
+
+def use_persistent_decode(batch: int, d_model: int) -> bool:
+    """Whether a fused LM step runs all its layers in one persistent kernel (`DECODE_CONFIG`)."""
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    return batch == 1 and d_model <= DECODE_CONFIG["persistent_max_d_model"]
+
+
+def _try_persistent(work, layers, states, norm_weights, norm_f_weight, eps, head_weight) -> bool:
+    """Run the persistent kernel where the layers allow it (`layer_table`); False where they do not."""
+    from effprof.ops.mamba_decode_persistent_triton import layer_table
+
+    lists = {kind: [w[kind] for w in layers] for kind in ("in_proj_weight", "conv_weight", "x_proj_weight",
+                                                           "dt_proj_weight", "dt_proj_bias", "A_log",
+                                                           "out_proj_weight")}
+    has_bias, has_D = layers[0]["conv_bias"] is not None, layers[0]["D"] is not None
+    if any((w["conv_bias"] is not None) != has_bias or (w["D"] is not None) != has_D for w in layers):
+        return False
+    lists.update(conv_bias=[w["conv_bias"] for w in layers] if has_bias else [],
+                 D=[w["D"] for w in layers] if has_D else [], norm_weight=list(norm_weights[:len(layers)]),
+                 conv_states=[s[0] for s in states], ssm_states=[s[1] for s in states])
+    if layer_table(_persistent_tensors(lists)) is None:
+        return False
+    torch.ops.effprof.mamba_lm_decode_persistent(*work, lists["conv_states"], lists["ssm_states"],
+                                                 lists["in_proj_weight"], lists["conv_weight"], lists["conv_bias"],
+                                                 lists["x_proj_weight"], lists["dt_proj_weight"], lists["dt_proj_bias"],
+                                                 lists["A_log"], lists["D"], lists["out_proj_weight"],
+                                                 lists["norm_weight"], norm_f_weight, float(eps), head_weight)
+    return True
+
+
+def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, states, norm_f_weight, eps,
+                                head_weight=None):
     """One LM step (embedding through norm_f) with the per-layer kernels: ids (batch,) int; norm_weights[i]
     the RMSNorm weight before layer i; layers[i] a dict of that mixer's weights (in_proj_weight, conv_weight
     (d_inner, d_conv), conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight);
     states[i] = (conv_state, ssm_state), updated in place. Returns norm_f's output (batch, d_model) in the
-    model dtype, as `add_rms_norm_ref(out, residual, norm_f_weight)` of the reference's last layer."""
+    model dtype, as `add_rms_norm_ref(out, residual, norm_f_weight)` of the reference's last layer. At batch 1
+    and small width (`use_persistent_decode`) the layers run in one persistent kernel instead; `head_weight`
+    (the LM head's weight, optional) is then partly prefetched into L2 during the last layer."""
     first = layers[0]
     batch, d_model = ids.shape[0], embedding_weight.shape[1]
     d_inner, O = first["conv_weight"].shape[0], first["x_proj_weight"].shape[0]
@@ -284,11 +375,15 @@ def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, sta
             torch.empty(2, batch, O, device=device, dtype=torch.float32),
             torch.empty(1, device=device, dtype=torch.int32)]  # mamba_decode_layer_triton.DecodeWork
     torch.ops.effprof.mamba_decode_prologue(ids, embedding_weight, norm_weights[0], float(eps), *work)
+    if use_persistent_decode(batch, d_model) and _try_persistent(work, layers, states, norm_weights, norm_f_weight,
+                                                                 eps, head_weight):
+        return work[0]
     for i, (weights, (conv_state, ssm_state)) in enumerate(zip(layers, states)):
         next_norm = norm_weights[i + 1] if i + 1 < len(layers) else norm_f_weight
         torch.ops.effprof.mamba_layer_decode(*work, conv_state, ssm_state, weights["in_proj_weight"],
                                              weights["conv_weight"], weights["conv_bias"], weights["x_proj_weight"],
                                              weights["dt_proj_weight"], weights["dt_proj_bias"], weights["A_log"],
                                              weights["D"], weights["out_proj_weight"], norm_weights[i], next_norm,
-                                             float(eps), i % 2, i + 1 == len(layers))
+                                             float(eps), i % 2, i + 1 == len(layers),
+                                             layers[i + 1]["in_proj_weight"] if i + 1 < len(layers) else None)
     return work[0]

@@ -26,8 +26,10 @@ itself, with two buffers of acc, xacc and the residual alternating by layer, eac
 after its last reader and before its next writer; a last small kernel applies norm_f.
 
 Weights (and this layer's states, which no kernel of the step before wrote) are loaded at a kernel's start,
-before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, so that they stream in
-while the previous kernel finishes; every program waits before reading what the previous kernel wrote.
+before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, else the loop's first
+`pre_tiles` tiles, so that they stream in while the previous kernel finishes; every program waits before
+reading what the previous kernel wrote. Optional L2 prefetches (`prefetch_l2`, measured slower on an H100 and
+off by default) ask L2 for a program's own rows or a later kernel's weight instead.
 """
 from __future__ import annotations
 
@@ -48,6 +50,33 @@ def _wait_previous_kernel(USE_PDL: tl.constexpr):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptr, start, count, EPL: tl.constexpr, LINES: tl.constexpr, ENABLE: tl.constexpr):
+    """Ask the L2 cache for elements [start, start + count) of `ptr` (one `prefetch.global.L2` per 128-byte
+    line of EPL elements), without waiting for them: weights a later load or a later kernel reads stream in
+    from DRAM while this program waits on the previous kernel. Changes no value. Off (ENABLE false) under the
+    interpreter, which has no inline PTX."""
+    if ENABLE:
+        n_lines = tl.cdiv(count, EPL) + 1  # +1: a start inside a line touches one more line at the end
+        for l0 in range(0, n_lines, LINES):
+            line = l0 + tl.arange(0, LINES)
+            off = start + tl.minimum(line.to(tl.int64) * EPL, count - 1)
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr + off],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_l2_share(ptr, count, EPL: tl.constexpr, LINES: tl.constexpr, ENABLE: tl.constexpr):
+    """`prefetch_l2` of this program's share of elements [0, count) of `ptr`, split in whole lines over the grid."""
+    if ENABLE:
+        n_programs = tl.num_programs(0) * tl.num_programs(1)
+        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        share = tl.cdiv(tl.cdiv(count, n_programs), EPL) * EPL
+        start = pid.to(tl.int64) * share
+        if start < count:
+            prefetch_l2(ptr, start, tl.minimum(share, count - start), EPL, LINES, ENABLE)
 
 
 @triton.jit
@@ -110,14 +139,30 @@ def _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_
 
 
 @triton.jit
+def _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN: tl.constexpr):
+    """in_proj's input at columns k: `normed`, or (NORM_IN) `_layer_input` of the previous layer's output."""
+    if NORM_IN:
+        xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv, NORM_IN)
+    else:
+        xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+    return xn
+
+
+@triton.jit
 def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, wx_ptr, xz_ptr, xacc_ptr,
-                     acc_in_ptr, res_in_ptr, res_out_ptr, nw_ptr, xacc_zero_ptr,
+                     acc_in_ptr, res_in_ptr, res_out_ptr, nw_ptr, xacc_zero_ptr, pf_ptr, pf_count,
                      batch, d_model, d_inner, O, eps,
                      stride_wn, stride_sb, stride_sc, stride_st, stride_cwc, stride_cwk, stride_wxo, stride_wxc,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, WIDTH: tl.constexpr,
                      HAS_CONV_BIAS: tl.constexpr, NUM_STAGES: tl.constexpr, USE_PDL: tl.constexpr,
-                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr, NORM_IN: tl.constexpr):
-    """NORM_IN: the input is the previous layer's output (acc_in, float32 sum) and residual (res_in), not
+                     PREFETCH: tl.constexpr, CONV_PREFETCH: tl.constexpr, NORM_IN: tl.constexpr,
+                     L2_SELF: tl.constexpr = False, L2_AHEAD: tl.constexpr = False, EPL_W: tl.constexpr = 64,
+                     EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0):
+    """PRE_TILES (where the rows' weight is a loop, not one tile): the loop's first 1 or 2 tiles are loaded
+    before the wait, so that the DRAM streams this layer's weight while the previous kernel ends.
+    L2_SELF: the program's in_proj rows are prefetched into L2 before the wait; L2_AHEAD: its share of
+    pf_count elements of pf_ptr (a weight a later kernel reads). NORM_IN: the input is the previous layer's
+    output (acc_in, float32 sum) and residual (res_in), not
     `normed`: every program adds and normalises them itself (program 0 also writes residual' to res_out and
     zeroes the other x_proj accumulator, xacc_zero, for the next layer)."""
     pid = tl.program_id(0)
@@ -136,6 +181,18 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
         state_rows0 = conv_state_ptr + n.to(tl.int64) * stride_sc
         cols, conv_acc, w_last = conv_state_read(state_rows0, conv_w_ptr, conv_b_ptr, n, mask_x, stride_st,
                                                  stride_cwc, stride_cwk, WIDTH, HAS_CONV_BIAS)
+    if not PREFETCH and PRE_TILES >= 1:
+        k_pre0 = tl.arange(0, BLOCK_K)
+        w_pre0 = tl.load(w_ptr + n[:, None] * stride_wn + k_pre0[None, :],
+                         mask=mask_n[:, None] & (k_pre0 < d_model)[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 2:
+        k_pre1 = BLOCK_K + tl.arange(0, BLOCK_K)
+        w_pre1 = tl.load(w_ptr + n[:, None] * stride_wn + k_pre1[None, :],
+                         mask=mask_n[:, None] & (k_pre1 < d_model)[None, :], other=0.0)
+    row0 = pid * BLOCK_N
+    prefetch_l2(w_ptr, row0.to(tl.int64) * stride_wn, tl.minimum(BLOCK_N, 2 * d_inner - row0) * stride_wn, EPL_W,
+                LINES, L2_SELF and not PREFETCH)
+    prefetch_l2_share(pf_ptr, pf_count, EPL_PF, LINES, L2_AHEAD)
     _wait_previous_kernel(USE_PDL)
     if NORM_IN:
         if pid == 0:
@@ -143,6 +200,7 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
             for b in range(batch):
                 tl.store(xacc_zero_ptr + b * O + o0, tl.zeros([O_PAD], dtype=tl.float32), mask=o0 < O)
     for b in range(batch):
+        inv = 0.0
         if NORM_IN:  # inv = 1 / rms of the residual' rounded to the model dtype (pass 1 over the row)
             ss = tl.zeros([BLOCK_K], dtype=tl.float32)
             for k0 in range(0, d_model, BLOCK_K):
@@ -163,14 +221,17 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
             v = tl.sum(w_all.to(tl.float32) * xn[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-            for k0 in tl.range(0, d_model, BLOCK_K, num_stages=NUM_STAGES):
+            if PRE_TILES >= 1:  # the tiles loaded before the wait, added in the loop's order
+                acc += w_pre0.to(tl.float32) * _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b,
+                                                           k_pre0, k_pre0 < d_model, d_model, inv, NORM_IN)[None, :]
+            if PRE_TILES >= 2:
+                acc += w_pre1.to(tl.float32) * _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b,
+                                                           k_pre1, k_pre1 < d_model, d_model, inv, NORM_IN)[None, :]
+            for k0 in tl.range(PRE_TILES * BLOCK_K, d_model, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = k < d_model
-                if NORM_IN:
-                    xn = _layer_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv,
-                                      NORM_IN)
-                else:
-                    xn = tl.load(normed_ptr + b * d_model + k, mask=mask_k, other=0.0).to(tl.float32)
+                xn = _gemv_input(normed_ptr, acc_in_ptr, res_in_ptr, nw_ptr, xz_ptr, b, k, mask_k, d_model, inv,
+                                 NORM_IN)
                 w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=mask_n[:, None] & mask_k[None, :],
                             other=0.0).to(tl.float32)
                 acc += w * xn[None, :]
@@ -200,11 +261,14 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
 
 @triton.jit
 def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, ssm_ptr, wout_ptr, acc_ptr,
-                      res_ptr, nw_ptr, normed_ptr, count_ptr, acc_zero_ptr,
+                      res_ptr, nw_ptr, normed_ptr, count_ptr, acc_zero_ptr, pf_ptr, pf_count,
                       batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
                       BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
                       FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
-                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, NORM_IN: tl.constexpr):
+                      O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, NORM_IN: tl.constexpr,
+                      L2_AHEAD: tl.constexpr = False, EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256):
+    """L2_AHEAD: the program's share of pf_count elements of pf_ptr (out_proj's weight for the out_proj kernel,
+    or the next layer's in_proj) is prefetched into L2 before the wait."""
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
@@ -225,6 +289,7 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
     if FUSE_OUT and PREFETCH:  # out_proj's columns for these channels, all rows in one tile
         w_out = tl.load(wout_ptr + m_all[:, None] * stride_wo + d[None, :],
                         mask=(m_all < d_model)[:, None] & mask_d[None, :], other=0.0)
+    prefetch_l2_share(pf_ptr, pf_count, EPL_PF, LINES, L2_AHEAD)
     _wait_previous_kernel(USE_PDL)
     if NORM_IN:  # the accumulator the layer's first kernel read is free: zero it for the layer after next
         if tl.program_id(1) == 0:
@@ -264,13 +329,17 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
 
 
 @triton.jit
-def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr,
+def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, pf_ptr, pf_count,
                       batch, d_inner, d_model, O, eps, stride_wo, k_per,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
                       BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
-                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, NORM_IN: tl.constexpr):
+                      PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, NORM_IN: tl.constexpr,
+                      L2_SELF: tl.constexpr = False, L2_AHEAD: tl.constexpr = False, EPL_W: tl.constexpr = 64,
+                      EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0):
     """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
-    with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program)."""
+    with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program).
+    L2_SELF (SPLIT_K 1): the program's rows are prefetched into L2 before the wait; L2_AHEAD: its share of
+    pf_count elements of pf_ptr (the next layer's in_proj). PRE_TILES: as in `_layer_in_kernel`."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
     k_start = tl.program_id(1) * k_per
@@ -280,6 +349,18 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
         mask_k_all = k_all < k_end
         w_all = tl.load(wout_ptr + m[:, None] * stride_wo + k_all[None, :],
                         mask=mask_m[:, None] & mask_k_all[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 1:
+        k_pre0 = k_start + tl.arange(0, BLOCK_K)
+        w_pre0 = tl.load(wout_ptr + m[:, None] * stride_wo + k_pre0[None, :],
+                         mask=mask_m[:, None] & (k_pre0 < k_end)[None, :], other=0.0)
+    if not PREFETCH and PRE_TILES >= 2:
+        k_pre1 = k_start + BLOCK_K + tl.arange(0, BLOCK_K)
+        w_pre1 = tl.load(wout_ptr + m[:, None] * stride_wo + k_pre1[None, :],
+                         mask=mask_m[:, None] & (k_pre1 < k_end)[None, :], other=0.0)
+    row0 = tl.program_id(0) * BLOCK_M
+    prefetch_l2(wout_ptr, row0.to(tl.int64) * stride_wo, tl.minimum(BLOCK_M, d_model - row0) * stride_wo, EPL_W,
+                LINES, L2_SELF and SPLIT_K == 1 and not PREFETCH)
+    prefetch_l2_share(pf_ptr, pf_count, EPL_PF, LINES, L2_AHEAD)
     _wait_previous_kernel(USE_PDL)
     for b in range(batch):
         if PREFETCH:
@@ -287,7 +368,13 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
             out = tl.sum(w_all.to(tl.float32) * y[None, :], axis=1)
         else:
             acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if PRE_TILES >= 1:  # the tiles loaded before the wait, added in the loop's order
+                acc += w_pre0.to(tl.float32) * tl.load(xz_ptr + b * 2 * d_inner + k_pre0, mask=k_pre0 < k_end,
+                                                       other=0.0).to(tl.float32)[None, :]
+            if PRE_TILES >= 2:
+                acc += w_pre1.to(tl.float32) * tl.load(xz_ptr + b * 2 * d_inner + k_pre1, mask=k_pre1 < k_end,
+                                                       other=0.0).to(tl.float32)[None, :]
+            for k0 in tl.range(k_start + PRE_TILES * BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
                 k = k0 + tl.arange(0, BLOCK_K)
                 mask_k = k < k_end
                 y = tl.load(xz_ptr + b * 2 * d_inner + k, mask=mask_k, other=0.0).to(tl.float32)
@@ -353,6 +440,18 @@ def _pdl(pdl: bool) -> dict:
     return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
 
 
+def _l2_prefetch_ok() -> bool:
+    """L2 prefetches need compiled kernels (inline PTX): not under the interpreter."""
+    from effprof.ops.selective_scan import triton_interpret_mode
+
+    return not triton_interpret_mode() and torch.cuda.is_available()
+
+
+def _epl(t: torch.Tensor) -> int:
+    """Elements of `t` per 128-byte cache line."""
+    return max(1, 128 // t.element_size())
+
+
 def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: DecodeWork, pdl=False):
     """ids (batch,) int -> work.residual = embedding rows (float32), work.normed = their RMSNorm."""
     _prologue_kernel[(work.batch,)](
@@ -366,12 +465,20 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, next_norm_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
                         pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4, norm_in=False,
-                        norm_weight=None, parity=0, last=False):
+                        norm_weight=None, parity=0, last=False, l2_self=False, l2_ahead=False, l2_ahead_in=False,
+                        next_in_proj_weight=None, l2_ahead_bytes=1 << 62, pre_tiles=0):
     """One layer (module docstring), updating both states in place. Default: reads work.normed, leaves
     work.residual[0] and work.normed (the next norm's output) for the next layer. norm_in: reads the previous
     output work.acc[parity] and work.residual[parity], applies `norm_weight` itself, leaves the output in
     work.acc[1 - parity] and the residual in work.residual[1 - parity]; with `last`, then writes
-    norm_f(`next_norm_weight`) of them to work.normed."""
+    norm_f(`next_norm_weight`) of them to work.normed.
+
+    L2 prefetches (`prefetch_l2`, no value changes; off under the interpreter), each issued before a kernel's
+    wait on the previous one: l2_self, a GEMV program's own weight rows (where they are not one register tile);
+    l2_ahead, the weight of the kernel after next: the state-update kernel prefetches out_proj's weight (or,
+    with out_proj fused, `next_in_proj_weight`), the out_proj kernel the first `l2_ahead_bytes` of
+    `next_in_proj_weight`; l2_ahead_in, the in_proj kernel prefetches this layer's out_proj weight.
+    pre_tiles (0-2): a GEMV whose rows' weight is a loop loads its first tiles before that wait."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
     batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
@@ -389,27 +496,36 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
         min(max(block_k, loop_tile * num_warps // 4 // block_n), triton.next_power_of_2(d_model))
     p, q = (parity % 2, 1 - parity % 2) if norm_in else (0, 0)
+    l2 = _l2_prefetch_ok()
+    nxt = next_in_proj_weight if (l2 and l2_ahead and next_in_proj_weight is not None) else None
+    nxt_count = 0 if nxt is None else min(nxt.numel(), l2_ahead_bytes // nxt.element_size())
+    out_count = out_proj_weight.numel() if (l2 and l2_ahead and not fuse_out) else 0
+    l2_in = dict(L2_SELF=l2 and l2_self, L2_AHEAD=l2 and l2_ahead_in, EPL_W=_epl(in_proj_weight),
+                 EPL_PF=_epl(out_proj_weight))
+    ssm_pf = (out_proj_weight, out_count) if out_count else (nxt if nxt is not None else out_proj_weight, nxt_count)
     acc_out = work.acc[q] if norm_in else work.acc[0]
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
         work.normed, in_proj_weight, conv_state, conv_weight, conv_b, x_proj_weight, work.xz, work.xacc[p],
         work.acc[p], work.residual[p], work.residual[q], norm_weight if norm_in else next_norm_weight, work.xacc[q],
-        batch, d_model, d_inner, O, eps, in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
+        out_proj_weight, out_proj_weight.numel() if l2_in["L2_AHEAD"] else 0, batch, d_model, d_inner, O, eps,
+        in_proj_weight.stride(0), conv_state.stride(0), conv_state.stride(1),
         conv_state.stride(2), conv_weight.stride(0), conv_weight.stride(1), x_proj_weight.stride(0),
         x_proj_weight.stride(1),
         BLOCK_N=block_n, BLOCK_K=block_k_in, O_PAD=o_pad,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
         PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, NORM_IN=norm_in,
-        **pdl_options)
+        **l2_in, PRE_TILES=pre_tiles, **pdl_options)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
         work.xz, work.xacc[p], dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
-        out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.count, work.acc[p],
+        out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.count, work.acc[p], *ssm_pf,
         batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
         out_proj_weight.stride(0),
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
         BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
-        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in, **pdl_options)
+        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in,
+        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=_epl(ssm_pf[0]), **pdl_options)
     if not fuse_out:
         split_k = max(1, min(split_k, d_inner // 16))
         k_per = triton.cdiv(d_inner, split_k)
@@ -421,11 +537,12 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             split_k = triton.cdiv(d_inner, k_per)
         _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
             work.xz, out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.xacc[0],
-            work.count,
+            work.count, nxt if nxt is not None else out_proj_weight, nxt_count,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
-            NORM_IN=norm_in, **pdl_options)
+            NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=_epl(out_proj_weight),
+            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, **pdl_options)
     if norm_in and last:
         _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,
                                      BLOCK_MODEL=block_model, num_warps=4, **pdl_options)

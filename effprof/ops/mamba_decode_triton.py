@@ -160,16 +160,30 @@ def split_k(d_inner: int, O: int) -> tuple[int, int, int]:
 # 2.18 with 256); where a whole row block fits in one tile and layer_prefetch, it is loaded in one go at the
 # kernel's start; layer_num_warps, layer_num_stages: warps per GEMV program, stages of its loop's loads;
 # layer_out_split_k: out_proj's GEMV split over that many channel ranges (float32 atomics; 2.8b 2.07 ms at 4);
-# layer_norm_in: each layer's first kernel adds the residual and normalises itself (no last-program step; not
-# measured on a GPU yet, off); pdl: launch the kernels with programmatic dependent launch (Hopper+; each loads its
-# weights, then waits for the previous kernel: 130m 0.326 -> 0.254 ms).
+# layer_norm_in: each layer's first kernel adds the residual and normalises itself (no last-program step; 2.8b
+# 2.24 against 2.02 ms on an H200, off); pdl: launch the kernels with programmatic dependent launch (Hopper+; each
+# loads its weights, then waits for the previous kernel: 130m 0.326 -> 0.254 ms).
+# Measured on an H100 on 2026-12-07 (benchmarks/results/h100-2026-12-07-s9-decode/, call 3 unless said; batch 1,
+# graphs, ms per token against the defaults before, same call): layer_pre_tiles, a GEMV loop's first tiles loaded
+# before the PDL wait (in_proj at 130m and 2.8b, out_proj at 2.8b, where the rows' weight is not one tile): 1 tile
+# 130m 0.2487 -> 0.2244, 2.8b 2.4715 -> 2.4289, Cobra-3B 2.486 -> 2.424; 2 tiles 0.2263 / 2.4757 (more registers,
+# fewer resident programs). layer_l2_self / _ahead / _ahead_in, L2 prefetches of a GEMV's own rows or of a later
+# kernel's weight (call 2): 2.8b 2.491 -> 2.70-3.31 ms, 130m 0.2478 -> 0.2463: off. persistent_*: all the layers of
+# a batch-1 step in one kernel with grid barriers (mamba_decode_persistent_triton.py) up to d_model
+# persistent_max_d_model: 130m 0.308-0.392 ms against 0.2487 (0.3208 with L2 prefetch and 24 MB of the LM head,
+# 0.3078 without, 66 programs 0.3922, 32 channels per unit 0.3286): off (0). persistent_programs: G (None: one per
+# SM); persistent_block_n / _block_d: in_proj rows / state channels per unit; persistent_head_bytes: how much of
+# the LM head's weight the last layer prefetches.
 DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "out_fuse_max_batch": 2, "out_fuse_max_weight_bytes": 16 << 20, "step_block_d": None,
                  "layer_max_batch": 2, "layer_max_d_model": 8192, "layer_fuse_out_max_batch": 1,
                  "layer_fuse_out_max_bytes": 16 << 20, "layer_fused_block_d": 16,
                  "layer_block_n": 16, "layer_block_m": 8, "layer_block_k": None, "layer_out_split_k": 1,
                  "layer_num_warps": 4, "layer_num_stages": 3, "layer_prefetch": True, "layer_norm_in": False,
-                 "pdl": True}
+                 "layer_l2_self": False, "layer_l2_ahead": False, "layer_l2_ahead_in": False,
+                 "layer_l2_ahead_bytes": 16 << 20, "layer_pre_tiles": 1, "persistent_max_d_model": 0,
+                 "persistent_programs": None, "persistent_block_n": 16, "persistent_block_d": 16,
+                 "persistent_num_warps": 8, "persistent_l2": True, "persistent_head_bytes": 24 << 20, "pdl": True}
 
 
 def use_gemv(batch: int, weight: torch.Tensor) -> bool:
