@@ -37,6 +37,12 @@ def make_inputs(batch, d_inner, L, d_state, with_D=True, with_z=True, with_bias=
     ((2, 3, 70, 16, True, True, True), {"states_per_thread": 8, "CHUNK": 16}),  # several chunks, a partial one
     ((1, 2, 19, 64, False, True, False), {"states_per_thread": 1}),     # 64 states: at least 2 per lane
     ((1, 3, 45, 16, True, False, True), {"states_per_thread": 2, "CHUNK": 32}),
+    # time parts: each sub-block's steps split over lanes, composed by (decay, state) pairs
+    ((2, 5, 37, 3, True, True, True), {"time_parts": 2}),
+    ((1, 3, 70, 16, True, True, True), {"time_parts": 4, "CHUNK": 64, "sub": 32}),   # several chunks, odd L
+    ((1, 4, 1, 16, False, False, False), {"time_parts": 4, "CHUNK": 64, "sub": 32}),  # L = 1
+    ((1, 2, 19, 64, False, True, False), {"time_parts": 8}),                          # clamped to 2 (16 lanes)
+    ((1, 3, 45, 16, True, False, True), {"states_per_thread": 8, "time_parts": 8, "sub": 8}),  # 1 step per part
 ])
 def test_lanes_decomposition_matches_reference(shape, config):
     from effprof.ops.selective_scan_lanes import scan_lanes_model
@@ -49,7 +55,7 @@ def test_lanes_decomposition_matches_reference(shape, config):
 
 
 def test_lanes_plan():
-    from effprof.ops.selective_scan_lanes import lanes_geometry, plan
+    from effprof.ops.selective_scan_lanes import io_geometry, lanes_geometry, plan
     assert plan(1, 4096, {}) is None                  # one state: no lanes to spread over (Gluon kernel)
     p = plan(16, 4096, {})
     assert (p["chunk"], p["states_per_thread"], p["sub"], p["num_warps"], p["lane_order"]) == (32, 4, 16, 4, 2)
@@ -59,6 +65,16 @@ def test_lanes_plan():
     assert plan(3, 100, {})["states_per_thread"] == 2  # padded to 4 states: 2 lanes of 2
     assert lanes_geometry(64, 1, 4) == (64, 2, 4)     # at most 32 lanes per channel
     assert plan(16, 4096, {"states_per_thread": 1, "CHUNK": 32})["chunk"] == 64  # 16 lanes x 4 steps
+    # time parts: threads per channel = lanes x parts (at most 32), BLOCK_D shrinks accordingly
+    p = plan(16, 793, {"time_parts": 4, "CHUNK": 64, "sub": 32})
+    assert (p["time_parts"], p["chunk"], p["sub"]) == (4, 64, 32)
+    assert lanes_geometry(16, 4, 4, 1, 4) == (16, 4, 8)  # 16 threads per channel, 8 channels per program
+    assert plan(64, 100, {"time_parts": 8})["time_parts"] == 2  # 16 lanes of a channel: 2 parts fill the warp
+    assert plan(16, 100, {"time_parts": 3})["time_parts"] == 4  # rounded up to a power of two
+    assert plan(16, 4096, {"time_parts": 8, "sub": 4})["sub"] == 8  # at least one step per part
+    assert io_geometry(8, 64, 4) == (4, 2, 1)   # 4 values per thread: 4 channels, 2 threads along channels
+    assert io_geometry(32, 32, 4) == (8, 4, 1)  # 8 channels (16 bytes of bf16) per thread, 4 threads
+    assert io_geometry(64, 64, 8) == (8, 8, 1)
 
 
 def test_lanes_kernel_compiles_for_hopper_with_one_exp2_per_element():

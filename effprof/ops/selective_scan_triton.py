@@ -69,6 +69,16 @@ LANES_PROGRAMS_PER_SM = 3
 MIN_STEPS_PER_CHUNK = 128
 
 
+# Batch-1 prefill (issue 26): where the default lanes blocks (32 channels) give fewer than FILL_PROGRAMS_PER_SM
+# programs per SM, the lanes kernel runs with more threads per channel: fewer states per thread and/or a
+# sub-block's steps split over `time_parts` lanes (a warp-level associative scan of (decay, state) pairs, as
+# mamba-ssm's block scan; no second walk, one exp2 per element), reading channel-last inputs with a
+# channel-fast layout. Chosen from the sweep of benchmarks/bench_mamba_prefill.py --scan (see RESULTS.md).
+FILL_PROGRAMS_PER_SM = 2
+BATCH1_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 4, "time_parts": 4, "num_warps": 8, "CHUNK": 64,
+                       "sub": 32, "lane_order": "warp", "io": "auto"}
+
+
 def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
     """How many time chunks the lanes kernel splits each sequence into on `device`: enough for
     `programs_per_sm` (default LANES_PROGRAMS_PER_SM) programs per SM, at most L / `min_steps_per_chunk`.
@@ -77,7 +87,7 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
         return 1
     from effprof.ops.selective_scan_lanes import lanes_geometry
     _, _, block_d = lanes_geometry(16, config.get("states_per_thread", 4), config.get("num_warps", 4),
-                                   config.get("rows", 1))
+                                   config.get("rows", 1), config.get("time_parts", 1))
     programs = batch * triton.cdiv(d_inner, block_d)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if programs >= sms:  # every SM has a program: splitting only adds the second walk (measured, see above)
@@ -87,14 +97,19 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU
-    (at least SPLIT_BELOW programs per SM), else the time-split kernel. Empty (= defaults) off CUDA."""
+    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU (at
+    least FILL_PROGRAMS_PER_SM programs of 32 channels per SM), else BATCH1_LANES_CONFIG (more threads per
+    channel); the `tl` time-split kernel only below SPLIT_BELOW programs per SM (0: never). Empty (= defaults)
+    off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= SPLIT_BELOW * sms:
-        return {}
-    return dict(SPLIT_CONFIG) if SPLIT_BELOW > 0 else {}
+    programs = batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"])
+    if programs < SPLIT_BELOW * sms:
+        return dict(SPLIT_CONFIG)
+    if programs < FILL_PROGRAMS_PER_SM * sms:
+        return dict(BATCH1_LANES_CONFIG)
+    return {}
 
 
 
@@ -225,12 +240,12 @@ def gluon_available() -> bool:
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` picks the
-    kernel for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
+    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D or kernel, `occupancy_config` picks
+    the kernel and its config for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
     `occupancy_config` picks where batch × d_inner leaves SMs idle, e.g. batch-1 prefill; any strides, its
     own keys BLOCK_D, CHUNK, num_warps, programs_per_sm, max_chunks, chunks), "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
     thread and states across lanes; keys states_per_thread, sub, CHUNK, num_warps, rows, pad, lane_order,
-    poly_every, maxnreg; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
+    poly_every, maxnreg, time_chunks (split across programs), time_parts (split across lanes), io; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
     with gluon on, the default, CUDA tensors run the Gluon kernel of `selective_scan_gluon`, whose channel
     block follows from CHUNK and num_warps, with poly_every k (every k-th state's exp2 as an FMA
     polynomial) and maxnreg (a register cap); else and on CPU the `tl` kernel below, keys BLOCK_D (channels
@@ -242,7 +257,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     import os
     batch, d_inner, L = u.shape
     config = config or {}
-    shape_config = {} if "BLOCK_D" in config else occupancy_config(batch, d_inner, u.device)
+    # an explicit kernel or block size is taken as given (DEFAULT_CONFIG + config); else the shape decides
+    shape_config = {} if ("BLOCK_D" in config or "kernel" in config) else occupancy_config(batch, d_inner, u.device)
     cfg = {**DEFAULT_CONFIG, **shape_config, **config}
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
