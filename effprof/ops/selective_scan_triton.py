@@ -74,9 +74,13 @@ MIN_STEPS_PER_CHUNK = 128
 # sub-block's steps split over `time_parts` lanes (a warp-level associative scan of (decay, state) pairs, as
 # mamba-ssm's block scan; no second walk, one exp2 per element), reading channel-last inputs with a
 # channel-fast layout. Chosen from the sweep of benchmarks/bench_mamba_prefill.py --scan (see RESULTS.md).
+# BATCH1_LANES_CONFIG where the default blocks give every SM a program but fewer than FILL_PROGRAMS_PER_SM
+# (Mamba-2.8B: 160 blocks for 132 SMs), BATCH1_NARROW_LANES_CONFIG where they do not (Mamba-130m: 48 blocks).
 FILL_PROGRAMS_PER_SM = 2
-BATCH1_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 4, "time_parts": 4, "num_warps": 8, "CHUNK": 64,
-                       "sub": 32, "lane_order": "warp", "io": "auto"}
+BATCH1_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 2, "num_warps": 2, "lane_order": "d",
+                       "io": "channel"}
+BATCH1_NARROW_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 2, "time_parts": 4, "num_warps": 4,
+                              "CHUNK": 64, "sub": 32, "lane_order": "d"}
 
 
 def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
@@ -98,8 +102,8 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
     """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU (at
-    least FILL_PROGRAMS_PER_SM programs of 32 channels per SM), else BATCH1_LANES_CONFIG (more threads per
-    channel); the `tl` time-split kernel only below SPLIT_BELOW programs per SM (0: never). Empty (= defaults)
+    least FILL_PROGRAMS_PER_SM programs of 32 channels per SM), else BATCH1_LANES_CONFIG or, where an SM would
+    have no program, BATCH1_NARROW_LANES_CONFIG (more threads per channel); the `tl` time-split kernel only below SPLIT_BELOW programs per SM (0: never). Empty (= defaults)
     off CUDA."""
     if device.type != "cuda":
         return {}
@@ -107,6 +111,8 @@ def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
     programs = batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"])
     if programs < SPLIT_BELOW * sms:
         return dict(SPLIT_CONFIG)
+    if programs < sms:
+        return dict(BATCH1_NARROW_LANES_CONFIG)
     if programs < FILL_PROGRAMS_PER_SM * sms:
         return dict(BATCH1_LANES_CONFIG)
     return {}
