@@ -131,6 +131,9 @@ SCAN_CONFIGS = {
     "s2-w2-k2": {**LANES, "states_per_thread": 2, "num_warps": 2, "lane_order": "d", "time_chunks": 2},
     "s2tp4-w4-k3": {**LANES, "states_per_thread": 2, "time_parts": 4, "num_warps": 4, "CHUNK": 64, "sub": 32,
                     "lane_order": "d", "time_chunks": 3},
+    "s4-ioc": {**LANES, "io": "channel"},                     # DEFAULT_CONFIG with channel-fast loads
+    "s4-w2-ioc": {**LANES, "num_warps": 2, "io": "channel"},
+    "tp2-w2-ioc": {**LANES, "time_parts": 2, "num_warps": 2, "io": "channel"},
     "lanes-k1": {**LANES, "time_chunks": 1},                  # the lanes kernel without the time split
     "lanes-k8": {**LANES, "time_chunks": 8},
     "tl-small-batch": {"kernel": "chunked", "gluon": False, "BLOCK_D": 16, "CHUNK": 64, "pair_states": True,

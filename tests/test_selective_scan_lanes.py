@@ -127,3 +127,37 @@ def test_lanes_kernel_time_split_and_strided_modes_compile_within_the_register_b
     assert int(re.search(r"REG:(\d+)", usage).group(1)) <= 128, usage
     _, mix = loop_mix(sass)
     assert mix["MUFU"] == 32 * 4 + (2 if mode == 1 else 3) * 32 // 4
+
+
+def test_batch1_config_compiles_for_hopper_with_one_exp2_per_element():
+    """The batch-1 config of `selective_scan_triton` (time parts across lanes, channel-fast loads of channel-last
+    inputs with channel stride 1) compiles for sm_90 without local memory, and its chunk loop still has one
+    MUFU per (channel, state, step) element plus three per (channel, step): the warp-level scan over time
+    parts adds shuffles and multiplies, no second exponential."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("triton's wheel ships no cuobjdump here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics"))
+    from sass_scan import compile_kernel, lanes_constants, loop_mix, sass_of
+
+    from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, io_geometry, lanes_geometry, plan
+    from effprof.ops.selective_scan_triton import BATCH1_LANES_CONFIG
+    p = plan(16, 793, BATCH1_LANES_CONFIG)
+    n_pad, s, block_d = lanes_geometry(16, p["states_per_thread"], p["num_warps"], p["rows"], p["time_parts"])
+    tp, chunk, warps = p["time_parts"], p["chunk"], p["num_warps"]
+    vd, td, wd = io_geometry(block_d, chunk, warps) if p["io"] == "channel" else (0, 1, 1)
+    constants = dict(lanes_constants(channel_last=True, channel_stride_one=True), N=16, N_PAD=n_pad, S=s, HAS_D=True,
+                     HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True, CHUNK=chunk, SUB=p["sub"], ROWS=p["rows"],
+                     PAD=True, LANE_ORDER=p["lane_order"], TP=tp, IO_VD=vd, IO_TD=td, IO_WD=wd, EVEN_L=False,
+                     EVEN_D=True, FAST_MATH=True, POLY_EVERY=0, num_warps=warps)
+    compiled = compile_kernel(_scan_lanes_kernel, constants, warps)
+    assert ".local" not in compiled.asm["ptx"]
+    sass, usage = sass_of(compiled)
+    assert int(re.search(r"STACK:(\d+)", usage).group(1)) == 0
+    _, mix = loop_mix(sass)
+    per_thread_elements = chunk // tp * s                          # a thread's steps of the chunk x its states
+    per_thread_steps = block_d * chunk // (32 * warps)             # (channel, step) pairs of phases 1 and 3
+    assert mix["MUFU"] == per_thread_elements + 3 * per_thread_steps
+    if tp > 1:
+        assert mix["SHFL"] > 0                                     # the scan across time parts: warp shuffles

@@ -117,6 +117,12 @@ class MambaBlock(nn.Module):
             self._A_key = key
         return self._A_cached
 
+    def _delta_bias(self) -> torch.Tensor:
+        """dt_proj's bias as the scan takes it: as is for the triton kernels (they read it in any float dtype:
+        no copy kernel per layer), float32 for the others (mamba-ssm's CUDA kernel requires it)."""
+        bias = self.dt_proj.bias
+        return bias if self.scan_backend == "triton" and bias.is_cuda else bias.float()
+
     def _scan_B_C(self, x_dbl: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
         """B and C as the scan takes them, (batch, d_state, L). The triton scan reads them time-contiguous:
         at batch 1 one copy of x_dbl's last 2·d_state columns gives both (the scan would otherwise copy B and
@@ -149,7 +155,7 @@ class MambaBlock(nn.Module):
         delta = F.linear(gemm_rows(dt), self.dt_proj.weight)                  # (batch, L, d_inner)
         B, C = self._scan_B_C(x_dbl, B, C)                                    # (batch, N, L)
         y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), self._A(), B, C,
-                           self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           self.D.float(), z=z, delta_bias=self._delta_bias(), delta_softplus=True,
                            return_last_state=state is not None, backend=self.scan_backend)
         if state is not None:
             y, last_state = y

@@ -77,10 +77,12 @@ MIN_STEPS_PER_CHUNK = 128
 # BATCH1_LANES_CONFIG where the default blocks give every SM a program but fewer than FILL_PROGRAMS_PER_SM
 # (Mamba-2.8B: 160 blocks for 132 SMs), BATCH1_NARROW_LANES_CONFIG where they do not (Mamba-130m: 48 blocks).
 FILL_PROGRAMS_PER_SM = 2
-BATCH1_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 2, "num_warps": 2, "lane_order": "d",
-                       "io": "channel"}
-BATCH1_NARROW_LANES_CONFIG = {"kernel": "lanes", "states_per_thread": 2, "time_parts": 4, "num_warps": 4,
-                              "CHUNK": 64, "sub": 32, "lane_order": "d"}
+# Measured on an H100 (2026-12-07, benchmarks/results/h100-2026-12-07-s9-prefill/, channel-last bf16, d_state 16):
+# 1 × 5120 × 793: DEFAULT_CONFIG 0.0675 ms, 2 time parts + channel-fast loads 0.0615 (2,048 steps: 0.156 -> 0.142);
+# fewer states per thread (2 or 1) or 4-8 time parts were slower (0.073-0.18). At 1 × 1536 (48 blocks) the
+# default with its time split across programs stayed fastest (0.032 ms at 793, 0.059 at 2,048): {} keeps it.
+BATCH1_LANES_CONFIG = {"kernel": "lanes", "time_parts": 2, "num_warps": 4, "io": "channel"}
+BATCH1_NARROW_LANES_CONFIG: dict = {}
 
 
 def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
@@ -101,10 +103,10 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU (at
-    least FILL_PROGRAMS_PER_SM programs of 32 channels per SM), else BATCH1_LANES_CONFIG or, where an SM would
-    have no program, BATCH1_NARROW_LANES_CONFIG (more threads per channel); the `tl` time-split kernel only below SPLIT_BELOW programs per SM (0: never). Empty (= defaults)
-    off CUDA."""
+    """The config for this shape: DEFAULT_CONFIG's lanes kernel where its channel blocks fill the GPU (at least
+    FILL_PROGRAMS_PER_SM programs of 32 channels per SM); else BATCH1_LANES_CONFIG, or BATCH1_NARROW_LANES_CONFIG
+    where an SM would have no program; the `tl` time-split kernel below SPLIT_BELOW programs per SM (0: never).
+    Empty (= DEFAULT_CONFIG) off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
