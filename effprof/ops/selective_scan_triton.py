@@ -81,7 +81,7 @@ FILL_PROGRAMS_PER_SM = 2
 # 1 × 5120 × 793: DEFAULT_CONFIG 0.0675 ms, 2 time parts + channel-fast loads 0.0615 (2,048 steps: 0.156 -> 0.142);
 # fewer states per thread (2 or 1) or 4-8 time parts were slower (0.073-0.18). At 1 × 1536 (48 blocks) the
 # default with its time split across programs stayed fastest (0.032 ms at 793, 0.059 at 2,048): {} keeps it.
-BATCH1_LANES_CONFIG = {"kernel": "lanes", "time_parts": 2, "num_warps": 4, "io": "channel"}
+BATCH1_LANES_CONFIG: dict = {"kernel": "lanes", "time_parts": 2, "num_warps": 4, "io": "channel"}
 BATCH1_NARROW_LANES_CONFIG: dict = {}
 
 
