@@ -198,6 +198,7 @@ TIME_PART_CONFIGS = {
     "tp8-sub64": {"kernel": "lanes", "time_parts": 8, "CHUNK": 64, "sub": 64, "num_warps": 8},
     "s2-w8-io-channel": {"kernel": "lanes", "states_per_thread": 2, "num_warps": 8, "io": "channel"},
     "tp4-k3": {"kernel": "lanes", "time_parts": 4, "CHUNK": 64, "sub": 32, "time_chunks": 3},  # and across programs
+    "s4-w2-io-channel": {"kernel": "lanes", "num_warps": 2, "io": "channel"},       # BATCH1_LANES_CONFIG
     "auto": None,                                                                  # what the dispatcher picks
 }
 TIME_PART_SHAPES = [  # (batch, d_inner, L, d_state, channel_last), with D / z / bias

@@ -69,20 +69,22 @@ LANES_PROGRAMS_PER_SM = 3
 MIN_STEPS_PER_CHUNK = 128
 
 
-# Batch-1 prefill (issue 26): where the default lanes blocks (32 channels) give fewer than FILL_PROGRAMS_PER_SM
-# programs per SM, the lanes kernel runs with more threads per channel: fewer states per thread and/or a
-# sub-block's steps split over `time_parts` lanes (a warp-level associative scan of (decay, state) pairs, as
-# mamba-ssm's block scan; no second walk, one exp2 per element), reading channel-last inputs with a
-# channel-fast layout. Chosen from the sweep of benchmarks/bench_mamba_prefill.py --scan (see RESULTS.md).
-# BATCH1_LANES_CONFIG where the default blocks give every SM a program but fewer than FILL_PROGRAMS_PER_SM
-# (Mamba-2.8B: 160 blocks for 132 SMs), BATCH1_NARROW_LANES_CONFIG where they do not (Mamba-130m: 48 blocks).
+# Batch-1 prefill (issue 26): where the default lanes blocks (32 channels, 4 warps) give fewer than
+# FILL_PROGRAMS_PER_SM programs per SM, the lanes kernel runs with a config of its own: BATCH1_LANES_CONFIG where
+# every SM has a program (Mamba-2.8B: 160 blocks for 132 SMs), BATCH1_NARROW_LANES_CONFIG where not (Mamba-130m:
+# 48 blocks). Its knobs: smaller programs (num_warps) that spread the channels more evenly over the SMs,
+# channel-fast loads of channel-last inputs (io), fewer states per thread, and time parts (a sub-block's steps
+# split over lanes and composed by a warp-level associative scan of (decay, state) pairs, as mamba-ssm's block
+# scan: more threads per channel, still one exp2 per element, ~3 more instructions per element).
 FILL_PROGRAMS_PER_SM = 2
-# Measured on an H100 (2026-12-07, benchmarks/results/h100-2026-12-07-s9-prefill/, channel-last bf16, d_state 16):
-# 1 × 5120 × 793: DEFAULT_CONFIG 0.0675 ms, 2 time parts + channel-fast loads 0.0615 (2,048 steps: 0.156 -> 0.142);
-# fewer states per thread (2 or 1) or 4-8 time parts were slower (0.073-0.18). At 1 × 1536 (48 blocks) the
-# default with its time split across programs stayed fastest (0.032 ms at 793, 0.059 at 2,048): {} keeps it.
-BATCH1_LANES_CONFIG: dict = {"kernel": "lanes", "time_parts": 2, "num_warps": 4, "io": "channel"}
-BATCH1_NARROW_LANES_CONFIG: dict = {}
+# Chosen by the sweep of `bench_mamba_prefill.py --scan --batch1 best` on an H100 (2026-12-07, channel-last bf16,
+# d_state 16; benchmarks/results/h100-2026-12-07-s9-prefill/): the least time over L = 793 and 2,048. At 1 × 5120
+# (160 default blocks for 132 SMs): 2 warps per program, 16 channels (320 programs, at most 3 per SM: 48 channels
+# on the busiest SM against 64 with 32-channel blocks) and channel-fast loads: 0.0582 / 0.1402 ms against the
+# default's 0.0671 / 0.1565; 2 time parts 0.0608 / 0.1393; 1 or 2 states per thread and 4-8 time parts 0.073-0.18.
+# At 1 × 1536 (48 blocks) the default with its time split across programs stayed fastest (0.0322 / 0.0583 ms).
+BATCH1_LANES_CONFIG: dict = {"kernel": "lanes", "num_warps": 2, "io": "channel"}
+BATCH1_NARROW_LANES_CONFIG: dict = {"kernel": "lanes"}
 
 
 def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
