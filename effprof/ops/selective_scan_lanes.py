@@ -26,6 +26,13 @@ turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k
 exp(A Σ delta') because the per-step decays multiply); MODE 2 walks every chunk from its entering state and
 writes y (the last chunk the last state). Chunks other than the last are walked twice.
 
+Time parts (`launch(time_parts=TP)`): phase 2's sub-block of SUB steps is split over TP consecutive lanes of
+SUB / TP steps each; `gl.associative_scan` over the time axis then crosses lanes (warp shuffles of (decay,
+state) pairs, the block scan of mamba-ssm's kernel inside a warp): TP times the threads per channel, still one
+exp2 per element, ~3 more instructions per element. io "channel": phases 1 and 3 with consecutive channels per
+thread (`io_geometry`), for channel-last inputs. `selective_scan_triton.occupancy_config` picks these per shape
+at batch 1; TP = 1 with io "time" is the kernel as it was (the same SASS).
+
 The CUDA default of `selective_scan_triton` (H200, batch 8 × 1536 × 4096, d_state 16, bf16: 0.357 ms
 against the Gluon kernel's 0.408; 7.45 SASS instructions per element against 10.4). Variants, counts and
 timings: benchmarks/diagnostics/scan_notes.md (sixth session). d_state is padded to a power of two
