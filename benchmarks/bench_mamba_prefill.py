@@ -17,10 +17,16 @@ Parts (each optional, in one process; every part writes its rows into one JSON a
   --code DIR  import effprof from DIR (e.g. a checkout of the previous commit, for before/after rows).
   --scan-part I/N --scan-check-only: compile and check only the I-th of N slices of the (shape, config) list
               (run N of these side by side first: triton's disk cache then holds every kernel, and the timing
-              process compiles nothing); --batch1 best: before --scaling/--cobra, make the fastest error-free
-              config at 1 × 5120 × 793 the dispatcher's batch-1 choice (`BATCH1_LANES_CONFIG`), or NAME one.
+              process compiles nothing).
+  --batch1 best|NAME  before --scaling/--cobra, make the lanes config with the least time over L = 793 and
+              2,048 (y within bf16 rounding) the dispatcher's batch-1 choice, at d_inner 5120 for
+              `BATCH1_LANES_CONFIG` and 1536 for `BATCH1_NARROW_LANES_CONFIG` (or NAME for both);
+              --batch1-write also writes them into the source under --code, for the CLI runs that follow.
+  The old path: `old-default` (the lanes kernel's DEFAULT_CONFIG, time split where an SM has no block) among
+  the scan configs; `--code DIR` with a checkout of the commit before, for whole-model rows.
 
     python benchmarks/bench_mamba_prefill.py --scan --scaling --cobra --out $OUT/prefill.json
+    (benchmarks/results/h100-2026-12-07-s9-prefill/call2.sh: the parallel check slices, the sweep, before/after)
 """
 from __future__ import annotations
 

@@ -4,9 +4,11 @@ the language model and the decoding cache, in the layout of the `mamba-ssm` pack
 - `MambaBlock` is `mamba_ssm.modules.mamba_simple.Mamba` (Fig. 3 of the paper): in_proj to x and gate z,
   causal depthwise conv1d + SiLU on x, x_proj to (dt, B, C), dt_proj, the selective scan with D skip and
   SiLU(z) gate fused, out_proj. Parameter names and shapes are mamba-ssm's, so its state dicts load as is.
-- `MambaLM` is `mamba_ssm.models.mixer_seq_simple.MambaLMHeadModel` without the fused add+norm kernels:
-  embedding, n_layer pre-norm residual blocks (`norm` = RMSNorm, `mixer` = MambaBlock, residual kept in
-  fp32), `norm_f`, and an `lm_head` tied to the embedding. State-dict keys `backbone.embedding.weight`,
+- `MambaLM` is `mamba_ssm.models.mixer_seq_simple.MambaLMHeadModel`: embedding, n_layer pre-norm residual
+  blocks (`norm` = RMSNorm, `mixer` = MambaBlock, residual kept in fp32), `norm_f`, and an `lm_head` tied to
+  the embedding. With the triton decode backend each residual add + RMSNorm (and the final one) runs as the one
+  fused kernel of `effprof.ops.mamba_decode.add_rms_norm`, in prefill as in decoding (mamba-ssm's fused
+  add+norm does the same); with "ref", as separate ops. State-dict keys `backbone.embedding.weight`,
   `backbone.layers.{i}.mixer.*`, `backbone.layers.{i}.norm.weight`, `backbone.norm_f.weight`, `lm_head.weight`.
 - Decoding keeps per layer a conv state (batch, d_inner, d_conv) in the model dtype and an SSM state
   (batch, d_inner, d_state) in fp32 (mamba-ssm keeps the latter in the model dtype; fp32 is what the
@@ -104,9 +106,10 @@ class MambaBlock(nn.Module):
         """A = -exp(A_log), (d_inner, d_state) float32. Where no gradient can flow to A_log (inference), kept
         between calls for as long as A_log is the same tensor, unchanged (its storage and version counter):
         two elementwise kernels less per layer and forward. Recomputed while a CUDA graph is being captured
-        (a tensor made during a capture belongs to the graph's memory pool)."""
+        (a tensor made during a capture belongs to the graph's memory pool) and under torch.compile (which
+        fuses it, and would break its graph on the cache's bookkeeping)."""
         A_log = self.A_log
-        if (torch.is_grad_enabled() and A_log.requires_grad) or not A_log.is_cuda:
+        if (torch.is_grad_enabled() and A_log.requires_grad) or not A_log.is_cuda or torch.compiler.is_compiling():
             return -torch.exp(A_log.float())
         key = (A_log.data_ptr(), A_log._version)
         if getattr(self, "_A_key", None) != key:
