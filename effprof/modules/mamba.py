@@ -104,8 +104,9 @@ class MambaBlock(nn.Module):
 
     def _A(self) -> torch.Tensor:
         """A = -exp(A_log), (d_inner, d_state) float32. Where no gradient can flow to A_log (inference), kept
-        between calls for as long as A_log is the same tensor, unchanged (its storage and version counter):
-        two elementwise kernels less per layer and forward. Recomputed while a CUDA graph is being captured
+        between calls for as long as A_log is the same tensor, unchanged (its storage and version counter; a
+        write through `.data` bypasses the counter and is not seen): two elementwise kernels less per layer and
+        forward. Recomputed while a CUDA graph is being captured
         (a tensor made during a capture belongs to the graph's memory pool) and under torch.compile (which
         fuses it, and would break its graph on the cache's bookkeeping)."""
         A_log = self.A_log
