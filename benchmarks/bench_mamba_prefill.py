@@ -15,8 +15,18 @@ Parts (each optional, in one process; every part writes its rows into one JSON a
   --cobra     `cobra` and `llava` prefill (TTFT: vision + projector + LM prefill of 729/576 image tokens +
               64 prompt tokens) and `cobra` decode at context 1k, batch 1, bf16, --graphs, min-time 0.5 s.
   --code DIR  import effprof from DIR (e.g. a checkout of the previous commit, for before/after rows).
+  --scan-part I/N --scan-check-only: compile and check only the I-th of N slices of the (shape, config) list
+              (run N of these side by side first: triton's disk cache then holds every kernel, and the timing
+              process compiles nothing).
+  --batch1 best|NAME  before --scaling/--cobra, make the lanes config with the least time over L = 793 and
+              2,048 (y within bf16 rounding) the dispatcher's batch-1 choice, at d_inner 5120 for
+              `BATCH1_LANES_CONFIG` and 1536 for `BATCH1_NARROW_LANES_CONFIG` (or NAME for both);
+              --batch1-write also writes them into the source under --code, for the CLI runs that follow.
+  The old path: `old-default` (the lanes kernel's DEFAULT_CONFIG, time split where an SM has no block) among
+  the scan configs; `--code DIR` with a checkout of the commit before, for whole-model rows.
 
     python benchmarks/bench_mamba_prefill.py --scan --scaling --cobra --out $OUT/prefill.json
+    (benchmarks/results/h100-2026-12-07-s9-prefill/call2.sh: the parallel check slices, the sweep, before/after)
 """
 from __future__ import annotations
 
@@ -34,8 +44,12 @@ def parse():
     p.add_argument("--scan", action="store_true")
     p.add_argument("--scaling", action="store_true")
     p.add_argument("--cobra", action="store_true")
-    p.add_argument("--scan-configs", default="default,lanes-k1,lanes-k2,lanes-k3,lanes-k4,lanes-k6,lanes-k8,"
-                   "lanes-k12,tl-small-batch")
+    p.add_argument("--scan-configs", default=None, help="comma-separated SCAN_CONFIGS names (default: all)")
+    p.add_argument("--scan-part", default="0/1")
+    p.add_argument("--scan-check-only", action="store_true")
+    p.add_argument("--batch1", default=None, help="best | a SCAN_CONFIGS name")
+    p.add_argument("--batch1-write", action="store_true", help="also write the choice into the source of "
+                   "effprof/ops/selective_scan_triton.py under --code (for the CLI runs that follow)")
     p.add_argument("--scan-shapes", default=None, help="batch,d_inner,L,channel_last;... (default SCAN_SHAPES)")
     p.add_argument("--cobra-rows", default="cobra TTFT,llava TTFT,cobra decode 1k")
     p.add_argument("--presets", default="130m,2.8b")
@@ -99,44 +113,87 @@ def scan_inputs(batch, d_inner, L, N, channel_last, seed=0):
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=rnd(d_inner), z=z, delta_bias=0.3 * rnd(d_inner))
 
 
+LANES = {"kernel": "lanes"}
 SCAN_CONFIGS = {
     "default": None,                                          # what selective_scan_triton picks for the shape
-    "lanes-k1": {"kernel": "lanes", "time_chunks": 1},        # the lanes kernel without the time split
-    "lanes-k2": {"kernel": "lanes", "time_chunks": 2},
-    "lanes-k3": {"kernel": "lanes", "time_chunks": 3},
-    "lanes-k4": {"kernel": "lanes", "time_chunks": 4},
-    "lanes-k6": {"kernel": "lanes", "time_chunks": 6},
-    "lanes-k8": {"kernel": "lanes", "time_chunks": 8},
-    "lanes-k12": {"kernel": "lanes", "time_chunks": 12},
+    # before this branch: DEFAULT_CONFIG's lanes kernel, time split across programs where an SM has no program
+    "old-default": dict(LANES),
+    # more threads per channel: s = states per thread (4 lanes of 4 by default), w = warps per program,
+    # tp = time parts (a sub-block's steps over lanes, warp-level scan), ioc = channel-fast loads, r = maxnreg,
+    # k = time chunks across programs (the old split: chunks walked twice)
+    "s2-w2": {**LANES, "states_per_thread": 2, "num_warps": 2, "lane_order": "d"},
+    "s2-w4": {**LANES, "states_per_thread": 2, "num_warps": 4, "lane_order": "d"},
+    "s2-w8": {**LANES, "states_per_thread": 2, "num_warps": 8},
+    "s2-w2-ioc": {**LANES, "states_per_thread": 2, "num_warps": 2, "lane_order": "d", "io": "channel"},
+    "s2-w4-ioc": {**LANES, "states_per_thread": 2, "num_warps": 4, "lane_order": "d", "io": "channel"},
+    "s1-w2": {**LANES, "states_per_thread": 1, "num_warps": 2, "CHUNK": 64},
+    "s1-w4": {**LANES, "states_per_thread": 1, "num_warps": 4, "CHUNK": 64},
+    "tp2-w2": {**LANES, "time_parts": 2, "num_warps": 2},
+    "tp2-w4": {**LANES, "time_parts": 2, "num_warps": 4},
+    "tp2-w4-ioc": {**LANES, "time_parts": 2, "num_warps": 4, "io": "channel"},
+    "tp4-w4": {**LANES, "time_parts": 4, "num_warps": 4, "CHUNK": 64, "sub": 32},
+    "s2tp2-w4": {**LANES, "states_per_thread": 2, "time_parts": 2, "num_warps": 4, "lane_order": "d"},
+    "s2tp4-w4": {**LANES, "states_per_thread": 2, "time_parts": 4, "num_warps": 4, "CHUNK": 64, "sub": 32,
+                 "lane_order": "d"},
+    "tp8-w4": {**LANES, "time_parts": 8, "num_warps": 4, "CHUNK": 64, "sub": 64},
+    "s2-w2-k2": {**LANES, "states_per_thread": 2, "num_warps": 2, "lane_order": "d", "time_chunks": 2},
+    "s2tp4-w4-k3": {**LANES, "states_per_thread": 2, "time_parts": 4, "num_warps": 4, "CHUNK": 64, "sub": 32,
+                    "lane_order": "d", "time_chunks": 3},
+    "s4-ioc": {**LANES, "io": "channel"},                     # DEFAULT_CONFIG with channel-fast loads
+    "s4-w2-ioc": {**LANES, "num_warps": 2, "io": "channel"},
+    "tp2-w2-ioc": {**LANES, "time_parts": 2, "num_warps": 2, "io": "channel"},
+    "s4-w1-ioc": {**LANES, "num_warps": 1, "io": "channel"},
+    "tp4-w2-ioc": {**LANES, "time_parts": 4, "num_warps": 2, "CHUNK": 64, "sub": 32, "io": "channel"},
+    "lanes-k1": {**LANES, "time_chunks": 1},                  # the lanes kernel without the time split
+    "lanes-k8": {**LANES, "time_chunks": 8},
     "tl-small-batch": {"kernel": "chunked", "gluon": False, "BLOCK_D": 16, "CHUNK": 64, "pair_states": True,
                        "fast_unpack": True},                  # the batch-1 choice before 2026-12-07 (d_inner 1536)
     "split-tl": {"kernel": "split"},                          # selective_scan_split (tl): slow on CUDA
 }
-SCAN_SHAPES = "1,5120,793,1;1,5120,793,0;1,5120,2048,1;1,5120,8192,1;1,1536,793,1;1,1536,2048,1;1,1536,16384,1;8,1536,4096,0"
+SCAN_SHAPES = "1,5120,793,1;1,5120,2048,1;1,5120,8192,1;1,1536,793,1;1,1536,2048,1;1,1536,16384,1;8,1536,4096,0"
+BIG_BATCH_CONFIGS = ["default", "old-default"]
+SKIP_BY_DEFAULT = {"tl-small-batch", "split-tl", "lanes-k8", "lanes-k1"}  # measured before (RESULTS.md): slower
+
+
+def scan_work() -> list[tuple]:
+    """(shape, config names) pairs of this run, in order."""
+    shapes = [tuple(int(x) for x in spec.split(",")) for spec in (ARGS.scan_shapes or SCAN_SHAPES).split(";")]
+    names = ARGS.scan_configs.split(",") if ARGS.scan_configs else [n for n in SCAN_CONFIGS if n not in SKIP_BY_DEFAULT]
+    return [(shape, names if shape[0] == 1 else [n for n in BIG_BATCH_CONFIGS if n in names] or ["default"])
+            for shape in shapes]
 
 
 def part_scan():
-    ARGS.scan_shapes = ARGS.scan_shapes or SCAN_SHAPES
     from triton.testing import do_bench_cudagraph
 
     from effprof.ops.selective_scan import selective_scan_ref
     from effprof.ops.selective_scan_triton import selective_scan_triton
     rows = RESULT.setdefault("scan", [])
-    shapes = [tuple(int(x) for x in spec.split(",")) for spec in ARGS.scan_shapes.split(";")]
-    for batch, d_inner, L, cl in shapes:
+    part, parts = (int(x) for x in ARGS.scan_part.split("/"))
+    pairs = [(shape, name) for shape, names in scan_work() for name in names]
+    mine = set(pairs[part::parts])
+    for (batch, d_inner, L, cl), names in scan_work():
+        names = [n for n in names if ((batch, d_inner, L, cl), n) in mine]
+        if not names:
+            continue
         cl = bool(cl)
         inputs = scan_inputs(batch, d_inner, L, 16, cl)
         ref = None
         if batch * d_inner * L <= 5120 * 2048:
             ref = selective_scan_ref(**{k: (v.float() if k in ("u", "delta", "z", "B", "C") else v)
                                         for k, v in inputs.items()}, delta_softplus=True, return_last_state=True)
-        names = ARGS.scan_configs.split(",") if batch == 1 else ["default", "lanes-k1"]
         for name in names:
             cfg = SCAN_CONFIGS[name]
             fn = lambda: selective_scan_triton(**inputs, delta_softplus=True, config=cfg)  # noqa: E731
             try:
                 y, last = fn()
                 err = None if ref is None else (rel_err(y, ref[0]), rel_err(last, ref[1]))
+                if ARGS.scan_check_only:
+                    rows.append({"shape": [batch, d_inner, L, 16], "channel_last": cl, "config": name,
+                                 "rel_err_y": None if err is None else err[0],
+                                 "rel_err_last": None if err is None else err[1]})
+                    print(f"check {batch}x{d_inner}x{L} cl={cl} {name:16s} err={err}", flush=True)
+                    continue
                 ms = do_bench_cudagraph(fn, rep=100, return_mode="median")
             except Exception as exc:  # a config that does not compile here is a row, not a crash
                 rows.append({"shape": [batch, d_inner, L, 16], "channel_last": cl, "config": name, "error": repr(exc)[:300]})
@@ -203,6 +260,40 @@ def part_cobra():
         free_memory()
 
 
+def install_batch1(choice: str) -> None:
+    """Make `choice` the dispatcher's batch-1 configs for the rest of this process: a SCAN_CONFIGS name for
+    both, or "best": the lanes config with the least time summed over L = 793 and 2,048 whose y is within
+    bf16 rounding of the reference everywhere, at d_inner 5120 for BATCH1_LANES_CONFIG and 1536 for
+    BATCH1_NARROW_LANES_CONFIG. With --batch1-write also into the source file (one line each)."""
+    import re
+
+    from effprof.ops import selective_scan_triton as kernels
+
+    def best(d_inner):
+        total: dict = {}
+        for r in RESULT.get("scan", []):
+            if r["shape"][:2] != [1, d_inner] or r["shape"][2] not in (793, 2048) or not SCAN_CONFIGS.get(r["config"]):
+                continue
+            good = (r.get("ms") and r.get("rel_err_y") is not None and r["rel_err_y"] < 1e-2
+                    and SCAN_CONFIGS[r["config"]].get("kernel") == "lanes")
+            total.setdefault(r["config"], []).append(r["ms"] if good else float("inf"))
+        return min((sum(v), k) for k, v in total.items() if len(v) == 2)[1]
+    wide, narrow = (best(5120), best(1536)) if choice == "best" else (choice, choice)
+    kernels.BATCH1_LANES_CONFIG = dict(SCAN_CONFIGS[wide])
+    kernels.BATCH1_NARROW_LANES_CONFIG = dict(SCAN_CONFIGS[narrow])
+    RESULT["batch1_config"] = {"wide": wide, "narrow": narrow, "BATCH1_LANES_CONFIG": kernels.BATCH1_LANES_CONFIG,
+                               "BATCH1_NARROW_LANES_CONFIG": kernels.BATCH1_NARROW_LANES_CONFIG}
+    print("batch-1 scan configs:", wide, narrow, flush=True)
+    if ARGS.batch1_write:
+        path = Path(ARGS.code) / "effprof" / "ops" / "selective_scan_triton.py"
+        text = path.read_text()
+        for name, cfg in (("BATCH1_LANES_CONFIG", kernels.BATCH1_LANES_CONFIG),
+                          ("BATCH1_NARROW_LANES_CONFIG", kernels.BATCH1_NARROW_LANES_CONFIG)):
+            text, n = re.subn(rf"^{name}(: dict)? = .*$", f"{name}: dict = {json.dumps(cfg)}", text, flags=re.M)
+            assert n == 1, name
+        path.write_text(text)
+
+
 def main():
     meta()
     save()
@@ -213,6 +304,9 @@ def main():
         save()
     if ARGS.scan:
         part_scan()
+    if ARGS.batch1:
+        install_batch1(ARGS.batch1)
+        save()
     if ARGS.cobra:
         part_cobra()
     if ARGS.scaling:

@@ -274,8 +274,11 @@ def test_lanes_kernel_splits_time_when_the_batch_cannot_fill_the_gpu(monkeypatch
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     cuda = torch.device("cuda")
-    assert kernels.occupancy_config(8, 1536, cuda) == {}  # the lanes kernel everywhere on CUDA
-    assert kernels.occupancy_config(1, 5120, cuda) == {}
+    assert kernels.occupancy_config(8, 1536, cuda) == {}  # 384 blocks of 32 channels: the default lanes kernel
+    # batch-1 prefill (160 and 48 blocks for 132 SMs): the lanes kernel with more threads per channel
+    assert kernels.occupancy_config(1, 5120, cuda) == kernels.BATCH1_LANES_CONFIG
+    assert kernels.occupancy_config(1, 1536, cuda) == kernels.BATCH1_NARROW_LANES_CONFIG
+    assert kernels.occupancy_config(1, 5120, torch.device("cpu")) == {}
     chunks = lambda batch, d_inner, L: kernels.lanes_time_chunks(batch, d_inner, L, cuda, {})  # noqa: E731
     assert chunks(8, 1536, 4096) == 1     # 384 programs of 32 channels: no split
     assert chunks(1, 5120, 793) == 1      # Cobra's LM prefill: 160 programs, every SM has one: no split

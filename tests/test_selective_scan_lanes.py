@@ -37,6 +37,12 @@ def make_inputs(batch, d_inner, L, d_state, with_D=True, with_z=True, with_bias=
     ((2, 3, 70, 16, True, True, True), {"states_per_thread": 8, "CHUNK": 16}),  # several chunks, a partial one
     ((1, 2, 19, 64, False, True, False), {"states_per_thread": 1}),     # 64 states: at least 2 per lane
     ((1, 3, 45, 16, True, False, True), {"states_per_thread": 2, "CHUNK": 32}),
+    # time parts: each sub-block's steps split over lanes, composed by (decay, state) pairs
+    ((2, 5, 37, 3, True, True, True), {"time_parts": 2}),
+    ((1, 3, 70, 16, True, True, True), {"time_parts": 4, "CHUNK": 64, "sub": 32}),   # several chunks, odd L
+    ((1, 4, 1, 16, False, False, False), {"time_parts": 4, "CHUNK": 64, "sub": 32}),  # L = 1
+    ((1, 2, 19, 64, False, True, False), {"time_parts": 8}),                          # clamped to 2 (16 lanes)
+    ((1, 3, 45, 16, True, False, True), {"states_per_thread": 8, "time_parts": 8, "sub": 8}),  # 1 step per part
 ])
 def test_lanes_decomposition_matches_reference(shape, config):
     from effprof.ops.selective_scan_lanes import scan_lanes_model
@@ -49,7 +55,7 @@ def test_lanes_decomposition_matches_reference(shape, config):
 
 
 def test_lanes_plan():
-    from effprof.ops.selective_scan_lanes import lanes_geometry, plan
+    from effprof.ops.selective_scan_lanes import io_geometry, lanes_geometry, plan
     assert plan(1, 4096, {}) is None                  # one state: no lanes to spread over (Gluon kernel)
     p = plan(16, 4096, {})
     assert (p["chunk"], p["states_per_thread"], p["sub"], p["num_warps"], p["lane_order"]) == (32, 4, 16, 4, 2)
@@ -59,6 +65,16 @@ def test_lanes_plan():
     assert plan(3, 100, {})["states_per_thread"] == 2  # padded to 4 states: 2 lanes of 2
     assert lanes_geometry(64, 1, 4) == (64, 2, 4)     # at most 32 lanes per channel
     assert plan(16, 4096, {"states_per_thread": 1, "CHUNK": 32})["chunk"] == 64  # 16 lanes x 4 steps
+    # time parts: threads per channel = lanes x parts (at most 32), BLOCK_D shrinks accordingly
+    p = plan(16, 793, {"time_parts": 4, "CHUNK": 64, "sub": 32})
+    assert (p["time_parts"], p["chunk"], p["sub"]) == (4, 64, 32)
+    assert lanes_geometry(16, 4, 4, 1, 4) == (16, 4, 8)  # 16 threads per channel, 8 channels per program
+    assert plan(64, 100, {"time_parts": 8})["time_parts"] == 2  # 16 lanes of a channel: 2 parts fill the warp
+    assert plan(16, 100, {"time_parts": 3})["time_parts"] == 4  # rounded up to a power of two
+    assert plan(16, 4096, {"time_parts": 8, "sub": 4})["sub"] == 8  # at least one step per part
+    assert io_geometry(8, 64, 4) == (4, 2, 1)   # 4 values per thread: 4 channels, 2 threads along channels
+    assert io_geometry(32, 32, 4) == (8, 4, 1)  # 8 channels (16 bytes of bf16) per thread, 4 threads
+    assert io_geometry(64, 64, 8) == (8, 8, 1)
 
 
 def test_lanes_kernel_compiles_for_hopper_with_one_exp2_per_element():
@@ -111,3 +127,37 @@ def test_lanes_kernel_time_split_and_strided_modes_compile_within_the_register_b
     assert int(re.search(r"REG:(\d+)", usage).group(1)) <= 128, usage
     _, mix = loop_mix(sass)
     assert mix["MUFU"] == 32 * 4 + (2 if mode == 1 else 3) * 32 // 4
+
+
+def test_batch1_config_compiles_for_hopper_with_one_exp2_per_element():
+    """The batch-1 config of `selective_scan_triton` (time parts across lanes, channel-fast loads of channel-last
+    inputs with channel stride 1) compiles for sm_90 without local memory, and its chunk loop still has one
+    MUFU per (channel, state, step) element plus three per (channel, step): the warp-level scan over time
+    parts adds shuffles and multiplies, no second exponential."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("triton's wheel ships no cuobjdump here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics"))
+    from sass_scan import compile_kernel, lanes_constants, loop_mix, sass_of
+
+    from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, io_geometry, lanes_geometry, plan
+    from effprof.ops.selective_scan_triton import BATCH1_LANES_CONFIG
+    p = plan(16, 793, BATCH1_LANES_CONFIG)
+    n_pad, s, block_d = lanes_geometry(16, p["states_per_thread"], p["num_warps"], p["rows"], p["time_parts"])
+    tp, chunk, warps = p["time_parts"], p["chunk"], p["num_warps"]
+    vd, td, wd = io_geometry(block_d, chunk, warps) if p["io"] == "channel" else (0, 1, 1)
+    constants = dict(lanes_constants(channel_last=True, channel_stride_one=True), N=16, N_PAD=n_pad, S=s, HAS_D=True,
+                     HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True, CHUNK=chunk, SUB=p["sub"], ROWS=p["rows"],
+                     PAD=True, LANE_ORDER=p["lane_order"], TP=tp, IO_VD=vd, IO_TD=td, IO_WD=wd, EVEN_L=False,
+                     EVEN_D=True, FAST_MATH=True, POLY_EVERY=0, num_warps=warps)
+    compiled = compile_kernel(_scan_lanes_kernel, constants, warps)
+    assert ".local" not in compiled.asm["ptx"]
+    sass, usage = sass_of(compiled)
+    assert int(re.search(r"STACK:(\d+)", usage).group(1)) == 0
+    _, mix = loop_mix(sass)
+    per_thread_elements = chunk // tp * s                          # a thread's steps of the chunk x its states
+    per_thread_steps = block_d * chunk // (32 * warps)             # (channel, step) pairs of phases 1 and 3
+    assert mix["MUFU"] == per_thread_elements + 3 * per_thread_steps
+    if tp > 1:
+        assert mix["SHFL"] > 0                                     # the scan across time parts: warp shuffles

@@ -186,3 +186,45 @@ def test_cuda_lanes_time_split_matches_reference(shape, time_chunks):
         ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
         assert rel_err(y, ref_y) < tol and rel_err(last, ref_last) < max(tol, 1e-3)
         assert (y.stride(1) == 1) == channel_last
+
+
+# The batch-1 lanes configs (time parts across lanes, fewer states per thread, channel-fast loads), through
+# selective_scan_triton on a GPU: odd L, L = 1, d_state 1 (the Gluon kernel), 3, 16, 64, several programs and
+# a partial channel block, channel-last and contiguous inputs, with and without D, z and the bias
+TIME_PART_CONFIGS = {
+    "tp4-w8": {"kernel": "lanes", "time_parts": 4, "num_warps": 8, "CHUNK": 64, "sub": 32},
+    "tp4-w4-io-channel": {"kernel": "lanes", "time_parts": 4, "CHUNK": 64, "sub": 32, "io": "channel"},
+    "tp2-io-time": {"kernel": "lanes", "time_parts": 2, "io": "time"},
+    "tp8-sub64": {"kernel": "lanes", "time_parts": 8, "CHUNK": 64, "sub": 64, "num_warps": 8},
+    "s2-w8-io-channel": {"kernel": "lanes", "states_per_thread": 2, "num_warps": 8, "io": "channel"},
+    "tp4-k3": {"kernel": "lanes", "time_parts": 4, "CHUNK": 64, "sub": 32, "time_chunks": 3},  # and across programs
+    "s4-w2-io-channel": {"kernel": "lanes", "num_warps": 2, "io": "channel"},       # BATCH1_LANES_CONFIG
+    "auto": None,                                                                  # what the dispatcher picks
+}
+TIME_PART_SHAPES = [  # (batch, d_inner, L, d_state, channel_last), with D / z / bias
+    ((1, 300, 1000, 16, True), (True, True, True)), ((1, 64, 777, 16, True), (True, False, True)),
+    ((2, 70, 300, 16, False), (True, True, True)), ((1, 40, 501, 3, True), (False, True, False)),
+    ((1, 24, 1, 16, True), (True, True, True)), ((1, 33, 129, 64, True), (True, True, True)),
+    ((1, 20, 65, 1, True), (True, True, True)),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(TIME_PART_CONFIGS))
+@pytest.mark.parametrize("shape, flags", TIME_PART_SHAPES)
+def test_cuda_lanes_time_parts_match_reference(name, shape, flags):
+    from effprof.ops.selective_scan_triton import selective_scan_triton
+
+    *dims, channel_last = shape
+    with_D, with_z, with_bias = flags
+    cuda = torch.device("cuda")
+    config = TIME_PART_CONFIGS[name] or {}
+    for dtype, tol, fast in ((torch.float32, 1e-5, False), (torch.bfloat16, 1e-2, True)):
+        inputs = make_inputs(*dims, channel_last=channel_last, with_D=with_D, with_z=with_z, with_bias=with_bias,
+                             dtype=dtype, device=cuda, seed=dims[2])
+        y, last = selective_scan_triton(**inputs, delta_softplus=True, config={**config, "fast_math": fast})
+        ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+        assert rel_err(y, ref_y) < tol and rel_err(last, ref_last) < max(tol, 1e-3), (rel_err(y, ref_y),
+                                                                                       rel_err(last, ref_last))
+        if dims[3] > 1:  # (d_state 1 runs the Gluon kernel on contiguous copies; the op restores the layout)
+            assert (y.stride(1) == 1) == channel_last

@@ -33,12 +33,14 @@ TYPES = {"u_ptr": "*bf16", "delta_ptr": "*bf16", "A_ptr": "*fp32", "B_ptr": "*bf
 CONTIGUOUS_TIME = {f"s{t}_t": 1 for t in "udzy"}
 
 
-def lanes_constants(channel_last: bool = False, mode: int = 0) -> dict:
+def lanes_constants(channel_last: bool = False, mode: int = 0, channel_stride_one: bool = False) -> dict:
     """The constexprs the lanes kernel takes besides its tuning: time strides (contiguous, or channel-last
     as a run-time i32 argument) and MODE (0 whole sequence, 1/2 the time split's two launches)."""
-    out = {"MODE": mode}
+    out = {"MODE": mode, "TP": 1, "IO_VD": 0, "IO_TD": 1, "IO_WD": 1}
     if not channel_last:
         out.update(CONTIGUOUS_TIME)
+    elif channel_stride_one:  # a Mamba block's views: channel stride 1, which the launch specialises too
+        out.update({f"s{t}_d": 1 for t in "udzy"})
     return out
 
 
@@ -107,6 +109,9 @@ def main() -> int:
                         "1 channels on the lowest lane bits, 2 one state group per warp")
     parser.add_argument("--poly-every", type=int, default=0)
     parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--time-parts", type=int, default=1, help="lanes: time parts per sub-block (across lanes)")
+    parser.add_argument("--io-channel", action="store_true", help="lanes: channel-fast phase-1/3 layout")
+    parser.add_argument("--channel-last", action="store_true", help="lanes: time strides as run-time arguments")
     parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
     args = parser.parse_args()
     import triton
@@ -115,12 +120,15 @@ def main() -> int:
                   CHUNK=args.chunk, EVEN_L=True, EVEN_D=True, FAST_MATH=True, POLY_EVERY=args.poly_every,
                   num_warps=args.warps)
     if args.kernel == "lanes":
-        from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, lanes_geometry
-        _, s, _ = lanes_geometry(args.d_state, args.states, args.warps)
-        constants = {**common, "S": s, "SUB": min(args.sub, args.chunk), "ROWS": args.rows, "PAD": not args.no_pad,
-                     "LANE_ORDER": args.lane_order}
+        from effprof.ops.selective_scan_lanes import _scan_lanes_kernel, io_geometry, lanes_geometry, time_parts_of
+        n_pad, s, bd = lanes_geometry(args.d_state, args.states, args.warps, args.rows, args.time_parts)
+        tp = time_parts_of(n_pad // s, args.time_parts)
+        vd, td, wd = io_geometry(bd, args.chunk, args.warps) if args.io_channel else (0, 1, 1)
+        constants = {**lanes_constants(args.channel_last, channel_stride_one=True), **common, "S": s, "SUB": min(args.sub, args.chunk),
+                     "ROWS": args.rows, "PAD": not args.no_pad, "LANE_ORDER": args.lane_order, "TP": tp,
+                     "IO_VD": vd, "IO_TD": td, "IO_WD": wd}
         compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps, args.maxnreg)
-        elements = args.chunk * s * args.rows
+        elements = args.chunk * s * args.rows // tp
     else:
         from effprof.ops.selective_scan_gluon import _scan_gluon_kernel
         compiled = compile_kernel(_scan_gluon_kernel, common, args.warps)

@@ -4,9 +4,11 @@ the language model and the decoding cache, in the layout of the `mamba-ssm` pack
 - `MambaBlock` is `mamba_ssm.modules.mamba_simple.Mamba` (Fig. 3 of the paper): in_proj to x and gate z,
   causal depthwise conv1d + SiLU on x, x_proj to (dt, B, C), dt_proj, the selective scan with D skip and
   SiLU(z) gate fused, out_proj. Parameter names and shapes are mamba-ssm's, so its state dicts load as is.
-- `MambaLM` is `mamba_ssm.models.mixer_seq_simple.MambaLMHeadModel` without the fused add+norm kernels:
-  embedding, n_layer pre-norm residual blocks (`norm` = RMSNorm, `mixer` = MambaBlock, residual kept in
-  fp32), `norm_f`, and an `lm_head` tied to the embedding. State-dict keys `backbone.embedding.weight`,
+- `MambaLM` is `mamba_ssm.models.mixer_seq_simple.MambaLMHeadModel`: embedding, n_layer pre-norm residual
+  blocks (`norm` = RMSNorm, `mixer` = MambaBlock, residual kept in fp32), `norm_f`, and an `lm_head` tied to
+  the embedding. With the triton decode backend each residual add + RMSNorm (and the final one) runs as the one
+  fused kernel of `effprof.ops.mamba_decode.add_rms_norm`, in prefill as in decoding (mamba-ssm's fused
+  add+norm does the same); with "ref", as separate ops. State-dict keys `backbone.embedding.weight`,
   `backbone.layers.{i}.mixer.*`, `backbone.layers.{i}.norm.weight`, `backbone.norm_f.weight`, `lm_head.weight`.
 - Decoding keeps per layer a conv state (batch, d_inner, d_conv) in the model dtype and an SSM state
   (batch, d_inner, d_state) in fp32 (mamba-ssm keeps the latter in the model dtype; fp32 is what the
@@ -100,6 +102,40 @@ class MambaBlock(nn.Module):
     def _ssm_inputs(self, x_dbl: torch.Tensor):
         return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log), (d_inner, d_state) float32. Where no gradient can flow to A_log (inference), kept
+        between calls for as long as A_log is the same tensor, unchanged (its storage and version counter; a
+        write through `.data` bypasses the counter and is not seen): two elementwise kernels less per layer and
+        forward. Recomputed while a CUDA graph is being captured
+        (a tensor made during a capture belongs to the graph's memory pool) and under torch.compile (which
+        fuses it, and would break its graph on the cache's bookkeeping)."""
+        A_log = self.A_log
+        if (torch.is_grad_enabled() and A_log.requires_grad) or not A_log.is_cuda or torch.compiler.is_compiling():
+            return -torch.exp(A_log.float())
+        key = (A_log.data_ptr(), A_log._version)
+        if getattr(self, "_A_key", None) != key:
+            if torch.cuda.is_current_stream_capturing():
+                return -torch.exp(A_log.float())
+            with torch.no_grad():
+                self._A_cached = -torch.exp(A_log.float())
+            self._A_key = key
+        return self._A_cached
+
+    def _delta_bias(self) -> torch.Tensor:
+        """dt_proj's bias as the scan takes it: as is for the triton kernels (they read it in any float dtype:
+        no copy kernel per layer), float32 for the others (mamba-ssm's CUDA kernel requires it)."""
+        bias = self.dt_proj.bias
+        return bias if self.scan_backend == "triton" and bias.is_cuda else bias.float()
+
+    def _scan_B_C(self, x_dbl: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
+        """B and C as the scan takes them, (batch, d_state, L). The triton scan reads them time-contiguous:
+        at batch 1 one copy of x_dbl's last 2·d_state columns gives both (the scan would otherwise copy B and
+        C one by one: two kernels); else the strided views (the scan copies them)."""
+        if self.scan_backend == "triton" and x_dbl.shape[0] == 1 and x_dbl.is_cuda:
+            bc = x_dbl[..., self.dt_rank:].transpose(1, 2).contiguous()   # (1, 2·d_state, L)
+            return bc[:, :self.d_state], bc[:, self.d_state:]
+        return B.transpose(1, 2), C.transpose(1, 2)
+
     def forward(self, hidden_states: torch.Tensor, state: MambaLayerState | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model). With `state`, also writes the conv and
         SSM states after the last step into it (prefill before decoding).
@@ -118,11 +154,12 @@ class MambaBlock(nn.Module):
             state.conv_state.copy_(F.pad(x, (self.d_conv - seqlen, 0)))       # the last d_conv inputs
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend)
         x_rows = gemm_rows(x.transpose(1, 2))                                 # (batch, L, d_inner)
-        dt, B, C = self._ssm_inputs(F.linear(x_rows, self.x_proj.weight))     # (batch, L, dt_rank / N / N)
+        x_dbl = F.linear(x_rows, self.x_proj.weight)
+        dt, B, C = self._ssm_inputs(x_dbl)                                    # (batch, L, dt_rank / N / N)
         delta = F.linear(gemm_rows(dt), self.dt_proj.weight)                  # (batch, L, d_inner)
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
-                           self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        B, C = self._scan_B_C(x_dbl, B, C)                                    # (batch, N, L)
+        y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), self._A(), B, C,
+                           self.D.float(), z=z, delta_bias=self._delta_bias(), delta_softplus=True,
                            return_last_state=state is not None, backend=self.scan_backend)
         if state is not None:
             y, last_state = y
@@ -289,10 +326,14 @@ class MambaResidualBlock(nn.Module):
     def forward(self, hidden_states, residual, state: MambaLayerState | None = None, step: bool = False):
         if step and self.mixer.fused_decode and self.residual_in_fp32 and self.mixer.in_proj.bias is None:
             return self.mixer.step_from_residual(hidden_states, residual, self.norm, state)
-        residual = hidden_states if residual is None else hidden_states + residual
-        hidden_states = self.norm(residual.to(self.norm.weight.dtype))
-        if self.residual_in_fp32:
-            residual = residual.float()
+        if self.residual_in_fp32 and self.mixer.decode_backend == "triton":
+            # the residual add and the RMSNorm as one kernel (`add_rms_norm`, the same math as the lines below)
+            hidden_states, residual = add_rms_norm(hidden_states, residual, self.norm.weight, self.norm.eps, "triton")
+        else:
+            residual = hidden_states if residual is None else hidden_states + residual
+            hidden_states = self.norm(residual.to(self.norm.weight.dtype))
+            if self.residual_in_fp32:
+                residual = residual.float()
         out = self.mixer.step(hidden_states, state) if step else self.mixer(hidden_states, state)
         return out, residual
 
@@ -333,7 +374,8 @@ class MambaBackbone(nn.Module):
             hidden_states, residual = layer(hidden_states, residual, None if cache is None else cache.layers[i], step)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        if step and self.layers[0].mixer.fused_decode and residual.dtype == torch.float32:
+        if residual.dtype == torch.float32 and (self.layers[0].mixer.fused_decode if step else
+                                                self.layers[0].mixer.decode_backend == "triton"):
             return add_rms_norm(hidden_states, residual, self.norm_f.weight, self.norm_f.eps,
                                 self.layers[0].mixer.decode_backend)[0]
         residual = hidden_states + residual

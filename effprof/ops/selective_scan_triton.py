@@ -69,6 +69,24 @@ LANES_PROGRAMS_PER_SM = 3
 MIN_STEPS_PER_CHUNK = 128
 
 
+# Batch-1 prefill (issue 26): where the default lanes blocks (32 channels, 4 warps) give fewer than
+# FILL_PROGRAMS_PER_SM programs per SM, the lanes kernel runs with a config of its own: BATCH1_LANES_CONFIG where
+# every SM has a program (Mamba-2.8B: 160 blocks for 132 SMs), BATCH1_NARROW_LANES_CONFIG where not (Mamba-130m:
+# 48 blocks). Its knobs: smaller programs (num_warps) that spread the channels more evenly over the SMs,
+# channel-fast loads of channel-last inputs (io), fewer states per thread, and time parts (a sub-block's steps
+# split over lanes and composed by a warp-level associative scan of (decay, state) pairs, as mamba-ssm's block
+# scan: more threads per channel, still one exp2 per element, ~3 more instructions per element).
+FILL_PROGRAMS_PER_SM = 2
+# Chosen by the sweep of `bench_mamba_prefill.py --scan --batch1 best` on an H100 (2026-12-07, channel-last bf16,
+# d_state 16; benchmarks/results/h100-2026-12-07-s9-prefill/): the least time over L = 793 and 2,048. At 1 × 5120
+# (160 default blocks for 132 SMs): 2 warps per program, 16 channels (320 programs, at most 3 per SM: 48 channels
+# on the busiest SM against 64 with 32-channel blocks) and channel-fast loads: 0.0582 / 0.1402 ms against the
+# default's 0.0671 / 0.1565; 2 time parts 0.0608 / 0.1393; 1 or 2 states per thread and 4-8 time parts 0.073-0.18.
+# At 1 × 1536 (48 blocks) the default with its time split across programs stayed fastest (0.0322 / 0.0583 ms).
+BATCH1_LANES_CONFIG: dict = {"kernel": "lanes", "num_warps": 2, "io": "channel"}
+BATCH1_NARROW_LANES_CONFIG: dict = {"kernel": "lanes"}
+
+
 def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, config: dict) -> int:
     """How many time chunks the lanes kernel splits each sequence into on `device`: enough for
     `programs_per_sm` (default LANES_PROGRAMS_PER_SM) programs per SM, at most L / `min_steps_per_chunk`.
@@ -77,7 +95,7 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
         return 1
     from effprof.ops.selective_scan_lanes import lanes_geometry
     _, _, block_d = lanes_geometry(16, config.get("states_per_thread", 4), config.get("num_warps", 4),
-                                   config.get("rows", 1))
+                                   config.get("rows", 1), config.get("time_parts", 1))
     programs = batch * triton.cdiv(d_inner, block_d)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if programs >= sms:  # every SM has a program: splitting only adds the second walk (measured, see above)
@@ -87,14 +105,21 @@ def lanes_time_chunks(batch: int, d_inner: int, L: int, device: torch.device, co
 
 
 def occupancy_config(batch: int, d_inner: int, device: torch.device) -> dict:
-    """The kernel for this shape: DEFAULT_CONFIG's lanes kernel when its channel blocks fill the GPU
-    (at least SPLIT_BELOW programs per SM), else the time-split kernel. Empty (= defaults) off CUDA."""
+    """The config for this shape: DEFAULT_CONFIG's lanes kernel where its channel blocks fill the GPU (at least
+    FILL_PROGRAMS_PER_SM programs of 32 channels per SM); else BATCH1_LANES_CONFIG, or BATCH1_NARROW_LANES_CONFIG
+    where an SM would have no program; the `tl` time-split kernel below SPLIT_BELOW programs per SM (0: never).
+    Empty (= DEFAULT_CONFIG) off CUDA."""
     if device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"]) >= SPLIT_BELOW * sms:
-        return {}
-    return dict(SPLIT_CONFIG) if SPLIT_BELOW > 0 else {}
+    programs = batch * triton.cdiv(d_inner, DEFAULT_CONFIG["BLOCK_D"])
+    if programs < SPLIT_BELOW * sms:
+        return dict(SPLIT_CONFIG)
+    if programs < sms:
+        return dict(BATCH1_NARROW_LANES_CONFIG)
+    if programs < FILL_PROGRAMS_PER_SM * sms:
+        return dict(BATCH1_LANES_CONFIG)
+    return {}
 
 
 
@@ -225,12 +250,12 @@ def gluon_available() -> bool:
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
 
-    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D, `occupancy_config` picks the
-    kernel for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
+    `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D or kernel, `occupancy_config` picks
+    the kernel and its config for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
     `occupancy_config` picks where batch × d_inner leaves SMs idle, e.g. batch-1 prefill; any strides, its
     own keys BLOCK_D, CHUNK, num_warps, programs_per_sm, max_chunks, chunks), "lanes" (the CUDA default: `selective_scan_lanes`, time inside a
     thread and states across lanes; keys states_per_thread, sub, CHUNK, num_warps, rows, pad, lane_order,
-    poly_every, maxnreg; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
+    poly_every, maxnreg, time_chunks (split across programs), time_parts (split across lanes), io; d_state 1 falls back to the Gluon kernel) or "chunked" (time split over lanes:
     with gluon on, the default, CUDA tensors run the Gluon kernel of `selective_scan_gluon`, whose channel
     block follows from CHUNK and num_warps, with poly_every k (every k-th state's exp2 as an FMA
     polynomial) and maxnreg (a register cap); else and on CPU the `tl` kernel below, keys BLOCK_D (channels
@@ -242,7 +267,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     import os
     batch, d_inner, L = u.shape
     config = config or {}
-    shape_config = {} if "BLOCK_D" in config else occupancy_config(batch, d_inner, u.device)
+    # an explicit kernel or block size is taken as given (DEFAULT_CONFIG + config); else the shape decides
+    shape_config = {} if ("BLOCK_D" in config or "kernel" in config) else occupancy_config(batch, d_inner, u.device)
     cfg = {**DEFAULT_CONFIG, **shape_config, **config}
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     fast_math = cfg.get("fast_math", not interpreting)
