@@ -378,6 +378,12 @@ def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, sta
     if use_persistent_decode(batch, d_model) and _try_persistent(work, layers, states, norm_weights, norm_f_weight,
                                                                  eps, head_weight):
         return work[0]
+    # the next layer's in_proj weight reaches this layer's op only for the L2 prefetch that reads it (l2_ahead):
+    # an op's tensor arguments are what the byte count of a decode step reads, so passing it always would count
+    # every in_proj twice
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG
+
+    ahead = DECODE_CONFIG["layer_l2_ahead"]
     for i, (weights, (conv_state, ssm_state)) in enumerate(zip(layers, states)):
         next_norm = norm_weights[i + 1] if i + 1 < len(layers) else norm_f_weight
         torch.ops.effprof.mamba_layer_decode(*work, conv_state, ssm_state, weights["in_proj_weight"],
@@ -385,5 +391,5 @@ def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, sta
                                              weights["dt_proj_weight"], weights["dt_proj_bias"], weights["A_log"],
                                              weights["D"], weights["out_proj_weight"], norm_weights[i], next_norm,
                                              float(eps), i % 2, i + 1 == len(layers),
-                                             layers[i + 1]["in_proj_weight"] if i + 1 < len(layers) else None)
+                                             layers[i + 1]["in_proj_weight"] if ahead and i + 1 < len(layers) else None)
     return work[0]
