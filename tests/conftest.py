@@ -34,6 +34,29 @@ def linear_applied_twice():
     return make
 
 
+def op_recorder():
+    """A TorchDispatchMode that lets every op run and records it: `.seen`, the ops' names; `.calls`, each call's
+    op and the data pointers of its tensor arguments."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class OpRecorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: set[str] = set()
+            self.calls: list[tuple] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            self.seen.add(func.overloadpacket.__name__)
+            self.calls.append((func, [a.data_ptr() for a in tree_flatten((args, kwargs))[0]
+                                      if isinstance(a, torch.Tensor) and a.device.type != "meta"]))
+            return func(*args, **kwargs)
+
+    return OpRecorder()
+
+
 def pytest_configure(config):
     os.environ.setdefault("EFFPROF_CACHE_DIR", str(config.rootpath / ".pytest_cache" / "effprof"))
 

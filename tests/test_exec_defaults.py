@@ -68,25 +68,16 @@ def test_tome_in_a_clip_tower_reads_nothing_back_on_the_host():
     """tome-vit's graphs default needs ToMe's forward in a CLIP tower to be capturable: no op that reads a value
     back on the host (seen at the dispatcher on CPU)."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import op_recorder
 
     from effprof.core.registry import BuildContext, get_component
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
 
     component = get_component("clip-vision")
     values = component.resolve({"preset": "vit-b-16", "reducer": "tome", "r": 16, "img_size": 64})
     built = component.build(values, BuildContext(torch.device("cpu"), torch.float32, 0, "graphs"))
     built.module.eval()
     inputs = built.make_inputs(1)
-    ops = Ops()
+    ops = op_recorder()
     with torch.inference_mode(), ops:
         built.call(inputs)
     assert "argsort" in ops.seen or "sort" in ops.seen  # the merge ran

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import triton_tests_in_interpreter
+from conftest import op_recorder, triton_tests_in_interpreter
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -233,23 +233,14 @@ def test_triton_fused_step_counts_the_reference_flops():
     assert counts["lm_ref"] == counts["lm_triton"] > 0
     # the bytes a step reads: every mixer weight reaches exactly one op of the step (the byte count reads each
     # op's tensor arguments), so no weight is counted twice
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
     weights = {p.data_ptr(): name for name, p in model.named_parameters() if ".mixer." in name}
     assert len(weights) == 2 * 9                                        # 2 layers x 9 mixer parameters
-    seen = {ptr: 0 for ptr in weights}
-
-    class Seen(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            for a in tree_flatten((args, kwargs or {}))[0]:
-                if isinstance(a, torch.Tensor) and a.data_ptr() in seen and func.namespace == "effprof":
-                    seen[a.data_ptr()] += 1
-            return func(*args, **(kwargs or {}))
-
     model.set_backends(decode_backend="triton")
-    with torch.no_grad(), Seen():
+    ops = op_recorder()
+    with torch.no_grad(), ops:
         model.step(ids, model.allocate_cache(1))
+    effprof_calls = [set(pointers) for func, pointers in ops.calls if func.namespace == "effprof"]
+    seen = {ptr: sum(ptr in call for call in effprof_calls) for ptr in weights}
     assert {weights[p]: n for p, n in seen.items() if n != 1} == {}
     from effprof.ops import mamba_decode_triton  # and all layers in the persistent kernel's op
 

@@ -213,25 +213,16 @@ def test_clip_dual_training_step_reads_nothing_back_on_the_host(adapt):
     """clip-lora's default on CUDA captures the whole step in one graph: its forward, loss and backward must call
     no op that reads a value back on the host (seen at the dispatcher on CPU; the capturable optimizer keeps its
     step counters on the device, so its update reads none either)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from conftest import op_recorder
 
     from effprof.core.registry import BuildContext, get_component
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
 
     component = get_component("clip-dual")
     values = component.resolve({**adapt, "layers": 1, "img_size": 32, "seq_len": 8})
     built = component.build(values, BuildContext(torch.device("cpu"), torch.float32, 0, "graphs"))
     inputs = built.make_inputs(2)
     step = TrainingStep(built, TrainOptions())
-    ops = Ops()
+    ops = op_recorder()
     with ops:
         step.loss(inputs).backward()
     assert "mm" in ops.seen or "addmm" in ops.seen  # the recorder saw the step

@@ -18,6 +18,16 @@ def require_matplotlib():
     return plt
 
 
+def save_figure(fig, title: str, path: str) -> None:
+    """Title the figure, lay it out, write it to `path` as PNG atomically and free it."""
+    plt = require_matplotlib()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 def plot_records(records: list[dict[str, Any]], path: str, varied: list[str] | None, title: str) -> None:
     """Latency and peak memory against the varied parameter (or the row label)."""
     plt = require_matplotlib()
@@ -40,11 +50,7 @@ def plot_records(records: list[dict[str, Any]], path: str, varied: list[str] | N
         if not key:
             ax.set_xticks(xs, [r["label"] for r in ok], rotation=30, ha="right")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, title, path)
 
 
 def plot_fits(records: list[dict[str, Any]], fits: list[dict[str, Any]], path: str, title: str) -> None:
@@ -79,11 +85,7 @@ def plot_fits(records: list[dict[str, Any]], fits: list[dict[str, Any]], path: s
         ax.set_ylabel(labels.get(metric, metric))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: log-log fit, 95% CI of the exponent")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, f"{title}: log-log fit, 95% CI of the exponent", path)
 
 
 # (x key, x label, smaller x is better; y key, y label, larger y is better): the trade-offs a comparison can show
@@ -156,9 +158,5 @@ def plot_pareto(records: list[dict[str, Any]], path: str, title: str) -> bool:
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: trade-offs")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, f"{title}: trade-offs", path)
     return True
