@@ -53,6 +53,8 @@ def parse():
     p.add_argument("--scan-shapes", default=None, help="batch,d_inner,L,channel_last;... (default SCAN_SHAPES)")
     p.add_argument("--cobra-rows", default="cobra TTFT,llava TTFT,cobra decode 1k")
     p.add_argument("--presets", default="130m,2.8b")
+    p.add_argument("--models", default="mamba", help="scaling rows of: mamba, transformer (transformer-lm, the "
+                   "Pythia layout of the same size class, parameter-matched depth) or both, comma-separated")
     p.add_argument("--lengths", default="128,256,512,793,1024,2048,4096,8192,16384")
     p.add_argument("--min-time", type=float, default=0.2)
     p.add_argument("--label", default="")
@@ -222,22 +224,24 @@ def part_scaling(ceiling):
     from effprof.runner import Config, free_memory, measure
     rows = RESULT.setdefault("scaling", [])
     opts = RunOptions(batch=1, dtype="bf16", device="cuda", graphs=True, min_time=ARGS.min_time, warmup=0.1)
-    for preset in ARGS.presets.split(","):
-        for L in (int(x) for x in ARGS.lengths.split(",")):
-            t0 = time.time()
-            rec = measure(Config("mamba-lm", {"preset": preset, "seq_len": L, "mode": "prefill"}, opts,
-                                 f"mamba-{preset} L={L}"))
-            row = record_row(rec)
-            ms, gf = rec.get("latency_ms_median"), rec.get("gflops")
-            if ms and gf:
-                row["tflops_measured"] = gf / ms
-                row["fraction_of_matmul_ceiling"] = gf / ms / ceiling
-            row["wall_s"] = time.time() - t0
-            rows.append(row)
-            print(f"prefill {preset} L={L}: {ms} ms, {row.get('tflops_measured')} TFLOP/s, "
-                  f"{row.get('fraction_of_matmul_ceiling')} of ceiling ({row['wall_s']:.0f}s)", flush=True)
-            save()
-            free_memory() if callable(free_memory) else None
+    components = {"mamba": "mamba-lm", "transformer": "transformer-lm"}
+    work = [(components[m], preset, int(L)) for preset in ARGS.presets.split(",") for m in ARGS.models.split(",")
+            for L in ARGS.lengths.split(",")]
+    for component, preset, L in work:
+        t0 = time.time()
+        rec = measure(Config(component, {"preset": preset, "seq_len": L, "mode": "prefill"}, opts,
+                             f"{component.split('-')[0]}-{preset} L={L}"))
+        row = record_row(rec)
+        ms, gf = rec.get("latency_ms_median"), rec.get("gflops")
+        if ms and gf:
+            row["tflops_measured"] = gf / ms
+            row["fraction_of_matmul_ceiling"] = gf / ms / ceiling
+        row["wall_s"] = time.time() - t0
+        rows.append(row)
+        print(f"prefill {component} {preset} L={L}: {ms} ms, {row.get('tflops_measured')} TFLOP/s, "
+              f"{row.get('fraction_of_matmul_ceiling')} of ceiling ({row['wall_s']:.0f}s)", flush=True)
+        save()
+        free_memory() if callable(free_memory) else None
 
 
 def part_cobra():

@@ -392,6 +392,38 @@ print("ok")
 """
 
 
+TRITON_PREFILL_STATE_CHECK = """
+import torch
+from effprof.modules.mamba import MambaLM, MambaLMConfig
+torch.manual_seed(0)
+model = MambaLM(MambaLMConfig(d_model=16, n_layer=2, vocab_size=50, d_state=4, pad_vocab_size_multiple=8)).eval()
+ids = torch.randint(0, 50, (2, 9))
+with torch.no_grad():
+    full = model(ids)
+    for split in (2, 7):  # a prompt shorter and longer than the conv width
+        model.set_backends(scan_backend="triton", conv_backend="triton")
+        cache = model.allocate_cache(2)
+        for layer in cache.layers:  # stale values a prefill must overwrite
+            layer.conv_state.fill_(float("nan"))
+            layer.ssm_state.fill_(float("nan"))
+        logits = [model(ids[:, :split], cache)]
+        model.set_backends(scan_backend="ref", conv_backend="ref")
+        logits += [model.step(ids[:, t:t + 1], cache) for t in range(split, 9)]
+        torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_prefill_on_the_triton_kernels_leaves_the_decoding_state_in_the_interpreter():
+    """A prefill on the triton conv and scan writes the cache's conv and SSM states from inside the kernels (no
+    copies); decoding on from them (reference step) gives the full forward's logits (CPU interpreter)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRITON_PREFILL_STATE_CHECK], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_lm_prefill_with_the_fused_add_rms_norm_matches_ref_in_the_interpreter():
     """With the triton decode backend, prefill runs each layer's residual add + RMSNorm (and the final norm) as
     `add_rms_norm`'s one kernel; same output as the separate ops (CPU interpreter)."""
@@ -432,3 +464,26 @@ def test_block_on_the_cuda_scan_matches_the_reference_scan(batch, length):
         block.scan_backend = "ref"
         reference = block(hidden).float()
     assert ((fast - reference).norm() / reference.norm()).item() < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch, length", [(1, 793), (1, 3), (2, 64)])
+def test_cuda_prefill_leaves_the_reference_states(batch, length):
+    """bf16 on a GPU: a prefill on the triton conv and scan (the batch-1 lanes kernel at 1 × 793) writes the conv
+    and SSM states into the cache from inside the kernels; they match the reference path's states."""
+    torch.manual_seed(0)
+    block = MambaBlock(64, d_state=16, scan_backend="triton", conv_backend="triton", device="cuda",
+                       dtype=torch.bfloat16).eval()
+    hidden = torch.randn(batch, length, 64, device="cuda", dtype=torch.bfloat16)
+    states = {}
+    with torch.no_grad():
+        for backend in ("triton", "ref"):
+            block.scan_backend = block.conv_backend = backend
+            state = block.allocate_state(batch)
+            state.conv_state.fill_(float("nan"))
+            state.ssm_state.fill_(float("nan"))
+            block(hidden, state)
+            states[backend] = state
+    assert torch.equal(states["triton"].conv_state, states["ref"].conv_state)   # the same inputs, copied
+    fast, ref = states["triton"].ssm_state, states["ref"].ssm_state
+    assert ((fast - ref).norm() / ref.norm()).item() < 1e-2                      # bf16 rounding of u, delta

@@ -26,7 +26,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 33  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 38  # the `triton` tests this file holds (the subprocess checks they all ran)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -71,6 +71,31 @@ def test_triton_conv_matches_reference(case, dtype, tol):
     assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous()
     assert rel_err(y, loop_causal_conv(x, weight, bias, silu)) < tol
     assert rel_err(y, causal_conv1d_ref(x, weight, bias, act)) < tol
+
+
+@needs_triton
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_triton_conv_writes_the_conv_state(case):
+    """state_out receives the last `width` inputs (zeros before the first: L = 1 and L = 3 < width), the
+    state a decoding step continues from, and y is the same as without it."""
+    batch, channels, L, width, with_bias, silu = case
+    g = torch.Generator().manual_seed(L + 1)
+    x = torch.randn(batch, L, 2 * channels, generator=g).transpose(1, 2)[:, :channels]   # channel-last view
+    weight = torch.randn(channels, width, generator=g)
+    bias = torch.randn(channels, generator=g) if with_bias else None
+    act = "silu" if silu else None
+    state = torch.full((batch, channels, width), float("nan"))
+    y = causal_conv1d(x, weight, bias, act, backend="triton", state_out=state)
+    assert torch.equal(y, causal_conv1d(x, weight, bias, act, backend="triton"))
+    expected = torch.zeros(batch, channels, width)
+    kept = min(L, width)
+    expected[..., width - kept:] = x[..., L - kept:]
+    assert torch.equal(state, expected)
+    ref_state = torch.full_like(state, float("nan"))
+    causal_conv1d(x, weight, bias, act, backend="ref", state_out=ref_state)
+    assert torch.equal(ref_state, expected)
+    with pytest.raises(ValueError, match="state_out must be"):
+        causal_conv1d(x, weight, bias, act, backend="triton", state_out=state[..., 1:])
 
 
 @needs_triton

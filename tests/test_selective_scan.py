@@ -210,6 +210,24 @@ def test_state_update_steps_equal_the_scan_triton_too(backend):
     assert rel_err(state, ref_last) < 1e-5  # updated in place
 
 
+@pytest.mark.parametrize("backend", ["ref", pytest.param("triton", marks=needs_triton)])
+def test_scan_writes_the_last_state_into_state_out_triton_too(backend):
+    """state_out (a decoding cache's SSM state) receives the last state in place and y is unchanged; the
+    FLOP count is the scan's; a state_out of the wrong shape, dtype or layout is refused in one line."""
+    inputs = make_inputs(2, 5, 13, 6, seed=8)
+    ref_y, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    state = torch.full((2, 5, 6), float("nan"))                 # every value is overwritten
+    with FlopCounterMode(display=False) as counter:
+        y = selective_scan(**inputs, delta_softplus=True, backend=backend, state_out=state)
+    assert counter.get_total_flops() == selective_scan_flops(2, 5, 13, 6, True, True)
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(state, ref_last) < 1e-5
+    for bad in (torch.zeros(2, 5, 7), torch.zeros(2, 5, 6, dtype=torch.float64), torch.zeros(2, 6, 5).transpose(1, 2)):
+        with pytest.raises(ValueError, match="state_out must be a contiguous float32"):
+            selective_scan(**inputs, backend=backend, state_out=bad)
+    with pytest.raises(ValueError, match="not both"):
+        selective_scan(**inputs, backend=backend, state_out=state, return_last_state=True)
+
+
 def test_backend_resolution(monkeypatch):
     assert resolve_backend("auto", CPU) == "ref" and resolve_backend("ref", CPU) == "ref"
     with pytest.raises(BackendUnavailable, match="mamba-ssm"):

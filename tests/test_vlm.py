@@ -184,6 +184,49 @@ def test_cobra_3b_counts_on_the_meta_device():
     assert r["params_total"] == towers + projector + 2_768_345_600
 
 
+def _tiny_cobra(device, towers):
+    from effprof.models.cobra import PRESETS as COBRA, build_cobra
+
+    torch.manual_seed(0)
+    return build_cobra(COBRA["tiny"], "fused-gelu-mlp", "ref", "ref", "ref", torch.device(device), torch.float32,
+                       towers)
+
+
+def test_cobra_tower_modes_give_the_same_features_and_bad_modes_are_refused():
+    seq, conc = _tiny_cobra("cpu", "sequential"), _tiny_cobra("cpu", "concurrent")
+    pixels = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        features = seq.vision(pixels)
+        assert features.shape == (2, 4, 32 + 48)
+        assert torch.equal(conc.vision(pixels), features)                # on CPU: in turn
+        expected = torch.cat([seq.dino(pixels, output_hidden_states=True).hidden_states[-2][:, 5:],
+                              seq.siglip(pixels, output_hidden_states=True).hidden_states[-2]], -1)
+        assert torch.equal(features, expected)
+    with pytest.raises(ValueError, match="towers must be one of"):
+        _tiny_cobra("cpu", "parallel")
+    r = measure(Config("cobra", {"preset": "tiny", "towers": "concurrent"}, RunOptions(**CPU)))
+    assert r["towers"] == "sequential" and r["status"] == "ok"                    # what ran, not what was asked
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams need a CUDA device")
+def test_cobra_concurrent_towers_equal_sequential_ones_eager_and_in_a_cuda_graph():
+    seq, conc = _tiny_cobra("cuda", "sequential"), _tiny_cobra("cuda", "concurrent")
+    pixels = torch.randn(2, 3, 28, 28, device="cuda")
+    with torch.no_grad():
+        expected = seq.vision(pixels)
+        assert torch.equal(conc.vision(pixels), expected)
+        static = pixels.clone()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):                                       # the fork and join are captured
+            out = conc.vision(static)
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            static.copy_(torch.randn_like(static))
+            graph.replay()
+            assert torch.equal(out, seq.vision(static))
+
+
 def test_cobra_decode_state_is_constant_in_the_context():
     small = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 8}, RunOptions(**CPU)))
     large = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 64}, RunOptions(**CPU)))

@@ -206,15 +206,18 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     MODE, IMAGES, PROMPT, NEW, CONTEXT, RUNS,
     Param("projector", str, "fused-gelu-mlp", "fused-gelu-mlp (Cobra's, 2176 -> 8704 -> 2560 -> 2560) or ldp "
           "(MobileVLM's lightweight downsample projector: 729 -> 196 tokens).", choices=("fused-gelu-mlp", "ldp")),
+    Param("towers", str, "concurrent", "How the two vision towers run on a GPU: concurrent (DINOv2 and SigLIP on "
+          "two CUDA streams, joined before the concat) or sequential (one after the other, as prismatic's "
+          "featurizer does). The features are the same.", choices=("concurrent", "sequential")),
     SCAN, CONV, DECODE,
 ])
-def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, projector, scan_backend,
-          conv_backend, decode_backend):
+def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, projector, towers,
+          scan_backend, conv_backend, decode_backend):
     """Cobra (Mamba-2.8B VLM): prefill / decode / generate with a constant-size state, split by stage."""
     scan, conv = resolve_backend(scan_backend, ctx.device), resolve_conv_backend(conv_backend, ctx.device)
     decode = resolve_decode_backend(decode_backend, ctx.device)
     arch = COBRA_PRESETS[preset]
-    model = build_cobra(arch, projector, scan, conv, decode, ctx.device, ctx.dtype)
+    model = build_cobra(arch, projector, scan, conv, decode, ctx.device, ctx.dtype, towers)
     grid = arch.image_size // arch.patch_size
     per_image = grid * grid if projector != "ldp" else ((grid + 1) // 2) ** 2
     image_tokens = images * per_image
@@ -222,7 +225,7 @@ def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
     vocab = arch.lm.padded_vocab_size
     info = {"weights": "random", "image_tokens": image_tokens, "prompt_tokens": prompt_tokens,
             "sequence_tokens": prompt_len, "scan_backend": scan, "conv_backend": conv, "decode_backend": decode,
-            "projector": projector,
+            "projector": projector, "towers": towers if ctx.device.type == "cuda" else "sequential",
             "lm_width": arch.lm.d_model, "lm_layers": arch.lm.n_layer, "state": "constant (conv + SSM state)"}
     size = arch.image_size
 

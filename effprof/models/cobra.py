@@ -43,6 +43,9 @@ PRESETS = {
 }
 
 
+TOWER_MODES = ("concurrent", "sequential")
+
+
 class FusedGeluMLP(nn.Sequential):
     """prismatic's `fused-gelu-mlp` projector: Linear(v, 4v), GELU, Linear(4v, d), GELU, Linear(d, d)."""
 
@@ -52,11 +55,18 @@ class FusedGeluMLP(nn.Sequential):
 
 
 class CobraModel(nn.Module):
-    """The towers, the projector and the Mamba LM; `effprof.components.vlm` calls them stage by stage."""
+    """The towers, the projector and the Mamba LM; `effprof.components.vlm` calls them stage by stage.
+    `towers`: "concurrent" runs the two towers on two CUDA streams (joined before the concat; at batch 1
+    neither tower's GEMMs fill an H100/H200, so the pair takes less than the sum), "sequential" one after
+    the other as prismatic's featurizer does. Same features either way; on CPU they always run in turn."""
 
     def __init__(self, preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str,
-                 decode_backend: str = "ref"):
+                 decode_backend: str = "ref", towers: str = "concurrent"):
         super().__init__()
+        if towers not in TOWER_MODES:
+            raise ValueError(f"towers must be one of {', '.join(TOWER_MODES)}, got {towers!r}")
+        self.towers = towers
+        self._side_streams: dict = {}
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, \
             SiglipVisionModel
 
@@ -85,9 +95,27 @@ class CobraModel(nn.Module):
 
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 729, 2176): both towers' penultimate-layer patch features, concatenated channel-wise."""
-        dino = self.dino(pixel_values, output_hidden_states=True).hidden_states[-2][:, self.prefix_tokens:]
-        siglip = self.siglip(pixel_values, output_hidden_states=True).hidden_states[-2]
+        if self.towers == "concurrent" and pixel_values.is_cuda and not torch.compiler.is_compiling():
+            # SigLIP on a side stream that starts after everything queued so far (pixel_values included) and
+            # that the current stream waits for before the concat: a fork and join a CUDA graph captures as is.
+            # The side stream allocates only SigLIP's own tensors, and everything after the join is ordered
+            # after them, so no memory is reused early.
+            main = torch.cuda.current_stream(pixel_values.device)
+            side = self._side_streams.setdefault(pixel_values.device, torch.cuda.Stream(pixel_values.device))
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                siglip = self._siglip_features(pixel_values)
+            dino = self._dino_features(pixel_values)
+            main.wait_stream(side)
+        else:
+            dino, siglip = self._dino_features(pixel_values), self._siglip_features(pixel_values)
         return torch.cat([dino, siglip], dim=-1)
+
+    def _dino_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.dino(pixel_values, output_hidden_states=True).hidden_states[-2][:, self.prefix_tokens:]
+
+    def _siglip_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.siglip(pixel_values, output_hidden_states=True).hidden_states[-2]
 
     def prefill(self, image_embeds: torch.Tensor, prompt_ids: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """Logits (B, 1, vocab) of the last position; `cache` holds the conv and SSM states after it."""
@@ -96,7 +124,7 @@ class CobraModel(nn.Module):
 
 
 def build_cobra(preset: CobraPreset, projector: str, scan_backend: str, conv_backend: str, decode_backend: str,
-                device: torch.device, dtype: torch.dtype) -> CobraModel:
+                device: torch.device, dtype: torch.dtype, towers: str = "concurrent") -> CobraModel:
     with torch.device(device), default_dtype(dtype):
-        model = CobraModel(preset, projector, scan_backend, conv_backend, decode_backend)
+        model = CobraModel(preset, projector, scan_backend, conv_backend, decode_backend, towers)
     return model.eval()

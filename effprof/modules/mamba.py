@@ -147,12 +147,12 @@ class MambaBlock(nn.Module):
         as W @ xᵀ, channels-first, whose output and out_proj's input have leading dimension batch·L: at
         L = 793 cuBLAS then runs alignment-1 kernels at a few times the cost; see the diagnostics note
         benchmarks/diagnostics/mamba_prefill_layout.md.)"""
-        batch, seqlen, _ = hidden_states.shape
         xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias)    # (batch, L, 2·d_inner)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)                             # (batch, d_inner, L) views
-        if state is not None:
-            state.conv_state.copy_(F.pad(x, (self.d_conv - seqlen, 0)))       # the last d_conv inputs
-        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend)
+        # with a state to fill, the conv and the scan write it themselves (the last d_conv inputs; the last
+        # SSM state): no copy kernels per layer
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend,
+                          state_out=None if state is None else state.conv_state)
         x_rows = gemm_rows(x.transpose(1, 2))                                 # (batch, L, d_inner)
         x_dbl = F.linear(x_rows, self.x_proj.weight)
         dt, B, C = self._ssm_inputs(x_dbl)                                    # (batch, L, dt_rank / N / N)
@@ -160,10 +160,7 @@ class MambaBlock(nn.Module):
         B, C = self._scan_B_C(x_dbl, B, C)                                    # (batch, N, L)
         y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), self._A(), B, C,
                            self.D.float(), z=z, delta_bias=self._delta_bias(), delta_softplus=True,
-                           return_last_state=state is not None, backend=self.scan_backend)
-        if state is not None:
-            y, last_state = y
-            state.ssm_state.copy_(last_state)
+                           backend=self.scan_backend, state_out=None if state is None else state.ssm_state)
         return F.linear(gemm_rows(y.transpose(1, 2)), self.out_proj.weight, self.out_proj.bias)
 
     def step(self, hidden_states: torch.Tensor, state: MambaLayerState) -> torch.Tensor:

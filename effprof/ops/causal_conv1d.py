@@ -137,10 +137,38 @@ def _(x, weight, bias, silu, backend):
     return empty_in_layout(x)
 
 
-@register_flop_formula(torch.ops.effprof.causal_conv1d)
+@torch.library.custom_op("effprof::causal_conv1d_to_state", mutates_args=("state_out",))
+def _causal_conv1d_to_state_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, backend: str,
+                               state_out: Tensor) -> Tensor:
+    """`effprof::causal_conv1d` that also leaves the conv state (the last `width` inputs, zeros before the
+    first) in `state_out`: written by the triton kernel itself, one or two copy kernels less per layer of a
+    prefill; copied by the other backends."""
+    if backend == "triton":
+        from effprof.ops.causal_conv1d_triton import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, silu, state_out=state_out)
+    state_out.copy_(last_inputs(x, state_out.shape[-1]))
+    return _causal_conv1d_op(x, weight, bias, silu, backend)
+
+
+@_causal_conv1d_to_state_op.register_fake
+def _(x, weight, bias, silu, backend, state_out):
+    return empty_in_layout(x)
+
+
+def last_inputs(x: Tensor, width: int) -> Tensor:
+    """x's last `width` steps (batch, channels, width), zero-padded on the left when L < width: the conv
+    state after a prefill of x."""
+    return x[..., -width:] if x.shape[-1] >= width else F.pad(x, (width - x.shape[-1], 0))
+
+
 def _causal_conv1d_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
     batch, channels, L = x_shape
     return causal_conv1d_flops(batch, channels, weight_shape[-1], L)
+
+
+for _op in (torch.ops.effprof.causal_conv1d, torch.ops.effprof.causal_conv1d_to_state):
+    register_flop_formula(_op)(_causal_conv1d_flop)
 
 
 @torch.library.custom_op("effprof::causal_conv1d_update", mutates_args=("conv_state",))
@@ -180,12 +208,22 @@ def _check(weight: Tensor, channels: int, bias: Optional[Tensor], activation: Op
         raise ValueError(f"causal_conv1d: activation must be None or 'silu', got {activation!r}")
 
 
-def causal_conv1d(x, weight, bias=None, activation=None, backend="ref"):
+def causal_conv1d(x, weight, bias=None, activation=None, backend="ref", state_out=None):
     """Causal depthwise conv of x (batch, channels, L) through `backend` (a resolved name: ref|triton|
     causal-conv1d); returns (batch, channels, L) in x's dtype. The ref path calls the definition directly
     (FlopCounterMode then sees its aten conv) and returns a contiguous tensor; the others run as the
-    `effprof::causal_conv1d` op and return x's layout (channel-last when x is, `is_channel_last`)."""
+    `effprof::causal_conv1d` op and return x's layout (channel-last when x is, `is_channel_last`).
+    `state_out` (batch, channels, width): also receives the conv state after x (its last `width` inputs,
+    zeros before the first), what a prefill leaves for decoding."""
     _check(weight, x.shape[1], bias, activation)
+    if state_out is not None:
+        if tuple(state_out.shape) != (x.shape[0], x.shape[1], weight.shape[-1]):
+            raise ValueError(f"causal_conv1d: state_out must be {(x.shape[0], x.shape[1], weight.shape[-1])}, "
+                             f"got {tuple(state_out.shape)}")
+        if backend != "ref":
+            return torch.ops.effprof.causal_conv1d_to_state(x, weight, bias, activation == "silu", backend,
+                                                            state_out)
+        state_out.copy_(last_inputs(x, weight.shape[-1]))
     if backend == "ref":
         return causal_conv1d_ref(x, weight, bias, activation)
     return torch.ops.effprof.causal_conv1d(x, weight, bias, activation == "silu", backend)

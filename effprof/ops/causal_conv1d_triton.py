@@ -29,15 +29,27 @@ def _silu_f32(x):
 
 
 @triton.jit
-def _causal_conv1d_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, C, L,
+def _causal_conv1d_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, state_ptr, C, L,
                               stride_xb, stride_xc, stride_xt, stride_wc, stride_wk, stride_yb, stride_yc, stride_yt,
+                              stride_sb, stride_sc, stride_st,
                               WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                              BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+                              WRITE_STATE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """y over one [BLOCK_C, BLOCK_T] tile; with WRITE_STATE the last time block's programs also store the
+    conv state a decoding step continues from: the last WIDTH inputs x[t = L - WIDTH .. L - 1], zeros
+    before t = 0."""
     pid_b = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     t = tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_c = c < C
     x_rows = x_ptr + pid_b.to(tl.int64) * stride_xb + c[:, None].to(tl.int64) * stride_xc
+    if WRITE_STATE:
+        if tl.program_id(2) == tl.num_programs(2) - 1:
+            state_rows = state_ptr + pid_b.to(tl.int64) * stride_sb + c.to(tl.int64) * stride_sc
+            for k in tl.static_range(WIDTH):
+                src = L - WIDTH + k
+                x_k = tl.load(x_ptr + pid_b.to(tl.int64) * stride_xb + c.to(tl.int64) * stride_xc + src * stride_xt,
+                              mask=mask_c & (src >= 0), other=0.0)
+                tl.store(state_rows + k * stride_st, x_k.to(state_ptr.dtype.element_ty), mask=mask_c)
     acc = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
@@ -53,24 +65,28 @@ def _causal_conv1d_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, C, L,
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask_c[:, None] & (t < L)[None, :])
 
 
-def causal_conv1d_triton(x, weight, bias=None, silu=False, block_c=None, block_t=None):
+def causal_conv1d_triton(x, weight, bias=None, silu=False, block_c=None, block_t=None, state_out=None):
     """x (batch, channels, L) any strides, weight (channels, width), bias (channels,) or None -> y
     (batch, channels, L) in x's dtype, channel-last when x is (a (batch, L, channels) tensor's memory, as
-    the Mamba block passes it), else contiguous."""
+    the Mamba block passes it), else contiguous. `state_out` (batch, channels, width), any strides: receives
+    the last `width` inputs (zeros before the first), the conv state decoding continues from."""
     batch, channels, L = x.shape
     width = weight.shape[-1]
     y = empty_in_layout(x)
     if L == 0 or batch == 0:
+        if state_out is not None:
+            state_out.zero_()
         return y
     # channel-last: short time blocks and wide channel blocks (a step's channels are the contiguous bytes)
     block_t = block_t or min(32 if is_channel_last(x) else 128, max(16, triton.next_power_of_2(L)))
     block_c = block_c or max(1, min(triton.next_power_of_2(channels), 4096 // block_t))
     grid = (batch, triton.cdiv(channels, block_c), triton.cdiv(L, block_t))
+    state = state_out if state_out is not None else y
     _causal_conv1d_fwd_kernel[grid](
-        x, weight, bias if bias is not None else weight, y, channels, L,
+        x, weight, bias if bias is not None else weight, y, state, channels, L,
         x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-        y.stride(2), WIDTH=width, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_C=block_c, BLOCK_T=block_t,
-        num_warps=4)
+        y.stride(2), state.stride(0), state.stride(1), state.stride(2), WIDTH=width, HAS_BIAS=bias is not None,
+        SILU=bool(silu), WRITE_STATE=state_out is not None, BLOCK_C=block_c, BLOCK_T=block_t, num_warps=4)
     return y
 
 

@@ -229,13 +229,14 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def _run_backend(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Run one backend; always returns (y, last_state)."""
+def _run_backend(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_out=None):
+    """Run one backend; always returns (y, last_state). With `state_out` the triton kernels write the last
+    state into it (and return it), the other backends return their own."""
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
     if backend == "triton":
         from effprof.ops.selective_scan_triton import selective_scan_triton
-        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, last_state=state_out)
     if backend == "mamba-ssm":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         y, last_state = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
@@ -261,11 +262,31 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     return empty_in_layout(u), u.new_empty((batch, d_inner, A.shape[1]), dtype=torch.float32)
 
 
-@register_flop_formula(torch.ops.effprof.selective_scan)
+@torch.library.custom_op("effprof::selective_scan_to_state", mutates_args=("state_out",))
+def _selective_scan_to_state_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                                z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                                backend: str, state_out: Tensor) -> Tensor:
+    """`effprof::selective_scan` that leaves the last state in `state_out` (a decoding cache's SSM state):
+    the triton kernels store it there directly, one copy kernel less per layer of a prefill."""
+    y, last_state = _run_backend(backend, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_out)
+    if last_state.data_ptr() != state_out.data_ptr():
+        state_out.copy_(last_state)
+    return in_layout_of(y, u)
+
+
+@_selective_scan_to_state_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, state_out):
+    return empty_in_layout(u)
+
+
 def _selective_scan_flop(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, *args,
                          out_shape=None, **kwargs) -> int:
     batch, d_inner, L = u_shape
     return selective_scan_flops(batch, d_inner, L, A_shape[1], D_shape is not None, z_shape is not None)
+
+
+for _op in (torch.ops.effprof.selective_scan, torch.ops.effprof.selective_scan_to_state):
+    register_flop_formula(_op)(_selective_scan_flop)
 
 
 @torch.library.custom_op("effprof::selective_state_update", mutates_args=("state",))
@@ -297,15 +318,26 @@ def _selective_state_update_flop(state_shape, x_shape, dt_shape, A_shape, B_shap
 # Public entry points
 # ---------------------------------------------------------------------------------------------------
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, backend="ref"):
+                   return_last_state=False, backend="ref", state_out=None):
     """Selective scan through the chosen backend (see the module docstring for shapes and math).
 
     `backend` is one of auto|ref|triton|mamba-ssm (resolved with `resolve_backend` on u's device).
     Returns y (batch, d_inner, L) in u's dtype and layout (channel-last when u is, else contiguous), or
     (y, last_state) with last_state (batch, d_inner, d_state) float32 when `return_last_state`. Forward only.
+    `state_out`, a contiguous float32 (batch, d_inner, d_state) tensor (a decoding cache's SSM state), receives
+    the last state in place instead (`return_last_state` must then be false).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     backend = resolve_backend(backend, u.device)
+    if state_out is not None:
+        shape = (u.shape[0], u.shape[1], A.shape[1])
+        if return_last_state:
+            raise ValueError("selective_scan: pass state_out or return_last_state, not both")
+        if tuple(state_out.shape) != shape or state_out.dtype != torch.float32 or not state_out.is_contiguous():
+            raise ValueError(f"selective_scan: state_out must be a contiguous float32 tensor of shape {shape}, "
+                             f"got {state_out.dtype} {tuple(state_out.shape)}")
+        return torch.ops.effprof.selective_scan_to_state(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                         backend, state_out)
     y, last_state = torch.ops.effprof.selective_scan(u, delta, A, B, C, D, z, delta_bias,
                                                     bool(delta_softplus), backend)
     return (y, last_state) if return_last_state else y

@@ -247,8 +247,15 @@ def gluon_available() -> bool:
     return True
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None):
+def _last_state_buffer(given, batch, d_inner, N, device):
+    return given if given is not None else torch.empty(batch, d_inner, N, device=device, dtype=torch.float32)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, config=None,
+                          last_state=None):
     """Fused forward scan. Shapes as `selective_scan_ref`; returns (y in u's dtype, last state float32).
+    `last_state`: a contiguous float32 (batch, d_inner, d_state) buffer the kernels store the last state into
+    (and that is returned), e.g. a decoding cache's; else a new one.
 
     `config` overrides `DEFAULT_CONFIG` keys for tuning (without BLOCK_D or kernel, `occupancy_config` picks
     the kernel and its config for the shape). kernel: "split" (time split across programs, `selective_scan_split`: what
@@ -286,7 +293,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         if lanes is not None:  # else (d_state 1) the Gluon kernel below
             # u, delta, z read and y written through their strides (a Mamba block's channel-last views)
             y = empty_in_layout(u)
-            last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
+            last_state = _last_state_buffer(last_state, batch, d_inner, N, u.device)
             # B and C time-contiguous (a copy of 2·N·L values): strided B/C loads cost the kernel 36 registers
             selective_scan_lanes.launch(u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D, z, delta_bias,
                                         delta_softplus, y, last_state, fast_math=fast_math, **lanes)
@@ -294,7 +301,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
     z = z.contiguous() if z is not None else None
     y = torch.empty_like(u)
-    last_state = torch.empty(batch, d_inner, N, device=u.device, dtype=torch.float32)
+    last_state = _last_state_buffer(last_state, batch, d_inner, N, u.device)
     if L == 0:
         return y, last_state.zero_()
     chunk = min(cfg["CHUNK"], max(8, triton.next_power_of_2(L)))
