@@ -250,6 +250,8 @@ def part_cobra():
     rows = RESULT.setdefault("cobra", [])
     opts = RunOptions(batch=1, dtype="bf16", device="cuda", graphs=True, min_time=0.5, warmup=0.1)
     for component, params, label in (("cobra", {"mode": "prefill"}, "cobra TTFT"),
+                                     ("cobra", {"mode": "prefill", "towers": "sequential"},
+                                      "cobra TTFT sequential towers"),
                                      ("llava", {"mode": "prefill"}, "llava TTFT"),
                                      ("cobra", {"mode": "decode", "context": 1024}, "cobra decode 1k")):
         if label not in ARGS.cobra_rows.split(","):

@@ -347,6 +347,7 @@ prompt_tokens | tokens | component | text tokens of the prompt
 sequence_tokens | tokens | component | image + text tokens of the prefill
 projector | id | component | the VLM's projector
 vision | id | component | the VLM's vision tower
+towers | id | component | how Cobra's two vision towers ran: concurrent (two CUDA streams) or sequential
 lm_width | count | component | the LM's width
 lm_layers | count | component | the LM's layers
 new_tokens | tokens | component | tokens generated per sequence
