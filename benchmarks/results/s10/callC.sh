@@ -5,6 +5,8 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 R=$(mktemp -d)
+START=$(date +%s); LIMIT=${LIMIT:-590}   # the call's time limit: later steps get what is left
+left() { echo $(( LIMIT - 15 - ($(date +%s) - START) )); }
 pack() { tar -czf $OUT/c.tgz -C $R .; }   # after every step: a call cut at its limit still brings back what ran
 pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
@@ -19,6 +21,7 @@ timeout 150 python benchmarks/bench_mamba_prefill.py --cobra --cobra-rows "cobra
   --out $R/prefill.json > $R/prefill.log 2>&1; grep -E "ceiling|TTFT" $R/prefill.log | head -4; pack
 for p in cobra-vs-llava mamba-scaling; do
   date -u >> $R/gpu.txt
-  python -m effprof compare $p --json $R/$p.json --csv $R/$p.csv > $R/$p.log 2>&1; echo "$p rc=$?"; pack
+  [ "$(left)" -gt 60 ] || { echo "$p skipped: no time left" | tee -a $R/gpu.txt; continue; }
+  timeout "$(left)" python -m effprof compare $p --json $R/$p.json --csv $R/$p.csv > $R/$p.log 2>&1; echo "$p rc=$?"; pack
 done
 date -u >> $R/gpu.txt; pack
