@@ -370,10 +370,14 @@ print("ok")
 
 def test_block_on_the_triton_scan_matches_ref_in_the_interpreter():
     """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged."""
+    run_in_interpreter(TRITON_BLOCK_CHECK)
+
+
+def run_in_interpreter(script: str) -> None:
+    """Run `script` in a child Python with TRITON_INTERPRET=1 (set before triton is imported); it prints "ok"."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", TRITON_BLOCK_CHECK], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -386,52 +390,28 @@ ids = torch.randint(0, 50, (2, 9))
 with torch.no_grad():
     reference = model(ids)
     model.set_backends(decode_backend="triton")   # prefill: residual add + RMSNorm as one triton kernel per layer
-    fused = model(ids)
-torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
-print("ok")
-"""
-
-
-TRITON_PREFILL_STATE_CHECK = """
-import torch
-from effprof.modules.mamba import MambaLM, MambaLMConfig
-torch.manual_seed(0)
-model = MambaLM(MambaLMConfig(d_model=16, n_layer=2, vocab_size=50, d_state=4, pad_vocab_size_multiple=8)).eval()
-ids = torch.randint(0, 50, (2, 9))
-with torch.no_grad():
-    full = model(ids)
+    torch.testing.assert_close(model(ids), reference, rtol=1e-5, atol=1e-5)
+    model.set_backends(decode_backend="ref")
     for split in (2, 7):  # a prompt shorter and longer than the conv width
         model.set_backends(scan_backend="triton", conv_backend="triton")
         cache = model.allocate_cache(2)
-        for layer in cache.layers:  # stale values a prefill must overwrite
+        for layer in cache.layers:  # stale values the prefill must overwrite
             layer.conv_state.fill_(float("nan"))
             layer.ssm_state.fill_(float("nan"))
         logits = [model(ids[:, :split], cache)]
         model.set_backends(scan_backend="ref", conv_backend="ref")
         logits += [model.step(ids[:, t:t + 1], cache) for t in range(split, 9)]
-        torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.cat(logits, 1), reference, rtol=1e-4, atol=1e-4)
 print("ok")
 """
 
 
-def test_prefill_on_the_triton_kernels_leaves_the_decoding_state_in_the_interpreter():
-    """A prefill on the triton conv and scan writes the cache's conv and SSM states from inside the kernels (no
-    copies); decoding on from them (reference step) gives the full forward's logits (CPU interpreter)."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", TRITON_PREFILL_STATE_CHECK], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
-
-
-def test_lm_prefill_with_the_fused_add_rms_norm_matches_ref_in_the_interpreter():
-    """With the triton decode backend, prefill runs each layer's residual add + RMSNorm (and the final norm) as
-    `add_rms_norm`'s one kernel; same output as the separate ops (CPU interpreter)."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", TRITON_LM_PREFILL_CHECK], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+def test_lm_prefill_on_the_triton_kernels_in_the_interpreter():
+    """Prefill with the triton decode backend runs each layer's residual add + RMSNorm (and the final norm) as
+    `add_rms_norm`'s one kernel: same output as the separate ops. A prefill on the triton conv and scan writes
+    the cache's conv and SSM states from inside the kernels (no copies); decoding on from them (reference step)
+    gives the full forward's logits. CPU interpreter."""
+    run_in_interpreter(TRITON_LM_PREFILL_CHECK)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="A is kept between calls on CUDA only")
