@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 10, device call C (issue 26), one call for want of machines: CUDA tests of the new paths, the TTFT rows
 # with both tower modes, the batch-1 prefill scaling table (Mamba and the transformer of the same size class),
-# then the two built-in profiles issue 26 touches, in full, as a user runs them. Results: $OUT/c.tgz.
+# and the two built-in profiles issue 26 touches, in full, as a user runs them; most needed first, each later
+# step only if time is left. Results: $OUT/c.tgz.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 R=$(mktemp -d)
@@ -16,10 +17,15 @@ cat $R/gpu.txt; pack
 timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_vlm.py tests/test_mamba.py tests/test_selective_scan.py \
   tests/test_mamba_kernels.py -k "cuda or tower or (state and not interpreter)" > $R/tests.log 2>&1; tail -2 $R/tests.log; pack
 python -m effprof calibrate > $R/calibrate.log 2>&1; tail -1 $R/calibrate.log; pack
-timeout 150 python benchmarks/bench_mamba_prefill.py --cobra --cobra-rows "cobra TTFT,cobra TTFT sequential towers" \
+for p in cobra-vs-llava; do
+  date -u >> $R/gpu.txt
+  [ "$(left)" -gt 60 ] || { echo "$p skipped: no time left" | tee -a $R/gpu.txt; continue; }
+  timeout "$(left)" python -m effprof compare $p --json $R/$p.json --csv $R/$p.csv > $R/$p.log 2>&1; echo "$p rc=$?"; pack
+done
+[ "$(left)" -gt 120 ] && timeout "$(left)" python benchmarks/bench_mamba_prefill.py --cobra --cobra-rows "cobra TTFT,cobra TTFT sequential towers" \
   --scaling --models mamba,transformer --presets 2.8b,130m --lengths 512,793,2048,16384 --min-time 0.1 \
   --out $R/prefill.json > $R/prefill.log 2>&1; grep -E "ceiling|TTFT" $R/prefill.log | head -4; pack
-for p in cobra-vs-llava mamba-scaling; do
+for p in mamba-scaling; do
   date -u >> $R/gpu.txt
   [ "$(left)" -gt 60 ] || { echo "$p skipped: no time left" | tee -a $R/gpu.txt; continue; }
   timeout "$(left)" python -m effprof compare $p --json $R/$p.json --csv $R/$p.csv > $R/$p.log 2>&1; echo "$p rc=$?"; pack
