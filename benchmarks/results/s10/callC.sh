@@ -14,7 +14,7 @@ pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1
   python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
   date -u; } > $R/gpu.txt
 cat $R/gpu.txt; pack
-timeout 120 python -m pytest -q -x -p no:cacheprovider tests/test_vlm.py tests/test_mamba.py tests/test_selective_scan.py \
+timeout 80 python -m pytest -q -x -p no:cacheprovider tests/test_vlm.py tests/test_mamba.py tests/test_selective_scan.py \
   tests/test_mamba_kernels.py -k "cuda or tower or (state and not interpreter)" > $R/tests.log 2>&1; tail -2 $R/tests.log; pack
 python -m effprof calibrate > $R/calibrate.log 2>&1; tail -1 $R/calibrate.log; pack
 for p in cobra-vs-llava; do
