@@ -16,15 +16,14 @@ pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1
 cat $R/gpu.txt; pack
 timeout 80 python -m pytest -q -x -p no:cacheprovider tests/test_vlm.py tests/test_mamba.py tests/test_selective_scan.py \
   tests/test_mamba_kernels.py -k "cuda or tower or (state and not interpreter)" > $R/tests.log 2>&1; tail -2 $R/tests.log; pack
-python -m effprof calibrate > $R/calibrate.log 2>&1; tail -1 $R/calibrate.log; pack
+[ "$(left)" -gt 60 ] && timeout "$(left)" python benchmarks/bench_mamba_prefill.py --cobra --cobra-rows "cobra TTFT,cobra TTFT sequential towers" \
+  --scaling --models mamba,transformer --presets 2.8b,130m --lengths 512,793,2048,16384 --min-time 0.1 \
+  --out $R/prefill.json > $R/prefill.log 2>&1; grep -E "ceiling|TTFT" $R/prefill.log | head -4; pack
 for p in cobra-vs-llava; do
   date -u >> $R/gpu.txt
   [ "$(left)" -gt 60 ] || { echo "$p skipped: no time left" | tee -a $R/gpu.txt; continue; }
   timeout "$(left)" python -m effprof compare $p --json $R/$p.json --csv $R/$p.csv > $R/$p.log 2>&1; echo "$p rc=$?"; pack
 done
-[ "$(left)" -gt 120 ] && timeout "$(left)" python benchmarks/bench_mamba_prefill.py --cobra --cobra-rows "cobra TTFT,cobra TTFT sequential towers" \
-  --scaling --models mamba,transformer --presets 2.8b,130m --lengths 512,793,2048,16384 --min-time 0.1 \
-  --out $R/prefill.json > $R/prefill.log 2>&1; grep -E "ceiling|TTFT" $R/prefill.log | head -4; pack
 for p in mamba-scaling; do
   date -u >> $R/gpu.txt
   [ "$(left)" -gt 60 ] || { echo "$p skipped: no time left" | tee -a $R/gpu.txt; continue; }
