@@ -146,6 +146,38 @@ def test_gemm_rows_copies_only_what_a_copy_can_align():
     assert gemm_rows(t).is_contiguous()                                      # column-major rows: copied
 
 
+def test_time_contiguous_pair_copies_adjacent_B_and_C_once():
+    from effprof.ops.layout import time_contiguous_pair
+
+    x_dbl = torch.randn(1, 37, 10 + 2 * 4)                                   # (batch, L, dt_rank + 2N)
+    _, B, C = torch.split(x_dbl, [10, 4, 4], dim=-1)
+    Bt, Ct = time_contiguous_pair(B, C)
+    assert torch.equal(Bt, B.transpose(1, 2)) and torch.equal(Ct, C.transpose(1, 2))
+    assert Bt.stride(-1) == Ct.stride(-1) == 1 and Ct.data_ptr() == Bt.data_ptr() + 4 * 37 * 4   # one buffer
+    assert time_contiguous_pair(C, B) is None                                # C's columns before B's
+    assert time_contiguous_pair(B, C.clone()) is None                        # another tensor
+    assert time_contiguous_pair(B, x_dbl[..., 15:]) is None                  # overlapping columns
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the batch-1 B/C copy runs for the triton scan on CUDA")
+def test_batch1_B_and_C_come_from_what_ssm_inputs_returns():
+    """A subclass whose `_ssm_inputs` makes a new tensor of x_proj's output (tensor parallelism sums it across
+    ranks) gets B and C from that tensor on the batch-1 triton path, as on the reference path."""
+    from effprof.modules.mamba import MambaBlock
+
+    class Rescaled(MambaBlock):
+        def _ssm_inputs(self, x_dbl):
+            return super()._ssm_inputs(2 * x_dbl)
+
+    torch.manual_seed(0)
+    block = Rescaled(64, d_state=16, scan_backend="triton", conv_backend="ref", device="cuda").eval()
+    h = torch.randn(1, 37, 64, device="cuda")
+    with torch.no_grad():
+        fast = block(h)
+        block.scan_backend = "ref"
+        torch.testing.assert_close(fast, block(h), rtol=1e-3, atol=1e-4)
+
+
 def test_ss2d_channel_last_projections_equal_the_channel_first_ones():
     """At H·W = 35 SS2D multiplies channel-last rows; the result equals VMamba's channel-first formula."""
     import torch.nn.functional as F

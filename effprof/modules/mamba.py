@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from effprof.core.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
-from effprof.ops.layout import gemm_rows
+from effprof.ops.layout import gemm_rows, time_contiguous_pair
 from effprof.ops.mamba_decode import (add_rms_norm, fuse_out_proj, mamba_decode_step, mamba_lm_decode_step_triton,
                                       norm_in_proj, use_layer_decode)
 from effprof.ops.selective_scan import selective_scan, selective_state_update
@@ -127,13 +127,15 @@ class MambaBlock(nn.Module):
         bias = self.dt_proj.bias
         return bias if self.scan_backend == "triton" and bias.is_cuda else bias.float()
 
-    def _scan_B_C(self, x_dbl: torch.Tensor, B: torch.Tensor, C: torch.Tensor):
-        """B and C as the scan takes them, (batch, d_state, L). The triton scan reads them time-contiguous:
-        at batch 1 one copy of x_dbl's last 2·d_state columns gives both (the scan would otherwise copy B and
-        C one by one: two kernels); else the strided views (the scan copies them)."""
-        if self.scan_backend == "triton" and x_dbl.shape[0] == 1 and x_dbl.is_cuda:
-            bc = x_dbl[..., self.dt_rank:].transpose(1, 2).contiguous()   # (1, 2·d_state, L)
-            return bc[:, :self.d_state], bc[:, self.d_state:]
+    def _scan_B_C(self, B: torch.Tensor, C: torch.Tensor):
+        """B and C (batch, L, d_state), as `_ssm_inputs` split them, in the scan's (batch, d_state, L). The triton
+        scan reads them time-contiguous: at batch 1, where they are adjacent columns of one tensor (x_proj's
+        output, or what a subclass's `_ssm_inputs` made of it), one copy gives both (the scan would otherwise
+        copy B and C one by one: two kernels); else the strided views (the scan copies them)."""
+        if self.scan_backend == "triton" and B.shape[0] == 1 and B.is_cuda:
+            both = time_contiguous_pair(B, C)
+            if both is not None:
+                return both
         return B.transpose(1, 2), C.transpose(1, 2)
 
     def forward(self, hidden_states: torch.Tensor, state: MambaLayerState | None = None) -> torch.Tensor:
@@ -157,7 +159,7 @@ class MambaBlock(nn.Module):
         x_dbl = F.linear(x_rows, self.x_proj.weight)
         dt, B, C = self._ssm_inputs(x_dbl)                                    # (batch, L, dt_rank / N / N)
         delta = F.linear(gemm_rows(dt), self.dt_proj.weight)                  # (batch, L, d_inner)
-        B, C = self._scan_B_C(x_dbl, B, C)                                    # (batch, N, L)
+        B, C = self._scan_B_C(B, C)                                           # (batch, N, L)
         y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), self._A(), B, C,
                            self.D.float(), z=z, delta_bias=self._delta_bias(), delta_softplus=True,
                            backend=self.scan_backend, state_out=None if state is None else state.ssm_state)

@@ -49,3 +49,17 @@ def gemm_rows(x: Tensor) -> Tensor:
     if x.stride(-1) == 1 and foldable and rows_aligned and x.data_ptr() % 16 == 0:
         return x
     return x.contiguous()
+
+
+def time_contiguous_pair(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor] | None:
+    """B and C (batch, L, N) that are adjacent column blocks of one tensor (C's columns right after B's, same
+    strides; x_proj's (dt, B, C) split) as (batch, N, L) time-contiguous tensors made by ONE copy of the pair;
+    None where they are not such a pair."""
+    adjacent = (B.dim() == 3 and B.shape == C.shape and B.stride() == C.stride() and B.stride(-1) == 1
+                and B.dtype == C.dtype and B.untyped_storage().data_ptr() == C.untyped_storage().data_ptr()
+                and C.storage_offset() == B.storage_offset() + B.shape[-1])
+    if not adjacent:
+        return None
+    n = B.shape[-1]
+    both = B.as_strided((B.shape[0], B.shape[1], 2 * n), B.stride()).transpose(1, 2).contiguous()   # (batch, 2N, L)
+    return both[:, :n], both[:, n:]
