@@ -16,6 +16,7 @@ Backends (`CONV_BACKENDS`), chosen explicitly and reported, never substituted si
 - "causal-conv1d": that package's CUDA kernels, imported lazily.
 
 The triton and causal-conv1d paths go through torch custom ops (`effprof::causal_conv1d`,
+`effprof::causal_conv1d_to_state` (also leaves the conv state a prefill hands to decoding),
 `effprof::causal_conv1d_update`) whose FLOP formulas count 2·batch·channels·width per output step, what
 FlopCounterMode counts for the reference's F.conv1d, so FLOP columns do not depend on the backend.
 """

@@ -25,7 +25,8 @@ forward kernel in `selective_scan_triton.py`) and "mamba-ssm" (the CUDA extensio
 package). `resolve_backend` picks one explicitly; nothing is ever substituted silently.
 
 Every call of `selective_scan` / `selective_state_update` goes through a torch custom op
-(`effprof::selective_scan`, `effprof::selective_state_update`) that carries a FLOP formula, so
+(`effprof::selective_scan`, `effprof::selective_scan_to_state` (the last state into a given tensor),
+`effprof::selective_state_update`) that carries a FLOP formula, so
 `torch.utils.flop_counter.FlopCounterMode` counts the scan once (the op boundary hides the inner aten
 ops of the reference from the counter) and FakeTensor / meta tracing see the right output shapes.
 The ops are forward-only (no autograd formula); call `selective_scan_ref` directly for gradients.
