@@ -59,7 +59,11 @@ def parse():
     p.add_argument("--min-time", type=float, default=0.2)
     p.add_argument("--label", default="")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "bench_mamba_prefill.json"))
-    return p.parse_args()
+    args = p.parse_args()
+    unknown = set(args.models.split(",")) - {"mamba", "transformer"}
+    if unknown:
+        p.error(f"--models: {', '.join(sorted(unknown))} is not one of mamba, transformer")
+    return args
 
 
 ARGS = parse()

@@ -37,6 +37,7 @@ def test_choices_declared_beside_components_match_their_modules():
     assert mamba_component.PRESET_NAMES == tuple(mamba.MAMBA_PRESETS)
     assert vlm_component.PRESET_NAMES == tuple(llava.PRESETS)
     assert vlm_component.COBRA_PRESET_NAMES == tuple(cobra.PRESETS)
+    assert vlm_component.TOWER_MODES == cobra.TOWER_MODES
 
 
 def test_lazy_stand_ins_behave_like_the_real_objects():

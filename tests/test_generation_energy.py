@@ -5,6 +5,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from test_nvml import FakeNvml
 
 import effprof.measure.nvml as nvml_module
 from effprof.trackers import generation
@@ -15,47 +16,16 @@ IDLE_W = 80.0
 PREFILL_J, DECODE_J = 3.0, 7.5   # joules each call adds above idle
 
 
-class EnergyNvml:
-    """The NVML calls NvmlSampler makes; the energy counter (mJ) grows at IDLE_W plus what `work` added."""
-
-    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+class EnergyNvml(FakeNvml):
+    """test_nvml's fake board at idle power; its energy counter (mJ) grows at IDLE_W plus what `work` added."""
 
     def __init__(self):
+        super().__init__(power_mw=(int(IDLE_W * 1e3),), temps=(40,))
         self.t0 = time.perf_counter()
         self.work_mj = 0.0
 
-    def counter_mj(self):
-        return (time.perf_counter() - self.t0) * IDLE_W * 1e3 + self.work_mj
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        pass
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return ("handle", index)
-
-    def nvmlDeviceGetName(self, handle):
-        return b"NVIDIA H200"
-
-    def nvmlSystemGetDriverVersion(self):
-        return "580.159.04"
-
-    def nvmlDeviceGetClockInfo(self, handle, which):
-        return 1980
-
-    def nvmlDeviceGetPowerUsage(self, handle):
-        return int(IDLE_W * 1e3)
-
-    def nvmlDeviceGetTemperature(self, handle, sensor):
-        return 40
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
-        return 0
-
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-        return self.counter_mj()
+        return (time.perf_counter() - self.t0) * IDLE_W * 1e3 + self.work_mj
 
 
 class FakeGenerator:

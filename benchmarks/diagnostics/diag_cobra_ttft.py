@@ -119,7 +119,7 @@ def xproj():
             "linear_rel_err": float((F.linear(a, w).float() - ref).norm() / ref.norm())}
     for S, BM, BN, BK, warps, stages in [(8, 64, 64, 64, 4, 3), (8, 64, 64, 128, 4, 3), (10, 64, 64, 64, 4, 3),
                                          (4, 64, 64, 64, 4, 3), (16, 64, 64, 64, 4, 2), (8, 128, 64, 64, 4, 3),
-                                         (5, 64, 192 if False else 64, 128, 4, 4), (8, 32, 64, 64, 2, 3)]:
+                                         (5, 64, 64, 128, 4, 4), (8, 32, 64, 64, 2, 3)]:
         if K % (S * BK):
             continue
         part = torch.empty(S, M, N, device="cuda", dtype=torch.float32)

@@ -25,9 +25,11 @@ PRESETS, LlavaPipeline, VisionOutput, build_llava, load_llava, swap_parts = lazy
 resolve_conv_backend = lazy_attr("effprof.modules.mamba", "resolve_conv_backend")
 resolve_backend = lazy_attr("effprof.ops.selective_scan", "resolve_backend")
 resolve_decode_backend = lazy_attr("effprof.ops.mamba_decode", "resolve_decode_backend")
-# = tuple(effprof.models.llava.PRESETS), tuple(effprof.models.cobra.PRESETS) (tests/test_cli_fast.py)
+# = tuple(effprof.models.llava.PRESETS), tuple(effprof.models.cobra.PRESETS), effprof.models.cobra.TOWER_MODES
+# (tests/test_cli_fast.py)
 PRESET_NAMES = ("llava-1.5-7b", "llava-1.5-13b", "tiny")
 COBRA_PRESET_NAMES = ("cobra-3b", "tiny")
+TOWER_MODES = ("concurrent", "sequential")
 
 MIB = 2**20
 VISION_TOWERS = {"mambavision-t": "t", "mambavision-s": "s", "mambavision-b": "b"}
@@ -208,7 +210,7 @@ def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, co
           "(MobileVLM's lightweight downsample projector: 729 -> 196 tokens).", choices=("fused-gelu-mlp", "ldp")),
     Param("towers", str, "concurrent", "How the two vision towers run on a GPU: concurrent (DINOv2 and SigLIP on "
           "two CUDA streams, joined before the concat) or sequential (one after the other, as prismatic's "
-          "featurizer does). The features are the same.", choices=("concurrent", "sequential")),
+          "featurizer does). The features are the same.", choices=TOWER_MODES),
     SCAN, CONV, DECODE,
 ])
 def cobra(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, projector, towers,

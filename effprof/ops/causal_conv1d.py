@@ -16,7 +16,7 @@ Backends (`CONV_BACKENDS`), chosen explicitly and reported, never substituted si
 - "causal-conv1d": that package's CUDA kernels, imported lazily.
 
 The triton and causal-conv1d paths go through torch custom ops (`effprof::causal_conv1d`,
-`effprof::causal_conv1d_to_state` (also leaves the conv state a prefill hands to decoding),
+`effprof::causal_conv1d_to_state` (triton: also leaves the conv state a prefill hands to decoding),
 `effprof::causal_conv1d_update`) whose FLOP formulas count 2·batch·channels·width per output step, what
 FlopCounterMode counts for the reference's F.conv1d, so FLOP columns do not depend on the backend.
 """
@@ -139,21 +139,18 @@ def _(x, weight, bias, silu, backend):
 
 
 @torch.library.custom_op("effprof::causal_conv1d_to_state", mutates_args=("state_out",))
-def _causal_conv1d_to_state_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool, backend: str,
+def _causal_conv1d_to_state_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool,
                                state_out: Tensor) -> Tensor:
-    """`effprof::causal_conv1d` that also leaves the conv state (the last `width` inputs, zeros before the
-    first) in `state_out`: written by the triton kernel itself, one or two copy kernels less per layer of a
-    prefill; copied by the other backends."""
-    if backend == "triton":
-        from effprof.ops.causal_conv1d_triton import causal_conv1d_triton
+    """The triton `effprof::causal_conv1d` that also leaves the conv state (the last `width` inputs, zeros
+    before the first) in `state_out`, written by the kernel itself: the copy kernels of a prefill's state, gone.
+    (The other backends copy it: `causal_conv1d`.)"""
+    from effprof.ops.causal_conv1d_triton import causal_conv1d_triton
 
-        return causal_conv1d_triton(x, weight, bias, silu, state_out=state_out)
-    state_out.copy_(last_inputs(x, state_out.shape[-1]))
-    return _causal_conv1d_op(x, weight, bias, silu, backend)
+    return causal_conv1d_triton(x, weight, bias, silu, state_out=state_out)
 
 
 @_causal_conv1d_to_state_op.register_fake
-def _(x, weight, bias, silu, backend, state_out):
+def _(x, weight, bias, silu, state_out):
     return empty_in_layout(x)
 
 
@@ -221,9 +218,8 @@ def causal_conv1d(x, weight, bias=None, activation=None, backend="ref", state_ou
         if tuple(state_out.shape) != (x.shape[0], x.shape[1], weight.shape[-1]):
             raise ValueError(f"causal_conv1d: state_out must be {(x.shape[0], x.shape[1], weight.shape[-1])}, "
                              f"got {tuple(state_out.shape)}")
-        if backend != "ref":
-            return torch.ops.effprof.causal_conv1d_to_state(x, weight, bias, activation == "silu", backend,
-                                                            state_out)
+        if backend == "triton":
+            return torch.ops.effprof.causal_conv1d_to_state(x, weight, bias, activation == "silu", state_out)
         state_out.copy_(last_inputs(x, weight.shape[-1]))
     if backend == "ref":
         return causal_conv1d_ref(x, weight, bias, activation)
