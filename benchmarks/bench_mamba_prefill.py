@@ -14,8 +14,6 @@ Parts (each optional, in one process; every part writes its rows into one JSON a
               do_bench): the "roofline fraction" of a compute-bound row.
   --cobra     `cobra` and `llava` prefill (TTFT: vision + projector + LM prefill of 729/576 image tokens +
               64 prompt tokens) and `cobra` decode at context 1k, batch 1, bf16, --graphs, min-time 0.5 s.
-  --unfused   the block's conv, x_proj, dt_proj and B/C copy as separate kernels (before `conv_x_proj` and
-              `dt_proj_bc`): the before rows, in another process of the same call.
   --code DIR  import effprof from DIR (e.g. a checkout of the previous commit, for before/after rows).
   --scan-part I/N --scan-check-only: compile and check only the I-th of N slices of the (shape, config) list
               (run N of these side by side first: triton's disk cache then holds every kernel, and the timing
@@ -60,8 +58,6 @@ def parse():
     p.add_argument("--lengths", default="128,256,512,793,1024,2048,4096,8192,16384")
     p.add_argument("--min-time", type=float, default=0.2)
     p.add_argument("--label", default="")
-    p.add_argument("--unfused", action="store_true", help="the Mamba block's prefill op by op: conv, x_proj, dt_proj "
-                   "and the B/C copy as separate kernels (`conv_x_proj` and `dt_proj_bc` off), for before rows")
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "bench_mamba_prefill.json"))
     args = p.parse_args()
     unknown = set(args.models.split(",")) - {"mamba", "transformer"}
@@ -309,10 +305,6 @@ def install_batch1(choice: str) -> None:
 
 
 def main():
-    if ARGS.unfused:
-        from effprof.ops import conv_x_proj, dt_proj
-        conv_x_proj.MAX_ROWS = dt_proj.MAX_ROWS = 0
-        RESULT["unfused"] = True
     meta()
     save()
     ceiling = None

@@ -8,14 +8,10 @@ Sections (CUDA, bf16, batch 1, random weights, CUDA-graph replay through `do_ben
            both on two streams joined before the concat; the top kernels of the sequential pair (profiler).
   xproj:   x_proj's GEMM at Cobra's shape (793 x 5120 -> 192): F.linear against split-K variants.
   small:   the causal conv's block shape, and dt_proj as cuBLAS runs it against a one-pass Triton GEMM.
-  convxproj: `conv_x_proj`'s kernels (conv + x_proj) against the two ops, and the block's chain x -> (y, delta,
-           B, C) before and after.
-  dtproj:  `dt_proj_bc`'s kernel (dt_proj + the B/C layout) against cuBLAS + a copy, by config and length.
   lm:      the LM prefill on 793 embeddings with and without a cache to fill (what the state writes cost),
            and its kernel count.
 
-    python benchmarks/diagnostics/diag_cobra_ttft.py [--only towers,xproj,small,dtproj,convxproj,lm]
-    (on the GPU; JSON to $OUT)
+    python benchmarks/diagnostics/diag_cobra_ttft.py [--only towers,xproj,small,lm]   # on the GPU; JSON to $OUT
 """
 from __future__ import annotations
 
@@ -190,82 +186,6 @@ def small_ops():
     save()
 
 
-def dtproj():
-    """`dt_proj_bc`'s one kernel (dt_proj + the B/C layout) against the block's two ops (cuBLAS F.linear + one
-    copy), at Mamba-2.8B's (d_inner 5120, dt_rank 160) and Mamba-130m's (1536, 48) widths, batch 1, rows =
-    L; each kernel config with its error against the float32 reference and whether B/C are equal."""
-    from effprof.ops.dt_proj import dt_proj_bc_ref
-    from effprof.ops.dt_proj_triton import CONFIG, dt_proj_bc_triton
-    configs = [CONFIG, (64, 64, 32, 4), (128, 128, 32, 8), (32, 128, 32, 4), (64, 256, 32, 8), (64, 128, 16, 4),
-               (128, 64, 32, 4)]
-    rows = RESULT["dtproj"] = {}
-    for d_inner, R in [(5120, 160), (1536, 48)]:
-        for L in [793, 2048, 4096, 16384]:
-            x = torch.randn(1, L, R + 32, device="cuda", dtype=torch.bfloat16)
-            w = torch.randn(d_inner, R, device="cuda", dtype=torch.bfloat16) / R**0.5
-            ref_d, ref_bc = dt_proj_bc_ref(x.float(), w.float(), R)
-            row = {"two_ops_ms": bench(lambda: dt_proj_bc_ref(x, w, R)),
-                   "linear_only_ms": bench(lambda: F.linear(x[..., :R], w))}
-            for cfg in configs:
-                d, bc = dt_proj_bc_triton(x, w, R, cfg)
-                row["kernel_%d_%d_%d_w%d" % cfg] = (bench(lambda cfg=cfg: dt_proj_bc_triton(x, w, R, cfg)),
-                                                    float((d.float() - ref_d).norm() / ref_d.norm()),
-                                                    bool(torch.equal(bc.float(), ref_bc)))
-            rows[f"{d_inner}x{R}_L{L}"] = row
-            save()
-
-
-def convxproj():
-    """`conv_x_proj`'s kernels (the conv with x_proj on its tiles, then the splits' sum) against the two ops (triton
-    conv + cuBLAS F.linear), by config; and the block's whole chain from x to (y, delta, B, C): conv + x_proj +
-    dt_proj + the B/C copy as the block ran them, against conv_x_proj + dt_proj_bc. Mamba-2.8B (5120 channels,
-    n_out 192, dt_rank 160) and Mamba-130m (1536, 80, 48), batch 1, channel-last x as the block passes it."""
-    from effprof.ops.causal_conv1d_triton import causal_conv1d_triton
-    from effprof.ops.conv_x_proj_triton import CONFIG, conv_x_proj_triton
-    from effprof.ops.dt_proj import dt_proj_bc_ref
-    from effprof.ops.dt_proj_triton import dt_proj_bc_triton
-    from effprof.ops.layout import time_contiguous_pair
-    configs = [CONFIG, (64, 64, 8, None), (32, 64, 4, None), (64, 32, 4, None), (64, 64, 4, 256), (64, 64, 4, 1024),
-               (128, 64, 8, None), (32, 128, 4, None), (16, 64, 4, None), (32, 64, 4, 256)]
-    rows = RESULT["convxproj"] = {}
-    for C, R in [(5120, 160), (1536, 48)]:
-        for L in [793, 2048, 4096]:
-            xz = torch.randn(1, L, 2 * C, device="cuda", dtype=torch.bfloat16)
-            x = xz.transpose(1, 2)[:, :C]
-            cw = torch.randn(C, 4, device="cuda", dtype=torch.bfloat16)
-            cb = torch.randn(C, device="cuda", dtype=torch.bfloat16)
-            xw = (torch.randn(R + 32, C, device="cuda") / C ** 0.5).bfloat16()
-            wdt = (torch.randn(C, R, device="cuda") / R ** 0.5).bfloat16()
-
-            def two_ops():
-                y = causal_conv1d_triton(x, cw, cb, True)
-                return y, F.linear(y.transpose(1, 2), xw)
-
-            def chain_before():
-                y, x_dbl = two_ops()
-                dt, B, C_ = torch.split(x_dbl, [R, 16, 16], dim=-1)
-                return y, F.linear(dt, wdt), time_contiguous_pair(B, C_)
-
-            def chain_after(cfg=CONFIG):
-                y, x_dbl = conv_x_proj_triton(x, cw, cb, True, xw, config=cfg)
-                return y, dt_proj_bc_triton(x_dbl, wdt, R)
-
-            ref_y, ref_xd = two_ops()
-            ref_xd = F.linear(ref_y.transpose(1, 2).float(), xw.float())
-            row = {"two_ops_ms": bench(two_ops), "conv_only_ms": bench(lambda: causal_conv1d_triton(x, cw, cb, True)),
-                   "chain_before_ms": bench(chain_before), "chain_after_ms": bench(chain_after)}
-            for cfg in configs:
-                try:
-                    y, xd = conv_x_proj_triton(x, cw, cb, True, xw, config=cfg)
-                    row["kernels_%s_%s_w%s_s%s" % cfg] = (
-                        bench(lambda cfg=cfg: conv_x_proj_triton(x, cw, cb, True, xw, config=cfg)),
-                        bool(torch.equal(y, ref_y)), float((xd.float() - ref_xd).norm() / ref_xd.norm()))
-                except Exception as e:  # a config that does not compile (registers, shared memory) is a row too
-                    row["kernels_%s_%s_w%s_s%s" % cfg] = repr(e)[:200]
-            rows[f"{C}x{R}_L{L}"] = row
-            save()
-
-
 def lm(m):
     L = 793
     emb = torch.randn(1, L, 2560, device="cuda", dtype=torch.bfloat16)
@@ -282,7 +202,7 @@ def lm(m):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--only", default="towers,xproj,small,dtproj,convxproj,lm")
+    p.add_argument("--only", default="towers,xproj,small,lm")
     only = p.parse_args().only.split(",")
     props = torch.cuda.get_device_properties(0)
     RESULT["device"] = {"name": props.name, "sms": props.multi_processor_count, "torch": torch.__version__}
@@ -290,10 +210,6 @@ def main():
         xproj()
     if "small" in only:
         small_ops()
-    if "dtproj" in only:
-        dtproj()
-    if "convxproj" in only:
-        convxproj()
     if "towers" in only or "lm" in only:
         m = model()
         if "towers" in only:

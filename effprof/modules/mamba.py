@@ -34,8 +34,6 @@ from torch.nn import functional as F
 from effprof.core.errors import UsageError
 from effprof.ops.causal_conv1d import (CONV_BACKENDS, causal_conv1d, causal_conv1d_ref,  # noqa: F401 (re-exported)
                                        causal_conv1d_update, causal_conv1d_update_ref, resolve_conv_backend)
-from effprof.ops.conv_x_proj import conv_x_proj
-from effprof.ops.dt_proj import dt_proj_bc, dt_proj_fits
 from effprof.ops.layout import gemm_rows, time_contiguous_pair
 from effprof.ops.mamba_decode import (add_rms_norm, fuse_out_proj, mamba_decode_step, mamba_lm_decode_step_triton,
                                       norm_in_proj, use_layer_decode)
@@ -140,13 +138,6 @@ class MambaBlock(nn.Module):
                 return both
         return B.transpose(1, 2), C.transpose(1, 2)
 
-    def _fused_dt_proj(self, x_dbl: torch.Tensor) -> bool:
-        """Whether dt_proj and the B/C layout run as `dt_proj_bc`'s one triton kernel: with the triton scan,
-        where the kernel takes the operands (`dt_proj_fits`: CUDA, bf16/fp16, up to its row limit) and no
-        subclass changes `_ssm_inputs` (tensor parallelism reduces x_dbl across ranks there)."""
-        return (self.scan_backend == "triton" and type(self)._ssm_inputs is MambaBlock._ssm_inputs
-                and dt_proj_fits(x_dbl, self.dt_proj.weight))
-
     def forward(self, hidden_states: torch.Tensor, state: MambaLayerState | None = None) -> torch.Tensor:
         """hidden_states (batch, L, d_model) -> (batch, L, d_model). With `state`, also writes the conv and
         SSM states after the last step into it (prefill before decoding).
@@ -162,16 +153,13 @@ class MambaBlock(nn.Module):
         x, z = xz.transpose(1, 2).chunk(2, dim=1)                             # (batch, d_inner, L) views
         # with a state to fill, the conv and the scan write it themselves (the last d_conv inputs; the last
         # SSM state): no copy kernels per layer
-        # (the triton conv also multiplies its tiles by x_proj's weight: `conv_x_proj`, one pass over x)
-        x_rows, x_dbl = conv_x_proj(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.x_proj.weight,
-                                    self.conv_backend, state_out=None if state is None else state.conv_state,
-                                    fused=self.conv_backend == "triton")       # (batch, L, d_inner), (batch, L, ·)
-        if self._fused_dt_proj(x_dbl):                                        # dt_proj + B/C layout: one kernel
-            delta, B, C = dt_proj_bc(x_dbl, self.dt_proj.weight, self.dt_rank, "triton")
-        else:
-            dt, B, C = self._ssm_inputs(x_dbl)                                # (batch, L, dt_rank / N / N)
-            delta = F.linear(gemm_rows(dt), self.dt_proj.weight)              # (batch, L, d_inner)
-            B, C = self._scan_B_C(B, C)                                       # (batch, N, L)
+        x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu", self.conv_backend,
+                          state_out=None if state is None else state.conv_state)
+        x_rows = gemm_rows(x.transpose(1, 2))                                 # (batch, L, d_inner)
+        x_dbl = F.linear(x_rows, self.x_proj.weight)
+        dt, B, C = self._ssm_inputs(x_dbl)                                    # (batch, L, dt_rank / N / N)
+        delta = F.linear(gemm_rows(dt), self.dt_proj.weight)                  # (batch, L, d_inner)
+        B, C = self._scan_B_C(B, C)                                           # (batch, N, L)
         y = selective_scan(x_rows.transpose(1, 2), delta.transpose(1, 2), self._A(), B, C,
                            self.D.float(), z=z, delta_bias=self._delta_bias(), delta_softplus=True,
                            backend=self.scan_backend, state_out=None if state is None else state.ssm_state)
