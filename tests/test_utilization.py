@@ -82,3 +82,16 @@ def test_a_real_decode_row_against_a_measured_cpu_ceiling(tmp_path, monkeypatch,
     assert r["mbu_measured_pct"] == pytest.approx(
         100 * r["moved_mib_lower_bound"] * MIB / 1e6 / r["latency_ms_median"] / 20.0, rel=1e-9)
     assert "measured 0.25 TFLOP/s fp32" in r["mfu_convention"] and "measured copy 20 GB/s" in r["mbu_convention"]
+
+
+def test_a_table_of_decode_and_generation_rows_states_the_mbu_definition_once():
+    from effprof.report.table import utilization_notes
+    decode = {"dtype": "bf16", "param_mode": "decode", "gflops": 14.0, "latency_ms_median": 5.0,
+              "moved_mib_lower_bound": 13.5e9 / MIB}
+    generate = {"dtype": "bf16", "gflops": 100.0, "latency_ms_median": 50.0, "new_tokens": 5, "tpot_ms_mean": 6.0,
+                "stage_decode_moved_mib": 4 * 13.0e9 / MIB}
+    records = [utilization_fields(decode, H100, None), utilization_fields(generate, H100, None)]
+    lines = utilization_notes(records, {"mbu"})
+    assert len(lines) == 1 and lines[0].count("Databricks") == 1
+    for record in records:   # each row's own bytes-per-token rule is still there, after the shared definition
+        assert record["mbu_convention"].partition(": ")[2] in lines[0]

@@ -252,8 +252,18 @@ def utilization_notes(records: list[dict[str, Any]], shown: set[str]) -> list[st
     if shown & {"mfu", "mfu_measured"}:
         lines += sorted({str(r["mfu_convention"]) for r in records if r.get("mfu_convention")})
     if shown & {"mbu", "mbu_measured"}:
-        lines += sorted({str(r["mbu_convention"]) for r in records if r.get("mbu_convention")})
+        lines += merged_conventions({str(r["mbu_convention"]) for r in records if r.get("mbu_convention")})
     return lines
+
+
+def merged_conventions(texts: set[str]) -> list[str]:
+    """Conventions that differ only after their first ": " (a decode row's bytes per step and a generation's
+    bytes per token, under the same definition) as one line: the shared head once, the tails joined by " | "."""
+    by_head: dict[str, list[str]] = {}
+    for text in sorted(texts):
+        head, sep, tail = text.partition(": ")
+        by_head.setdefault(head + sep, []).append(tail)
+    return [head + " | ".join(tails) for head, tails in by_head.items()]
 
 
 def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
