@@ -208,6 +208,33 @@ def test_cobra_tower_modes_give_the_same_features_and_bad_modes_are_refused():
     assert r["towers"] == "sequential" and r["status"] == "ok"                    # what ran, not what was asked
 
 
+def test_cobra_siglip_layers_run_on_row_major_memory_with_the_same_features():
+    """transformers' SigLIP embeddings are a transposed view; Cobra makes them contiguous once, so that no layer's
+    residual add or layer norm sees strided memory, and the features are bitwise those of the strided stream."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class StridedOperands(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.add.Tensor, torch.ops.aten.native_layer_norm.default):
+                self.seen += [a.is_contiguous() for a in args if isinstance(a, torch.Tensor) and a.dim() == 3]
+            return func(*args, **(kwargs or {}))
+
+    model = _tiny_cobra("cpu", "sequential")
+    pixels = torch.randn(2, 3, 28, 28)
+    with torch.no_grad(), StridedOperands() as mode:
+        features = model.siglip(pixels, output_hidden_states=True).hidden_states[-2]
+    # the embeddings' own position add reads the transposed conv output; every layer's adds and norms after it, rows
+    assert mode.seen[:2] == [False, True] and len(mode.seen) > 4 and all(mode.seen[2:])
+    model.siglip_embeddings()._forward_hooks.clear()              # transformers' module as is: the strided stream
+    with torch.no_grad(), StridedOperands() as mode:
+        assert torch.equal(model.siglip(pixels, output_hidden_states=True).hidden_states[-2], features)
+    assert mode.seen.count(False) > 2              # without it: the layers' operands were strided
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams need a CUDA device")
 def test_cobra_concurrent_towers_equal_sequential_ones_eager_and_in_a_cuda_graph():
     seq, conc = _tiny_cobra("cuda", "sequential"), _tiny_cobra("cuda", "concurrent")

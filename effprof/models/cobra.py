@@ -8,7 +8,9 @@ projector 2176 -> 8704 -> 2560 -> 2560 (or LDP, MobileVLM's, `--projector ldp`);
 (effprof's `MambaLM`, on effprof's scan and conv kernels). The towers are `transformers`' own
 `Dinov2WithRegistersModel` and `SiglipVisionModel` (the latter without its attention-pooling head, which
 Cobra does not use); they run all their layers (as prismatic's featurizers do) and the features are the
-penultimate layer's outputs. Weights are random; `--pretrained` is not supported for Cobra (its
+penultimate layer's outputs. One departure in memory layout, not in values: SigLIP's embeddings are made
+contiguous once (a forward hook), where transformers' module leaves its 27 layers a transposed residual stream.
+Weights are random; `--pretrained` is not supported for Cobra (its
 checkpoints are in prismatic's own layout).
 """
 from __future__ import annotations
@@ -54,6 +56,10 @@ class FusedGeluMLP(nn.Sequential):
                          nn.GELU(), nn.Linear(lm_dim, lm_dim))
 
 
+def _contiguous_output(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous()
+
+
 class CobraModel(nn.Module):
     """The towers, the projector and the Mamba LM; `effprof.components.vlm` calls them stage by stage.
     `towers`: "concurrent" runs the two towers on two CUDA streams (joined before the concat; at batch 1
@@ -82,6 +88,12 @@ class CobraModel(nn.Module):
             cfg._attn_implementation = "sdpa"
         self.dino = Dinov2WithRegistersModel(dino)
         self.siglip = SiglipVisionModel(siglip)
+        # SiglipVisionEmbeddings returns the patch conv's (B, C, H·W) output transposed, a strided view, plus the
+        # position embeddings; a sum keeps its first operand's layout, so the residual stream stayed strided through
+        # every layer: two non-vectorized residual adds and a copy before each layer norm, per layer (~0.8 of the
+        # tower's 3.6 ms of kernels on an H200, `diag_cobra_ttft.py` towers). One contiguous copy of the embeddings
+        # (729 × 1152) gives the same values in row-major memory for all 27 layers.
+        self.siglip_embeddings().register_forward_hook(_contiguous_output)
         vision_dim = preset.dino_width + preset.siglip_width
         lm_dim = preset.lm.d_model
         if projector == "ldp":
@@ -92,6 +104,10 @@ class CobraModel(nn.Module):
             self.projector = FusedGeluMLP(vision_dim, lm_dim)
         self.lm = MambaLM(preset.lm, scan_backend, conv_backend, decode_backend=decode_backend)
         self.prefix_tokens = 1 + dino.num_register_tokens  # DINOv2's class token and registers
+
+    def siglip_embeddings(self) -> nn.Module:
+        """SigLIP's `SiglipVisionEmbeddings` (under `vision_model` up to transformers 5.2x, at the top after)."""
+        return next(m for m in self.siglip.modules() if type(m).__name__ == "SiglipVisionEmbeddings")
 
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 729, 2176): both towers' penultimate-layer patch features, concatenated channel-wise."""
