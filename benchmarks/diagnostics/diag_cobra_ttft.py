@@ -33,9 +33,11 @@ RESULT: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()
 
 
 def save():
+    """The JSON so far (atomically), and a line per save on stdout: a run cut at a time limit leaves both."""
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(json.dumps(RESULT, indent=1, default=str))
     os.replace(tmp, OUT)
+    print(f"{time.strftime('%H:%M:%S')} saved: {', '.join(k for k in RESULT if k != 'started_utc')}", flush=True)
 
 
 def bench(fn) -> float:
