@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import op_recorder, triton_tests_in_interpreter
+from conftest import op_recorder
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,8 +30,8 @@ N_TRITON_TESTS = 38  # the `triton` tests this file holds (the subprocess checks
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
-def test_kernel_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) == N_TRITON_TESTS
+def test_kernel_tests_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) == N_TRITON_TESTS
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import triton_tests_in_interpreter
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -30,8 +29,8 @@ needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRIT
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
-def test_triton_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) >= 11  # the 11 triton checks ran
+def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) >= 11  # the 11 triton checks ran
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton imported without the interpreter")
