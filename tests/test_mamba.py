@@ -361,8 +361,10 @@ def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
 
 
 @needs_triton
+@pytest.mark.slow  # CI: test_lm_prefill_on_the_triton_kernels_in_the_interpreter (blocks on the triton scan and conv)
 def test_block_on_the_triton_scan_matches_ref_in_the_interpreter():
-    """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged."""
+    """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged, over
+    more than one chunk of the scan (37 steps)."""
     torch.manual_seed(0)
     block = MambaBlock(16, d_state=8).eval()
     hidden = torch.randn(2, 37, 16)

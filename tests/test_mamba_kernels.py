@@ -26,7 +26,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 38  # the `triton` tests this file holds (the subprocess checks they all ran)
+N_TRITON_TESTS = 38  # the `triton` tests this file holds (the subprocess checks they all ran, or are slow)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -326,8 +326,10 @@ def _lm_steps_per_layer_kernels(model, prompt, n_steps):
 
 @needs_triton
 @pytest.mark.parametrize("fuse_out, prefetch, batch, split_k, norm_in, pre_tiles", [
-    (True, False, 2, 1, True, 1), (True, True, 1, 1, False, 0), (False, True, 1, 2, True, 0),
-    (False, False, 2, 1, False, 0), (False, False, 1, 2, True, 2)])
+    (True, False, 2, 1, True, 1), (True, True, 1, 1, False, 0), (False, False, 1, 2, True, 2),
+    # every value of every option is in the three above (CI); these two combine them otherwise
+    pytest.param(False, True, 1, 2, True, 0, marks=pytest.mark.slow),
+    pytest.param(False, False, 2, 1, False, 0, marks=pytest.mark.slow)])
 def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out, prefetch, batch, split_k, norm_in,
                                                            pre_tiles):
     """The whole-LM step (prologue, then in_proj + conv + x_proj, the state update with out_proj fused in or
@@ -366,7 +368,7 @@ def test_triton_per_layer_kernels_equal_the_step_reference(monkeypatch, fuse_out
 
 
 @needs_triton
-@pytest.mark.parametrize("conv_bias, programs", [(True, 3), (False, 5)])
+@pytest.mark.parametrize("conv_bias, programs", [(True, 3), pytest.param(False, 5, marks=pytest.mark.slow)])
 def test_triton_persistent_step_equals_the_step_reference(monkeypatch, conv_bias, programs):
     """The persistent whole-step kernel (mamba_decode_persistent_triton.py) through its interpreter model (one
     grid per phase where the GPU meets at a grid barrier; 3 or 5 programs, so units wrap around programs and

@@ -121,7 +121,8 @@ def _check_backend(backend, case, dtype, tol, config=None, device=CPU):
 
 
 @needs_triton
-@pytest.mark.parametrize("case", TRITON_CASES)
+# the 130 steps of the last case (5 chunks, d_state 16) take the interpreter seconds: L 37 and 70 cross chunks in CI
+@pytest.mark.parametrize("case", TRITON_CASES[:-1] + [pytest.param(TRITON_CASES[-1], marks=pytest.mark.slow)])
 def test_triton_matches_reference_float32(case):
     assert "triton" in available_backends(CPU)  # interpret mode + CPU tensors
     _check_backend("triton", case, torch.float32, 1e-5)
