@@ -1,6 +1,5 @@
 """The CLI as a user meets it: refusals, files, comparisons, interruptions."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -150,34 +149,27 @@ def test_a_refused_row_keeps_the_others_and_exits_2(tmp_path, fast):
     assert [r["status"] for r in read_csv(out)] == ["ok", "refused", "ok"]
 
 
-PLUGIN = '''
-import torch
-from effprof.core.errors import ParamError
-from effprof.core.params import Param
-from effprof.core.registry import Built, register_component
-
 @register_component("test-interrupt", unit="seq", params=[Param("n", int, 1, "row number")])
-def build(ctx, n):
+def _interrupt(ctx, n):
     """Simulates Ctrl-C arriving while the third row is measured."""
     layer = torch.nn.Linear(4, 4)
+
     def forward(module, inputs):
         if n == 3:
             raise KeyboardInterrupt
         return module(*inputs)
+
     return Built(layer, lambda b: (torch.randn(b, 4),), unit="seq", forward=forward)
-'''
 
 
-def test_interrupted_comparison_keeps_a_valid_csv_of_finished_rows(tmp_path):
-    (tmp_path / "interrupt_plugin.py").write_text(PLUGIN)
-    env = dict(os.environ, EFFPROF_PLUGINS="interrupt_plugin",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+def test_interrupted_comparison_keeps_a_valid_csv_of_finished_rows(tmp_path, capsys):
+    # in this process: a real signal in a real process is tests/test_bad_input.py's (SIGINT and SIGTERM)
     out, out_json = tmp_path / "rows.csv", tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "effprof", "compare", "test-interrupt", "--grid", "n=1,2,3,4",
-                           "--device", "cpu", "--min-time", "0.01", "--warmup", "0", "--csv", str(out),
-                           "--json", str(out_json)], capture_output=True, text=True, env=env)
-    assert proc.returncode == 130, proc.stderr
-    assert "interrupted after 2 of 4 rows" in proc.stderr and "Traceback" not in proc.stderr
+    code = main(["compare", "test-interrupt", "--grid", "n=1,2,3,4", "--device", "cpu", "--min-time", "0.01",
+                 "--warmup", "0", "--csv", str(out), "--json", str(out_json)])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "interrupted after 2 of 4 rows" in err and "Traceback" not in err
     rows = read_csv(out)
     assert [r["label"] for r in rows] == ["n=1", "n=2"] and all(r["status"] == "ok" for r in rows)
     assert len(json.loads(out_json.read_text())["records"]) == 2

@@ -9,9 +9,10 @@ code) with exactly one line on stderr, `effprof: error: ...`; good input exits 0
 asked to; no temporary or half-written file is left; nothing ran from a pickle.
 
 Reproducible: examples derive from a fixed seed (hypothesis, derandomized); EFFPROF_FUZZ_SEED=N draws
-another set, EFFPROF_FUZZ_EXAMPLES=N sets how many. Every failure is appended, with its seed, argv and
-files, to .pytest_cache/effprof-fuzz/failures.jsonl (or EFFPROF_FUZZ_RECORD), and the failing example is
-printed by hypothesis. Terminals and signals need real processes: tests/test_bad_input.py covers them.
+another set, EFFPROF_FUZZ_EXAMPLES=N sets how many (default 140 with --run-slow, 70 without, as CI runs it).
+Every failure is appended, with its seed, argv and files, to .pytest_cache/effprof-fuzz/failures.jsonl (or
+EFFPROF_FUZZ_RECORD), and the failing example is printed by hypothesis. Terminals and signals need real
+processes: tests/test_bad_input.py covers them.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from hypothesis import HealthCheck, given, seed as hseed, settings, strategies a
 from effprof.cli.main import main  # noqa: E402
 
 SEED = int(os.environ.get("EFFPROF_FUZZ_SEED", "0"))
-EXAMPLES = int(os.environ.get("EFFPROF_FUZZ_EXAMPLES", "140"))
+EXAMPLES = os.environ.get("EFFPROF_FUZZ_EXAMPLES")  # None: 140 with --run-slow, else 70 (a good example times a run)
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = Path(os.environ.get("EFFPROF_FUZZ_RECORD", ROOT / ".pytest_cache" / "effprof-fuzz" / "failures.jsonl"))
 D = "{dir}"  # replaced by the example's own folder
@@ -304,7 +305,7 @@ DIFF_PIECES = [({}, GOOD), ({}, GOOD), ({"latency_samples_ms": None}, GOOD),
 
 
 # ---- one invocation -----------------------------------------------------------------------------------
-# Examples per kind of invocation, out of EXAMPLES (140 by default): every command is driven every run.
+# Examples per kind of invocation, out of 140 (scaled to EXAMPLES): every command is driven every run.
 BUDGET = {"run": 28, "compare": 18, "profile": 28, "checkpoint": 18, "mamba-checkpoint": 8, "list": 5, "env": 5,
           "breakdown": 10, "roofline": 9, "calibrate": 1, "plugin": 8, "nothing": 1, "diff": 14, "quality": 6,
           "eval": 5, "estimate": 3, "tp": 5}
@@ -552,10 +553,11 @@ def record(failure: dict) -> None:
 
 
 @pytest.mark.parametrize("command", list(BUDGET))
-def test_fuzz_every_command_with_bad_and_good_input(command, tmp_path, monkeypatch):
+def test_fuzz_every_command_with_bad_and_good_input(command, tmp_path, monkeypatch, run_slow):
     tally = []
+    examples = int(EXAMPLES) if EXAMPLES else (140 if run_slow else 70)
 
-    @settings(max_examples=max(1, BUDGET[command] * EXAMPLES // 140), deadline=None, database=None,
+    @settings(max_examples=max(1, BUDGET[command] * examples // 140), deadline=None, database=None,
               derandomize=SEED == 0, suppress_health_check=list(HealthCheck), print_blob=True)
     @given(case=invocation(command))
     def fuzz(case):

@@ -195,6 +195,88 @@ def test_unknown_launcher_is_one_line(capsys):
     assert "unknown launcher 'nope'" in err and "inline" in err and len(err.strip().splitlines()) == 1
 
 
+class FakeRay:
+    """What effprof.launch.ray asks of the `ray` module, in this process: a task runs when its result is asked
+    for, and the row labelled "crash" fails as a task whose worker died does (ray.get raises)."""
+
+    def __init__(self):
+        self.calls, self.initialized = [], False
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.initialized = False
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def get_gpu_ids(self):
+        return []
+
+    def cancel(self, future, force=False):
+        self.calls.append(("cancel", future))
+
+    def remote(self, max_retries=3):
+        fake = self
+
+        class Task:
+            def __init__(self, fn, resources=None):
+                self.fn, self.resources = fn, resources
+
+            def options(self, **resources):
+                return Task(self.fn, resources)
+
+            def remote(self, config):
+                fake.calls.append(("remote", config.label, self.resources, max_retries))
+                return lambda: self.fn(config)
+
+        return lambda fn: Task(fn)
+
+    def get(self, future):
+        return future()
+
+
+def test_ray_launcher_with_a_stand_in_for_ray(tmp_path, fast, monkeypatch):
+    """`compare --launcher ray` through a stand-in `ray` module (the real one: the slow test below): each row one
+    task of one CPU, never retried, measured as a pool worker measures it; records in the rows' order; a task whose
+    worker dies is a failed row while the others are measured; the instance started here is stopped."""
+    import effprof.launch.ray as ray_launcher
+
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    real_measure_task = ray_launcher.measure_task
+
+    def measure_task(config):
+        if config.label == "crash":
+            raise RuntimeError("The worker died unexpectedly while executing this task (exit code 7)")
+        return real_measure_task(config)
+
+    monkeypatch.setattr(ray_launcher, "measure_task", measure_task)
+    profile = tmp_path / "rows.yaml"
+    profile.write_text("rows:\n"
+                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}}\n"
+                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}, label: crash}\n"
+                       "  - {component: lowrank, params: {tokens: 4, in_dim: 8, out_dim: 8, rank: 2}}\n")
+    out = tmp_path / "ray.json"
+    assert main(["compare", str(profile), *fast, "--launcher", "ray", "--json", str(out)]) == 1
+    records = json.loads(out.read_text())["records"]
+    assert [r["label"] for r in records] == ["linear", "crash", "lowrank"]
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]
+    assert "ray task failed" in records[1]["error"] and "worker died" in records[1]["error"]
+    assert all(r["launcher"] == "ray" for r in records) and records[0]["ray_node"] and records[2]["ray_node"]
+    assert records[0]["latency_ms_median"] > 0 and records[2]["params_total"] == 8 * 2 + 2 * 8 + 8
+    assert [c[0] for c in fake.calls] == ["init", "remote", "remote", "remote", "shutdown"]
+    assert fake.calls[0][1]["address"] is None  # a local instance, started and stopped here
+    assert all(c[2] == {"num_gpus": 0, "num_cpus": 1} and c[3] == 0 for c in fake.calls[1:4])
+
+
+@pytest.mark.slow  # CI: test_ray_launcher_with_a_stand_in_for_ray (starting Ray and its workers takes 10-15 s)
 def test_ray_launcher_on_a_local_instance(tmp_path, fast):
     """`compare --launcher ray` on CPU: rows as Ray tasks on a local instance, records in the rows' order, and a
     task whose worker dies is a failed row while the others are measured."""
@@ -216,10 +298,38 @@ def test_ray_launcher_on_a_local_instance(tmp_path, fast):
     assert records[0]["latency_ms_median"] > 0 and records[2]["params_total"] == 8 * 2 + 2 * 8 + 8
 
 
-def test_the_torchrun_launcher_runs_tp_rows_and_refuses_single_rank_ones(tmp_path, capsys):
+def test_the_torchrun_launcher_hands_tp_rows_to_their_ranks_and_refuses_single_rank_ones(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Each row goes to `measure_tp` (its ranks: spawned by the slow test below and by
+    test_multigpu.py::test_run_tp_1_and_2_reports_scaling_and_communication), here a stand-in that measures the row
+    in this process; a row of one rank is refused before anything starts."""
+    from dataclasses import replace
+
+    from effprof.launch import torchrun
+    from effprof.runner import measure
+
     assert main(["compare", "mamba-lm", "--grid", "seq_len=16", "--d-model", "32", "--n-layer", "2",
                  "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--launcher", "torchrun"]) == 2
     assert "one rank" in capsys.readouterr().err
+    handed = []
+
+    def measure_tp(config):
+        handed.append(config.options.tp)
+        return dict(measure(replace(config, options=replace(config.options, tp=1))), tp=config.options.tp)
+
+    monkeypatch.setattr(torchrun, "measure_tp", measure_tp)
+    out = tmp_path / "tp.json"
+    assert main(["compare", "mamba-lm", "--grid", "seq_len=16,8", "--d-model", "32", "--n-layer", "2", "--tp", "2",
+                 "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--max-cv", "1", "--launcher",
+                 "torchrun", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert handed == [2, 2]
+    assert [(r["label"], r["status"], r["tp"]) for r in records] == [("seq_len=16", "ok", 2), ("seq_len=8", "ok", 2)]
+
+
+@pytest.mark.slow  # CI: the test above, and ranks spawned by test_multigpu.py's test_run_tp_1_and_2_...
+def test_the_torchrun_launcher_runs_tp_rows_in_spawned_ranks(tmp_path):
+    """The test above with the row's two ranks spawned and joined over gloo."""
     out = tmp_path / "tp.json"
     assert main(["compare", "mamba-lm", "--grid", "seq_len=16", "--d-model", "32", "--n-layer", "2", "--tp", "2",
                  "--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--max-cv", "1", "--launcher",

@@ -6,7 +6,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import triton_tests_in_interpreter
 from torch.utils.flop_counter import FlopCounterMode
 
 from effprof.ops.gemv import gemv, gemv_ref
@@ -25,8 +24,8 @@ needs_triton = pytest.mark.skipif(not _interpreted(), reason="needs triton and T
 
 
 @pytest.mark.skipif(not HAS_TRITON or _interpreted(), reason="triton missing, or the triton tests run directly")
-def test_decode_kernels_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) == 9
+def test_decode_kernels_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) == 9
 
 
 @needs_triton

@@ -1,10 +1,8 @@
 """Mamba block and language models: agreement with independent references, decoding, exact parameter and
 FLOP counts, checkpoints in mamba-ssm's layout, and the `mamba`, `mamba-lm`, `transformer-lm` components."""
+import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from effprof.cli.main import main
 from effprof.components.mamba import TRANSFORMER_PRESETS
 from effprof.core.errors import BackendUnavailable
 from effprof.measure.flops import count_flops
+from effprof.ops.selective_scan import available_backends
 from effprof.modules.mamba import (MAMBA_PRESETS, MambaBlock, MambaLM, MambaLMConfig, causal_conv1d_ref,
                                    causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.core.profiles import load_profile
@@ -22,6 +21,12 @@ from effprof.report.files import read_json
 from effprof.runner import RunOptions
 
 FAST = ["--device", "cpu", "--min-time", "0.02", "--warmup", "0"]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# triton reads TRITON_INTERPRET when first imported: the `triton` tests run in a child process that sets it
+# (test_triton_tests_in_interpreter_subprocess, see conftest.py), or directly when the suite starts with it
+INTERPRETED = HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
+needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
+                                  "(run by test_triton_tests_in_interpreter_subprocess)")
 TINY_LM = ["--d-model", "32", "--n-layer", "2", "--seq-len", "12"]
 CPU32 = BuildContext(torch.device("cpu"), torch.float32)
 
@@ -350,68 +355,53 @@ def test_scaling_profile_validates():
     assert profile.configs[0].options.dtype == "bf16" and profile.baseline == 0
 
 
-TRITON_BLOCK_CHECK = """
-import torch
-from effprof.modules.mamba import MambaBlock
-torch.manual_seed(0)
-block = MambaBlock(16, d_state=8).eval()
-hidden = torch.randn(2, 37, 16)
-with torch.no_grad():
-    reference = block(hidden)
-    block.scan_backend = "triton"
-    torch.testing.assert_close(block(hidden), reference, rtol=1e-4, atol=1e-5)
-    state = block.allocate_state(2)
-    block(hidden[:, :30], state)
-    steps = torch.cat([block.step(hidden[:, t:t + 1], state) for t in range(30, 37)], 1)
-    torch.testing.assert_close(steps, reference[:, 30:], rtol=1e-4, atol=1e-5)
-print("ok")
-"""
+@pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
+def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) == 2
 
 
+@needs_triton
+@pytest.mark.slow  # CI: test_lm_prefill_on_the_triton_kernels_in_the_interpreter (blocks on the triton scan and conv)
 def test_block_on_the_triton_scan_matches_ref_in_the_interpreter():
-    """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged."""
-    run_in_interpreter(TRITON_BLOCK_CHECK)
+    """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged, over
+    more than one chunk of the scan (37 steps)."""
+    torch.manual_seed(0)
+    block = MambaBlock(16, d_state=8).eval()
+    hidden = torch.randn(2, 37, 16)
+    with torch.no_grad():
+        reference = block(hidden)
+        block.scan_backend = "triton"
+        torch.testing.assert_close(block(hidden), reference, rtol=1e-4, atol=1e-5)
+        state = block.allocate_state(2)
+        block(hidden[:, :30], state)
+        steps = torch.cat([block.step(hidden[:, t:t + 1], state) for t in range(30, 37)], 1)
+        torch.testing.assert_close(steps, reference[:, 30:], rtol=1e-4, atol=1e-5)
 
 
-def run_in_interpreter(script: str) -> None:
-    """Run `script` in a child Python with TRITON_INTERPRET=1 (set before triton is imported); it prints "ok"."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
-
-
-TRITON_LM_PREFILL_CHECK = """
-import torch
-from effprof.modules.mamba import MambaLM, MambaLMConfig
-torch.manual_seed(0)
-model = MambaLM(MambaLMConfig(d_model=16, n_layer=3, vocab_size=50, d_state=4, pad_vocab_size_multiple=8)).eval()
-ids = torch.randint(0, 50, (2, 9))
-with torch.no_grad():
-    reference = model(ids)
-    model.set_backends(decode_backend="triton")   # prefill: residual add + RMSNorm as one triton kernel per layer
-    torch.testing.assert_close(model(ids), reference, rtol=1e-5, atol=1e-5)
-    model.set_backends(decode_backend="ref")
-    for split in (2, 7):  # a prompt shorter and longer than the conv width
-        model.set_backends(scan_backend="triton", conv_backend="triton")
-        cache = model.allocate_cache(2)
-        for layer in cache.layers:  # stale values the prefill must overwrite
-            layer.conv_state.fill_(float("nan"))
-            layer.ssm_state.fill_(float("nan"))
-        logits = [model(ids[:, :split], cache)]
-        model.set_backends(scan_backend="ref", conv_backend="ref")
-        logits += [model.step(ids[:, t:t + 1], cache) for t in range(split, 9)]
-        torch.testing.assert_close(torch.cat(logits, 1), reference, rtol=1e-4, atol=1e-4)
-print("ok")
-"""
-
-
+@needs_triton
 def test_lm_prefill_on_the_triton_kernels_in_the_interpreter():
     """Prefill with the triton decode backend runs each layer's residual add + RMSNorm (and the final norm) as
     `add_rms_norm`'s one kernel: same output as the separate ops. A prefill on the triton conv and scan writes
     the cache's conv and SSM states from inside the kernels (no copies); decoding on from them (reference step)
     gives the full forward's logits. CPU interpreter."""
-    run_in_interpreter(TRITON_LM_PREFILL_CHECK)
+    torch.manual_seed(0)
+    model = MambaLM(MambaLMConfig(d_model=16, n_layer=3, vocab_size=50, d_state=4, pad_vocab_size_multiple=8)).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        reference = model(ids)
+        model.set_backends(decode_backend="triton")   # prefill: residual add + RMSNorm as one triton kernel per layer
+        torch.testing.assert_close(model(ids), reference, rtol=1e-5, atol=1e-5)
+        model.set_backends(decode_backend="ref")
+        for split in (2, 7):  # a prompt shorter and longer than the conv width
+            model.set_backends(scan_backend="triton", conv_backend="triton")
+            cache = model.allocate_cache(2)
+            for layer in cache.layers:  # stale values the prefill must overwrite
+                layer.conv_state.fill_(float("nan"))
+                layer.ssm_state.fill_(float("nan"))
+            logits = [model(ids[:, :split], cache)]
+            model.set_backends(scan_backend="ref", conv_backend="ref")
+            logits += [model.step(ids[:, t:t + 1], cache) for t in range(split, 9)]
+            torch.testing.assert_close(torch.cat(logits, 1), reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="A is kept between calls on CUDA only")

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import triton_tests_in_interpreter
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -30,8 +29,8 @@ needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRIT
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
-def test_triton_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) >= 11  # the 11 triton checks ran
+def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) >= 11  # the 11 triton checks ran
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton imported without the interpreter")
@@ -122,7 +121,8 @@ def _check_backend(backend, case, dtype, tol, config=None, device=CPU):
 
 
 @needs_triton
-@pytest.mark.parametrize("case", TRITON_CASES)
+# the 130 steps of the last case (5 chunks, d_state 16) take the interpreter seconds: L 37 and 70 cross chunks in CI
+@pytest.mark.parametrize("case", TRITON_CASES[:-1] + [pytest.param(TRITON_CASES[-1], marks=pytest.mark.slow)])
 def test_triton_matches_reference_float32(case):
     assert "triton" in available_backends(CPU)  # interpret mode + CPU tensors
     _check_backend("triton", case, torch.float32, 1e-5)

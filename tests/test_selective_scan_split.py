@@ -10,7 +10,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import triton_tests_in_interpreter
 
 from effprof.ops.selective_scan import available_backends, selective_scan, selective_scan_ref
 
@@ -22,8 +21,8 @@ needs_cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), 
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
-def test_triton_split_tests_in_interpreter_subprocess():
-    assert triton_tests_in_interpreter(__file__) >= 8
+def test_triton_split_tests_in_interpreter_subprocess(triton_interpreter):
+    assert triton_interpreter(__file__) >= 8
 
 
 def rel_err(out, ref) -> float:
