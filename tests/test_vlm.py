@@ -24,10 +24,10 @@ def llava_params(p) -> int:
     return clip_tower_params(p) + projector + llama
 
 
-# 13b builds what 7b builds, deeper and wider (seconds on the meta device): CI checks its size from the preset below
-@pytest.mark.parametrize("preset", ["llava-1.5-7b", pytest.param("llava-1.5-13b", marks=pytest.mark.slow), "tiny"])
+@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-1.5-13b", "tiny"])
 def test_parameter_counts_equal_the_closed_form_on_the_meta_device(preset):
-    r = measure(Config("llava", {"preset": preset}, RunOptions(device="meta")))
+    # parameters only: without the FLOP count (most of a meta row's seconds at these sizes)
+    r = measure(Config("llava", {"preset": preset}, RunOptions(device="meta", count_flops=False)))
     assert r["params_total"] == llava_params(PRESETS[preset])
     if preset == "llava-1.5-7b":  # llava-hf/llava-1.5-7b-hf, vocab 32064 (ANCHORS.md: 7,063,427,072)
         assert r["params_total"] == 7_063_427_072
@@ -35,10 +35,6 @@ def test_parameter_counts_equal_the_closed_form_on_the_meta_device(preset):
         assert 13.3e9 < r["params_total"] < 13.4e9
     assert r["stage_vision_params"] + r["stage_project_params"] + r["stage_prefill_params"] == \
         r["params_total"] - PRESETS[preset].vocab * PRESETS[preset].width  # the LM head sits outside the LM module
-
-
-def test_the_13b_preset_has_the_published_size():
-    assert 13.3e9 < llava_params(PRESETS["llava-1.5-13b"]) < 13.4e9  # what the slow 13b count above builds
 
 
 def test_prefill_flops_equal_a_hand_count_and_the_stages_add_up():
@@ -177,7 +173,7 @@ def test_cobra_3b_counts_on_the_meta_device():
     from effprof.models.cobra import PRESETS as COBRA
 
     p = COBRA["cobra-3b"]
-    r = measure(Config("cobra", {}, RunOptions(device="meta")))
+    r = measure(Config("cobra", {}, RunOptions(device="meta", count_flops=False)))  # parameters and tokens only
     n = (p.image_size // p.patch_size) ** 2
     assert n == 729 and r["image_tokens"] == 729 and r["sequence_tokens"] == 729 + 64
     towers = dinov2_reg_params(1024, 24, n, 14) + siglip_params(1152, 27, 4304, n, 14)
