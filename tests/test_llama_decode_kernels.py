@@ -92,6 +92,7 @@ def test_triton_split_kv_decode_attention_matches_masked_sdpa(batch, heads, kv_h
 
 
 @needs_triton
+@pytest.mark.slow  # CI: the kernels above one by one, and test_llama_decode's full-forward check of the same step on ref
 def test_triton_decode_step_matches_a_full_forward():
     from test_llama_decode import decode_against_a_full_forward
 

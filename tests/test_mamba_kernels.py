@@ -26,7 +26,7 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRETED = HAS_TRITON and "triton" in available_backends(CPU)
 needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
                                   "(run by test_kernel_tests_in_interpreter_subprocess)")
-N_TRITON_TESTS = 38  # the `triton` tests this file holds (the subprocess checks they all ran, or are slow)
+N_TRITON_TESTS = 39  # the `triton` tests this file holds (the subprocess checks they all ran, or are slow)
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
@@ -208,14 +208,17 @@ def test_triton_add_rms_norm_matches_reference():
 
 
 @needs_triton
-@pytest.mark.parametrize("rows", [1, 3])  # the GEMV kernel, and (above gemv_max_batch) add + norm then F.linear
-def test_triton_norm_in_proj_matches_reference(rows):
+# the GEMV kernel (at 2 rows: its loop over rows, as greedy generation's test sets gemv_max_batch), and (above
+# gemv_max_batch) add + norm then F.linear
+@pytest.mark.parametrize("rows, gemv_max_batch", [(1, 1), (2, 2), (3, 1)])
+def test_triton_norm_in_proj_matches_reference(monkeypatch, rows, gemv_max_batch):
     from effprof.ops.mamba_decode import norm_in_proj, norm_in_proj_ref
 
     g = torch.Generator().manual_seed(rows)
     hidden, residual = torch.randn(rows, 40, generator=g), torch.randn(rows, 40, generator=g)
-    from effprof.ops.mamba_decode_triton import use_gemv
-    assert use_gemv(rows, torch.zeros(36, 40)) == (rows == 1)
+    from effprof.ops.mamba_decode_triton import DECODE_CONFIG, use_gemv
+    monkeypatch.setitem(DECODE_CONFIG, "gemv_max_batch", gemv_max_batch)
+    assert use_gemv(rows, torch.zeros(36, 40)) == (rows <= gemv_max_batch)
     norm_weight, in_proj = 1 + 0.1 * torch.randn(40, generator=g), torch.randn(36, 40, generator=g)
     for res in (None, residual):
         xz, new_res = norm_in_proj(hidden, res, norm_weight, 1e-5, in_proj, backend="triton")
@@ -277,10 +280,11 @@ def test_triton_fused_step_counts_the_reference_flops():
 
 
 @needs_triton
+@pytest.mark.slow  # CI: its kernels one by one (GEMV rows, fused step, conv) and the per-layer kernels' LM steps
 def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     """Greedy tokens of a small random-weight LM (float32): the fused step picks the same tokens as the
     step-by-step reference, with logits equal to float32 rounding (bench_mamba.py checks 64 tokens of
-    Mamba-130m on the GPU; 8 here keep the interpreter fast)."""
+    Mamba-130m on the GPU; 16 here keep the interpreter fast)."""
     from effprof.modules.mamba import MambaLM, MambaLMConfig
 
     from effprof.ops import mamba_decode_triton
@@ -294,8 +298,8 @@ def test_triton_greedy_generation_equals_the_step_reference(monkeypatch):
     torch.manual_seed(0)
     model = MambaLM(MambaLMConfig(d_model=24, n_layer=2, vocab_size=64, d_state=16), conv_backend="triton").eval()
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
-    ref_tokens, ref_logits = greedy_mamba(model, prompt, 8, "ref")
-    tokens, logits = greedy_mamba(model, prompt, 8, "triton")
+    ref_tokens, ref_logits = greedy_mamba(model, prompt, 16, "ref")
+    tokens, logits = greedy_mamba(model, prompt, 16, "triton")
     assert torch.equal(tokens, ref_tokens)
     assert rel_err(logits, ref_logits) < 1e-5
     assert (logits[:, 1:] - logits[:, :-1]).abs().amax() > 1e-3  # the state moves the logits step to step
