@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -5,10 +6,22 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+import torch
+
+from effprof.ops.selective_scan import available_backends
 
 # Fast, quiet measurement settings for every CLI call the tests make.
 FAST = ["--device", "cpu", "--min-time", "0.02", "--warmup", "0", "--max-cv", "1"]  # stop at min-time
 
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# triton reads TRITON_INTERPRET when first imported: a file's `triton` tests run in the one child pytest that sets it
+# (`triton_interpreter`, below), or directly when the suite itself starts with it
+INTERPRETED = HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
+runs_interpreter_child = pytest.mark.skipif(not HAS_TRITON or INTERPRETED,
+                                            reason="triton missing, or the triton tests run directly")
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
+                                       "(run by the file's test_triton_tests_in_interpreter_subprocess)")
 
 @pytest.fixture
 def fast():

@@ -1,10 +1,9 @@
 """What a new user meets first: -h, --version, a component's own help, grids with fixed parameters, values
 that mean what they say, refusals of nonsense, and trust signals in tables and files."""
-import importlib.util
 import json
 
 import pytest
-import torch
+from conftest import needs_interpreter, runs_interpreter_child
 
 from effprof import __version__
 from effprof.cli.main import main
@@ -12,7 +11,6 @@ from effprof.core.errors import ParamError
 from effprof.core.options import RunOptions
 from effprof.core.params import Param
 from effprof.core.registry import get_component
-from effprof.ops.selective_scan import available_backends
 from effprof.report.files import read_json
 
 
@@ -89,19 +87,14 @@ def test_compare_refuses_fixed_parameters_it_cannot_use(argv, says, capsys, fast
     assert says in err and "\n" not in err
 
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-# TRITON_INTERPRET=1 must be set before triton is first imported: the `triton` test runs in a child process that
-# sets it (test_triton_tests_in_interpreter_subprocess, see conftest.py), or directly when the suite starts with it
-INTERPRETED = HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
 
 
-@pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton test runs directly")
+@runs_interpreter_child
 def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
     assert triton_interpreter(__file__) == 1
 
 
-@pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
-                    "(run by test_triton_tests_in_interpreter_subprocess)")
+@needs_interpreter
 def test_a_triton_kernel_under_triton_interpret_is_refused_not_timed(tmp_path, capfd):
     out = tmp_path / "r.json"
     assert main(["run", "mamba", "--scan-backend", "triton", "--device", "cpu", "--d-model", "8", "--seq-len", "8",

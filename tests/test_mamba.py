@@ -1,10 +1,10 @@
 """Mamba block and language models: agreement with independent references, decoding, exact parameter and
 FLOP counts, checkpoints in mamba-ssm's layout, and the `mamba`, `mamba-lm`, `transformer-lm` components."""
-import importlib.util
 import json
 import math
 
 import pytest
+from conftest import needs_interpreter, runs_interpreter_child
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +12,6 @@ from effprof.cli.main import main
 from effprof.components.mamba import TRANSFORMER_PRESETS
 from effprof.core.errors import BackendUnavailable
 from effprof.measure.flops import count_flops
-from effprof.ops.selective_scan import available_backends
 from effprof.modules.mamba import (MAMBA_PRESETS, MambaBlock, MambaLM, MambaLMConfig, causal_conv1d_ref,
                                    causal_conv1d_update_ref, resolve_conv_backend)
 from effprof.core.profiles import load_profile
@@ -21,12 +20,6 @@ from effprof.report.files import read_json
 from effprof.runner import RunOptions
 
 FAST = ["--device", "cpu", "--min-time", "0.02", "--warmup", "0"]
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-# triton reads TRITON_INTERPRET when first imported: the `triton` tests run in a child process that sets it
-# (test_triton_tests_in_interpreter_subprocess, see conftest.py), or directly when the suite starts with it
-INTERPRETED = HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
-needs_triton = pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
-                                  "(run by test_triton_tests_in_interpreter_subprocess)")
 TINY_LM = ["--d-model", "32", "--n-layer", "2", "--seq-len", "12"]
 CPU32 = BuildContext(torch.device("cpu"), torch.float32)
 
@@ -355,12 +348,12 @@ def test_scaling_profile_validates():
     assert profile.configs[0].options.dtype == "bf16" and profile.baseline == 0
 
 
-@pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
+@runs_interpreter_child
 def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
     assert triton_interpreter(__file__) == 2
 
 
-@needs_triton
+@needs_interpreter
 @pytest.mark.slow  # CI: test_lm_prefill_on_the_triton_kernels_in_the_interpreter (blocks on the triton scan and conv)
 def test_block_on_the_triton_scan_matches_ref_in_the_interpreter():
     """The block's strided views and mixed dtypes go through the triton kernels (CPU interpreter) unchanged, over
@@ -378,7 +371,7 @@ def test_block_on_the_triton_scan_matches_ref_in_the_interpreter():
         torch.testing.assert_close(steps, reference[:, 30:], rtol=1e-4, atol=1e-5)
 
 
-@needs_triton
+@needs_interpreter
 def test_lm_prefill_on_the_triton_kernels_in_the_interpreter():
     """Prefill with the triton decode backend runs each layer's residual add + RMSNorm (and the final norm) as
     `add_rms_norm`'s one kernel: same output as the separate ops. A prefill on the triton conv and scan writes

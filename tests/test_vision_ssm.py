@@ -1,9 +1,9 @@
 """VMamba and MambaVision: published parameter counts, the papers' FLOP convention, scan FLOPs per
 direction count, SS2D against a reference built from the op references, the tower, refusals."""
-import importlib.util
 import math
 
 import pytest
+from conftest import needs_interpreter, runs_interpreter_child
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -15,7 +15,6 @@ from effprof.modules.mambavision import MambaVisionMixer
 from effprof.modules.ss2d import SS2D
 from effprof.ops.cross_scan import cross_merge_ref, cross_scan_ref
 from effprof.ops.grouped_scan import selective_scan_grouped_ref
-from effprof.ops.selective_scan import available_backends
 from effprof.report.files import read_json
 
 
@@ -141,19 +140,14 @@ def test_v052d_needs_two_directions_and_bad_depths_refused(capsys):
     assert "four positive integers" in captured.out + captured.err
 
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-# triton reads TRITON_INTERPRET when first imported: the `triton` test runs in a child process that sets it
-# (test_triton_tests_in_interpreter_subprocess, see conftest.py), or directly when the suite starts with it
-INTERPRETED = HAS_TRITON and "triton" in available_backends(torch.device("cpu"))
 
 
-@pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="triton missing, or the triton tests run directly")
+@runs_interpreter_child
 def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
     assert triton_interpreter(__file__) == 1
 
 
-@pytest.mark.skipif(not INTERPRETED, reason="needs triton and TRITON_INTERPRET=1 at start "
-                    "(run by test_triton_tests_in_interpreter_subprocess)")
+@needs_interpreter
 def test_ss2d_and_mixer_through_the_triton_scan_in_the_interpreter():
     torch.manual_seed(0)
     for mode in ("cross4", "bi2"):
