@@ -90,9 +90,9 @@ class CobraModel(nn.Module):
         self.siglip = SiglipVisionModel(siglip)
         # SiglipVisionEmbeddings returns the patch conv's (B, C, H·W) output transposed, a strided view, plus the
         # position embeddings; a sum keeps its first operand's layout, so the residual stream stayed strided through
-        # every layer: two non-vectorized residual adds and a copy before each layer norm, per layer (~0.8 of the
-        # tower's 3.6 ms of kernels on an H200, `diag_cobra_ttft.py` towers). One contiguous copy of the embeddings
-        # (729 × 1152) gives the same values in row-major memory for all 27 layers.
+        # every layer: two non-vectorized residual adds and a copy before each layer norm, per layer (~0.8 ms of
+        # kernels on an H200, against 3.6 ms for the tower alone: `diag_cobra_ttft.py` towers). One contiguous copy
+        # of the embeddings (729 × 1152) gives the same values in row-major memory for all 27 layers.
         self.siglip_embeddings().register_forward_hook(_contiguous_output)
         vision_dim = preset.dino_width + preset.siglip_width
         lm_dim = preset.lm.d_model
@@ -106,7 +106,7 @@ class CobraModel(nn.Module):
         self.prefix_tokens = 1 + dino.num_register_tokens  # DINOv2's class token and registers
 
     def siglip_embeddings(self) -> nn.Module:
-        """SigLIP's `SiglipVisionEmbeddings` (under `vision_model` up to transformers 5.2x, at the top after)."""
+        """SigLIP's `SiglipVisionEmbeddings`, found by type (transformers versions nest it differently)."""
         return next(m for m in self.siglip.modules() if type(m).__name__ == "SiglipVisionEmbeddings")
 
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
