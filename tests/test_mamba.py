@@ -346,6 +346,8 @@ def test_scaling_profile_validates():
     assert [c.component for c in profile.configs] == ["mamba-lm"] * 5 + ["transformer-lm"] * 5
     assert [c.resolved()["seq_len"] for c in profile.configs[:5]] == [1024, 2048, 4096, 8192, 16384]
     assert profile.configs[0].options.dtype == "bf16" and profile.baseline == 0
+    # eager, the short rows time the host (launch-bound): every row replays a CUDA graph (off CUDA: eager, noted)
+    assert all(c.options.graphs or any("profile's default on CUDA" in n for n in c.notes) for c in profile.configs)
 
 
 @runs_interpreter_child
