@@ -150,6 +150,10 @@ SCAN_CONFIGS = {
     "tp2-w2-ioc": {**LANES, "time_parts": 2, "num_warps": 2, "io": "channel"},
     "s4-w1-ioc": {**LANES, "num_warps": 1, "io": "channel"},
     "tp4-w2-ioc": {**LANES, "time_parts": 4, "num_warps": 2, "CHUNK": 64, "sub": 32, "io": "channel"},
+    # the batch-1 default (s4-w2-ioc) with its time split across programs: more warps per SM, the first launch
+    # (chunk end states, no C and no y since session 12) walking K - 1 of the K chunks (diagnostics part 5)
+    "s4-w2-ioc-k2": {**LANES, "num_warps": 2, "io": "channel", "time_chunks": 2},
+    "s4-w2-ioc-k4": {**LANES, "num_warps": 2, "io": "channel", "time_chunks": 4},
     "lanes-k1": {**LANES, "time_chunks": 1},                  # the lanes kernel without the time split
     "lanes-k8": {**LANES, "time_chunks": 8},
     "tl-small-batch": {"kernel": "chunked", "gluon": False, "BLOCK_D": 16, "CHUNK": 64, "pair_states": True,

@@ -129,6 +129,30 @@ def test_lanes_kernel_time_split_and_strided_modes_compile_within_the_register_b
     assert mix["MUFU"] == 32 * 4 + (2 if mode == 1 else 3) * 32 // 4
 
 
+def test_time_split_first_launch_reads_no_C_and_stores_no_partial_y():
+    """The time split's first launch (MODE 1) keeps only each chunk's end state and Σ delta: it never loads C
+    (C_ptr is not even read from the kernel's parameters) and its chunk loop stores no partial y to shared
+    memory, so it issues fewer shared stores and loads than the last launch (MODE 2), which makes y."""
+    triton = pytest.importorskip("triton")
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("triton's wheel ships no cuobjdump here")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "diagnostics"))
+    from sass_scan import compile_kernel, lanes_constants, loop_mix, sass_of
+
+    from effprof.ops.selective_scan_lanes import _scan_lanes_kernel
+    c_param = f"_scan_lanes_kernel_param_{_scan_lanes_kernel.arg_names.index('C_ptr')}]"
+    mixes = {}
+    for mode in (1, 2):
+        constants = dict(N=16, N_PAD=16, S=4, HAS_D=True, HAS_Z=True, HAS_DELTA_BIAS=True, DELTA_SOFTPLUS=True,
+                         CHUNK=32, SUB=16, ROWS=1, PAD=True, LANE_ORDER=2, EVEN_L=False, EVEN_D=True,
+                         FAST_MATH=True, POLY_EVERY=0, num_warps=4, **lanes_constants(False, mode))
+        compiled = compile_kernel(_scan_lanes_kernel, constants, 4)
+        assert (c_param in compiled.asm["ptx"]) == (mode == 2)
+        _, mixes[mode] = loop_mix(sass_of(compiled)[0])
+    assert mixes[1]["STS"] < mixes[2]["STS"] and mixes[1]["LDS"] < mixes[2]["LDS"]
+
+
 def test_batch1_config_compiles_for_hopper_with_one_exp2_per_element():
     """The batch-1 config of `selective_scan_triton` (time parts across lanes, channel-fast loads of channel-last
     inputs with channel stride 1) compiles for sm_90 without local memory, and its chunk loop still has one

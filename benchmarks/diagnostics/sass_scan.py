@@ -112,6 +112,8 @@ def main() -> int:
     parser.add_argument("--time-parts", type=int, default=1, help="lanes: time parts per sub-block (across lanes)")
     parser.add_argument("--io-channel", action="store_true", help="lanes: channel-fast phase-1/3 layout")
     parser.add_argument("--channel-last", action="store_true", help="lanes: time strides as run-time arguments")
+    parser.add_argument("--mode", type=int, default=0, choices=[0, 1, 2], help="lanes: 0 the whole sequence, 1 and 2 "
+                        "the time split's first launch (chunk end states) and last (y from entering states)")
     parser.add_argument("--sass", action="store_true", help="print the loop's SASS")
     args = parser.parse_args()
     import triton
@@ -124,7 +126,8 @@ def main() -> int:
         n_pad, s, bd = lanes_geometry(args.d_state, args.states, args.warps, args.rows, args.time_parts)
         tp = time_parts_of(n_pad // s, args.time_parts)
         vd, td, wd = io_geometry(bd, args.chunk, args.warps) if args.io_channel else (0, 1, 1)
-        constants = {**lanes_constants(args.channel_last, channel_stride_one=True), **common, "S": s, "SUB": min(args.sub, args.chunk),
+        constants = {**lanes_constants(args.channel_last, args.mode, channel_stride_one=True), **common, "S": s,
+                     "SUB": min(args.sub, args.chunk),
                      "ROWS": args.rows, "PAD": not args.no_pad, "LANE_ORDER": args.lane_order, "TP": tp,
                      "IO_VD": vd, "IO_TD": td, "IO_WD": wd}
         compiled = compile_kernel(_scan_lanes_kernel, constants, args.warps, args.maxnreg)

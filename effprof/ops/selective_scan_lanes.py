@@ -21,7 +21,7 @@ Any strides for u, delta, z and y (the time stride 1 of contiguous inputs is spe
 the contiguous kernel is the one measured below; channel-last views of a Mamba block are read in place).
 Time split (`launch(time_chunks=K)`, for shapes whose batch × channel blocks leave SMs idle): each channel's
 sequence is cut into K chunks of whole CHUNKs across programs (grid axis 2), in three launches: MODE 1 walks
-chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32); `_carry_kernel`
+chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32; no C, no y); `_carry_kernel`
 turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k + h_k (the chunk's decay is
 exp(A Σ delta') because the per-step decays multiply); MODE 2 walks every chunk from its entering state and
 writes y (the last chunk the last state). Chunks other than the last are walked twice.
@@ -216,7 +216,9 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
     if HAS_Z and MODE != 1:
         z_next = gl.load(z_ptr + z_row + t0 * sz_t, mask=io_mask, other=0.0)
     B_next = gl.load(B_ptr + bc_offs + t_begin, mask=mask_n & (t_begin + t_bc < t_end), other=0.0)
-    C_next = gl.load(C_ptr + bc_offs + t_begin, mask=mask_n & (t_begin + t_bc < t_end), other=0.0)
+    C_next = B_next  # MODE 1 (chunk end states) reads no C: no y
+    if MODE != 1:
+        C_next = gl.load(C_ptr + bc_offs + t_begin, mask=mask_n & (t_begin + t_bc < t_end), other=0.0)
     for start in range(t_begin, t_end, CHUNK):
         # phase 1: per (channel, step) work, once per channel
         u = _to_float32(u_next)
@@ -232,7 +234,8 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         if HAS_Z and MODE != 1:
             z_next = gl.load(z_ptr + z_row + t1 * sz_t, mask=io_mask, other=0.0)
         B_next = gl.load(B_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < t_end), other=0.0)
-        C_next = gl.load(C_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < t_end), other=0.0)
+        if MODE != 1:
+            C_next = gl.load(C_ptr + bc_offs + nxt, mask=mask_n & (nxt + t_bc < t_end), other=0.0)
         if HAS_DELTA_BIAS:
             delta = delta + bias
         if DELTA_SOFTPLUS:
@@ -244,7 +247,8 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
         delta_s.store(delta)
         du_s.store(delta * u)
         B_s.store(B_f)
-        C_s.store(C_f)
+        if MODE != 1:
+            C_s.store(C_f)
         skip = Dv * u
         if HAS_Z and MODE != 1:
             gate = _silu(_to_float32(z_raw), FAST_MATH)
@@ -254,7 +258,8 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
             dl = gl.expand_dims(gl.expand_dims(delta_s.slice(j * SUB, SUB, dim=1).load(step_l), 1), 2)
             dub = gl.expand_dims(gl.expand_dims(du_s.slice(j * SUB, SUB, dim=1).load(step_l), 1), 2)
             Bw = gl.expand_dims(B_s.slice(j * SUB, SUB, dim=2).load(bc_walk_l), 0)     # [1, G, S, SUB]
-            Cw = gl.expand_dims(C_s.slice(j * SUB, SUB, dim=2).load(bc_walk_l), 0)
+            if MODE != 1:
+                Cw = gl.expand_dims(C_s.slice(j * SUB, SUB, dim=2).load(bc_walk_l), 0)
             x = dl * A2
             if FAST_MATH:
                 if POLY_EVERY > 0:  # these registers' exp2 on the FMA pipe (the select folds per register)
@@ -270,7 +275,8 @@ def _scan_lanes_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias
                 h = gl.reduce(hs, 3, _pick_last)
             else:  # the last step's state, held by the last time part's lane: a sum across the TP lanes
                 h = gl.sum(gl.where(t4 == SUB - 1, hs, 0.0), axis=3)
-            part_s.slice(j * SUB, SUB, dim=2).store(gl.sum(hs * Cw, axis=2))
+            if MODE != 1:  # the partial y of this thread's states (MODE 1 keeps only the end state)
+                part_s.slice(j * SUB, SUB, dim=2).store(gl.sum(hs * Cw, axis=2))
         gl.thread_barrier()  # partial y of every lane is in shared memory
         # phase 3: the G partials of each of this thread's steps, D skip, gate, store
         if MODE != 1:
