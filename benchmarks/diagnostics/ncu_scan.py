@@ -27,7 +27,7 @@ items = [item.split("=") for item in sys.argv[1].split("+") if item] if len(sys.
 shape = sys.argv[2].split("x") if len(sys.argv) > 2 else ["8", "1536", "4096"]
 channel_last = shape[-1] == "cl"
 shape = shape[:-1] if channel_last else shape
-if (any(len(item) != 2 for item in items) or len(shape) != 3 or not all(s.isdigit() for s in shape)
+if (any(len(item) != 2 for item in items) or len(shape) != 3 or not all(s.isdigit() and int(s) > 0 for s in shape)
         or not torch.cuda.is_available()):
     sys.exit(USAGE)
 try:
