@@ -4,7 +4,8 @@ timed per call with a synchronize (wall), then under cProfile (the Python functi
 the most cumulative time). For a row `effprof` marks overhead-bound (e.g. `mamba-lm --preset 130m` eager: ~30 ms
 at every length on an H100 machine, 2026-12-07), this says which host work sets the time.
 
-    python benchmarks/diagnostics/diag_host_overhead.py [COMPONENT] [KEY=VALUE ...]   # default mamba-lm preset=130m seq_len=1024
+    python benchmarks/diagnostics/diag_host_overhead.py [COMPONENT] [KEY=VALUE ...]
+    (default: mamba-lm preset=130m seq_len=1024)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from effprof.core.errors import EffprofError  # noqa: E402
 from effprof.core.options import RunOptions  # noqa: E402
 from effprof.runner import Config, build  # noqa: E402
 
@@ -29,17 +31,19 @@ def main(argv: list[str]) -> None:
     if any(len(p) != 2 for p in pairs) or not torch.cuda.is_available():
         sys.exit("diag_host_overhead.py: usage [COMPONENT] [KEY=VALUE ...], on a CUDA device")
     params = {k: int(v) if v.isdigit() else v for k, v in pairs}
-    built, _, _ = build(Config(component, params, RunOptions(device="cuda", dtype="bf16")))
+    try:
+        built, _, _ = build(Config(component, params, RunOptions(device="cuda", dtype="bf16")))
+    except EffprofError as exc:  # an unknown component or parameter: one line, as effprof's own CLI says it
+        sys.exit(f"diag_host_overhead.py: {exc}")
     inputs = built.make_inputs(1)
-    call = (lambda: built.forward(built.module, inputs)) if built.forward else (lambda: built.module(*inputs))
     with torch.no_grad():
         for _ in range(3):
-            call()
+            built.call(inputs)
         torch.cuda.synchronize()
         for label, sync in (("host only (no synchronize)", False), ("with synchronize", True)):
             start = time.perf_counter()
             for _ in range(20):
-                call()
+                built.call(inputs)
                 if sync:
                     torch.cuda.synchronize()
             torch.cuda.synchronize()
@@ -47,7 +51,7 @@ def main(argv: list[str]) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(10):
-            call()
+            built.call(inputs)
         torch.cuda.synchronize()
         profiler.disable()
     for key in ("tottime", "cumulative"):
