@@ -195,6 +195,16 @@ def test_unknown_launcher_is_one_line(capsys):
     assert "unknown launcher 'nope'" in err and "inline" in err and len(err.strip().splitlines()) == 1
 
 
+def ray_rows_profile(tmp_path, crash_row: str):
+    """The Ray launcher tests' profile: a linear row, `crash_row` (labelled crash), a lowrank row."""
+    profile = tmp_path / "rows.yaml"
+    profile.write_text("rows:\n"
+                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}}\n"
+                       f"  - {crash_row}\n"
+                       "  - {component: lowrank, params: {tokens: 4, in_dim: 8, out_dim: 8, rank: 2}}\n")
+    return profile
+
+
 class FakeRay:
     """What effprof.launch.ray asks of the `ray` module, in this process: a task runs when its result is asked
     for, and the row labelled "crash" fails as a task whose worker died does (ray.get raises)."""
@@ -258,11 +268,8 @@ def test_ray_launcher_with_a_stand_in_for_ray(tmp_path, fast, monkeypatch):
         return real_measure_task(config)
 
     monkeypatch.setattr(ray_launcher, "measure_task", measure_task)
-    profile = tmp_path / "rows.yaml"
-    profile.write_text("rows:\n"
-                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}}\n"
-                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}, label: crash}\n"
-                       "  - {component: lowrank, params: {tokens: 4, in_dim: 8, out_dim: 8, rank: 2}}\n")
+    crash_row = "{component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}, label: crash}"
+    profile = ray_rows_profile(tmp_path, crash_row)
     out = tmp_path / "ray.json"
     assert main(["compare", str(profile), *fast, "--launcher", "ray", "--json", str(out)]) == 1
     records = json.loads(out.read_text())["records"]
@@ -283,11 +290,7 @@ def test_ray_launcher_on_a_local_instance(tmp_path, fast):
     pytest.importorskip("ray")
     crash = tmp_path / "crash.py"
     crash.write_text("import os\n\ndef boom(width: int = 8):\n    os._exit(7)\n")
-    profile = tmp_path / "rows.yaml"
-    profile.write_text("rows:\n"
-                       "  - {component: linear, params: {tokens: 4, in_dim: 8, out_dim: 8}}\n"
-                       f"  - {{component: '{crash}:boom', label: crash}}\n"
-                       "  - {component: lowrank, params: {tokens: 4, in_dim: 8, out_dim: 8, rank: 2}}\n")
+    profile = ray_rows_profile(tmp_path, f"{{component: '{crash}:boom', label: crash}}")
     out = tmp_path / "ray.json"
     assert main(["compare", str(profile), *fast, "--launcher", "ray", "--json", str(out)]) == 1
     records = json.loads(out.read_text())["records"]
