@@ -85,6 +85,36 @@ def test_a_stage_split_that_does_not_add_up_is_marked():
     assert "stage split not additive" not in footer([dict(r, stages_additive=True)])
 
 
+@register_component("test-two-linears", unit="tok", params=[])
+def two_linears(ctx):
+    """Two stages, each a Linear: something for torch.compile to compile per stage."""
+    first, second = nn.Linear(8, 8), nn.Linear(8, 4)
+    return Built(nn.ModuleList([first, second]), lambda batch: (torch.randn(batch, 8),), "tok",
+                 stages=[Stage("first", lambda carry: torch.relu(first(carry[0])), first),
+                         Stage("second", lambda carry: second(carry), second)])
+
+
+def test_compile_rows_split_the_compiled_stages_without_compiling_again(monkeypatch):
+    """A --compile row of a staged component times each stage's compiled step, and its stage split times the
+    same compiled steps: Dynamo serves them from its cache, so each stage compiles once in the whole row."""
+    graphs = []
+
+    def counting(gm, example_inputs):  # a backend that counts what Dynamo hands it and runs it as is
+        graphs.append(gm)
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real(fn, backend=counting))
+    torch._dynamo.reset()
+    r = measure(Config("test-two-linears", {}, RunOptions(device="cpu", dtype="fp32", compile=True,
+                                                          min_time=0.05, warmup=0.0, count_flops=False)))
+    torch._dynamo.reset()
+    assert r["exec_mode"] == "compile" and r["compile_s"] > 0
+    assert r["stage_method"] == "perf_counter between stages, compiled"
+    assert len(graphs) == 2                    # one graph per stage: the split compiled nothing again
+    assert r["stage_first_ms"] > 0 and r["stage_second_ms"] > 0
+
+
 def test_a_new_tracker_adds_a_column_without_touching_the_runner():
     class CallsSeen(Tracker):
         name = "test-calls-seen"

@@ -325,3 +325,16 @@ def test_the_prefill_stages_trace_under_torch_compile():
         carry = torch.compile(stage.run, backend="eager", fullgraph=False)(carry)
         expected = stage.run(expected)
     torch.testing.assert_close(carry, expected)
+
+
+def test_cobra_vs_llava_profile_times_each_first_token_with_and_without_compile():
+    """The profile's TTFT rows: graphs alone (transformers' element-wise kernels as they are), then compiled
+    as well (fused by Inductor), so the ratio of the architectures is read with each model at its best."""
+    from effprof.core.profiles import load_profile
+
+    profile = load_profile("cobra-vs-llava", RunOptions(), {})
+    ttft = [c for c in profile.configs if c.params.get("mode") == "prefill"]
+    assert [(c.component, c.options.compile) for c in ttft] == [("llava", False), ("cobra", False),
+                                                                ("llava", True), ("cobra", True)]
+    assert all(c.options.dtype == "bf16" for c in profile.configs)
+    assert all(c.options.graphs or any("profile's default on CUDA" in n for n in c.notes) for c in profile.configs)

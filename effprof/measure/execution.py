@@ -63,7 +63,10 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        step = compiled_call(built, static, device, fields) if opts.compile else built.call
+        if opts.compile and built.stages:  # each stage compiled, so the stage split times the same code
+            step = compiled_stages(built, static, device, fields).call
+        else:
+            step = compiled_call(built, static, device, fields) if opts.compile else built.call
         call = graphed_callable(step, static, device)
         if opts.train:  # effprof.measure.training.StepCall: PyTorch's whole-network capture
             fields["train_exec"] = ("one CUDA graph per step: forward, loss, backward and optimizer step "
@@ -78,14 +81,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     else:
         module, step = built.module, None
         if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
-            staged = Built(built.module, built.make_inputs, built.unit, stages=[
-                Stage(s.name, torch.compile(s.run), s.module) for s in built.stages])
-            start = time.perf_counter()
-            staged.call(input_sets[0])  # the first call compiles
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            fields["compile_s"] = time.perf_counter() - start
-            built = staged
+            built = compiled_stages(built, input_sets[0], device, fields)
         elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
             step = compiled_call(built, input_sets[0], device, fields)
         elif opts.compile:
@@ -116,16 +112,36 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
 def compiled_call(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Callable:
     """`torch.compile` of the whole call (a component's `forward` may do more than call its module, e.g. a
     decode step that sets its cache's length); the first call compiles and its seconds go to `compile_s`."""
+    step = torch.compile(built.call)
+    _first_call(lambda: step(inputs), device, fields)
+    return step
+
+
+def compiled_stages(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Built:
+    """`built` with each stage's step `torch.compile`d (the chain between them stays as it is); the first call
+    compiles and its seconds go to `compile_s`. The stage split (`effprof.trackers.stages`) compiles the same
+    steps, which Dynamo's cache then serves without compiling again, so the split times the code the row
+    times (one compile of the whole call would fuse across stages that the split cannot show)."""
+    staged = Built(built.module, built.make_inputs, built.unit, stages=compile_stages(built.stages))
+    _first_call(lambda: staged.call(inputs), device, fields)
+    return staged
+
+
+def compile_stages(stages: list[Stage]) -> list[Stage]:
+    """The stages with their steps `torch.compile`d (name, module and host read-back kept)."""
+    return [Stage(s.name, torch.compile(s.run), s.module, s.host_sync) for s in stages]
+
+
+def _first_call(call: Callable[[], Any], device: torch.device, fields: dict[str, Any]) -> None:
+    """The compiling first call, its seconds in `compile_s`; a failure is one CompileError line."""
     from effprof.measure.modes import CompileError
 
-    step = torch.compile(built.call)
     start = time.perf_counter()
     try:
-        step(inputs)
+        call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CompileError(f"torch.compile failed: {type(exc).__name__}: {first}") from None
     fields["compile_s"] = time.perf_counter() - start
-    return step

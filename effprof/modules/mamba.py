@@ -106,15 +106,17 @@ class MambaBlock(nn.Module):
         """A = -exp(A_log), (d_inner, d_state) float32. Where no gradient can flow to A_log (inference), kept
         between calls for as long as A_log is the same tensor, unchanged (its storage and version counter; a
         write through `.data` bypasses the counter and is not seen): two elementwise kernels less per layer and
-        forward. Recomputed while a CUDA graph is being captured
-        (a tensor made during a capture belongs to the graph's memory pool) and under torch.compile (which
-        fuses it, and would break its graph on the cache's bookkeeping)."""
+        forward. Recomputed while a CUDA graph is being captured (a tensor made during a capture belongs to the
+        graph's memory pool), under torch.compile (which fuses it, and would break its graph on the cache's
+        bookkeeping), and where A_log is an inference tensor (a model built under `torch.inference_mode()`:
+        such a tensor has no version counter, so a change in place could not be seen)."""
         A_log = self.A_log
-        if (torch.is_grad_enabled() and A_log.requires_grad) or not A_log.is_cuda or torch.compiler.is_compiling():
+        if (torch.is_grad_enabled() and A_log.requires_grad) or torch.compiler.is_compiling() \
+                or A_log.is_inference():
             return -torch.exp(A_log.float())
         key = (A_log.data_ptr(), A_log._version)
         if getattr(self, "_A_key", None) != key:
-            if torch.cuda.is_current_stream_capturing():
+            if A_log.is_cuda and torch.cuda.is_current_stream_capturing():
                 return -torch.exp(A_log.float())
             with torch.no_grad():
                 self._A_cached = -torch.exp(A_log.float())

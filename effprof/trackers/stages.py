@@ -3,7 +3,8 @@
 Time: after the whole call has been timed, a second run of the same call stamps the device timeline
 between the stages (`effprof.measure.stages`). Under `--graphs` each stage is captured as its own CUDA
 graph, chained through the static output of the one before, so the split times the device's work as the
-whole does; otherwise the stages run eagerly (`--compile` rows split the eager stages: say so). Each
+whole does; otherwise the stages run eagerly. Under `--compile` each stage is its compiled step, as the row
+timed it (`effprof.measure.execution.compiled_stages`; Dynamo's cache serves the compiled code again). Each
 stage's FLOPs and bytes are counted on the input it receives in the call; its peak memory is the peak
 above the allocation before one eager run of it alone (CUDA).
 
@@ -21,6 +22,7 @@ the split adds up.
 from __future__ import annotations
 
 from effprof.measure.bytes import count_flops_and_bytes
+from effprof.measure.execution import compile_stages
 from effprof.measure.memory import PeakMemory, count_params
 from effprof.measure.modes import graphed_callable, graphed_stages
 from effprof.measure.stages import time_stages
@@ -69,6 +71,9 @@ class StagesTracker(Tracker):
         if run.count_only:
             return fields
         names = [s.name for s in stages]
+        compiled = run.options.compile and not run.built.handles_exec_mode
+        if compiled:  # the steps the row timed (`execution.compiled_stages`): Dynamo's cache, no new compile
+            stages = compile_stages(stages)
         if run.options.graphs and not run.built.handles_exec_mode and any(s.host_sync for s in stages):
             fns = [s.run for s in graphed_stages(stages, run.device, {s.name for s in stages if s.host_sync})]
             method = "cuda-events between stages, a CUDA graph per stage (host read-back stages eager)"
@@ -78,13 +83,12 @@ class StagesTracker(Tracker):
                 replay = graphed_callable(lambda s=stage, x=static: s.run(x), None, run.device)
                 static = replay()
                 fns.append(lambda _carry, r=replay: r())
-            method = "cuda-events between stages, one CUDA graph per stage"
+            method = "cuda-events between stages, one CUDA graph per " + ("compiled stage" if compiled else "stage")
         else:
             fns = [s.run for s in stages]
             method = ("cuda-events between stages" if run.device.type == "cuda" else "perf_counter between stages")
-            method += ", as the component runs them" if run.built.handles_exec_mode else ", eager"
-            if run.options.compile:
-                method += " (the split runs the stages uncompiled)"
+            method += (", as the component runs them" if run.built.handles_exec_mode
+                       else ", compiled" if compiled else ", eager")
         timing = time_stages(names, fns, run.input_sets[0], run.device, warmup_s=run.options.warmup,
                              min_time_s=run.options.min_time)
         total = sum(timing.median_ms(i) for i in range(len(stages)))
