@@ -63,7 +63,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        if opts.compile and built.stages:  # each stage compiled, so the stage split times the same code
+        if opts.compile and built.stages and built.forward is None:  # each stage compiled: the split times it
             step = compiled_stages(built, static, device, fields).call
         else:
             step = compiled_call(built, static, device, fields) if opts.compile else built.call
@@ -80,7 +80,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                     dst.copy_(src)
     else:
         module, step = built.module, None
-        if opts.compile and built.stages:  # compile each stage's step; the chain stays as it is
+        if opts.compile and built.stages and built.forward is None:  # each stage's step compiled, chained as is
             built = compiled_stages(built, input_sets[0], device, fields)
         elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
             step = compiled_call(built, input_sets[0], device, fields)
