@@ -87,8 +87,6 @@ def test_compare_refuses_fixed_parameters_it_cannot_use(argv, says, capsys, fast
     assert says in err and "\n" not in err
 
 
-
-
 @runs_interpreter_child
 def test_triton_tests_in_interpreter_subprocess(triton_interpreter):
     assert triton_interpreter(__file__) == 1

@@ -401,8 +401,11 @@ def test_lm_prefill_on_the_triton_kernels_in_the_interpreter():
             torch.testing.assert_close(torch.cat(logits, 1), reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+CPU_AND_CUDA = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 def test_block_keeps_A_until_A_log_changes(device):
     block = MambaBlock(16, d_state=4, device=device).eval()
     with torch.no_grad():
@@ -418,8 +421,7 @@ def test_block_keeps_A_until_A_log_changes(device):
     assert A.grad_fn is not None
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 def test_block_built_under_inference_mode_computes_A(device):
     """A model built under `torch.inference_mode()` has inference-tensor parameters, which carry no version
     counter: A is computed each call (a kept A could miss a change in place) and the block runs."""

@@ -63,7 +63,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
             state["i"] = (state["i"] + 1) % len(input_sets)
     elif opts.graphs:
         static = input_sets[0]
-        if opts.compile and built.stages and built.forward is None:  # each stage compiled: the split times it
+        if compiles_by_stage(built, opts):  # each stage compiled: the split times the same code
             step = compiled_stages(built, static, device, fields).call
         else:
             step = compiled_call(built, static, device, fields) if opts.compile else built.call
@@ -80,7 +80,7 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
                     dst.copy_(src)
     else:
         module, step = built.module, None
-        if opts.compile and built.stages and built.forward is None:  # each stage's step compiled, chained as is
+        if compiles_by_stage(built, opts):  # each stage's step compiled, chained as is
             built = compiled_stages(built, input_sets[0], device, fields)
         elif opts.compile and built.forward is not None:  # the call is more than module(*inputs): compile it
             step = compiled_call(built, input_sets[0], device, fields)
@@ -107,6 +107,12 @@ def execution_mode(built: Built, input_sets: list[tuple], opts: RunOptions, devi
     if flush is not None:
         fields["peak_mem_note"] = "cold: the L2 flush buffer is allocated before and not counted"
     return call, setup, fields
+
+
+def compiles_by_stage(built: Built, opts: RunOptions) -> bool:
+    """Whether a --compile row compiles each stage's step (`compiled_stages`): a call that is its stages, with no
+    forward or execution mode of its own. The stage split (`effprof.trackers.stages`) asks the same question."""
+    return bool(opts.compile and built.stages and built.forward is None and not built.handles_exec_mode)
 
 
 def compiled_call(built: Built, inputs: tuple, device: torch.device, fields: dict[str, Any]) -> Callable:

@@ -22,7 +22,7 @@ the split adds up.
 from __future__ import annotations
 
 from effprof.measure.bytes import count_flops_and_bytes
-from effprof.measure.execution import compile_stages
+from effprof.measure.execution import compile_stages, compiles_by_stage
 from effprof.measure.memory import PeakMemory, count_params
 from effprof.measure.modes import graphed_callable, graphed_stages
 from effprof.measure.stages import time_stages
@@ -71,7 +71,7 @@ class StagesTracker(Tracker):
         if run.count_only:
             return fields
         names = [s.name for s in stages]
-        compiled = run.options.compile and not run.built.handles_exec_mode
+        compiled = compiles_by_stage(run.built, run.options)
         if compiled:  # the steps the row timed (`execution.compiled_stages`): Dynamo's cache, no new compile
             stages = compile_stages(stages)
         if run.options.graphs and not run.built.handles_exec_mode and any(s.host_sync for s in stages):
