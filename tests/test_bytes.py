@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from effprof.measure.bytes import BytesFlopsMode, count_bytes, count_flops_and_bytes, tensor_bytes
+from effprof.core.op_bytes import tensor_bytes
+from effprof.measure.bytes import BytesFlopsMode, count_bytes, count_flops_and_bytes
 from effprof.measure.flops import count_flops
 
 F32 = 4
@@ -110,3 +111,63 @@ def test_attention_reads_q_k_v_and_writes_output():
         counts = count_flops_and_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
     assert moved == counts.bytes >= 4 * n  # at least q, k, v read and the output written
     assert counts.flops == 2 * 2 * 4 * 16 * 16 * (8 + 8)  # 2·B·H·Tq·Tk·(d_qk + d_v), as count_flops
+
+
+def test_indexed_reads_read_only_the_gathered_elements():
+    table, ids = torch.randn(1000, 16), torch.tensor([[3, 7, 7]])
+    row = 16 * F32
+    assert count_bytes(lambda: F.embedding(ids, table)) == 3 * 8 + 2 * 3 * row       # ids, 3 rows read, written
+    idx = torch.tensor([0, 5])
+    assert count_bytes(lambda: table.index_select(0, idx)) == 2 * 8 + 2 * 2 * row
+    assert count_bytes(lambda: table[idx]) == 2 * 8 + 2 * 2 * row
+    small, often = torch.randn(2, 4), torch.zeros(50, dtype=torch.long)  # gathering more than the source: once
+    assert count_bytes(lambda: small[often]) == 50 * 8 + 8 * F32 + 50 * 4 * F32
+
+
+def test_indexed_writes_in_place_move_only_the_indexed_elements():
+    cache = torch.zeros(2, 4, 1024, 8)                             # (batch, heads, slots, dim): a static KV cache
+    new, slot = torch.randn(2, 4, 1, 8), torch.tensor([17])
+    token = new.numel() * F32
+    assert count_bytes(lambda: cache.index_copy_(2, slot, new)) == 8 + 2 * token     # index, source, the slot
+    assert count_bytes(lambda: cache.index_add_(2, slot, new)) == 8 + 3 * token      # ... read back to add
+    flat, rows, ones, two = torch.zeros(100, 6), torch.tensor([1, 4, 9]), torch.ones(6), torch.tensor(2.0)
+    assert count_bytes(lambda: flat.index_put_((rows,), ones)) == 3 * 8 + 6 * F32 + 3 * 6 * F32
+    mask = torch.zeros(100, 6, dtype=torch.bool)
+    mask[:5, 0] = True                                             # 5 true elements of 600
+    assert count_bytes(lambda: flat.index_put_((mask,), two)) == 600 + F32 + 5 * F32
+    assert count_bytes(lambda: flat.index_put_((mask,), two, accumulate=True)) == 600 + F32 + 2 * 5 * F32
+    index, src, col = torch.tensor([[0, 2]]), torch.randn(4, 6), torch.tensor([0])
+    assert count_bytes(lambda: flat.scatter_(0, index, src)) == 2 * 8 + 2 * F32 + 2 * F32
+    assert count_bytes(lambda: flat.index_fill_(1, col, 1.0)) == 8 + 100 * F32
+
+
+def test_custom_ops_count_mutated_arguments_and_their_formulas():
+    """An op's mutated argument is read and written back (a decoding state); a registered formula replaces the
+    rule where a custom op writes part of a buffer (the KV cache's slot) or reads table rows (an embedding)."""
+    from effprof.measure.bytes import op_bytes
+    import effprof.ops.causal_conv1d  # noqa: F401  (registers the ops and their formulas)
+    import effprof.ops.mamba_decode  # noqa: F401
+    import effprof.ops.rotary_cache  # noqa: F401
+
+    ops = torch.ops.effprof
+    x, w, b = torch.randn(1, 8, 5), torch.randn(8, 4), torch.randn(8)
+    state, y = torch.zeros(1, 8, 4), torch.empty(1, 8, 5)
+    n = lambda *ts: sum(tensor_bytes(t) for t in ts)  # noqa: E731
+    # the conv update reads and writes its state; the prefill's state output is only written
+    xs = torch.randn(1, 8)
+    assert op_bytes(ops.causal_conv1d_update.default, (xs, state, w, b, True, "ref"), {}, xs) == \
+        n(xs, state, w, b) + n(xs, state)
+    assert op_bytes(ops.causal_conv1d_to_state.default, (x, w, b, True, state), {}, y) == n(x, w, b, y, state)
+    # rotary + cache: q written, one slot of keys and of values, the caches themselves neither read nor written
+    keys, values = torch.zeros(1, 2, 64, 4), torch.zeros(1, 2, 64, 4)
+    qkv, cos, sin, pos = torch.randn(1, 6 * 4), torch.randn(4), torch.randn(4), torch.tensor([9])
+    q = torch.empty(1, 2, 1, 4)
+    assert op_bytes(ops.rotary_cache.default, (qkv, cos, sin, keys, values, pos, 2), {}, q) == \
+        n(qkv, cos, sin, pos, q) + 2 * 2 * 4 * F32
+    # the decode prologue: the ids' rows of the embedding table, the work buffers written
+    table, ids = torch.randn(500, 8), torch.tensor([4])
+    work = [torch.empty(1, 8), torch.empty(2, 1, 8), torch.empty(1, 32), torch.empty(2, 1, 8), torch.empty(2, 1, 6),
+            torch.empty(1, dtype=torch.int32)]
+    norm = torch.randn(8)
+    assert op_bytes(ops.mamba_decode_prologue.default, (ids, table, norm, 1e-5, *work), {}, None) == \
+        n(ids, norm, *work) + 8 * F32

@@ -102,7 +102,7 @@ weights_mib | MiB | tracker params | bytes of parameters and buffers
 gflops | GFLOP | tracker flops_bytes | FLOPs of one call for the whole batch, 2 x MAC (FlopCounterMode + effprof's
     formulas); --train: forward+backward
 moved_mib_lower_bound | MiB | tracker flops_bytes | bytes one call must move at least (each input read once, each
-    output written once)
+    output written once; indexed ops only their rows: a lookup's embedding rows, a KV cache's new slot)
 tflops_per_s | TFLOP/s | runner (timing) | gflops / median latency
 # --- tracker flop_coverage (effprof.measure.coverage) ---
 flop_coverage | fraction | tracker flop_coverage | share of the call's time in ops that have a FLOP formula

@@ -20,6 +20,17 @@ with these rules:
 - **Write-only arguments** are not read: the `out=` argument of `*.out` ops and the destination of
   `copy_`, `fill_`, `zero_` and the in-place random fills. An in-place op such as `add_` reads its
   destination and writes it back (3 tensors' worth for `x.add_(y)`).
+- **Indexed reads** (`embedding`, `index_select`, `gather`, `index.Tensor`) read the indices and only the
+  elements they gather (the output's size, at most the whole source), then write the output: an embedding
+  lookup of one token reads one row, not the table.
+- **Indexed writes in place** (`index_copy_`, `index_put_`, `index_fill_`, `index_add_`, `scatter_`,
+  `scatter_add_`, `scatter_reduce_`) read the indices and the values they write and write only the indexed
+  elements of the destination (reading them too where they accumulate): a KV cache's `index_copy_` of one
+  token moves that token's keys, not the cache. A boolean index counts its true elements.
+- **Custom ops** (effprof's kernels) follow the same rules from their schemas: an argument they mutate (a
+  decoding state) is read and written back, unless their module declared it write-only or registered a
+  formula for the op (`effprof.core.op_bytes`: a KV-cache kernel that writes one slot of the caches it is
+  handed, a decode step's prologue that reads one embedding row).
 
 This is a *lower bound for eager execution*: every kernel reads its inputs and writes its outputs at
 least once. Real kernels move more (tiled matmuls re-read operands, softmax takes several passes);
@@ -43,6 +54,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from effprof.core.op_bytes import BYTES_FORMULAS, WRITE_ONLY_ARGUMENTS, tensor_bytes
 from effprof.measure import flops as _flops  # noqa: F401  (registers the CPU attention formula)
 
 aten = torch.ops.aten
@@ -72,19 +84,80 @@ class OpCounts(NamedTuple):
     bytes_per_module: dict[str, int]
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes of the distinct elements a tensor addresses: stride-0 (broadcast) dimensions count once."""
-    try:
-        strides = t.stride()
-    except (RuntimeError, NotImplementedError):  # sparse / nested layouts have no strides
-        return t.numel() * t.element_size()
-    unique = 1
-    for size, stride in zip(t.shape, strides):
-        if stride != 0:
-            unique *= size
-    if t.numel() == 0:
-        unique = 0
-    return unique * t.element_size()
+# Reads that touch only the elements their indices select: (position of the source, positions of the indices).
+INDEXED_READ_OPS = {"embedding": (0, (1,)), "index_select": (0, (2,)), "gather": (0, (2,)), "index": (0, (1,))}
+# In-place writes that touch only the indexed elements of their destination (argument 0); True = they also read
+# those elements (accumulation; also index_put_ with accumulate and scatter_ with a reduce).
+INDEXED_WRITE_OPS = {"index_copy_": False, "index_put_": False, "_index_put_impl_": False, "index_fill_": False,
+                     "index_add_": True, "scatter_": False, "scatter_add_": True, "scatter_reduce_": True}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def _count_true(mask: torch.Tensor) -> int:
+    """The true elements of a boolean index, counted outside any dispatch mode (not an op of the call)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        return int(mask.sum())
+
+
+def _indexed_elements(name: str, dest: torch.Tensor, args: tuple, kwargs: dict) -> int:
+    """Elements of `dest` an in-place indexed write touches (INDEXED_WRITE_OPS)."""
+    if name in ("index_put_", "_index_put_impl_"):
+        indices = args[1] if len(args) > 1 else kwargs["indices"]
+        shapes, covered = [], 0
+        for index in indices:
+            if index is None:
+                continue
+            if index.dtype == torch.bool:  # a mask over index.dim() dimensions: its true elements
+                shapes.append((_count_true(index),))
+                covered += index.dim()
+            else:
+                shapes.append(tuple(index.shape))
+                covered += 1
+        rest = 1
+        for size in dest.shape[covered:] if covered <= dest.dim() else ():
+            rest *= size
+        selected = 1
+        for size in torch.broadcast_shapes(*shapes) if shapes else ():
+            selected *= size
+        return selected * rest
+    if name.startswith("scatter"):
+        return (args[2] if len(args) > 2 else kwargs["index"]).numel()
+    if name == "index_fill_":
+        dim = args[1] if len(args) > 1 else kwargs["dim"]
+        index = args[2] if len(args) > 2 else kwargs["index"]
+        return dest.numel() // max(dest.size(dim), 1) * index.numel() if dest.dim() else index.numel()
+    source = args[3] if len(args) > 3 else kwargs["source"]  # index_copy_, index_add_
+    return source.numel()
+
+
+def _indexed_op_bytes(name: str, func, args: tuple, kwargs: dict, out: Any) -> int:
+    """Bytes of an op of INDEXED_READ_OPS or INDEXED_WRITE_OPS (module docstring)."""
+    bound = bound_arguments(func, args, kwargs)
+    values = list(bound.values())
+    if name in INDEXED_READ_OPS:
+        source_at, _ = INDEXED_READ_OPS[name]
+        source = values[source_at]
+        others = {id(t): t for i, v in enumerate(values) if i != source_at for t in _tensors(v)}
+        written = sum(tensor_bytes(t) for t in _tensors(out))
+        return sum(tensor_bytes(t) for t in others.values()) + min(written, tensor_bytes(source)) + written
+    dest = values[0]
+    touched = _indexed_elements(name, dest, args, kwargs) * dest.element_size()
+    reads = 0
+    for i, value in enumerate(values[1:], 1):
+        for t in _tensors(value):
+            if t is dest:
+                continue
+            # a scatter source supplies only the elements its index selects
+            size = tensor_bytes(t)
+            reads += min(size, touched // dest.element_size() * t.element_size()) if (
+                name.startswith("scatter") and func._schema.arguments[i].name == "src") else size
+    accumulates = INDEXED_WRITE_OPS[name] or bool(bound.get("accumulate")) or bound.get("reduce") is not None
+    return reads + touched * (2 if accumulates else 1)
 
 
 def is_view_op(func) -> bool:
@@ -94,25 +167,40 @@ def is_view_op(func) -> bool:
 
 
 def op_bytes(func, args: tuple, kwargs: dict, out: Any) -> int:
-    """Bytes read and written by one aten op under the convention of this module."""
+    """Bytes read and written by one op under the convention of this module: by the formula the op's module
+    registered (`effprof.core.op_bytes`) where it has one, else by the rules. An argument the op mutates (its
+    schema marks it written) is read and written back, like `add_`'s destination, unless it is write-only: an
+    `out=` argument, the destination of WRITE_ONLY_DESTINATION_OPS, or one its module declared write-only."""
+    formula = BYTES_FORMULAS.get(func._schema.name)
+    if formula is not None:
+        return formula(bound_arguments(func, args, kwargs), out)
+    write_only = WRITE_ONLY_ARGUMENTS.get(func._schema.name, frozenset())
     name = func._schema.name.split("::")[-1]
     if name in ZERO_BYTE_OPS or is_view_op(func):
         return 0
+    if name in INDEXED_READ_OPS or name in INDEXED_WRITE_OPS:
+        return _indexed_op_bytes(name, func, args, kwargs, out)
     read: dict[int, torch.Tensor] = {}
+    written: dict[int, torch.Tensor] = {}
     for i, arg in enumerate(func._schema.arguments):
         value = kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
-        written_only = arg.alias_info is not None and arg.alias_info.is_write and (
-            getattr(arg, "is_out", False) or (i == 0 and name in WRITE_ONLY_DESTINATION_OPS))
-        if written_only:
-            continue
-        for t in tree_flatten(value)[0]:
-            if isinstance(t, torch.Tensor):
+        mutated = arg.alias_info is not None and arg.alias_info.is_write
+        written_only = mutated and (getattr(arg, "is_out", False) or arg.name in write_only
+                                    or (i == 0 and name in WRITE_ONLY_DESTINATION_OPS))
+        for t in _tensors(value):
+            if not written_only:
                 read.setdefault(id(t), t)
-    written: dict[int, torch.Tensor] = {}
-    for t in tree_flatten(out)[0]:
-        if isinstance(t, torch.Tensor):
-            written.setdefault(id(t), t)
+            if mutated:  # returned (aten's in-place and out= ops) or not (custom ops): written either way
+                written.setdefault(id(t), t)
+    for t in _tensors(out):
+        written.setdefault(id(t), t)
     return sum(tensor_bytes(t) for t in read.values()) + sum(tensor_bytes(t) for t in written.values())
+
+
+def bound_arguments(func, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The op's arguments by schema name (positional and keyword), for byte formulas."""
+    return {a.name: (kwargs.get(a.name) if a.kwarg_only or i >= len(args) else args[i])
+            for i, a in enumerate(func._schema.arguments)}
 
 
 class _ModuleStack:

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
+from effprof.core.op_bytes import declare_write_only
 from effprof.ops.layout import empty_in_layout, in_layout_of
 
 CONV_BACKENDS = ("ref", "triton", "causal-conv1d")
@@ -167,6 +168,10 @@ def _causal_conv1d_flop(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
 
 for _op in (torch.ops.effprof.causal_conv1d, torch.ops.effprof.causal_conv1d_to_state):
     register_flop_formula(_op)(_causal_conv1d_flop)
+
+
+# the kernel writes the state without reading it (effprof.measure.bytes)
+declare_write_only("effprof::causal_conv1d_to_state", "state_out")
 
 
 @torch.library.custom_op("effprof::causal_conv1d_update", mutates_args=("conv_state",))

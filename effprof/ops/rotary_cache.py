@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from effprof.core.op_bytes import register_bytes_formula, tensor_bytes
+
 
 def signed_sin(sin: Tensor) -> Tensor:
     """[-sin_1, sin_2] of sin = [sin_1, sin_2] (last dimension): rotate_half(x) * sin == roll(x, d/2) *
@@ -48,6 +50,15 @@ def _rotary_cache_op(qkv: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values
 @_rotary_cache_op.register_fake
 def _(qkv, cos, sin, keys, values, position, heads):
     return qkv.new_empty((qkv.shape[0], heads, 1, keys.shape[-1]))
+
+
+@register_bytes_formula("effprof::rotary_cache")
+def _rotary_cache_bytes(a, out) -> int:
+    """Reads qkv, the cos and sin rows and the position; writes q and this step's key and value slots, not the
+    caches it is handed (`effprof.measure.bytes`)."""
+    keys = a["keys"]
+    slots = 2 * keys.shape[0] * keys.shape[1] * a["position"].numel() * keys.shape[-1] * keys.element_size()
+    return sum(tensor_bytes(a[name]) for name in ("qkv", "cos", "sin", "position")) + tensor_bytes(out) + slots
 
 
 def rotary_cache(qkv: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, position: Tensor, heads: int,

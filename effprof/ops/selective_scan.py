@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
+from effprof.core.op_bytes import declare_write_only
 from effprof.ops.layout import empty_in_layout, in_layout_of
 
 BACKENDS = ("ref", "triton", "mamba-ssm")
@@ -288,6 +289,10 @@ def _selective_scan_flop(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shap
 
 for _op in (torch.ops.effprof.selective_scan, torch.ops.effprof.selective_scan_to_state):
     register_flop_formula(_op)(_selective_scan_flop)
+
+
+# the kernel writes the state without reading it (effprof.measure.bytes)
+declare_write_only("effprof::selective_scan_to_state", "state_out")
 
 
 @torch.library.custom_op("effprof::selective_state_update", mutates_args=("state",))
