@@ -184,6 +184,13 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-pre1": {"layer_pre_tiles": 1}, "triton-pre2": {"layer_pre_tiles": 2},
             "triton-pre2-bm4": {"layer_pre_tiles": 2, "layer_block_m": 4},
             "triton-pre1-bn8": {"layer_pre_tiles": 1, "layer_block_n": 8},
+            # bulk L2 prefetch (`cp.async.bulk.prefetch.L2`, a few instructions per program): the state-update kernel
+            # asks for about N MB of out_proj's weight (the columns after its pre-loaded tile) after its wait on
+            # in_proj, or before it (early); 2.8b only (130m fuses out_proj into the state update)
+            "triton-bulk4m": {"layer_l2_bulk_out": 4 << 20}, "triton-bulk8m": {"layer_l2_bulk_out": 8 << 20},
+            "triton-bulk12m": {"layer_l2_bulk_out": 12 << 20}, "triton-bulk16m": {"layer_l2_bulk_out": 16 << 20},
+            "triton-bulk24m": {"layer_l2_bulk_out": 24 << 20},
+            "triton-bulk8m-early": {"layer_l2_bulk_out": 8 << 20, "layer_l2_bulk_early": True},
             # the persistent whole-step kernel (mamba_decode_persistent_triton.py), batch 1 up to d_model 1024
             "persistent": {"persistent_max_d_model": 1024},
             "persistent-nol2": {"persistent_max_d_model": 1024, "persistent_l2": False},

@@ -255,6 +255,35 @@ def test_cobra_concurrent_towers_equal_sequential_ones_eager_and_in_a_cuda_graph
             assert torch.equal(out, seq.vision(static))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams need a CUDA device")
+def test_cobra_concurrent_towers_stay_on_two_streams_under_compile():
+    """Under torch.compile the towers are compiled one by one and still run on two streams (the fork and join
+    outside the compiled code), with the features of the sequential towers."""
+    seq, conc = _tiny_cobra("cuda", "sequential"), _tiny_cobra("cuda", "concurrent")
+    pixels = torch.randn(2, 3, 28, 28, device="cuda")
+    with torch.no_grad():
+        expected = seq.vision(pixels)
+        got = torch.compile(conc.vision)(pixels)
+    assert conc._compiled_towers is not None and list(conc._side_streams) == [pixels.device]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_llava_decode_moves_its_kv_cache_once_per_token():
+    """A decode step's counted bytes grow with the context by the KV cache it reads, once: the new token's slot
+    is written (index_copy_), not the cache read and written back, and the embedding lookup reads one row."""
+    small, large = (measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": c}, RunOptions(**CPU)))
+                    for c in (256, 1024))
+    grown = large["moved_mib_lower_bound"] - small["moved_mib_lower_bound"]
+    cache = large["kv_cache_mib"] - small["kv_cache_mib"]
+    assert cache > 0 and cache <= grown < 1.1 * cache
+    model = build_llava(PRESETS["tiny"], torch.device("meta"), torch.float32)
+    lm_mib = sum(p.numel() for p in [*model.model.language_model.parameters(), *model.lm_head.parameters()]) * 4 / 2**20
+    table_mib = model.get_input_embeddings().weight.numel() * 4 / 2**20
+    # the LM's weights but its embedding table (the head reads its own), the cache, the logits and activations
+    # (under 0.25 MiB here; the table alone is 7.8 MiB)
+    assert lm_mib - table_mib < large["moved_mib_lower_bound"] < lm_mib - table_mib + large["kv_cache_mib"] + 0.25
+
+
 def test_cobra_decode_state_is_constant_in_the_context():
     small = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 8}, RunOptions(**CPU)))
     large = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 64}, RunOptions(**CPU)))

@@ -73,6 +73,7 @@ class CobraModel(nn.Module):
             raise ValueError(f"towers must be one of {', '.join(TOWER_MODES)}, got {towers!r}")
         self.towers = towers
         self._side_streams: dict = {}
+        self._compiled_towers: tuple | None = None  # `_compiled_towers_on_two_streams`'s, made on first use
         from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, SiglipVisionConfig, \
             SiglipVisionModel
 
@@ -111,21 +112,36 @@ class CobraModel(nn.Module):
 
     def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 729, 2176): both towers' penultimate-layer patch features, concatenated channel-wise."""
-        if self.towers == "concurrent" and pixel_values.is_cuda and not torch.compiler.is_compiling():
-            # SigLIP on a side stream that starts after everything queued so far (pixel_values included) and
-            # that the current stream waits for before the concat: a fork and join a CUDA graph captures as is.
-            # The side stream allocates only SigLIP's own tensors, and everything after the join is ordered
-            # after them, so no memory is reused early.
-            main = torch.cuda.current_stream(pixel_values.device)
-            side = self._side_streams.setdefault(pixel_values.device, torch.cuda.Stream(pixel_values.device))
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                siglip = self._siglip_features(pixel_values)
-            dino = self._dino_features(pixel_values)
-            main.wait_stream(side)
+        if self.towers == "concurrent" and pixel_values.is_cuda:
+            if torch.compiler.is_compiling():
+                return self._compiled_towers_on_two_streams(pixel_values)
+            dino, siglip = self._on_two_streams(pixel_values, self._dino_features, self._siglip_features)
         else:
             dino, siglip = self._dino_features(pixel_values), self._siglip_features(pixel_values)
         return torch.cat([dino, siglip], dim=-1)
+
+    def _on_two_streams(self, pixel_values: torch.Tensor, dino_features, siglip_features):
+        """SigLIP on a side stream that starts after everything queued so far (pixel_values included) and that
+        the current stream waits for before the concat: a fork and join a CUDA graph captures as is. The side
+        stream allocates only SigLIP's own tensors, and everything after the join is ordered after them, so no
+        memory is reused early."""
+        main = torch.cuda.current_stream(pixel_values.device)
+        side = self._side_streams.setdefault(pixel_values.device, torch.cuda.Stream(pixel_values.device))
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            siglip = siglip_features(pixel_values)
+        dino = dino_features(pixel_values)
+        main.wait_stream(side)
+        return dino, siglip
+
+    @torch.compiler.disable
+    def _compiled_towers_on_two_streams(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`vision` under torch.compile: each tower compiled on its own (`torch.compile` of its features) and run
+        on its stream, the fork and join left outside the compiled code (a graph break here), so that a --compile
+        row keeps the towers' overlap that the uncompiled rows have instead of tracing them in turn."""
+        if self._compiled_towers is None:
+            self._compiled_towers = (torch.compile(self._dino_features), torch.compile(self._siglip_features))
+        return torch.cat(self._on_two_streams(pixel_values, *self._compiled_towers), dim=-1)
 
     def _dino_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.dino(pixel_values, output_hidden_states=True).hidden_states[-2][:, self.prefix_tokens:]

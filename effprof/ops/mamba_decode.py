@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
+from effprof.core.op_bytes import register_bytes_formula, tensor_bytes
 from effprof.ops.causal_conv1d import causal_conv1d_flops, causal_conv1d_update
 from effprof.ops.selective_scan import selective_state_update, selective_state_update_flops
 
@@ -225,6 +226,15 @@ def _prologue_op(ids: Tensor, embedding_weight: Tensor, norm_weight: Tensor, eps
                            DecodeWork.of(normed, residual, xz, acc, xacc, count), DECODE_CONFIG["pdl"])
 
 
+@register_bytes_formula("effprof::mamba_decode_prologue")
+def _prologue_bytes(a, out) -> int:
+    """Reads the ids, their embedding rows (not the table it is handed) and the norm weight; writes the step's
+    work buffers."""
+    table, ids = a["embedding_weight"], a["ids"]
+    rows = min(tensor_bytes(table), ids.numel() * table.shape[-1] * table.element_size())
+    return tensor_bytes(ids) + rows + tensor_bytes(a["norm_weight"]) + sum(tensor_bytes(a[name]) for name in _WORK)
+
+
 @torch.library.custom_op("effprof::mamba_layer_decode", mutates_args=_WORK + ("conv_state", "ssm_state"))
 def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, xacc: Tensor, count: Tensor,
                      conv_state: Tensor, ssm_state: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
@@ -251,7 +261,8 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         num_stages=DECODE_CONFIG["layer_num_stages"], l2_self=DECODE_CONFIG["layer_l2_self"],
                         l2_ahead=DECODE_CONFIG["layer_l2_ahead"], l2_ahead_in=DECODE_CONFIG["layer_l2_ahead_in"],
                         next_in_proj_weight=next_in_proj_weight, l2_ahead_bytes=DECODE_CONFIG["layer_l2_ahead_bytes"],
-                        pre_tiles=DECODE_CONFIG["layer_pre_tiles"])
+                        pre_tiles=DECODE_CONFIG["layer_pre_tiles"], l2_bulk_out=DECODE_CONFIG["layer_l2_bulk_out"],
+                        l2_bulk_early=DECODE_CONFIG["layer_l2_bulk_early"])
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)

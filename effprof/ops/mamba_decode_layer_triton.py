@@ -89,6 +89,29 @@ def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
 
 
 @triton.jit
+def bulk_prefetch_rows_l2(ptr, n_rows, row_bytes, first_byte, n_bytes, ENABLE: tl.constexpr):
+    """Ask L2 for bytes [first_byte, first_byte + n_bytes) of each row of a row-major matrix at `ptr` (rows
+    `row_bytes` apart), this program's share of the n_rows rows: one `cp.async.bulk.prefetch.L2` (sm_90+) per
+    row, issued to the copy engine without waiting, so that a handful of instructions keep the DRAM streaming a
+    later kernel's weight while this kernel computes. Changes no value. Addresses and sizes must be 16-byte
+    multiples (the launch checks). Off (ENABLE false) under the interpreter, which has no inline PTX."""
+    if ENABLE:
+        n_programs = tl.num_programs(0) * tl.num_programs(1)
+        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        per = tl.cdiv(n_rows, n_programs)
+        end = tl.minimum(pid * per + per, n_rows)
+        base = ptr.to(tl.pointer_type(tl.int8))
+        for r0 in range(pid * per, end, 128):
+            r = r0 + tl.arange(0, 128)
+            size = tl.where(r < end, n_bytes, 0)
+            tl.inline_asm_elementwise(
+                "{\n\t.reg .pred p;\n\tsetp.ne.u32 p, $2, 0;\n\t"
+                "@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
+                "=r,l,r", [base + r.to(tl.int64) * row_bytes + first_byte, size], dtype=tl.int32, is_pure=False,
+                pack=1)
+
+
+@triton.jit
 def _prologue_kernel(ids_ptr, emb_ptr, nw_ptr, normed_ptr, res_ptr, acc_ptr, xacc_ptr, count_ptr,
                      batch, d_model, O, eps, stride_emb, BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr,
                      USE_PDL: tl.constexpr):
@@ -262,13 +285,18 @@ def _layer_in_kernel(normed_ptr, w_ptr, conv_state_ptr, conv_w_ptr, conv_b_ptr, 
 @triton.jit
 def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, ssm_ptr, wout_ptr, acc_ptr,
                       res_ptr, nw_ptr, normed_ptr, count_ptr, acc_zero_ptr, pf_ptr, pf_count,
+                      bulk_rows, bulk_row_bytes, bulk_first, bulk_bytes,
                       batch, d_inner, d_model, R, N, O, eps, stride_wdt_d, stride_wdt_r, stride_wo,
                       BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, N_PAD: tl.constexpr, HAS_D: tl.constexpr,
                       FUSE_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MODEL: tl.constexpr,
                       O_PAD: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, NORM_IN: tl.constexpr,
-                      L2_AHEAD: tl.constexpr = False, EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256):
+                      L2_AHEAD: tl.constexpr = False, EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256,
+                      BULK: tl.constexpr = 0):
     """L2_AHEAD: the program's share of pf_count elements of pf_ptr (out_proj's weight for the out_proj kernel,
-    or the next layer's in_proj) is prefetched into L2 before the wait."""
+    or the next layer's in_proj) is prefetched into L2 before the wait. BULK 1 (after the wait) or 2 (before
+    it): bulk L2 prefetches of bytes [bulk_first, bulk_first + bulk_bytes) of each of out_proj's bulk_rows rows
+    (`bulk_prefetch_rows_l2`), the part of its weight the out_proj kernel reads after the tiles it loads before
+    its own wait, so that the DRAM streams it while this kernel computes."""
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < d_inner
@@ -290,7 +318,9 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
         w_out = tl.load(wout_ptr + m_all[:, None] * stride_wo + d[None, :],
                         mask=(m_all < d_model)[:, None] & mask_d[None, :], other=0.0)
     prefetch_l2_share(pf_ptr, pf_count, EPL_PF, LINES, L2_AHEAD)
+    bulk_prefetch_rows_l2(wout_ptr, bulk_rows, bulk_row_bytes, bulk_first, bulk_bytes, BULK == 2)
     _wait_previous_kernel(USE_PDL)
+    bulk_prefetch_rows_l2(wout_ptr, bulk_rows, bulk_row_bytes, bulk_first, bulk_bytes, BULK == 1)
     if NORM_IN:  # the accumulator the layer's first kernel read is free: zero it for the layer after next
         if tl.program_id(1) == 0:
             tl.store(acc_zero_ptr + b * d_model + m_all, tl.zeros([BLOCK_MODEL], dtype=tl.float32),
@@ -447,6 +477,20 @@ def _l2_prefetch_ok() -> bool:
     return not triton_interpret_mode() and torch.cuda.is_available()
 
 
+def _bulk_out_prefetch(w: torch.Tensor, nbytes: int, first_col: int) -> tuple[int, int, int, int]:
+    """(rows, row bytes, first byte, bytes per row) of `bulk_prefetch_rows_l2` over the row-major weight w: about
+    nbytes in all, from column first_col of every row, in 16-byte units; bytes per row 0 (off) where nbytes is 0,
+    nothing is left after first_col, the GPU is older than sm_90 or w's rows or base are not 16-byte aligned."""
+    rows, cols = w.shape
+    row_bytes, esize = w.stride(0) * w.element_size(), w.element_size()
+    first = first_col * esize
+    per_row = min(nbytes // max(rows, 1), (cols - first_col) * esize) // 16 * 16
+    if (per_row <= 0 or w.stride(1) != 1 or row_bytes % 16 or first % 16 or w.data_ptr() % 16
+            or (w.is_cuda and torch.cuda.get_device_capability(w.device) < (9, 0))):
+        return rows, row_bytes, first, 0
+    return rows, row_bytes, first, per_row
+
+
 def _epl(t: torch.Tensor) -> int:
     """Elements of `t` per 128-byte cache line."""
     return max(1, 128 // t.element_size())
@@ -466,7 +510,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
                         eps, fuse_out: bool, block_n=16, block_d=None, block_m=16, block_k=256, num_stages=3,
                         pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4, norm_in=False,
                         norm_weight=None, parity=0, last=False, l2_self=False, l2_ahead=False, l2_ahead_in=False,
-                        next_in_proj_weight=None, l2_ahead_bytes=1 << 62, pre_tiles=0):
+                        next_in_proj_weight=None, l2_ahead_bytes=1 << 62, pre_tiles=0, l2_bulk_out=0,
+                        l2_bulk_early=False):
     """One layer (module docstring), updating both states in place. Default: reads work.normed, leaves
     work.residual[0] and work.normed (the next norm's output) for the next layer. norm_in: reads the previous
     output work.acc[parity] and work.residual[parity], applies `norm_weight` itself, leaves the output in
@@ -478,7 +523,11 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     l2_ahead, the weight of the kernel after next: the state-update kernel prefetches out_proj's weight (or,
     with out_proj fused, `next_in_proj_weight`), the out_proj kernel the first `l2_ahead_bytes` of
     `next_in_proj_weight`; l2_ahead_in, the in_proj kernel prefetches this layer's out_proj weight.
-    pre_tiles (0-2): a GEMV whose rows' weight is a loop loads its first tiles before that wait."""
+    pre_tiles (0-2): a GEMV whose rows' weight is a loop loads its first tiles before that wait.
+    l2_bulk_out (bytes, 0 off; out_proj as its own kernel, sm_90+): the state-update kernel asks L2 for about
+    that many bytes of out_proj's weight with bulk prefetches (`bulk_prefetch_rows_l2`: the columns each
+    out_proj row reads right after its pre-loaded tiles), after its wait on in_proj (before it with
+    l2_bulk_early), so that the DRAM streams out_proj's weight during the state update."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
     batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
@@ -515,18 +564,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
         PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, NORM_IN=norm_in,
         **l2_in, PRE_TILES=pre_tiles, **pdl_options)
-    n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
-    block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
-    _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
-        work.xz, work.xacc[p], dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
-        out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.count, work.acc[p], *ssm_pf,
-        batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
-        out_proj_weight.stride(0),
-        BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
-        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
-        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in,
-        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=_epl(ssm_pf[0]), **pdl_options)
-    if not fuse_out:
+    if not fuse_out:  # out_proj's GEMV geometry (its kernel below; the bulk prefetch targets its loop's tiles)
         split_k = max(1, min(split_k, d_inner // 16))
         k_per = triton.cdiv(d_inner, split_k)
         one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= tile_max
@@ -535,6 +573,21 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         if not one_tile_out:
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
+    bulk = _bulk_out_prefetch(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
+                              not one_tile_out else 0, pre_tiles * block_k_out if not fuse_out else 0)
+    n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
+    block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
+    _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
+        work.xz, work.xacc[p], dt_proj_weight, dt_proj_bias, A_log, D if D is not None else A_log, ssm_state,
+        out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.count, work.acc[p], *ssm_pf,
+        *bulk, batch, d_inner, d_model, R, N, O, eps, dt_proj_weight.stride(0), dt_proj_weight.stride(1),
+        out_proj_weight.stride(0),
+        BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
+        BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
+        PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in,
+        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=_epl(ssm_pf[0]), BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0,
+        **pdl_options)
+    if not fuse_out:
         _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
             work.xz, out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.xacc[0],
             work.count, nxt if nxt is not None else out_proj_weight, nxt_count,

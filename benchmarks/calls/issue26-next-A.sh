@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 26's next device call A (written in session 14, 2026-12-08, when no device was lent; run it with
+# `LIMIT=560 bash benchmarks/calls/issue26-next-A.sh`, then issue26-next-B.sh on the final code), each step only
+# while time is left:
+#  0. CUDA tests of this session's changes: Cobra's towers on two streams under torch.compile, and the decode
+#     step with bulk L2 prefetches of out_proj's weight (values unchanged, eager and in a CUDA graph);
+#  1. decode: Mamba-2.8B's per-layer kernels with bulk L2 prefetch of 4-24 MB of out_proj's weight during the
+#     state update (after / before its wait), against the default, twice;
+#  2. Cobra-3B's TTFT under compile + graphs with the towers on two streams (session 13: 17.08 ms, vision 4.98
+#     with the towers in turn under compile);
+#  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small).
+# Results: $OUT/c.tgz (packed after every step).
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+R=$(mktemp -d); export R
+START=$(date +%s); LIMIT=${LIMIT:-570}
+left() { echo $(( LIMIT - 10 - ($(date +%s) - START) )); }
+pack() { tar -czf $OUT/c.tgz -C $R .; }
+pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv
+  python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  git log --oneline -1; date -u; } > $R/gpu.txt
+cat $R/gpu.txt; pack
+timeout 200 python -m pytest -v -rfE --tb=short -p no:cacheprovider tests/test_vlm.py tests/test_mamba_kernels.py \
+  -k "two_streams_under_compile or concurrent_towers_equal or persistent_step_and_l2 or bulk" > $R/tests.log 2>&1
+echo "tests rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; grep -E "PASS|FAIL|ERROR|passed|failed" $R/tests.log | cut -c1-160 | tail -16; pack
+mkdir -p $R/decode
+timeout 150 python benchmarks/bench_mamba_decode.py --out $R/decode --only calibrate,layers \
+  --rows "2.8b:triton,triton-bulk4m,triton-bulk8m,triton-bulk12m,triton-bulk16m,triton-bulk24m,triton-bulk8m-early,triton" \
+  > $R/decode.log 2>&1
+echo "decode rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -14 $R/decode.log | cut -c1-200; pack
+[ "$(left)" -gt 150 ] && timeout 200 python -m effprof run cobra --mode prefill --dtype bf16 --graphs --compile --min-time 0.5 \
+    --json $R/ttft_compile_cobra.json > $R/ttft_compile_cobra.log 2>&1
+echo "ttft compile cobra rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-160 $R/ttft_compile_cobra.log | head -16; pack
+[ "$(left)" -gt 40 ] && OUT=$R timeout "$(left)" python benchmarks/diagnostics/diag_cobra_ttft.py --only small > $R/small.log 2>&1
+echo "small rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -5 $R/small.log | cut -c1-200; pack
