@@ -119,3 +119,22 @@ def test_overhead_bound_eager_rows_get_a_footer_note_and_graphed_rows_do_not():
     notes = [line for line in lines if "overhead-bound" in line]
     assert len(notes) == 1 and notes[0].startswith("vit-b1: ") and "--graphs" in notes[0]
     assert not any("overhead-bound" in line for line in footer(rows[1:]).splitlines())
+
+
+def test_a_row_above_the_roof_is_flagged_and_its_bandwidth_marked():
+    """Bytes faster than the bandwidth ceiling allows did not all come from DRAM: the record says so, the GB/s
+    cell carries ^ and the table explains it, on that table only."""
+    from effprof.measure.roofline import ROOF_TOLERANCE
+    from effprof.report.table import footer, table_cells
+
+    nbytes = 40 * 2**20                                     # 41.9 MB: a floor of 0.021 ms at 2,000 GB/s
+    floor = nbytes / 2000e9 * 1e3
+    on_roof = roofline_fields(None, nbytes, floor / 0.99, H100, "bf16")
+    above = roofline_fields(None, nbytes, floor / (ROOF_TOLERANCE + 0.5), H100, "bf16")
+    assert "roofline_above" not in on_roof and above["roofline_above"] is True
+    rows = [{"label": "on", "device": "cuda", **on_roof}, {"label": "above", "device": "cuda", **above}]
+    _, headers, cells, _ = table_cells(rows, columns="full")
+    column = [h.replace("\n", " ") for h in headers].index("GB/s (≥, lower bd.)")
+    assert not cells[0][column].endswith("^") and cells[1][column].endswith(" ^")
+    assert any(line.startswith("^ = faster than") for line in footer(rows, "full").splitlines())
+    assert not any(line.startswith("^ = ") for line in footer(rows[:1], "full").splitlines())

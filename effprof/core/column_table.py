@@ -177,6 +177,8 @@ pct_of_bandwidth_ceiling | % | tracker roofline | 100 x achieved_gb_per_s / peak
 compute_floor_ms | ms | tracker roofline | gflops / peak_tflops
 memory_floor_ms | ms | tracker roofline | bytes / peak_gb_per_s
 roofline_fraction | fraction | tracker roofline | larger floor / latency (1 = on the roof)
+roofline_above | bool | tracker roofline | above the roof (fraction > ROOF_TOLERANCE): the counted FLOPs or bytes are
+    more than reached the units or DRAM (data served from L2 across calls, or fused away by compiled code)
 verdict | id | tracker roofline | compute, memory or overhead (latency above 10 x the larger floor)
 # --- tracker utilization (MFU / MBU, effprof.measure.utilization) ---
 mfu_datasheet_pct | % | tracker utilization | model FLOPs utilization: 100 x counted FLOPs of the call / latency / the

@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OVERHEAD_FACTOR = 10.0
+# A roofline fraction above this is "above the roof": timing noise and ceilings measured a few % under the
+# device's best leave room for ~1.0x; far above, the counted bytes or FLOPs did not all reach DRAM or the units.
+ROOF_TOLERANCE = 1.05
 DTYPE_KEYS = ("bf16", "fp16", "tf32", "fp32")
 
 
@@ -109,7 +112,9 @@ def roofline_fields(gflops: float | None, bytes_moved: int | None, latency_ms: f
     - `arithmetic_intensity_flop_per_byte`: FLOPs / bytes;
     - `compute_floor_ms`, `memory_floor_ms`: the two floors; `roofline_fraction`: larger floor / latency
       (1 = on the roof);
-    - `verdict` in {compute, memory, overhead}; `ceilings_source`: measured | datasheet | unknown.
+    - `verdict` in {compute, memory, overhead}; `ceilings_source`: measured | datasheet | unknown;
+    - `roofline_above` (only when true): the fraction is above ROOF_TOLERANCE, faster than the floors allow, so
+      the counts overstate what reached DRAM or the units (L2 hits across calls, compiled code's fusion).
     """
     fields: dict[str, Any] = {}
     if gflops is not None and latency_ms > 0:
@@ -138,4 +143,6 @@ def roofline_fields(gflops: float | None, bytes_moved: int | None, latency_ms: f
                            else None),
         verdict=verdict(latency_ms, compute_floor, memory_floor, overhead_factor),
     )
+    if fields["roofline_fraction"] is not None and fields["roofline_fraction"] > ROOF_TOLERANCE:
+        fields["roofline_above"] = True
     return fields

@@ -45,6 +45,7 @@ def _params_m(r):
 UNSTEADY = "!"  # marks a latency whose CV is above UNSTEADY_CV, and the ratios computed from it
 UNRELIABLE = "~"  # a ratio between rows too unsteady to bear it
 BELOW_RESOLUTION = "below resolution"  # a CPU peak memory below what the method resolves
+ABOVE_ROOF = "^"  # a bandwidth above the device's ceiling: the counted bytes did not all come from DRAM
 
 
 def _latency(r):
@@ -137,7 +138,7 @@ RECORD_FORMATS = {
     "flop_cov": lambda r: None if r.get("flop_coverage") is None
     else f"{100 * r['flop_coverage']:.0f}" + (" !" if r.get("flop_coverage_low") else ""),
     "gb_s": lambda r: None if r.get("achieved_gb_per_s") is None or r.get("device") != "cuda"
-    else _num(r["achieved_gb_per_s"]),
+    else _num(r["achieved_gb_per_s"]) + (f" {ABOVE_ROOF}" if r.get("roofline_above") else ""),
     "sm_mhz": lambda r: None if r.get("sm_clock_mhz_median") is None
     else f"{r['sm_clock_mhz_median']:.0f}" + (" throttled" if r.get("throttled") else ""),
     "mode": lambda r: None if r.get("exec_mode") in (None, "eager") else

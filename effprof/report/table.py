@@ -10,8 +10,8 @@ from rich import box
 from rich.table import Table
 
 from effprof.core.columns import views
-from effprof.report.cells import (BELOW_RESOLUTION, UNRELIABLE, UNSTEADY, _num, cell_function,  # noqa: F401
-                                  plain)
+from effprof.report.cells import (ABOVE_ROOF, BELOW_RESOLUTION, UNRELIABLE, UNSTEADY,  # noqa: F401
+                                  _num, cell_function, plain)
 
 def _columns():
     return [(view.header, cell_function(view)) for view in views()]
@@ -283,6 +283,10 @@ def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
                      "p50-p99 of TTFT, TPOT, ITL (every gap) and E2E are in the files")
     if "stages" in shown:
         lines.append("stages ms = median time of each stage of the call (device-timeline stamps between stages)")
+    if "gb_s" in shown and any(r.get("roofline_above") for r in records):
+        lines.append(f"{ABOVE_ROOF} = faster than the device's roofline allows for the counted bytes or FLOPs: they did "
+                     "not all reach DRAM or the units (served from L2 across calls, or fused away by compiled code), "
+                     "so GB/s is not a lower bound there")
     return lines
 
 
