@@ -51,6 +51,26 @@ def test_stages_report_their_own_params_flops_and_add_up_to_the_whole():
     assert r["stages_sum_over_whole"] == pytest.approx(r["stages_sum_ms"] / r["latency_ms_median"])
 
 
+def test_a_staged_call_is_counted_once_stage_by_stage(monkeypatch):
+    """The counts tracker counts a staged call along its chain and the stage split takes those counts, so the
+    ops are counted once (a counting pass over a whole generation costs a minute on a 7B LM)."""
+    import effprof.trackers.counts as counts_tracker
+    import effprof.trackers.stages as stages_tracker
+
+    counted = []
+    real = counts_tracker.count_flops_and_bytes
+
+    def counting(fn, *args, **kwargs):
+        counted.append(fn)
+        return real(fn, *args, **kwargs)
+    monkeypatch.setattr(counts_tracker, "count_flops_and_bytes", counting)
+    monkeypatch.setattr(stages_tracker, "count_flops_and_bytes", counting)
+    r = measure(Config("test-staged", {"width": 8}, FAST))
+    assert len(counted) == 2 and r["stage_first_gflops"] > 0 and r["stage_second_gflops"] > 0
+    assert r["stage_first_gflops"] + r["stage_second_gflops"] == pytest.approx(r["gflops"])
+    assert r["stage_first_moved_mib"] + r["stage_second_moved_mib"] == pytest.approx(r["moved_mib_lower_bound"])
+
+
 @register_component("test-sleepy", unit="tok", params=[])
 def sleepy(ctx):
     """Two stages of known length (sleeps of 20 and 40 ms): the split must find them and add up to the whole."""

@@ -284,6 +284,33 @@ def test_llava_decode_moves_its_kv_cache_once_per_token():
     assert lm_mib - table_mib < large["moved_mib_lower_bound"] < lm_mib - table_mib + large["kv_cache_mib"] + 0.25
 
 
+@pytest.mark.parametrize("component", ["llava", "cobra"])
+def test_a_generation_is_counted_once_stage_by_stage_as_its_whole_call(component, monkeypatch):
+    """A generate row counts its prefill and decode stages along the chain, once for the row and its split, and
+    that is what counting the whole generation gives."""
+    import effprof.trackers.counts as counts_tracker
+    import effprof.trackers.stages as stages_tracker
+    from effprof.measure.bytes import count_flops_and_bytes
+    from effprof.runner import build
+
+    config = Config(component, {"preset": "tiny", "mode": "generate", "new_tokens": 6}, RunOptions(**CPU))
+    built, _, _ = build(config)
+    inputs = built.make_inputs(1)
+    with torch.inference_mode(), built.counted():
+        whole = count_flops_and_bytes(lambda: built.call(inputs))
+    counted = []
+
+    def counting(fn, *args, **kwargs):
+        counted.append(fn)
+        return count_flops_and_bytes(fn, *args, **kwargs)
+    monkeypatch.setattr(counts_tracker, "count_flops_and_bytes", counting)
+    monkeypatch.setattr(stages_tracker, "count_flops_and_bytes", counting)
+    r = measure(config)
+    assert len(counted) == 2
+    assert r["gflops"] == whole.flops / 1e9 == pytest.approx(r["stage_prefill_gflops"] + r["stage_decode_gflops"])
+    assert r["moved_mib_lower_bound"] == whole.bytes / 2**20
+
+
 def test_cobra_decode_state_is_constant_in_the_context():
     small = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 8}, RunOptions(**CPU)))
     large = measure(Config("cobra", {"preset": "tiny", "mode": "decode", "context": 64}, RunOptions(**CPU)))

@@ -63,6 +63,9 @@ class Built:
     - `extras(module, inputs)`: facts computed once on real inputs (e.g. a fidelity figure); may be None.
     - `stages`: the call as named steps run in order on the same inputs (see `Stage`); the runner then
       also times, counts and measures each stage. None = one stage, the whole call.
+    - `stages_count_the_call`: a `forward` that runs exactly its stages' ops (a generation loop whose own work
+      is bookkeeping): the counting pass then counts the call stage by stage, once for both the row and the
+      split. Without a forward the call is its stages and is always counted that way.
     - `handles_exec_mode`: the call applies `ctx.exec_mode` itself (a generation loop that replays a
       CUDA graph per decode step, or compiles its step); the runner then calls it as it is.
     - `hooks`: objects a tracker may use and the record does not show (e.g. a per-token clock).
@@ -85,6 +88,7 @@ class Built:
     hooks: dict[str, Any] = field(default_factory=dict)
     loss: Callable[[Any, "torch.Tensor"], Any] | None = None
     counting: Callable[[], ContextManager] | None = None
+    stages_count_the_call: bool = False
 
     def __post_init__(self):
         if self.unit not in UNITS:

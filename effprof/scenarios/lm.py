@@ -208,6 +208,6 @@ def _generate(parts: LMParts, ctx: BuildContext, new_tokens: int, runs: int | No
 
     stages = [Stage("prefill", prefill_stage, parts.module), Stage("decode", decode_stage, parts.module)]
     built = Built(parts.module, make_inputs, "tok", items_per_sample=new_tokens, forward=forward, info=info,
-                  stages=stages, handles_exec_mode=True, counting=eagerly)
+                  stages=stages, handles_exec_mode=True, counting=eagerly, stages_count_the_call=True)
     built.hooks["generation"] = True
     return built

@@ -58,8 +58,9 @@ class StagesTracker(Tracker):
             for stage, carry in zip(stages, carries):
                 key = f"stage_{stage.name}"
                 fields[f"{key}_params"] = count_params(stage.module)[0]
-                if run.options.count_flops:
-                    counts = count_flops_and_bytes(lambda: stage.run(carry))
+                if run.options.count_flops:  # counted along the chain by the counts tracker, else here
+                    counts = run.shared.get("stage_counts", {}).get(stage.name) or \
+                        count_flops_and_bytes(lambda: stage.run(carry))
                     fields[f"{key}_gflops"] = counts.flops / 1e9
                     fields[f"{key}_moved_mib"] = counts.bytes / 2**20
                 if not run.count_only:
