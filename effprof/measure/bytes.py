@@ -93,6 +93,10 @@ INDEXED_WRITE_OPS = {"index_copy_": False, "index_put_": False, "_index_put_impl
 
 
 def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):  # most arguments: no pytree walk
+        return [value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return []
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
@@ -248,6 +252,7 @@ class BytesFlopsMode(TorchDispatchMode):
         self.flops_per_module: dict[str, int] = {}
         self._stack: _ModuleStack | None = None
         self._depth = 0  # the mode re-enters itself to decompose composite ops
+        self._composite: dict[Any, bool] = {}  # `_decomposes`, per op
         if count_flops:
             from torch.utils.flop_counter import flop_registry
 
@@ -267,12 +272,24 @@ class BytesFlopsMode(TorchDispatchMode):
             if self._depth == 0 and self._stack is not None:
                 self._stack.close()
 
+    def _decomposes(self, func) -> bool:
+        """Whether `func.decompose` may give a decomposition (a CompositeImplicitAutograd kernel, C++ or Python),
+        asked once per op of a count: most ops have none, and entering the mode to learn it costs more than the
+        op."""
+        known = self._composite.get(func)
+        if known is None:
+            key = torch._C.DispatchKey.CompositeImplicitAutograd
+            known = self._composite[func] = (
+                isinstance(func, torch._ops.OpOverload) and func is not torch.ops.prim.device.default
+                and (key in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key)))
+        return known
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # Composite ops (linear, reshape, contiguous, sdpa under inference mode) reach the mode whole:
         # run their decomposition under the mode so that the ops that actually execute are counted,
         # as FlopCounterMode does.
-        if isinstance(func, torch._ops.OpOverload) and func is not torch.ops.prim.device.default:
+        if self._decomposes(func):
             with self:
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
