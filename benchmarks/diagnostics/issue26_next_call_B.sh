@@ -3,7 +3,7 @@
 # final code (after call A's decisions are committed): `effprof compare cobra-vs-llava` in full (about 430 s on
 # an H100; its compile row now keeps Cobra's towers on two streams, and every row's bytes follow the corrected
 # count: a KV cache's new slot, one embedding row), then `effprof compare mamba-scaling` (about 40 s).
-# Run: `LIMIT=570 bash benchmarks/calls/issue26-next-B.sh`. Results: $OUT/c.tgz (packed after every step).
+# Run: `LIMIT=570 bash benchmarks/diagnostics/issue26_next_call_B.sh`. Results: $OUT/c.tgz (packed after every step).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 R=$(mktemp -d); export R

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Issue 26's next device call A (written in session 14, 2026-12-08, when no device was lent; run it with
-# `LIMIT=560 bash benchmarks/calls/issue26-next-A.sh`, then issue26-next-B.sh on the final code), each step only
-# while time is left:
+# Issue 26's next device call A (written in session 14, 2026-12-08, when no device was lent). Run:
+# `LIMIT=560 bash benchmarks/diagnostics/issue26_next_call_A.sh`, then issue26_next_call_B.sh on the final code.
+# Each step only while time is left:
 #  0. CUDA tests of this session's changes: Cobra's towers on two streams under torch.compile, and the decode
 #     step with bulk L2 prefetches of out_proj's weight (values unchanged, eager and in a CUDA graph);
 #  1. decode: Mamba-2.8B's per-layer kernels with bulk L2 prefetch of 4-24 MB of out_proj's weight during the
 #     state update (after / before its wait), against the default, twice;
 #  2. Cobra-3B's TTFT under compile + graphs with the towers on two streams (session 13: 17.08 ms, vision 4.98
-#     with the towers in turn under compile);
+#     with the towers in turn under compile), and the LLaVA decode row at 16k with the corrected byte count;
 #  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small).
 # Results: $OUT/c.tgz (packed after every step).
 set -uo pipefail
@@ -32,5 +32,8 @@ echo "decode rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -14 $R/decode.log |
 [ "$(left)" -gt 150 ] && timeout 200 python -m effprof run cobra --mode prefill --dtype bf16 --graphs --compile --min-time 0.5 \
     --json $R/ttft_compile_cobra.json > $R/ttft_compile_cobra.log 2>&1
 echo "ttft compile cobra rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-160 $R/ttft_compile_cobra.log | head -16; pack
+[ "$(left)" -gt 90 ] && timeout 80 python -m effprof run llava --mode decode --context 16384 --dtype bf16 --graphs --min-time 0.5 \
+    --columns full --json $R/llava_decode_16k.json > $R/llava_decode_16k.log 2>&1
+echo "llava decode 16k rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-200 $R/llava_decode_16k.log | tail -12; pack
 [ "$(left)" -gt 40 ] && OUT=$R timeout "$(left)" python benchmarks/diagnostics/diag_cobra_ttft.py --only small > $R/small.log 2>&1
 echo "small rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -5 $R/small.log | cut -c1-200; pack
