@@ -171,3 +171,13 @@ def test_custom_ops_count_mutated_arguments_and_their_formulas():
     norm = torch.randn(8)
     assert op_bytes(ops.mamba_decode_prologue.default, (ids, table, norm, 1e-5, *work), {}, None) == \
         n(ids, norm, *work) + 8 * F32
+
+
+def test_attention_on_meta_counts_one_fused_kernel():
+    q = torch.empty(2, 4, 16, 8, device="meta")
+    k = v = torch.empty(2, 4, 64, 8, device="meta")
+    mask = torch.empty(16, 64, dtype=torch.bool, device="meta")
+    with torch.inference_mode():
+        counts = count_flops_and_bytes(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert counts.bytes == F32 * (q.numel() + k.numel() + q.numel()) + mask.numel()  # q, k (v is k), out; mask
+    assert counts.flops == 2 * (2 * 2 * 4 * 16 * 64 * 8)                             # two matmuls

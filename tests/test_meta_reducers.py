@@ -45,3 +45,16 @@ def test_a_reducer_that_declares_its_token_count_is_counted_on_meta_with_it():
         assert meta[f"stage_{stage}_gflops"] == cpu[f"stage_{stage}_gflops"]
     # the cost model follows the reduced prompt (a static cache of the unreduced length: attention over all of it)
     assert meta["estimate_gflops"] == cpu["estimate_gflops"] == cpu["stage_prefill_gflops"]
+
+
+@pytest.mark.parametrize("mode, extra", [("decode", {"context": 256}), ("prefill", {})])
+def test_a_count_on_meta_predicts_the_devices_bytes(mode, extra):
+    """On meta, attention counts as the fused kernel a device runs (q, k, v and mask read, output written), not
+    the math decomposition meta would trace (scores materialised, k and v copied to float32): its FLOPs equal
+    the device's count and its bytes come within 1% (the CPU kernel also writes its softmax statistics)."""
+    params = {"preset": "tiny", "mode": mode, **extra}
+    meta, cpu = measure_many([Config("llava", params, META),
+                              Config("llava", params, RunOptions(device="cpu", dtype="fp32", min_time=0.01,
+                                                                 warmup=0.0, max_cv=1.0))])
+    assert meta["gflops"] == cpu["gflops"]
+    assert meta["moved_mib_lower_bound"] == pytest.approx(cpu["moved_mib_lower_bound"], rel=0.01)

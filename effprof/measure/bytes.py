@@ -27,6 +27,8 @@ with these rules:
   `scatter_add_`, `scatter_reduce_`) read the indices and the values they write and write only the indexed
   elements of the destination (reading them too where they accumulate): a KV cache's `index_copy_` of one
   token moves that token's keys, not the cache. A boolean index counts its true elements.
+- **Attention on the meta device** (a count without a GPU) is one fused kernel, as the CUDA backends run it:
+  q, k, v and the mask read, the output written (not the math decomposition meta would trace).
 - **Custom ops** (effprof's kernels) follow the same rules from their schemas: an argument they mutate (a
   decoding state) is read and written back, unless their module declared it write-only or registered a
   formula for the op (`effprof.core.op_bytes`: a KV-cache kernel that writes one slot of the caches it is
@@ -53,6 +55,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import sdpa_flop_count
 
 from effprof.core.op_bytes import BYTES_FORMULAS, WRITE_ONLY_ARGUMENTS, tensor_bytes
 from effprof.measure import flops as _flops  # noqa: F401  (registers the CPU attention formula)
@@ -286,6 +289,8 @@ class BytesFlopsMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is aten.scaled_dot_product_attention.default and args and args[0].is_meta and args[0].dim() == 4:
+            return self._fused_attention(func, args, kwargs)
         # Composite ops (linear, reshape, contiguous, sdpa under inference mode) reach the mode whole:
         # run their decomposition under the mode so that the ops that actually execute are counted,
         # as FlopCounterMode does.
@@ -301,12 +306,30 @@ class BytesFlopsMode(TorchDispatchMode):
             formula = self._flop_registry.get(func._overloadpacket)
             if formula is not None:
                 flops = int(formula(*args, **kwargs, out_val=out))
+        self._add(nbytes, flops)
+        return out
+
+    def _fused_attention(self, func, args, kwargs):
+        """Attention on the meta device (a count without a GPU) as the CUDA backends run it, one fused kernel that
+        reads q, k, v and the mask and writes the output, rather than the math decomposition meta would trace
+        (scores materialised, k and v copied to float32): the count then predicts the GPU's. FLOPs by
+        FlopCounterMode's attention formula, which the math path's two matmuls equal."""
+        out = func(*args, **kwargs)  # shapes only
+        a = bound_arguments(func, args, kwargs)
+        operands = {id(t): t for t in (a["query"], a["key"], a["value"], a.get("attn_mask"), out)
+                    if isinstance(t, torch.Tensor)}  # a tensor passed twice is read once
+        nbytes = sum(tensor_bytes(t) for t in operands.values())
+        flops = sdpa_flop_count(a["query"].shape, a["key"].shape, a["value"].shape) if self.count_flops else 0
+        self._add(nbytes, flops)
+        return out
+
+    def _add(self, nbytes: int, flops: int) -> None:
+        """One op's bytes and FLOPs, in total and for every module running."""
         self.total_bytes += nbytes
         self.total_flops += flops
         for name in self._stack.current() if self._stack is not None else ():
             self.bytes_per_module[name] = self.bytes_per_module.get(name, 0) + nbytes
             self.flops_per_module[name] = self.flops_per_module.get(name, 0) + flops
-        return out
 
 
 def count_bytes(fn: Callable[[], Any]) -> int:
