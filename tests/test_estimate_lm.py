@@ -78,3 +78,22 @@ def test_estimate_refuses_a_component_without_an_lm(capsys):
     assert main(["estimate", "linear"]) == 2
     err = capsys.readouterr().err
     assert "mamba-lm" in err and "cobra" in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("context", [256, 2048])
+def test_llava_decode_bytes_counted_agree_with_the_estimate(context):
+    """A decode step's counted bytes (weights read once, the KV cache read, one slot written, one embedding row)
+    and the analytic model's agree: neither counts the cache twice nor the embedding table."""
+    r = measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": context},
+                       RunOptions(device="meta", dtype="bf16")))  # the estimate's weights and cache are bf16
+    assert r["status"] == "ok", r.get("error")
+    assert r["moved_mib_lower_bound"] == pytest.approx(r["estimate_mib"], rel=0.03)
+
+
+def test_an_fp32_row_says_its_estimate_is_of_a_16_bit_deployment():
+    r = measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": 64},
+                       RunOptions(device="meta", dtype="fp32")))
+    assert "16-bit deployment" in r["estimate_note"] and "measured_over_estimate" not in r
+    bf16 = measure(Config("llava", {"preset": "tiny", "mode": "decode", "context": 64},
+                          RunOptions(device="meta", dtype="bf16")))
+    assert "estimate_note" not in bf16 and bf16["estimate_mib"] == r["estimate_mib"]
