@@ -191,6 +191,10 @@ VARIANTS = {"ref": None, "triton": {}, "triton-2kernel": {"layer_max_batch": 0},
             "triton-bulk12m": {"layer_l2_bulk_out": 12 << 20}, "triton-bulk16m": {"layer_l2_bulk_out": 16 << 20},
             "triton-bulk24m": {"layer_l2_bulk_out": 24 << 20},
             "triton-bulk8m-early": {"layer_l2_bulk_out": 8 << 20, "layer_l2_bulk_early": True},
+            # ... and the out_proj kernel, after its wait, asks for N MB of the next layer's in_proj (the columns
+            # after its pre-loaded tile), while out_proj streams below the copy rate
+            "triton-bulkin8m": {"layer_l2_bulk_in": 8 << 20}, "triton-bulkin16m": {"layer_l2_bulk_in": 16 << 20},
+            "triton-bulk8m-in8m": {"layer_l2_bulk_out": 8 << 20, "layer_l2_bulk_in": 8 << 20},
             # the persistent whole-step kernel (mamba_decode_persistent_triton.py), batch 1 up to d_model 1024
             "persistent": {"persistent_max_d_model": 1024},
             "persistent-nol2": {"persistent_max_d_model": 1024, "persistent_l2": False},

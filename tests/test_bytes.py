@@ -171,6 +171,26 @@ def test_custom_ops_count_mutated_arguments_and_their_formulas():
     norm = torch.randn(8)
     assert op_bytes(ops.mamba_decode_prologue.default, (ids, table, norm, 1e-5, *work), {}, None) == \
         n(ids, norm, *work) + 8 * F32
+    # a hint argument (a later kernel's weight to prefetch) counts where that kernel reads it, not here
+    from effprof.core.op_bytes import NOT_MOVED_ARGUMENTS
+
+    assert NOT_MOVED_ARGUMENTS["effprof::mamba_layer_decode"] == {"next_in_proj_weight"}
+
+
+def test_a_declared_hint_argument_is_not_counted():
+    from effprof.core.op_bytes import declare_not_moved
+    from effprof.measure.bytes import op_bytes
+
+    @torch.library.custom_op("effprof_test::scale_with_hint", mutates_args=())
+    def scale(x: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    x, later = torch.randn(16), torch.randn(1000)
+    out = scale(x, later)
+    op = torch.ops.effprof_test.scale_with_hint.default
+    assert op_bytes(op, (x, later), {}, out) == (16 + 1000 + 16) * F32
+    declare_not_moved("effprof_test::scale_with_hint", "later")
+    assert op_bytes(op, (x, later), {}, out) == (16 + 16) * F32
 
 
 def test_attention_on_meta_counts_one_fused_kernel():

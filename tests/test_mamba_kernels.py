@@ -428,32 +428,32 @@ def test_decode_backend_resolution(monkeypatch):
         resolve_decode_backend("triton", CPU)
 
 
-def test_bulk_out_prefetch_covers_the_columns_after_the_preloaded_tiles():
-    """The bulk L2 prefetch's geometry (`_bulk_out_prefetch`): about the asked bytes spread over every row from
+def test_bulk_rows_prefetch_covers_the_columns_after_the_preloaded_tiles():
+    """The bulk L2 prefetch's geometry (`_bulk_rows_prefetch`): about the asked bytes spread over every row from
     the first column after the pre-loaded tiles, in 16-byte units, never past a row's end; off where nothing is
     asked, nothing is left, or rows or base are not 16-byte aligned."""
-    from effprof.ops.mamba_decode_layer_triton import _bulk_out_prefetch
+    from effprof.ops.mamba_decode_layer_triton import _bulk_rows_prefetch
 
     w = torch.empty(2560, 5120, dtype=torch.bfloat16)                      # Mamba-2.8B's out_proj
-    rows, row_bytes, first, per_row = _bulk_out_prefetch(w, 8 << 20, 512)
+    rows, row_bytes, first, per_row = _bulk_rows_prefetch(w, 8 << 20, 512)
     assert (rows, row_bytes, first) == (2560, 10240, 1024)
     assert per_row % 16 == 0 and 8 << 20 >= rows * per_row > (8 << 20) - 16 * rows
-    assert _bulk_out_prefetch(w, 1 << 40, 512)[3] == (5120 - 512) * 2     # at most the rest of each row
-    assert _bulk_out_prefetch(w, 0, 512)[3] == 0
-    assert _bulk_out_prefetch(w, 8 << 20, 5120)[3] == 0                   # the tiles already cover the rows
-    assert _bulk_out_prefetch(w[:, 1:], 8 << 20, 512)[3] == 0             # base 2 bytes past an aligned one
-    assert _bulk_out_prefetch(torch.empty(8, 4100, dtype=torch.bfloat16)[:, :4096], 1 << 20, 0)[3] == 0
+    assert _bulk_rows_prefetch(w, 1 << 40, 512)[3] == (5120 - 512) * 2     # at most the rest of each row
+    assert _bulk_rows_prefetch(w, 0, 512)[3] == 0
+    assert _bulk_rows_prefetch(w, 8 << 20, 5120)[3] == 0                   # the tiles already cover the rows
+    assert _bulk_rows_prefetch(w[:, 1:], 8 << 20, 512)[3] == 0             # base 2 bytes past an aligned one
+    assert _bulk_rows_prefetch(torch.empty(8, 4100, dtype=torch.bfloat16)[:, :4096], 1 << 20, 0)[3] == 0
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton's compiler (not the interpreter)")
 def test_bulk_prefetch_compiles_for_an_h100_class_gpu():
-    """The state-update kernel with bulk L2 prefetches assembles for sm_90 with the ptxas of the triton wheel (no
-    GPU needed): one `cp.async.bulk.prefetch.L2` in its PTX after the wait or before it, none when off."""
+    """The state-update and out_proj kernels with bulk L2 prefetches assemble for sm_90 with the ptxas of the triton
+    wheel (no GPU needed): one `cp.async.bulk.prefetch.L2` in their PTX where asked for, none when off."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from effprof.ops.mamba_decode_layer_triton import _layer_ssm_kernel
+    from effprof.ops.mamba_decode_layer_triton import _layer_out_kernel, _layer_ssm_kernel
 
     names = _layer_ssm_kernel.arg_names
     types = {n: "*bf16" for n in names if n.endswith("_ptr")}
@@ -468,6 +468,17 @@ def test_bulk_prefetch_compiles_for_an_h100_class_gpu():
                            constexprs={(names.index(k),): v for k, v in constants.items()})
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         assert len(compiled.asm["cubin"]) > 0
+        assert compiled.asm["ptx"].count("cp.async.bulk.prefetch.L2.global") == (1 if bulk else 0)
+    names = _layer_out_kernel.arg_names
+    types.update(wout_ptr="*bf16", bulk_ptr="*bf16", pf_ptr="*bf16")
+    for bulk in (False, True):
+        constants = dict(BLOCK_M=8, BLOCK_K=512, NUM_STAGES=3, BLOCK_MODEL=4096, O_PAD=256, USE_PDL=True,
+                         PREFETCH=False, SPLIT_K=1, NORM_IN=False, L2_SELF=False, L2_AHEAD=False, EPL_W=64,
+                         EPL_PF=64, LINES=256, PRE_TILES=1, BULK=bulk)
+        source = ASTSource(fn=_layer_out_kernel,
+                           signature={n: "constexpr" if n in constants else types.get(n, "i32") for n in names},
+                           constexprs={(names.index(k),): v for k, v in constants.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         assert compiled.asm["ptx"].count("cp.async.bulk.prefetch.L2.global") == (1 if bulk else 0)
 
 
@@ -521,7 +532,8 @@ def test_cuda_conv_and_fused_step_match_references(dtype, tol):
     {"layer_l2_self": True, "layer_l2_ahead": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 4},
     {"layer_pre_tiles": 2, "layer_fuse_out_max_bytes": 0},                      # first tiles before the wait
     {"layer_l2_bulk_out": 1 << 20, "layer_fuse_out_max_bytes": 0, "layer_block_m": 8},  # bulk L2, after the wait
-    {"layer_l2_bulk_out": 1 << 20, "layer_l2_bulk_early": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 8}])
+    {"layer_l2_bulk_out": 1 << 20, "layer_l2_bulk_early": True, "layer_fuse_out_max_bytes": 0, "layer_block_m": 8},
+    {"layer_l2_bulk_in": 1 << 20, "layer_fuse_out_max_bytes": 0}])                # the next in_proj, bulk
 def test_cuda_persistent_step_and_l2_prefetch_match_reference(config):
     """On the GPU: the persistent whole-step kernel with its real grid barrier, and the per-layer kernels with
     L2 prefetches, give the op-by-op reference's logits and states (bf16, 3 layers: odd, so the last layer's

@@ -5,7 +5,8 @@
 #  0. CUDA tests of this session's changes: Cobra's towers on two streams under torch.compile, and the decode
 #     step with bulk L2 prefetches of out_proj's weight (values unchanged, eager and in a CUDA graph);
 #  1. decode: Mamba-2.8B's per-layer kernels with bulk L2 prefetch of 4-24 MB of out_proj's weight during the
-#     state update (after / before its wait), against the default, twice;
+#     state update (after / before its wait), of 8-16 MB of the next in_proj during out_proj, and both, against
+#     the default, twice;
 #  2. Cobra-3B's TTFT under compile + graphs with the towers on two streams (session 13: 17.08 ms, vision 4.98
 #     with the towers in turn under compile), and the LLaVA decode row at 16k with the corrected byte count;
 #  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small).
@@ -26,7 +27,7 @@ timeout 200 python -m pytest -v -rfE --tb=short -p no:cacheprovider tests/test_v
 echo "tests rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; grep -E "PASS|FAIL|ERROR|passed|failed" $R/tests.log | cut -c1-160 | tail -16; pack
 mkdir -p $R/decode
 timeout 150 python benchmarks/bench_mamba_decode.py --out $R/decode --only calibrate,layers \
-  --rows "2.8b:triton,triton-bulk4m,triton-bulk8m,triton-bulk12m,triton-bulk16m,triton-bulk24m,triton-bulk8m-early,triton" \
+  --rows "2.8b:triton,triton-bulk4m,triton-bulk8m,triton-bulk16m,triton-bulk24m,triton-bulk8m-early,triton-bulkin8m,triton-bulkin16m,triton-bulk8m-in8m,triton" \
   > $R/decode.log 2>&1
 echo "decode rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -14 $R/decode.log | cut -c1-200; pack
 [ "$(left)" -gt 150 ] && timeout 200 python -m effprof run cobra --mode prefill --dtype bf16 --graphs --compile --min-time 0.5 \

@@ -3,6 +3,8 @@ ops are defined: the `ops` floor sits below `measure`, so it declares here and `
 
 - `declare_write_only(op, *arguments)`: the op writes these mutated arguments without reading them (a kernel
   that leaves a decoding state in a buffer it is handed). Other mutated arguments are read and written back.
+- `declare_not_moved(op, *arguments)`: the op takes these only as hints (a later kernel's weight to prefetch into
+  L2): they count where that later kernel reads them, not here.
 - `register_bytes_formula(op)`: the op's bytes come from the decorated `formula(arguments, out)`, arguments by
   schema name; for ops that write part of a buffer they are handed or read a few rows of a table.
 """
@@ -13,12 +15,18 @@ from typing import Any, Callable
 import torch
 
 WRITE_ONLY_ARGUMENTS: dict[str, frozenset[str]] = {}
+NOT_MOVED_ARGUMENTS: dict[str, frozenset[str]] = {}
 BYTES_FORMULAS: dict[str, Callable[[dict[str, Any], Any], int]] = {}
 
 
 def declare_write_only(op: str, *arguments: str) -> None:
     """`op` ("namespace::name") writes `arguments` (mutated ones) without reading them."""
     WRITE_ONLY_ARGUMENTS[op] = frozenset(arguments)
+
+
+def declare_not_moved(op: str, *arguments: str) -> None:
+    """`op` ("namespace::name") takes `arguments` as hints only (module docstring): they are not counted."""
+    NOT_MOVED_ARGUMENTS[op] = frozenset(arguments)
 
 
 def register_bytes_formula(op: str):

@@ -57,7 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import sdpa_flop_count
 
-from effprof.core.op_bytes import BYTES_FORMULAS, WRITE_ONLY_ARGUMENTS, tensor_bytes
+from effprof.core.op_bytes import BYTES_FORMULAS, NOT_MOVED_ARGUMENTS, WRITE_ONLY_ARGUMENTS, tensor_bytes
 from effprof.measure import flops as _flops  # noqa: F401  (registers the CPU attention formula)
 
 aten = torch.ops.aten
@@ -177,11 +177,13 @@ def op_bytes(func, args: tuple, kwargs: dict, out: Any) -> int:
     """Bytes read and written by one op under the convention of this module: by the formula the op's module
     registered (`effprof.core.op_bytes`) where it has one, else by the rules. An argument the op mutates (its
     schema marks it written) is read and written back, like `add_`'s destination, unless it is write-only: an
-    `out=` argument, the destination of WRITE_ONLY_DESTINATION_OPS, or one its module declared write-only."""
+    `out=` argument, the destination of WRITE_ONLY_DESTINATION_OPS, or one its module declared write-only; an
+    argument its module declared a hint (`declare_not_moved`) is not counted."""
     formula = BYTES_FORMULAS.get(func._schema.name)
     if formula is not None:
         return formula(bound_arguments(func, args, kwargs), out)
     write_only = WRITE_ONLY_ARGUMENTS.get(func._schema.name, frozenset())
+    hints = NOT_MOVED_ARGUMENTS.get(func._schema.name, frozenset())
     name = func._schema.name.split("::")[-1]
     if name in ZERO_BYTE_OPS or is_view_op(func):
         return 0
@@ -190,6 +192,8 @@ def op_bytes(func, args: tuple, kwargs: dict, out: Any) -> int:
     read: dict[int, torch.Tensor] = {}
     written: dict[int, torch.Tensor] = {}
     for i, arg in enumerate(func._schema.arguments):
+        if arg.name in hints:
+            continue
         value = kwargs.get(arg.name) if arg.kwarg_only or i >= len(args) else args[i]
         mutated = arg.alias_info is not None and arg.alias_info.is_write
         written_only = mutated and (getattr(arg, "is_out", False) or arg.name in write_only

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from effprof.core.errors import BackendUnavailable, UsageError
-from effprof.core.op_bytes import register_bytes_formula, tensor_bytes
+from effprof.core.op_bytes import declare_not_moved, register_bytes_formula, tensor_bytes
 from effprof.ops.causal_conv1d import causal_conv1d_flops, causal_conv1d_update
 from effprof.ops.selective_scan import selective_state_update, selective_state_update_flops
 
@@ -262,7 +262,12 @@ def _layer_decode_op(normed: Tensor, residual: Tensor, xz: Tensor, acc: Tensor, 
                         l2_ahead=DECODE_CONFIG["layer_l2_ahead"], l2_ahead_in=DECODE_CONFIG["layer_l2_ahead_in"],
                         next_in_proj_weight=next_in_proj_weight, l2_ahead_bytes=DECODE_CONFIG["layer_l2_ahead_bytes"],
                         pre_tiles=DECODE_CONFIG["layer_pre_tiles"], l2_bulk_out=DECODE_CONFIG["layer_l2_bulk_out"],
-                        l2_bulk_early=DECODE_CONFIG["layer_l2_bulk_early"])
+                        l2_bulk_early=DECODE_CONFIG["layer_l2_bulk_early"],
+                        l2_bulk_in=DECODE_CONFIG["layer_l2_bulk_in"])
+
+
+# the next layer's in_proj weight is a prefetch hint: it counts where the next layer's op reads it
+declare_not_moved("effprof::mamba_layer_decode", "next_in_proj_weight")
 
 
 @register_flop_formula(torch.ops.effprof.mamba_layer_decode)
@@ -389,12 +394,11 @@ def mamba_lm_decode_step_triton(ids, embedding_weight, norm_weights, layers, sta
     if use_persistent_decode(batch, d_model) and _try_persistent(work, layers, states, norm_weights, norm_f_weight,
                                                                  eps, head_weight):
         return work[0]
-    # the next layer's in_proj weight reaches this layer's op only for the L2 prefetch that reads it (l2_ahead):
-    # an op's tensor arguments are what the byte count of a decode step reads, so passing it always would count
-    # every in_proj twice
+    # the next layer's in_proj weight reaches this layer's op only for the L2 prefetches that read it (l2_ahead,
+    # l2_bulk_in; the byte count leaves it out: `declare_not_moved`)
     from effprof.ops.mamba_decode_triton import DECODE_CONFIG
 
-    ahead = DECODE_CONFIG["layer_l2_ahead"]
+    ahead = DECODE_CONFIG["layer_l2_ahead"] or DECODE_CONFIG["layer_l2_bulk_in"] > 0
     for i, (weights, (conv_state, ssm_state)) in enumerate(zip(layers, states)):
         next_norm = norm_weights[i + 1] if i + 1 < len(layers) else norm_f_weight
         torch.ops.effprof.mamba_layer_decode(*work, conv_state, ssm_state, weights["in_proj_weight"],

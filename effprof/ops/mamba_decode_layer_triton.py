@@ -29,7 +29,9 @@ Weights (and this layer's states, which no kernel of the step before wrote) are 
 before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, else the loop's first
 `pre_tiles` tiles, so that they stream in while the previous kernel finishes; every program waits before
 reading what the previous kernel wrote. Optional L2 prefetches (`prefetch_l2`, measured slower on an H100 and
-off by default) ask L2 for a program's own rows or a later kernel's weight instead.
+off by default) ask L2 for a program's own rows or a later kernel's weight instead; bulk ones
+(`bulk_prefetch_rows_l2`, a few instructions per program; off until measured) ask for part of out_proj's weight
+during the state update, or of the next in_proj's during out_proj.
 """
 from __future__ import annotations
 
@@ -360,16 +362,20 @@ def _layer_ssm_kernel(xz_ptr, xacc_ptr, wdt_ptr, dt_bias_ptr, A_log_ptr, D_ptr, 
 
 @triton.jit
 def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xacc_ptr, count_ptr, pf_ptr, pf_count,
+                      bulk_ptr, bulk_rows, bulk_row_bytes, bulk_first, bulk_bytes,
                       batch, d_inner, d_model, O, eps, stride_wo, k_per,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
                       BLOCK_MODEL: tl.constexpr, O_PAD: tl.constexpr, USE_PDL: tl.constexpr,
                       PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, NORM_IN: tl.constexpr,
                       L2_SELF: tl.constexpr = False, L2_AHEAD: tl.constexpr = False, EPL_W: tl.constexpr = 64,
-                      EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0):
+                      EPL_PF: tl.constexpr = 64, LINES: tl.constexpr = 256, PRE_TILES: tl.constexpr = 0,
+                      BULK: tl.constexpr = False):
     """Grid (d_model / BLOCK_M, SPLIT_K): rows m of out_proj over the k_per channels from program_id(1)·k_per;
     with SPLIT_K > 1 the partial sums are added into acc (zeroed by the previous layer's last program).
     L2_SELF (SPLIT_K 1): the program's rows are prefetched into L2 before the wait; L2_AHEAD: its share of
-    pf_count elements of pf_ptr (the next layer's in_proj). PRE_TILES: as in `_layer_in_kernel`."""
+    pf_count elements of pf_ptr (the next layer's in_proj). PRE_TILES: as in `_layer_in_kernel`. BULK: after the
+    wait, bulk L2 prefetches of bytes [bulk_first, bulk_first + bulk_bytes) of each of the next layer's in_proj
+    bulk_rows rows (the part its kernel reads after its pre-loaded tiles)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = m < d_model
     k_start = tl.program_id(1) * k_per
@@ -392,6 +398,7 @@ def _layer_out_kernel(xz_ptr, wout_ptr, acc_ptr, res_ptr, nw_ptr, normed_ptr, xa
                 LINES, L2_SELF and SPLIT_K == 1 and not PREFETCH)
     prefetch_l2_share(pf_ptr, pf_count, EPL_PF, LINES, L2_AHEAD)
     _wait_previous_kernel(USE_PDL)
+    bulk_prefetch_rows_l2(bulk_ptr, bulk_rows, bulk_row_bytes, bulk_first, bulk_bytes, BULK)
     for b in range(batch):
         if PREFETCH:
             y = tl.load(xz_ptr + b * 2 * d_inner + k_all, mask=mask_k_all, other=0.0).to(tl.float32)
@@ -477,7 +484,7 @@ def _l2_prefetch_ok() -> bool:
     return not triton_interpret_mode() and torch.cuda.is_available()
 
 
-def _bulk_out_prefetch(w: torch.Tensor, nbytes: int, first_col: int) -> tuple[int, int, int, int]:
+def _bulk_rows_prefetch(w: torch.Tensor, nbytes: int, first_col: int) -> tuple[int, int, int, int]:
     """(rows, row bytes, first byte, bytes per row) of `bulk_prefetch_rows_l2` over the row-major weight w: about
     nbytes in all, from column first_col of every row, in 16-byte units; bytes per row 0 (off) where nbytes is 0,
     nothing is left after first_col, the GPU is older than sm_90 or w's rows or base are not 16-byte aligned."""
@@ -511,7 +518,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
                         pdl=False, prefetch_weights=True, split_k=1, loop_tile=4096, num_warps=4, norm_in=False,
                         norm_weight=None, parity=0, last=False, l2_self=False, l2_ahead=False, l2_ahead_in=False,
                         next_in_proj_weight=None, l2_ahead_bytes=1 << 62, pre_tiles=0, l2_bulk_out=0,
-                        l2_bulk_early=False):
+                        l2_bulk_early=False, l2_bulk_in=0):
     """One layer (module docstring), updating both states in place. Default: reads work.normed, leaves
     work.residual[0] and work.normed (the next norm's output) for the next layer. norm_in: reads the previous
     output work.acc[parity] and work.residual[parity], applies `norm_weight` itself, leaves the output in
@@ -527,7 +534,9 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     l2_bulk_out (bytes, 0 off; out_proj as its own kernel, sm_90+): the state-update kernel asks L2 for about
     that many bytes of out_proj's weight with bulk prefetches (`bulk_prefetch_rows_l2`: the columns each
     out_proj row reads right after its pre-loaded tiles), after its wait on in_proj (before it with
-    l2_bulk_early), so that the DRAM streams out_proj's weight during the state update."""
+    l2_bulk_early), so that the DRAM streams out_proj's weight during the state update. l2_bulk_in (bytes, 0
+    off; out_proj as its own kernel, `next_in_proj_weight` given): the out_proj kernel, after its wait, asks L2
+    for about that many bytes of the next layer's in_proj weight (the columns after its pre-loaded tiles)."""
     if not ssm_state.is_contiguous() or ssm_state.dtype != torch.float32:
         raise ValueError("mamba layer decode (triton): ssm_state must be contiguous float32")
     batch, d_model, d_inner, O = work.batch, work.d_model, work.d_inner, work.O
@@ -573,7 +582,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         if not one_tile_out:
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
-    bulk = _bulk_out_prefetch(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
+    bulk = _bulk_rows_prefetch(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
                               not one_tile_out else 0, pre_tiles * block_k_out if not fuse_out else 0)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
@@ -588,14 +597,19 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         L2_AHEAD=ssm_pf[1] > 0, EPL_PF=_epl(ssm_pf[0]), BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0,
         **pdl_options)
     if not fuse_out:
+        bulk_in = _bulk_rows_prefetch(
+            next_in_proj_weight if next_in_proj_weight is not None else out_proj_weight,
+            l2_bulk_in if l2 and next_in_proj_weight is not None and not one_tile_in else 0, pre_tiles * block_k_in)
         _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
             work.xz, out_proj_weight, acc_out, work.residual[0], next_norm_weight, work.normed, work.xacc[0],
             work.count, nxt if nxt is not None else out_proj_weight, nxt_count,
+            next_in_proj_weight if bulk_in[3] else out_proj_weight, *bulk_in,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
             NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=_epl(out_proj_weight),
-            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, **pdl_options)
+            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, BULK=bulk_in[3] > 0,
+            **pdl_options)
     if norm_in and last:
         _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,
                                      BLOCK_MODEL=block_model, num_warps=4, **pdl_options)

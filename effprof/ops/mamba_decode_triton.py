@@ -182,7 +182,7 @@ DECODE_CONFIG = {"gemv_max_batch": 1, "gemv_max_weight_bytes": 16 << 20,
                  "layer_num_warps": 4, "layer_num_stages": 3, "layer_prefetch": True, "layer_norm_in": False,
                  "layer_l2_self": False, "layer_l2_ahead": False, "layer_l2_ahead_in": False,
                  "layer_l2_ahead_bytes": 16 << 20, "layer_pre_tiles": 1, "layer_l2_bulk_out": 0,
-                 "layer_l2_bulk_early": False, "persistent_max_d_model": 0,
+                 "layer_l2_bulk_early": False, "layer_l2_bulk_in": 0, "persistent_max_d_model": 0,
                  "persistent_programs": None, "persistent_block_n": 16, "persistent_block_d": 16,
                  "persistent_num_warps": 8, "persistent_l2": True, "persistent_head_bytes": 24 << 20, "pdl": True}
 
