@@ -154,6 +154,10 @@ SCAN_CONFIGS = {
     # (chunk end states, no C and no y since session 12) walking K - 1 of the K chunks (diagnostics part 5)
     "s4-w2-ioc-k2": {**LANES, "num_warps": 2, "io": "channel", "time_chunks": 2},
     "s4-w2-ioc-k4": {**LANES, "num_warps": 2, "io": "channel", "time_chunks": 4},
+    # the batch-1 default with 64- or 16-step chunks: the same ~8.0 SASS instructions per element (sass_scan.py),
+    # half / twice the barriers per step, 254 / 160 registers (session 14, not yet timed)
+    "s4-w2-ioc-c64": {**LANES, "num_warps": 2, "io": "channel", "CHUNK": 64},
+    "s4-w2-ioc-c16": {**LANES, "num_warps": 2, "io": "channel", "CHUNK": 16},
     "lanes-k1": {**LANES, "time_chunks": 1},                  # the lanes kernel without the time split
     "lanes-k8": {**LANES, "time_chunks": 8},
     "tl-small-batch": {"kernel": "chunked", "gluon": False, "BLOCK_D": 16, "CHUNK": 64, "pair_states": True,

@@ -9,7 +9,9 @@
 #     the default, twice;
 #  2. Cobra-3B's TTFT under compile + graphs with the towers on two streams (session 13: 17.08 ms, vision 4.98
 #     with the towers in turn under compile), and the LLaVA decode row at 16k with the corrected byte count;
-#  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small).
+#  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small);
+#  4. the batch-1 scan with 64- and 16-step chunks against the default (same instructions per element, half /
+#     twice the barriers).
 # Results: $OUT/c.tgz (packed after every step).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -36,5 +38,9 @@ echo "ttft compile cobra rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-160 
 [ "$(left)" -gt 90 ] && timeout 80 python -m effprof run llava --mode decode --context 16384 --dtype bf16 --graphs --min-time 0.5 \
     --columns full --json $R/llava_decode_16k.json > $R/llava_decode_16k.log 2>&1
 echo "llava decode 16k rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-200 $R/llava_decode_16k.log | tail -12; pack
-[ "$(left)" -gt 40 ] && OUT=$R timeout "$(left)" python benchmarks/diagnostics/diag_cobra_ttft.py --only small > $R/small.log 2>&1
+[ "$(left)" -gt 100 ] && OUT=$R timeout 90 python benchmarks/diagnostics/diag_cobra_ttft.py --only small > $R/small.log 2>&1
 echo "small rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -5 $R/small.log | cut -c1-200; pack
+[ "$(left)" -gt 40 ] && timeout "$(left)" python benchmarks/bench_mamba_prefill.py --scan \
+  --scan-configs default,s4-w2-ioc-c64,s4-w2-ioc-c16 --scan-shapes "1,5120,793,1;1,5120,2048,1;1,5120,512,1" \
+  --out $R/scan.json > $R/scan.log 2>&1
+echo "scan rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -10 $R/scan.log | cut -c1-160; pack
