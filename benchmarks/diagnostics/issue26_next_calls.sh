@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Issue 26's next device call A (written in session 14, 2026-12-08, when no device was lent). Run:
-# `LIMIT=560 bash benchmarks/diagnostics/issue26_next_call_A.sh`, then issue26_next_call_B.sh on the final code.
-# Each step only while time is left:
+# Issue 26's next two device calls (written in session 14, 2026-12-08, when no device was lent). Run
+# `CALL=A LIMIT=560 bash benchmarks/diagnostics/issue26_next_calls.sh`, commit what it decides, then
+# `CALL=B LIMIT=570 bash ...` on the final code. Each step only while time is left. Results: $OUT/c.tgz (packed
+# after every step).
+# Call A:
 #  0. CUDA tests of this session's changes: Cobra's towers on two streams under torch.compile, and the decode
-#     step with bulk L2 prefetches of out_proj's weight (values unchanged, eager and in a CUDA graph);
+#     step with bulk L2 prefetches (values unchanged, eager and in a CUDA graph);
 #  1. decode: Mamba-2.8B's per-layer kernels with bulk L2 prefetch of 4-24 MB of out_proj's weight during the
 #     state update (after / before its wait), of 8-16 MB of the next in_proj during out_proj, and both, against
 #     the default, twice;
@@ -12,7 +14,9 @@
 #  3. the causal conv's block shapes at Cobra's shape, and a one-pass dt_proj (diag_cobra_ttft.py small);
 #  4. the batch-1 scan with 64- and 16-step chunks against the default (same instructions per element, half /
 #     twice the barriers).
-# Results: $OUT/c.tgz (packed after every step).
+# Call B: the two profiles as a user runs them: `effprof compare cobra-vs-llava` in full (about 430 s on an H100
+# before this session's counting change; its compile row now keeps Cobra's towers on two streams, and every
+# row's bytes follow the corrected count), then `effprof compare mamba-scaling` (about 40 s).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 R=$(mktemp -d); export R
@@ -24,6 +28,7 @@ pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1
   python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
   git log --oneline -1; date -u; } > $R/gpu.txt
 cat $R/gpu.txt; pack
+if [ "${CALL:-A}" = A ]; then
 timeout 200 python -m pytest -v -rfE --tb=short -p no:cacheprovider tests/test_vlm.py tests/test_mamba_kernels.py \
   -k "two_streams_under_compile or concurrent_towers_equal or persistent_step_and_l2 or bulk" > $R/tests.log 2>&1
 echo "tests rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; grep -E "PASS|FAIL|ERROR|passed|failed" $R/tests.log | cut -c1-160 | tail -16; pack
@@ -44,3 +49,10 @@ echo "small rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -5 $R/small.log | cu
   --scan-configs default,s4-w2-ioc-c64,s4-w2-ioc-c16 --scan-shapes "1,5120,793,1;1,5120,2048,1;1,5120,512,1" \
   --out $R/scan.json > $R/scan.log 2>&1
 echo "scan rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; tail -10 $R/scan.log | cut -c1-160; pack
+else
+echo "cobra-vs-llava start $(date -u +%T)" >> $R/gpu.txt
+timeout "$(left)" python -m effprof compare cobra-vs-llava --json $R/cobra-vs-llava.json --csv $R/cobra-vs-llava.csv > $R/cobra-vs-llava.log 2>&1
+echo "cobra-vs-llava rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; grep -vE "^\s*$|Warning|warn" $R/cobra-vs-llava.log | cut -c1-200 | tail -40; pack
+[ "$(left)" -gt 60 ] && timeout "$(left)" python -m effprof compare mamba-scaling --json $R/mamba-scaling.json --csv $R/mamba-scaling.csv > $R/mamba-scaling.log 2>&1
+echo "mamba-scaling rc=$? $(date -u +%T)" | tee -a $R/gpu.txt; cut -c1-180 $R/mamba-scaling.log | tail -20; pack
+fi
