@@ -104,9 +104,12 @@ def _tensors(value) -> list[torch.Tensor]:
 
 
 def _count_true(mask: torch.Tensor) -> int:
-    """The true elements of a boolean index, counted outside any dispatch mode (not an op of the call)."""
+    """The true elements of a boolean index, counted outside any dispatch mode (not an op of the call); none on
+    the meta device, which has no values (the count stays a lower bound)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
+    if mask.is_meta:
+        return 0
     with _disable_current_modes():
         return int(mask.sum())
 
