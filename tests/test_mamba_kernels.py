@@ -432,17 +432,17 @@ def test_bulk_rows_prefetch_covers_the_columns_after_the_preloaded_tiles():
     """The bulk L2 prefetch's geometry (`_bulk_rows_prefetch`): about the asked bytes spread over every row from
     the first column after the pre-loaded tiles, in 16-byte units, never past a row's end; off where nothing is
     asked, nothing is left, or rows or base are not 16-byte aligned."""
-    from effprof.ops.mamba_decode_layer_triton import _bulk_rows_prefetch
+    from effprof.ops.l2_prefetch_triton import bulk_rows_geometry
 
     w = torch.empty(2560, 5120, dtype=torch.bfloat16)                      # Mamba-2.8B's out_proj
-    rows, row_bytes, first, per_row = _bulk_rows_prefetch(w, 8 << 20, 512)
+    rows, row_bytes, first, per_row = bulk_rows_geometry(w, 8 << 20, 512)
     assert (rows, row_bytes, first) == (2560, 10240, 1024)
     assert per_row % 16 == 0 and 8 << 20 >= rows * per_row > (8 << 20) - 16 * rows
-    assert _bulk_rows_prefetch(w, 1 << 40, 512)[3] == (5120 - 512) * 2     # at most the rest of each row
-    assert _bulk_rows_prefetch(w, 0, 512)[3] == 0
-    assert _bulk_rows_prefetch(w, 8 << 20, 5120)[3] == 0                   # the tiles already cover the rows
-    assert _bulk_rows_prefetch(w[:, 1:], 8 << 20, 512)[3] == 0             # base 2 bytes past an aligned one
-    assert _bulk_rows_prefetch(torch.empty(8, 4100, dtype=torch.bfloat16)[:, :4096], 1 << 20, 0)[3] == 0
+    assert bulk_rows_geometry(w, 1 << 40, 512)[3] == (5120 - 512) * 2     # at most the rest of each row
+    assert bulk_rows_geometry(w, 0, 512)[3] == 0
+    assert bulk_rows_geometry(w, 8 << 20, 5120)[3] == 0                   # the tiles already cover the rows
+    assert bulk_rows_geometry(w[:, 1:], 8 << 20, 512)[3] == 0             # base 2 bytes past an aligned one
+    assert bulk_rows_geometry(torch.empty(8, 4100, dtype=torch.bfloat16)[:, :4096], 1 << 20, 0)[3] == 0
 
 
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs triton's compiler (not the interpreter)")

@@ -28,9 +28,9 @@ after its last reader and before its next writer; a last small kernel applies no
 Weights (and this layer's states, which no kernel of the step before wrote) are loaded at a kernel's start,
 before the programmatic-dependent-launch wait (PDL, Hopper+) where they fit in one tile, else the loop's first
 `pre_tiles` tiles, so that they stream in while the previous kernel finishes; every program waits before
-reading what the previous kernel wrote. Optional L2 prefetches (`prefetch_l2`, measured slower on an H100 and
-off by default) ask L2 for a program's own rows or a later kernel's weight instead; bulk ones
-(`bulk_prefetch_rows_l2`, a few instructions per program; off until measured) ask for part of out_proj's weight
+reading what the previous kernel wrote. Optional L2 prefetches (`effprof.ops.l2_prefetch_triton`): per line
+(`prefetch_l2`, measured slower on an H100 and off by default), a program's own rows or a later kernel's weight;
+bulk (`bulk_prefetch_rows_l2`, a few instructions per program; off until measured), part of out_proj's weight
 during the state update, or of the next in_proj's during out_proj.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 
 from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_finish, conv_state_read, conv_state_step
+from effprof.ops.l2_prefetch_triton import (bulk_prefetch_rows_l2, bulk_rows_geometry, elements_per_line,
+                                            l2_prefetch_ok, prefetch_l2, prefetch_l2_share)
 from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
 
 
@@ -55,62 +57,12 @@ def _wait_previous_kernel(USE_PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(ptr, start, count, EPL: tl.constexpr, LINES: tl.constexpr, ENABLE: tl.constexpr):
-    """Ask the L2 cache for elements [start, start + count) of `ptr` (one `prefetch.global.L2` per 128-byte
-    line of EPL elements), without waiting for them: weights a later load or a later kernel reads stream in
-    from DRAM while this program waits on the previous kernel. Changes no value. Off (ENABLE false) under the
-    interpreter, which has no inline PTX."""
-    if ENABLE:
-        n_lines = tl.cdiv(count, EPL) + 1  # +1: a start inside a line touches one more line at the end
-        for l0 in range(0, n_lines, LINES):
-            line = l0 + tl.arange(0, LINES)
-            off = start + tl.minimum(line.to(tl.int64) * EPL, count - 1)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr + off],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def prefetch_l2_share(ptr, count, EPL: tl.constexpr, LINES: tl.constexpr, ENABLE: tl.constexpr):
-    """`prefetch_l2` of this program's share of elements [0, count) of `ptr`, split in whole lines over the grid."""
-    if ENABLE:
-        n_programs = tl.num_programs(0) * tl.num_programs(1)
-        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-        share = tl.cdiv(tl.cdiv(count, n_programs), EPL) * EPL
-        start = pid.to(tl.int64) * share
-        if start < count:
-            prefetch_l2(ptr, start, tl.minimum(share, count - start), EPL, LINES, ENABLE)
-
-
-@triton.jit
 def _rms_norm_row(r, w_ptr, out_ptr, i, mask, d_model, eps):
     """out[i] = rms_norm(r rounded to the model dtype) · w, r float32 [BLOCK] (the whole row)."""
     xn = _round(r, out_ptr)
     inv = 1.0 / tl.sqrt(tl.sum(xn * xn, axis=0) / d_model + eps)
     out = xn * inv * tl.load(w_ptr + i, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + i, out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def bulk_prefetch_rows_l2(ptr, n_rows, row_bytes, first_byte, n_bytes, ENABLE: tl.constexpr):
-    """Ask L2 for bytes [first_byte, first_byte + n_bytes) of each row of a row-major matrix at `ptr` (rows
-    `row_bytes` apart), this program's share of the n_rows rows: one `cp.async.bulk.prefetch.L2` (sm_90+) per
-    row, issued to the copy engine without waiting, so that a handful of instructions keep the DRAM streaming a
-    later kernel's weight while this kernel computes. Changes no value. Addresses and sizes must be 16-byte
-    multiples (the launch checks). Off (ENABLE false) under the interpreter, which has no inline PTX."""
-    if ENABLE:
-        n_programs = tl.num_programs(0) * tl.num_programs(1)
-        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
-        per = tl.cdiv(n_rows, n_programs)
-        end = tl.minimum(pid * per + per, n_rows)
-        base = ptr.to(tl.pointer_type(tl.int8))
-        for r0 in range(pid * per, end, 128):
-            r = r0 + tl.arange(0, 128)
-            size = tl.where(r < end, n_bytes, 0)
-            tl.inline_asm_elementwise(
-                "{\n\t.reg .pred p;\n\tsetp.ne.u32 p, $2, 0;\n\t"
-                "@p cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;\n\t}",
-                "=r,l,r", [base + r.to(tl.int64) * row_bytes + first_byte, size], dtype=tl.int32, is_pure=False,
-                pack=1)
 
 
 @triton.jit
@@ -477,32 +429,6 @@ def _pdl(pdl: bool) -> dict:
     return {"USE_PDL": on, "launch_pdl": True} if on else {"USE_PDL": False}
 
 
-def _l2_prefetch_ok() -> bool:
-    """L2 prefetches need compiled kernels (inline PTX): not under the interpreter."""
-    from effprof.ops.selective_scan import triton_interpret_mode
-
-    return not triton_interpret_mode() and torch.cuda.is_available()
-
-
-def _bulk_rows_prefetch(w: torch.Tensor, nbytes: int, first_col: int) -> tuple[int, int, int, int]:
-    """(rows, row bytes, first byte, bytes per row) of `bulk_prefetch_rows_l2` over the row-major weight w: about
-    nbytes in all, from column first_col of every row, in 16-byte units; bytes per row 0 (off) where nbytes is 0,
-    nothing is left after first_col, the GPU is older than sm_90 or w's rows or base are not 16-byte aligned."""
-    rows, cols = w.shape
-    row_bytes, esize = w.stride(0) * w.element_size(), w.element_size()
-    first = first_col * esize
-    per_row = min(nbytes // max(rows, 1), (cols - first_col) * esize) // 16 * 16
-    if (per_row <= 0 or w.stride(1) != 1 or row_bytes % 16 or first % 16 or w.data_ptr() % 16
-            or (w.is_cuda and torch.cuda.get_device_capability(w.device) < (9, 0))):
-        return rows, row_bytes, first, 0
-    return rows, row_bytes, first, per_row
-
-
-def _epl(t: torch.Tensor) -> int:
-    """Elements of `t` per 128-byte cache line."""
-    return max(1, 128 // t.element_size())
-
-
 def decode_prologue_triton(ids, embedding_weight, norm_weight, eps, work: DecodeWork, pdl=False):
     """ids (batch,) int -> work.residual = embedding rows (float32), work.normed = their RMSNorm."""
     _prologue_kernel[(work.batch,)](
@@ -554,12 +480,12 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
     block_k_in = triton.next_power_of_2(d_model) if one_tile_in else \
         min(max(block_k, loop_tile * num_warps // 4 // block_n), triton.next_power_of_2(d_model))
     p, q = (parity % 2, 1 - parity % 2) if norm_in else (0, 0)
-    l2 = _l2_prefetch_ok()
+    l2 = l2_prefetch_ok()
     nxt = next_in_proj_weight if (l2 and l2_ahead and next_in_proj_weight is not None) else None
     nxt_count = 0 if nxt is None else min(nxt.numel(), l2_ahead_bytes // nxt.element_size())
     out_count = out_proj_weight.numel() if (l2 and l2_ahead and not fuse_out) else 0
-    l2_in = dict(L2_SELF=l2 and l2_self, L2_AHEAD=l2 and l2_ahead_in, EPL_W=_epl(in_proj_weight),
-                 EPL_PF=_epl(out_proj_weight))
+    l2_in = dict(L2_SELF=l2 and l2_self, L2_AHEAD=l2 and l2_ahead_in, EPL_W=elements_per_line(in_proj_weight),
+                 EPL_PF=elements_per_line(out_proj_weight))
     ssm_pf = (out_proj_weight, out_count) if out_count else (nxt if nxt is not None else out_proj_weight, nxt_count)
     acc_out = work.acc[q] if norm_in else work.acc[0]
     _layer_in_kernel[(triton.cdiv(2 * d_inner, block_n),)](
@@ -582,7 +508,7 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         if not one_tile_out:
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
-    bulk = _bulk_rows_prefetch(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
+    bulk = bulk_rows_geometry(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
                               not one_tile_out else 0, pre_tiles * block_k_out if not fuse_out else 0)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
@@ -594,10 +520,10 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
         BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
         PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in,
-        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=_epl(ssm_pf[0]), BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0,
+        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=elements_per_line(ssm_pf[0]), BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0,
         **pdl_options)
     if not fuse_out:
-        bulk_in = _bulk_rows_prefetch(
+        bulk_in = bulk_rows_geometry(
             next_in_proj_weight if next_in_proj_weight is not None else out_proj_weight,
             l2_bulk_in if l2 and next_in_proj_weight is not None and not one_tile_in else 0, pre_tiles * block_k_in)
         _layer_out_kernel[(triton.cdiv(d_model, block_m), split_k)](
@@ -607,8 +533,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
-            NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=_epl(out_proj_weight),
-            EPL_PF=_epl(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, BULK=bulk_in[3] > 0,
+            NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=elements_per_line(out_proj_weight),
+            EPL_PF=elements_per_line(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, BULK=bulk_in[3] > 0,
             **pdl_options)
     if norm_in and last:
         _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,

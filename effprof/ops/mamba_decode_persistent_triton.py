@@ -37,7 +37,8 @@ import triton
 import triton.language as tl
 
 from effprof.ops.causal_conv1d_triton import _silu_f32, conv_state_step
-from effprof.ops.mamba_decode_layer_triton import _wait_previous_kernel, prefetch_l2_share
+from effprof.ops.l2_prefetch_triton import prefetch_l2_share
+from effprof.ops.mamba_decode_layer_triton import _wait_previous_kernel
 from effprof.ops.mamba_decode_triton import LOG2E_C, _round, _softplus_exact
 
 # columns of the per-layer table of element offsets (from layer 0's tensor of the same kind)
@@ -267,7 +268,8 @@ def step_persistent_triton(firsts: dict, table: torch.Tensor, n_layer: int, norm
     work.residual[0] (the prologue's embedding row), leaves norm_f's output in work.normed. `programs`: G
     (default: the number of SMs; under the interpreter 3, so that units wrap around programs); `sync`: run the
     grid barrier (default on a GPU) or one launch per phase (the interpreter's model of it)."""
-    from effprof.ops.mamba_decode_layer_triton import _l2_prefetch_ok, _pdl
+    from effprof.ops.l2_prefetch_triton import l2_prefetch_ok
+    from effprof.ops.mamba_decode_layer_triton import _pdl
     from effprof.ops.selective_scan import triton_interpret_mode
 
     interpret = triton_interpret_mode()
@@ -282,7 +284,7 @@ def step_persistent_triton(firsts: dict, table: torch.Tensor, n_layer: int, norm
     in_w, conv_w, x_w, dt_w = (firsts[k] for k in ("in_proj_weight", "conv_weight", "x_proj_weight",
                                                    "dt_proj_weight"))
     conv_s, ssm_s, out_w = firsts["conv_state"], firsts["ssm_state"], firsts["out_proj_weight"]
-    l2 = bool(l2) and _l2_prefetch_ok()
+    l2 = bool(l2) and l2_prefetch_ok()
     head = head_weight if head_weight is not None else in_w
     head_count = min(head.numel(), head_bytes // head.element_size()) if (l2 and head_weight is not None) else 0
     pdl_options = _pdl(pdl)
