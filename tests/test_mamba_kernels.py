@@ -429,7 +429,7 @@ def test_decode_backend_resolution(monkeypatch):
 
 
 def test_bulk_rows_prefetch_covers_the_columns_after_the_preloaded_tiles():
-    """The bulk L2 prefetch's geometry (`_bulk_rows_prefetch`): about the asked bytes spread over every row from
+    """The bulk L2 prefetch's geometry (`bulk_rows_geometry`): about the asked bytes spread over every row from
     the first column after the pre-loaded tiles, in 16-byte units, never past a row's end; off where nothing is
     asked, nothing is left, or rows or base are not 16-byte aligned."""
     from effprof.ops.l2_prefetch_triton import bulk_rows_geometry
