@@ -138,6 +138,11 @@ def test_indexed_writes_in_place_move_only_the_indexed_elements():
     assert count_bytes(lambda: flat.index_put_((mask,), two, accumulate=True)) == 600 + F32 + 2 * 5 * F32
     on_meta = [t.to("meta") for t in (flat, mask, two)]                # no values: none counted written
     assert count_bytes(lambda: on_meta[0].index_put_((on_meta[1],), on_meta[2])) == 600 + F32
+    cube, mid, row = torch.zeros(3, 50, 7), torch.tensor([4, 9]), torch.ones(7)
+
+    def middle_rows():
+        cube[:, mid] = row                                        # index_put_ with indices (None, mid)
+    assert count_bytes(middle_rows) == 2 * 8 + 7 * F32 + 3 * 2 * 7 * F32
     index, src, col = torch.tensor([[0, 2]]), torch.randn(4, 6), torch.tensor([0])
     assert count_bytes(lambda: flat.scatter_(0, index, src)) == 2 * 8 + 2 * F32 + 2 * F32
     assert count_bytes(lambda: flat.index_fill_(1, col, 1.0)) == 8 + 100 * F32

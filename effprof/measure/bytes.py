@@ -118,19 +118,19 @@ def _indexed_elements(name: str, dest: torch.Tensor, args: tuple, kwargs: dict) 
     """Elements of `dest` an in-place indexed write touches (INDEXED_WRITE_OPS)."""
     if name in ("index_put_", "_index_put_impl_"):
         indices = args[1] if len(args) > 1 else kwargs["indices"]
-        shapes, covered = [], 0
-        for index in indices:
+        shapes, indexed, dim = [], set(), 0
+        for index in indices:  # None keeps its dimension whole; a mask covers index.dim() dimensions
             if index is None:
+                dim += 1
                 continue
-            if index.dtype == torch.bool:  # a mask over index.dim() dimensions: its true elements
-                shapes.append((_count_true(index),))
-                covered += index.dim()
-            else:
-                shapes.append(tuple(index.shape))
-                covered += 1
+            width = index.dim() if index.dtype == torch.bool else 1
+            shapes.append((_count_true(index),) if index.dtype == torch.bool else tuple(index.shape))
+            indexed.update(range(dim, dim + width))
+            dim += width
         rest = 1
-        for size in dest.shape[covered:] if covered <= dest.dim() else ():
-            rest *= size
+        for d, size in enumerate(dest.shape):
+            if d not in indexed:
+                rest *= size
         selected = 1
         for size in torch.broadcast_shapes(*shapes) if shapes else ():
             selected *= size
