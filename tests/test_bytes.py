@@ -117,8 +117,9 @@ def test_indexed_reads_read_only_the_gathered_elements():
     table, ids = torch.randn(1000, 16), torch.tensor([[3, 7, 7]])
     row = 16 * F32
     assert count_bytes(lambda: F.embedding(ids, table)) == 3 * 8 + 2 * 3 * row       # ids, 3 rows read, written
-    idx = torch.tensor([0, 5])
+    idx, picked = torch.tensor([0, 5]), torch.empty(2, 16)
     assert count_bytes(lambda: table.index_select(0, idx)) == 2 * 8 + 2 * 2 * row
+    assert count_bytes(lambda: torch.index_select(table, 0, idx, out=picked)) == 2 * 8 + 2 * 2 * row
     assert count_bytes(lambda: table[idx]) == 2 * 8 + 2 * 2 * row
     small, often = torch.randn(2, 4), torch.zeros(50, dtype=torch.long)  # gathering more than the source: once
     assert count_bytes(lambda: small[often]) == 50 * 8 + 8 * F32 + 50 * 4 * F32

@@ -87,8 +87,8 @@ class OpCounts(NamedTuple):
     bytes_per_module: dict[str, int]
 
 
-# Reads that touch only the elements their indices select: (position of the source, positions of the indices).
-INDEXED_READ_OPS = {"embedding": (0, (1,)), "index_select": (0, (2,)), "gather": (0, (2,)), "index": (0, (1,))}
+# Reads that touch only the elements their indices select: the name of the argument they gather from.
+INDEXED_READ_OPS = {"embedding": "weight", "index_select": "self", "gather": "self", "index": "self"}
 # In-place writes that touch only the indexed elements of their destination (argument 0); True = they also read
 # those elements (accumulation; also index_put_ with accumulate and scatter_ with a reduce).
 INDEXED_WRITE_OPS = {"index_copy_": False, "index_put_": False, "_index_put_impl_": False, "index_fill_": False,
@@ -114,12 +114,13 @@ def _count_true(mask: torch.Tensor) -> int:
         return int(mask.sum())
 
 
-def _indexed_elements(name: str, dest: torch.Tensor, args: tuple, kwargs: dict) -> int:
-    """Elements of `dest` an in-place indexed write touches (INDEXED_WRITE_OPS)."""
+def _indexed_elements(name: str, a: dict[str, Any]) -> int:
+    """Elements of the destination `a["self"]` an in-place indexed write touches (INDEXED_WRITE_OPS), from its
+    arguments by name."""
+    dest = a["self"]
     if name in ("index_put_", "_index_put_impl_"):
-        indices = args[1] if len(args) > 1 else kwargs["indices"]
         shapes, indexed, dim = [], set(), 0
-        for index in indices:  # None keeps its dimension whole; a mask covers index.dim() dimensions
+        for index in a["indices"]:  # None keeps its dimension whole; a mask covers index.dim() dimensions
             if index is None:
                 dim += 1
                 continue
@@ -136,37 +137,32 @@ def _indexed_elements(name: str, dest: torch.Tensor, args: tuple, kwargs: dict) 
             selected *= size
         return selected * rest
     if name.startswith("scatter"):
-        return (args[2] if len(args) > 2 else kwargs["index"]).numel()
+        return a["index"].numel()
     if name == "index_fill_":
-        dim = args[1] if len(args) > 1 else kwargs["dim"]
-        index = args[2] if len(args) > 2 else kwargs["index"]
-        return dest.numel() // max(dest.size(dim), 1) * index.numel() if dest.dim() else index.numel()
-    source = args[3] if len(args) > 3 else kwargs["source"]  # index_copy_, index_add_
-    return source.numel()
+        return dest.numel() // max(dest.size(a["dim"]), 1) * a["index"].numel() if dest.dim() else a["index"].numel()
+    return a["source"].numel()  # index_copy_, index_add_
 
 
 def _indexed_op_bytes(name: str, func, args: tuple, kwargs: dict, out: Any) -> int:
     """Bytes of an op of INDEXED_READ_OPS or INDEXED_WRITE_OPS (module docstring)."""
-    bound = bound_arguments(func, args, kwargs)
-    values = list(bound.values())
+    a = bound_arguments(func, args, kwargs)
     if name in INDEXED_READ_OPS:
-        source_at, _ = INDEXED_READ_OPS[name]
-        source = values[source_at]
-        others = {id(t): t for i, v in enumerate(values) if i != source_at for t in _tensors(v)}
+        source = a[INDEXED_READ_OPS[name]]
+        others = {id(t): t for key, v in a.items() if key not in (INDEXED_READ_OPS[name], "out")
+                  for t in _tensors(v)}  # the indices (an out= argument is the output, written)
         written = sum(tensor_bytes(t) for t in _tensors(out))
         return sum(tensor_bytes(t) for t in others.values()) + min(written, tensor_bytes(source)) + written
-    dest = values[0]
-    touched = _indexed_elements(name, dest, args, kwargs) * dest.element_size()
+    dest = a["self"]
+    elements = _indexed_elements(name, a)
     reads = 0
-    for i, value in enumerate(values[1:], 1):
+    for key, value in a.items():
         for t in _tensors(value):
             if t is dest:
                 continue
             # a scatter source supplies only the elements its index selects
-            size = tensor_bytes(t)
-            reads += min(size, touched // dest.element_size() * t.element_size()) if (
-                name.startswith("scatter") and func._schema.arguments[i].name == "src") else size
-    accumulates = INDEXED_WRITE_OPS[name] or bool(bound.get("accumulate")) or bound.get("reduce") is not None
+            reads += min(tensor_bytes(t), elements * t.element_size()) if key == "src" else tensor_bytes(t)
+    touched = elements * dest.element_size()
+    accumulates = INDEXED_WRITE_OPS[name] or bool(a.get("accumulate")) or a.get("reduce") is not None
     return reads + touched * (2 if accumulates else 1)
 
 
