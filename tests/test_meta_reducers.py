@@ -58,3 +58,15 @@ def test_a_count_on_meta_predicts_the_devices_bytes(mode, extra):
                                                                  warmup=0.0, max_cv=1.0))])
     assert meta["gflops"] == cpu["gflops"]
     assert meta["moved_mib_lower_bound"] == pytest.approx(cpu["moved_mib_lower_bound"], rel=0.01)
+
+
+def test_a_profile_with_compile_or_cold_rows_is_refused_on_meta_with_the_flags_that_count_it(tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("rows:\n  - {component: linear, label: compiled, options: {compile: true}}\n"
+                       "  - {component: linear, label: cold, options: {cold: true}}\n")
+    assert main(["compare", str(profile), "--device", "meta"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--compile needs a real device" in err and "counted with --no-compile" in err
+    assert main(["compare", str(profile), "--device", "meta", "--no-compile", "--warm"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled" in out and "cold" in out

@@ -53,14 +53,16 @@ class StagesTracker(Tracker):
     def fields(self, run):
         stages = run.built.stages
         fields = {"stage_names": ",".join(s.name for s in stages)}
+        counted = run.shared.get("stage_counts", {})  # counted along the chain by the counts tracker
+        # the stages' inputs, for their peaks and for counts not made yet (a count-only row may need neither)
+        needs_carries = not run.count_only or (run.options.count_flops and any(s.name not in counted for s in stages))
         with run.built.counted():  # counts and peaks of one eager call (Built.counting)
-            carries = stage_carries(stages, run.input_sets[0])
+            carries = stage_carries(stages, run.input_sets[0]) if needs_carries else [None] * len(stages)
             for stage, carry in zip(stages, carries):
                 key = f"stage_{stage.name}"
                 fields[f"{key}_params"] = count_params(stage.module)[0]
-                if run.options.count_flops:  # counted along the chain by the counts tracker, else here
-                    counts = run.shared.get("stage_counts", {}).get(stage.name) or \
-                        count_flops_and_bytes(lambda: stage.run(carry))
+                if run.options.count_flops:
+                    counts = counted.get(stage.name) or count_flops_and_bytes(lambda: stage.run(carry))
                     fields[f"{key}_gflops"] = counts.flops / 1e9
                     fields[f"{key}_moved_mib"] = counts.bytes / 2**20
                 if not run.count_only:
