@@ -58,11 +58,12 @@ def _triton_unavailable(choice: str, mode: str, device) -> None:
 
 
 def _decode_impl(choice: str, lm, device) -> str:
-    """`--decode-impl` resolved: auto = fused on CUDA where the LM allows it (effprof.models.llama_decode)."""
+    """`--decode-impl` resolved: auto = fused on CUDA where the LM allows it (effprof.models.llama_decode), and on
+    meta, whose count stands for what a GPU runs."""
     from effprof.core.errors import ParamError
     from effprof.models.llama_decode import fusable
 
-    if choice == "transformers" or (choice == "auto" and device.type != "cuda"):
+    if choice == "transformers" or (choice == "auto" and device.type not in ("cuda", "meta")):
         return "transformers"
     reason = fusable(lm)
     if reason is not None and choice != "auto":
@@ -83,7 +84,7 @@ def _decode_impl(choice: str, lm, device) -> str:
     Param("decode_impl", str, "auto", "LM decode step (decode, generate): transformers (LlamaModel.forward), fused "
           "(q/k/v and gate/up as one GEMV each on the same weights, fewer kernels) or triton (fused, on effprof's "
           "Triton kernels: GEMVs carrying the RMSNorm, SiLU*up and residual adds, rotary + cache write, split-KV "
-          "attention; not yet measured on a GPU); auto = fused on CUDA.",
+          "attention; not yet measured on a GPU); auto = fused on CUDA (and on meta, which counts what CUDA runs).",
           choices=("auto", "transformers", "fused", "triton")),
 ], reducers=("vision-output", "vision-inner", "lm"))
 def llava(ctx: BuildContext, preset, mode, images, prompt_tokens, new_tokens, context, runs, pretrained, vision, projector,

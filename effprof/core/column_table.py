@@ -233,8 +233,8 @@ estimate_gflops | GFLOP | tracker estimate | matrix-product FLOPs of that stage,
     FLOPs)
 estimate_mib | MiB | tracker estimate | bytes the stage moves, analytic (MiB = 2^20 bytes)
 estimate_tokens | tokens | tracker estimate | the LM length the estimate is made at (a vision reducer's output length)
-estimate_note | text | tracker estimate | how the estimate differs from the measured call (an LM reducer's rows: unreduced
-    length; a row not in bf16 or fp16: the model is of a 16-bit deployment, and no ratio is given)
+estimate_note | text | tracker estimate | how the estimate differs from the measured call (an LM reducer's rows:
+    unreduced length; a row not in bf16 or fp16: the model is of a 16-bit deployment, and no ratio is given)
 estimate_ms | ms | tracker estimate | the roofline bound on this device's ceilings (cuda)
 estimate_ceilings | id | tracker estimate | the ceilings used
 estimate_method | text | tracker estimate | the model (LLM-Viewer-style roofline)

@@ -533,9 +533,10 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
             batch, d_inner, d_model, O, eps, out_proj_weight.stride(0), k_per,
             BLOCK_M=block_m, BLOCK_K=block_k_out, NUM_STAGES=num_stages,
             BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=num_warps, PREFETCH=one_tile_out, SPLIT_K=split_k,
-            NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0, EPL_W=elements_per_line(out_proj_weight),
-            EPL_PF=elements_per_line(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles, BULK=bulk_in[3] > 0,
-            **pdl_options)
+            NORM_IN=norm_in, L2_SELF=l2 and l2_self, L2_AHEAD=nxt_count > 0,
+            EPL_W=elements_per_line(out_proj_weight),
+            EPL_PF=elements_per_line(nxt if nxt is not None else out_proj_weight), PRE_TILES=pre_tiles,
+            BULK=bulk_in[3] > 0, **pdl_options)
     if norm_in and last:
         _final_norm_kernel[(batch,)](acc_out, work.residual[q], next_norm_weight, work.normed, d_model, eps,
                                      BLOCK_MODEL=block_model, num_warps=4, **pdl_options)

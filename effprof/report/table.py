@@ -284,9 +284,9 @@ def column_notes(records: list[dict[str, Any]], shown: set[str]) -> list[str]:
     if "stages" in shown:
         lines.append("stages ms = median time of each stage of the call (device-timeline stamps between stages)")
     if "gb_s" in shown and any(r.get("roofline_above") for r in records):
-        lines.append(f"{ABOVE_ROOF} = faster than the device's roofline allows for the counted bytes or FLOPs: they did "
-                     "not all reach DRAM or the units (served from L2 across calls, or fused away by compiled code), "
-                     "so GB/s is not a lower bound there")
+        lines.append(f"{ABOVE_ROOF} = faster than the device's roofline allows for the counted bytes or FLOPs: they "
+                     "did not all reach DRAM or the units (served from L2 across calls, or fused away by compiled "
+                     "code), so GB/s is not a lower bound there")
     return lines
 
 
