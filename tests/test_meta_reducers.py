@@ -70,3 +70,13 @@ def test_a_profile_with_compile_or_cold_rows_is_refused_on_meta_with_the_flags_t
     assert main(["compare", str(profile), "--device", "meta", "--no-compile", "--warm"]) == 0
     out = capsys.readouterr().out
     assert "compiled" in out and "cold" in out
+
+
+def test_a_decode_counted_on_meta_runs_the_step_a_gpu_runs():
+    """auto resolves to the fused decode step on meta as on CUDA (the eager reference on CPU), so the count
+    stands for the GPU's row."""
+    params = {"preset": "tiny", "mode": "decode", "context": 64}
+    meta, cpu = measure_many([Config("llava", params, META),
+                              Config("llava", params, RunOptions(device="cpu", dtype="fp32", min_time=0.01,
+                                                                 warmup=0.0, max_cv=1.0))])
+    assert meta["decode_impl"] == "fused" and cpu["decode_impl"] == "transformers"
