@@ -183,3 +183,40 @@ def test_a_failing_row_keeps_its_traceback_only_with_debug():
 def test_stage_names_must_be_distinct():
     with pytest.raises(ValueError):
         Built(nn.Identity(), lambda b: (), "tok", stages=[Stage("a", lambda x: x), Stage("a", lambda x: x)])
+
+
+def test_the_stage_split_runs_each_stage_at_most_once_more():
+    """The split's eager pass: the counts tracker's counts reused, the peak's run (CUDA) or a plain run giving the
+    next stage its input, the last stage not run where nothing is measured from it (CPU, counts made), and a
+    count-only row whose counts are all made runs nothing."""
+    from types import SimpleNamespace
+
+    from effprof.core.registry import Stage
+    from effprof.measure.bytes import count_flops_and_bytes
+    from effprof.trackers.stages import counts_and_peaks
+
+    calls = {"first": 0, "second": 0}
+
+    def step(name, fn):
+        def run(carry):
+            calls[name] += 1
+            return fn(carry)
+        return run
+    weight = torch.randn(8, 8)
+    stages = [Stage("first", step("first", lambda inputs: inputs[0] @ weight)),
+              Stage("second", step("second", lambda hidden: hidden @ weight))]
+    x = torch.randn(4, 8)
+    made = {"first": count_flops_and_bytes(lambda: x @ weight), "second": count_flops_and_bytes(lambda: x @ weight)}
+
+    def split(shared, count_only):
+        fields = {}
+        calls.update(first=0, second=0)
+        run = SimpleNamespace(shared={"stage_counts": shared}, input_sets=[(x,)], count_only=count_only,
+                              options=SimpleNamespace(count_flops=True), device=torch.device("cpu"))
+        counts_and_peaks(run, stages, fields)
+        return fields
+    fields = split(made, count_only=False)
+    assert calls == {"first": 1, "second": 0} and fields["stage_second_gflops"] == made["second"].flops / 1e9
+    assert split(made, count_only=True) and calls == {"first": 0, "second": 0}
+    fields = split({}, count_only=False)                        # counted here: each stage once, in its count
+    assert calls == {"first": 1, "second": 1} and fields["stage_first_gflops"] == 2 * 4 * 8 * 8 / 1e9

@@ -31,13 +31,29 @@ from effprof.trackers.base import Tracker, register_tracker
 ADDITIVE_TOLERANCE = 0.05  # |stages sum / whole - 1| at most this: the split adds up to the latency
 
 
-def stage_carries(stages, inputs) -> list:
-    """The value entering each stage on `inputs` (one eager run of the chain)."""
-    carries, carry = [], inputs
-    for stage in stages:
-        carries.append(carry)
-        carry = stage.run(carry)
-    return carries
+def counts_and_peaks(run, stages, fields: dict) -> None:
+    """Along one eager run of the chain, per stage: its params, its FLOPs and bytes (those the counts tracker made
+    along its own chain, `run.shared["stage_counts"]`, else counted here) and its peak memory (CUDA), the run that
+    measures the peak giving the next stage its input. A count-only row whose counts are all made runs nothing."""
+    counted = run.shared.get("stage_counts", {})
+    carry = run.input_sets[0]
+    for i, stage in enumerate(stages):
+        key = f"stage_{stage.name}"
+        fields[f"{key}_params"] = count_params(stage.module)[0]
+        out: list = []
+        if run.options.count_flops:
+            counts = counted.get(stage.name) or count_flops_and_bytes(lambda: out.append(stage.run(carry)))
+            fields[f"{key}_gflops"] = counts.flops / 1e9
+            fields[f"{key}_moved_mib"] = counts.bytes / 2**20
+        if not run.count_only:
+            peak = PeakMemory(run.device)
+            if peak.supported:
+                peak.start()
+                out = [stage.run(carry)]
+                fields[f"{key}_peak_mem_mib"] = peak.peak_mib()
+        later = stages[i + 1:]
+        if later and (not run.count_only or (run.options.count_flops and any(s.name not in counted for s in later))):
+            carry = out[0] if out else stage.run(carry)  # a later stage runs on it
 
 
 @register_tracker
@@ -53,24 +69,8 @@ class StagesTracker(Tracker):
     def fields(self, run):
         stages = run.built.stages
         fields = {"stage_names": ",".join(s.name for s in stages)}
-        counted = run.shared.get("stage_counts", {})  # counted along the chain by the counts tracker
-        # the stages' inputs, for their peaks and for counts not made yet (a count-only row may need neither)
-        needs_carries = not run.count_only or (run.options.count_flops and any(s.name not in counted for s in stages))
         with run.built.counted():  # counts and peaks of one eager call (Built.counting)
-            carries = stage_carries(stages, run.input_sets[0]) if needs_carries else [None] * len(stages)
-            for stage, carry in zip(stages, carries):
-                key = f"stage_{stage.name}"
-                fields[f"{key}_params"] = count_params(stage.module)[0]
-                if run.options.count_flops:
-                    counts = counted.get(stage.name) or count_flops_and_bytes(lambda: stage.run(carry))
-                    fields[f"{key}_gflops"] = counts.flops / 1e9
-                    fields[f"{key}_moved_mib"] = counts.bytes / 2**20
-                if not run.count_only:
-                    peak = PeakMemory(run.device)
-                    if peak.supported:
-                        peak.start()
-                        stage.run(carry)
-                        fields[f"{key}_peak_mem_mib"] = peak.peak_mib()
+            counts_and_peaks(run, stages, fields)
         if run.count_only:
             return fields
         names = [s.name for s in stages]
