@@ -18,6 +18,7 @@
 # before this session's counting change; its compile row now keeps Cobra's towers on two streams, and every
 # row's bytes follow the corrected count), then `effprof compare mamba-scaling` (about 40 s).
 set -uo pipefail
+case "${CALL:-A}" in A|B) ;; *) echo "CALL must be A or B, not '${CALL}'" >&2; exit 2;; esac
 export PYTHONUNBUFFERED=1
 R=$(mktemp -d); export R
 START=$(date +%s); LIMIT=${LIMIT:-570}

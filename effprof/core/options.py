@@ -83,13 +83,14 @@ class RunOptions:
         # loads. Only a `cuda...` name (is one visible?) and `auto` with --graphs import torch, last.
         meta = check_device_name(self.device) == "meta"
         if meta and (self.cold or self.compile or self.flops_crosscheck):
-            on = [(flag, undo) for flag, undo, set_ in (("--cold", "--warm", self.cold),
-                                                        ("--compile", "--no-compile", self.compile),
-                                                        ("--flops-crosscheck", "--no-flops-crosscheck",
-                                                         self.flops_crosscheck)) if set_]
+            on = [(flag, undo) for flag, undo, asked in (("--cold", "--warm", self.cold),
+                                                         ("--compile", "--no-compile", self.compile),
+                                                         ("--flops-crosscheck", "--no-flops-crosscheck",
+                                                          self.flops_crosscheck)) if asked]
+            one = len(on) == 1
             raise UsageError(f"--device meta only counts (params, FLOPs, bytes): {', '.join(f for f, _ in on)} "
-                             f"need{'s' if len(on) == 1 else ''} a real device (a profile whose rows ask for "
-                             f"{'it' if len(on) == 1 else 'them'} is counted with {' '.join(u for _, u in on)})")
+                             f"need{'s' if one else ''} a real device (a profile whose rows ask for "
+                             f"{'it' if one else 'them'} is counted with {' '.join(u for _, u in on)})")
         if meta and self.tp > 1:
             raise UsageError("--tp starts processes that measure on real devices; --device meta only counts")
         if self.train and meta:

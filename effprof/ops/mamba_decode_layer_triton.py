@@ -499,7 +499,10 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         WIDTH=conv_weight.shape[-1], HAS_CONV_BIAS=conv_bias is not None, NUM_STAGES=num_stages, num_warps=num_warps,
         PREFETCH=prefetch and block_k_in >= d_model, CONV_PREFETCH=prefetch and batch == 1, NORM_IN=norm_in,
         **l2_in, PRE_TILES=pre_tiles, **pdl_options)
-    if not fuse_out:  # out_proj's GEMV geometry (its kernel below; the bulk prefetch targets its loop's tiles)
+    # out_proj's GEMV geometry (its kernel below; the bulk prefetches target its loop's tiles); fused into the
+    # state update, out_proj has no loop of its own
+    one_tile_out, block_k_out = True, 0
+    if not fuse_out:
         split_k = max(1, min(split_k, d_inner // 16))
         k_per = triton.cdiv(d_inner, split_k)
         one_tile_out = prefetch and block_m * triton.next_power_of_2(k_per) <= tile_max
@@ -508,8 +511,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         if not one_tile_out:
             k_per = triton.cdiv(k_per, block_k_out) * block_k_out  # whole loop steps per split
             split_k = triton.cdiv(d_inner, k_per)
-    bulk = bulk_rows_geometry(out_proj_weight, l2_bulk_out if l2 and not fuse_out and split_k == 1 and
-                              not one_tile_out else 0, pre_tiles * block_k_out if not fuse_out else 0)
+    bulk_out = l2 and not one_tile_out and split_k == 1
+    bulk = bulk_rows_geometry(out_proj_weight, l2_bulk_out if bulk_out else 0, pre_tiles * block_k_out)
     n_pad, r_pad = triton.next_power_of_2(N), triton.next_power_of_2(R)
     block_d = block_d or max(16, min(128, 4096 // max(n_pad, r_pad)))
     _layer_ssm_kernel[(batch, triton.cdiv(d_inner, block_d))](
@@ -520,8 +523,8 @@ def layer_decode_triton(work: DecodeWork, conv_state, ssm_state, in_proj_weight,
         BLOCK_D=block_d, R_PAD=r_pad, N_PAD=n_pad, HAS_D=D is not None, FUSE_OUT=fuse_out,
         BLOCK_M=max(16, 8192 // block_d), BLOCK_MODEL=block_model, O_PAD=o_pad, num_warps=4,
         PREFETCH=prefetch and block_model * block_d <= 2 * PREFETCH_MAX_ELEMENTS, NORM_IN=norm_in,
-        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=elements_per_line(ssm_pf[0]), BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0,
-        **pdl_options)
+        L2_AHEAD=ssm_pf[1] > 0, EPL_PF=elements_per_line(ssm_pf[0]),
+        BULK=(2 if l2_bulk_early else 1) if bulk[3] else 0, **pdl_options)
     if not fuse_out:
         bulk_in = bulk_rows_geometry(
             next_in_proj_weight if next_in_proj_weight is not None else out_proj_weight,

@@ -21,8 +21,8 @@ Any strides for u, delta, z and y (the time stride 1 of contiguous inputs is spe
 the contiguous kernel is the one measured below; channel-last views of a Mamba block are read in place).
 Time split (`launch(time_chunks=K)`, for shapes whose batch × channel blocks leave SMs idle): each channel's
 sequence is cut into K chunks of whole CHUNKs across programs (grid axis 2), in three launches: MODE 1 walks
-chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32; no C, no y); `_carry_kernel`
-turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k + h_k (the chunk's decay is
+chunks 0..K-2 from a zero state and stores each chunk's end state and Σ delta' (float32; no C, no y);
+`_carry_kernel` turns those into the state entering each chunk, H_{k+1} = exp(A Σ_k delta') H_k + h_k (the chunk's decay is
 exp(A Σ delta') because the per-step decays multiply); MODE 2 walks every chunk from its entering state and
 writes y (the last chunk the last state). Chunks other than the last are walked twice.
 

@@ -28,12 +28,13 @@ class EstimateTracker(Tracker):
         fields = {"estimate_stage": spec["stage"], "estimate_gflops": est.flops / 1e9,
                   "estimate_mib": est.bytes / 2**20, "estimate_method": "LLM-Viewer-style roofline, analytic",
                   "estimate_tokens": tokens}
-        if run.record.get("dtype") not in ("bf16", "fp16"):  # the model's activations and cache are 16-bit
+        sixteen_bit = run.record.get("dtype") in ("bf16", "fp16")  # the model's activations and cache are 16-bit
+        if not sixteen_bit:
             note = "; ".join(filter(None, [note, f"the model is of a 16-bit deployment; this row ran "
                                                  f"{run.record.get('dtype')}: no measured / estimate ratio"]))
         if note:
             fields["estimate_note"] = note
-        if run.device.type != "cuda" or run.record.get("dtype") not in ("bf16", "fp16"):
+        if run.device.type != "cuda" or not sixteen_bit:
             return fields
         from effprof.measure.calibrate import ceilings
 
